@@ -1,0 +1,1 @@
+"""actgeom.cli: the command line, a thin client of actgeom.core."""

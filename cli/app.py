@@ -1,0 +1,59 @@
+"""The `actgeom` command: one Typer app; user errors surface here, and only here.
+
+Exit codes: 0 ok; 1 runtime failure (a bug: traceback shown); 2 usage (a bad option or value);
+3 invalid input (a file, dataset or value that actgeom cannot use).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from actgeom.cli import info
+from actgeom.core import __version__
+from actgeom.core.errors import ActgeomError
+
+
+class _Group(TyperGroup):
+    """Turns every ActgeomError into one line on stderr and its exit code; no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ActgeomError as exc:
+            sys.stderr.write(f"Error: {exc}\n")
+            raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # `actgeom ... | head`: the reader left; nothing is wrong
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="actgeom",
+    help="Geometry of neural-network representations from HDF5 activation dumps.\n\n"
+         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 invalid input.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # arrays are huge
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command(name="info")(info.info)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"actgeom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Geometry of neural-network representations from HDF5 activation dumps."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,58 @@
+"""Options shared by the analysis commands, declared once."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.core.dump import DumpSpec
+
+DATA = "Where the data is (foreign files)"
+OUTPUT = "Output"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    md = "md"
+
+
+DumpArg = Annotated[Path, typer.Argument(help="An HDF5 activation dump.", show_default=False)]
+LayersOpt = Annotated[Optional[list[str]], typer.Option(
+    "--layers", "-l", rich_help_panel=DATA, show_default=False,
+    help="Layer datasets: a glob over dataset paths (repeatable). Default: every dataset under "
+         "/activations, or every 2-D float dataset of a foreign file.")]
+LabelsOpt = Annotated[Optional[str], typer.Option(
+    "--labels", rich_help_panel=DATA, show_default=False,
+    help="Integer class labels (N,), -1 = none. Default: /rows/label, or a dataset named label(s), y, targets.")]
+WeightOpt = Annotated[Optional[str], typer.Option(
+    "--weight", rich_help_panel=DATA, show_default=False, help="Classifier weight (C, D). Default: /classifier/weight.")]
+BiasOpt = Annotated[Optional[str], typer.Option(
+    "--bias", rich_help_panel=DATA, show_default=False, help="Classifier bias (C,). Default: /classifier/bias.")]
+PredictionsOpt = Annotated[Optional[str], typer.Option(
+    "--predictions", rich_help_panel=DATA, show_default=False,
+    help="The network's predicted class per row (N,). Default: /rows/prediction.")]
+OffsetsOpt = Annotated[Optional[str], typer.Option(
+    "--offsets", rich_help_panel=DATA, show_default=False,
+    help="Sequence boundaries (S+1,) into the rows, token-level dumps. Default: /sequences/offsets.")]
+AllowIncompleteOpt = Annotated[bool, typer.Option(
+    "--allow-incomplete", rich_help_panel=DATA,
+    help="Read a dump whose writer did not finish (attribute complete=false).")]
+FormatOpt = Annotated[Optional[Format], typer.Option(
+    "--format", "-f", rich_help_panel=OUTPUT, show_default=False,
+    help="Output format. Default: table on a terminal; json when piped or with -o (unless the "
+         "file's suffix names another format).")]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", rich_help_panel=OUTPUT, show_default=False,
+    help="Write the result to this file (atomically) instead of stdout.")]
+
+
+def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete) -> DumpSpec:
+    """The DumpSpec of the shared data options."""
+    return DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias,
+                    predictions=predictions, offsets=offsets, allow_incomplete=allow_incomplete)

@@ -1,0 +1,154 @@
+"""Rendering results: table (rich), strict JSON, JSON lines, CSV, Markdown; atomic -o files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from actgeom.cli.options import Format
+from actgeom.core.errors import UsageError
+
+SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
+                  ".txt": Format.table}
+
+
+@dataclass
+class Result:
+    """What a command found: the full JSON document, and tidy records (one per row of the table)."""
+
+    title: str
+    document: dict
+    records: list[dict]
+    summary: dict = field(default_factory=dict)  # key → value lines shown above the table
+
+
+def jsonable(value):
+    """Plain JSON values: numpy scalars and arrays unwrapped, non-finite floats → None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def resolve_format(fmt: Format | None, output: Path | None) -> Format:
+    if fmt is not None:
+        return fmt
+    if output is not None:
+        return SUFFIX_FORMATS.get(output.suffix.lower(), Format.json)
+    return Format.table if sys.stdout.isatty() else Format.json
+
+
+def render(result: Result, fmt: Format, *, width: int | None = None, color: bool = False) -> str:
+    if fmt is Format.json:
+        return json.dumps(jsonable(result.document), indent=2, allow_nan=False) + "\n"
+    if fmt is Format.jsonl:
+        return "".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in result.records)
+    if fmt is Format.csv:
+        return _csv(result.records)
+    if fmt is Format.md:
+        return _markdown(result)
+    return _table(result, width=width, color=color)
+
+
+def _flat(value) -> str:
+    value = jsonable(value)
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _columns(records: list[dict]) -> list[str]:
+    columns: list[str] = []
+    for record in records:
+        columns += [key for key in record if key not in columns]
+    return columns
+
+
+def _csv(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = _columns(records)
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([json.dumps(jsonable(record[c])) if isinstance(record.get(c), (dict, list))
+                         else ("" if jsonable(record.get(c)) is None else jsonable(record.get(c))) for c in columns])
+    return buffer.getvalue()
+
+
+def _table_columns(records: list[dict]) -> list[str]:
+    """Columns worth a table cell: nested values (attribute dicts, lists) stay in JSON only."""
+    return [c for c in _columns(records) if not any(isinstance(r.get(c), (dict, list)) for r in records)]
+
+
+def _markdown(result: Result) -> str:
+    lines = [f"## {result.title}", ""]
+    lines += [f"- **{key}**: {_flat(value)}" for key, value in result.summary.items()]
+    columns = _table_columns(result.records)
+    if columns:
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_flat(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in result.records]
+    return "\n".join(lines) + "\n"
+
+
+def _table(result: Result, *, width: int | None, color: bool) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width or 120, force_terminal=color, no_color=not color, highlight=False)
+    console.print(f"[bold]{result.title}[/bold]")
+    for key, value in result.summary.items():
+        console.print(f"  {key}: {_flat(value)}", markup=False)
+    columns = _table_columns(result.records)
+    if columns:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for record in result.records:
+            table.add_row(*(_flat(record.get(c)) for c in columns))
+        console.print(table)
+    return buffer.getvalue()
+
+
+def emit(result: Result, fmt: Format | None, output: Path | None) -> None:
+    """Print the result to stdout, or write it atomically to ``output`` (no partial file ever)."""
+    fmt = resolve_format(fmt, output)
+    if output is None:
+        terminal = sys.stdout.isatty()
+        width = Console().width if terminal else None
+        sys.stdout.write(render(result, fmt, width=width, color=terminal and "NO_COLOR" not in os.environ))
+        sys.stdout.flush()
+        return
+    text = render(result, fmt)
+    directory = output.parent if str(output.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"cannot write -o {output}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,162 @@
+"""Write an actgeom dump v1 (DESIGN.md §4) from row batches, atomically.
+
+>>> import numpy as np, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "ckpt.h5")
+>>> with DumpWriter(path, layers={"fc1": 4}, dtype="float32", model="mlp", step=10) as w:
+...     w.append({"fc1": np.ones((3, 4))}, labels=[0, 1, 1])
+>>> from actgeom.core.dump import Dump
+>>> with Dump(path) as d:
+...     (d.n_rows, [layer.name for layer in d.layers])
+(3, ['fc1'])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION
+from actgeom.core import __version__
+from actgeom.core.errors import UsageError
+
+STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.uint16}
+ROW_VECTORS = {"labels": "rows/label", "sample_id": "rows/sample_id", "position": "rows/position",
+               "token_id": "rows/token_id", "prediction": "rows/prediction"}
+
+
+def encode_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float → bfloat16 bits (uint16), rounding to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    rounded[nan] = 0x7FC0
+    return rounded
+
+
+class DumpWriter:
+    """Append row batches for several layers (plus labels, ids, positions) to a new dump.
+
+    The file is written under a temporary name beside ``path`` and renamed on :meth:`close`;
+    an exception inside the ``with`` block removes it, so ``path`` never holds a partial file.
+    Datasets are chunked as full-width row blocks of about ``chunk_bytes`` (no more rows than
+    ``expected_rows``, when given: HDF5 allocates whole chunks on disk).
+    """
+
+    def __init__(self, path: str | Path, *, layers: dict[str, int], dtype: str = "float16",
+                 model: str = "", checkpoint: str = "", step: int = -1, level: str = "sample",
+                 label_names: list[str] | None = None, chunk_bytes: int = 2 << 20,
+                 expected_rows: int | None = None):
+        if dtype not in STORAGE:
+            raise UsageError(f"dtype '{dtype}' is not one of {', '.join(STORAGE)}")
+        if level not in ("sample", "token"):
+            raise UsageError(f"level '{level}' is not one of sample, token")
+        if not layers:
+            raise UsageError("a dump needs at least one layer")
+        self.path = Path(path)
+        self.dtype = dtype
+        self.layer_units = dict(layers)
+        self.label_names = label_names
+        self.n_rows = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._file = h5py.File(self._tmp, "w")
+        self._file.attrs.update({
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False, "n_rows": 0,
+            "model": model, "checkpoint": checkpoint, "step": int(step), "level": level,
+            "created_by": f"actgeom {__version__}",
+        })
+        for name, n_units in self.layer_units.items():
+            itemsize = np.dtype(STORAGE[dtype]).itemsize
+            chunk_rows = max(1, chunk_bytes // max(n_units * itemsize, 1))
+            if expected_rows:  # a chunk is allocated whole: no bigger than the data
+                chunk_rows = min(chunk_rows, max(int(expected_rows), 1))
+            ds = self._file.create_dataset(f"activations/{name}", shape=(0, n_units), maxshape=(None, n_units),
+                                           dtype=STORAGE[dtype], chunks=(chunk_rows, n_units))
+            if dtype == "bfloat16":
+                ds.attrs["logical_dtype"] = "bfloat16"
+        self._row_vectors: set[str] | None = None
+
+    def __enter__(self) -> "DumpWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def append(self, activations: dict[str, np.ndarray], **rows: np.ndarray | list | None) -> None:
+        """Append one batch: every layer's rows, and the same row vectors as every other batch."""
+        if set(activations) != set(self.layer_units):
+            raise UsageError(f"append needs rows for every layer: {sorted(self.layer_units)}; got {sorted(activations)}")
+        unknown = set(rows) - set(ROW_VECTORS)
+        if unknown:
+            raise UsageError(f"unknown row vectors {sorted(unknown)}; valid: {sorted(ROW_VECTORS)}")
+        given = {k: np.asarray(v) for k, v in rows.items() if v is not None}
+        if self._row_vectors is None:
+            self._row_vectors = set(given)
+        elif set(given) != self._row_vectors:
+            raise UsageError(f"every batch must carry the same row vectors: {sorted(self._row_vectors)}")
+        counts = {np.asarray(a).shape[0] for a in activations.values()} | {v.shape[0] for v in given.values()}
+        if len(counts) != 1:
+            raise UsageError(f"a batch's layers and row vectors have different row counts: {sorted(counts)}")
+        n = counts.pop()
+        for name, values in activations.items():
+            values = np.asarray(values)
+            if values.ndim != 2 or values.shape[1] != self.layer_units[name]:
+                raise UsageError(f"layer '{name}' rows must have shape (n, {self.layer_units[name]}); got {values.shape}")
+            stored = encode_bfloat16(values) if self.dtype == "bfloat16" else values.astype(STORAGE[self.dtype])
+            self._extend(f"activations/{name}", stored)
+        for key, values in given.items():
+            self._extend(ROW_VECTORS[key], values)
+        self.n_rows += n
+
+    def _extend(self, path: str, values: np.ndarray) -> None:
+        if path not in self._file:
+            kind = h5py.string_dtype() if values.dtype.kind in "UO" else values.dtype
+            self._file.create_dataset(path, shape=(0,) + values.shape[1:], maxshape=(None,) + values.shape[1:],
+                                      dtype=kind, chunks=True)
+            if path == "rows/label" and self.label_names is not None:
+                self._file[path].attrs["label_names"] = json.dumps(self.label_names)
+        ds = self._file[path]
+        start = ds.shape[0]
+        ds.resize(start + values.shape[0], axis=0)
+        ds[start:] = values.astype(object) if values.dtype.kind == "U" else values
+
+    def set_classifier(self, weight: np.ndarray, bias: np.ndarray | None = None, *, layer: str) -> None:
+        """Store the classifier W (C, D) and b (C,) that reads ``layer``."""
+        if layer not in self.layer_units:
+            raise UsageError(f"classifier layer '{layer}' is not one of {sorted(self.layer_units)}")
+        weight = np.asarray(weight, dtype=np.float64)
+        if weight.ndim != 2 or weight.shape[1] != self.layer_units[layer]:
+            raise UsageError(f"classifier weight must have shape (C, {self.layer_units[layer]}); got {weight.shape}")
+        group = self._file.require_group("classifier")
+        group.attrs["layer"] = layer
+        group.create_dataset("weight", data=weight)
+        if bias is not None:
+            group.create_dataset("bias", data=np.asarray(bias, dtype=np.float64).reshape(weight.shape[0]))
+
+    def set_offsets(self, offsets: np.ndarray) -> None:
+        """Store sequence boundaries (S+1,) into the row axis (token-level dumps)."""
+        self._file.create_dataset("sequences/offsets", data=np.asarray(offsets, dtype=np.int64))
+
+    def set_layer_attrs(self, layer: str, **attrs) -> None:
+        self._file[f"activations/{layer}"].attrs.update(attrs)
+
+    def close(self) -> None:
+        """Mark the dump complete and move it to its final path."""
+        self._file.attrs["n_rows"] = self.n_rows
+        self._file.attrs["complete"] = True
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Discard everything written: the target path is left untouched."""
+        try:
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,210 @@
+"""The one-pass statistics engine: every accumulator of a layer fed from one read of its rows.
+
+>>> import numpy as np, tempfile, os
+>>> from actgeom.core.dump import DumpWriter, Dump
+>>> path = os.path.join(tempfile.mkdtemp(), "d.h5")
+>>> with DumpWriter(path, layers={"h": 2}, dtype="float64") as w:
+...     w.append({"h": np.array([[0., 0.], [2., 0.], [10., 10.], [12., 10.]])}, labels=[0, 0, 1, 1])
+>>> with Dump(path) as dump:
+...     stats = accumulate(dump)
+>>> stats["h"].classes.finalize().means.tolist()
+[[1.0, 0.0], [11.0, 10.0]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actgeom.core.dump import Dump
+from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.stats import ClassMoments, Reservoir, UnitStats
+from actgeom.core.stream import iter_blocks
+
+NONFINITE_POLICIES = ("error", "drop")
+PARTIAL_FORMAT = "actgeom-partial-stats"
+
+# progress(layer_name, rows_done, rows_total)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """What one pass computes; every field that shapes a number is recorded in the output."""
+
+    threshold: float = 0.0  # a unit is active on a row when its value > threshold
+    reservoir: int = 0  # rows kept in the seeded sample (0 = no sample)
+    seed: int = 0
+    nonfinite: str = "error"  # "error": refuse rows with NaN/inf; "drop": skip them and count
+    row_range: tuple[int, int] | None = None  # rows [start, stop) of the dump; None = all
+    block_rows: int | None = None  # rows per read block; None = about 32 MiB of float64
+
+    def __post_init__(self) -> None:
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise UsageError(f"--nonfinite '{self.nonfinite}' is not one of {', '.join(NONFINITE_POLICIES)}")
+        if self.reservoir < 0:
+            raise UsageError(f"reservoir size must be ≥ 0, got {self.reservoir}")
+        if self.block_rows is not None and self.block_rows < 1:
+            raise UsageError(f"block rows must be ≥ 1, got {self.block_rows}")
+
+
+@dataclass
+class LayerStats:
+    """Every sufficient statistic of one layer; mergeable across row ranges and shards."""
+
+    layer: str
+    n_units: int
+    dtype: str
+    n_rows: int  # rows read
+    n_nonfinite: int  # rows with NaN/inf, dropped
+    n_unlabeled: int  # rows with label -1: in unit statistics and the sample, not in class moments
+    classes: ClassMoments
+    units: UnitStats
+    reservoir: Reservoir
+
+    def merge(self, other: "LayerStats") -> None:
+        if (other.layer, other.n_units) != (self.layer, self.n_units):
+            raise InvalidInputError(
+                f"cannot merge statistics of layer '{other.layer}' ({other.n_units} units) into "
+                f"'{self.layer}' ({self.n_units} units)"
+            )
+        self.n_rows += other.n_rows
+        self.n_nonfinite += other.n_nonfinite
+        self.n_unlabeled += other.n_unlabeled
+        self.classes.merge(other.classes)
+        self.units.merge(other.units)
+        self.reservoir.merge(other.reservoir)
+
+
+def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOptions = PassOptions(),
+               progress: Progress | None = None) -> dict[str, LayerStats]:
+    """One pass over each selected layer (all by default) → its :class:`LayerStats`."""
+    selected = dump.layers if layers is None else [dump.layer(name) for name in layers]
+    start, stop = options.row_range or (0, dump.n_rows)
+    if not 0 <= start <= stop <= dump.n_rows:
+        raise UsageError(f"row range {start}:{stop} is outside the dump's rows 0:{dump.n_rows}")
+    results = {}
+    for layer in selected:
+        stats = LayerStats(
+            layer=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, n_rows=0, n_nonfinite=0,
+            n_unlabeled=0, classes=ClassMoments(layer.n_units), units=UnitStats(layer.n_units, options.threshold),
+            reservoir=Reservoir(options.reservoir, layer.n_units, layer.decoded_dtype, options.seed),
+        )
+        block_rows = options.block_rows or dump.block_rows(layer)
+        X64 = np.empty((block_rows, layer.n_units))
+        work = np.empty((block_rows, layer.n_units))
+        for block in iter_blocks(dump, layer, start, stop, block_rows):
+            _feed(stats, block.start, block.X, block.labels, X64, work, options.nonfinite)
+            if progress is not None:
+                progress(layer.name, block.start + block.X.shape[0] - start, stop - start)
+        if stats.n_nonfinite and options.nonfinite == "error":
+            raise InvalidInputError(
+                f"layer '{layer.name}' in {dump.path} has {stats.n_nonfinite} rows with NaN or inf values; "
+                "pass --nonfinite drop to skip them"
+            )
+        results[layer.name] = stats
+    return results
+
+
+def _feed(stats: LayerStats, start: int, X: np.ndarray, labels: np.ndarray | None,
+          X64: np.ndarray, work: np.ndarray, nonfinite: str) -> None:
+    """Feed one block to every accumulator of a layer."""
+    n = X.shape[0]
+    x = X64[:n]
+    np.copyto(x, X)  # float64 from here on
+    index = np.arange(start, start + n)
+    y = np.zeros(n, dtype=np.int64) if labels is None else labels
+    if not np.isfinite(x.sum()):  # cheap test first; find the rows only when something is off
+        finite = np.isfinite(x).all(axis=1)
+        stats.n_nonfinite += int(n - finite.sum())
+        x, X, y, index = x[finite], X[finite], y[finite], index[finite]
+    if np.any(y < -1):
+        bad = int(y[y < -1][0])
+        raise InvalidInputError(f"label {bad} at a row of layer '{stats.layer}': labels are class indices ≥ 0, or -1 for none")
+    stats.n_rows += x.shape[0]
+    stats.units.update(x, work)
+    stats.reservoir.update(X, y, index)
+    labelled = y >= 0
+    if not labelled.all():
+        stats.n_unlabeled += int((~labelled).sum())
+        x, y = x[labelled], y[labelled]
+    stats.classes.update(x, y, work)
+
+
+def _flatten(stats: LayerStats) -> dict[str, np.ndarray]:
+    arrays = {}
+    for family in ("classes", "units", "reservoir"):
+        for key, value in getattr(stats, family).to_arrays().items():
+            arrays[f"{family}/{key}"] = value
+    return arrays
+
+
+def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | None = None) -> None:
+    """Write partial statistics (an .npz, no pickles) atomically, for a later :func:`merge_partials`."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    layers = []
+    for i, (name, layer_stats) in enumerate(stats.items()):
+        layers.append({"name": name, "n_units": layer_stats.n_units, "dtype": layer_stats.dtype,
+                       "n_rows": layer_stats.n_rows, "n_nonfinite": layer_stats.n_nonfinite,
+                       "n_unlabeled": layer_stats.n_unlabeled})
+        arrays.update({f"{i}/{key}": value for key, value in _flatten(layer_stats).items()})
+    header = {"format": PARTIAL_FORMAT, "version": 1, "layers": layers, "meta": meta or {}}
+    arrays["header"] = np.array(json.dumps(header))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
+    """Read a file written by :func:`save_partial` → (statistics by layer, meta)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            if header.get("format") != PARTIAL_FORMAT:
+                raise KeyError
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such file: {path}") from None
+    except (OSError, ValueError, KeyError):
+        raise InvalidInputError(f"{path} is not an actgeom partial-statistics file") from None
+    stats = {}
+    for i, entry in enumerate(header["layers"]):
+        part = {key[len(f"{i}/"):]: value for key, value in arrays.items() if key.startswith(f"{i}/")}
+        family = lambda name: {k.split("/", 1)[1]: v for k, v in part.items() if k.startswith(name + "/")}  # noqa: E731
+        stats[entry["name"]] = LayerStats(
+            layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], n_rows=entry["n_rows"],
+            n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"],
+            classes=ClassMoments.from_arrays(family("classes")), units=UnitStats.from_arrays(family("units")),
+            reservoir=Reservoir.from_arrays(family("reservoir")),
+        )
+    return stats, header["meta"]
+
+
+def merge_stats(parts: list[dict[str, LayerStats]]) -> dict[str, LayerStats]:
+    """Merge statistics of the same layers computed on disjoint rows (shards or row ranges)."""
+    if not parts:
+        raise UsageError("nothing to merge")
+    merged = parts[0]
+    for part in parts[1:]:
+        if set(part) != set(merged):
+            raise InvalidInputError(f"partial statistics cover different layers: {sorted(merged)} vs {sorted(part)}")
+        for name, layer_stats in part.items():
+            merged[name].merge(layer_stats)
+    return merged
+
+
+def options_record(options: PassOptions) -> dict:
+    """The pass options as plain JSON-ready values (for provenance in every output)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}

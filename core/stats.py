@@ -1,0 +1,280 @@
+"""Mergeable one-pass statistics of a layer (DESIGN.md §3), exact in float64.
+
+Each accumulator has ``update`` (one block of rows), ``merge`` (another accumulator of the same
+layer, e.g. another shard's) and ``to_arrays``/``from_arrays`` (for partial-statistics files).
+Merging is associative: any split of the rows, merged in any order, gives the same statistics
+up to float64 rounding.
+
+Numerics: second moments are never formed as E[xxᵀ] − μμᵀ from raw sums (that cancels
+catastrophically when the spread is small next to the mean, as in the collapsed regime). Each
+row is shifted by a per-class reference ref_c (the class mean of the block where the class first
+appears) before the block GEMM; the sums of the shifted rows correct the result once, at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.linalg import blas
+
+_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _grow(array: np.ndarray, rows: int, fill=0) -> np.ndarray:
+    """``array`` with at least ``rows`` rows along axis 0 (amortised doubling), new rows = fill."""
+    if array.shape[0] >= rows:
+        return array
+    grown = np.full((max(rows, 2 * array.shape[0]),) + array.shape[1:], fill, dtype=array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
+
+
+def _class_indicator(inverse: np.ndarray, n_present: int) -> sparse.csr_matrix:
+    """Sparse (n_present, n_rows) 0/1 matrix: row k selects the rows of the k-th present class."""
+    n_rows = inverse.shape[0]
+    return sparse.csr_matrix((np.ones(n_rows), (inverse, np.arange(n_rows))), shape=(n_present, n_rows))
+
+
+@dataclass
+class ClassStats:
+    """Finalised class moments of the kept rows (all float64).
+
+    counts (C,), means (C, D) (rows of absent classes are 0), within_scatter (D, D) =
+    Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ (so Σ_W = within_scatter / n), and
+    sq_dev (C,) = Σ_{i∈c} ‖x_i − μ_c‖² (so v_c = sq_dev / n_c).
+    """
+
+    counts: np.ndarray
+    means: np.ndarray
+    within_scatter: np.ndarray
+    sq_dev: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+
+class ClassMoments:
+    """Per-class counts and shifted sums, per-class shifted squared norms, pooled shifted scatter."""
+
+    def __init__(self, n_units: int):
+        self.n_units = n_units
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.ref = np.zeros((0, n_units))
+        self.sums = np.zeros((0, n_units))
+        self.sumsq = np.zeros(0)
+        # Fortran order: dsyrk updates it in place. Only the upper triangle is maintained.
+        self.scatter = np.zeros((n_units, n_units), order="F")
+
+    @property
+    def n_classes(self) -> int:
+        """One more than the largest class index seen (absent classes in between count)."""
+        seen = np.flatnonzero(self.counts)
+        return int(seen[-1]) + 1 if seen.size else 0
+
+    def _ensure(self, n_classes: int) -> None:
+        self.counts = _grow(self.counts, n_classes)
+        self.ref = _grow(self.ref, n_classes)
+        self.sums = _grow(self.sums, n_classes)
+        self.sumsq = _grow(self.sumsq, n_classes)
+
+    def update(self, X: np.ndarray, y: np.ndarray, work: np.ndarray | None = None) -> None:
+        """Add rows X (n, D) float64 with class indices y (n,) ≥ 0. ``work`` is a reusable buffer."""
+        if X.shape[0] == 0:
+            return
+        present, inverse, block_counts = np.unique(y, return_inverse=True, return_counts=True)
+        self._ensure(int(present[-1]) + 1)
+        indicator = _class_indicator(inverse, present.size)
+        new = self.counts[present] == 0
+        if new.any():  # reference of a class = its mean in the block where it first appears
+            block_means = (indicator @ X) / block_counts[:, None]
+            self.ref[present[new]] = block_means[new]
+        z = np.empty_like(X) if work is None else work[: X.shape[0]]
+        if present.size == 1:
+            np.subtract(X, self.ref[present[0]], out=z)
+        else:
+            np.take(self.ref, y, axis=0, out=z)
+            np.subtract(X, z, out=z)
+        self.counts[present] += block_counts
+        self.sums[present] += indicator @ z
+        self.sumsq[present] += np.bincount(inverse, weights=np.einsum("ij,ij->i", z, z), minlength=present.size)
+        blas.dsyrk(1.0, z.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
+
+    def merge(self, other: "ClassMoments") -> None:
+        """Add another accumulator's rows, re-basing its shifted sums onto our references."""
+        self._ensure(other.counts.shape[0])
+        k = other.counts.shape[0]
+        theirs = np.flatnonzero(other.counts)
+        shared = theirs[self.counts[theirs] > 0]
+        only = theirs[self.counts[theirs] == 0]
+        self.ref[only] = other.ref[only]
+        # x − ref_ours = (x − ref_theirs) + δ, δ = ref_theirs − ref_ours
+        delta = np.zeros((k, self.n_units))
+        delta[shared] = other.ref[shared] - self.ref[shared]
+        n_other = other.counts.astype(np.float64)
+        sums = other.sums + n_other[:, None] * delta
+        cross = other.sums.T @ delta  # Σ_c S_c δ_cᵀ
+        scatter = _symmetric(other.scatter) + cross + cross.T + (delta * n_other[:, None]).T @ delta
+        self.sumsq[:k] += other.sumsq + 2 * np.einsum("ij,ij->i", delta, other.sums) + n_other * np.einsum("ij,ij->i", delta, delta)
+        self.sums[:k] += sums
+        self.counts[:k] += other.counts
+        self.scatter += np.triu(scatter)
+
+    def finalize(self) -> ClassStats:
+        """Class means, pooled within-class scatter and per-class squared deviations."""
+        c = self.n_classes
+        counts = self.counts[:c].copy()
+        n = np.maximum(counts, 1).astype(np.float64)  # absent classes: sums are 0, so 0/1 = 0
+        sums = self.sums[:c]
+        means = np.where(counts[:, None] > 0, self.ref[:c] + sums / n[:, None], 0.0)
+        scaled = sums / np.sqrt(n)[:, None]
+        within = _symmetric(self.scatter) - scaled.T @ scaled
+        sq_dev = self.sumsq[:c] - np.einsum("ij,ij->i", sums, sums) / n
+        return ClassStats(counts=counts, means=means, within_scatter=within, sq_dev=np.maximum(sq_dev, 0.0))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        c = self.n_classes
+        return {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c],
+                "sumsq": self.sumsq[:c], "scatter": np.triu(self.scatter)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassMoments":
+        acc = cls(arrays["scatter"].shape[0])
+        acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
+        acc.scatter = np.asfortranarray(arrays["scatter"], dtype=np.float64)
+        return acc
+
+
+def _symmetric(upper: np.ndarray) -> np.ndarray:
+    """The full symmetric matrix from its upper triangle."""
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+class UnitStats:
+    """Per-unit counts above a threshold, Σx, Σ|x|, Σx², min, max; and Σ x/‖x‖ over rows."""
+
+    FIELDS = ("n_active", "sum", "sum_abs", "sum_sq", "min", "max", "unit_vector_sum")
+
+    def __init__(self, n_units: int, threshold: float = 0.0):
+        self.threshold = float(threshold)
+        self.n_rows = 0
+        self.n_zero_rows = 0  # rows with ‖x‖ = 0 have no direction; they add nothing to Σ x/‖x‖
+        self.n_active = np.zeros(n_units, dtype=np.int64)
+        self.sum = np.zeros(n_units)
+        self.sum_abs = np.zeros(n_units)
+        self.sum_sq = np.zeros(n_units)
+        self.min = np.full(n_units, np.inf)
+        self.max = np.full(n_units, -np.inf)
+        self.unit_vector_sum = np.zeros(n_units)
+
+    def update(self, X: np.ndarray, work: np.ndarray | None = None) -> None:
+        """Add rows X (n, D) float64; ``work`` is a reusable buffer of at least X's shape."""
+        n = X.shape[0]
+        if n == 0:
+            return
+        tmp = np.empty_like(X) if work is None else work[:n]
+        self.n_rows += n
+        self.sum += X.sum(axis=0)
+        np.greater(X, self.threshold, out=tmp)
+        self.n_active += tmp.sum(axis=0).astype(np.int64)
+        np.abs(X, out=tmp)
+        self.sum_abs += tmp.sum(axis=0)
+        np.multiply(X, X, out=tmp)
+        self.sum_sq += tmp.sum(axis=0)
+        norms = np.sqrt(tmp.sum(axis=1))
+        zero = norms == 0
+        self.n_zero_rows += int(zero.sum())
+        self.unit_vector_sum += np.where(zero, 0.0, 1.0 / np.where(zero, 1.0, norms)) @ X
+        np.minimum(self.min, X.min(axis=0), out=self.min)
+        np.maximum(self.max, X.max(axis=0), out=self.max)
+
+    def merge(self, other: "UnitStats") -> None:
+        self.n_rows += other.n_rows
+        self.n_zero_rows += other.n_zero_rows
+        for name in ("n_active", "sum", "sum_abs", "sum_sq", "unit_vector_sum"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        np.minimum(self.min, other.min, out=self.min)
+        np.maximum(self.max, other.max, out=self.max)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        scalars = np.array([self.n_rows, self.n_zero_rows], dtype=np.int64)
+        return {"scalars": scalars, "threshold": np.array(self.threshold)} | {f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "UnitStats":
+        acc = cls(arrays["sum"].shape[0], float(arrays["threshold"]))
+        acc.n_rows, acc.n_zero_rows = (int(v) for v in arrays["scalars"])
+        for name in cls.FIELDS:
+            setattr(acc, name, np.array(arrays[name]))
+        return acc
+
+
+def row_keys(start: int, stop: int, seed: int) -> np.ndarray:
+    """A pseudo-random uint64 key per global row index (splitmix64 of index and seed).
+
+    The key depends only on (seed, row index), so a reservoir keeping the smallest keys holds the
+    same rows for every layer of a dump, every chunking, every shard split, every run.
+    """
+    with np.errstate(over="ignore"):
+        x = np.arange(start, stop, dtype=np.uint64) + np.uint64(seed) * _SPLITMIX_GAMMA + _SPLITMIX_GAMMA
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+class Reservoir:
+    """A seeded uniform sample of ``size`` rows (with labels and row indices), order-free."""
+
+    def __init__(self, size: int, n_units: int, dtype, seed: int = 0):
+        self.size, self.seed = int(size), int(seed)
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.index = np.zeros(0, dtype=np.int64)
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.rows = np.zeros((0, n_units), dtype=dtype)
+
+    def update(self, X: np.ndarray, y: np.ndarray, index: np.ndarray) -> None:
+        """Offer rows X with labels y and global row indices ``index``."""
+        if self.size == 0 or X.shape[0] == 0:
+            return
+        keys = _keys_of(index, self.seed)
+        if self.keys.size >= self.size:  # only rows that beat the current k-th key can enter
+            take = keys < self.keys.max()
+            if not take.any():
+                return
+            X, y, index, keys = X[take], y[take], index[take], keys[take]
+        self._absorb(keys, index, y, X.astype(self.rows.dtype, copy=False))
+
+    def _absorb(self, keys, index, labels, rows) -> None:
+        keys = np.concatenate([self.keys, keys])
+        order = np.argsort(keys, kind="stable")[: self.size]
+        self.keys = keys[order]
+        self.index = np.concatenate([self.index, index])[order]
+        self.labels = np.concatenate([self.labels, labels])[order]
+        self.rows = np.concatenate([self.rows, rows])[order]
+
+    def merge(self, other: "Reservoir") -> None:
+        self._absorb(other.keys, other.index, other.labels, other.rows)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row indices ascending, labels, rows) of the sample."""
+        order = np.argsort(self.index)
+        return self.index[order], self.labels[order], self.rows[order]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"keys": self.keys, "index": self.index, "labels": self.labels, "rows": self.rows,
+                "params": np.array([self.size, self.seed], dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Reservoir":
+        size, seed = (int(v) for v in arrays["params"])
+        acc = cls(size, arrays["rows"].shape[1], arrays["rows"].dtype, seed)
+        acc.keys, acc.index, acc.labels, acc.rows = (np.array(arrays[k]) for k in ("keys", "index", "labels", "rows"))
+        return acc
+
+
+def _keys_of(index: np.ndarray, seed: int) -> np.ndarray:
+    """row_keys for arbitrary (not necessarily contiguous) row indices."""
+    lo, hi = int(index.min()), int(index.max()) + 1
+    return row_keys(lo, hi, seed)[index - lo]

@@ -1,0 +1,65 @@
+"""Row blocks of one layer, read ahead by a background thread into reused buffers.
+
+h5py serialises reads, and BLAS releases the GIL, so one reader thread keeps the next block
+coming while the main thread does the arithmetic on the current one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from actgeom.core.dump import Dump, LayerInfo
+
+_N_BUFFERS = 3  # one being read, one queued, one being consumed
+
+
+@dataclass
+class Block:
+    """Rows [start, start + len(X)) of a layer: decoded values and labels (int64, -1 = none)."""
+
+    start: int
+    X: np.ndarray
+    labels: np.ndarray | None
+
+
+def iter_blocks(dump: Dump, layer: LayerInfo, start: int, stop: int, block_rows: int) -> Iterator[Block]:
+    """Yield the blocks of rows [start, stop); a block's arrays are valid until the next one."""
+    bounds = [(a, min(a + block_rows, stop)) for a in range(start, stop, block_rows)]
+    if not bounds:
+        return
+    free: queue.Queue = queue.Queue()
+    for _ in range(min(_N_BUFFERS, len(bounds))):
+        free.put(np.empty((block_rows, layer.n_units), dtype=layer.storage_dtype))
+    filled: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def read_ahead() -> None:
+        try:
+            for a, b in bounds:
+                buffer = free.get()
+                if cancel.is_set():
+                    return
+                raw = dump.read_raw(layer, a, b, buffer)
+                filled.put((buffer, Block(a, dump.decode(layer, raw), dump.labels(a, b))))
+            filled.put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            filled.put(exc)
+
+    reader = threading.Thread(target=read_ahead, name="actgeom-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := filled.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            buffer, block = item
+            yield block
+            free.put(buffer)
+    finally:
+        cancel.set()
+        free.put(None)  # wake the reader if it waits for a buffer
+        reader.join()
