@@ -120,10 +120,14 @@ def _feed(stats: LayerStats, start: int, X: np.ndarray, labels: np.ndarray | Non
     np.copyto(x, X)  # float64 from here on
     index = np.arange(start, start + n)
     y = np.zeros(n, dtype=np.int64) if labels is None else labels
-    if not np.isfinite(x.sum()):  # cheap test first; find the rows only when something is off
+    with np.errstate(invalid="ignore", over="ignore"):
+        suspicious = not np.isfinite(x.sum())  # cheap test first; find the rows only when something is off
+    if suspicious:
         finite = np.isfinite(x).all(axis=1)
         stats.n_nonfinite += int(n - finite.sum())
         x, X, y, index = x[finite], X[finite], y[finite], index[finite]
+        if x.shape[0] == 0:
+            return
     if np.any(y < -1):
         bad = int(y[y < -1][0])
         raise InvalidInputError(f"label {bad} at a row of layer '{stats.layer}': labels are class indices ≥ 0, or -1 for none")
@@ -156,7 +160,7 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
                        "n_unlabeled": layer_stats.n_unlabeled})
         arrays.update({f"{i}/{key}": value for key, value in _flatten(layer_stats).items()})
     header = {"format": PARTIAL_FORMAT, "version": 1, "layers": layers, "meta": meta or {}}
-    arrays["header"] = np.array(json.dumps(header))
+    arrays["header"] = np.array(json.dumps(header, default=_plain_number))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -165,6 +169,12 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _plain_number(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in partial-statistics metadata is not JSON-serialisable")
 
 
 def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:

@@ -1,0 +1,80 @@
+"""Shared fixtures: small seeded dumps written in tmp_path, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from actgeom.cli.app import app
+from actgeom.core.dump import DumpWriter
+
+
+def class_data(rng: np.random.Generator, counts: list[int], n_units: int, *, offset: float = 0.0,
+               spread: float = 1.0, separation: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows around class means (offset + separation·N(0,1)), with spread·N(0,1) noise, shuffled."""
+    means = offset + separation * rng.standard_normal((len(counts), n_units))
+    y = np.repeat(np.arange(len(counts)), counts)
+    X = means[y] + spread * rng.standard_normal((y.size, n_units))
+    order = rng.permutation(y.size)
+    return X[order], y[order]
+
+
+def write_dump(path, layers: dict[str, np.ndarray], *, dtype: str = "float64", labels=None, chunk_rows=None,
+               batch: int | None = None, **row_vectors) -> str:
+    """Write an actgeom dump; ``chunk_rows`` sets the HDF5 chunk height, ``batch`` the append size."""
+    n_rows = next(iter(layers.values())).shape[0]
+    widths = {name: X.shape[1] for name, X in layers.items()}
+    itemsize = 2 if dtype in ("float16", "bfloat16") else np.dtype(dtype).itemsize
+    chunk_bytes = (chunk_rows or 256) * max(widths.values()) * itemsize
+    batch = batch or n_rows
+    with DumpWriter(path, layers=widths, dtype=dtype, chunk_bytes=chunk_bytes, model="test") as writer:
+        for start in range(0, n_rows, batch):
+            stop = min(start + batch, n_rows)
+            rows = {k: np.asarray(v)[start:stop] for k, v in row_vectors.items()}
+            if labels is not None:
+                rows["labels"] = np.asarray(labels)[start:stop]
+            writer.append({name: X[start:stop] for name, X in layers.items()}, **rows)
+    return str(path)
+
+
+def write_h5(path, datasets: dict[str, np.ndarray], attrs: dict | None = None, dataset_attrs: dict | None = None) -> str:
+    """Write a plain (foreign) HDF5 file: {path: array}, root attrs, {path: {attr: value}}."""
+    with h5py.File(path, "w") as f:
+        for name, value in datasets.items():
+            f.create_dataset(name, data=value)
+        f.attrs.update(attrs or {})
+        for name, extra in (dataset_attrs or {}).items():
+            f[name].attrs.update(extra)
+    return str(path)
+
+
+class Cli:
+    """Runs the real app in-process; returns (exit code, stdout, stderr)."""
+
+    def __init__(self):
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str):
+        result = self.runner.invoke(app, [str(a) for a in args])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.stdout, result.stderr
+
+    def json(self, *args: str):
+        code, out, err = self(*args, "--format", "json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
