@@ -43,6 +43,9 @@ OffsetsOpt = Annotated[Optional[str], typer.Option(
 AllowIncompleteOpt = Annotated[bool, typer.Option(
     "--allow-incomplete", rich_help_panel=DATA,
     help="Read a dump whose writer did not finish (attribute complete=false).")]
+NonfiniteOpt = Annotated[str, typer.Option(
+    "--nonfinite", rich_help_panel=DATA,
+    help="Rows with NaN or inf: 'error' refuses the layer (naming how many rows), 'drop' skips and counts them.")]
 FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", rich_help_panel=OUTPUT, show_default=False,
     help="Output format. Default: table on a terminal; json when piped or with -o (unless the "

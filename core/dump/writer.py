@@ -97,18 +97,18 @@ class DumpWriter:
         if unknown:
             raise UsageError(f"unknown row vectors {sorted(unknown)}; valid: {sorted(ROW_VECTORS)}")
         given = {k: np.asarray(v) for k, v in rows.items() if v is not None}
-        if self._row_vectors is None:
-            self._row_vectors = set(given)
-        elif set(given) != self._row_vectors:
+        if self._row_vectors is not None and set(given) != self._row_vectors:
             raise UsageError(f"every batch must carry the same row vectors: {sorted(self._row_vectors)}")
-        counts = {np.asarray(a).shape[0] for a in activations.values()} | {v.shape[0] for v in given.values()}
+        activations = {name: np.asarray(values) for name, values in activations.items()}
+        counts = {a.shape[0] for a in activations.values()} | {v.shape[0] for v in given.values()}
         if len(counts) != 1:
             raise UsageError(f"a batch's layers and row vectors have different row counts: {sorted(counts)}")
-        n = counts.pop()
         for name, values in activations.items():
-            values = np.asarray(values)
             if values.ndim != 2 or values.shape[1] != self.layer_units[name]:
                 raise UsageError(f"layer '{name}' rows must have shape (n, {self.layer_units[name]}); got {values.shape}")
+        self._row_vectors = set(given)
+        n = counts.pop()
+        for name, values in activations.items():
             stored = encode_bfloat16(values) if self.dtype == "bfloat16" else values.astype(STORAGE[self.dtype])
             self._extend(f"activations/{name}", stored)
         for key, values in given.items():

@@ -1,0 +1,85 @@
+"""`actgeom stats` and `actgeom merge`: partial statistics for cluster scale-out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import Result, emit
+from actgeom.cli.progress import row_progress
+from actgeom.core import __version__
+from actgeom.core.dump import Dump
+from actgeom.core.engine import PassOptions, accumulate, load_partial, merge_stats, options_record, save_partial
+from actgeom.core.errors import UsageError
+from actgeom.core.summary import pass_summary
+
+SaveOpt = Annotated[Optional[Path], typer.Option(
+    "--save-stats", rich_help_panel=o.OUTPUT, show_default=False,
+    help="Write the partial statistics (.npz) here, to merge later with `actgeom merge`.")]
+RowsOpt = Annotated[Optional[str], typer.Option(
+    "--rows", show_default=False, help="Only rows START:STOP of the dump (one shard of a job array).")]
+SampleOpt = Annotated[int, typer.Option("--sample", help="Rows kept in the seeded sample (for subsampled metrics).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the sample: same seed, same rows in every layer and run.")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", help="A unit is active on a row when its value > threshold.")]
+
+
+def parse_rows(rows: str | None) -> tuple[int, int] | None:
+    if rows is None:
+        return None
+    try:
+        start, stop = (int(part) for part in rows.split(":"))
+    except ValueError:
+        raise UsageError(f"--rows '{rows}' is not START:STOP (two whole numbers, e.g. 0:100000)") from None
+    return start, stop
+
+
+def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
+          bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
+          allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
+          rows: RowsOpt = None, sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
+          save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
+    """One pass over each layer: the sufficient statistics every metric is computed from.
+
+    Prints what was read per layer; --save-stats keeps the statistics so that shards computed by
+    separate jobs can be combined with `actgeom merge`.
+
+    Example (a SLURM array of 4 shards of 1 000 000 rows, then one merge):
+
+        actgeom stats run.h5 --rows $((i*250000)):$(((i+1)*250000)) --save-stats part$i.npz
+
+        actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
+    """
+    options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, row_range=parse_rows(rows))
+    spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
+    with Dump(dump, spec) as opened, row_progress() as progress:
+        result = accumulate(opened, options=options, progress=progress)
+    meta = {"inputs": [str(dump)], "options": options_record(options)}
+    if save_stats is not None:
+        save_partial(save_stats, result, meta)
+    emit(_result(f"actgeom stats: {dump}", result, meta), fmt, output)
+
+
+def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics files from `actgeom stats --save-stats`.")],
+          save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
+    """Merge partial statistics of the same layers computed on disjoint rows (shards, row ranges).
+
+    Example:
+
+        actgeom merge part*.npz --save-stats all.npz --format json
+    """
+    loaded = [load_partial(path) for path in parts]
+    merged = merge_stats([stats_ for stats_, _ in loaded])
+    meta = {"inputs": [i for _, m in loaded for i in m.get("inputs", [])], "parts": [str(p) for p in parts],
+            "options": [m.get("options") for _, m in loaded]}
+    if save_stats is not None:
+        save_partial(save_stats, merged, meta)
+    emit(_result(f"actgeom merge: {len(parts)} parts", merged, meta), fmt, output)
+
+
+def _result(title: str, result: dict, meta: dict) -> Result:
+    records = [pass_summary(layer_stats) for layer_stats in result.values()]
+    document = {"tool": "actgeom", "version": __version__, **meta, "layers": records}
+    return Result(title=title, document=document, records=records, summary={"inputs": ", ".join(meta["inputs"])})

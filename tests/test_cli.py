@@ -1,0 +1,176 @@
+"""The real app on small dumps: outputs, exit codes, and one clear line for every user error."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actgeom.cli.output import Result, render
+from actgeom.cli.options import Format
+from conftest import class_data, write_dump, write_h5
+
+SAMPLE = sorted((Path(__file__).parent.parent / "sample_data").glob("*.h5"))
+
+
+@pytest.fixture
+def dump(tmp_path, rng):
+    X, y = class_data(rng, [30, 20, 10], 5)
+    return write_dump(tmp_path / "d.h5", {"h1": X, "h2": X[:, :3] ** 2}, labels=y, prediction=y)
+
+
+def test_sample_data_is_real_and_complete():
+    assert len(SAMPLE) >= 4
+    assert sum(p.stat().st_size for p in SAMPLE) <= 10 * 2**20
+
+
+@pytest.mark.parametrize("path", SAMPLE, ids=lambda p: p.name)
+def test_info_on_sample_data(cli, path):
+    doc = cli.json("info", path)
+    assert doc["format"] == "actgeom-dump v1" and doc["n_rows"] == 1797
+    assert [layer["name"] for layer in doc["layers"]] == ["hidden1", "hidden2", "hidden3"]
+    assert doc["labels"]["n_classes"] == 10 and doc["labels"]["count_min"] == 174
+    assert doc["classifier"] == {"weight": "classifier/weight", "bias": "classifier/bias", "n_classes": 10,
+                                 "n_units": 64, "layer": "hidden3"}
+
+
+def test_info_every_format(cli, dump):
+    code, table, _ = cli("info", dump, "--format", "table")
+    assert code == 0 and "h1" in table and "3 classes" in table
+    _, jsonl, _ = cli("info", dump, "--format", "jsonl")
+    assert [json.loads(line)["name"] for line in jsonl.splitlines()] == ["h1", "h2"]
+    _, text, _ = cli("info", dump, "--format", "csv")
+    assert [row["n_units"] for row in csv.DictReader(io.StringIO(text))] == ["5", "3"]
+    _, md, _ = cli("info", dump, "--format", "md")
+    assert "| name |" in md and "| h2 |" in md
+
+
+def test_piped_default_is_json(cli, dump):
+    code, out, _ = cli("info", dump)  # the test runner's stdout is not a terminal
+    assert code == 0 and json.loads(out)["n_rows"] == 60
+
+
+def test_output_file_is_written_atomically(cli, dump, tmp_path):
+    code, out, _ = cli("info", dump, "-o", tmp_path / "info.csv")
+    assert code == 0 and out == ""
+    assert (tmp_path / "info.csv").read_text().startswith("name,path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "info.csv"]
+
+
+def test_strict_json_turns_nonfinite_into_null():
+    result = Result(title="t", document={"a": float("nan"), "b": np.float32(np.inf), "c": np.int64(3)}, records=[])
+    assert json.loads(render(result, Format.json)) == {"a": None, "b": None, "c": 3}
+
+
+def test_stats_and_merge_of_shards_equal_one_pass(cli, dump, tmp_path):
+    whole = cli.json("stats", dump, "--sample", "10")
+    for i, rows in enumerate(["0:25", "25:60"]):
+        code, _, err = cli("stats", dump, "--rows", rows, "--sample", "10", "--save-stats", tmp_path / f"p{i}.npz")
+        assert code == 0, err
+    merged = cli.json("merge", tmp_path / "p1.npz", tmp_path / "p0.npz")
+    for a, b in zip(whole["layers"], merged["layers"]):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert value == (b[key] if isinstance(value, str) else pytest.approx(b[key], rel=1e-12)), key
+
+
+def test_version(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("actgeom ")
+
+
+# Every validation error: exit code and a one-line message naming what is wrong and what is valid.
+def _foreign(tmp_path, rng, **datasets):
+    base = {"feats": rng.standard_normal((10, 4)).astype(np.float32), "y": np.arange(10) % 3}
+    return write_h5(tmp_path / "f.h5", base | datasets)
+
+
+ERRORS = {
+    "missing file": (lambda t, r: str(t / "nope.h5"), [], 3, r"no such file: .*nope\.h5"),
+    "not hdf5": (lambda t, r: str((t / "x.h5").write_text("hello") and t / "x.h5"), [], 3, r"x\.h5 is not a readable HDF5 file"),
+    "missing labels dataset": (lambda t, r: _foreign(t, r), ["--labels", "target"], 3,
+                               r"no dataset 'target' in .*f\.h5 \(given by --labels\); datasets: feats, y"),
+    "no layer matches": (lambda t, r: _foreign(t, r), ["--layers", "fc9"], 3,
+                         r"no dataset matches --layers 'fc9' in .*; datasets: feats, y"),
+    "labels wrong length": (lambda t, r: _foreign(t, r, y=np.arange(7)), [], 3,
+                            r"labels 'y' in .* has 7 rows but the layers have 10"),
+    "labels not integers": (lambda t, r: _foreign(t, r, y=np.linspace(0, 1, 10)), [], 3,
+                            r"labels 'y' in .* has dtype float64; labels must be integers"),
+    "layer not 2-D": (lambda t, r: _foreign(t, r, cube=np.zeros((10, 2, 2))), ["--layers", "cube"], 3,
+                      r"layer 'cube' in .* has shape \(10, 2, 2\); a layer must be 2-D"),
+    "layer not float": (lambda t, r: _foreign(t, r, ints=np.zeros((10, 2), dtype=np.int32)), ["--layers", "ints"], 3,
+                        r"layer 'ints' .* has dtype int32; a layer must be float16, float32, float64, or bfloat16"),
+    "classifier width": (lambda t, r: _foreign(t, r, W=np.zeros((3, 5))), ["--weight", "W"], 3,
+                         r"classifier weight 'W' in .* has 5 units but layer 'feats' has 4"),
+    "bias shape": (lambda t, r: _foreign(t, r, W=np.zeros((3, 4)), b=np.zeros(4)), ["--weight", "W", "--bias", "b"], 3,
+                   r"classifier bias 'b' in .* has shape \(4,\); the weight has 3 classes, so expected \(3,\)"),
+    "bias without weight": (lambda t, r: _foreign(t, r, b=np.zeros(3)), ["--bias", "b"], 3, r"--bias needs --weight"),
+    "bad offsets": (lambda t, r: _foreign(t, r, off=np.array([0, 4, 9])), ["--offsets", "off"], 3,
+                    r"offsets 'off' in .* must rise from 0 to n_rows=10; found 0 \.\. 9"),
+    "incomplete": (lambda t, r: write_h5(t / "i.h5", {"activations/h": np.zeros((3, 2))},
+                                         attrs={"format": "actgeom-dump", "complete": False}), [], 3,
+                   r"i\.h5 is an incomplete dump .* pass --allow-incomplete"),
+    "bad format": (lambda t, r: _foreign(t, r), ["--format", "xml"], 2, r"xml"),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "stats"])
+@pytest.mark.parametrize("case", ERRORS)
+def test_validation_errors(cli, tmp_path, rng, case, command):
+    make, args, code, message = ERRORS[case]
+    got_code, out, err = cli(command, make(tmp_path, rng), *args)
+    assert got_code == code
+    assert out == ""
+    if code == 3:  # our own errors: exactly one line, no traceback
+        assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+
+
+def test_allow_incomplete(cli, tmp_path):
+    path = write_h5(tmp_path / "i.h5", {"activations/h": np.ones((3, 2))}, attrs={"format": "actgeom-dump", "complete": False})
+    assert cli.json("info", path, "--allow-incomplete")["n_rows"] == 3
+
+
+def test_nonfinite_refused_naming_layer_and_count_or_dropped(cli, tmp_path, rng):
+    X = rng.standard_normal((40, 3))
+    X[[1, 5], 0] = np.nan
+    X[9, 2] = np.inf
+    path = write_dump(tmp_path / "d.h5", {"h": X}, chunk_rows=4)
+    code, out, err = cli("stats", path)
+    assert code == 3 and out == ""
+    assert err == f"Error: layer 'h' in {path} has 3 rows with NaN or inf values; pass --nonfinite drop to skip them\n"
+    doc = cli.json("stats", path, "--nonfinite", "drop")
+    assert doc["layers"][0]["n_nonfinite_dropped"] == 3 and doc["layers"][0]["n_rows"] == 37
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nonfinite", "skip"], "--nonfinite 'skip' is not one of error, drop"),
+    (["--rows", "5-9"], "--rows '5-9' is not START:STOP"),
+    (["--rows", "0:999"], "row range 0:999 is outside the dump's rows 0:60"),
+    (["--sample", "-1"], "reservoir size must be ≥ 0"),
+])
+def test_usage_errors_exit_2(cli, dump, args, message):
+    code, out, err = cli("stats", dump, *args)
+    assert code == 2 and out == "" and err.startswith(f"Error: {message}") and err.count("\n") == 1
+
+
+def test_output_into_missing_directory(cli, dump, tmp_path):
+    code, _, err = cli("info", dump, "-o", tmp_path / "no" / "x.json")
+    assert code == 2 and "directory" in err and "does not exist" in err
+
+
+def test_labels_below_minus_one(cli, tmp_path, rng):
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((6, 2))}, labels=[0, 1, -3, 0, 1, 0])
+    code, _, err = cli("stats", path)
+    assert code == 3 and "label -3" in err and "-1 for none" in err
+
+
+def test_merge_refuses_junk(cli, tmp_path):
+    (tmp_path / "p.npz").write_bytes(b"junk")
+    code, _, err = cli("merge", tmp_path / "p.npz")
+    assert code == 3 and err.startswith("Error: ") and "not an actgeom partial-statistics file" in err
