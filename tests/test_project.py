@@ -1,0 +1,38 @@
+"""Project rules that must not drift: core stays pure, docs cover every command, doctests run."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from actgeom.cli.app import app
+
+ROOT = Path(__file__).parent.parent
+CORE = sorted((ROOT / "core").rglob("*.py"))
+COMMANDS = sorted(command.name for command in app.registered_commands)
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_never_imports_cli_libraries_or_prints(path):
+    text = path.read_text()
+    assert not re.search(r"^\s*(import|from)\s+(typer|rich|click)\b", text, re.M)
+    assert not re.search(r"\bprint\(", text)
+    if path.parent.name != "dump":
+        assert not re.search(r"^\s*(import|from)\s+h5py\b", text, re.M), "only core/dump touches h5py"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0 and "Example" in out
+    assert re.search(rf"`actgeom {command}\b", (ROOT / "README.md").read_text()), f"README does not show `actgeom {command}`"
+
+
+@pytest.mark.parametrize("module", ["actgeom.core.engine", "actgeom.core.dump.writer"])
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
