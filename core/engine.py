@@ -94,13 +94,11 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
         stats = LayerStats(
             layer=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, n_rows=0, n_nonfinite=0,
             n_unlabeled=0, classes=ClassMoments(layer.n_units), units=UnitStats(layer.n_units, options.threshold),
-            reservoir=Reservoir(options.reservoir, layer.n_units, layer.decoded_dtype, options.seed),
+            reservoir=Reservoir(options.reservoir, layer.n_units, _sample_dtype(layer.storage_dtype), options.seed),
         )
         block_rows = options.block_rows or dump.block_rows(layer)
-        X64 = np.empty((block_rows, layer.n_units))
-        work = np.empty((block_rows, layer.n_units))
         for block in iter_blocks(dump, layer, start, stop, block_rows):
-            _feed(stats, block.start, block.X, block.labels, X64, work, options.nonfinite)
+            _feed(stats, block.start, block.X, block.labels)
             if progress is not None:
                 progress(layer.name, block.start + block.X.shape[0] - start, stop - start)
         if stats.n_nonfinite and options.nonfinite == "error":
@@ -112,33 +110,31 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
     return results
 
 
-def _feed(stats: LayerStats, start: int, X: np.ndarray, labels: np.ndarray | None,
-          X64: np.ndarray, work: np.ndarray, nonfinite: str) -> None:
-    """Feed one block to every accumulator of a layer."""
-    n = X.shape[0]
-    x = X64[:n]
-    np.copyto(x, X)  # float64 from here on
+def _sample_dtype(storage_dtype: str) -> type:
+    """float32 holds every float16, bfloat16 and float32 value exactly (and casts to it are fast)."""
+    return np.float64 if storage_dtype == "float64" else np.float32
+
+
+def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | None) -> None:
+    """Feed one block of float64 rows to every accumulator of a layer."""
+    n = x.shape[0]
     index = np.arange(start, start + n)
     y = np.zeros(n, dtype=np.int64) if labels is None else labels
-    with np.errstate(invalid="ignore", over="ignore"):
-        suspicious = not np.isfinite(x.sum())  # cheap test first; find the rows only when something is off
-    if suspicious:
-        finite = np.isfinite(x).all(axis=1)
-        stats.n_nonfinite += int(n - finite.sum())
-        x, X, y, index = x[finite], X[finite], y[finite], index[finite]
-        if x.shape[0] == 0:
-            return
     if np.any(y < -1):
         bad = int(y[y < -1][0])
         raise InvalidInputError(f"label {bad} at a row of layer '{stats.layer}': labels are class indices ≥ 0, or -1 for none")
+    if not stats.units.update(x):  # the block holds NaN/inf: find those rows (rare, so only now)
+        finite = np.isfinite(x).all(axis=1)
+        stats.n_nonfinite += int(n - finite.sum())
+        x, y, index = x[finite], y[finite], index[finite]
+        stats.units.update(x)
     stats.n_rows += x.shape[0]
-    stats.units.update(x, work)
-    stats.reservoir.update(X, y, index)
+    stats.reservoir.update(x, y, index)
     labelled = y >= 0
     if not labelled.all():
         stats.n_unlabeled += int((~labelled).sum())
         x, y = x[labelled], y[labelled]
-    stats.classes.update(x, y, work)
+    stats.classes.update(x, y)
 
 
 def _flatten(stats: LayerStats) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Row blocks of one layer, read ahead by a background thread into reused buffers.
 
 h5py serialises reads, and BLAS releases the GIL, so one reader thread keeps the next block
-coming while the main thread does the arithmetic on the current one.
+coming while the main thread does the arithmetic on the current one. The reader also converts
+to float64 (exact for every stored dtype), which takes that pass off the main thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _N_BUFFERS = 3  # one being read, one queued, one being consumed
 
 @dataclass
 class Block:
-    """Rows [start, start + len(X)) of a layer: decoded values and labels (int64, -1 = none)."""
+    """Rows [start, start + len(X)) of a layer: float64 values and labels (int64, -1 = none)."""
 
     start: int
     X: np.ndarray
@@ -32,9 +33,10 @@ def iter_blocks(dump: Dump, layer: LayerInfo, start: int, stop: int, block_rows:
     bounds = [(a, min(a + block_rows, stop)) for a in range(start, stop, block_rows)]
     if not bounds:
         return
+    raw = np.empty((block_rows, layer.n_units), dtype=layer.storage_dtype)
     free: queue.Queue = queue.Queue()
     for _ in range(min(_N_BUFFERS, len(bounds))):
-        free.put(np.empty((block_rows, layer.n_units), dtype=layer.storage_dtype))
+        free.put(np.empty((block_rows, layer.n_units)))
     filled: queue.Queue = queue.Queue()
     cancel = threading.Event()
 
@@ -44,8 +46,9 @@ def iter_blocks(dump: Dump, layer: LayerInfo, start: int, stop: int, block_rows:
                 buffer = free.get()
                 if cancel.is_set():
                     return
-                raw = dump.read_raw(layer, a, b, buffer)
-                filled.put((buffer, Block(a, dump.decode(layer, raw), dump.labels(a, b))))
+                X = buffer[: b - a]
+                np.copyto(X, dump.decode(layer, dump.read_raw(layer, a, b, raw)))
+                filled.put((buffer, Block(a, X, dump.labels(a, b))))
             filled.put(None)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             filled.put(exc)

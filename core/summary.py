@@ -33,5 +33,5 @@ def pass_summary(stats: LayerStats) -> dict:
         "n_units_ever_active": int((stats.units.n_active > 0).sum()),
         "within_variance": within,
         "total_variance": within + between,
-        "sample_rows": int(stats.reservoir.index.size),
+        "sample_rows": stats.reservoir.n_rows,
     }

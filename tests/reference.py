@@ -37,9 +37,6 @@ def unit_statistics(X: np.ndarray, threshold: float = 0.0) -> dict[str, np.ndarr
         "n_active": (X > threshold).sum(axis=0),
         "sum": X.sum(axis=0),
         "sum_abs": np.abs(X).sum(axis=0),
-        "sum_sq": (X**2).sum(axis=0),
-        "min": X.min(axis=0),
-        "max": X.max(axis=0),
         "unit_vector_sum": (X[nonzero] / norms[nonzero, None]).sum(axis=0),
     }
 

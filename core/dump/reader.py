@@ -63,11 +63,6 @@ class LayerInfo:
     compression: str | None
     attrs: dict = field(default_factory=dict)
 
-    @property
-    def decoded_dtype(self) -> np.dtype:
-        """The dtype rows are returned in: bfloat16 decodes to float32, the rest stay as stored."""
-        return np.dtype(np.float32 if self.logical_dtype == "bfloat16" else self.storage_dtype)
-
 
 def _plain(value):
     """An HDF5 attribute value as plain Python (for JSON and display)."""
@@ -306,7 +301,7 @@ class Dump:
                 return layer
         raise InvalidInputError(f"no layer '{name}' in {self.path}; layers: {_listing([l.name for l in self.layers])}")
 
-    def block_rows(self, layer: LayerInfo, target_bytes: int = 32 << 20) -> int:
+    def block_rows(self, layer: LayerInfo, target_bytes: int = 8 << 20) -> int:
         """Rows per read block: a whole number of HDF5 chunks near ``target_bytes`` as float64."""
         per_row = max(layer.n_units * 8, 1)
         rows = max(target_bytes // per_row, 1)

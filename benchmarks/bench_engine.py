@@ -1,0 +1,130 @@
+"""Time actgeom's one-pass engine against the machine's floor, measured in the same run.
+
+floor  = plain h5py reads of the same row blocks into a reused buffer + one float64 GEMM XᵀX
+         per block (the least any exact second-moment pass must do);
+engine = actgeom.core.engine.accumulate with every accumulator on (class moments with labels,
+         unit statistics, Σ x/‖x‖, a 10 000-row seeded sample).
+Each measurement runs in a fresh process (so peak RSS is its own); floor and engine alternate,
+and the best of --repeat runs is kept. The dump is read from the page cache after the first run.
+Then the engine runs on a dump of 4N rows and the peak-RSS ratio 4N : N is printed.
+
+    python benchmarks/bench_engine.py                       # N=200 000, D=1024, C=100, float16
+    python benchmarks/bench_engine.py --rows 50000 --units 256 --classes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORKDIR = Path(__file__).parent / "_work"
+
+
+def make_dump(path: Path, n_rows: int, n_units: int, n_classes: int, dtype: str, seed: int = 0) -> None:
+    """Synthetic class-structured activations, written in batches (never all in memory)."""
+    from actgeom.core.dump import DumpWriter
+
+    if path.exists():
+        return
+    rng = np.random.default_rng(seed)
+    means = 2.0 * rng.standard_normal((n_classes, n_units)).astype(np.float32)
+    batch = 20_000
+    with DumpWriter(path, layers={"layer": n_units}, dtype=dtype, model="synthetic") as writer:
+        for start in range(0, n_rows, batch):
+            n = min(batch, n_rows - start)
+            y = rng.integers(0, n_classes, n)
+            X = means[y] + rng.standard_normal((n, n_units), dtype=np.float32)
+            writer.append({"layer": X}, labels=y)
+
+
+def child_floor(path: str) -> dict:
+    import h5py
+
+    from actgeom.core.dump import Dump
+
+    with Dump(path) as dump:  # only to get the engine's block size; the reads below are plain h5py
+        layer = dump.layers[0]
+        block_rows = dump.block_rows(layer)
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        ds = f[layer.path]
+        n_rows, n_units = ds.shape
+        raw = np.empty((block_rows, n_units), dtype=ds.dtype)
+        X64 = np.empty((block_rows, n_units))
+        gram = np.zeros((n_units, n_units))
+        for a in range(0, n_rows, block_rows):
+            b = min(a + block_rows, n_rows)
+            ds.read_direct(raw, np.s_[a:b], np.s_[0 : b - a])
+            np.copyto(X64[: b - a], raw[: b - a])
+            gram += X64[: b - a].T @ X64[: b - a]
+    return {"seconds": time.perf_counter() - t0}
+
+
+def child_engine(path: str) -> dict:
+    from actgeom.core.dump import Dump
+    from actgeom.core.engine import PassOptions, accumulate
+
+    t0 = time.perf_counter()
+    with Dump(path) as dump:
+        stats = accumulate(dump, options=PassOptions(reservoir=10_000, seed=0))
+    seconds = time.perf_counter() - t0
+    layer = next(iter(stats.values()))
+    return {"seconds": seconds, "n_rows": layer.n_rows}
+
+
+def run_child(kind: str, path: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(path)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--units", type=int, default=1024)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, path = args.child
+        result = (child_floor if kind == "floor" else child_engine)(path)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    WORKDIR.mkdir(exist_ok=True)
+    stem = f"synthetic_{args.units}u_{args.classes}c_{args.dtype}"
+    small = WORKDIR / f"{stem}_{args.rows}.h5"
+    large = WORKDIR / f"{stem}_{4 * args.rows}.h5"
+    print(f"N={args.rows} D={args.units} C={args.classes} dtype={args.dtype}; cpus={os.cpu_count()}", flush=True)
+    make_dump(small, args.rows, args.units, args.classes, args.dtype)
+    make_dump(large, 4 * args.rows, args.units, args.classes, args.dtype)
+    run_child("floor", small)  # warm the page cache
+    floors, engines = [], []
+    for _ in range(args.repeat):
+        floors.append(run_child("floor", small))
+        engines.append(run_child("engine", small))
+    floor = min(floors, key=lambda r: r["seconds"])
+    engine = min(engines, key=lambda r: r["seconds"])
+    for name, best, runs in (("floor  (read + float64 GEMM)", floor, floors), ("engine (all accumulators)   ", engine, engines)):
+        every = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+        print(f"{name}: {best['seconds']:.2f} s  peak RSS {best['peak_rss_mib']:.0f} MiB  (all runs: {every})")
+    print(f"engine / floor time: {engine['seconds'] / floor['seconds']:.3f}")
+    run_child("engine", large)  # warm
+    big = run_child("engine", large)
+    print(f"engine at 4N: {big['seconds']:.2f} s  peak RSS {big['peak_rss_mib']:.0f} MiB")
+    print(f"peak RSS 4N / N: {big['peak_rss_mib'] / engine['peak_rss_mib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
