@@ -26,6 +26,7 @@ CASES = {
     "float64+1e4": dict(dtype="float64", offset=1e4, spread=1.0),
     "float32+1e4": dict(dtype="float32", offset=1e4, spread=1.0),
     "float16+1e3": dict(dtype="float16", offset=1e3, spread=8.0),
+    "float16+1e4": dict(dtype="float16", offset=1e4, spread=64.0),  # float16 spacing at 1e4 is 8
     "bfloat16": dict(dtype="bfloat16", offset=10.0, spread=1.0),
 }
 
