@@ -31,6 +31,7 @@ class Result:
     document: dict
     records: list[dict]
     summary: dict = field(default_factory=dict)  # key → value lines shown above the table
+    table: list[dict] | None = None  # rows of the table/md view, when not the records
 
 
 def jsonable(value):
@@ -107,10 +108,11 @@ def _table_columns(records: list[dict]) -> list[str]:
 def _markdown(result: Result) -> str:
     lines = [f"## {result.title}", ""]
     lines += [f"- **{key}**: {_flat(value)}" for key, value in result.summary.items()]
-    columns = _table_columns(result.records)
+    rows = result.records if result.table is None else result.table
+    columns = _table_columns(rows)
     if columns:
         lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_flat(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in result.records]
+        lines += ["| " + " | ".join(_flat(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -120,12 +122,13 @@ def _table(result: Result, *, width: int | None, color: bool) -> str:
     console.print(f"[bold]{result.title}[/bold]")
     for key, value in result.summary.items():
         console.print(f"  {key}: {_flat(value)}", markup=False)
-    columns = _table_columns(result.records)
+    rows = result.records if result.table is None else result.table
+    columns = _table_columns(rows)
     if columns:
         table = Table(show_edge=False, pad_edge=False)
         for column in columns:
             table.add_column(column, overflow="fold")
-        for record in result.records:
+        for record in rows:
             table.add_row(*(_flat(record.get(c)) for c in columns))
         console.print(table)
     return buffer.getvalue()

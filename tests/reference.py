@@ -46,3 +46,92 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     scale = np.linalg.norm(expected)
     diff = np.linalg.norm(np.asarray(actual, dtype=np.float64) - expected)
     return float(diff / scale) if scale else float(diff)
+
+
+def _pinv(matrix: np.ndarray, size: int) -> np.ndarray:
+    """Pseudo-inverse keeping eigenvalues > size·eps·λ_max (the convention actgeom documents)."""
+    return np.linalg.pinv(matrix, rtol=size * np.finfo(np.float64).eps, hermitian=True)
+
+
+def _etf_error(A: np.ndarray) -> float:
+    C = A.shape[0]
+    target = (np.eye(C) - np.ones((C, C)) / C) / np.sqrt(C - 1)
+    return float(np.linalg.norm(A / np.linalg.norm(A) - target))
+
+
+def _pairs(values: np.ndarray) -> np.ndarray:
+    return values[np.triu_indices(values.shape[0], 1)]
+
+
+def _nc2(rows: np.ndarray, suffix: str) -> dict:
+    C = rows.shape[0]
+    norms = np.linalg.norm(rows, axis=1)
+    cos = _pairs(rows @ rows.T / np.outer(norms, norms))
+    return {f"nc2_equinorm_{suffix}": norms.std(ddof=1) / norms.mean(),
+            f"nc2_equiangular_{suffix}": cos.std(),
+            f"nc2_maxangle_{suffix}": np.abs(cos + 1 / (C - 1)).mean(),
+            f"nc2_etf_error_{suffix}": _etf_error(rows @ rows.T)}
+
+
+def _frame(rows: np.ndarray, suffix: str) -> dict:
+    G = rows @ rows.T
+    off = G - np.diag(np.diag(G))
+    return {f"of_error_{suffix}": float(np.linalg.norm(G / np.linalg.norm(G) - np.eye(G.shape[0]) / np.sqrt(G.shape[0]))),
+            f"gof_offdiag_ratio_{suffix}": float(np.linalg.norm(off) / np.linalg.norm(G))}
+
+
+def collapse_reference(X, y, W=None, b=None, predictions=None, *, min_count=1, global_mean="class",
+                       nc1_inverse="topk", divide_by_c=True, nc4_decision="auto") -> dict:
+    """Every collapse metric of METRICS.md §1 the slow, obvious way: loops, C×C matrices, pinv."""
+    X = np.asarray(X, dtype=np.float64)
+    counts = np.bincount(y[y >= 0])
+    kept = np.flatnonzero(counts >= max(min_count, 1))
+    C, D = kept.size, X.shape[1]
+    in_kept = np.isin(y, kept)
+    Xk, yk = X[in_kept], y[in_kept]
+    N = yk.size
+    M = np.stack([Xk[yk == c].mean(axis=0) for c in kept])
+    Sw = sum((Xk[yk == c] - M[i]).T @ (Xk[yk == c] - M[i]) for i, c in enumerate(kept)) / N
+    v = np.array([((Xk[yk == c] - M[i]) ** 2).sum(axis=1).mean() for i, c in enumerate(kept)])
+    mu_g = M.mean(axis=0) if global_mean == "class" else Xk.mean(axis=0)
+    Mt = M - mu_g
+    Sb = Mt.T @ Mt / C
+    if nc1_inverse == "topk":
+        lam, vec = np.linalg.eigh(Sb)
+        k = min(C - 1, D)
+        lam, vec = lam[::-1][:k], vec[:, ::-1][:, :k]
+        Sb_inv = vec @ np.diag(1 / lam) @ vec.T
+    else:
+        Sb_inv = _pinv(Sb, max(C, D))
+    out = {"nc1": np.trace(Sw @ Sb_inv) / (C if divide_by_c else 1), "nc1_quotient": np.trace(Sw) / np.trace(Sb)}
+    dist2 = ((M[:, None, :] - M[None, :, :]) ** 2).sum(axis=2)
+    spread = (v[:, None] + v[None, :]) / 2
+    out["cdnv"] = _pairs(spread / np.where(dist2 > 0, dist2, np.nan)).mean()
+    out["cdnv_lc"] = _pairs(spread / np.where(dist2 > 0, dist2, np.nan) ** 2).mean()
+    out["vci"] = 1 - np.trace(_pinv(Sw + Sb, D) @ Sb) / min(D, C - 1)
+    xbar = Xk.mean(axis=0)
+    SSb = sum(counts[c] / N * np.outer(M[i] - xbar, M[i] - xbar) for i, c in enumerate(kept))
+    out["separation_fuzziness"] = np.trace(Sw @ _pinv(SSb, max(C, D)))
+    out |= _nc2(Mt, "means")
+    out["nc2_equinorm_logvar_means"] = np.log(np.linalg.norm(Mt, axis=1)).var(ddof=1)
+    P = Mt / np.linalg.norm(Mt, axis=1, keepdims=True)
+    logs = _pairs(-np.log(np.sqrt(((P[:, None, :] - P[None, :, :]) ** 2).sum(axis=2)) + np.eye(C)))
+    out["gnc2_log_mean"], out["gnc2_log_var"] = logs.mean(), logs.var()
+    out |= _frame(M, "means")
+    if W is not None:
+        Wk = W[kept]
+        out |= _nc2(Wk, "weights") | _frame(Wk, "weights")
+        out["nc3_self_duality"] = np.linalg.norm(Wk / np.linalg.norm(Wk) - Mt / np.linalg.norm(Mt)) ** 2
+        out["nc3_wh_etf_error"] = _etf_error(Wk @ Mt.T)
+        dots = (Wk * Mt).sum(axis=1)
+        cos = dots / (np.linalg.norm(Wk, axis=1) * np.linalg.norm(Mt, axis=1))
+        out["unc3_cos_mean"], out["unc3_cos_var"], out["unc3_dot_var"] = cos.mean(), cos.var(ddof=1), dots.var(ddof=1)
+        if b is not None:
+            out["bias_collapse"] = np.linalg.norm(Wk @ mu_g + b[kept])
+    ncc = kept[np.argmin(((Xk[:, None, :] - M[None, :, :]) ** 2).sum(axis=2), axis=1)]
+    if predictions is not None and nc4_decision in ("auto", "predictions"):
+        out["nc4_mismatch"] = np.mean(predictions[in_kept] != ncc)
+    elif W is not None:
+        logits = Xk @ W.T + (b if (b is not None and nc4_decision != "logits-nobias") else 0)
+        out["nc4_mismatch"] = np.mean(logits.argmax(axis=1) != ncc)
+    return {k: float(v) for k, v in out.items()}

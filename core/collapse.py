@@ -1,0 +1,385 @@
+"""Neural-collapse metrics (METRICS.md §1): pure functions of finalised class statistics.
+
+Every metric takes a :class:`Geometry` (the kept classes' counts, means, within-class
+covariance, variances, and the classifier restricted to them) and returns named floats. The
+REGISTRY lists every metric with what it needs; adding a metric is one function and one entry.
+Nothing here reads files or loops over rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from actgeom.core.errors import UsageError
+from actgeom.core.pairwise import PairStats, pair_stats
+from actgeom.core.stats import ClassStats
+
+GLOBAL_MEANS = ("class", "sample")
+NC1_INVERSES = ("topk", "pinv")
+NC4_DECISIONS = ("auto", "predictions", "logits", "logits-nobias")
+
+
+@dataclass(frozen=True)
+class CollapseOptions:
+    """Every convention that changes a collapse number (METRICS.md §1); recorded in the output."""
+
+    min_count: int = 1  # classes with fewer rows are dropped from every metric
+    global_mean: str = "class"  # μ_G: mean of class means ("class") or of rows ("sample")
+    nc1_inverse: str = "topk"  # Σ_B⁺ from the top min(C−1, D) eigenpairs, or a pseudo-inverse
+    divide_by_c: bool = True  # nc1 = Tr(Σ_W Σ_B⁺)/C; False: the Papyan notebook form
+    nc4_decision: str = "auto"  # predictions, else argmax(Wx+b), else argmax(Wx)
+    per_class: bool = False  # also report n_c, ‖m_c‖, ‖w_c‖, v_c per class
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (("--global-mean", self.global_mean, GLOBAL_MEANS),
+                                   ("--nc1-inverse", self.nc1_inverse, NC1_INVERSES),
+                                   ("--nc4-decision", self.nc4_decision, NC4_DECISIONS)):
+            if value not in valid:
+                raise UsageError(f"{name} '{value}' is not one of {', '.join(valid)}")
+        if self.min_count < 1:
+            raise UsageError(f"--min-count must be ≥ 1, got {self.min_count}")
+
+
+# Each preset reproduces one publication's conventions (METRICS.md §1, "Presets").
+PRESETS: dict[str, dict] = {
+    "papyan": {"global_mean": "class", "nc1_inverse": "topk", "divide_by_c": False},
+    "zhu": {"global_mean": "sample", "nc1_inverse": "pinv", "divide_by_c": True},
+    "linguistic": {"nc4_decision": "logits-nobias"},
+}
+
+
+def resolve_options(preset: str | None = None, **given) -> CollapseOptions:
+    """Defaults, then the preset's conventions, then every option given explicitly (not None)."""
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(f"--preset '{preset}' is not one of {', '.join(PRESETS)}")
+    chosen = dict(PRESETS.get(preset, {}))
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    return CollapseOptions(preset=preset, **chosen)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The kept classes of one layer, everything float64.
+
+    classes: original class indices (C,); counts n_c; means μ_c (C, D); global_mean μ_G;
+    centred m_c = μ_c − μ_G; sigma_w = Σ_W (pooled over the kept rows, divided by their
+    number); variances v_c = E_{x∈c}‖x − μ_c‖²; weight W (C, D) and bias b (C,) or None.
+    """
+
+    classes: np.ndarray
+    counts: np.ndarray
+    means: np.ndarray
+    global_mean: np.ndarray
+    sigma_w: np.ndarray
+    variances: np.ndarray
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.counts.size)
+
+    @property
+    def n_units(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def centred(self) -> np.ndarray:
+        return self.means - self.global_mean
+
+    @property
+    def sample_mean(self) -> np.ndarray:
+        return self.counts @ self.means / self.counts.sum()
+
+
+def kept_classes(counts: np.ndarray, min_count: int) -> np.ndarray:
+    """Indices of the classes with at least ``min_count`` rows (and at least one)."""
+    return np.flatnonzero(counts >= max(min_count, 1))
+
+
+def geometry(stats: ClassStats, options: CollapseOptions, *, weight: np.ndarray | None = None,
+             bias: np.ndarray | None = None, dropped_scatter: np.ndarray | None = None) -> Geometry:
+    """The kept classes' geometry. ``dropped_scatter`` = Σ over rows of dropped classes of
+    (x − μ_c)(x − μ_c)ᵀ (from a second pass), removed from the pooled scatter."""
+    kept = kept_classes(stats.counts, options.min_count)
+    counts = stats.counts[kept].astype(np.float64)
+    means = stats.means[kept]
+    scatter = stats.within_scatter if dropped_scatter is None else stats.within_scatter - dropped_scatter
+    n = counts.sum()
+    mu_g = means.mean(axis=0) if options.global_mean == "class" else counts @ means / n
+    return Geometry(classes=kept, counts=counts, means=means, global_mean=mu_g, sigma_w=scatter / n,
+                    variances=stats.sq_dev[kept] / counts,
+                    weight=None if weight is None else weight[kept],
+                    bias=None if bias is None else bias[kept])
+
+
+# -- linear algebra helpers -----------------------------------------------------------------
+
+def _eig_of_gram(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs (descending) of rowsᵀrows (D×D) through the smaller of the two Grams."""
+    C, D = rows.shape
+    if C < D:  # eigenvectors of RᵀR from those of RRᵀ: v = Rᵀu / √λ
+        lam, u = np.linalg.eigh(rows @ rows.T)
+        lam, u = lam[::-1], u[:, ::-1]
+        positive = lam > 0
+        vectors = np.zeros((D, C))
+        vectors[:, positive] = rows.T @ u[:, positive] / np.sqrt(lam[positive])
+        return np.maximum(lam, 0.0), vectors
+    lam, v = np.linalg.eigh(rows.T @ rows)
+    return np.maximum(lam[::-1], 0.0), v[:, ::-1]
+
+
+def _pinv_rank(eigenvalues: np.ndarray, size: int) -> int:
+    """How many eigenvalues a pseudo-inverse keeps: > max(size)·eps·λ_max (numpy's default)."""
+    if eigenvalues.size == 0 or eigenvalues[0] <= 0:
+        return 0
+    return int((eigenvalues > size * np.finfo(np.float64).eps * eigenvalues[0]).sum())
+
+
+def _trace_against_inverse(sigma: np.ndarray, eigenvalues: np.ndarray, vectors: np.ndarray, k: int) -> float:
+    """Tr(Σ A⁺) with A⁺ built from the first k eigenpairs of A: Σ_j v_jᵀ Σ v_j / λ_j."""
+    if k == 0:
+        return float("nan")
+    v = vectors[:, :k]
+    return float(np.einsum("ij,ij->j", v, sigma @ v) @ (1.0 / eigenvalues[:k]))
+
+
+def _etf_error(gram_trace: float, gram_sum: float, gram_fro: float, C: int) -> float:
+    """‖A/‖A‖_F − (I − 11ᵀ/C)/√(C−1)‖_F from Tr A, 1ᵀA1 and ‖A‖_F (no C×C matrix):
+    both terms have unit norm, so the squared error is 2 − 2⟨A, E⟩/‖A‖_F."""
+    if C < 2 or gram_fro == 0:
+        return float("nan")
+    inner = (gram_trace - gram_sum / C) / math.sqrt(C - 1)
+    return math.sqrt(max(2.0 - 2.0 * inner / gram_fro, 0.0))
+
+
+def _frame_error(gram_trace: float, gram_fro: float, C: int) -> float:
+    """‖G/‖G‖_F − I/√C‖_F for a Gram G (Dang et al.): √(2 − 2 Tr G/(√C ‖G‖_F))."""
+    if gram_fro == 0:
+        return float("nan")
+    return math.sqrt(max(2.0 - 2.0 * gram_trace / (math.sqrt(C) * gram_fro), 0.0))
+
+
+def _std_over_mean(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1) / np.mean(values)) if values.size > 1 else float("nan")
+
+
+def _var(values: np.ndarray, ddof: int) -> float:
+    return float(np.var(values, ddof=ddof)) if values.size > ddof else float("nan")
+
+
+# -- the metrics ----------------------------------------------------------------------------
+
+def nc1(g: Geometry, o: CollapseOptions) -> dict:
+    """NC1 = Tr(Σ_W Σ_B⁺)/C (Papyan et al. 2020), Σ_B = (1/C) Σ_c m_c m_cᵀ. Ideal 0.
+
+    ``topk``: Σ_B⁺ from the top k = min(C−1, D) positive eigenpairs (the Papyan notebook);
+    ``pinv``: every eigenvalue above D·eps·λ_max. Without /C under ``divide_by_c=False``.
+    """
+    lam, vectors = _eig_of_gram(g.centred / math.sqrt(g.n_classes))
+    if o.nc1_inverse == "topk":
+        k = min(g.n_classes - 1, g.n_units, int((lam > 0).sum()))
+    else:
+        k = _pinv_rank(lam, max(g.n_units, g.n_classes))
+    value = _trace_against_inverse(g.sigma_w, lam, vectors, k)
+    return {"nc1": value / g.n_classes if o.divide_by_c else value, "nc1_rank_used": k}
+
+
+def nc1_quotient(g: Geometry, o: CollapseOptions) -> dict:
+    """Tr Σ_W / Tr Σ_B (Tirer et al. 2023). Ideal 0; scale-invariant."""
+    trace_b = float(np.einsum("ij,ij->", g.centred, g.centred)) / g.n_classes
+    return {"nc1_quotient": float(np.trace(g.sigma_w)) / trace_b if trace_b else float("nan")}
+
+
+def vci(g: Geometry, o: CollapseOptions) -> dict:
+    """Variability collapse index 1 − Tr(Σ_T⁺ Σ_B)/rank(Σ_B), Σ_T = Σ_W + Σ_B, rank = min(D, C−1)
+    (Xu & Liu, ICML 2023). In [0, 1], ideal 0, invariant under invertible affine maps."""
+    m = g.centred
+    sigma_t = g.sigma_w + m.T @ m / g.n_classes
+    lam, vectors = np.linalg.eigh(sigma_t)
+    lam, vectors = lam[::-1], vectors[:, ::-1]
+    k = _pinv_rank(lam, g.n_units)
+    projected = m @ vectors[:, :k]  # Tr(Σ_T⁺ Σ_B) = (1/C) Σ_c m_cᵀ Σ_T⁺ m_c
+    explained = float((projected**2 / lam[:k]).sum()) / g.n_classes
+    rank_b = min(g.n_units, g.n_classes - 1)
+    return {"vci": 1.0 - explained / rank_b if rank_b > 0 else float("nan")}
+
+
+def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
+    """Tr(SS_W SS_B⁺) (He & Su, PNAS 2023), SS_B = (1/N) Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ, x̄ the
+    sample mean, SS_W = Σ_W. Ideal 0; falls geometrically with depth in trained networks."""
+    weights = np.sqrt(g.counts / g.counts.sum())[:, None]
+    lam, vectors = _eig_of_gram(weights * (g.means - g.sample_mean))
+    k = _pinv_rank(lam, max(g.n_units, g.n_classes))
+    return {"separation_fuzziness": _trace_against_inverse(g.sigma_w, lam, vectors, k)}
+
+
+def nc2_means(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
+    """NC2 on the centred means (Papyan Figs. 2–4; Zhu et al.; Linguistic Collapse):
+    equinorm std/mean of ‖m_c‖ (ddof=1) and var(log‖m_c‖) (ddof=1); equiangular = population
+    std over pairs of cos(m_c, m_c'); max-angle = mean |cos + 1/(C−1)|; ETF error; GNC2
+    (mean and population variance over pairs of log 1/‖p_c − p_c'‖). All ideal 0 but the
+    GNC2 mean."""
+    m = g.centred
+    norms = np.linalg.norm(m, axis=1)
+    with np.errstate(divide="ignore"):
+        log_norms = np.log(norms)
+    gram_fro = float(np.linalg.norm(m.T @ m))
+    total = m.sum(axis=0)
+    return {
+        "nc2_equinorm_means": _std_over_mean(norms),
+        "nc2_equinorm_logvar_means": _var(log_norms, 1),
+        "nc2_equiangular_means": math.sqrt(pairs.cos.variance()) if pairs.n_pairs else float("nan"),
+        "nc2_maxangle_means": pairs.abs_cos_plus,
+        "nc2_etf_error_means": _etf_error(float(norms @ norms), float(total @ total), gram_fro, g.n_classes),
+        "gnc2_log_mean": float("inf") if pairs.n_coincident_directions else pairs.log_inv_dist.mean,
+        "gnc2_log_var": float("nan") if pairs.n_coincident_directions else pairs.log_inv_dist.variance(),
+        "gnc2_coincident_pairs": pairs.n_coincident_directions,
+    }
+
+
+def cdnv(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
+    """Class-distance normalised variance (Galanti et al. 2022): mean over pairs of
+    (v_c + v_c')/(2‖μ_c − μ_c'‖²); cdnv_lc divides by ‖Δμ‖⁴ (Linguistic Collapse code).
+    Ideal 0; inf when two class means coincide (counted)."""
+    return {"cdnv": pairs.cdnv, "cdnv_lc": pairs.cdnv_lc, "cdnv_coincident_pairs": pairs.n_coincident_means}
+
+
+def nc2_weights(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
+    """NC2 on the classifier rows w_c (not centred): equinorm, equiangular, max-angle, ETF."""
+    w = g.weight
+    norms = np.linalg.norm(w, axis=1)
+    total = w.sum(axis=0)
+    return {
+        "nc2_equinorm_weights": _std_over_mean(norms),
+        "nc2_equiangular_weights": math.sqrt(pairs.cos.variance()) if pairs.n_pairs else float("nan"),
+        "nc2_maxangle_weights": pairs.abs_cos_plus,
+        "nc2_etf_error_weights": _etf_error(float(norms @ norms), float(total @ total),
+                                            float(np.linalg.norm(w.T @ w)), g.n_classes),
+    }
+
+
+def nc3(g: Geometry, o: CollapseOptions) -> dict:
+    """Self-duality ‖W/‖W‖_F − M̃/‖M̃‖_F‖_F² in [0, 4] (Papyan Fig. 5); ETF error of W M̃ᵀ
+    (Zhu et al.); uniform duality: mean and var (ddof=1) over classes of cos(w_c, m_c), and
+    var of the dot products w_c·m_c (Linguistic Collapse). Ideal 0 (cos → 1)."""
+    w, m = g.weight, g.centred
+    w_norm, m_norm = np.linalg.norm(w), np.linalg.norm(m)
+    dots = np.einsum("ij,ij->i", w, m)
+    cosines = dots / (np.linalg.norm(w, axis=1) * np.linalg.norm(m, axis=1))
+    wm_fro = math.sqrt(max(float(np.einsum("ij,ji->", w.T @ w, m.T @ m)), 0.0))  # ‖W M̃ᵀ‖_F
+    return {
+        "nc3_self_duality": float(((w / w_norm - m / m_norm) ** 2).sum()),
+        "nc3_wh_etf_error": _etf_error(float(dots.sum()), float(w.sum(axis=0) @ m.sum(axis=0)), wm_fro, g.n_classes),
+        "unc3_cos_mean": float(cosines.mean()),
+        "unc3_cos_var": _var(cosines, 1),
+        "unc3_dot_var": _var(dots, 1),
+    }
+
+
+def bias_collapse(g: Geometry, o: CollapseOptions) -> dict:
+    """‖W μ_G + b‖ (Zhu et al., whose code calls it NC4). Ideal 0."""
+    return {"bias_collapse": float(np.linalg.norm(g.weight @ g.global_mean + g.bias))}
+
+
+def _orthogonal_frame(rows: np.ndarray, suffix: str) -> dict:
+    sq = np.einsum("ij,ij->i", rows, rows)
+    fro = float(np.linalg.norm(rows.T @ rows))  # ‖G‖_F without the C×C matrix
+    offdiag = math.sqrt(max(fro**2 - float(sq @ sq), 0.0))
+    return {f"of_error_{suffix}": _frame_error(float(sq.sum()), fro, rows.shape[0]),
+            f"gof_offdiag_ratio_{suffix}": offdiag / fro if fro else float("nan")}
+
+
+def orthogonal_frame_means(g: Geometry, o: CollapseOptions) -> dict:
+    """Bias-free geometry (Dang et al. 2023) of the uncentred means, G = M Mᵀ:
+    ‖G/‖G‖_F − I/√C‖_F and ‖offdiag G‖_F/‖G‖_F (0 for any orthogonal frame). Ideal 0."""
+    return _orthogonal_frame(g.means, "means")
+
+
+def orthogonal_frame_weights(g: Geometry, o: CollapseOptions) -> dict:
+    """The same for the classifier, G = W Wᵀ."""
+    return _orthogonal_frame(g.weight, "weights")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registry entry: the function, what it needs beyond the class statistics, its outputs."""
+
+    function: Callable
+    outputs: tuple[str, ...]
+    needs: tuple[str, ...] = ()  # "weight", "bias", "pairs_means", "pairs_weights"
+    scale_invariant: bool = True
+
+
+REGISTRY: dict[str, Metric] = {
+    "nc1": Metric(nc1, ("nc1", "nc1_rank_used")),
+    "nc1_quotient": Metric(nc1_quotient, ("nc1_quotient",)),
+    "cdnv": Metric(cdnv, ("cdnv", "cdnv_lc", "cdnv_coincident_pairs"), needs=("pairs_means",), scale_invariant=False),
+    "vci": Metric(vci, ("vci",)),
+    "separation_fuzziness": Metric(separation_fuzziness, ("separation_fuzziness",)),
+    "nc2_means": Metric(nc2_means, ("nc2_equinorm_means", "nc2_equinorm_logvar_means", "nc2_equiangular_means",
+                                    "nc2_maxangle_means", "nc2_etf_error_means", "gnc2_log_mean", "gnc2_log_var",
+                                    "gnc2_coincident_pairs"), needs=("pairs_means",), scale_invariant=False),
+    "nc2_weights": Metric(nc2_weights, ("nc2_equinorm_weights", "nc2_equiangular_weights", "nc2_maxangle_weights",
+                                        "nc2_etf_error_weights"), needs=("weight", "pairs_weights")),
+    "nc3": Metric(nc3, ("nc3_self_duality", "nc3_wh_etf_error", "unc3_cos_mean", "unc3_cos_var", "unc3_dot_var"),
+                  needs=("weight",), scale_invariant=False),
+    "bias_collapse": Metric(bias_collapse, ("bias_collapse",), needs=("weight", "bias"), scale_invariant=False),
+    "orthogonal_frame_means": Metric(orthogonal_frame_means, ("of_error_means", "gof_offdiag_ratio_means")),
+    "orthogonal_frame_weights": Metric(orthogonal_frame_weights, ("of_error_weights", "gof_offdiag_ratio_weights"),
+                                       needs=("weight",)),
+}
+# cdnv, gnc2 and unc3_dot_var carry units (or logs of them); the rest are ratios.
+
+UNAVAILABLE = {
+    "weight": "no classifier weight in the dump (name one with --weight)",
+    "bias": "no classifier bias in the dump (name one with --bias)",
+}
+
+
+def collapse_metrics(g: Geometry, options: CollapseOptions) -> tuple[dict[str, float], dict[str, str]]:
+    """Every registered metric → (values by output name, reasons by unavailable output name)."""
+    available = {"weight": g.weight is not None, "bias": g.bias is not None}
+    pairs = {"pairs_means": pair_stats(g.centred, g.variances)}
+    if g.weight is not None:
+        pairs["pairs_weights"] = pair_stats(g.weight)
+    values: dict[str, float] = {}
+    missing: dict[str, str] = {}
+    for metric in REGISTRY.values():
+        absent = [need for need in metric.needs if need in available and not available[need]]
+        if absent:
+            missing.update({name: UNAVAILABLE[absent[-1]] for name in metric.outputs})
+            continue
+        extra = [pairs[need] for need in metric.needs if need.startswith("pairs")]
+        values.update(metric.function(g, options, *extra))
+    return values, missing
+
+
+def per_class(g: Geometry) -> list[dict]:
+    """n_c, ‖m_c‖, ‖w_c‖ and v_c of every kept class (for imbalance / minority collapse)."""
+    norms = np.linalg.norm(g.centred, axis=1)
+    w_norms = None if g.weight is None else np.linalg.norm(g.weight, axis=1)
+    return [{"class": int(c), "n": int(n), "mean_norm": float(r), "weight_norm": None if w_norms is None else float(w_norms[i]),
+             "variance": float(v)} for i, (c, n, r, v) in enumerate(zip(g.classes, g.counts, norms, g.variances))]
+
+
+def separation_law(values: list[float]) -> dict:
+    """Fit ln D_l = a + l·ln ρ over layers l = 1..L (He & Su): ρ, and R² of the fit."""
+    y = np.log(np.asarray(values, dtype=np.float64))
+    if y.size < 2 or not np.isfinite(y).all():
+        return {"rho": float("nan"), "r2": float("nan"), "n_layers": int(y.size)}
+    layer = np.arange(1, y.size + 1, dtype=np.float64)
+    slope, intercept = np.polyfit(layer, y, 1)
+    residual = y - (intercept + slope * layer)
+    spread = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / spread if spread else float("nan")
+    return {"rho": float(np.exp(slope)), "r2": r2, "n_layers": int(y.size)}
+
+
+def options_record(options: CollapseOptions) -> dict:
+    return asdict(options)
