@@ -41,12 +41,11 @@ def _buffer(buffer: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return buffer if buffer.shape[0] >= shape[0] else np.empty(shape, dtype=buffer.dtype)
 
 
-def _grow(array: np.ndarray, rows: int, *, empty: bool = False) -> np.ndarray:
+def _grow(array: np.ndarray, rows: int) -> np.ndarray:
     """``array`` with at least ``rows`` rows along axis 0 (amortised doubling); new rows are 0."""
     if array.shape[0] >= rows:
         return array
-    shape = (max(rows, 2 * array.shape[0]),) + array.shape[1:]
-    grown = np.empty(shape, dtype=array.dtype) if empty else np.zeros(shape, dtype=array.dtype)
+    grown = np.zeros((max(rows, 2 * array.shape[0]),) + array.shape[1:], dtype=array.dtype)
     grown[: array.shape[0]] = array
     return grown
 
@@ -59,7 +58,7 @@ def _class_indicator(inverse: np.ndarray, n_present: int) -> sparse.csr_matrix:
 
 @dataclass
 class ClassStats:
-    """Finalised class moments of the kept rows (all float64).
+    """Finalised class moments of the labelled rows (all float64).
 
     counts (C,), means (C, D) (rows of absent classes are 0), within_scatter (D, D) =
     Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ (so Σ_W = within_scatter / n), and

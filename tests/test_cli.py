@@ -174,3 +174,36 @@ def test_merge_refuses_junk(cli, tmp_path):
     (tmp_path / "p.npz").write_bytes(b"junk")
     code, _, err = cli("merge", tmp_path / "p.npz")
     assert code == 3 and err.startswith("Error: ") and "not an actgeom partial-statistics file" in err
+
+
+def test_collapse_on_sample_data_shows_collapse_emerging(cli):
+    doc = cli.json("collapse", *SAMPLE, "--layers", "hidden3")
+    layers = [f["layers"][0] for f in doc["files"]]
+    for metric in ("nc1", "nc1_quotient", "nc4_mismatch", "vci"):  # each falls at every checkpoint
+        values = [layer["metrics"][metric] for layer in layers]
+        assert values == sorted(values, reverse=True) and values[-1] < values[0] / 2, (metric, values)
+    assert layers[-1]["nc4_decision"] == "predictions"
+    assert doc["files"][0]["options"]["global_mean"] == "class"
+
+
+def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
+    code, out, _ = cli("collapse", dump, "--format", "jsonl", "--per-class")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {r["layer"] for r in records} == {"h1", "h2"}
+    nc3 = next(r for r in records if r["metric"] == "nc3_self_duality")
+    assert nc3["value"] is None and "no classifier weight" in nc3["note"]
+    doc = cli.json("collapse", dump, "--per-class")
+    assert [c["n"] for c in doc["files"][0]["layers"][0]["per_class"]] == [30, 20, 10]
+    assert doc["files"][0]["separation_law"]["n_layers"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--global-mean", "median"], "--global-mean 'median' is not one of class, sample"),
+    (["--nc1-inverse", "svd"], "--nc1-inverse 'svd' is not one of topk, pinv"),
+    (["--nc4-decision", "vote"], "--nc4-decision 'vote' is not one of auto, predictions, logits, logits-nobias"),
+    (["--min-count", "0"], "--min-count must be ≥ 1, got 0"),
+    (["--preset", "smith"], "--preset 'smith' is not one of papyan, zhu, linguistic"),
+])
+def test_collapse_usage_errors(cli, dump, args, message):
+    code, out, err = cli("collapse", dump, *args)
+    assert code == 2 and out == "" and err == f"Error: {message}\n"

@@ -1,0 +1,88 @@
+"""Time `collapse` against the floor on the engine benchmark's dump, and measure the
+language-model-scale case (C = 50 000 classes > D = 256 units, N = 500 000 rows).
+
+    python benchmarks/bench_collapse.py                 # both parts
+    python benchmarks/bench_collapse.py --skip-lm       # only the floor comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import WORKDIR, make_dump, run_child  # noqa: E402
+
+
+def child_collapse(path: str) -> dict:
+    from actgeom.core.collapse_api import collapse_dump
+
+    t0 = time.perf_counter()
+    report = collapse_dump(path)
+    seconds = time.perf_counter() - t0
+    layer = report["layers"][0]
+    return {"seconds": seconds, "n_classes_kept": layer["n_classes_kept"], "nc1": layer["metrics"]["nc1"]}
+
+
+def make_lm_dump(path: Path, n_rows: int, n_units: int, n_classes: int, seed: int = 0) -> None:
+    """Zipf-distributed token classes (as in language-model vocabularies), float16 rows."""
+    from actgeom.core.dump import DumpWriter
+
+    if path.exists():
+        return
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((n_classes, n_units)).astype(np.float32)
+    p = 1.0 / np.arange(1, n_classes + 1) ** 0.6
+    p /= p.sum()
+    with DumpWriter(path, layers={"layer": n_units}, dtype="float16", model="synthetic-lm", level="token") as writer:
+        for start in range(0, n_rows, 50_000):
+            n = min(50_000, n_rows - start)
+            y = rng.choice(n_classes, size=n, p=p)
+            writer.append({"layer": means[y] + rng.standard_normal((n, n_units), dtype=np.float32)}, labels=y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--units", type=int, default=1024)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-lm", action="store_true")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = child_collapse(args.child[1])
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    WORKDIR.mkdir(exist_ok=True)
+    path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_float16_{args.rows}.h5"
+    make_dump(path, args.rows, args.units, args.classes, "float16")
+    run_child("floor1", path)  # warm the page cache
+    runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "collapse": []}
+    for _ in range(args.repeat):
+        for kind, results in runs.items():
+            results.append(run_child(kind, path, __file__) if kind == "collapse" else run_child(kind, path))
+    best = {kind: min(results, key=lambda r: r["seconds"]) for kind, results in runs.items()}
+    print(f"N={args.rows} D={args.units} C={args.classes} float16")
+    for kind, results in runs.items():
+        every = ", ".join(f"{r['seconds']:.2f}" for r in results)
+        print(f"{kind:9s}: {best[kind]['seconds']:.2f} s  peak RSS {best[kind]['peak_rss_mib']:.0f} MiB  (runs: {every})")
+    for kind in ("floor1", "floor4"):
+        print(f"collapse / {kind}: {best['collapse']['seconds'] / best[kind]['seconds']:.3f}")
+    if not args.skip_lm:
+        lm = WORKDIR / "synthetic_lm_256u_50000c_500000.h5"
+        make_lm_dump(lm, 500_000, 256, 50_000)
+        result = run_child("collapse", lm, __file__)
+        print(f"LM scale N=500000 D=256 C=50000: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
+              f"{result['n_classes_kept']} classes with rows")
+
+
+if __name__ == "__main__":
+    main()
