@@ -73,9 +73,11 @@ def collapse(
 def _result(reports: list[dict]) -> Result:
     document = {"tool": "actgeom", "version": __version__, "command": "collapse", "files": reports}
     records, columns = [], {}
+    one_layer = all(len(report["layers"]) == 1 for report in reports)
     for report in reports:
         for layer in report["layers"]:
-            column = layer["layer"] if len(reports) == 1 else f"{Path(report['file']).stem}:{layer['layer']}"
+            stem = Path(report["file"]).stem
+            column = layer["layer"] if len(reports) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
             context = {"file": report["file"], "checkpoint": report["checkpoint"], "step": report["step"],
                        "layer": layer["layer"], "n_rows_used": layer["n_rows_used"], "n_units": layer["n_units"],
                        "n_classes_kept": layer["n_classes_kept"]}
