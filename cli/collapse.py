@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import Result, emit
+from actgeom.cli.output import Result, emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core import __version__
 from actgeom.core.collapse import resolve_options
 from actgeom.core.collapse_api import collapse_dump
 from actgeom.core.dump import Dump
@@ -24,7 +23,7 @@ DumpsArg = Annotated[list[Path], typer.Argument(help="One or more HDF5 activatio
 def collapse(
     dumps: DumpsArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
     bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
-    nonfinite: o.NonfiniteOpt = "error",
+    offsets: o.OffsetsOpt = None, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     preset: Annotated[Optional[str], typer.Option(
         "--preset", rich_help_panel=METRIC, show_default=False,
         help="A publication's conventions: papyan (μ_G class, top-k Σ_B⁺, no /C), zhu (μ_G sample, pinv, /C), "
@@ -60,8 +59,8 @@ def collapse(
     """
     options = resolve_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                               divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class or None)
-    pass_options = PassOptions(nonfinite=nonfinite)
-    spec = o.dump_spec(layers, labels, weight, bias, predictions, None, allow_incomplete)
+    pass_options = PassOptions(nonfinite=nonfinite, tokens=tokens)
+    spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     reports = []
     with row_progress() as progress:
         for path in dumps:
@@ -71,26 +70,9 @@ def collapse(
 
 
 def _result(reports: list[dict]) -> Result:
-    document = {"tool": "actgeom", "version": __version__, "command": "collapse", "files": reports}
-    records, columns = [], {}
-    one_layer = all(len(report["layers"]) == 1 for report in reports)
-    for report in reports:
-        for layer in report["layers"]:
-            stem = Path(report["file"]).stem
-            column = layer["layer"] if len(reports) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
-            context = {"file": report["file"], "checkpoint": report["checkpoint"], "step": report["step"],
-                       "layer": layer["layer"], "n_rows_used": layer["n_rows_used"], "n_units": layer["n_units"],
-                       "n_classes_kept": layer["n_classes_kept"]}
-            for name, value in layer.get("metrics", {}).items():
-                records.append(context | {"metric": name, "value": value, "note": layer["nonfinite"].get(name)})
-                columns.setdefault(name, {})[column] = value
-            for name, reason in layer.get("unavailable", {}).items():
-                records.append(context | {"metric": name, "value": None, "note": reason})
-                columns.setdefault(name, {})[column] = "—"
-    table = [{"metric": name} | values for name, values in columns.items()]
     summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
     for report in reports:
         law = report["separation_law"]
         if law:
             summary[f"separation law {Path(report['file']).name}"] = f"ρ = {law['rho']:.4g}, R² = {law['r2']:.4g}"
-    return Result(title="actgeom collapse", document=document, records=records, summary=summary, table=table)
+    return metrics_result("collapse", reports, summary, context=("n_rows_used", "n_units", "n_classes_kept"))

@@ -46,6 +46,10 @@ AllowIncompleteOpt = Annotated[bool, typer.Option(
 NonfiniteOpt = Annotated[str, typer.Option(
     "--nonfinite", rich_help_panel=DATA,
     help="Rows with NaN or inf: 'error' refuses the layer (naming how many rows), 'drop' skips and counts them.")]
+TokensOpt = Annotated[str, typer.Option(
+    "--tokens", rich_help_panel=DATA,
+    help="Token-level dumps: 'all' rows, the 'last' of each sequence, or 'from:K' (positions ≥ K, e.g. from:1 "
+         "leaves out BOS/attention-sink rows). Needs /rows/position or sequence offsets unless 'all'.")]
 FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", rich_help_panel=OUTPUT, show_default=False,
     help="Output format. Default: table on a terminal; json when piped or with -o (unless the "

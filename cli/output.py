@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from actgeom.cli.options import Format
+from actgeom.core import __version__
 from actgeom.core.errors import UsageError
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
@@ -32,6 +33,32 @@ class Result:
     records: list[dict]
     summary: dict = field(default_factory=dict)  # key → value lines shown above the table
     table: list[dict] | None = None  # rows of the table/md view, when not the records
+
+
+def metrics_result(command: str, reports: list[dict], summary: dict, context: tuple[str, ...]) -> Result:
+    """The Result of a metric command over files × layers.
+
+    JSON: every file's report. jsonl/csv: one tidy record per file × layer × metric (null
+    value + note when unavailable or not finite). table/md: a row per metric, a column per
+    layer (per file when each has one layer).
+    """
+    document = {"tool": "actgeom", "version": __version__, "command": command, "files": reports}
+    records, columns = [], {}
+    one_layer = all(len(report["layers"]) == 1 for report in reports)
+    for report in reports:
+        stem = Path(report["file"]).stem
+        for layer in report["layers"]:
+            column = layer["layer"] if len(reports) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
+            base = {"file": report["file"], "checkpoint": report["checkpoint"], "step": report["step"],
+                    "layer": layer["layer"]} | {key: layer[key] for key in context}
+            for name, value in layer.get("metrics", {}).items():
+                records.append(base | {"metric": name, "value": value, "note": layer["nonfinite"].get(name)})
+                columns.setdefault(name, {})[column] = value
+            for name, reason in layer.get("unavailable", {}).items():
+                records.append(base | {"metric": name, "value": None, "note": reason})
+                columns.setdefault(name, {})[column] = "—"
+    table = [{"metric": name} | values for name, values in columns.items()]
+    return Result(title=f"actgeom {command}", document=document, records=records, summary=summary, table=table)
 
 
 def jsonable(value):
@@ -143,10 +170,14 @@ def emit(result: Result, fmt: Format | None, output: Path | None) -> None:
         sys.stdout.write(render(result, fmt, width=width, color=terminal and "NO_COLOR" not in os.environ))
         sys.stdout.flush()
         return
-    text = render(result, fmt)
+    write_atomically(output, render(result, fmt))
+
+
+def write_atomically(output: Path, text: str) -> None:
+    """Write ``text`` to ``output`` through a temporary file and a rename: never a partial file."""
     directory = output.parent if str(output.parent) else Path(".")
     if not directory.is_dir():
-        raise UsageError(f"cannot write -o {output}: directory {directory} does not exist")
+        raise UsageError(f"cannot write {output}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

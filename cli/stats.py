@@ -26,19 +26,20 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the sample: same s
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="A unit is active on a row when its value > threshold.")]
 
 
-def parse_rows(rows: str | None) -> tuple[int, int] | None:
-    if rows is None:
+def parse_rows(text: str | None, option: str = "--rows") -> tuple[int, int] | None:
+    """'START:STOP' → (start, stop)."""
+    if text is None:
         return None
     try:
-        start, stop = (int(part) for part in rows.split(":"))
+        start, stop = (int(part) for part in text.split(":"))
     except ValueError:
-        raise UsageError(f"--rows '{rows}' is not START:STOP (two whole numbers, e.g. 0:100000)") from None
+        raise UsageError(f"{option} '{text}' is not START:STOP (two whole numbers, e.g. 0:100000)") from None
     return start, stop
 
 
 def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
           bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
-          allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
+          allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
           rows: RowsOpt = None, sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
     """One pass over each layer: the sufficient statistics every metric is computed from.
@@ -52,7 +53,8 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
         actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
     """
-    options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, row_range=parse_rows(rows))
+    options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, tokens=tokens,
+                          row_range=parse_rows(rows))
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     with Dump(dump, spec) as opened, row_progress() as progress:
         result = accumulate(opened, options=options, progress=progress)

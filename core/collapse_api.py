@@ -17,7 +17,7 @@ from actgeom.core.collapse import (
     CollapseOptions, Geometry, collapse_metrics, geometry, kept_classes, options_record, per_class, separation_law,
 )
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
-from actgeom.core.engine import PassOptions, Progress, accumulate
+from actgeom.core.engine import PassOptions, Progress, TokenSelection, accumulate
 from actgeom.core.engine import options_record as pass_record
 from actgeom.core.stats import ClassStats
 from actgeom.core.stream import iter_blocks
@@ -151,10 +151,11 @@ def _second_pass(dump: Dump, layer: LayerInfo, class_stats: ClassStats, kept, dr
     dropped_scatter = np.zeros((layer.n_units, layer.n_units)) if multi.size else None
     start, stop = pass_options.row_range or (0, dump.n_rows)
     block_rows = pass_options.block_rows or dump.block_rows(layer)
+    selection = TokenSelection(dump, pass_options)
     for block in iter_blocks(dump, layer, start, stop, block_rows):
         y = np.zeros(block.X.shape[0], dtype=np.int64) if block.labels is None else block.labels
-        finite = np.isfinite(block.X).all(axis=1)
-        labelled = (y >= 0) & finite
+        selected = selection.mask(block.start, block.start + block.X.shape[0])
+        labelled = (y >= 0) & np.isfinite(block.X).all(axis=1) & (True if selected is None else selected)
         if dropped_scatter is not None:
             rows = labelled & is_dropped[np.where(y >= 0, y, 0)]
             dev = block.X[rows] - means[y[rows]]

@@ -28,6 +28,7 @@ from actgeom.core.stats import ClassMoments, Reservoir, UnitStats
 from actgeom.core.stream import iter_blocks
 
 NONFINITE_POLICIES = ("error", "drop")
+TOKEN_SELECTIONS = "all | last | from:K"
 PARTIAL_FORMAT = "actgeom-partial-stats"
 
 # progress(layer_name, rows_done, rows_total)
@@ -43,7 +44,9 @@ class PassOptions:
     seed: int = 0
     nonfinite: str = "error"  # "error": refuse rows with NaN/inf; "drop": skip them and count
     row_range: tuple[int, int] | None = None  # rows [start, stop) of the dump; None = all
-    block_rows: int | None = None  # rows per read block; None = about 32 MiB of float64
+    block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
+    use_labels: bool = True  # False: every row in one class (spectra need no labels)
+    tokens: str = "all"  # token-level rows: all, the last of each sequence, or positions ≥ K ("from:K")
 
     def __post_init__(self) -> None:
         if self.nonfinite not in NONFINITE_POLICIES:
@@ -52,6 +55,17 @@ class PassOptions:
             raise UsageError(f"reservoir size must be ≥ 0, got {self.reservoir}")
         if self.block_rows is not None and self.block_rows < 1:
             raise UsageError(f"block rows must be ≥ 1, got {self.block_rows}")
+        self.first_position  # validates `tokens`
+
+    @property
+    def first_position(self) -> int | None:
+        """K of "from:K", 0 for "all", None for "last"."""
+        if self.tokens in ("all", "last"):
+            return 0 if self.tokens == "all" else None
+        head, _, k = self.tokens.partition(":")
+        if head != "from" or not k.isdigit():
+            raise UsageError(f"--tokens '{self.tokens}' is not one of {TOKEN_SELECTIONS} (e.g. from:1 skips BOS rows)")
+        return int(k)
 
 
 @dataclass
@@ -97,8 +111,12 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             reservoir=Reservoir(options.reservoir, layer.n_units, _sample_dtype(layer.storage_dtype), options.seed),
         )
         block_rows = options.block_rows or dump.block_rows(layer)
+        selection = TokenSelection(dump, options)
         for block in iter_blocks(dump, layer, start, stop, block_rows):
-            _feed(stats, block.start, block.X, block.labels)
+            keep = selection.mask(block.start, block.start + block.X.shape[0])
+            X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
+            _feed(stats, block.start, X, labels if options.use_labels else None,
+                  index=None if keep is None else block.start + np.flatnonzero(keep))
             if progress is not None:
                 progress(layer.name, block.start + block.X.shape[0] - start, stop - start)
         if stats.n_nonfinite and options.nonfinite == "error":
@@ -115,10 +133,40 @@ def _sample_dtype(storage_dtype: str) -> type:
     return np.float64 if storage_dtype == "float64" else np.float32
 
 
-def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | None) -> None:
-    """Feed one block of float64 rows to every accumulator of a layer."""
+class TokenSelection:
+    """Which rows of a token-level dump a pass uses (PassOptions.tokens), block by block."""
+
+    def __init__(self, dump: Dump, options: PassOptions):
+        self.dump, self.first = dump, options.first_position
+        self.offsets = None
+        if options.tokens != "all" and (self.first is None or dump.positions_path is None):
+            self.offsets = dump.offsets()
+            if self.offsets is None:
+                raise InvalidInputError(f"--tokens {options.tokens} needs token positions (/rows/position) or "
+                                        f"sequence offsets (--offsets) in {dump.path}")
+
+    def mask(self, start: int, stop: int) -> np.ndarray | None:
+        """Boolean mask of the selected rows in [start, stop), or None for all of them."""
+        if self.first == 0:
+            return None
+        rows = np.arange(start, stop)
+        if self.first is None:  # the last row of each sequence: the row before the next boundary
+            return np.isin(rows + 1, self.offsets[1:])
+        positions = self.dump.positions(start, stop) if self.offsets is None else \
+            rows - self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
+        return positions >= self.first
+
+
+def _take(values: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[keep]
+
+
+def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | None,
+          index: np.ndarray | None = None) -> None:
+    """Feed one block of float64 rows (global row numbers ``index``, default start, start+1, …)
+    to every accumulator of a layer."""
     n = x.shape[0]
-    index = np.arange(start, start + n)
+    index = np.arange(start, start + n) if index is None else index
     y = np.zeros(n, dtype=np.int64) if labels is None else labels
     if np.any(y < -1):
         bad = int(y[y < -1][0])

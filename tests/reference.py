@@ -135,3 +135,40 @@ def collapse_reference(X, y, W=None, b=None, predictions=None, *, min_count=1, g
         logits = Xk @ W.T + (b if (b is not None and nc4_decision != "logits-nobias") else 0)
         out["nc4_mismatch"] = np.mean(logits.argmax(axis=1) != ncc)
     return {k: float(v) for k, v in out.items()}
+
+
+def rank_reference(X: np.ndarray, *, center: bool = True, eps: float = 1e-7, fit_range=(12, 100), rtol=1e-14) -> dict:
+    """The spectral metrics from an SVD of the whole (N, D) matrix, the obvious way."""
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    sigma_raw = np.linalg.svd(X, compute_uv=False) / np.sqrt(n)
+    sigma_c = np.linalg.svd(X - X.mean(axis=0), compute_uv=False) / np.sqrt(n)
+    lam = (sigma_c if center else sigma_raw) ** 2
+
+    def entropy_exp(p):
+        p = p[p > 0]
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    out = {
+        "rankme": entropy_exp(sigma_raw / sigma_raw.sum() + eps),
+        "rankme_centered": entropy_exp(sigma_c / sigma_c.sum() + eps),
+        "rankme_lambda": entropy_exp(sigma_c**2 / (sigma_c**2).sum() + eps),
+        "erank": entropy_exp(np.sqrt(lam) / np.sqrt(lam).sum()),
+        "stable_rank": lam.sum() / lam[0],
+        "participation_ratio": lam.sum() ** 2 / (lam**2).sum(),
+        "numerical_rank": int((lam > rtol * lam[0]).sum()),
+    }
+    cumulative = np.cumsum(lam) / lam.sum()
+    for p in (90, 95, 99):
+        out[f"k{p}"] = int(next(k for k in range(1, lam.size + 1) if cumulative[k - 1] > p / 100))
+    start, stop = fit_range
+    if lam.size >= stop:
+        r = np.arange(start, stop + 1)
+        A = np.stack([np.ones(r.size), -np.log(r)], axis=1) * np.sqrt(1 / r)[:, None]
+        coef = np.linalg.lstsq(A, np.log(lam[start - 1 : stop]) * np.sqrt(1 / r), rcond=None)[0]
+        out["alpha_req"] = coef[1]
+    norms = np.linalg.norm(X, axis=1)
+    U = X[norms > 0] / norms[norms > 0, None]
+    cos = U @ U.T
+    out["mean_cosine"] = (cos.sum() - np.trace(cos)) / (U.shape[0] * (U.shape[0] - 1))
+    return {k: float(v) for k, v in out.items()}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
 
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate, load_partial, merge_stats, save_partial
-from actgeom.core.errors import InvalidInputError
+from actgeom.core.errors import InvalidInputError, UsageError
 from conftest import class_data, write_dump
 from reference import class_statistics, relative_error, unit_statistics
 
@@ -194,3 +195,39 @@ def test_partial_file_is_written_atomically_and_validated(tmp_path, rng):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(InvalidInputError, match="not an actgeom partial-statistics file"):
         load_partial(tmp_path / "junk.npz")
+
+
+def _token_dump(tmp_path, rng, *, positions: bool):
+    lengths = rng.integers(1, 9, size=40)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    n = int(offsets[-1])
+    X = rng.standard_normal((n, 5)) + 3.0
+    pos = np.concatenate([np.arange(k) for k in lengths])
+    path = tmp_path / f"tok{positions}.h5"
+    from actgeom.core.dump import DumpWriter
+
+    with DumpWriter(path, layers={"h": 5}, dtype="float64", level="token") as writer:
+        writer.append({"h": X}, position=pos if positions else None)
+        writer.set_offsets(offsets)
+    return path, X, pos, offsets
+
+
+@pytest.mark.parametrize("positions", [True, False])
+@pytest.mark.parametrize("tokens", ["last", "from:1", "from:3"])
+def test_token_selection(tmp_path, rng, tokens, positions):
+    path, X, pos, offsets = _token_dump(tmp_path, rng, positions=positions)
+    keep = np.isin(np.arange(len(pos)) + 1, offsets[1:]) if tokens == "last" else pos >= int(tokens[5:])
+    with Dump(path) as dump:
+        stats = accumulate(dump, options=PassOptions(tokens=tokens, block_rows=7, reservoir=1000))["h"]
+    assert stats.n_rows == keep.sum()
+    assert_matches_reference(stats, X[keep], np.zeros(int(keep.sum()), dtype=np.int64))
+    np.testing.assert_array_equal(stats.reservoir.sample()[0], np.flatnonzero(keep))
+
+
+def test_token_selection_needs_positions_or_offsets(tmp_path, rng):
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((10, 2))})
+    with Dump(path) as dump:
+        with pytest.raises(InvalidInputError, match="--tokens last needs token positions"):
+            accumulate(dump, options=PassOptions(tokens="last"))
+    with pytest.raises(UsageError, match=re.escape("--tokens 'first' is not one of all | last | from:K")):
+        PassOptions(tokens="first")

@@ -143,9 +143,11 @@ class Dump:
         self.n_rows = self._common_rows()
         self.labels_path = self._find(self.spec.labels, LABEL_PATHS, "--labels")
         self.predictions_path = self._find(self.spec.predictions, PREDICTION_PATHS, "--predictions")
+        self.positions_path = self._find(None, ("rows/position",), "")
         self.offsets_path = self._find(self.spec.offsets, OFFSET_PATHS, "--offsets")
         self._validate_row_vector(self.labels_path, "labels", "--labels")
         self._validate_row_vector(self.predictions_path, "predictions", "--predictions")
+        self._validate_row_vector(self.positions_path, "positions", "")
         self._validate_offsets()
         self.classifier_layer = self._validate_classifier()
 
@@ -337,6 +339,12 @@ class Dump:
         if self.predictions_path is None:
             return None
         return np.asarray(self._file[self.predictions_path][start : self.n_rows if stop is None else stop], dtype=np.int64)
+
+    def positions(self, start: int, stop: int) -> np.ndarray | None:
+        """Token positions of rows [start, stop) from /rows/position, or None."""
+        if self.positions_path is None:
+            return None
+        return np.asarray(self._file[self.positions_path][start:stop], dtype=np.int64)
 
     def offsets(self) -> np.ndarray | None:
         return None if self.offsets_path is None else np.asarray(self._file[self.offsets_path][()], dtype=np.int64)

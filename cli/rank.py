@@ -1,0 +1,93 @@
+"""`actgeom rank`: spectra and effective dimensionality per layer."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import emit, metrics_result, write_atomically
+from actgeom.cli.progress import row_progress
+from actgeom.cli.stats import parse_rows
+from actgeom.core.dump import Dump
+from actgeom.core.engine import PassOptions
+from actgeom.core.rank_api import rank_dump
+from actgeom.core.spectrum import resolve_options
+
+METRIC = "Metric conventions (METRICS.md §2)"
+
+
+def rank(
+    dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
+    layers: o.LayersOpt = None, offsets: o.OffsetsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
+    nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", rich_help_panel=METRIC, show_default=False,
+        help="garrido (raw, uncentred spectrum) or tracing (centred λ, top 2048). Explicit options win.")] = None,
+    center: Annotated[Optional[bool], typer.Option(
+        "--center/--no-center", rich_help_panel=METRIC, show_default=False,
+        help="Spectrum of the covariance, or of the raw second moment. [default: center]")] = None,
+    max_eigs: Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=METRIC, show_default=False,
+                                                    help="Keep only the largest eigenvalues.")] = None,
+    eps: Annotated[Optional[float], typer.Option("--eps", rich_help_panel=METRIC, show_default=False,
+                                                 help="RankMe's ε. [default: 1e-7]")] = None,
+    fit_range: Annotated[Optional[str], typer.Option(
+        "--fit-range", rich_help_panel=METRIC, show_default=False,
+        help="α-ReQ ranks START:STOP, 1-based, inclusive. [default: 12:100]")] = None,
+    ge: Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=METRIC, show_default=False,
+                                               help="k90/k95/k99 with ≥ p instead of > p.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(
+        "--rtol", rich_help_panel=METRIC, show_default=False,
+        help="Numerical-rank tolerance relative to λ_1. [default: by dtype: float16 1e-8, bfloat16 1e-6, "
+             "float32 1e-11, float64 1e-14]")] = None,
+    subsample: Annotated[Optional[int], typer.Option("--subsample", rich_help_panel=METRIC, show_default=False,
+                                                     help="Rows sampled for TwoNN and MLE. [default: 10000]")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=METRIC, show_default=False,
+                                                help="Seed of the sample (same rows in every layer). [default: 0]")] = None,
+    spectrum_out: Annotated[Optional[Path], typer.Option(
+        "--spectrum-out", rich_help_panel=o.OUTPUT, show_default=False,
+        help="Also write every layer's eigenvalues as CSV (file, layer, spectrum, rank, eigenvalue).")] = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+) -> None:
+    """Spectrum and effective dimension per layer: RankMe (raw, centred, λ), effective rank,
+    α-ReQ, stable rank, participation ratio, numerical rank, k90/k95/k99, mean cosine,
+    IsoScore, TwoNN and MLE intrinsic dimension. Eigenvalues are computed once per layer.
+
+    Example:
+
+        actgeom rank sample_data/digits_mlp_epoch1500.h5 --format table
+
+        actgeom rank run.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
+    """
+    options = resolve_options(preset, center=center, max_eigs=max_eigs, eps=eps, ge=ge, rtol=rtol,
+                              subsample=subsample, seed=seed,
+                              fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"))
+    spec = o.dump_spec(layers, None, None, None, None, offsets, allow_incomplete)
+    reports, spectra = [], []
+    with row_progress() as progress:
+        for path in dumps:
+            with Dump(path, spec) as opened:
+                report, by_layer = rank_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite, tokens=tokens),
+                                             progress=progress)
+            reports.append(report)
+            spectra.append((report["file"], by_layer))
+    if spectrum_out is not None:
+        write_atomically(spectrum_out, _spectra_csv(spectra))
+    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
+    emit(metrics_result("rank", reports, summary, context=("n_rows", "n_units", "dtype")), fmt, output)
+
+
+def _spectra_csv(spectra) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "layer", "spectrum", "rank", "eigenvalue"])
+    for file, by_layer in spectra:
+        for layer, kinds in by_layer.items():
+            for kind, spectrum in kinds.items():
+                for i, value in enumerate(spectrum.eigenvalues, start=1):
+                    writer.writerow([file, layer, kind, i, repr(float(value))])
+    return buffer.getvalue()
