@@ -78,9 +78,9 @@ def child_engine(path: str) -> dict:
     return {"seconds": seconds, "n_rows": layer.n_rows}
 
 
-def run_child(kind: str, path: Path, script: str = __file__) -> dict:
+def run_child(kind: str, path: Path, script: str | None = None) -> dict:
     """Run one measurement in a fresh process (its own peak RSS); it prints one JSON line."""
-    out = subprocess.run([sys.executable, script, "--child", kind, str(path)], check=True,
+    out = subprocess.run([sys.executable, script or __file__, "--child", kind, str(path)], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout)
 

@@ -45,7 +45,7 @@ def rank(
         help="Numerical-rank tolerance relative to λ_1. [default: by dtype: float16 1e-8, bfloat16 1e-6, "
              "float32 1e-11, float64 1e-14]")] = None,
     subsample: Annotated[Optional[int], typer.Option("--subsample", rich_help_panel=METRIC, show_default=False,
-                                                     help="Rows sampled for TwoNN and MLE. [default: 10000]")] = None,
+                                                     help="Rows sampled for TwoNN and MLE. [default: 2000]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=METRIC, show_default=False,
                                                 help="Seed of the sample (same rows in every layer). [default: 0]")] = None,
     spectrum_out: Annotated[Optional[Path], typer.Option(

@@ -24,7 +24,7 @@ import numpy as np
 
 from actgeom.core.dump import Dump
 from actgeom.core.errors import InvalidInputError, UsageError
-from actgeom.core.stats import ClassMoments, Reservoir, UnitStats
+from actgeom.core.stats import ClassMoments, Reservoir, UnitStats, column_sums
 from actgeom.core.stream import iter_blocks
 
 NONFINITE_POLICIES = ("error", "drop")
@@ -46,6 +46,7 @@ class PassOptions:
     row_range: tuple[int, int] | None = None  # rows [start, stop) of the dump; None = all
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
     use_labels: bool = True  # False: every row in one class (spectra need no labels)
+    unit_stats: bool = True  # False: skip per-unit counts and sums (collapse needs none)
     tokens: str = "all"  # token-level rows: all, the last of each sequence, or positions ≥ K ("from:K")
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             keep = selection.mask(block.start, block.start + block.X.shape[0])
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
             _feed(stats, block.start, X, labels if options.use_labels else None,
-                  index=None if keep is None else block.start + np.flatnonzero(keep))
+                  index=None if keep is None else block.start + np.flatnonzero(keep), unit_stats=options.unit_stats)
             if progress is not None:
                 progress(layer.name, block.start + block.X.shape[0] - start, stop - start)
         if stats.n_nonfinite and options.nonfinite == "error":
@@ -161,8 +162,14 @@ def _take(values: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
     return None if values is None else values[keep]
 
 
+def _finite(x: np.ndarray) -> bool:
+    """Whether every value is finite, from one matrix-vector product (inf/NaN propagate)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(column_sums(x)).all())
+
+
 def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | None,
-          index: np.ndarray | None = None) -> None:
+          index: np.ndarray | None = None, unit_stats: bool = True) -> None:
     """Feed one block of float64 rows (global row numbers ``index``, default start, start+1, …)
     to every accumulator of a layer."""
     n = x.shape[0]
@@ -171,11 +178,12 @@ def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | Non
     if np.any(y < -1):
         bad = int(y[y < -1][0])
         raise InvalidInputError(f"label {bad} at a row of layer '{stats.layer}': labels are class indices ≥ 0, or -1 for none")
-    if not stats.units.update(x):  # the block holds NaN/inf: find those rows (rare, so only now)
+    if not (stats.units.update(x) if unit_stats else _finite(x)):  # NaN/inf: find those rows (rare, so now)
         finite = np.isfinite(x).all(axis=1)
         stats.n_nonfinite += int(n - finite.sum())
         x, y, index = x[finite], y[finite], index[finite]
-        stats.units.update(x)
+        if unit_stats:
+            stats.units.update(x)
     stats.n_rows += x.shape[0]
     stats.reservoir.update(x, y, index)
     labelled = y >= 0

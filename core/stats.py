@@ -114,10 +114,15 @@ class ClassMoments:
             self.ref[present[new]] = block_means[new]
         self._z = _buffer(self._z, X.shape)
         z = self._z[:n]
-        np.take(self.ref, y, axis=0, out=z, mode="clip")  # mode "raise" would copy `out` first
-        np.subtract(X, z, out=z)
+        if present.size == 1:  # one class (no labels, or a spectrum): a broadcast, no gather
+            np.subtract(X, self.ref[present[0]], out=z)
+            block_sums = column_sums(z)[None, :]
+        else:
+            np.take(self.ref, y, axis=0, out=z, mode="clip")  # mode "raise" would copy `out` first
+            np.subtract(X, z, out=z)
+            block_sums = indicator @ z
         self.counts[present] += block_counts
-        self.sums[present] += indicator @ z
+        self.sums[present] += block_sums
         self.sumsq[present] += np.bincount(inverse, weights=np.einsum("ij,ij->i", z, z), minlength=present.size)
         blas.dsyrk(1.0, z.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
 

@@ -167,6 +167,17 @@ def rank_reference(X: np.ndarray, *, center: bool = True, eps: float = 1e-7, fit
         A = np.stack([np.ones(r.size), -np.log(r)], axis=1) * np.sqrt(1 / r)[:, None]
         coef = np.linalg.lstsq(A, np.log(lam[start - 1 : stop]) * np.sqrt(1 / r), rcond=None)[0]
         out["alpha_req"] = coef[1]
+    # IsoScore, step by step as Rudman et al. describe it: rotate the centred points to their
+    # principal axes, take the variances there, scale them to norm √n, measure the defect.
+    Xc = X - X.mean(axis=0)
+    axes = np.linalg.svd(Xc, full_matrices=False)[2]
+    variances = (Xc @ axes.T).var(axis=0)
+    n_dims = X.shape[1]
+    variances = np.r_[variances, np.zeros(n_dims - variances.size)]
+    scaled = np.sqrt(n_dims) * variances / np.linalg.norm(variances)
+    defect = np.linalg.norm(scaled - 1) / np.sqrt(2 * (n_dims - np.sqrt(n_dims)))
+    fraction = (n_dims - defect**2 * (n_dims - np.sqrt(n_dims))) ** 2 / n_dims**2
+    out["isoscore"] = (n_dims * fraction - 1) / (n_dims - 1)
     norms = np.linalg.norm(X, axis=1)
     U = X[norms > 0] / norms[norms > 0, None]
     cos = U @ U.T

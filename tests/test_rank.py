@@ -98,6 +98,16 @@ def test_presets():
         resolve_options("x")
 
 
+def test_garrido_preset_is_the_raw_spectrum(tmp_path, rng):
+    X = 5.0 + rng.standard_normal((200, 12)) * np.arange(1, 13) ** -0.5
+    path = write_dump(tmp_path / "d.h5", {"h": X})
+    garrido = rank_dump(path, options=resolve_options("garrido"))[0]["layers"][0]["metrics"]
+    expected = rank_reference(X, center=False, fit_range=(2, 12), rtol=1e-14)
+    for name in ("rankme", "erank", "stable_rank", "participation_ratio", "k90"):
+        assert garrido[name] == pytest.approx(expected[name], rel=RANK_RTOL), name
+    assert garrido["erank"] != pytest.approx(rank_reference(X)["erank"], rel=1e-3)  # centring matters here
+
+
 def test_max_eigs_truncates_the_spectrum(tmp_path, rng):
     X = rng.standard_normal((300, 30)) * np.arange(1, 31) ** -1.0
     path = write_dump(tmp_path / "d.h5", {"h": X})

@@ -1,8 +1,9 @@
-"""Time `collapse` against the floor on the engine benchmark's dump, and measure the
-language-model-scale case (C = 50 000 classes > D = 256 units, N = 500 000 rows).
+"""Time the metric commands (`collapse`, `rank`) against the floor on the engine benchmark's
+dump, each in a fresh process, and measure `collapse` at language-model scale (C = 50 000
+classes > D = 256 units, N = 500 000 rows).
 
-    python benchmarks/bench_collapse.py                 # both parts
-    python benchmarks/bench_collapse.py --skip-lm       # only the floor comparison
+    python benchmarks/bench_commands.py                 # everything
+    python benchmarks/bench_commands.py --skip-lm       # only the floor comparisons
 """
 
 from __future__ import annotations
@@ -20,14 +21,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import WORKDIR, make_dump, run_child  # noqa: E402
 
 
-def child_collapse(path: str) -> dict:
-    from actgeom.core.collapse_api import collapse_dump
-
+def child(kind: str, path: str) -> dict:
     t0 = time.perf_counter()
-    report = collapse_dump(path)
-    seconds = time.perf_counter() - t0
-    layer = report["layers"][0]
-    return {"seconds": seconds, "n_classes_kept": layer["n_classes_kept"], "nc1": layer["metrics"]["nc1"]}
+    if kind == "collapse":
+        from actgeom.core.collapse_api import collapse_dump
+
+        layer = collapse_dump(path)["layers"][0]
+        extra = {"n_classes_kept": layer["n_classes_kept"]}
+    elif kind == "rank":
+        from actgeom.core.rank_api import rank_dump
+
+        layer = rank_dump(path)[0]["layers"][0]
+        extra = {"sample_rows": layer["sample_rows"]}
+    else:  # one eigvalsh of a D×D symmetric matrix, D from the dump
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            n_units = f["activations/layer"].shape[1]
+        A = np.random.default_rng(0).standard_normal((n_units, n_units))
+        t0 = time.perf_counter()
+        np.linalg.eigvalsh(A @ A.T)
+        extra = {}
+    return {"seconds": time.perf_counter() - t0} | extra
 
 
 def make_lm_dump(path: Path, n_rows: int, n_units: int, n_classes: int, seed: int = 0) -> None:
@@ -57,7 +72,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child_collapse(args.child[1])
+        result = child(*args.child)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -65,17 +80,19 @@ def main() -> None:
     path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_float16_{args.rows}.h5"
     make_dump(path, args.rows, args.units, args.classes, "float16")
     run_child("floor1", path)  # warm the page cache
-    runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "collapse": []}
+    runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "eigvalsh": [], "collapse": [], "rank": []}
     for _ in range(args.repeat):
         for kind, results in runs.items():
-            results.append(run_child(kind, path, __file__) if kind == "collapse" else run_child(kind, path))
+            results.append(run_child(kind, path, None if kind.startswith("floor") else __file__))
     best = {kind: min(results, key=lambda r: r["seconds"]) for kind, results in runs.items()}
     print(f"N={args.rows} D={args.units} C={args.classes} float16")
     for kind, results in runs.items():
         every = ", ".join(f"{r['seconds']:.2f}" for r in results)
         print(f"{kind:9s}: {best[kind]['seconds']:.2f} s  peak RSS {best[kind]['peak_rss_mib']:.0f} MiB  (runs: {every})")
     for kind in ("floor1", "floor4"):
-        print(f"collapse / {kind}: {best['collapse']['seconds'] / best[kind]['seconds']:.3f}")
+        floor = best[kind]["seconds"]
+        print(f"collapse / {kind}: {best['collapse']['seconds'] / floor:.3f}")
+        print(f"rank / ({kind} + one eigvalsh): {best['rank']['seconds'] / (floor + best['eigvalsh']['seconds']):.3f}")
     if not args.skip_lm:
         lm = WORKDIR / "synthetic_lm_256u_50000c_500000.h5"
         make_lm_dump(lm, 500_000, 256, 50_000)
