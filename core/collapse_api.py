@@ -31,7 +31,7 @@ def collapse_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options
     if not isinstance(dump, Dump):
         with Dump(dump, spec) as opened:
             return collapse_dump(opened, options=options, pass_options=pass_options, progress=progress)
-    pass_options = replace(pass_options, reservoir=0, unit_stats=False)  # collapse needs only class moments
+    pass_options = replace(pass_options, reservoir=0, units="none")  # collapse needs only class moments
     stats = accumulate(dump, options=pass_options, progress=progress)
     classifier = dump.classifier()
     layers = []

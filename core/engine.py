@@ -29,6 +29,7 @@ from actgeom.core.stream import iter_blocks
 
 NONFINITE_POLICIES = ("error", "drop")
 TOKEN_SELECTIONS = "all | last | from:K"
+UNIT_STATS = ("all", "directions", "none")
 PARTIAL_FORMAT = "actgeom-partial-stats"
 
 # progress(layer_name, rows_done, rows_total)
@@ -46,7 +47,7 @@ class PassOptions:
     row_range: tuple[int, int] | None = None  # rows [start, stop) of the dump; None = all
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
     use_labels: bool = True  # False: every row in one class (spectra need no labels)
-    unit_stats: bool = True  # False: skip per-unit counts and sums (collapse needs none)
+    units: str = "all"  # per-unit statistics: "all", "directions" (only Σ x/‖x‖), or "none"
     tokens: str = "all"  # token-level rows: all, the last of each sequence, or positions ≥ K ("from:K")
 
     def __post_init__(self) -> None:
@@ -57,6 +58,8 @@ class PassOptions:
         if self.block_rows is not None and self.block_rows < 1:
             raise UsageError(f"block rows must be ≥ 1, got {self.block_rows}")
         self.first_position  # validates `tokens`
+        if self.units not in UNIT_STATS:
+            raise UsageError(f"unit statistics '{self.units}' is not one of {', '.join(UNIT_STATS)}")
 
     @property
     def first_position(self) -> int | None:
@@ -108,7 +111,8 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
     for layer in selected:
         stats = LayerStats(
             layer=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, n_rows=0, n_nonfinite=0,
-            n_unlabeled=0, classes=ClassMoments(layer.n_units), units=UnitStats(layer.n_units, options.threshold),
+            n_unlabeled=0, classes=ClassMoments(layer.n_units),
+            units=UnitStats(layer.n_units, options.threshold, activity=options.units == "all"),
             reservoir=Reservoir(options.reservoir, layer.n_units, _sample_dtype(layer.storage_dtype), options.seed),
         )
         block_rows = options.block_rows or dump.block_rows(layer)
@@ -117,7 +121,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             keep = selection.mask(block.start, block.start + block.X.shape[0])
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
             _feed(stats, block.start, X, labels if options.use_labels else None,
-                  index=None if keep is None else block.start + np.flatnonzero(keep), unit_stats=options.unit_stats)
+                  index=None if keep is None else block.start + np.flatnonzero(keep), unit_stats=options.units != "none")
             if progress is not None:
                 progress(layer.name, block.start + block.X.shape[0] - start, stop - start)
         if stats.n_nonfinite and options.nonfinite == "error":

@@ -21,7 +21,8 @@ def rank_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options: Ra
     if not isinstance(dump, Dump):
         with Dump(dump, spec) as opened:
             return rank_dump(opened, options=options, pass_options=pass_options, progress=progress)
-    pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, use_labels=False)
+    pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, use_labels=False,
+                           units="directions")
     stats = accumulate(dump, options=pass_options, progress=progress)
     layers, spectra = [], {}
     for layer in dump.layers:

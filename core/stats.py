@@ -186,8 +186,9 @@ class UnitStats:
 
     FIELDS = ("n_active", "sum", "sum_abs", "unit_vector_sum")
 
-    def __init__(self, n_units: int, threshold: float = 0.0):
+    def __init__(self, n_units: int, threshold: float = 0.0, *, activity: bool = True):
         self.threshold = float(threshold)
+        self.activity = activity  # False: only Σ x/‖x‖ (n_active, sum and sum_abs stay 0)
         self.n_rows = 0
         self.n_zero_rows = 0  # rows with ‖x‖ = 0 have no direction; they add nothing to Σ x/‖x‖
         self.n_active = np.zeros(n_units, dtype=np.int64)
@@ -206,25 +207,27 @@ class UnitStats:
         n = X.shape[0]
         if n == 0:
             return True
-        self._abs = _buffer(self._abs, X.shape)
-        self._active = _buffer(self._active, X.shape)
-        magnitude, active = self._abs[:n], self._active[:n]
         with np.errstate(invalid="ignore", over="ignore"):
-            block_sum = column_sums(X)
-            np.abs(X, out=magnitude)
-            block_abs = column_sums(magnitude)
-            np.greater(X, self.threshold, out=active)
             norms = np.sqrt(np.einsum("ij,ij->i", X, X))
             zero = norms == 0
             block_unit = column_sums(X, np.divide(1.0, norms, out=np.zeros(n), where=~zero))
-        if not np.isfinite(block_abs).all():  # Σ|x| is inf or NaN iff some value is
+            if self.activity:
+                self._abs = _buffer(self._abs, X.shape)
+                self._active = _buffer(self._active, X.shape)
+                magnitude, active = self._abs[:n], self._active[:n]
+                block_sum = column_sums(X)
+                np.abs(X, out=magnitude)
+                block_abs = column_sums(magnitude)
+                np.greater(X, self.threshold, out=active)
+        if not np.isfinite(block_unit).all():  # Σ x/‖x‖ is inf or NaN iff some value is (‖x‖ overflows)
             return False
         self.n_rows += n
         self.n_zero_rows += int(zero.sum())
-        self.sum += block_sum
-        self.sum_abs += block_abs
-        self.n_active += np.add.reduce(active, axis=0, dtype=np.int64)
         self.unit_vector_sum += block_unit
+        if self.activity:
+            self.sum += block_sum
+            self.sum_abs += block_abs
+            self.n_active += np.add.reduce(active, axis=0, dtype=np.int64)
         return True
 
     def merge(self, other: "UnitStats") -> None:
@@ -235,11 +238,12 @@ class UnitStats:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         scalars = np.array([self.n_rows, self.n_zero_rows], dtype=np.int64)
-        return {"scalars": scalars, "threshold": np.array(self.threshold)} | {f: getattr(self, f) for f in self.FIELDS}
+        return {"scalars": scalars, "threshold": np.array(self.threshold), "activity": np.array(self.activity)} | \
+            {f: getattr(self, f) for f in self.FIELDS}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "UnitStats":
-        acc = cls(arrays["sum"].shape[0], float(arrays["threshold"]))
+        acc = cls(arrays["sum"].shape[0], float(arrays["threshold"]), activity=bool(arrays["activity"]))
         acc.n_rows, acc.n_zero_rows = (int(v) for v in arrays["scalars"])
         for name in cls.FIELDS:
             setattr(acc, name, np.array(arrays[name]))
