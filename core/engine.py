@@ -57,19 +57,23 @@ class PassOptions:
             raise UsageError(f"reservoir size must be ≥ 0, got {self.reservoir}")
         if self.block_rows is not None and self.block_rows < 1:
             raise UsageError(f"block rows must be ≥ 1, got {self.block_rows}")
-        self.first_position  # validates `tokens`
+        _first_position(self.tokens)  # validates `tokens`
         if self.units not in UNIT_STATS:
             raise UsageError(f"unit statistics '{self.units}' is not one of {', '.join(UNIT_STATS)}")
 
     @property
     def first_position(self) -> int | None:
         """K of "from:K", 0 for "all", None for "last"."""
-        if self.tokens in ("all", "last"):
-            return 0 if self.tokens == "all" else None
-        head, _, k = self.tokens.partition(":")
-        if head != "from" or not k.isdigit():
-            raise UsageError(f"--tokens '{self.tokens}' is not one of {TOKEN_SELECTIONS} (e.g. from:1 skips BOS rows)")
-        return int(k)
+        return _first_position(self.tokens)
+
+
+def _first_position(tokens: str) -> int | None:
+    if tokens in ("all", "last"):
+        return 0 if tokens == "all" else None
+    head, _, k = tokens.partition(":")
+    if head != "from" or not k.isdigit():
+        raise UsageError(f"--tokens '{tokens}' is not one of {TOKEN_SELECTIONS} (e.g. from:1 skips BOS rows)")
+    return int(k)
 
 
 @dataclass
@@ -79,7 +83,7 @@ class LayerStats:
     layer: str
     n_units: int
     dtype: str
-    n_rows: int  # rows read
+    n_rows: int  # rows used: selected by --tokens, non-finite ones dropped
     n_nonfinite: int  # rows with NaN/inf, dropped
     n_unlabeled: int  # rows with label -1: in unit statistics and the sample, not in class moments
     classes: ClassMoments
@@ -107,6 +111,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
     start, stop = options.row_range or (0, dump.n_rows)
     if not 0 <= start <= stop <= dump.n_rows:
         raise UsageError(f"row range {start}:{stop} is outside the dump's rows 0:{dump.n_rows}")
+    selection = TokenSelection(dump, options)
     results = {}
     for layer in selected:
         stats = LayerStats(
@@ -116,7 +121,6 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             reservoir=Reservoir(options.reservoir, layer.n_units, _sample_dtype(layer.storage_dtype), options.seed),
         )
         block_rows = options.block_rows or dump.block_rows(layer)
-        selection = TokenSelection(dump, options)
         for block in iter_blocks(dump, layer, start, stop, block_rows):
             keep = selection.mask(block.start, block.start + block.X.shape[0])
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
@@ -247,8 +251,10 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
         raise InvalidInputError(f"{path} is not an actgeom partial-statistics file") from None
     stats = {}
     for i, entry in enumerate(header["layers"]):
-        part = {key[len(f"{i}/"):]: value for key, value in arrays.items() if key.startswith(f"{i}/")}
-        family = lambda name: {k.split("/", 1)[1]: v for k, v in part.items() if k.startswith(name + "/")}  # noqa: E731
+        def family(name: str, i: int = i) -> dict[str, np.ndarray]:
+            prefix = f"{i}/{name}/"
+            return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+
         stats[entry["name"]] = LayerStats(
             layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], n_rows=entry["n_rows"],
             n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"],

@@ -79,7 +79,9 @@ def pair_stats(vectors: np.ndarray, variances: np.ndarray | None = None, *, tile
         gram = vectors[rows] @ vectors[cols].T
         if rows == cols:  # each unordered pair once: the strict upper triangle
             upper = np.triu(np.ones(gram.shape, dtype=bool), 1)
-            pick = lambda a: a[upper]  # noqa: E731
+
+            def pick(a: np.ndarray, upper: np.ndarray = upper) -> np.ndarray:
+                return a[upper]
         else:
             pick = np.ravel
         g = pick(gram)
