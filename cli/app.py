@@ -11,7 +11,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from actgeom.cli import collapse, info, rank, stats
+from actgeom.cli import collapse, entropy, info, rank, stats
 from actgeom.core import __version__
 from actgeom.core.errors import ActgeomError
 
@@ -43,6 +43,7 @@ app = typer.Typer(
 app.command(name="info")(info.info)
 app.command(name="collapse")(collapse.collapse)
 app.command(name="rank")(rank.rank)
+app.command(name="entropy")(entropy.entropy)
 app.command(name="stats")(stats.stats)
 app.command(name="merge")(stats.merge)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from actgeom.core.dump import DumpSpec
+from actgeom.core.dump import DumpSpec  # noqa: F401  (re-exported for the commands)
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"

@@ -24,7 +24,7 @@ import numpy as np
 
 from actgeom.core.dump import Dump
 from actgeom.core.errors import InvalidInputError, UsageError
-from actgeom.core.stats import ClassMoments, Reservoir, UnitStats, column_sums
+from actgeom.core.stats import ClassMoments, DirectionScatter, Reservoir, UnitStats, column_sums
 from actgeom.core.stream import iter_blocks
 
 NONFINITE_POLICIES = ("error", "drop")
@@ -48,6 +48,7 @@ class PassOptions:
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
     use_labels: bool = True  # False: every row in one class (spectra need no labels)
     units: str = "all"  # per-unit statistics: "all", "directions" (only Σ x/‖x‖), or "none"
+    direction_scatter: bool = False  # also Σ uuᵀ of the L2-normalised rows (dataset entropy: one more GEMM)
     tokens: str = "all"  # token-level rows: all, the last of each sequence, or positions ≥ K ("from:K")
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class LayerStats:
     classes: ClassMoments
     units: UnitStats
     reservoir: Reservoir
+    directions: DirectionScatter | None = None
 
     def merge(self, other: "LayerStats") -> None:
         if (other.layer, other.n_units) != (self.layer, self.n_units):
@@ -102,6 +104,8 @@ class LayerStats:
         self.classes.merge(other.classes)
         self.units.merge(other.units)
         self.reservoir.merge(other.reservoir)
+        if self.directions is not None and other.directions is not None:
+            self.directions.merge(other.directions)
 
 
 def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOptions = PassOptions(),
@@ -119,6 +123,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             n_unlabeled=0, classes=ClassMoments(layer.n_units),
             units=UnitStats(layer.n_units, options.threshold, activity=options.units == "all"),
             reservoir=Reservoir(options.reservoir, layer.n_units, _sample_dtype(layer.storage_dtype), options.seed),
+            directions=DirectionScatter(layer.n_units) if options.direction_scatter else None,
         )
         block_rows = options.block_rows or dump.block_rows(layer)
         for block in iter_blocks(dump, layer, start, stop, block_rows):
@@ -194,6 +199,8 @@ def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | Non
             stats.units.update(x)
     stats.n_rows += x.shape[0]
     stats.reservoir.update(x, y, index)
+    if stats.directions is not None:
+        stats.directions.update(x)
     labelled = y >= 0
     if not labelled.all():
         stats.n_unlabeled += int((~labelled).sum())
@@ -203,7 +210,9 @@ def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | Non
 
 def _flatten(stats: LayerStats) -> dict[str, np.ndarray]:
     arrays = {}
-    for family in ("classes", "units", "reservoir"):
+    for family in ("classes", "units", "reservoir", "directions"):
+        if getattr(stats, family) is None:
+            continue
         for key, value in getattr(stats, family).to_arrays().items():
             arrays[f"{family}/{key}"] = value
     return arrays
@@ -260,6 +269,7 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
             n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"],
             classes=ClassMoments.from_arrays(family("classes")), units=UnitStats.from_arrays(family("units")),
             reservoir=Reservoir.from_arrays(family("reservoir")),
+            directions=DirectionScatter.from_arrays(family("directions")) if family("directions") else None,
         )
     return stats, header["meta"]
 

@@ -250,6 +250,44 @@ class UnitStats:
         return acc
 
 
+class DirectionScatter:
+    """Σ u uᵀ over rows, u = x/‖x‖ (rows with ‖x‖ = 0 add nothing): the D×D side of the Gram
+    matrix of L2-normalised rows, whose nonzero eigenvalues it shares (dataset entropy)."""
+
+    def __init__(self, n_units: int):
+        self.n_rows = 0
+        self.scatter = np.zeros((n_units, n_units), order="F")  # upper triangle, dsyrk in place
+        self._u = np.empty((0, n_units))
+
+    def update(self, X: np.ndarray) -> None:
+        n = X.shape[0]
+        if n == 0:
+            return
+        self._u = _buffer(self._u, X.shape)
+        u = self._u[:n]
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+        np.divide(X, np.where(norms == 0, np.inf, norms)[:, None], out=u)  # zero rows stay zero
+        self.n_rows += int((norms > 0).sum())
+        blas.dsyrk(1.0, u.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
+
+    def merge(self, other: "DirectionScatter") -> None:
+        self.n_rows += other.n_rows
+        self.scatter += np.triu(other.scatter)
+
+    def matrix(self) -> np.ndarray:
+        return _symmetric(self.scatter)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"scatter": np.triu(self.scatter), "n_rows": np.array(self.n_rows)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "DirectionScatter":
+        acc = cls(arrays["scatter"].shape[0])
+        acc.scatter = np.asfortranarray(arrays["scatter"], dtype=np.float64)
+        acc.n_rows = int(arrays["n_rows"])
+        return acc
+
+
 def row_keys(start: int, stop: int, seed: int) -> np.ndarray:
     """A pseudo-random uint64 key per global row index (splitmix64 of index and seed).
 

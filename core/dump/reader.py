@@ -46,6 +46,7 @@ class DumpSpec:
     bias: str | None = None
     predictions: str | None = None
     offsets: str | None = None
+    attention: str | None = None
     allow_incomplete: bool = False
 
 
@@ -150,6 +151,7 @@ class Dump:
         self._validate_row_vector(self.positions_path, "positions", "")
         self._validate_offsets()
         self.classifier_layer = self._validate_classifier()
+        self.attention_paths = self._resolve_attention()
 
     def _datasets(self) -> list[str]:
         """Every dataset path in the file, without the leading slash."""
@@ -245,6 +247,30 @@ class Dump:
             raise InvalidInputError(
                 f"{what} '{path}' in {self.path} has {ds.shape[0]} rows but the layers have {self.n_rows}"
             )
+
+    def _resolve_attention(self) -> list[str]:
+        """Attention probability datasets (S, H, T, T): --attention, else everything under /attention."""
+        if self.spec.attention is not None:
+            paths = [self._find(self.spec.attention, (), "--attention")]
+        else:
+            paths = sorted((d for d in self._datasets() if d.startswith("attention/")), key=natural_key)
+        for path in paths:
+            ds = self._file[path]
+            if ds.ndim != 4 or ds.shape[2] != ds.shape[3] or not _is_float_like(ds):
+                raise InvalidInputError(
+                    f"attention '{path}' in {self.path} must be float probabilities of shape (sequences, heads, T, T); "
+                    f"found shape {ds.shape}, dtype {ds.dtype}"
+                )
+        return paths
+
+    def attention_blocks(self, path: str, max_bytes: int = 64 << 20):
+        """Blocks of whole sequences (s, H, T, T) of one attention dataset, decoded."""
+        ds = self._file[path]
+        per_sequence = max(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, 1)
+        step = max(1, max_bytes // per_sequence)
+        for start in range(0, ds.shape[0], step):
+            block = ds[start : start + step]
+            yield decode_bfloat16(block) if _is_bfloat16(ds) else block
 
     def _validate_offsets(self) -> None:
         if self.offsets_path is None:

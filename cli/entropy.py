@@ -1,0 +1,71 @@
+"""`actgeom entropy`: matrix and diffusion entropies, attention entropy, neuron activity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import emit, metrics_result
+from actgeom.cli.progress import row_progress
+from actgeom.core.dump import Dump
+from actgeom.core.engine import PassOptions
+from actgeom.core.entropy import EntropyOptions
+from actgeom.core.entropy_api import entropy_dump
+
+METRIC = "Metric conventions (METRICS.md §3)"
+
+
+def entropy(
+    dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
+    layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
+    attention: Annotated[Optional[str], typer.Option(
+        "--attention", rich_help_panel=o.DATA, show_default=False,
+        help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
+    allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = 1.0,
+    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = 10.0,
+    t: Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")] = 1.0,
+    subsample: Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC, help="Rows for DSE / DSMI.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=METRIC, help="Seed of the sample and of DSMI's subsets.")] = 0,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", rich_help_panel=METRIC, show_default=False,
+        help="A unit is active when its value > threshold. [default: 0 for layers marked ReLU; required otherwise]")] = None,
+    tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant threshold (ReDo).")] = 0.025,
+    layer_width: Annotated[Optional[int], typer.Option(
+        "--layer-width", rich_help_panel=METRIC, show_default=False,
+        help="For SAE latents: the width of the layer the SAE encodes (superposition ratio F/width).")] = None,
+    eps: Annotated[float, typer.Option("--eps", rich_help_panel=METRIC,
+                                       help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")] = 0.0,
+    normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC,
+                                             help="Attention entropy divided by log(#valid keys).")] = False,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+) -> None:
+    """Entropies per layer: dataset (matrix Rényi) entropy, diffusion spectral entropy and
+    DSMI on a seeded sample, SAE effective features, dead / dormant fractions, firing entropy,
+    effective units; attention entropy per head and per layer.
+
+    Example:
+
+        actgeom entropy sample_data/digits_mlp_epoch1500.h5 --format table
+
+        actgeom entropy sae_latents.h5 --threshold 0 --layer-width 768 --format json
+    """
+    options = EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
+                             tau=tau, layer_width=layer_width, eps=eps, normalized=normalized)
+    spec = o.DumpSpec(layers=tuple(layers or ()), labels=labels, offsets=offsets, attention=attention,
+                      allow_incomplete=allow_incomplete)
+    reports = []
+    with row_progress() as progress:
+        for path in dumps:
+            with Dump(path, spec) as opened:
+                reports.append(entropy_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite,
+                                            tokens=tokens), progress=progress))
+    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
+    for report in reports:
+        for layer in report["layers"]:
+            for i, warning in enumerate(layer.get("warnings", [])):
+                summary[f"warning {Path(report['file']).name}:{layer['layer']}" + (f" ({i + 1})" if i else "")] = warning
+    emit(metrics_result("entropy", reports, summary, context=("n_rows", "n_units")), fmt, output)

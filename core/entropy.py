@@ -1,0 +1,178 @@
+"""Entropy and neuron-activity metrics (METRICS.md §3): pure functions, natural log unless noted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from actgeom.core.errors import UsageError
+from actgeom.core.stats import UnitStats
+
+DSE_PROB_FLOOR = 2.22e-16  # added to every p before the log, as Liao et al.'s code does
+SAE_EPS = 1e-10  # Bereska et al.: p_i + ε, renormalised
+
+
+@dataclass(frozen=True)
+class EntropyOptions:
+    """Every convention that changes an entropy number; recorded in the output."""
+
+    alpha: float = 1.0  # Rényi order of the dataset entropy
+    sigma: float = 10.0  # DSE kernel width, absolute (as published)
+    t: float = 1.0  # DSE diffusion time
+    subsample: int = 10_000  # rows for DSE / DSMI
+    seed: int = 0
+    dsmi_repeats: int = 5
+    threshold: float | None = None  # "active" = value > threshold; None: 0 for ReLU layers, else required
+    tau: float = 0.025  # dormant threshold on normalised mean |a|
+    layer_width: int | None = None  # SAE: the width of the layer the SAE encodes (superposition ratio)
+    eps: float = 0.0  # attention: log(A + eps) (Zhai et al.'s code uses 1e-6); 0 = the definition
+    normalized: bool = False  # attention entropy divided by log(#valid keys)
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0:
+            raise UsageError(f"--alpha must be > 0, got {self.alpha}")
+        if self.sigma <= 0 or self.t <= 0:
+            raise UsageError("--sigma and --t must be > 0")
+        if self.subsample < 2:
+            raise UsageError(f"--subsample must be ≥ 2, got {self.subsample}")
+
+
+def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> float:
+    """Matrix Rényi α-entropy (Giraldo et al. 2015) of a PSD matrix A/tr A given A's eigenvalues:
+    H_α = log(Σ p^α)/(1 − α), H_1 = −Σ p log p, p = λ/Σλ (negatives from rounding → 0).
+    A flat spectrum of k gives log k for every α. Eigenvalues at rounding level (≤ n·eps·λ_max)
+    count as 0: for α < 1 their p^α would otherwise add up to a visible amount."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    lam = np.where(lam > lam.size * np.finfo(np.float64).eps * lam.max(initial=0.0), lam, 0.0)
+    total = lam.sum()
+    if total <= 0:
+        return float("nan")
+    p = lam[lam > 0] / total
+    if alpha == 1.0:
+        return float(-(p * np.log(p)).sum())
+    return float(np.log((p**alpha).sum()) / (1.0 - alpha))
+
+
+def dataset_entropy(direction_scatter: np.ndarray, *, alpha: float) -> float:
+    """Dataset entropy of sample-level rows (Skean et al. 2025): the Rényi entropy of K/tr K,
+    K the Gram of the L2-normalised rows, computed on the D×D side Σ uuᵀ (same nonzero
+    eigenvalues, and D ≪ N)."""
+    return renyi_entropy(np.linalg.eigvalsh(direction_scatter), alpha)
+
+
+def diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict:
+    """Diffusion spectral entropy in bits (Liao et al. 2023): G_ij = exp(−‖x_i − x_j‖²/(2σ²)),
+    K = D^{-1/2} G D^{-1/2} with D = diag(rowsum G), p ∝ |eig K|^t, p += 2.22e-16,
+    H = −Σ p log₂ p. Between 0 (σ → ∞: one cluster) and log₂ N (σ → 0: K = I).
+
+    Holds at most two N×N float64 matrices (the kernel, and the eigensolver's copy); diagonal
+    scalings are broadcasts. Also returns the median pairwise distance and the mean
+    off-diagonal entry of K (and the off-diagonal share of K's mass: near 0 means K ≈ I, σ too
+    small for the data, DSE ≈ log₂ N), which say whether σ suits the data's scale.
+    """
+    n = X.shape[0]
+    Z = X - X.mean(axis=0)
+    sq = np.einsum("ij,ij->i", Z, Z)
+    kernel = Z @ Z.T  # becomes ‖x_i − x_j‖², then G, then K, in place
+    kernel *= -2.0
+    kernel += sq[:, None]
+    kernel += sq[None, :]
+    np.maximum(kernel, 0.0, out=kernel)
+    np.fill_diagonal(kernel, 0.0)
+    median_distance = float(np.sqrt(np.median(kernel[np.triu_indices(n, 1)]))) if n > 1 else float("nan")
+    kernel *= -1.0 / (2.0 * sigma**2)
+    np.exp(kernel, out=kernel)
+    root = 1.0 / np.sqrt(kernel.sum(axis=1))
+    kernel *= root[:, None]
+    kernel *= root[None, :]
+    total, diagonal = float(kernel.sum()), float(np.trace(kernel))
+    off_diagonal = (total - diagonal) / (n * (n - 1)) if n > 1 else float("nan")
+    eigenvalues = np.linalg.eigvalsh(kernel)
+    del kernel
+    p = np.abs(eigenvalues) ** t
+    p = p / p.sum() + DSE_PROB_FLOOR
+    return {"dse": float(-(p * np.log2(p)).sum()), "dse_median_distance": median_distance,
+            "dse_offdiag_mass": off_diagonal, "dse_offdiag_fraction": (total - diagonal) / total, "dse_rows": n}
+
+
+def dsmi(X: np.ndarray, y: np.ndarray, *, sigma: float, t: float, repeats: int, seed: int) -> float:
+    """Diffusion spectral mutual information in bits (Liao et al. 2023):
+    Σ_c (n_c/N)[mean over ``repeats`` random subsets of size n_c of DSE − DSE(rows of class c)].
+    Subsets come from ``np.random.default_rng(seed)``; classes with one row are skipped."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    labelled = y >= 0
+    X, y = X[labelled], y[labelled]
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        if rows.size < 2:
+            continue
+        random = np.mean([diffusion_spectral_entropy(X[rng.choice(y.size, rows.size, replace=False)], sigma=sigma,
+                                                     t=t)["dse"] for _ in range(repeats)])
+        total += rows.size / y.size * (random - diffusion_spectral_entropy(X[rows], sigma=sigma, t=t)["dse"])
+    return float(total)
+
+
+def _mean_abs(units: UnitStats) -> np.ndarray:
+    return units.sum_abs / max(units.n_rows, 1)
+
+
+def sae_effective_features(units: UnitStats, *, layer_width: int | None = None) -> dict:
+    """SAE effective features (Bereska et al. 2025): F = exp(H(p)), p_i = mean|a_i|/Σ_j mean|a_j|
+    (+1e-10, renormalised). Uniform mass over F latents gives F; one latent gives 1.
+    ψ = F / layer_width when the encoded layer's width is given."""
+    p = _mean_abs(units)
+    p = p / p.sum() + SAE_EPS
+    p /= p.sum()
+    features = float(np.exp(-(p * np.log(p)).sum()))
+    out = {"sae_effective_features": features}
+    if layer_width:
+        out["superposition_ratio"] = features / layer_width
+    return out
+
+
+def neuron_activity(units: UnitStats, *, tau: float) -> dict:
+    """Dead fraction (no row above threshold; Voita et al. 2024), dormant fraction (s_i ≤ τ,
+    s_i = mean|a_i| / mean_j mean|a_j|; Sokar et al. 2023), firing entropy (mean over units of
+    the binary entropy of P(a_i > threshold)), effective units exp(H(q)), q_i = Σ|a_i|/Σ_j Σ|a_j|."""
+    n = units.n_rows
+    mean_abs = _mean_abs(units)
+    score = mean_abs / mean_abs.mean() if mean_abs.mean() > 0 else np.zeros_like(mean_abs)
+    fire = units.n_active / max(n, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        binary = -(np.where(fire > 0, fire * np.log(fire), 0.0) + np.where(fire < 1, (1 - fire) * np.log1p(-fire), 0.0))
+    q = units.sum_abs / units.sum_abs.sum() if units.sum_abs.sum() > 0 else None
+    return {
+        "dead_fraction": float((units.n_active == 0).mean()),
+        "dormant_fraction": float((score <= tau).mean()),
+        "firing_entropy": float(binary.mean()),
+        "effective_units": float(np.exp(-(q[q > 0] * np.log(q[q > 0])).sum())) if q is not None else float("nan"),
+    }
+
+
+def attention_entropy(blocks, *, eps: float, normalized: bool) -> dict:
+    """Attention entropy (Zhai et al., ICML 2023): per head, the mean over sequences and valid
+    query rows (rows with any probability) of −Σ_j A_ij log A_ij, 0 log 0 = 0; ``eps`` > 0 uses
+    log(A + eps) as their code does; ``normalized`` divides by log(#valid keys) (keys with
+    A_ij > 0; rows with one valid key are skipped then). ``blocks`` yields (S, H, T, T) arrays."""
+    totals, counts = None, None
+    for A in blocks:
+        A = np.asarray(A, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(A + eps) if eps > 0 else np.where(A > 0, np.log(np.where(A > 0, A, 1.0)), 0.0)
+        rows = -(A * logs).sum(axis=-1)  # (S, H, T)
+        valid = A.sum(axis=-1) > 0
+        if normalized:
+            keys = (A > 0).sum(axis=-1)
+            valid &= keys > 1
+            rows = np.where(valid, rows / np.log(np.maximum(keys, 2)), 0.0)
+        head_total = np.where(valid, rows, 0.0).sum(axis=(0, 2))
+        head_count = valid.sum(axis=(0, 2))
+        totals = head_total if totals is None else totals + head_total
+        counts = head_count if counts is None else counts + head_count
+    if totals is None:
+        return {"attention_entropy": float("nan"), "attention_entropy_per_head": []}
+    per_head = np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+    return {"attention_entropy": float(totals.sum() / counts.sum()) if counts.sum() else float("nan"),
+            "attention_entropy_per_head": [float(v) for v in per_head]}

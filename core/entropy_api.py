@@ -1,0 +1,79 @@
+"""`entropy` as a library call: one pass per layer (unit activity, Σ uuᵀ, a seeded sample),
+then dataset entropy, DSE/DSMI, SAE effective features, neuron activity, attention entropy."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from actgeom.core import __version__
+from actgeom.core.dump import Dump, DumpSpec, LayerInfo
+from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate
+from actgeom.core.engine import options_record as pass_record
+from actgeom.core.entropy import (
+    EntropyOptions, attention_entropy, dataset_entropy, diffusion_spectral_entropy, dsmi, neuron_activity,
+    sae_effective_features,
+)
+
+KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
+
+
+def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options: EntropyOptions = EntropyOptions(),
+                 pass_options: PassOptions = PassOptions(), progress: Progress | None = None) -> dict:
+    """Every entropy metric for every selected layer and attention dataset of one dump."""
+    if not isinstance(dump, Dump):
+        with Dump(dump, spec) as opened:
+            return entropy_dump(opened, options=options, pass_options=pass_options, progress=progress)
+    pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, units="all",
+                           direction_scatter=True, threshold=options.threshold or 0.0)
+    stats = accumulate(dump, options=pass_options, progress=progress)
+    layers = [_layer(dump, layer, stats[layer.name], options) for layer in dump.layers]
+    for path in dump.attention_paths:
+        values = attention_entropy(dump.attention_blocks(path), eps=options.eps, normalized=options.normalized)
+        layers.append({"layer": path, "n_rows": None, "n_units": None, "metrics": values, "unavailable": {},
+                       "nonfinite": {k: str(v) for k, v in values.items() if isinstance(v, float) and not np.isfinite(v)}})
+    return {"tool": "actgeom", "version": __version__, "command": "entropy", "file": str(dump.path),
+            "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
+            "options": asdict(options), "pass": pass_record(pass_options), "layers": layers}
+
+
+def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOptions) -> dict:
+    values, missing, warnings = {}, {}, []
+    if dump.attrs.get("level") == "token" and dump.offsets_path is not None:
+        missing["dataset_entropy"] = ("token-level dataset entropy (per-sequence centring, Skean et al.) is not "
+                                      "implemented yet; a sample-level dump (no sequence offsets) gets it")
+    else:
+        values["dataset_entropy"] = dataset_entropy(stats.directions.matrix(), alpha=options.alpha)
+    missing["prompt_entropy"] = "not implemented yet"
+    _, labels, sample = stats.reservoir.sample()
+    sample = sample.astype(np.float64)
+    if sample.shape[0] >= 2:
+        values |= diffusion_spectral_entropy(sample, sigma=options.sigma, t=options.t)
+        if values["dse_offdiag_fraction"] < KERNEL_NEAR_IDENTITY:
+            warnings.append(f"the DSE kernel is close to the identity ({values['dse_offdiag_fraction']:.2g} of its mass "
+                            "off the diagonal): "
+                            f"σ = {options.sigma} is small next to the median distance "
+                            f"{values['dse_median_distance']:.3g}, so DSE ≈ log₂ N")
+        if dump.labels_path is not None:
+            values["dsmi"] = dsmi(sample, labels, sigma=options.sigma, t=options.t, repeats=options.dsmi_repeats,
+                                  seed=options.seed)
+        else:
+            missing["dsmi"] = "needs labels (--labels)"
+    values |= sae_effective_features(stats.units, layer_width=options.layer_width)
+    relu = str(layer.attrs.get("activation", "")).lower() == "relu"
+    if options.threshold is None and not relu:
+        reason = (f"layer '{layer.name}' is not marked ReLU (attribute activation); give --threshold for "
+                  "the value a unit must exceed to count as active")
+        for name in ("dead_fraction", "firing_entropy"):
+            missing[name] = reason
+        activity = neuron_activity(stats.units, tau=options.tau)
+        values |= {k: v for k, v in activity.items() if k not in missing}
+    else:
+        values |= neuron_activity(stats.units, tau=options.tau)
+    return {"layer": layer.name, "n_rows": stats.n_rows, "n_units": layer.n_units, "dtype": layer.logical_dtype,
+            "threshold": options.threshold if options.threshold is not None else (0.0 if relu else None),
+            "sample_rows": int(sample.shape[0]), "sample_seed": options.seed, "warnings": warnings,
+            "metrics": values, "unavailable": missing,
+            "nonfinite": {k: str(v) for k, v in values.items() if isinstance(v, float) and not np.isfinite(v)}}

@@ -1,0 +1,149 @@
+"""Entropy metrics: closed forms, slow references, the sample's reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+from actgeom.core.dump import Dump
+from actgeom.core.engine import PassOptions, accumulate
+from actgeom.core.entropy import (
+    EntropyOptions, attention_entropy, dataset_entropy, diffusion_spectral_entropy, neuron_activity, renyi_entropy,
+    sae_effective_features,
+)
+from actgeom.core.entropy_api import entropy_dump
+from actgeom.core.stats import UnitStats
+from conftest import class_data, write_dump
+
+# The streamed statistics are float64 sums; the entropies are smooth functions of them.
+ENTROPY_RTOL = 1e-8
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_flat_spectrum_of_k_has_entropy_log_k(alpha):
+    assert renyi_entropy(np.r_[np.full(6, 2.5), np.zeros(4)], alpha) == pytest.approx(math.log(6), rel=1e-12)
+
+
+def _dse_reference(X, sigma, t):
+    """DSE the slow, obvious way: explicit distance, kernel and diagonal matrices."""
+    n = X.shape[0]
+    d2 = np.array([[np.sum((X[i] - X[j]) ** 2) for j in range(n)] for i in range(n)])
+    G = np.exp(-d2 / (2 * sigma**2))
+    Dm = np.diag(1 / np.sqrt(G.sum(axis=1)))
+    lam = np.linalg.eigvalsh(Dm @ G @ Dm)
+    p = np.abs(lam) ** t / (np.abs(lam) ** t).sum() + 2.22e-16
+    return -(p * np.log2(p)).sum()
+
+
+def test_dse_matches_the_reference_and_its_limits(rng):
+    X = rng.standard_normal((60, 4)) * 3
+    assert diffusion_spectral_entropy(X, sigma=2.0, t=2.0)["dse"] == pytest.approx(_dse_reference(X, 2.0, 2.0), rel=1e-9)
+    assert diffusion_spectral_entropy(X, sigma=1e-3, t=1.0)["dse"] == pytest.approx(math.log2(60), rel=1e-9)  # K = I
+    assert diffusion_spectral_entropy(X, sigma=1e7, t=1.0)["dse"] == pytest.approx(0.0, abs=1e-6)  # one cluster
+    two = np.r_[rng.standard_normal((30, 3)), 1e3 + rng.standard_normal((30, 3))]
+    assert diffusion_spectral_entropy(two, sigma=3.0, t=200)["dse"] == pytest.approx(1.0, abs=1e-3)  # two clusters
+
+
+def test_attention_entropy_closed_forms():
+    T = 8
+    uniform = np.full((2, 3, T, T), 1.0 / T)
+    one_hot = np.zeros((2, 3, T, T))
+    one_hot[..., 0] = 1.0
+    u = attention_entropy(iter([uniform]), eps=0.0, normalized=False)
+    assert u["attention_entropy"] == pytest.approx(math.log(T)) and u["attention_entropy_per_head"] == pytest.approx([math.log(T)] * 3)
+    assert attention_entropy(iter([one_hot]), eps=0.0, normalized=False)["attention_entropy"] == 0.0
+    assert attention_entropy(iter([uniform]), eps=0.0, normalized=True)["attention_entropy"] == pytest.approx(1.0)
+    causal = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]  # uniform over the allowed keys
+    c = attention_entropy(iter([causal[None, None]]), eps=0.0, normalized=False)
+    assert c["attention_entropy"] == pytest.approx(np.mean(np.log(np.arange(1, T + 1))))
+
+
+def _units(rows: np.ndarray, threshold=0.0) -> UnitStats:
+    units = UnitStats(rows.shape[1], threshold)
+    assert units.update(rows)
+    return units
+
+
+def test_sae_effective_features_closed_forms(rng):
+    F = 5
+    rows = np.zeros((40, 12))
+    rows[:, :F] = 2.0  # equal mass on F latents, none on the rest
+    assert sae_effective_features(_units(rows))["sae_effective_features"] == pytest.approx(F, rel=1e-6)
+    one = np.zeros((40, 12))
+    one[:, 3] = rng.random(40) + 0.1
+    assert sae_effective_features(_units(one), layer_width=4) == pytest.approx(
+        {"sae_effective_features": 1.0, "superposition_ratio": 0.25}, rel=1e-6)
+
+
+def test_a_unit_that_never_fires_is_dead_exactly(rng):
+    rows = np.maximum(rng.standard_normal((500, 10)), 0)
+    rows[:, 7] = 0.0
+    rows[:, 2] = np.minimum(rows[:, 2], 0.3)  # fires, but never above 0.3
+    activity = neuron_activity(_units(rows, threshold=0.3), tau=0.025)
+    assert activity["dead_fraction"] == pytest.approx(2 / 10)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_streamed_entropies_match_in_memory_references(tmp_path, rng, dtype):
+    X, y = class_data(rng, [90, 60, 50], 16, offset=0.5)
+    X = np.maximum(X, 0)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, dtype=dtype, labels=y, chunk_rows=int(rng.integers(3, 60)))
+    with h5py.File(path, "a") as f:
+        f["activations/h"].attrs["activation"] = "relu"
+    with Dump(path) as dump:
+        stored = dump.read_rows("h").astype(np.float64)
+    report = entropy_dump(path, options=EntropyOptions(sigma=5.0, subsample=1000, tau=0.5),
+                          pass_options=PassOptions(block_rows=int(rng.integers(1, 50))))
+    m = report["layers"][0]["metrics"]
+    U = stored / np.linalg.norm(stored, axis=1, keepdims=True)
+    gram = np.linalg.eigvalsh(U @ U.T)  # the N×N side
+    assert m["dataset_entropy"] == pytest.approx(renyi_entropy(gram, 1.0), rel=1e-9)  # Gram side = D×D side
+    mean_abs = np.abs(stored).mean(axis=0)
+    q = mean_abs / mean_abs.sum()
+    fire = (stored > 0).mean(axis=0)
+    binary = -np.where(fire > 0, fire * np.log(np.where(fire > 0, fire, 1)), 0) - \
+        np.where(fire < 1, (1 - fire) * np.log(np.where(fire < 1, 1 - fire, 1)), 0)
+    expected = {"dead_fraction": np.mean(fire == 0), "dormant_fraction": np.mean(mean_abs / mean_abs.mean() <= 0.5),
+                "firing_entropy": binary.mean(), "effective_units": np.exp(-(q[q > 0] * np.log(q[q > 0])).sum()),
+                "dse": _dse_reference(stored, 5.0, 1.0)}  # the sample holds every row here
+    for name, value in expected.items():
+        assert m[name] == pytest.approx(value, rel=ENTROPY_RTOL), name
+
+
+def test_dataset_entropy_gram_side_equals_scatter_side(rng):
+    X = rng.standard_normal((50, 8))
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    for alpha in (0.5, 1.0, 2.0):
+        assert dataset_entropy(U.T @ U, alpha=alpha) == pytest.approx(renyi_entropy(np.linalg.eigvalsh(U @ U.T), alpha),
+                                                                      abs=1e-9)
+
+
+def test_same_seed_same_sample_across_layers_and_runs(tmp_path, rng):
+    X = rng.standard_normal((3000, 6))
+    path = write_dump(tmp_path / "d.h5", {"a": X, "b": X[:, :2] ** 2}, chunk_rows=100)
+    with Dump(path) as dump:
+        runs = [accumulate(dump, options=PassOptions(reservoir=500, seed=9, block_rows=b)) for b in (64, 1000)]
+    indices = [run[layer].reservoir.sample()[0] for run in runs for layer in ("a", "b")]
+    assert all(np.array_equal(indices[0], other) for other in indices[1:])
+
+
+def test_entropy_needs_a_threshold_for_layers_not_marked_relu(tmp_path, rng):
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((50, 4))})
+    layer = entropy_dump(path, options=EntropyOptions(subsample=50))["layers"][0]
+    assert "--threshold" in layer["unavailable"]["dead_fraction"]
+    assert "dead_fraction" in entropy_dump(path, options=EntropyOptions(subsample=50, threshold=0.1))["layers"][0]["metrics"]
+
+
+def test_entropy_cli_on_sample_data(cli):
+    from pathlib import Path
+
+    sample = Path(__file__).parent.parent / "sample_data" / "digits_mlp_epoch1500.h5"
+    doc = cli.json("entropy", sample, "--layers", "hidden3", "--subsample", "500")
+    layer = doc["files"][0]["layers"][0]
+    assert layer["sample_rows"] == 500 and 0 <= layer["metrics"]["dead_fraction"] <= 1
+    assert layer["metrics"]["dsmi"] > 0  # classes are separated in the trained network
+    code, _, err = cli("entropy", sample, "--alpha", "0")
+    assert code == 2 and err == "Error: --alpha must be > 0, got 0.0\n"
