@@ -33,6 +33,19 @@ def child(kind: str, path: str) -> dict:
 
         layer = rank_dump(path)[0]["layers"][0]
         extra = {"sample_rows": layer["sample_rows"]}
+    elif kind == "entropy":  # the streamable entropies: DSE/DSMI on a 2-row sample cost nothing
+        from actgeom.core.entropy import EntropyOptions
+        from actgeom.core.entropy_api import entropy_dump
+
+        entropy_dump(path, options=EntropyOptions(subsample=2, threshold=0.0))
+        extra = {}
+    elif kind.startswith("dse:"):  # DSE alone on N random rows of D = 512
+        from actgeom.core.entropy import diffusion_spectral_entropy
+
+        X = np.random.default_rng(0).standard_normal((int(kind[4:]), 512))
+        t0 = time.perf_counter()
+        diffusion_spectral_entropy(X, sigma=10.0, t=1.0)
+        extra = {}
     else:  # one eigvalsh of a D×D symmetric matrix, D from the dump
         import h5py
 
@@ -80,7 +93,8 @@ def main() -> None:
     path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_float16_{args.rows}.h5"
     make_dump(path, args.rows, args.units, args.classes, "float16")
     run_child("floor1", path)  # warm the page cache
-    runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "eigvalsh": [], "collapse": [], "rank": []}
+    runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "eigvalsh": [], "collapse": [], "rank": [],
+                                   "entropy": []}
     for _ in range(args.repeat):
         for kind, results in runs.items():
             results.append(run_child(kind, path, None if kind.startswith("floor") else __file__))
@@ -93,6 +107,11 @@ def main() -> None:
         floor = best[kind]["seconds"]
         print(f"collapse / {kind}: {best['collapse']['seconds'] / floor:.3f}")
         print(f"rank / ({kind} + one eigvalsh): {best['rank']['seconds'] / (floor + best['eigvalsh']['seconds']):.3f}")
+        print(f"entropy (streamable) / {kind}: {best['entropy']['seconds'] / floor:.3f}")
+    for n in (2000, 5000, 10000):
+        result = run_child(f"dse:{n}", path, __file__)
+        print(f"DSE N={n} D=512: {result['seconds']:.2f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
+              f"(one {n}×{n} float64 matrix = {n * n * 8 / 2**20:.0f} MiB)")
     if not args.skip_lm:
         lm = WORKDIR / "synthetic_lm_256u_50000c_500000.h5"
         make_lm_dump(lm, 500_000, 256, 50_000)

@@ -48,6 +48,7 @@ class PassOptions:
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
     use_labels: bool = True  # False: every row in one class (spectra need no labels)
     units: str = "all"  # per-unit statistics: "all", "directions" (only Σ x/‖x‖), or "none"
+    class_moments: bool = True  # False: no class statistics (labels still reach the sample)
     direction_scatter: bool = False  # also Σ uuᵀ of the L2-normalised rows (dataset entropy: one more GEMM)
     tokens: str = "all"  # token-level rows: all, the last of each sequence, or positions ≥ K ("from:K")
 
@@ -130,7 +131,8 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             keep = selection.mask(block.start, block.start + block.X.shape[0])
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
             _feed(stats, block.start, X, labels if options.use_labels else None,
-                  index=None if keep is None else block.start + np.flatnonzero(keep), unit_stats=options.units != "none")
+                  index=None if keep is None else block.start + np.flatnonzero(keep), unit_stats=options.units != "none",
+                  class_moments=options.class_moments)
             if progress is not None:
                 progress(layer.name, block.start + block.X.shape[0] - start, stop - start)
         if stats.n_nonfinite and options.nonfinite == "error":
@@ -182,7 +184,7 @@ def _finite(x: np.ndarray) -> bool:
 
 
 def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | None,
-          index: np.ndarray | None = None, unit_stats: bool = True) -> None:
+          index: np.ndarray | None = None, unit_stats: bool = True, class_moments: bool = True) -> None:
     """Feed one block of float64 rows (global row numbers ``index``, default start, start+1, …)
     to every accumulator of a layer."""
     n = x.shape[0]
@@ -205,7 +207,8 @@ def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | Non
     if not labelled.all():
         stats.n_unlabeled += int((~labelled).sum())
         x, y = x[labelled], y[labelled]
-    stats.classes.update(x, y)
+    if class_moments:
+        stats.classes.update(x, y)
 
 
 def _flatten(stats: LayerStats) -> dict[str, np.ndarray]:

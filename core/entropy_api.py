@@ -27,7 +27,7 @@ def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options:
         with Dump(dump, spec) as opened:
             return entropy_dump(opened, options=options, pass_options=pass_options, progress=progress)
     pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, units="all",
-                           direction_scatter=True, threshold=options.threshold or 0.0)
+                           class_moments=False, direction_scatter=True, threshold=options.threshold or 0.0)
     stats = accumulate(dump, options=pass_options, progress=progress)
     layers = [_layer(dump, layer, stats[layer.name], options) for layer in dump.layers]
     for path in dump.attention_paths:
