@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core.dump import Dump
+from actgeom.core.entropy import SequenceEntropy
 from actgeom.core.errors import InvalidInputError, UsageError
 from actgeom.core.stats import ClassMoments, DirectionScatter, Reservoir, UnitStats, column_sums
 from actgeom.core.stream import iter_blocks
@@ -49,7 +50,8 @@ class PassOptions:
     use_labels: bool = True  # False: every row in one class (spectra need no labels)
     units: str = "all"  # per-unit statistics: "all", "directions" (only Σ x/‖x‖), or "none"
     class_moments: bool = True  # False: no class statistics (labels still reach the sample)
-    direction_scatter: bool = False  # also Σ uuᵀ of the L2-normalised rows (dataset entropy: one more GEMM)
+    direction_scatter: bool = False
+    sequence_alpha: float | None = None  # token-level: per-sequence entropies of this Rényi order (needs offsets)  # also Σ uuᵀ of the L2-normalised rows (dataset entropy: one more GEMM)
     tokens: str = "all"  # token-level rows: all, the last of each sequence, or positions ≥ K ("from:K")
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class LayerStats:
     units: UnitStats
     reservoir: Reservoir
     directions: DirectionScatter | None = None
+    sequences: SequenceEntropy | None = None
 
     def merge(self, other: "LayerStats") -> None:
         if (other.layer, other.n_units) != (self.layer, self.n_units):
@@ -105,8 +108,9 @@ class LayerStats:
         self.classes.merge(other.classes)
         self.units.merge(other.units)
         self.reservoir.merge(other.reservoir)
-        if self.directions is not None and other.directions is not None:
-            self.directions.merge(other.directions)
+        for family in ("directions", "sequences"):
+            if getattr(self, family) is not None and getattr(other, family) is not None:
+                getattr(self, family).merge(getattr(other, family))
 
 
 def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOptions = PassOptions(),
@@ -117,6 +121,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
     if not 0 <= start <= stop <= dump.n_rows:
         raise UsageError(f"row range {start}:{stop} is outside the dump's rows 0:{dump.n_rows}")
     selection = TokenSelection(dump, options)
+    offsets = dump.offsets() if options.sequence_alpha is not None else None
     results = {}
     for layer in selected:
         stats = LayerStats(
@@ -125,9 +130,15 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             units=UnitStats(layer.n_units, options.threshold, activity=options.units == "all"),
             reservoir=Reservoir(options.reservoir, layer.n_units, _sample_dtype(layer.storage_dtype), options.seed),
             directions=DirectionScatter(layer.n_units) if options.direction_scatter else None,
+            sequences=None if offsets is None else SequenceEntropy(layer.n_units, options.sequence_alpha),
         )
         block_rows = options.block_rows or dump.block_rows(layer)
-        for block in iter_blocks(dump, layer, start, stop, block_rows):
+        bounds = None if offsets is None else sequence_blocks(offsets, start, stop, block_rows)
+        for block in iter_blocks(dump, layer, start, stop, block_rows, bounds):
+            if stats.sequences is not None:  # blocks end at sequence boundaries: whole sequences
+                end = block.start + block.X.shape[0]
+                inside = offsets[(offsets > block.start) & (offsets < end)]
+                stats.sequences.update(block.X, np.r_[block.start, inside, end] - block.start)
             keep = selection.mask(block.start, block.start + block.X.shape[0])
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
             _feed(stats, block.start, X, labels if options.use_labels else None,
@@ -142,6 +153,21 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
             )
         results[layer.name] = stats
     return results
+
+
+def sequence_blocks(offsets: np.ndarray, start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:
+    """Row blocks of about ``block_rows`` that end at sequence boundaries (a sequence longer
+    than a block is a block of its own); sequences cut by [start, stop) keep the part inside."""
+    cuts = offsets[(offsets > start) & (offsets < stop)]
+    bounds, a = [], start
+    while a < stop:
+        limit = a + block_rows
+        inside = cuts[(cuts > a) & (cuts <= limit)]
+        b = int(inside[-1]) if inside.size else int(cuts[cuts > a][0]) if (cuts > a).any() else stop
+        b = stop if limit >= stop else b
+        bounds.append((a, b))
+        a = b
+    return bounds
 
 
 def _sample_dtype(storage_dtype: str) -> type:
@@ -213,7 +239,7 @@ def _feed(stats: LayerStats, start: int, x: np.ndarray, labels: np.ndarray | Non
 
 def _flatten(stats: LayerStats) -> dict[str, np.ndarray]:
     arrays = {}
-    for family in ("classes", "units", "reservoir", "directions"):
+    for family in ("classes", "units", "reservoir", "directions", "sequences"):
         if getattr(stats, family) is None:
             continue
         for key, value in getattr(stats, family).to_arrays().items():
@@ -273,6 +299,7 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
             classes=ClassMoments.from_arrays(family("classes")), units=UnitStats.from_arrays(family("units")),
             reservoir=Reservoir.from_arrays(family("reservoir")),
             directions=DirectionScatter.from_arrays(family("directions")) if family("directions") else None,
+            sequences=SequenceEntropy.from_arrays(family("sequences")) if family("sequences") else None,
         )
     return stats, header["meta"]
 

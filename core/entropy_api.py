@@ -26,8 +26,10 @@ def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options:
     if not isinstance(dump, Dump):
         with Dump(dump, spec) as opened:
             return entropy_dump(opened, options=options, pass_options=pass_options, progress=progress)
+    token_level = dump.offsets_path is not None  # sequences: Skean et al.'s per-sequence conventions
     pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, units="all",
-                           class_moments=False, direction_scatter=True, threshold=options.threshold or 0.0)
+                           class_moments=False, direction_scatter=not token_level, threshold=options.threshold or 0.0,
+                           sequence_alpha=options.alpha if token_level else None)
     stats = accumulate(dump, options=pass_options, progress=progress)
     layers = [_layer(dump, layer, stats[layer.name], options) for layer in dump.layers]
     for path in dump.attention_paths:
@@ -40,13 +42,14 @@ def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options:
 
 
 def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOptions) -> dict:
-    values, missing, warnings = {}, {}, []
-    if dump.attrs.get("level") == "token" and dump.offsets_path is not None:
-        missing["dataset_entropy"] = ("token-level dataset entropy (per-sequence centring, Skean et al.) is not "
-                                      "implemented yet; a sample-level dump (no sequence offsets) gets it")
+    values, missing, warnings, counts = {}, {}, [], {}
+    if stats.sequences is not None:
+        sequences = stats.sequences.results()
+        values["dataset_entropy"], values["prompt_entropy"] = sequences.pop("dataset_entropy"), sequences.pop("prompt_entropy")
+        counts = sequences
     else:
         values["dataset_entropy"] = dataset_entropy(stats.directions.matrix(), alpha=options.alpha)
-    missing["prompt_entropy"] = "not implemented yet"
+        missing["prompt_entropy"] = "needs sequence offsets (--offsets): a token-level dump"
     _, labels, sample = stats.reservoir.sample()
     sample = sample.astype(np.float64)
     if sample.shape[0] >= 2:
@@ -74,6 +77,6 @@ def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOpti
         values |= neuron_activity(stats.units, tau=options.tau)
     return {"layer": layer.name, "n_rows": stats.n_rows, "n_units": layer.n_units, "dtype": layer.logical_dtype,
             "threshold": options.threshold if options.threshold is not None else (0.0 if relu else None),
-            "sample_rows": int(sample.shape[0]), "sample_seed": options.seed, "warnings": warnings,
+            "sample_rows": int(sample.shape[0]), "sample_seed": options.seed, "warnings": warnings, **counts,
             "metrics": values, "unavailable": missing,
             "nonfinite": {k: str(v) for k, v in values.items() if isinstance(v, float) and not np.isfinite(v)}}

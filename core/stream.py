@@ -28,11 +28,15 @@ class Block:
     labels: np.ndarray | None
 
 
-def iter_blocks(dump: Dump, layer: LayerInfo, start: int, stop: int, block_rows: int) -> Iterator[Block]:
-    """Yield the blocks of rows [start, stop); a block's arrays are valid until the next one."""
-    bounds = [(a, min(a + block_rows, stop)) for a in range(start, stop, block_rows)]
+def iter_blocks(dump: Dump, layer: LayerInfo, start: int, stop: int, block_rows: int,
+                bounds: list[tuple[int, int]] | None = None) -> Iterator[Block]:
+    """Yield the blocks of rows [start, stop) (or the given ``bounds``); a block's arrays are
+    valid until the next one."""
+    if bounds is None:
+        bounds = [(a, min(a + block_rows, stop)) for a in range(start, stop, block_rows)]
     if not bounds:
         return
+    block_rows = max(b - a for a, b in bounds)
     raw = np.empty((block_rows, layer.n_units), dtype=layer.storage_dtype)
     free: queue.Queue = queue.Queue()
     for _ in range(min(_N_BUFFERS, len(bounds))):

@@ -151,3 +151,49 @@ def test_entropy_cli_on_sample_data(cli):
     assert layer["metrics"]["dsmi"] > 0  # classes are separated in the trained network
     code, _, err = cli("entropy", sample, "--alpha", "0")
     assert code == 2 and err == "Error: --alpha must be > 0, got 0.0\n"
+
+
+def _sequence_reference(X, offsets, alpha):
+    prompts, vectors, single = [], [], 0
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        if b - a < 2:
+            single += 1
+            continue
+        Z = X[a:b] - X[a:b].mean(axis=0)
+        Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+        prompts.append(renyi_entropy(np.linalg.eigvalsh(Z @ Z.T), alpha))  # the T×T Gram, always
+        vectors.append(Z.mean(axis=0))
+    V = np.array(vectors)
+    return np.mean(prompts), renyi_entropy(np.linalg.eigvalsh(V @ V.T), alpha), single  # the S×S Gram
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_sequence_entropies_match_the_reference(tmp_path, rng, dtype, alpha):
+    from actgeom.core.dump import DumpWriter
+
+    lengths = np.r_[rng.integers(1, 12, size=60), 40]  # 1-token sequences, and one longer than a block
+    offsets = np.r_[0, np.cumsum(lengths)]
+    X = rng.standard_normal((int(offsets[-1]), 6)) + 2.0
+    path = tmp_path / "tok.h5"
+    with DumpWriter(path, layers={"h": 6}, dtype=dtype, level="token", chunk_bytes=6 * 2 * 13) as writer:
+        writer.append({"h": X})
+        writer.set_offsets(offsets)
+    with Dump(path) as dump:
+        stored = dump.read_rows("h").astype(np.float64)
+    report = entropy_dump(path, options=EntropyOptions(alpha=alpha, subsample=50, threshold=0.0),
+                          pass_options=PassOptions(block_rows=int(rng.integers(8, 30))))
+    layer = report["layers"][0]
+    prompt, dataset, single = _sequence_reference(stored, offsets, alpha)
+    assert layer["metrics"]["prompt_entropy"] == pytest.approx(prompt, rel=ENTROPY_RTOL)
+    assert layer["metrics"]["dataset_entropy"] == pytest.approx(dataset, rel=ENTROPY_RTOL)
+    assert layer["n_single_token_sequences_skipped"] == single and layer["n_sequences"] == 61 - single
+
+
+def test_sequence_blocks_end_at_boundaries():
+    from actgeom.core.engine import sequence_blocks
+
+    offsets = np.array([0, 3, 5, 30, 31, 40])
+    bounds = sequence_blocks(offsets, 0, 40, 8)
+    assert bounds == [(0, 5), (5, 30), (30, 31), (31, 40)]
+    assert sequence_blocks(offsets, 4, 35, 100) == [(4, 35)]  # cut sequences keep the part inside
