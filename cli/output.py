@@ -53,7 +53,8 @@ def metrics_result(command: str, reports: list[dict], summary: dict, context: tu
                     "layer": layer["layer"]} | {key: layer[key] for key in context}
             for name, value in layer.get("metrics", {}).items():
                 records.append(base | {"metric": name, "value": value, "note": layer["nonfinite"].get(name)})
-                columns.setdefault(name, {})[column] = value
+                shown = ", ".join(_flat(v) for v in value) if isinstance(value, list) else value  # per-head lists
+                columns.setdefault(name, {})[column] = shown
             for name, reason in layer.get("unavailable", {}).items():
                 records.append(base | {"metric": name, "value": None, "note": reason})
                 columns.setdefault(name, {})[column] = "—"

@@ -207,3 +207,11 @@ def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
 def test_collapse_usage_errors(cli, dump, args, message):
     code, out, err = cli("collapse", dump, *args)
     assert code == 2 and out == "" and err == f"Error: {message}\n"
+
+
+def test_entropy_table_shows_attention_per_head(cli, tmp_path, rng):
+    A = np.full((2, 3, 4, 4), 0.25)
+    path = write_h5(tmp_path / "a.h5", {"activations/h": np.maximum(rng.standard_normal((20, 3)), 0),
+                                        "attention/h": A}, dataset_attrs={"activations/h": {"activation": "relu"}})
+    code, out, _ = cli("entropy", path, "--format", "table", "--subsample", "20")
+    assert code == 0 and "attention/h" in out and "1.38629, 1.38629, 1.38629" in out

@@ -112,9 +112,41 @@ def test_streamed_entropies_match_in_memory_references(tmp_path, rng, dtype):
         np.where(fire < 1, (1 - fire) * np.log(np.where(fire < 1, 1 - fire, 1)), 0)
     expected = {"dead_fraction": np.mean(fire == 0), "dormant_fraction": np.mean(mean_abs / mean_abs.mean() <= 0.5),
                 "firing_entropy": binary.mean(), "effective_units": np.exp(-(q[q > 0] * np.log(q[q > 0])).sum()),
-                "dse": _dse_reference(stored, 5.0, 1.0)}  # the sample holds every row here
+                "dse": _dse_reference(stored, 5.0, 1.0),  # the sample holds every row here
+                "sae_effective_features": _sae_reference(mean_abs),
+                "dsmi": _dsmi_reference(stored, y, 5.0, 1.0, repeats=5, seed=0)}
     for name, value in expected.items():
         assert m[name] == pytest.approx(value, rel=ENTROPY_RTOL), name
+
+
+def _sae_reference(mean_abs):
+    p = mean_abs / mean_abs.sum() + 1e-10
+    p = p / p.sum()
+    return np.exp(-(p * np.log(p)).sum())
+
+
+def _dsmi_reference(X, y, sigma, t, *, repeats, seed):
+    """Σ_c (n_c/N)(mean DSE of random size-n_c subsets − DSE of class c), same seeded subsets."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        random = np.mean([_dse_reference(X[rng.choice(y.size, rows.size, replace=False)], sigma, t) for _ in range(repeats)])
+        total += rows.size / y.size * (random - _dse_reference(X[rows], sigma, t))
+    return total
+
+
+def test_attention_entropy_read_from_the_dump(tmp_path, rng):
+    logits = rng.standard_normal((7, 3, 5, 5))
+    A = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((10, 2))})
+    with h5py.File(path, "a") as f:
+        f["attention/block0"] = A
+    report = entropy_dump(path, options=EntropyOptions(subsample=10, threshold=0.0))
+    entry = next(layer for layer in report["layers"] if layer["layer"] == "attention/block0")
+    per_row = -(A * np.log(A)).sum(axis=-1)  # (S, H, T)
+    assert entry["metrics"]["attention_entropy_per_head"] == pytest.approx(list(per_row.mean(axis=(0, 2))), rel=1e-12)
+    assert entry["metrics"]["attention_entropy"] == pytest.approx(per_row.mean(), rel=1e-12)
 
 
 def test_dataset_entropy_gram_side_equals_scatter_side(rng):
