@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from actgeom.core.errors import UsageError
+from actgeom.core.presets import resolve
 from actgeom.core.pairwise import PairStats, pair_stats
 from actgeom.core.stats import ClassStats
 
@@ -55,11 +56,7 @@ PRESETS: dict[str, dict] = {
 
 def resolve_options(preset: str | None = None, **given) -> CollapseOptions:
     """Defaults, then the preset's conventions, then every option given explicitly (not None)."""
-    if preset is not None and preset not in PRESETS:
-        raise UsageError(f"--preset '{preset}' is not one of {', '.join(PRESETS)}")
-    chosen = dict(PRESETS.get(preset, {}))
-    chosen.update({k: v for k, v in given.items() if v is not None})
-    return CollapseOptions(preset=preset, **chosen)
+    return resolve(CollapseOptions, PRESETS, preset, given)
 
 
 @dataclass(frozen=True)

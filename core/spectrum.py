@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actgeom.core.errors import UsageError
+from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
 
 # Relative size, in λ, of the noise that storing activations adds (METRICS.md §2): eigenvalues
@@ -52,11 +53,7 @@ PRESETS = {
 
 def resolve_options(preset: str | None = None, **given) -> RankOptions:
     """Defaults, then the preset's conventions, then every option given explicitly (not None)."""
-    if preset is not None and preset not in PRESETS:
-        raise UsageError(f"--preset '{preset}' is not one of {', '.join(PRESETS)}")
-    chosen = dict(PRESETS.get(preset, {}))
-    chosen.update({k: v for k, v in given.items() if v is not None})
-    return RankOptions(preset=preset, **chosen)
+    return resolve(RankOptions, PRESETS, preset, given)
 
 
 @dataclass(frozen=True)
