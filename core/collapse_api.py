@@ -74,8 +74,8 @@ def _layer_report(dump: Dump, layer: LayerInfo, layer_stats, classifier, options
     g = geometry(class_stats, options, weight=weight, bias=bias,
                  dropped_scatter=None if second is None else second["dropped_scatter"])
     values, missing = collapse_metrics(g, options)
-    problem = weight_problem or (classifier_elsewhere and f"the classifier ({dump.weight_path}) reads layer "
-                                                         f"'{dump.classifier_layer}', not this one")
+    reads = f"layer '{dump.classifier_layer}'" if dump.classifier_layer else "a layer not selected by --layers"
+    problem = weight_problem or (classifier_elsewhere and f"the classifier ({dump.weight_path}) reads {reads}, not this one")
     if problem:
         missing = {name: problem if reason.startswith("no classifier") else reason for name, reason in missing.items()}
     if decision[0] is None:

@@ -215,3 +215,11 @@ def test_entropy_table_shows_attention_per_head(cli, tmp_path, rng):
                                         "attention/h": A}, dataset_attrs={"activations/h": {"activation": "relu"}})
     code, out, _ = cli("entropy", path, "--format", "table", "--subsample", "20")
     assert code == 0 and "attention/h" in out and "1.38629, 1.38629, 1.38629" in out
+
+
+def test_collapse_says_which_layer_the_classifier_reads(cli):
+    doc = cli.json("collapse", SAMPLE[-1], "--layers", "hidden1")
+    reason = doc["files"][0]["layers"][0]["unavailable"]["nc3_self_duality"]
+    assert reason == "the classifier (classifier/weight) reads a layer not selected by --layers, not this one"
+    doc = cli.json("collapse", SAMPLE[-1], "--layers", "hidden[13]")
+    assert "reads layer 'hidden3'" in doc["files"][0]["layers"][0]["unavailable"]["nc3_self_duality"]
