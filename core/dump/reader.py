@@ -8,6 +8,7 @@ where a conventional name exists and is unambiguous it is found without options 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ PREDICTION_PATHS = ("rows/prediction",)
 OFFSET_PATHS = ("sequences/offsets",)
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+_ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
 
 
 def natural_key(name: str) -> list:
@@ -144,34 +146,35 @@ class Dump:
         self.n_rows = self._common_rows()
         self.labels_path = self._find(self.spec.labels, LABEL_PATHS, "--labels")
         self.predictions_path = self._find(self.spec.predictions, PREDICTION_PATHS, "--predictions")
-        self.positions_path = self._find(None, ("rows/position",), "")
+        self.positions_path = self._find(None, ("rows/position",), None)
         self.offsets_path = self._find(self.spec.offsets, OFFSET_PATHS, "--offsets")
         self._validate_row_vector(self.labels_path, "labels", "--labels")
         self._validate_row_vector(self.predictions_path, "predictions", "--predictions")
-        self._validate_row_vector(self.positions_path, "positions", "")
+        self._validate_row_vector(self.positions_path, "positions", None)
         self._validate_offsets()
         self.classifier_layer = self._validate_classifier()
         self.attention_paths = self._resolve_attention()
 
+    @functools.cached_property
     def _datasets(self) -> list[str]:
         """Every dataset path in the file, without the leading slash."""
         found: list[str] = []
         self._file.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
         return found
 
-    def _find(self, given: str | None, conventional: tuple[str, ...], option: str) -> str | None:
+    def _find(self, given: str | None, conventional: tuple[str, ...], option: str | None) -> str | None:
         if given is not None:
             path = given.strip("/")
             if not isinstance(self._file.get(path), h5py.Dataset):
                 raise InvalidInputError(
                     f"no dataset '{path}' in {self.path} (given by {option}); datasets: "
-                    f"{_listing(self._datasets())}"
+                    f"{_listing(self._datasets)}"
                 )
             return path
         return next((p for p in conventional if isinstance(self._file.get(p), h5py.Dataset)), None)
 
     def _resolve_layers(self) -> list[LayerInfo]:
-        datasets = self._datasets()
+        datasets = self._datasets
         if self.spec.layers:
             chosen = []
             for pattern in self.spec.layers:
@@ -232,7 +235,7 @@ class Dump:
         shapes = ", ".join(f"{layer.path} {layer.n_rows}" for layer in self.layers)
         raise InvalidInputError(f"layers in {self.path} have different numbers of rows ({shapes})")
 
-    def _validate_row_vector(self, path: str | None, what: str, option: str) -> None:
+    def _validate_row_vector(self, path: str | None, what: str, option: str | None) -> None:
         if path is None:
             return
         ds = self._file[path]
@@ -241,7 +244,7 @@ class Dump:
         if ds.dtype.kind not in "iu":
             raise InvalidInputError(
                 f"{what} '{path}' in {self.path} has dtype {ds.dtype}; {what} must be integers "
-                f"(class indices, -1 = none); name another dataset with {option}"
+                f"({_ROW_VECTOR_MEANING[what]})" + (f"; name another dataset with {option}" if option else "")
             )
         if ds.shape[0] < self.n_rows or (ds.shape[0] != self.n_rows and not self.spec.allow_incomplete):
             raise InvalidInputError(
@@ -253,7 +256,7 @@ class Dump:
         if self.spec.attention is not None:
             paths = [self._find(self.spec.attention, (), "--attention")]
         else:
-            paths = sorted((d for d in self._datasets() if d.startswith("attention/")), key=natural_key)
+            paths = sorted((d for d in self._datasets if d.startswith("attention/")), key=natural_key)
         for path in paths:
             ds = self._file[path]
             if ds.ndim != 4 or ds.shape[2] != ds.shape[3] or not _is_float_like(ds):
