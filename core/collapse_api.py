@@ -1,8 +1,7 @@
 """`collapse` as a library call: one pass per layer, the collapse metrics, NC4's second pass.
 
->>> from actgeom.core.collapse_api import collapse_dump              # doctest: +SKIP
->>> report = collapse_dump("ckpt.h5")                                  # doctest: +SKIP
->>> report["layers"][-1]["metrics"]["nc1"]                             # doctest: +SKIP
+``collapse_dump("ckpt.h5")["layers"][-1]["metrics"]["nc1"]`` is NC1 of the last layer; the
+document is the one `actgeom collapse --format json` prints (per file).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import numpy as np
 
 from actgeom.core import __version__
 from actgeom.core.collapse import (
-    CollapseOptions, Geometry, collapse_metrics, geometry, kept_classes, options_record, per_class, separation_law,
+    REGISTRY, CollapseOptions, collapse_metrics, geometry, kept_classes, options_record, per_class, separation_law,
 )
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
 from actgeom.core.engine import PassOptions, Progress, TokenSelection, accumulate
@@ -64,9 +63,9 @@ def _layer_report(dump: Dump, layer: LayerInfo, layer_stats, classifier, options
         "n_classes_dropped": int(dropped.size), "n_classes_empty": int((counts == 0).sum()),
     }
     if kept.size < 2:
-        report["metrics"] = {}
-        report["unavailable"] = {"*": f"{kept.size} class(es) with ≥ {options.min_count} rows; collapse needs 2"}
-        return report
+        reason = f"{kept.size} class(es) with ≥ {options.min_count} rows; collapse needs 2"
+        names = [name for metric in REGISTRY.values() for name in metric.outputs] + ["nc4_mismatch"]
+        return report | {"metrics": {}, "nonfinite": {}, "unavailable": dict.fromkeys(names, reason)}
     decision = _decision_source(dump, weight, bias, options)
     second = None
     if decision[0] is not None or (dropped.size and (counts[dropped] > 1).any()):
@@ -177,5 +176,3 @@ def _second_pass(dump: Dump, layer: LayerInfo, class_stats: ClassStats, kept, dr
             progress(f"{layer.name} (NC4)", block.start + block.X.shape[0] - start, stop - start)
     return {"mismatch": mismatches / considered if considered else float("nan"), "dropped_scatter": dropped_scatter}
 
-
-__all__ = ["collapse_dump", "CollapseOptions", "Geometry"]

@@ -223,3 +223,10 @@ def test_collapse_says_which_layer_the_classifier_reads(cli):
     assert reason == "the classifier (classifier/weight) reads a layer not selected by --layers, not this one"
     doc = cli.json("collapse", SAMPLE[-1], "--layers", "hidden[13]")
     assert "reads layer 'hidden3'" in doc["files"][0]["layers"][0]["unavailable"]["nc3_self_duality"]
+
+
+def test_collapse_with_one_class_says_why(cli, tmp_path, rng):
+    path = write_dump(tmp_path / "one.h5", {"h": rng.standard_normal((30, 4))}, labels=np.zeros(30, dtype=int))
+    code, out, _ = cli("collapse", path, "--format", "jsonl")
+    notes = {json.loads(line)["note"] for line in out.splitlines()}
+    assert code == 0 and notes == {"1 class(es) with ≥ 1 rows; collapse needs 2"}
