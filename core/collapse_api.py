@@ -154,14 +154,16 @@ def _second_pass(dump: Dump, layer: LayerInfo, class_stats: ClassStats, kept, dr
     for block in iter_blocks(dump, layer, start, stop, block_rows):
         y = np.zeros(block.X.shape[0], dtype=np.int64) if block.labels is None else block.labels
         selected = selection.mask(block.start, block.start + block.X.shape[0])
-        labelled = (y >= 0) & np.isfinite(block.X).all(axis=1) & (True if selected is None else selected)
+        known = (y >= 0) & (y < means.shape[0])  # rows outside --tokens may carry labels never seen
+        labelled = known & np.isfinite(block.X).all(axis=1) & (True if selected is None else selected)
+        y = np.where(known, y, 0)
         if dropped_scatter is not None:
-            rows = labelled & is_dropped[np.where(y >= 0, y, 0)]
+            rows = labelled & is_dropped[y]
             dev = block.X[rows] - means[y[rows]]
             dropped_scatter += dev.T @ dev
         if mode is None:
             continue
-        rows = labelled & is_kept[np.where(y >= 0, y, 0)]
+        rows = labelled & is_kept[y]
         X = block.X[rows]
         ncc = kept[_argmax_tiled(X - centre, m, half_sq)]
         if mode == "predictions":
