@@ -211,3 +211,24 @@ def test_metrics_without_a_classifier_say_why(tmp_path, rng):
     assert "nc4_mismatch" in report["unavailable"]
     assert set(report["metrics"]) | set(report["unavailable"]) == \
         {o for m in REGISTRY.values() for o in m.outputs} | {"nc4_mismatch"}
+
+
+def test_token_selection_reaches_both_passes(tmp_path, rng):
+    """--tokens last: collapse (and NC4's second pass) see only the last row of each sequence."""
+    from actgeom.core.dump import DumpWriter
+
+    lengths = rng.integers(2, 6, size=150)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    n = int(offsets[-1])
+    last = np.isin(np.arange(n) + 1, offsets[1:])
+    X, y = class_data(rng, [n // 3, n // 3, n - 2 * (n // 3)], 5, offset=4.0)
+    y[~last] = 7  # a class only unselected rows carry
+    predictions = rng.integers(0, 3, n)
+    path = tmp_path / "tok.h5"
+    with DumpWriter(path, layers={"h": 5}, dtype="float64", level="token") as writer:
+        writer.append({"h": X}, labels=y, prediction=predictions)
+        writer.set_offsets(offsets)
+    report = collapse_dump(path, pass_options=PassOptions(tokens="last", block_rows=17))["layers"][0]
+    expected = collapse_reference(X[last], y[last], predictions=predictions[last])
+    assert report["n_rows_used"] == last.sum()
+    assert_metrics_close(report["metrics"], expected)
