@@ -47,9 +47,11 @@ def collapse(
                                             help="Also report n_c, ‖m_c‖, ‖w_c‖, v_c of every class (JSON).")] = False,
     fmt: o.FormatOpt = None, output: o.OutputOpt = None,
 ) -> None:
-    """Neural collapse per layer: NC1–NC4, CDNV, VCI, separation fuzziness (and its law across
-    layers), GNC2/UNC3, bias collapse, orthogonal-frame errors. One pass per layer, plus one for
-    NC4 when the dump has predictions or a classifier.
+    """Neural-collapse metrics per layer and checkpoint.
+
+    NC1–NC4, CDNV, VCI, separation fuzziness (and its law across layers), GNC2/UNC3, bias
+    collapse, orthogonal-frame errors. One pass per layer, plus one for NC4 when the dump has
+    predictions or a classifier.
 
     Example (collapse emerging over training, last hidden layer):
 

@@ -43,9 +43,11 @@ def entropy(
                                              help="Attention entropy divided by log(#valid keys).")] = False,
     fmt: o.FormatOpt = None, output: o.OutputOpt = None,
 ) -> None:
-    """Entropies per layer: dataset (matrix Rényi) entropy, diffusion spectral entropy and
-    DSMI on a seeded sample, SAE effective features, dead / dormant fractions, firing entropy,
-    effective units; attention entropy per head and per layer.
+    """Entropies and neuron activity per layer; attention entropy per head.
+
+    Dataset (matrix Rényi) and prompt entropy, diffusion spectral entropy and DSMI on a seeded
+    sample, SAE effective features, dead / dormant fractions, firing entropy, effective units;
+    attention entropy per head and per layer.
 
     Example:
 

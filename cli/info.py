@@ -11,7 +11,7 @@ from actgeom.core.info import describe
 def info(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
          bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
          allow_incomplete: o.AllowIncompleteOpt = False, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
-    """Show what is in a dump: layers (shape, dtype, chunking), rows, labels, classifier, sequences.
+    """What is in a dump: layers, rows, labels, classifier, sequences.
 
     Example:
 

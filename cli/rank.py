@@ -53,9 +53,11 @@ def rank(
         help="Also write every layer's eigenvalues as CSV (file, layer, spectrum, rank, eigenvalue).")] = None,
     fmt: o.FormatOpt = None, output: o.OutputOpt = None,
 ) -> None:
-    """Spectrum and effective dimension per layer: RankMe (raw, centred, λ), effective rank,
-    α-ReQ, stable rank, participation ratio, numerical rank, k90/k95/k99, mean cosine,
-    IsoScore, TwoNN and MLE intrinsic dimension. Eigenvalues are computed once per layer.
+    """Spectrum and effective dimension per layer.
+
+    RankMe (raw, centred, λ), effective rank, α-ReQ, stable rank, participation ratio, numerical
+    rank, k90/k95/k99, mean cosine, IsoScore, TwoNN and MLE intrinsic dimension. Eigenvalues are
+    computed once per layer.
 
     Example:
 

@@ -42,7 +42,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
           allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
           rows: RowsOpt = None, sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
-    """One pass over each layer: the sufficient statistics every metric is computed from.
+    """One pass per layer: the statistics every metric is computed from (for shards).
 
     Prints what was read per layer; --save-stats keeps the statistics so that shards computed by
     separate jobs can be combined with `actgeom merge`.
@@ -66,7 +66,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
 def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics files from `actgeom stats --save-stats`.")],
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
-    """Merge partial statistics of the same layers computed on disjoint rows (shards, row ranges).
+    """Merge partial statistics of disjoint rows (shards, row ranges) of the same layers.
 
     Example:
 
