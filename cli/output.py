@@ -45,8 +45,8 @@ def metrics_result(command: str, reports: list[dict], summary: dict, context: tu
     document = {"tool": "actgeom", "version": __version__, "command": command, "files": reports}
     records, columns = [], {}
     one_layer = all(len(report["layers"]) == 1 for report in reports)
-    for report in reports:
-        stem = Path(report["file"]).stem
+    short = _short_names([Path(report["file"]).stem for report in reports])
+    for report, stem in zip(reports, short):
         for layer in report["layers"]:
             column = layer["layer"] if len(reports) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
             base = {"file": report["file"], "checkpoint": report["checkpoint"], "step": report["step"],
@@ -60,6 +60,15 @@ def metrics_result(command: str, reports: list[dict], summary: dict, context: tu
                 columns.setdefault(name, {})[column] = "—"
     table = [{"metric": name} | values for name, values in columns.items()]
     return Result(title=f"actgeom {command}", document=document, records=records, summary=summary, table=table)
+
+
+def _short_names(stems: list[str]) -> list[str]:
+    """File stems without their shared prefix up to a separator: ckpt_epoch10 → epoch10."""
+    if len(stems) < 2:
+        return stems
+    prefix = os.path.commonprefix(stems)
+    cut = max(prefix.rfind("_"), prefix.rfind("-"), prefix.rfind("."))
+    return [stem[cut + 1:] or stem for stem in stems] if cut >= 0 else stems
 
 
 def jsonable(value):
@@ -154,8 +163,8 @@ def _table(result: Result, *, width: int | None, color: bool) -> str:
     columns = _table_columns(rows)
     if columns:
         table = Table(show_edge=False, pad_edge=False)
-        for column in columns:
-            table.add_column(column, overflow="fold")
+        for i, column in enumerate(columns):
+            table.add_column(column, overflow="fold", no_wrap=i == 0)  # the first column names the row
         for record in rows:
             table.add_row(*(_flat(record.get(c)) for c in columns))
         console.print(table)
