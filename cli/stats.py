@@ -40,7 +40,10 @@ def parse_rows(text: str | None, option: str = "--rows") -> tuple[int, int] | No
 def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
           bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
           allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
-          rows: RowsOpt = None, sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
+          rows: RowsOpt = None, row_offset: Annotated[int, typer.Option(
+              "--row-offset", help="Row number of this file's first row when it is one shard file of a larger "
+                                   "dump (the seeded sample is keyed by global row numbers).")] = 0,
+          sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
     """One pass per layer: the statistics every metric is computed from (for shards).
 
@@ -54,7 +57,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
         actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
     """
     options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, tokens=tokens,
-                          row_range=parse_rows(rows))
+                          row_range=parse_rows(rows), row_offset=row_offset)
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     with Dump(dump, spec) as opened, row_progress() as progress:
         result = accumulate(opened, options=options, progress=progress)

@@ -46,6 +46,7 @@ class PassOptions:
     seed: int = 0
     nonfinite: str = "error"  # "error": refuse rows with NaN/inf; "drop": skip them and count
     row_range: tuple[int, int] | None = None  # rows [start, stop) of the dump; None = all
+    row_offset: int = 0  # added to row numbers: this file's rows continue another's (shard files)
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
     use_labels: bool = True  # False: every row in one class (spectra need no labels)
     units: str = "all"  # per-unit statistics: "all", "directions" (only Σ x/‖x‖), or "none"
@@ -59,6 +60,8 @@ class PassOptions:
             raise UsageError(f"--nonfinite '{self.nonfinite}' is not one of {', '.join(NONFINITE_POLICIES)}")
         if self.reservoir < 0:
             raise UsageError(f"reservoir size must be ≥ 0, got {self.reservoir}")
+        if self.row_offset < 0:
+            raise UsageError(f"--row-offset must be ≥ 0, got {self.row_offset}")
         if self.block_rows is not None and self.block_rows < 1:
             raise UsageError(f"block rows must be ≥ 1, got {self.block_rows}")
         _first_position(self.tokens)  # validates `tokens`
@@ -141,8 +144,9 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, options: PassOpti
                 stats.sequences.update(block.X, np.r_[block.start, inside, end] - block.start)
             keep = selection.mask(block.start, block.start + block.X.shape[0])
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
-            _feed(stats, block.start, X, labels if options.use_labels else None,
-                  index=None if keep is None else block.start + np.flatnonzero(keep), unit_stats=options.units != "none",
+            first = options.row_offset + block.start  # the sample is keyed by global row numbers
+            _feed(stats, first, X, labels if options.use_labels else None,
+                  index=None if keep is None else first + np.flatnonzero(keep), unit_stats=options.units != "none",
                   class_moments=options.class_moments)
             if progress is not None:
                 progress(layer.name, block.start + block.X.shape[0] - start, stop - start)

@@ -231,3 +231,19 @@ def test_token_selection_needs_positions_or_offsets(tmp_path, rng):
             accumulate(dump, options=PassOptions(tokens="last"))
     with pytest.raises(UsageError, match=re.escape("--tokens 'first' is not one of all | last | from:K")):
         PassOptions(tokens="first")
+
+
+def test_shard_files_with_row_offsets_merge_like_one_dump(tmp_path, rng):
+    """Two files holding rows 0:300 and 300:700 of one dump, the second passed row_offset=300."""
+    X, y = class_data(rng, [300, 250, 150], 6, offset=50.0)
+    whole = write_dump(tmp_path / "whole.h5", {"h": X}, labels=y, chunk_rows=64)
+    first = write_dump(tmp_path / "a.h5", {"h": X[:300]}, labels=y[:300], chunk_rows=64)
+    second = write_dump(tmp_path / "b.h5", {"h": X[300:]}, labels=y[300:], chunk_rows=64)
+    options = PassOptions(reservoir=80, seed=4, block_rows=50)
+    with Dump(whole) as a:
+        reference = accumulate(a, options=options)["h"]
+    with Dump(first) as a, Dump(second) as b:
+        merged = merge_stats([accumulate(a, options=options),
+                              accumulate(b, options=PassOptions(reservoir=80, seed=4, block_rows=50, row_offset=300))])["h"]
+    np.testing.assert_array_equal(merged.reservoir.sample()[0], reference.reservoir.sample()[0])
+    assert_matches_reference(merged, X, y)
