@@ -24,6 +24,7 @@ def collapse(
     dumps: DumpsArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
     bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
     offsets: o.OffsetsOpt = None, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    stats: o.StatsOpt = None,
     preset: Annotated[Optional[str], typer.Option(
         "--preset", rich_help_panel=METRIC, show_default=False,
         help="A publication's conventions: papyan (μ_G class, top-k Σ_B⁺, no /C), zhu (μ_G sample, pinv, /C), "
@@ -63,11 +64,13 @@ def collapse(
                               divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class or None)
     pass_options = PassOptions(nonfinite=nonfinite, tokens=tokens)
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
+    precomputed = o.load_statistics(stats, dumps)
     reports = []
     with row_progress() as progress:
         for path in dumps:
             with Dump(path, spec) as opened:
-                reports.append(collapse_dump(opened, options=options, pass_options=pass_options, progress=progress))
+                reports.append(collapse_dump(opened, options=options, pass_options=pass_options, progress=progress,
+                                             precomputed=precomputed) | {"statistics_file": stats})
     emit(_result(reports), fmt, output)
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.core.dump import DumpSpec  # noqa: F401  (re-exported for the commands)
+from actgeom.core.engine import load_partial
+from actgeom.core.errors import UsageError
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
@@ -50,6 +52,10 @@ TokensOpt = Annotated[str, typer.Option(
     "--tokens", rich_help_panel=DATA,
     help="Token-level dumps: 'all' rows, the 'last' of each sequence, or 'from:K' (positions ≥ K, e.g. from:1 "
          "leaves out BOS/attention-sink rows). Needs /rows/position or sequence offsets unless 'all'.")]
+StatsOpt = Annotated[Optional[Path], typer.Option(
+    "--stats", rich_help_panel=DATA, show_default=False,
+    help="Take the statistics from this file (actgeom stats/merge --save-stats, e.g. merged shards) instead "
+         "of a pass over the dump; the dump still gives layers, labels and classifier. One dump only.")]
 FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", rich_help_panel=OUTPUT, show_default=False,
     help="Output format. Default: table on a terminal; json when piped or with -o (unless the "
@@ -57,6 +63,15 @@ FormatOpt = Annotated[Optional[Format], typer.Option(
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", rich_help_panel=OUTPUT, show_default=False,
     help="Write the result to this file (atomically) instead of stdout.")]
+
+
+def load_statistics(path: Path | None, dumps: list[Path]):
+    """The statistics of --stats (or None); it describes one dump, so only one may be given."""
+    if path is None:
+        return None
+    if len(dumps) != 1:
+        raise UsageError(f"--stats describes one dump; {len(dumps)} were given")
+    return load_partial(path)[0]
 
 
 def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete) -> DumpSpec:

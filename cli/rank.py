@@ -24,7 +24,7 @@ METRIC = "Metric conventions (METRICS.md §2)"
 def rank(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
     layers: o.LayersOpt = None, offsets: o.OffsetsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
-    nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all", stats: o.StatsOpt = None,
     preset: Annotated[Optional[str], typer.Option(
         "--preset", rich_help_panel=METRIC, show_default=False,
         help="garrido (raw, uncentred spectrum) or tracing (centred λ, top 2048). Explicit options win.")] = None,
@@ -69,13 +69,14 @@ def rank(
                               subsample=subsample, seed=seed,
                               fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"))
     spec = o.dump_spec(layers, None, None, None, None, offsets, allow_incomplete)
+    precomputed = o.load_statistics(stats, dumps)
     reports, spectra = [], []
     with row_progress() as progress:
         for path in dumps:
             with Dump(path, spec) as opened:
                 report, by_layer = rank_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite, tokens=tokens),
-                                             progress=progress)
-            reports.append(report)
+                                             progress=progress, precomputed=precomputed)
+            reports.append(report | {"statistics_file": stats})
             spectra.append((report["file"], by_layer))
     if spectrum_out is not None:
         write_atomically(spectrum_out, _spectra_csv(spectra))

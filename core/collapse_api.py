@@ -16,7 +16,7 @@ from actgeom.core.collapse import (
     REGISTRY, CollapseOptions, collapse_metrics, geometry, kept_classes, options_record, per_class, separation_law,
 )
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
-from actgeom.core.engine import PassOptions, Progress, TokenSelection, accumulate
+from actgeom.core.engine import PassOptions, Progress, TokenSelection, statistics_for
 from actgeom.core.engine import options_record as pass_record
 from actgeom.core.stats import ClassStats
 from actgeom.core.stream import iter_blocks
@@ -25,13 +25,18 @@ _TILE_BYTES = 32 << 20  # scores of a row block against a tile of classes
 
 
 def collapse_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options: CollapseOptions = CollapseOptions(),
-                  pass_options: PassOptions = PassOptions(), progress: Progress | None = None) -> dict:
-    """Every collapse metric for every selected layer of one dump (a JSON-ready dict)."""
+                  pass_options: PassOptions = PassOptions(), progress: Progress | None = None,
+                  precomputed: dict | None = None) -> dict:
+    """Every collapse metric for every selected layer of one dump (a JSON-ready dict).
+
+    ``precomputed``: statistics by layer (``load_partial(...)[0]``, e.g. merged shards) to use
+    instead of a pass; the dump still provides the classifier, predictions and NC4's pass."""
     if not isinstance(dump, Dump):
         with Dump(dump, spec) as opened:
-            return collapse_dump(opened, options=options, pass_options=pass_options, progress=progress)
+            return collapse_dump(opened, options=options, pass_options=pass_options, progress=progress,
+                                 precomputed=precomputed)
     pass_options = replace(pass_options, reservoir=0, units="none")  # collapse needs only class moments
-    stats = accumulate(dump, options=pass_options, progress=progress)
+    stats = statistics_for(dump, precomputed, options=pass_options, progress=progress)
     classifier = dump.classifier()
     layers = []
     for layer in dump.layers:

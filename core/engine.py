@@ -308,6 +308,25 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
     return stats, header["meta"]
 
 
+def statistics_for(dump: Dump, precomputed: dict[str, LayerStats] | None, *, options: PassOptions,
+                   progress: Progress | None = None) -> dict[str, LayerStats]:
+    """The statistics of the dump's selected layers: from ``precomputed`` (a loaded partial-
+    statistics file) when given, checked against the dump, else from one pass."""
+    if precomputed is None:
+        return accumulate(dump, options=options, progress=progress)
+    chosen = {}
+    for layer in dump.layers:
+        stats = precomputed.get(layer.name)
+        if stats is None:
+            raise InvalidInputError(f"the statistics file has no layer '{layer.name}' of {dump.path}; "
+                                    f"it has: {', '.join(precomputed) or '(none)'}")
+        if stats.n_units != layer.n_units:
+            raise InvalidInputError(f"layer '{layer.name}' has {layer.n_units} units in {dump.path} but "
+                                    f"{stats.n_units} in the statistics file")
+        chosen[layer.name] = stats
+    return chosen
+
+
 def merge_stats(parts: list[dict[str, LayerStats]]) -> dict[str, LayerStats]:
     """Merge statistics of the same layers computed on disjoint rows (shards or row ranges)."""
     if not parts:

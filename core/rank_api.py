@@ -9,21 +9,26 @@ import numpy as np
 
 from actgeom.core import __version__
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate
+from actgeom.core.engine import LayerStats, PassOptions, Progress, statistics_for
 from actgeom.core.engine import options_record as pass_record
 from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
 from actgeom.core.spectrum import STORAGE_RTOL, RankOptions, Spectrum, layer_spectra, mean_cosine, spectral_metrics
 
 
 def rank_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options: RankOptions = RankOptions(),
-              pass_options: PassOptions = PassOptions(), progress: Progress | None = None) -> tuple[dict, dict]:
-    """Every rank metric for every selected layer → (JSON-ready report, spectra by layer)."""
+              pass_options: PassOptions = PassOptions(), progress: Progress | None = None,
+              precomputed: dict | None = None) -> tuple[dict, dict]:
+    """Every rank metric for every selected layer → (JSON-ready report, spectra by layer).
+
+    ``precomputed``: statistics by layer (``load_partial(...)[0]``, e.g. merged shards, with a
+    sample for TwoNN/MLE) to use instead of a pass."""
     if not isinstance(dump, Dump):
         with Dump(dump, spec) as opened:
-            return rank_dump(opened, options=options, pass_options=pass_options, progress=progress)
+            return rank_dump(opened, options=options, pass_options=pass_options, progress=progress,
+                             precomputed=precomputed)
     pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, use_labels=False,
                            units="directions")
-    stats = accumulate(dump, options=pass_options, progress=progress)
+    stats = statistics_for(dump, precomputed, options=pass_options, progress=progress)
     layers, spectra = [], {}
     for layer in dump.layers:
         report, spectra[layer.name] = layer_report(stats[layer.name], options)

@@ -230,3 +230,21 @@ def test_collapse_with_one_class_says_why(cli, tmp_path, rng):
     code, out, _ = cli("collapse", path, "--format", "jsonl")
     notes = {json.loads(line)["note"] for line in out.splitlines()}
     assert code == 0 and notes == {"1 class(es) with ≥ 1 rows; collapse needs 2"}
+
+
+def test_metric_commands_from_merged_shard_statistics(cli, dump, tmp_path):
+    for i, rows in enumerate(["0:31", "31:60"]):
+        code, _, err = cli("stats", dump, "--rows", rows, "--sample", "2000", "--save-stats", tmp_path / f"p{i}.npz")
+        assert code == 0, err
+    assert cli("merge", tmp_path / "p0.npz", tmp_path / "p1.npz", "--save-stats", tmp_path / "all.npz")[0] == 0
+    for command in ("collapse", "rank"):
+        direct = cli.json(command, dump)["files"][0]["layers"]
+        merged = cli.json(command, dump, "--stats", tmp_path / "all.npz")["files"][0]["layers"]
+        for a, b in zip(direct, merged):
+            for name, value in a["metrics"].items():
+                assert b["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), (command, name)
+    code, _, err = cli("collapse", dump, dump, "--stats", tmp_path / "all.npz")
+    assert code == 2 and err == "Error: --stats describes one dump; 2 were given\n"
+    cli("stats", dump, "--layers", "h1", "--save-stats", tmp_path / "h1.npz")
+    code, _, err = cli("rank", dump, "--stats", tmp_path / "h1.npz")
+    assert code == 3 and err == f"Error: the statistics file has no layer 'h2' of {dump}; it has: h1\n"
