@@ -10,7 +10,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core.dump import Dump
+from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.engine import PassOptions
 from actgeom.core.entropy import EntropyOptions
 from actgeom.core.entropy_api import entropy_dump
@@ -57,7 +57,7 @@ def entropy(
     """
     options = EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                              tau=tau, layer_width=layer_width, eps=eps, normalized=normalized)
-    spec = o.DumpSpec(layers=tuple(layers or ()), labels=labels, offsets=offsets, attention=attention,
+    spec = DumpSpec(layers=tuple(layers or ()), labels=labels, offsets=offsets, attention=attention,
                       allow_incomplete=allow_incomplete)
     reports = []
     with row_progress() as progress:

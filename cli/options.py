@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from actgeom.core.dump import DumpSpec  # noqa: F401  (re-exported for the commands)
+from actgeom.core.dump import DumpSpec
 from actgeom.core.engine import load_partial
 from actgeom.core.errors import UsageError
 
