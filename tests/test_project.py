@@ -36,3 +36,14 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(cli, comman
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_every_option_of_every_command_is_in_the_readme():
+    import typer.main
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"{name} {opt}" for name, command in typer.main.get_command(app).commands.items()
+               for param in command.params
+               for opt in list(getattr(param, "opts", [])) + list(getattr(param, "secondary_opts", []))
+               if opt.startswith("--") and opt != "--help" and opt not in readme]
+    assert not missing, f"options missing from README.md: {missing}"
