@@ -25,6 +25,7 @@ def entropy(
         "--attention", rich_help_panel=o.DATA, show_default=False,
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    stats: o.StatsOpt = None,
     alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = 1.0,
     sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = 10.0,
     t: Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")] = 1.0,
@@ -59,12 +60,13 @@ def entropy(
                              tau=tau, layer_width=layer_width, eps=eps, normalized=normalized)
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, offsets=offsets, attention=attention,
                       allow_incomplete=allow_incomplete)
+    precomputed = o.load_statistics(stats, dumps)
     reports = []
     with row_progress() as progress:
         for path in dumps:
             with Dump(path, spec) as opened:
                 reports.append(entropy_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite,
-                                            tokens=tokens), progress=progress))
+                               tokens=tokens), progress=progress, precomputed=precomputed) | {"statistics_file": stats})
     summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
     for report in reports:
         for layer in report["layers"]:

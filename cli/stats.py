@@ -44,6 +44,10 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
               "--row-offset", help="Row number of this file's first row when it is one shard file of a larger "
                                    "dump (the seeded sample is keyed by global row numbers).")] = 0,
           sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
+          entropy_alpha: Annotated[Optional[float], typer.Option(
+              "--entropy-alpha", show_default=False,
+              help="Also keep what `entropy --stats` needs: Σuuᵀ of the normalised rows, or (with sequence "
+                   "offsets) the per-sequence entropies of this Rényi order.")] = None,
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
     """One pass per layer: the statistics every metric is computed from (for shards).
 
@@ -56,10 +60,13 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
         actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
     """
-    options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, tokens=tokens,
-                          row_range=parse_rows(rows), row_offset=row_offset)
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     with Dump(dump, spec) as opened, row_progress() as progress:
+        sequences = entropy_alpha is not None and opened.offsets_path is not None
+        options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, tokens=tokens,
+                              row_range=parse_rows(rows), row_offset=row_offset,
+                              direction_scatter=entropy_alpha is not None and not sequences,
+                              sequence_alpha=entropy_alpha if sequences else None)
         result = accumulate(opened, options=options, progress=progress)
     meta = {"inputs": [str(dump)], "options": options_record(options)}
     if save_stats is not None:

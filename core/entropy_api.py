@@ -10,8 +10,9 @@ import numpy as np
 
 from actgeom.core import __version__
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate
+from actgeom.core.engine import LayerStats, PassOptions, Progress, statistics_for
 from actgeom.core.engine import options_record as pass_record
+from actgeom.core.errors import InvalidInputError
 from actgeom.core.entropy import (
     EntropyOptions, attention_entropy, dataset_entropy, diffusion_spectral_entropy, dsmi, neuron_activity,
     sae_effective_features,
@@ -21,17 +22,25 @@ KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is 
 
 
 def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options: EntropyOptions = EntropyOptions(),
-                 pass_options: PassOptions = PassOptions(), progress: Progress | None = None) -> dict:
-    """Every entropy metric for every selected layer and attention dataset of one dump."""
+                 pass_options: PassOptions = PassOptions(), progress: Progress | None = None,
+                 precomputed: dict | None = None) -> dict:
+    """Every entropy metric for every selected layer and attention dataset of one dump.
+
+    ``precomputed``: statistics by layer (``load_partial(...)[0]``) made by `stats
+    --entropy-alpha` (so they hold Σuuᵀ or the sequence entropies), used instead of a pass."""
     if not isinstance(dump, Dump):
         with Dump(dump, spec) as opened:
-            return entropy_dump(opened, options=options, pass_options=pass_options, progress=progress)
+            return entropy_dump(opened, options=options, pass_options=pass_options, progress=progress,
+                                precomputed=precomputed)
     token_level = dump.offsets_path is not None  # sequences: Skean et al.'s per-sequence conventions
     pass_options = replace(pass_options, reservoir=options.subsample, seed=options.seed, units="all",
                            class_moments=False, direction_scatter=not token_level, threshold=options.threshold or 0.0,
                            sequence_alpha=options.alpha if token_level else None)
-    stats = accumulate(dump, options=pass_options, progress=progress)
-    layers = [_layer(dump, layer, stats[layer.name], options) for layer in dump.layers]
+    stats = statistics_for(dump, precomputed, options=pass_options, progress=progress)
+    if precomputed is not None:
+        _check_precomputed(stats, options, token_level)
+    explicit = options.threshold is not None or precomputed is not None
+    layers = [_layer(dump, layer, stats[layer.name], options, explicit) for layer in dump.layers]
     for path in dump.attention_paths:
         values = attention_entropy(dump.attention_blocks(path), eps=options.eps, normalized=options.normalized)
         layers.append({"layer": path, "n_rows": None, "n_units": None, "metrics": values, "unavailable": {},
@@ -41,7 +50,21 @@ def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options:
             "options": asdict(options), "pass": pass_record(pass_options), "layers": layers}
 
 
-def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOptions) -> dict:
+def _check_precomputed(stats: dict[str, LayerStats], options: EntropyOptions, token_level: bool) -> None:
+    """Statistics from a file must hold what this dump's entropies need, made the same way."""
+    for name, layer_stats in stats.items():
+        if token_level and (layer_stats.sequences is None or layer_stats.sequences.alpha != options.alpha):
+            raise InvalidInputError(f"the statistics of layer '{name}' hold no sequence entropies of order "
+                                    f"{options.alpha}; make them with `actgeom stats --entropy-alpha {options.alpha}`")
+        if not token_level and layer_stats.directions is None:
+            raise InvalidInputError(f"the statistics of layer '{name}' hold no Σuuᵀ of normalised rows; make them "
+                                    "with `actgeom stats --entropy-alpha 1`")
+        if options.threshold is not None and options.threshold != layer_stats.units.threshold:
+            raise InvalidInputError(f"the statistics of layer '{name}' count units above {layer_stats.units.threshold}, "
+                                    f"not --threshold {options.threshold}")
+
+
+def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOptions, explicit: bool) -> dict:
     values, missing, warnings, counts = {}, {}, [], {}
     if stats.sequences is not None:
         sequences = stats.sequences.results()
@@ -66,7 +89,7 @@ def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOpti
             missing["dsmi"] = "needs labels (--labels)"
     values |= sae_effective_features(stats.units, layer_width=options.layer_width)
     relu = str(layer.attrs.get("activation", "")).lower() == "relu"
-    if options.threshold is None and not relu:
+    if not explicit and not relu:
         reason = (f"layer '{layer.name}' is not marked ReLU (attribute activation); give --threshold for "
                   "the value a unit must exceed to count as active")
         for name in ("dead_fraction", "firing_entropy"):
@@ -76,7 +99,7 @@ def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOpti
     else:
         values |= neuron_activity(stats.units, tau=options.tau)
     return {"layer": layer.name, "n_rows": stats.n_rows, "n_units": layer.n_units, "dtype": layer.logical_dtype,
-            "threshold": options.threshold if options.threshold is not None else (0.0 if relu else None),
+            "threshold": stats.units.threshold if explicit or relu else None,
             "sample_rows": int(sample.shape[0]), "sample_seed": options.seed, "warnings": warnings, **counts,
             "metrics": values, "unavailable": missing,
             "nonfinite": {k: str(v) for k, v in values.items() if isinstance(v, float) and not np.isfinite(v)}}

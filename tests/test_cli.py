@@ -248,3 +248,33 @@ def test_metric_commands_from_merged_shard_statistics(cli, dump, tmp_path):
     cli("stats", dump, "--layers", "h1", "--save-stats", tmp_path / "h1.npz")
     code, _, err = cli("rank", dump, "--stats", tmp_path / "h1.npz")
     assert code == 3 and err == f"Error: the statistics file has no layer 'h2' of {dump}; it has: h1\n"
+
+
+@pytest.mark.parametrize("token_level", [False, True])
+def test_entropy_from_merged_shard_statistics(cli, tmp_path, rng, token_level):
+    from actgeom.core.dump import DumpWriter
+
+    lengths = rng.integers(2, 9, size=30)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    n = int(offsets[-1])
+    path = tmp_path / "d.h5"
+    with DumpWriter(path, layers={"h": 6}, dtype="float64", level="token" if token_level else "sample") as writer:
+        writer.append({"h": np.maximum(rng.standard_normal((n, 6)), 0)}, labels=rng.integers(0, 3, n))
+        if token_level:
+            writer.set_offsets(offsets)
+    cut = int(offsets[12])  # shards end at a sequence boundary
+    for i, rows in enumerate([f"0:{cut}", f"{cut}:{n}"]):
+        code, _, err = cli("stats", path, "--rows", rows, "--sample", "1000", "--entropy-alpha", "2",
+                           "--save-stats", tmp_path / f"p{i}.npz")
+        assert code == 0, err
+    cli("merge", tmp_path / "p0.npz", tmp_path / "p1.npz", "--save-stats", tmp_path / "all.npz")
+    direct = cli.json("entropy", path, "--alpha", "2", "--threshold", "0")["files"][0]["layers"][0]["metrics"]
+    merged = cli.json("entropy", path, "--alpha", "2", "--stats", tmp_path / "all.npz")["files"][0]["layers"][0]["metrics"]
+    assert merged.keys() == direct.keys()
+    for name, value in direct.items():
+        assert merged[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    code, _, err = cli("entropy", path, "--alpha", "1", "--stats", tmp_path / "all.npz")
+    if token_level:
+        assert code == 3 and "no sequence entropies of order 1.0" in err
+    else:
+        assert code == 0  # Σuuᵀ serves every α
