@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from actgeom.core.dump import DumpSpec
-from actgeom.core.engine import load_partial
 from actgeom.core.errors import UsageError
+from actgeom.core.partial import load_partial
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"

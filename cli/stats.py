@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
 from actgeom.cli.progress import row_progress
 from actgeom.core import __version__
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate, load_partial, merge_stats, options_record, save_partial
+from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
+from actgeom.core.partial import load_partial, merge_stats, save_partial
 from actgeom.core.summary import pass_summary
 
 SaveOpt = Annotated[Optional[Path], typer.Option(

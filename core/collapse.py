@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
 from actgeom.core.errors import UsageError
-from actgeom.core.presets import resolve
 from actgeom.core.pairwise import PairStats, pair_stats
+from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
 
 GLOBAL_MEANS = ("class", "sample")

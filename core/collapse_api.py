@@ -10,14 +10,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 from actgeom.core import __version__
 from actgeom.core.collapse import (
-    REGISTRY, CollapseOptions, collapse_metrics, geometry, kept_classes, options_record, per_class, separation_law,
+    REGISTRY,
+    CollapseOptions,
+    collapse_metrics,
+    geometry,
+    kept_classes,
+    options_record,
+    per_class,
+    separation_law,
 )
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
-from actgeom.core.engine import PassOptions, Progress, TokenSelection, statistics_for
+from actgeom.core.engine import PassOptions, Progress, TokenSelection
 from actgeom.core.engine import options_record as pass_record
+from actgeom.core.partial import statistics_for
 from actgeom.core.stats import ClassStats
 from actgeom.core.stream import iter_blocks
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from actgeom.core.errors import UsageError
 from actgeom.core.stats import UnitStats
 

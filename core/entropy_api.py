@@ -7,16 +7,21 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-
 from actgeom.core import __version__
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
-from actgeom.core.engine import LayerStats, PassOptions, Progress, statistics_for
+from actgeom.core.engine import LayerStats, PassOptions, Progress
 from actgeom.core.engine import options_record as pass_record
-from actgeom.core.errors import InvalidInputError
 from actgeom.core.entropy import (
-    EntropyOptions, attention_entropy, dataset_entropy, diffusion_spectral_entropy, dsmi, neuron_activity,
+    EntropyOptions,
+    attention_entropy,
+    dataset_entropy,
+    diffusion_spectral_entropy,
+    dsmi,
+    neuron_activity,
     sae_effective_features,
 )
+from actgeom.core.errors import InvalidInputError
+from actgeom.core.partial import statistics_for
 
 KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
 

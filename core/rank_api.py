@@ -6,12 +6,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-
 from actgeom.core import __version__
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import LayerStats, PassOptions, Progress, statistics_for
+from actgeom.core.engine import LayerStats, PassOptions, Progress
 from actgeom.core.engine import options_record as pass_record
 from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
+from actgeom.core.partial import statistics_for
 from actgeom.core.spectrum import STORAGE_RTOL, RankOptions, Spectrum, layer_spectra, mean_cosine, spectral_metrics
 
 

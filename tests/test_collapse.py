@@ -7,13 +7,13 @@ import math
 import h5py
 import numpy as np
 import pytest
-
 from actgeom.core.collapse import REGISTRY, CollapseOptions, collapse_metrics, geometry, resolve_options
 from actgeom.core.collapse_api import collapse_dump
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate, merge_stats
+from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import UsageError
 from actgeom.core.pairwise import pair_stats
+from actgeom.core.partial import merge_stats
 from conftest import class_data, write_dump
 from reference import collapse_reference
 

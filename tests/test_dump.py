@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from actgeom.core.dump import Dump, DumpSpec, DumpWriter
 from actgeom.core.dump.reader import decode_bfloat16
 from actgeom.core.dump.writer import encode_bfloat16

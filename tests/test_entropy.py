@@ -7,11 +7,15 @@ import math
 import h5py
 import numpy as np
 import pytest
-
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.entropy import (
-    EntropyOptions, attention_entropy, dataset_entropy, diffusion_spectral_entropy, neuron_activity, renyi_entropy,
+    EntropyOptions,
+    attention_entropy,
+    dataset_entropy,
+    diffusion_spectral_entropy,
+    neuron_activity,
+    renyi_entropy,
     sae_effective_features,
 )
 from actgeom.core.entropy_api import entropy_dump

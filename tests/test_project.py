@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from actgeom.cli.app import app
 
 ROOT = Path(__file__).parent.parent

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions
+from actgeom.core.errors import UsageError
 from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
 from actgeom.core.rank_api import rank_dump
 from actgeom.core.spectrum import RankOptions, alpha_req, isoscore, resolve_options
-from actgeom.core.errors import UsageError
 from conftest import write_dump
 from reference import rank_reference
 

@@ -7,10 +7,10 @@ import re
 
 import numpy as np
 import pytest
-
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate, load_partial, merge_stats, save_partial
+from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.partial import load_partial, merge_stats, save_partial
 from conftest import class_data, write_dump
 from reference import class_statistics, relative_error, unit_statistics
 

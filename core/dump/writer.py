@@ -19,9 +19,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION
 from actgeom.core import __version__
+from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION
 from actgeom.core.errors import UsageError
 
 STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.uint16}
