@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
+
 from actgeom.cli import collapse, entropy, info, rank, stats
 from actgeom.core import __version__
 from actgeom.core.errors import ActgeomError
-from typer.core import TyperGroup
 
 
 class _Group(TyperGroup):

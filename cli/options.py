@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from actgeom.core.dump import DumpSpec
 from actgeom.core.errors import UsageError
 from actgeom.core.partial import load_partial

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
+
 from actgeom.cli.options import Format
 from actgeom.core import __version__
 from actgeom.core.errors import UsageError
-from rich.console import Console
-from rich.table import Table
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
                   ".txt": Format.table}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from actgeom.core.engine import Progress as ProgressCallback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from actgeom.core.engine import Progress as ProgressCallback
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result, write_atomically
 from actgeom.cli.progress import row_progress

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from actgeom.core.errors import UsageError
 from actgeom.core.pairwise import PairStats, pair_stats
 from actgeom.core.presets import resolve

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 from actgeom.core import __version__
 from actgeom.core.collapse import (
     REGISTRY,

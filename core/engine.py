@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from actgeom.core.dump import Dump
 from actgeom.core.entropy import SequenceEntropy
 from actgeom.core.errors import InvalidInputError, UsageError

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from actgeom.core.errors import UsageError
 from actgeom.core.stats import UnitStats
 

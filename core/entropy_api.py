@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+
 from actgeom.core import __version__
 from actgeom.core.dump import Dump, DumpSpec, LayerInfo
 from actgeom.core.engine import LayerStats, PassOptions, Progress

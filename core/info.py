@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from actgeom.core.dump import Dump
 
 _LABEL_BLOCK = 1 << 20  # labels are counted in blocks: memory O(classes), not O(rows)

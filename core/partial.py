@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from actgeom.core.dump import Dump
 from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate
 from actgeom.core.entropy import SequenceEntropy

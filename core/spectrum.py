@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from actgeom.core.errors import UsageError
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from actgeom.core.dump import Dump, LayerInfo
 
 _N_BUFFERS = 3  # one being read, one queued, one being consumed

@@ -18,8 +18,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from actgeom.core.dump import DumpWriter
 from sklearn.datasets import load_digits
+
+from actgeom.core.dump import DumpWriter
 
 WIDTHS = (64, 128, 128, 64, 10)
 LAYERS = ("hidden1", "hidden2", "hidden3")

@@ -7,9 +7,10 @@ import json
 import h5py
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from actgeom.cli.app import app
 from actgeom.core.dump import DumpWriter
-from typer.testing import CliRunner
 
 
 def class_data(rng: np.random.Generator, counts: list[int], n_units: int, *, offset: float = 0.0,

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import class_data, write_dump, write_h5
+
 from actgeom.cli.options import Format
 from actgeom.cli.output import Result, render
-from conftest import class_data, write_dump, write_h5
 
 SAMPLE = sorted((Path(__file__).parent.parent / "sample_data").glob("*.h5"))
 

@@ -7,6 +7,9 @@ import math
 import h5py
 import numpy as np
 import pytest
+from conftest import class_data, write_dump
+from reference import collapse_reference
+
 from actgeom.core.collapse import REGISTRY, CollapseOptions, collapse_metrics, geometry, resolve_options
 from actgeom.core.collapse_api import collapse_dump
 from actgeom.core.dump import Dump
@@ -14,8 +17,6 @@ from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import UsageError
 from actgeom.core.pairwise import pair_stats
 from actgeom.core.partial import merge_stats
-from conftest import class_data, write_dump
-from reference import collapse_reference
 
 # Streamed float64 statistics agree with the reference to ~1e-13; the metrics then go through
 # eigendecompositions and (pseudo-)inverses of matrices with condition numbers up to ~1e3,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_dump, write_h5
+
 from actgeom.core.dump import Dump, DumpSpec, DumpWriter
 from actgeom.core.dump.reader import decode_bfloat16
 from actgeom.core.dump.writer import encode_bfloat16
 from actgeom.core.errors import InvalidInputError, UsageError
-from conftest import write_dump, write_h5
 
 
 def test_bfloat16_decodes_exactly(tmp_path):

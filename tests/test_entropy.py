@@ -7,6 +7,8 @@ import math
 import h5py
 import numpy as np
 import pytest
+from conftest import class_data, write_dump
+
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.entropy import (
@@ -20,7 +22,6 @@ from actgeom.core.entropy import (
 )
 from actgeom.core.entropy_api import entropy_dump
 from actgeom.core.stats import UnitStats
-from conftest import class_data, write_dump
 
 # The streamed statistics are float64 sums; the entropies are smooth functions of them.
 ENTROPY_RTOL = 1e-8

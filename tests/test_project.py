@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from actgeom.cli.app import app
 
 ROOT = Path(__file__).parent.parent

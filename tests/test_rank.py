@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_dump
+from reference import rank_reference
+
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions
 from actgeom.core.errors import UsageError
 from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
 from actgeom.core.rank_api import rank_dump
 from actgeom.core.spectrum import RankOptions, alpha_req, isoscore, resolve_options
-from conftest import write_dump
-from reference import rank_reference
 
 # Streamed covariance vs SVD of the data: both are float64-exact to ~1e-13 relative in the
 # leading eigenvalues; 1e-8 is the acceptance bar and leaves room for the small eigenvalues of

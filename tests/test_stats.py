@@ -7,12 +7,13 @@ import re
 
 import numpy as np
 import pytest
+from conftest import class_data, write_dump
+from reference import class_statistics, relative_error, unit_statistics
+
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import InvalidInputError, UsageError
 from actgeom.core.partial import load_partial, merge_stats, save_partial
-from conftest import class_data, write_dump
-from reference import class_statistics, relative_error, unit_statistics
 
 # float64 sums of ~10^4 shifted, well-conditioned terms keep ~1e-13 relative accuracy; 1e-10 is
 # the acceptance bar and leaves three orders of margin. A raw-moment float32 method misses it by

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from actgeom.core.errors import InvalidInputError
 
 FORMAT_NAME = "actgeom-dump"

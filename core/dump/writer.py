@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from actgeom.core import __version__
 from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION
 from actgeom.core.errors import UsageError
