@@ -75,9 +75,9 @@ def collapse(
 
 
 def _result(reports: list[dict]) -> Result:
-    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
+    summary = {}
     for report in reports:
         law = report["separation_law"]
         if law:
             summary[f"separation law {Path(report['file']).name}"] = f"ρ = {law['rho']:.4g}, R² = {law['r2']:.4g}"
-    return metrics_result("collapse", reports, summary, context=("n_rows_used", "n_units", "n_classes_kept"))
+    return metrics_result("collapse", reports, ("n_rows_used", "n_units", "n_classes_kept"), summary)

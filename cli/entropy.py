@@ -67,9 +67,9 @@ def entropy(
             with Dump(path, spec) as opened:
                 reports.append(entropy_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite,
                                tokens=tokens), progress=progress, precomputed=precomputed) | {"statistics_file": stats})
-    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
+    summary = {}
     for report in reports:
         for layer in report["layers"]:
             for i, warning in enumerate(layer.get("warnings", [])):
                 summary[f"warning {Path(report['file']).name}:{layer['layer']}" + (f" ({i + 1})" if i else "")] = warning
-    emit(metrics_result("entropy", reports, summary, context=("n_rows", "n_units")), fmt, output)
+    emit(metrics_result("entropy", reports, ("n_rows", "n_units"), summary), fmt, output)

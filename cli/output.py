@@ -35,13 +35,14 @@ class Result:
     table: list[dict] | None = None  # rows of the table/md view, when not the records
 
 
-def metrics_result(command: str, reports: list[dict], summary: dict, context: tuple[str, ...]) -> Result:
+def metrics_result(command: str, reports: list[dict], context: tuple[str, ...], summary: dict | None = None) -> Result:
     """The Result of a metric command over files × layers.
 
     JSON: every file's report. jsonl/csv: one tidy record per file × layer × metric (null
     value + note when unavailable or not finite). table/md: a row per metric, a column per
     layer (per file when each has one layer).
     """
+    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())} | (summary or {})
     document = {"tool": "actgeom", "version": __version__, "command": command, "files": reports}
     records, columns = [], {}
     one_layer = all(len(report["layers"]) == 1 for report in reports)

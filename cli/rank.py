@@ -80,8 +80,7 @@ def rank(
             spectra.append((report["file"], by_layer))
     if spectrum_out is not None:
         write_atomically(spectrum_out, _spectra_csv(spectra))
-    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())}
-    emit(metrics_result("rank", reports, summary, context=("n_rows", "n_units", "dtype")), fmt, output)
+    emit(metrics_result("rank", reports, ("n_rows", "n_units", "dtype")), fmt, output)
 
 
 def _spectra_csv(spectra) -> str:

@@ -28,6 +28,7 @@ from actgeom.core.engine import options_record as pass_record
 from actgeom.core.partial import statistics_for
 from actgeom.core.stats import ClassStats
 from actgeom.core.stream import iter_blocks
+from actgeom.core.summary import nonfinite_notes
 
 _TILE_BYTES = 32 << 20  # scores of a row block against a tile of classes
 
@@ -96,7 +97,7 @@ def _layer_report(dump: Dump, layer: LayerInfo, layer_stats, classifier, options
         values["nc4_mismatch"] = second["mismatch"]
         report["nc4_decision"] = decision[0]
     report["metrics"] = values
-    report["nonfinite"] = {name: str(v) for name, v in values.items() if not np.isfinite(v)}  # JSON shows null
+    report["nonfinite"] = nonfinite_notes(values)
     report["unavailable"] = missing
     if options.per_class:
         report["per_class"] = per_class(g)

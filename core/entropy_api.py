@@ -23,6 +23,7 @@ from actgeom.core.entropy import (
 )
 from actgeom.core.errors import InvalidInputError
 from actgeom.core.partial import statistics_for
+from actgeom.core.summary import nonfinite_notes
 
 KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
 
@@ -50,7 +51,7 @@ def entropy_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options:
     for path in dump.attention_paths:
         values = attention_entropy(dump.attention_blocks(path), eps=options.eps, normalized=options.normalized)
         layers.append({"layer": path, "n_rows": None, "n_units": None, "metrics": values, "unavailable": {},
-                       "nonfinite": {k: str(v) for k, v in values.items() if isinstance(v, float) and not np.isfinite(v)}})
+                       "nonfinite": nonfinite_notes(values)})
     return {"tool": "actgeom", "version": __version__, "command": "entropy", "file": str(dump.path),
             "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
             "options": asdict(options), "pass": pass_record(pass_options), "layers": layers}
@@ -108,4 +109,4 @@ def _layer(dump: Dump, layer: LayerInfo, stats: LayerStats, options: EntropyOpti
             "threshold": stats.units.threshold if explicit or relu else None,
             "sample_rows": int(sample.shape[0]), "sample_seed": options.seed, "warnings": warnings, **counts,
             "metrics": values, "unavailable": missing,
-            "nonfinite": {k: str(v) for k, v in values.items() if isinstance(v, float) and not np.isfinite(v)}}
+            "nonfinite": nonfinite_notes(values)}

@@ -14,6 +14,7 @@ from actgeom.core.engine import options_record as pass_record
 from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
 from actgeom.core.partial import statistics_for
 from actgeom.core.spectrum import STORAGE_RTOL, RankOptions, Spectrum, layer_spectra, mean_cosine, spectral_metrics
+from actgeom.core.summary import nonfinite_notes
 
 
 def rank_dump(dump: str | Path | Dump, spec: DumpSpec | None = None, options: RankOptions = RankOptions(),
@@ -62,6 +63,6 @@ def layer_report(stats: LayerStats, options: RankOptions) -> tuple[dict, dict[st
         "noise_rtol": rtol, "noise_floor": chosen.floor,
         "n_below_noise_floor": int((chosen.eigenvalues <= chosen.floor).sum()),
         "sample_rows": int(sample.shape[0]), "sample_duplicates_dropped": n_duplicates, "sample_seed": options.seed,
-        "metrics": values, "nonfinite": {k: str(v) for k, v in values.items() if not np.isfinite(v)},
+        "metrics": values, "nonfinite": nonfinite_notes(values),
         "unavailable": missing,
     }, spectra

@@ -7,6 +7,11 @@ import numpy as np
 from actgeom.core.engine import LayerStats
 
 
+def nonfinite_notes(values: dict) -> dict[str, str]:
+    """"inf"/"nan" for every non-finite number among metric values (JSON shows them as null)."""
+    return {name: str(v) for name, v in values.items() if isinstance(v, float) and not np.isfinite(v)}
+
+
 def pass_summary(stats: LayerStats) -> dict:
     """Rows read/dropped/unlabelled, classes, units ever active, and the variance split.
 
