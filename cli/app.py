@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from actgeom.cli import collapse, entropy, info, rank, stats
 from actgeom.core import __version__
-from actgeom.core.errors import ActgeomError
+from actgeom.core.errors import ActgeomError, OptionError
 
 
 class _Group(TyperGroup):
@@ -22,6 +22,9 @@ class _Group(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except OptionError as exc:  # core names options as Python keywords; here they are flags
+            sys.stderr.write(f"Error: {exc.for_cli()}\n")
+            raise typer.Exit(exc.exit_code) from None
         except ActgeomError as exc:
             sys.stderr.write(f"Error: {exc}\n")
             raise typer.Exit(exc.exit_code) from None

@@ -8,12 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import Result, emit, metrics_result
+from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core.collapse import resolve_options
-from actgeom.core.collapse_api import collapse_dump
-from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions
+from actgeom.core import api
 
 METRIC = "Metric conventions (METRICS.md §1)"
 DumpsArg = Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps (e.g. one per checkpoint).",
@@ -60,24 +57,12 @@ def collapse(
 
         actgeom collapse run.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
     """
-    options = resolve_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
-                              divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class or None)
-    pass_options = PassOptions(nonfinite=nonfinite, tokens=tokens)
-    spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
-    precomputed = o.load_statistics(stats, dumps)
-    reports = []
     with row_progress() as progress:
-        for path in dumps:
-            with Dump(path, spec) as opened:
-                reports.append(collapse_dump(opened, options=options, pass_options=pass_options, progress=progress,
-                                             precomputed=precomputed) | {"statistics_file": stats})
-    emit(_result(reports), fmt, output)
-
-
-def _result(reports: list[dict]) -> Result:
-    summary = {}
-    for report in reports:
-        law = report["separation_law"]
-        if law:
-            summary[f"separation law {Path(report['file']).name}"] = f"ρ = {law['rho']:.4g}, R² = {law['r2']:.4g}"
-    return metrics_result("collapse", reports, ("n_rows_used", "n_units", "n_classes_kept"), summary)
+        analysis = api.collapse(
+            dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
+            allow_incomplete=allow_incomplete, nonfinite=nonfinite, tokens=tokens, stats=stats, preset=preset,
+            min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse, divide_by_c=divide_by_c,
+            nc4_decision=nc4_decision, per_class=per_class or None, progress=progress)
+    laws = {f"separation law {Path(file['file']).name}": f"ρ = {file['separation_law']['rho']:.4g}, "
+            f"R² = {file['separation_law']['r2']:.4g}" for file in analysis.to_dict()["files"] if file["separation_law"]}
+    emit(metrics_result(analysis, laws), fmt, output)

@@ -10,10 +10,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import PassOptions
-from actgeom.core.entropy import EntropyOptions
-from actgeom.core.entropy_api import entropy_dump
+from actgeom.core import api
 
 METRIC = "Metric conventions (METRICS.md §3)"
 
@@ -56,20 +53,14 @@ def entropy(
 
         actgeom entropy sae_latents.h5 --threshold 0 --layer-width 768 --format json
     """
-    options = EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
-                             tau=tau, layer_width=layer_width, eps=eps, normalized=normalized)
-    spec = DumpSpec(layers=tuple(layers or ()), labels=labels, offsets=offsets, attention=attention,
-                      allow_incomplete=allow_incomplete)
-    precomputed = o.load_statistics(stats, dumps)
-    reports = []
     with row_progress() as progress:
-        for path in dumps:
-            with Dump(path, spec) as opened:
-                reports.append(entropy_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite,
-                               tokens=tokens), progress=progress, precomputed=precomputed) | {"statistics_file": stats})
+        analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
+                               allow_incomplete=allow_incomplete, nonfinite=nonfinite, tokens=tokens, stats=stats,
+                               alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
+                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress)
     summary = {}
-    for report in reports:
-        for layer in report["layers"]:
-            for i, warning in enumerate(layer.get("warnings", [])):
-                summary[f"warning {Path(report['file']).name}:{layer['layer']}" + (f" ({i + 1})" if i else "")] = warning
-    emit(metrics_result("entropy", reports, ("n_rows", "n_units"), summary), fmt, output)
+    for file in analysis.to_dict()["files"]:
+        for layer in file["layers"]:
+            for i, note in enumerate(layer.get("notes", [])):
+                summary[f"warning {Path(file['file']).name}:{layer['layer']}" + (f" ({i + 1})" if i else "")] = note
+    emit(metrics_result(analysis, summary), fmt, output)

@@ -9,8 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.core.dump import DumpSpec
-from actgeom.core.errors import UsageError
-from actgeom.core.partial import load_partial
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
@@ -63,15 +61,6 @@ FormatOpt = Annotated[Optional[Format], typer.Option(
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", rich_help_panel=OUTPUT, show_default=False,
     help="Write the result to this file (atomically) instead of stdout.")]
-
-
-def load_statistics(path: Path | None, dumps: list[Path]):
-    """The statistics of --stats (or None); it describes one dump, so only one may be given."""
-    if path is None:
-        return None
-    if len(dumps) != 1:
-        raise UsageError(f"--stats describes one dump; {len(dumps)} were given")
-    return load_partial(path)[0]
 
 
 def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete) -> DumpSpec:

@@ -35,32 +35,31 @@ class Result:
     table: list[dict] | None = None  # rows of the table/md view, when not the records
 
 
-def metrics_result(command: str, reports: list[dict], context: tuple[str, ...], summary: dict | None = None) -> Result:
-    """The Result of a metric command over files × layers.
+def metrics_result(analysis, summary: dict | None = None) -> Result:
+    """The view of an analysis (actgeom.core.result.Result) over files × layers.
 
-    JSON: every file's report. jsonl/csv: one tidy record per file × layer × metric (null
-    value + note when unavailable or not finite). table/md: a row per metric, a column per
-    layer (per file when each has one layer).
+    JSON: the whole document; jsonl/csv: its tidy records (one per file × layer × metric, null
+    value + note when unavailable or not finite); table/md: a row per metric, a column per layer
+    (per file when each has one layer).
     """
-    summary = {"options": ", ".join(f"{k}={v}" for k, v in reports[0]["options"].items())} | (summary or {})
-    document = {"tool": "actgeom", "version": __version__, "command": command, "files": reports}
-    records, columns = [], {}
-    one_layer = all(len(report["layers"]) == 1 for report in reports)
-    short = _short_names([Path(report["file"]).stem for report in reports])
-    for report, stem in zip(reports, short):
-        for layer in report["layers"]:
-            column = layer["layer"] if len(reports) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
-            base = {"file": report["file"], "checkpoint": report["checkpoint"], "step": report["step"],
-                    "layer": layer["layer"]} | {key: layer[key] for key in context}
+    document = analysis.to_dict()
+    options = [f"{k}={v}" for family in document["options"].values() for k, v in family.items()]
+    summary = {"options": ", ".join(options)} | (summary or {})
+    files = document["files"]
+    columns = {}
+    one_layer = all(len(file["layers"]) == 1 for file in files)
+    short = _short_names([Path(file["file"]).stem for file in files])
+    for file, stem in zip(files, short):
+        for layer in file["layers"]:
+            column = layer["layer"] if len(files) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
             for name, value in layer.get("metrics", {}).items():
-                records.append(base | {"metric": name, "value": value, "note": layer["nonfinite"].get(name)})
                 shown = ", ".join(_flat(v) for v in value) if isinstance(value, list) else value  # per-head lists
                 columns.setdefault(name, {})[column] = shown
-            for name, reason in layer.get("unavailable", {}).items():
-                records.append(base | {"metric": name, "value": None, "note": reason})
+            for name in layer.get("unavailable", {}):
                 columns.setdefault(name, {})[column] = "—"
     table = [{"metric": name} | values for name, values in columns.items()]
-    return Result(title=f"actgeom {command}", document=document, records=records, summary=summary, table=table)
+    return Result(title=f"actgeom {document['command']}", document=document, records=analysis.records(),
+                  summary=summary, table=table)
 
 
 def _short_names(stems: list[str]) -> list[str]:

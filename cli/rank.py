@@ -13,10 +13,7 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result, write_atomically
 from actgeom.cli.progress import row_progress
 from actgeom.cli.stats import parse_rows
-from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions
-from actgeom.core.rank_api import rank_dump
-from actgeom.core.spectrum import resolve_options
+from actgeom.core import api
 
 METRIC = "Metric conventions (METRICS.md §2)"
 
@@ -65,31 +62,27 @@ def rank(
 
         actgeom rank run.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
     """
-    options = resolve_options(preset, center=center, max_eigs=max_eigs, eps=eps, ge=ge, rtol=rtol,
-                              subsample=subsample, seed=seed,
-                              fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"))
-    spec = o.dump_spec(layers, None, None, None, None, offsets, allow_incomplete)
-    precomputed = o.load_statistics(stats, dumps)
-    reports, spectra = [], []
     with row_progress() as progress:
-        for path in dumps:
-            with Dump(path, spec) as opened:
-                report, by_layer = rank_dump(opened, options=options, pass_options=PassOptions(nonfinite=nonfinite, tokens=tokens),
-                                             progress=progress, precomputed=precomputed)
-            reports.append(report | {"statistics_file": stats})
-            spectra.append((report["file"], by_layer))
+        analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
+                            tokens=tokens, stats=stats, preset=preset, center=center, max_eigs=max_eigs, eps=eps,
+                            fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"), ge=ge,
+                            rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,
+                            progress=progress)
     if spectrum_out is not None:
-        write_atomically(spectrum_out, _spectra_csv(spectra))
-    emit(metrics_result("rank", reports, ("n_rows", "n_units", "dtype")), fmt, output)
+        write_atomically(spectrum_out, _spectra_csv(analysis.to_dict()))
+        for file in analysis.to_dict()["files"]:  # the spectra went to the CSV, not into the result
+            for layer in file["layers"]:
+                layer.pop("details", None)
+    emit(metrics_result(analysis), fmt, output)
 
 
-def _spectra_csv(spectra) -> str:
+def _spectra_csv(document: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "layer", "spectrum", "rank", "eigenvalue"])
-    for file, by_layer in spectra:
-        for layer, kinds in by_layer.items():
-            for kind, spectrum in kinds.items():
-                for i, value in enumerate(spectrum.eigenvalues, start=1):
-                    writer.writerow([file, layer, kind, i, repr(float(value))])
+    for file in document["files"]:
+        for layer in file["layers"]:
+            for kind, key in (("centred", "spectrum"), ("raw", "spectrum_raw")):
+                for i, value in enumerate(layer["details"][key], start=1):
+                    writer.writerow([file["file"], layer["layer"], kind, i, repr(float(value))])
     return buffer.getvalue()

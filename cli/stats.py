@@ -12,6 +12,7 @@ from actgeom.cli.output import Result, emit
 from actgeom.cli.progress import row_progress
 from actgeom.core import __version__
 from actgeom.core.dump import Dump
+from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
 from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
 from actgeom.core.partial import load_partial, merge_stats, save_partial
@@ -22,7 +23,8 @@ SaveOpt = Annotated[Optional[Path], typer.Option(
     help="Write the partial statistics (.npz) here, to merge later with `actgeom merge`.")]
 RowsOpt = Annotated[Optional[str], typer.Option(
     "--rows", show_default=False, help="Only rows START:STOP of the dump (one shard of a job array).")]
-SampleOpt = Annotated[int, typer.Option("--sample", help="Rows kept in the seeded sample (for subsampled metrics).")]
+SubsampleOpt = Annotated[int, typer.Option(
+    "--subsample", help="Rows kept in the seeded sample (for TwoNN/MLE, DSE/DSMI: at least what those commands use).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the sample: same seed, same rows in every layer and run.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="A unit is active on a row when its value > threshold.")]
 
@@ -44,7 +46,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
           rows: RowsOpt = None, row_offset: Annotated[int, typer.Option(
               "--row-offset", help="Row number of this file's first row when it is one shard file of a larger "
                                    "dump (the seeded sample is keyed by global row numbers).")] = 0,
-          sample: SampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
+          subsample: SubsampleOpt = 0, seed: SeedOpt = 0, threshold: ThresholdOpt = 0.0,
           entropy_alpha: Annotated[Optional[float], typer.Option(
               "--entropy-alpha", show_default=False,
               help="Also keep what `entropy --stats` needs: Σuuᵀ of the normalised rows, or (with sequence "
@@ -62,13 +64,13 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
         actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
     """
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
+    options = PassOptions(nonfinite=nonfinite, tokens=tokens, row_range=parse_rows(rows), row_offset=row_offset)
     with Dump(dump, spec) as opened, row_progress() as progress:
-        sequences = entropy_alpha is not None and opened.offsets_path is not None
-        options = PassOptions(threshold=threshold, reservoir=sample, seed=seed, nonfinite=nonfinite, tokens=tokens,
-                              row_range=parse_rows(rows), row_offset=row_offset,
-                              direction_scatter=entropy_alpha is not None and not sequences,
-                              sequence_alpha=entropy_alpha if sequences else None)
-        result = accumulate(opened, options=options, progress=progress)
+        specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
+        specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
+        if entropy_alpha is not None:
+            specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
+        result = accumulate(opened, specs=specs, options=options, progress=progress)
     meta = {"inputs": [str(dump)], "options": options_record(options)}
     if save_stats is not None:
         save_partial(save_stats, result, meta)

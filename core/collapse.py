@@ -8,14 +8,15 @@ Nothing here reads files or loops over rows.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from actgeom.core.errors import UsageError
-from actgeom.core.pairwise import PairStats, pair_stats
+from actgeom.core.errors import OptionError
+from actgeom.core.family import INVARIANCES, evaluate, registry
+from actgeom.core.pairwise import pair_stats
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
 
@@ -37,13 +38,12 @@ class CollapseOptions:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        for name, value, valid in (("--global-mean", self.global_mean, GLOBAL_MEANS),
-                                   ("--nc1-inverse", self.nc1_inverse, NC1_INVERSES),
-                                   ("--nc4-decision", self.nc4_decision, NC4_DECISIONS)):
-            if value not in valid:
-                raise UsageError(f"{name} '{value}' is not one of {', '.join(valid)}")
+        for name, valid in (("global_mean", GLOBAL_MEANS), ("nc1_inverse", NC1_INVERSES),
+                            ("nc4_decision", NC4_DECISIONS)):
+            if getattr(self, name) not in valid:
+                raise OptionError(name, getattr(self, name), f"is not one of {', '.join(valid)}")
         if self.min_count < 1:
-            raise UsageError(f"--min-count must be ≥ 1, got {self.min_count}")
+            raise OptionError("min_count", self.min_count, "must be ≥ 1")
 
 
 # Each preset reproduces one publication's conventions (METRICS.md §1, "Presets").
@@ -76,6 +76,7 @@ class Geometry:
     variances: np.ndarray
     weight: np.ndarray | None
     bias: np.ndarray | None
+    nc4: float | None = None  # NC4 mismatch from the second pass, when there is a decision source
 
     @property
     def n_classes(self) -> int:
@@ -93,6 +94,15 @@ class Geometry:
     def sample_mean(self) -> np.ndarray:
         return self.counts @ self.means / self.counts.sum()
 
+    @functools.cached_property
+    def pairs_means(self):
+        """Pair statistics of the centred means (cosines, distances, CDNV), computed once."""
+        return pair_stats(self.centred, self.variances)
+
+    @functools.cached_property
+    def pairs_weights(self):
+        return pair_stats(self.weight)
+
 
 def kept_classes(counts: np.ndarray, min_count: int) -> np.ndarray:
     """Indices of the classes with at least ``min_count`` rows (and at least one)."""
@@ -100,7 +110,8 @@ def kept_classes(counts: np.ndarray, min_count: int) -> np.ndarray:
 
 
 def geometry(stats: ClassStats, options: CollapseOptions, *, weight: np.ndarray | None = None,
-             bias: np.ndarray | None = None, dropped_scatter: np.ndarray | None = None) -> Geometry:
+             bias: np.ndarray | None = None, dropped_scatter: np.ndarray | None = None,
+             nc4: float | None = None) -> Geometry:
     """The kept classes' geometry. ``dropped_scatter`` = Σ over rows of dropped classes of
     (x − μ_c)(x − μ_c)ᵀ (from a second pass), removed from the pooled scatter."""
     kept = kept_classes(stats.counts, options.min_count)
@@ -112,7 +123,7 @@ def geometry(stats: ClassStats, options: CollapseOptions, *, weight: np.ndarray 
     return Geometry(classes=kept, counts=counts, means=means, global_mean=mu_g, sigma_w=scatter / n,
                     variances=stats.sq_dev[kept] / counts,
                     weight=None if weight is None else weight[kept],
-                    bias=None if bias is None else bias[kept])
+                    bias=None if bias is None else bias[kept], nc4=nc4)
 
 
 # -- linear algebra helpers -----------------------------------------------------------------
@@ -216,13 +227,13 @@ def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
     return {"separation_fuzziness": _trace_against_inverse(g.sigma_w, lam, vectors, k)}
 
 
-def nc2_means(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
+def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
     """NC2 on the centred means (Papyan Figs. 2–4; Zhu et al.; Linguistic Collapse):
     equinorm std/mean of ‖m_c‖ (ddof=1) and var(log‖m_c‖) (ddof=1); equiangular = population
     std over pairs of cos(m_c, m_c'); max-angle = mean |cos + 1/(C−1)|; ETF error; GNC2
     (mean and population variance over pairs of log 1/‖p_c − p_c'‖). All ideal 0 but the
     GNC2 mean."""
-    m = g.centred
+    m, pairs = g.centred, g.pairs_means
     norms = np.linalg.norm(m, axis=1)
     with np.errstate(divide="ignore"):
         log_norms = np.log(norms)
@@ -240,16 +251,17 @@ def nc2_means(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
     }
 
 
-def cdnv(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
+def cdnv(g: Geometry, o: CollapseOptions) -> dict:
     """Class-distance normalised variance (Galanti et al. 2022): mean over pairs of
     (v_c + v_c')/(2‖μ_c − μ_c'‖²); cdnv_lc divides by ‖Δμ‖⁴ (Linguistic Collapse code).
     Ideal 0; inf when two class means coincide (counted)."""
+    pairs = g.pairs_means
     return {"cdnv": pairs.cdnv, "cdnv_lc": pairs.cdnv_lc, "cdnv_coincident_pairs": pairs.n_coincident_means}
 
 
-def nc2_weights(g: Geometry, o: CollapseOptions, pairs: PairStats) -> dict:
+def nc2_weights(g: Geometry, o: CollapseOptions) -> dict:
     """NC2 on the classifier rows w_c (not centred): equinorm, equiangular, max-angle, ETF."""
-    w = g.weight
+    w, pairs = g.weight, g.pairs_weights
     norms = np.linalg.norm(w, axis=1)
     total = w.sum(axis=0)
     return {
@@ -303,58 +315,103 @@ def orthogonal_frame_weights(g: Geometry, o: CollapseOptions) -> dict:
     return _orthogonal_frame(g.weight, "weights")
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A registry entry: the function, what it needs beyond the class statistics, its outputs."""
-
-    function: Callable
-    outputs: tuple[str, ...]
-    needs: tuple[str, ...] = ()  # "weight", "bias", "pairs_means", "pairs_weights"
-    scale_invariant: bool = True
+def nc4_mismatch(g: Geometry, o: CollapseOptions) -> dict:
+    """Fraction of rows whose network decision differs from the nearest class mean
+    argmin_c ‖x − μ_c‖ over the kept classes (Papyan et al. 2020, Fig. 7). Ideal 0, in [0, 1].
+    Computed in the second pass (it needs the final means); here only read back."""
+    return {"nc4_mismatch": g.nc4}
 
 
-REGISTRY: dict[str, Metric] = {
-    "nc1": Metric(nc1, ("nc1", "nc1_rank_used")),
-    "nc1_quotient": Metric(nc1_quotient, ("nc1_quotient",)),
-    "cdnv": Metric(cdnv, ("cdnv", "cdnv_lc", "cdnv_coincident_pairs"), needs=("pairs_means",), scale_invariant=False),
-    "vci": Metric(vci, ("vci",)),
-    "separation_fuzziness": Metric(separation_fuzziness, ("separation_fuzziness",)),
-    "nc2_means": Metric(nc2_means, ("nc2_equinorm_means", "nc2_equinorm_logvar_means", "nc2_equiangular_means",
-                                    "nc2_maxangle_means", "nc2_etf_error_means", "gnc2_log_mean", "gnc2_log_var",
-                                    "gnc2_coincident_pairs"), needs=("pairs_means",), scale_invariant=False),
-    "nc2_weights": Metric(nc2_weights, ("nc2_equinorm_weights", "nc2_equiangular_weights", "nc2_maxangle_weights",
-                                        "nc2_etf_error_weights"), needs=("weight", "pairs_weights")),
-    "nc3": Metric(nc3, ("nc3_self_duality", "nc3_wh_etf_error", "unc3_cos_mean", "unc3_cos_var", "unc3_dot_var"),
-                  needs=("weight",), scale_invariant=False),
-    "bias_collapse": Metric(bias_collapse, ("bias_collapse",), needs=("weight", "bias"), scale_invariant=False),
-    "orthogonal_frame_means": Metric(orthogonal_frame_means, ("of_error_means", "gof_offdiag_ratio_means")),
-    "orthogonal_frame_weights": Metric(orthogonal_frame_weights, ("of_error_weights", "gof_offdiag_ratio_weights"),
-                                       needs=("weight",)),
-}
-# cdnv, gnc2 and unc3_dot_var carry units (or logs of them); the rest are ratios.
+_PAPYAN = "Papyan, Han & Donoho, PNAS 2020"
+_ZHU = "Zhu et al., NeurIPS 2021"
+_LC = "Wu & Papyan, NeurIPS 2024 (Linguistic Collapse)"
+_DANG = "Dang et al., ICML 2023"
+_REF = "tests/test_collapse.py::test_every_metric_matches_the_reference"
+_ALL = frozenset(INVARIANCES) - {"affine"}  # scale, rotation, shift of the rows (W rotated with them)
+_GEOMETRIC = frozenset({"rotation", "shift"})  # carries units: not scale-invariant
+_W = ("labels", "weight")
+
+
+def _diag(name, compute, source, needs=("labels",)):
+    return dict(name=name, compute=compute, needs=needs, direction="neither", range=(0, math.inf), source=source,
+                diagnostic=True, exempt="a count describing how another metric was computed")
+
+
+REGISTRY = registry(
+    "collapse",
+    dict(name="nc1", compute=nc1, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL, source=_PAPYAN,
+         test=_REF, log_scale=True),
+    _diag("nc1_rank_used", nc1, _PAPYAN),
+    dict(name="nc1_quotient", compute=nc1_quotient, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
+         source="Tirer, Huang & Niles-Weed, ICML 2023", test=_REF, log_scale=True),
+    dict(name="cdnv", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
+         source="Galanti et al., ICLR 2022", test=_REF, log_scale=True),
+    dict(name="cdnv_lc", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
+         source=_LC, test=_REF, log_scale=True),
+    _diag("cdnv_coincident_pairs", cdnv, "Galanti et al., ICLR 2022"),
+    dict(name="vci", compute=vci, needs=("labels",), ideal=0.0, range=(0, 1), invariant=frozenset(INVARIANCES),
+         source="Xu & Liu, ICML 2023", test=_REF),
+    dict(name="separation_fuzziness", compute=separation_fuzziness, needs=("labels",), ideal=0.0, range=(0, math.inf),
+         invariant=_ALL, source="He & Su, PNAS 2023", test=_REF, log_scale=True),
+    dict(name="nc2_equinorm_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf),
+         invariant=_ALL, source=_PAPYAN, test=_REF),
+    dict(name="nc2_equinorm_logvar_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf),
+         invariant=_ALL, source=_LC, test=_REF),
+    dict(name="nc2_equiangular_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 1), invariant=_ALL,
+         source=_PAPYAN, test=_REF),
+    dict(name="nc2_maxangle_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 2), invariant=_ALL,
+         source=_PAPYAN, test=_REF),
+    dict(name="nc2_etf_error_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 2), invariant=_ALL,
+         source=_ZHU, test=_REF),
+    dict(name="gnc2_log_mean", compute=nc2_means, needs=("labels",), direction="neither", invariant=_ALL,
+         source=_LC, test=_REF),
+    dict(name="gnc2_log_var", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
+         source=_LC, test=_REF),
+    _diag("gnc2_coincident_pairs", nc2_means, _LC),
+    dict(name="nc2_equinorm_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL,
+         source=_PAPYAN, test=_REF),
+    dict(name="nc2_equiangular_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 1), invariant=_ALL,
+         source=_PAPYAN, test=_REF),
+    dict(name="nc2_maxangle_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL,
+         source=_PAPYAN, test=_REF),
+    dict(name="nc2_etf_error_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL,
+         source=_ZHU, test=_REF),
+    dict(name="nc3_self_duality", compute=nc3, needs=_W, ideal=0.0, range=(0, 4), invariant=_ALL, source=_PAPYAN,
+         test=_REF),
+    dict(name="nc3_wh_etf_error", compute=nc3, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL, source=_ZHU,
+         test=_REF),
+    dict(name="unc3_cos_mean", compute=nc3, needs=_W, ideal=1.0, range=(-1, 1), direction="higher", invariant=_ALL,
+         source=_LC, test=_REF),
+    dict(name="unc3_cos_var", compute=nc3, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL, source=_LC,
+         test=_REF),
+    dict(name="unc3_dot_var", compute=nc3, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
+         source=_LC, test=_REF),
+    dict(name="bias_collapse", compute=bias_collapse, needs=_W + ("bias",), ideal=0.0, range=(0, math.inf),
+         invariant=frozenset({"rotation"}), source=_ZHU, test=_REF),
+    dict(name="of_error_means", compute=orthogonal_frame_means, needs=("labels",), ideal=0.0, range=(0, math.sqrt(2)),
+         invariant=frozenset({"scale", "rotation"}), source=_DANG, test=_REF),
+    dict(name="gof_offdiag_ratio_means", compute=orthogonal_frame_means, needs=("labels",), ideal=0.0, range=(0, 1),
+         invariant=frozenset({"scale", "rotation"}), source=_DANG, test=_REF),
+    dict(name="of_error_weights", compute=orthogonal_frame_weights, needs=_W, ideal=0.0, range=(0, math.sqrt(2)),
+         invariant=frozenset({"scale", "rotation", "shift"}), source=_DANG, test=_REF),
+    dict(name="gof_offdiag_ratio_weights", compute=orthogonal_frame_weights, needs=_W, ideal=0.0, range=(0, 1),
+         invariant=frozenset({"scale", "rotation", "shift"}), source=_DANG, test=_REF),
+    dict(name="nc4_mismatch", compute=nc4_mismatch, needs=("labels", "decision"), ideal=0.0, range=(0, 1),
+         invariant=_ALL, source=_PAPYAN, test=_REF),
+)
 
 UNAVAILABLE = {
     "weight": "no classifier weight in the dump (name one with --weight)",
     "bias": "no classifier bias in the dump (name one with --bias)",
+    "decision": "no predictions (--predictions) and no classifier for this layer (--weight)",
 }
 
 
 def collapse_metrics(g: Geometry, options: CollapseOptions) -> tuple[dict[str, float], dict[str, str]]:
-    """Every registered metric → (values by output name, reasons by unavailable output name)."""
-    available = {"weight": g.weight is not None, "bias": g.bias is not None}
-    pairs = {"pairs_means": pair_stats(g.centred, g.variances)}
-    if g.weight is not None:
-        pairs["pairs_weights"] = pair_stats(g.weight)
-    values: dict[str, float] = {}
-    missing: dict[str, str] = {}
-    for metric in REGISTRY.values():
-        absent = [need for need in metric.needs if need in available and not available[need]]
-        if absent:
-            missing.update({name: UNAVAILABLE[absent[-1]] for name in metric.outputs})
-            continue
-        extra = [pairs[need] for need in metric.needs if need.startswith("pairs")]
-        values.update(metric.function(g, options, *extra))
-    return values, missing
+    """Every registered metric that the geometry allows → (values, reasons for the others)."""
+    missing = {need: UNAVAILABLE[need] for need, present in (("weight", g.weight is not None),
+               ("bias", g.bias is not None), ("decision", g.nc4 is not None)) if not present}
+    return evaluate(REGISTRY, g, options, missing)
 
 
 def per_class(g: Geometry) -> list[dict]:

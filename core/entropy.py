@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from actgeom.core.errors import UsageError
+from actgeom.core.errors import OptionError
+from actgeom.core.family import Unavailable, registry
+from actgeom.core.spectrum import without_rounding
 from actgeom.core.stats import UnitStats
 
+KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
 DSE_PROB_FLOOR = 2.22e-16  # added to every p before the log, as Liao et al.'s code does
 SAE_EPS = 1e-10  # Bereska et al.: p_i + ε, renormalised
 
@@ -31,11 +35,12 @@ class EntropyOptions:
 
     def __post_init__(self) -> None:
         if self.alpha <= 0:
-            raise UsageError(f"--alpha must be > 0, got {self.alpha}")
-        if self.sigma <= 0 or self.t <= 0:
-            raise UsageError("--sigma and --t must be > 0")
+            raise OptionError("alpha", self.alpha, "must be > 0")
+        for name in ("sigma", "t"):
+            if getattr(self, name) <= 0:
+                raise OptionError(name, getattr(self, name), "must be > 0")
         if self.subsample < 2:
-            raise UsageError(f"--subsample must be ≥ 2, got {self.subsample}")
+            raise OptionError("subsample", self.subsample, "must be ≥ 2")
 
 
 def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> float:
@@ -43,8 +48,7 @@ def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> float:
     H_α = log(Σ p^α)/(1 − α), H_1 = −Σ p log p, p = λ/Σλ (negatives from rounding → 0).
     A flat spectrum of k gives log k for every α. Eigenvalues at rounding level (≤ n·eps·λ_max)
     count as 0: for α < 1 their p^α would otherwise add up to a visible amount."""
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    lam = np.where(lam > lam.size * np.finfo(np.float64).eps * lam.max(initial=0.0), lam, 0.0)
+    lam = without_rounding(eigenvalues)
     total = lam.sum()
     if total <= 0:
         return float("nan")
@@ -252,3 +256,115 @@ class SequenceEntropy:
         acc.n_sequences, acc.n_single, acc.n_nonfinite = (int(v) for v in arrays["counts"])
         acc.vector_scatter = np.array(arrays["vector_scatter"])
         return acc
+
+
+# -- the registry -----------------------------------------------------------------------------------
+
+@dataclass
+class EntropyInputs:
+    """One layer's finalised statistics as the entropy metrics use them: Σ uuᵀ (sample-level) or
+    the per-sequence results (token-level), the seeded sample, the unit statistics."""
+
+    units: UnitStats
+    sample: np.ndarray  # (n, D) float64
+    sample_labels: np.ndarray
+    direction_scatter: np.ndarray | None = None
+    sequences: dict | None = None
+    layer_width: int | None = None
+
+
+def dataset_entropy_of(e: EntropyInputs, o: EntropyOptions) -> dict:
+    """Dataset entropy (Skean et al. 2025): token-level from the sequence vectors, else from Σ uuᵀ."""
+    if e.sequences is not None:
+        return {"dataset_entropy": e.sequences["dataset_entropy"]}
+    return {"dataset_entropy": dataset_entropy(e.direction_scatter, alpha=o.alpha)}
+
+
+def prompt_entropy_of(e: EntropyInputs, o: EntropyOptions) -> dict:
+    """Prompt entropy (Skean et al. 2025): the mean over sequences of their Rényi entropy."""
+    return {"prompt_entropy": e.sequences["prompt_entropy"]}
+
+
+def dse_of(e: EntropyInputs, o: EntropyOptions) -> dict:
+    """Diffusion spectral entropy of the seeded sample and its diagnostics (see
+    :func:`diffusion_spectral_entropy`)."""
+    if e.sample.shape[0] < 2:
+        return dict.fromkeys(_DSE_OUTPUTS, Unavailable(f"{e.sample.shape[0]} sampled rows; DSE needs 2"))
+    return diffusion_spectral_entropy(e.sample, sigma=o.sigma, t=o.t)
+
+
+def dsmi_of(e: EntropyInputs, o: EntropyOptions) -> dict:
+    """Diffusion spectral mutual information of the sample and its labels (see :func:`dsmi`)."""
+    if e.sample.shape[0] < 2:
+        return {"dsmi": Unavailable(f"{e.sample.shape[0]} sampled rows; DSMI needs 2")}
+    return {"dsmi": dsmi(e.sample, e.sample_labels, sigma=o.sigma, t=o.t, repeats=o.dsmi_repeats, seed=o.seed)}
+
+
+def sae_of(e: EntropyInputs, o: EntropyOptions) -> dict:
+    """SAE effective features and, given the encoded layer's width, the superposition ratio."""
+    values = sae_effective_features(e.units, layer_width=e.layer_width)
+    if "superposition_ratio" not in values:
+        values["superposition_ratio"] = Unavailable("needs the width of the layer the SAE encodes (--layer-width)")
+    return values
+
+
+def activity_of(e: EntropyInputs, o: EntropyOptions) -> dict:
+    """Dead and dormant fractions, firing entropy, effective units (see :func:`neuron_activity`)."""
+    return neuron_activity(e.units, tau=o.tau)
+
+
+def attention_of(blocks, o: EntropyOptions) -> dict:
+    """Attention entropy per head and per layer (see :func:`attention_entropy`)."""
+    return attention_entropy(blocks, eps=o.eps, normalized=o.normalized)
+
+
+_DSE_OUTPUTS = ("dse", "dse_median_distance", "dse_offdiag_mass", "dse_offdiag_fraction", "dse_rows")
+_SKEAN = "Skean et al. 2025 (Layer by Layer)"
+_LIAO = "Liao et al. 2023 (DSE/DSMI)"
+_ENTROPY_REF = "tests/test_entropy.py::test_streamed_entropies_match_in_memory_references"
+_NORMALISED = frozenset({"scale", "rotation"})  # rows are L2-normalised first
+_UNIT_WISE = frozenset({"scale"})  # per-unit statistics: a rotation mixes units
+_ANY = frozenset({"scale", "rotation", "shift"})
+_DIAG = dict(direction="neither", diagnostic=True, source=_LIAO, exempt="describes the DSE kernel, not a score",
+             compute=dse_of, needs=("sample",))
+
+LAYER_METRICS = registry(
+    "entropy",
+    dict(name="dataset_entropy", compute=dataset_entropy_of, direction="neither", range=(0, math.inf),
+         invariant=_NORMALISED, source=_SKEAN, test=_ENTROPY_REF),
+    dict(name="prompt_entropy", compute=prompt_entropy_of, needs=("offsets",), direction="neither",
+         range=(0, math.inf), invariant=_NORMALISED, source=_SKEAN,
+         test="tests/test_entropy.py::test_sequence_entropies_match_the_reference"),
+    dict(name="dse", compute=dse_of, needs=("sample",), direction="neither", range=(0, math.inf),
+         invariant=frozenset({"rotation", "shift"}), source=_LIAO, test=_ENTROPY_REF),
+    dict(name="dse_median_distance", range=(0, math.inf), invariant=frozenset({"rotation", "shift"}), **_DIAG),
+    dict(name="dse_offdiag_mass", range=(0, 1), invariant=frozenset({"rotation", "shift"}), **_DIAG),
+    dict(name="dse_offdiag_fraction", range=(0, 1), invariant=frozenset({"rotation", "shift"}), **_DIAG),
+    dict(name="dse_rows", range=(0, math.inf), invariant=_ANY, **_DIAG),
+    dict(name="dsmi", compute=dsmi_of, needs=("sample", "labels"), direction="higher", range=(-math.inf, math.inf),
+         invariant=frozenset({"rotation", "shift"}), source=_LIAO, test=_ENTROPY_REF),
+    dict(name="sae_effective_features", compute=sae_of, direction="neither", range=(1, math.inf),
+         invariant=_UNIT_WISE, source="Bereska et al. 2025", test=_ENTROPY_REF),
+    dict(name="superposition_ratio", compute=sae_of, needs=("layer_width",), direction="neither", range=(0, math.inf),
+         invariant=_UNIT_WISE, source="Bereska et al. 2025", test="tests/test_entropy.py::test_sae_effective_features_closed_forms"),
+    dict(name="dead_fraction", compute=activity_of, needs=("threshold",), ideal=0.0, range=(0, 1),
+         invariant=_UNIT_WISE, source="Voita et al., ACL 2024", test=_ENTROPY_REF),
+    dict(name="dormant_fraction", compute=activity_of, ideal=0.0, range=(0, 1), invariant=_UNIT_WISE,
+         source="Sokar et al., ICML 2023", test=_ENTROPY_REF),
+    dict(name="firing_entropy", compute=activity_of, needs=("threshold",), direction="neither", range=(0, math.log(2)),
+         invariant=_UNIT_WISE, source="binary entropy of firing rates", test=_ENTROPY_REF),
+    dict(name="effective_units", compute=activity_of, direction="neither", range=(1, math.inf), invariant=_UNIT_WISE,
+         source="exp of the entropy of |a| mass over units", test=_ENTROPY_REF),
+)
+
+ATTENTION_METRICS = registry(
+    "entropy",
+    dict(name="attention_entropy", compute=attention_of, direction="neither", range=(0, math.inf),
+         source="Zhai et al., ICML 2023", test="tests/test_entropy.py::test_attention_entropy_read_from_the_dump",
+         invariant=frozenset()),
+    dict(name="attention_entropy_per_head", compute=attention_of, direction="neither", range=(0, math.inf),
+         source="Zhai et al., ICML 2023", test="tests/test_entropy.py::test_attention_entropy_read_from_the_dump",
+         invariant=frozenset()),
+)
+
+REGISTRY = LAYER_METRICS | ATTENTION_METRICS

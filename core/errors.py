@@ -22,3 +22,19 @@ class UsageError(ActgeomError):
     """An option or argument has a value that is not allowed."""
 
     exit_code = 2
+
+
+class OptionError(UsageError):
+    """An option has a value that is not allowed. The message names the option as a Python
+    keyword (``fit_range=(5, 2) ...``); the command line names it as a flag (``--fit-range``)."""
+
+    def __init__(self, option: str, value, problem: str):
+        self.option, self.value, self.problem = option, value, problem
+        super().__init__(f"{option}={value!r} {problem}" if value is not None else f"{option}= {problem}")
+
+    def for_cli(self) -> str:
+        flag = f"--{self.option.replace('_', '-')}"
+        if self.value is None:
+            return f"{flag} {self.problem}"
+        value = ":".join(map(str, self.value)) if isinstance(self.value, tuple) else self.value
+        return f"{flag} '{value}' {self.problem}"

@@ -13,23 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core.dump import Dump
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate
-from actgeom.core.entropy import SequenceEntropy
+from actgeom.core.accumulators import ACCUMULATORS, spec_from_record
+from actgeom.core.engine import LayerStats
 from actgeom.core.errors import InvalidInputError, UsageError
-from actgeom.core.stats import ClassMoments, DirectionScatter, Reservoir, UnitStats
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
-
-
-def _flatten(stats: LayerStats) -> dict[str, np.ndarray]:
-    arrays = {}
-    for family in ("classes", "units", "reservoir", "directions", "sequences"):
-        if getattr(stats, family) is None:
-            continue
-        for key, value in getattr(stats, family).to_arrays().items():
-            arrays[f"{family}/{key}"] = value
-    return arrays
+PARTIAL_VERSION = 2  # 2: accumulators named by slot with their specs
 
 
 def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | None = None) -> None:
@@ -40,9 +29,11 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
     for i, (name, layer_stats) in enumerate(stats.items()):
         layers.append({"name": name, "n_units": layer_stats.n_units, "dtype": layer_stats.dtype,
                        "n_rows": layer_stats.n_rows, "n_nonfinite": layer_stats.n_nonfinite,
-                       "n_unlabeled": layer_stats.n_unlabeled})
-        arrays.update({f"{i}/{key}": value for key, value in _flatten(layer_stats).items()})
-    header = {"format": PARTIAL_FORMAT, "version": 1, "layers": layers, "meta": meta or {}}
+                       "n_unlabeled": layer_stats.n_unlabeled,
+                       "specs": {slot: spec.record() for slot, spec in layer_stats.specs.items()}})
+        for slot, acc in layer_stats.accumulators.items():
+            arrays.update({f"{i}/{slot}/{key}": value for key, value in acc.to_arrays().items()})
+    header = {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "layers": layers, "meta": meta or {}}
     arrays["header"] = np.array(json.dumps(header, default=_plain_number))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -72,40 +63,21 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
         raise InvalidInputError(f"no such file: {path}") from None
     except (OSError, ValueError, KeyError):
         raise InvalidInputError(f"{path} is not an actgeom partial-statistics file") from None
+    if header.get("version") != PARTIAL_VERSION:
+        raise InvalidInputError(f"{path} holds partial statistics of version {header.get('version')}; this actgeom "
+                                f"reads version {PARTIAL_VERSION}: make them again with `actgeom stats`")
     stats = {}
     for i, entry in enumerate(header["layers"]):
-        def family(name: str, i: int = i) -> dict[str, np.ndarray]:
-            prefix = f"{i}/{name}/"
-            return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
-
+        specs = {slot: spec_from_record(slot, record) for slot, record in entry["specs"].items()}
+        accumulators = {}
+        for slot, spec in specs.items():
+            prefix = f"{i}/{slot}/"
+            own = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+            accumulators[slot] = ACCUMULATORS[slot].from_arrays(spec, own)
         stats[entry["name"]] = LayerStats(
             layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], n_rows=entry["n_rows"],
-            n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"],
-            classes=ClassMoments.from_arrays(family("classes")), units=UnitStats.from_arrays(family("units")),
-            reservoir=Reservoir.from_arrays(family("reservoir")),
-            directions=DirectionScatter.from_arrays(family("directions")) if family("directions") else None,
-            sequences=SequenceEntropy.from_arrays(family("sequences")) if family("sequences") else None,
-        )
+            n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"], specs=specs, accumulators=accumulators)
     return stats, header["meta"]
-
-
-def statistics_for(dump: Dump, precomputed: dict[str, LayerStats] | None, *, options: PassOptions,
-                   progress: Progress | None = None) -> dict[str, LayerStats]:
-    """The statistics of the dump's selected layers: from ``precomputed`` (a loaded partial-
-    statistics file) when given, checked against the dump, else from one pass."""
-    if precomputed is None:
-        return accumulate(dump, options=options, progress=progress)
-    chosen = {}
-    for layer in dump.layers:
-        stats = precomputed.get(layer.name)
-        if stats is None:
-            raise InvalidInputError(f"the statistics file has no layer '{layer.name}' of {dump.path}; "
-                                    f"it has: {', '.join(precomputed) or '(none)'}")
-        if stats.n_units != layer.n_units:
-            raise InvalidInputError(f"layer '{layer.name}' has {layer.n_units} units in {dump.path} but "
-                                    f"{stats.n_units} in the statistics file")
-        chosen[layer.name] = stats
-    return chosen
 
 
 def merge_stats(parts: list[dict[str, LayerStats]]) -> dict[str, LayerStats]:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actgeom.core.errors import UsageError
+from actgeom.core.errors import OptionError
+from actgeom.core.family import Unavailable, registry
+from actgeom.core.intrinsic import mle, twonn
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
 
@@ -38,11 +40,12 @@ class RankOptions:
     def __post_init__(self) -> None:
         start, stop = self.fit_range
         if not 1 <= start < stop:
-            raise UsageError(f"--fit-range {start}:{stop} must be two ranks 1 ≤ start < stop")
+            raise OptionError("fit_range", tuple(self.fit_range), "must be two ranks 1 ≤ start < stop")
         if self.max_eigs is not None and self.max_eigs < 1:
-            raise UsageError(f"--max-eigs must be ≥ 1, got {self.max_eigs}")
-        if self.subsample < 0 or self.eps < 0:
-            raise UsageError("--subsample and --eps must be ≥ 0")
+            raise OptionError("max_eigs", self.max_eigs, "must be ≥ 1")
+        for name in ("subsample", "eps"):
+            if getattr(self, name) < 0:
+                raise OptionError(name, getattr(self, name), "must be ≥ 0")
 
 
 PRESETS = {
@@ -84,9 +87,20 @@ def layer_spectra(stats: ClassStats, *, rtol: float, max_eigs: int | None = None
     mean, covariance = total_moments(stats)
     out = {}
     for name, matrix in (("centred", covariance), ("raw", covariance + np.outer(mean, mean))):
-        lam = np.maximum(np.linalg.eigvalsh(matrix)[::-1], 0.0)
+        lam = without_rounding(np.linalg.eigvalsh(matrix)[::-1])
         out[name] = Spectrum(lam[:max_eigs], centred=name == "centred", n_rows=stats.n, rtol=rtol)
     return out
+
+
+def without_rounding(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric float64 matrix with those at rounding level (≤ n·eps·λ_max,
+    the accuracy of the eigensolver) and negatives set to 0.
+
+    Why: a direction of zero variance (a dead unit) comes out as ±1e-16·λ_max, whose square root
+    (σ ≈ 1e-8·σ_max) would enter σ-based metrics such as RankMe at the 1e-8 level, and would differ
+    between two exact ways of accumulating the same moments."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    return np.where(lam > lam.size * np.finfo(np.float64).eps * lam.max(initial=0.0), lam, 0.0)
 
 
 def _entropy_exp(p: np.ndarray) -> float:
@@ -171,25 +185,119 @@ def mean_cosine(unit_vector_sum: np.ndarray, n_rows: int) -> float:
     return (float(unit_vector_sum @ unit_vector_sum) - n_rows) / (n_rows * (n_rows - 1))
 
 
-def spectral_metrics(spectra: dict[str, Spectrum], options: RankOptions) -> tuple[dict, dict]:
-    """Every eigenvalue metric → (values, reasons for the unavailable ones)."""
-    chosen = spectra["centred" if options.center else "raw"]
+@dataclass
+class RankInputs:
+    """What the rank metrics of one layer are computed from: both spectra (eigenvalues computed
+    once), the total mean and covariance trace (before any --max-eigs truncation), Σ x/‖x‖ over
+    rows, and the seeded sample's nearest-neighbour distances (None without a sample)."""
+
+    spectra: dict[str, Spectrum]
+    mean: np.ndarray
+    covariance_trace: float
+    unit_vector_sum: np.ndarray
+    n_direction_rows: int
+    distances: np.ndarray | None = None
+
+    def chosen(self, options: RankOptions) -> Spectrum:
+        return self.spectra["centred" if options.center else "raw"]
+
+
+def rankmes(r: RankInputs, o: RankOptions) -> dict:
+    """RankMe three ways (Garrido et al., ICML 2023): on σ of the raw second moment (as
+    published), on σ of the covariance, and on λ of the covariance (Li et al. 2025)."""
+    return {"rankme": rankme(np.sqrt(r.spectra["raw"].eigenvalues), eps=o.eps),
+            "rankme_centered": rankme(np.sqrt(r.spectra["centred"].eigenvalues), eps=o.eps),
+            "rankme_lambda": rankme(r.spectra["centred"].eigenvalues, eps=o.eps)}
+
+
+def spectrum_shape(r: RankInputs, o: RankOptions) -> dict:
+    """Effective rank, stable rank, participation ratio, numerical rank, k_p and IsoScore of the
+    chosen spectrum (see each function's formula)."""
+    chosen = r.chosen(o)
     lam = chosen.eigenvalues
-    values = {
-        "rankme": rankme(np.sqrt(spectra["raw"].eigenvalues), eps=options.eps),
-        "rankme_centered": rankme(np.sqrt(spectra["centred"].eigenvalues), eps=options.eps),
-        "rankme_lambda": rankme(spectra["centred"].eigenvalues, eps=options.eps),
-        "erank": erank(np.sqrt(lam)),
-        "stable_rank": stable_rank(lam),
-        "participation_ratio": participation_ratio(lam),
-        "numerical_rank": numerical_rank(lam, rtol=chosen.rtol),
-        "isoscore": isoscore(spectra["centred"].eigenvalues),
-    }
+    values = {"erank": erank(np.sqrt(lam)), "stable_rank": stable_rank(lam), "participation_ratio": participation_ratio(lam),
+              "numerical_rank": numerical_rank(lam, rtol=chosen.rtol), "isoscore": isoscore(r.spectra["centred"].eigenvalues)}
     for p in (90, 95, 99):
-        values[f"k{p}"] = k_explained(lam, p / 100, ge=options.ge)
-    missing = {}
+        values[f"k{p}"] = k_explained(lam, p / 100, ge=o.ge)
+    return values
+
+
+def alpha_req_fit(r: RankInputs, o: RankOptions) -> dict:
+    """α-ReQ and the R² of its fit (see :func:`alpha_req`); unavailable with the reason when the
+    spectrum is too short or reaches the storage-noise floor in the fit range."""
+    chosen = r.chosen(o)
     try:
-        values["alpha_req"], values["alpha_req_r2"] = alpha_req(lam, fit_range=options.fit_range, floor=chosen.floor)
+        alpha, r2 = alpha_req(chosen.eigenvalues, fit_range=o.fit_range, floor=chosen.floor)
     except ValueError as why:
-        missing["alpha_req"] = missing["alpha_req_r2"] = str(why)
-    return values, missing
+        return dict.fromkeys(("alpha_req", "alpha_req_r2"), Unavailable(str(why)))
+    return {"alpha_req": alpha, "alpha_req_r2": r2}
+
+
+def mean_cosine_of_rows(r: RankInputs, o: RankOptions) -> dict:
+    """Exact mean pairwise cosine of the rows (see :func:`mean_cosine`)."""
+    return {"mean_cosine": mean_cosine(r.unit_vector_sum, r.n_direction_rows)}
+
+
+def mean_energy_fraction(r: RankInputs, o: RankOptions) -> dict:
+    """Share of the second moment along the mean: ‖μ‖² / E‖x‖² = ‖μ‖² / (‖μ‖² + tr Σ).
+
+    In [0, 1]; 1 when every row is the same vector (rank collapse, the "mean mode" of deep
+    transformers, Dong et al. 2021; Noci et al. 2022), 0 for centred rows. Exact from one pass."""
+    energy = float(r.mean @ r.mean)
+    total = energy + r.covariance_trace
+    return {"mean_energy_fraction": energy / total if total > 0 else float("nan")}
+
+
+def intrinsic_dimension(r: RankInputs, o: RankOptions) -> dict:
+    """TwoNN and Levina–Bickel MLE intrinsic dimension of the seeded sample (core/intrinsic.py)."""
+    if r.distances is None:
+        reason = f"too few distinct sampled rows; the nearest-neighbour estimates need more than k = {o.mle_k}"
+        return dict.fromkeys(("twonn_id", "mle_id"), Unavailable(reason))
+    return {"twonn_id": twonn(r.distances[:, :2]), "mle_id": mle(r.distances, k=o.mle_k)}
+
+
+_GARRIDO = "Garrido et al., ICML 2023"
+_REF = "tests/test_rank.py::test_every_metric_matches_the_svd_reference"
+_SIMILARITY = frozenset({"scale", "rotation"})
+_CENTRED = frozenset({"scale", "rotation", "shift"})
+
+REGISTRY = registry(
+    "rank",
+    dict(name="rankme", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_SIMILARITY,
+         source=_GARRIDO, test=_REF),
+    dict(name="rankme_centered", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source=_GARRIDO, test=_REF),
+    dict(name="rankme_lambda", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source="Li et al. 2025 (Tracing the representation geometry of LMs)", test=_REF),
+    dict(name="erank", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source="Roy & Vetterli 2007", test=_REF),
+    dict(name="stable_rank", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source="Rudelson & Vershynin 2007", test=_REF),
+    dict(name="participation_ratio", compute=spectrum_shape, direction="neither", range=(1, math.inf),
+         invariant=_CENTRED, source="Gao et al. 2017", test=_REF),
+    dict(name="numerical_rank", compute=spectrum_shape, direction="neither", range=(0, math.inf), invariant=_CENTRED,
+         source="Golub & Van Loan", test=_REF),
+    dict(name="isoscore", compute=spectrum_shape, ideal=1.0, direction="higher", range=(0, 1), invariant=_CENTRED,
+         source="Rudman et al. 2022", test=_REF),
+    dict(name="k90", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source="PCA explained variance (scikit-learn's convention)", test=_REF),
+    dict(name="k95", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source="PCA explained variance (scikit-learn's convention)", test=_REF),
+    dict(name="k99", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+         source="PCA explained variance (scikit-learn's convention)", test=_REF),
+    dict(name="alpha_req", compute=alpha_req_fit, direction="neither", range=(-math.inf, math.inf),
+         invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022", test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent"),
+    dict(name="alpha_req_r2", compute=alpha_req_fit, direction="higher", ideal=1.0, range=(-math.inf, 1),
+         invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022", test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent",
+         diagnostic=True),
+    dict(name="mean_cosine", compute=mean_cosine_of_rows, ideal=0.0, range=(-1, 1), invariant=_SIMILARITY,
+         source="Ethayarajh 2019", test=_REF),
+    dict(name="mean_energy_fraction", compute=mean_energy_fraction, ideal=0.0, range=(0, 1), invariant=_SIMILARITY,
+         source="Dong, Cordonnier & Loukas 2021; Noci et al. 2022",
+         test="tests/test_rank.py::test_mean_energy_fraction_closed_forms"),
+    dict(name="twonn_id", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
+         invariant=_CENTRED, source="Facco et al. 2017", test="tests/test_rank.py::test_twonn_and_mle_match_slow_formulas"),
+    dict(name="mle_id", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
+         invariant=_CENTRED, source="Levina & Bickel 2005; MacKay & Ghahramani 2005",
+         test="tests/test_rank.py::test_twonn_and_mle_match_slow_formulas"),
+)

@@ -198,37 +198,25 @@ class UnitStats:
         self._abs = np.empty((0, n_units))  # reused block buffers
         self._active = np.empty((0, n_units), dtype=bool)
 
-    def update(self, X: np.ndarray) -> bool:
-        """Add rows X (n, D) float64; refuse a block holding NaN or inf.
-
-        Returns False, leaving the statistics untouched, when some value is not finite (the
-        caller then drops those rows and offers the block again).
-        """
+    def update(self, X: np.ndarray, norms: np.ndarray | None = None) -> None:
+        """Add finite rows X (n, D) float64 (``norms``: their ‖x‖, when already computed)."""
         n = X.shape[0]
         if n == 0:
-            return True
-        with np.errstate(invalid="ignore", over="ignore"):
-            norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-            zero = norms == 0
-            block_unit = column_sums(X, np.divide(1.0, norms, out=np.zeros(n), where=~zero))
-            if self.activity:
-                self._abs = _buffer(self._abs, X.shape)
-                self._active = _buffer(self._active, X.shape)
-                magnitude, active = self._abs[:n], self._active[:n]
-                block_sum = column_sums(X)
-                np.abs(X, out=magnitude)
-                block_abs = column_sums(magnitude)
-                np.greater(X, self.threshold, out=active)
-        if not np.isfinite(block_unit).all():  # Σ x/‖x‖ is inf or NaN iff some value is (‖x‖ overflows)
-            return False
+            return
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X)) if norms is None else norms
+        zero = norms == 0
         self.n_rows += n
         self.n_zero_rows += int(zero.sum())
-        self.unit_vector_sum += block_unit
+        self.unit_vector_sum += column_sums(X, np.divide(1.0, norms, out=np.zeros(n), where=~zero))
         if self.activity:
-            self.sum += block_sum
-            self.sum_abs += block_abs
+            self._abs = _buffer(self._abs, X.shape)
+            self._active = _buffer(self._active, X.shape)
+            magnitude, active = self._abs[:n], self._active[:n]
+            self.sum += column_sums(X)
+            np.abs(X, out=magnitude)
+            self.sum_abs += column_sums(magnitude)
+            np.greater(X, self.threshold, out=active)
             self.n_active += np.add.reduce(active, axis=0, dtype=np.int64)
-        return True
 
     def merge(self, other: "UnitStats") -> None:
         self.n_rows += other.n_rows
@@ -259,13 +247,14 @@ class DirectionScatter:
         self.scatter = np.zeros((n_units, n_units), order="F")  # upper triangle, dsyrk in place
         self._u = np.empty((0, n_units))
 
-    def update(self, X: np.ndarray) -> None:
+    def update(self, X: np.ndarray, norms: np.ndarray | None = None) -> None:
+        """Add rows X (n, D) float64 (``norms``: their ‖x‖, when already computed)."""
         n = X.shape[0]
         if n == 0:
             return
         self._u = _buffer(self._u, X.shape)
         u = self._u[:n]
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X)) if norms is None else norms
         np.divide(X, np.where(norms == 0, np.inf, norms)[:, None], out=u)  # zero rows stay zero
         self.n_rows += int((norms > 0).sum())
         blas.dsyrk(1.0, u.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
@@ -358,9 +347,13 @@ class Reservoir:
     def merge(self, other: "Reservoir") -> None:
         self._absorb(other.keys, other.index, other.labels, other.rows)
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row indices ascending, labels, rows) of the sample."""
-        order = np.argsort(self.index)
+    def sample(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row indices ascending, labels, rows) of the sample, or of its first ``size`` rows by
+        key: exactly the sample a reservoir of that size would hold (same seed)."""
+        chosen = np.arange(self.n_rows)
+        if size is not None and size < self.n_rows:
+            chosen = np.argpartition(self.keys, size - 1)[:size] if size > 0 else chosen[:0]
+        order = chosen[np.argsort(self.index[chosen])]
         return self.index[order], self.labels[order], self.rows[order]
 
     def to_arrays(self) -> dict[str, np.ndarray]:

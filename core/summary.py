@@ -7,18 +7,14 @@ import numpy as np
 from actgeom.core.engine import LayerStats
 
 
-def nonfinite_notes(values: dict) -> dict[str, str]:
-    """"inf"/"nan" for every non-finite number among metric values (JSON shows them as null)."""
-    return {name: str(v) for name, v in values.items() if isinstance(v, float) and not np.isfinite(v)}
-
-
 def pass_summary(stats: LayerStats) -> dict:
     """Rows read/dropped/unlabelled, classes, units ever active, and the variance split.
 
     within_variance = Tr Σ_W and total_variance = Tr Σ_T over the labelled rows (Σ_T about the
     sample mean, so total = within + Σ_c (n_c/N)‖μ_c − x̄‖²).
     """
-    classes = stats.classes.finalize()
+    moments = stats.get("moments")
+    classes = moments.classes if moments.classes is not None else moments.total
     n = classes.n
     present = classes.counts > 0
     if n:
@@ -27,6 +23,8 @@ def pass_summary(stats: LayerStats) -> dict:
         within = float(np.trace(classes.within_scatter)) / n
     else:
         within = between = float("nan")
+    units = stats.get("units")
+    sample = stats.get("sample")
     return {
         "layer": stats.layer,
         "n_rows": stats.n_rows,
@@ -35,8 +33,8 @@ def pass_summary(stats: LayerStats) -> dict:
         "n_nonfinite_dropped": stats.n_nonfinite,
         "n_unlabeled": stats.n_unlabeled,
         "n_classes_present": int(present.sum()),
-        "n_units_ever_active": int((stats.units.n_active > 0).sum()),
+        "n_units_ever_active": None if units is None or not units.activity else int((units.n_active > 0).sum()),
         "within_variance": within,
         "total_variance": within + between,
-        "sample_rows": stats.reservoir.n_rows,
+        "sample_rows": 0 if sample is None else sample.n_rows,
     }

@@ -10,7 +10,23 @@ import pytest
 from typer.testing import CliRunner
 
 from actgeom.cli.app import app
-from actgeom.core.dump import DumpWriter
+from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
+from actgeom.core.api import analyze_dump, family_options
+from actgeom.core.dump import Dump, DumpWriter
+from actgeom.core.engine import PassOptions
+
+
+def every(reservoir: int = 0, seed: int = 0, threshold: float = 0.0) -> list:
+    """The statistics `actgeom stats` keeps: class moments (+ unlabelled rows), unit statistics,
+    and a seeded sample of ``reservoir`` rows."""
+    return [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)] + \
+        ([SampleSpec(size=reservoir, seed=seed)] if reservoir else [])
+
+
+def run_family(family: str, path, options=None, pass_options: PassOptions = PassOptions(), details: bool = False) -> dict:
+    """One dump's record (file → layers → metrics) for one family, as every command computes it."""
+    with Dump(path) as dump:
+        return analyze_dump(dump, {family: options or family_options(family)}, pass_options=pass_options, details=details)
 
 
 def class_data(rng: np.random.Generator, counts: list[int], n_units: int, *, offset: float = 0.0,

@@ -68,9 +68,9 @@ def test_strict_json_turns_nonfinite_into_null():
 
 
 def test_stats_and_merge_of_shards_equal_one_pass(cli, dump, tmp_path):
-    whole = cli.json("stats", dump, "--sample", "10")
+    whole = cli.json("stats", dump, "--subsample", "10")
     for i, rows in enumerate(["0:25", "25:60"]):
-        code, _, err = cli("stats", dump, "--rows", rows, "--sample", "10", "--save-stats", tmp_path / f"p{i}.npz")
+        code, _, err = cli("stats", dump, "--rows", rows, "--subsample", "10", "--save-stats", tmp_path / f"p{i}.npz")
         assert code == 0, err
     merged = cli.json("merge", tmp_path / "p1.npz", tmp_path / "p0.npz")
     for a, b in zip(whole["layers"], merged["layers"]):
@@ -152,7 +152,7 @@ def test_nonfinite_refused_naming_layer_and_count_or_dropped(cli, tmp_path, rng)
     (["--nonfinite", "skip"], "--nonfinite 'skip' is not one of error, drop"),
     (["--rows", "5-9"], "--rows '5-9' is not START:STOP"),
     (["--rows", "0:999"], "row range 0:999 is outside the dump's rows 0:60"),
-    (["--sample", "-1"], "reservoir size must be ≥ 0"),
+    (["--subsample", "-1"], "--subsample '-1' must be ≥ 0"),
 ])
 def test_usage_errors_exit_2(cli, dump, args, message):
     code, out, err = cli("stats", dump, *args)
@@ -182,8 +182,8 @@ def test_collapse_on_sample_data_shows_collapse_emerging(cli):
     for metric in ("nc1", "nc1_quotient", "nc4_mismatch", "vci"):  # each falls at every checkpoint
         values = [layer["metrics"][metric] for layer in layers]
         assert values == sorted(values, reverse=True) and values[-1] < values[0] / 2, (metric, values)
-    assert layers[-1]["nc4_decision"] == "predictions"
-    assert doc["files"][0]["options"]["global_mean"] == "class"
+    assert layers[-1]["collapse"]["nc4_decision"] == "predictions"
+    assert doc["options"]["collapse"]["global_mean"] == "class"
 
 
 def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
@@ -193,7 +193,7 @@ def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
     nc3 = next(r for r in records if r["metric"] == "nc3_self_duality")
     assert nc3["value"] is None and "no classifier weight" in nc3["note"]
     doc = cli.json("collapse", dump, "--per-class")
-    assert [c["n"] for c in doc["files"][0]["layers"][0]["per_class"]] == [30, 20, 10]
+    assert [c["n"] for c in doc["files"][0]["layers"][0]["collapse"]["per_class"]] == [30, 20, 10]
     assert doc["files"][0]["separation_law"]["n_layers"] == 2
 
 
@@ -201,7 +201,7 @@ def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
     (["--global-mean", "median"], "--global-mean 'median' is not one of class, sample"),
     (["--nc1-inverse", "svd"], "--nc1-inverse 'svd' is not one of topk, pinv"),
     (["--nc4-decision", "vote"], "--nc4-decision 'vote' is not one of auto, predictions, logits, logits-nobias"),
-    (["--min-count", "0"], "--min-count must be ≥ 1, got 0"),
+    (["--min-count", "0"], "--min-count '0' must be ≥ 1"),
     (["--preset", "smith"], "--preset 'smith' is not one of papyan, zhu, linguistic"),
 ])
 def test_collapse_usage_errors(cli, dump, args, message):
@@ -234,7 +234,7 @@ def test_collapse_with_one_class_says_why(cli, tmp_path, rng):
 
 def test_metric_commands_from_merged_shard_statistics(cli, dump, tmp_path):
     for i, rows in enumerate(["0:31", "31:60"]):
-        code, _, err = cli("stats", dump, "--rows", rows, "--sample", "2000", "--save-stats", tmp_path / f"p{i}.npz")
+        code, _, err = cli("stats", dump, "--rows", rows, "--subsample", "2000", "--save-stats", tmp_path / f"p{i}.npz")
         assert code == 0, err
     assert cli("merge", tmp_path / "p0.npz", tmp_path / "p1.npz", "--save-stats", tmp_path / "all.npz")[0] == 0
     for command in ("collapse", "rank"):
@@ -264,17 +264,17 @@ def test_entropy_from_merged_shard_statistics(cli, tmp_path, rng, token_level):
             writer.set_offsets(offsets)
     cut = int(offsets[12])  # shards end at a sequence boundary
     for i, rows in enumerate([f"0:{cut}", f"{cut}:{n}"]):
-        code, _, err = cli("stats", path, "--rows", rows, "--sample", "1000", "--entropy-alpha", "2",
+        code, _, err = cli("stats", path, "--rows", rows, "--subsample", "1000", "--entropy-alpha", "2",
                            "--save-stats", tmp_path / f"p{i}.npz")
         assert code == 0, err
     cli("merge", tmp_path / "p0.npz", tmp_path / "p1.npz", "--save-stats", tmp_path / "all.npz")
     direct = cli.json("entropy", path, "--alpha", "2", "--threshold", "0")["files"][0]["layers"][0]["metrics"]
-    merged = cli.json("entropy", path, "--alpha", "2", "--stats", tmp_path / "all.npz")["files"][0]["layers"][0]["metrics"]
+    merged = cli.json("entropy", path, "--alpha", "2", "--subsample", "1000", "--stats", tmp_path / "all.npz")["files"][0]["layers"][0]["metrics"]
     assert merged.keys() == direct.keys()
     for name, value in direct.items():
         assert merged[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
-    code, _, err = cli("entropy", path, "--alpha", "1", "--stats", tmp_path / "all.npz")
+    code, _, err = cli("entropy", path, "--alpha", "1", "--subsample", "1000", "--stats", tmp_path / "all.npz")
     if token_level:
-        assert code == 3 and "no sequence entropies of order 1.0" in err
+        assert code == 3 and "needs sequence entropies of order 1.0" in err
     else:
         assert code == 0  # Σuuᵀ serves every α

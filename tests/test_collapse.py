@@ -7,11 +7,10 @@ import math
 import h5py
 import numpy as np
 import pytest
-from conftest import class_data, write_dump
+from conftest import class_data, every, run_family, write_dump
 from reference import collapse_reference
 
 from actgeom.core.collapse import REGISTRY, CollapseOptions, collapse_metrics, geometry, resolve_options
-from actgeom.core.collapse_api import collapse_dump
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import UsageError
@@ -37,7 +36,7 @@ def _add_classifier(path, weight, bias):
 
 
 def _metrics(path, block_rows: int = 37, **options) -> dict:
-    report = collapse_dump(path, options=CollapseOptions(**options), pass_options=PassOptions(block_rows=block_rows))
+    report = run_family("collapse", path, options=CollapseOptions(**options), pass_options=PassOptions(block_rows=block_rows))
     return report["layers"][0]["metrics"]
 
 
@@ -142,13 +141,13 @@ def test_invariances(tmp_path, seed):
         path = write_dump(tmp_path / f"{name}.h5", {"h": data}, labels=labels, chunk_rows=int(rng.integers(3, 50)))
         got[name] = _metrics(path)
     with Dump(tmp_path / "base.h5") as dump:  # three shards, merged
-        parts = [accumulate(dump, options=PassOptions(row_range=r, block_rows=11)) for r in ((0, 40), (40, 41), (41, 170))]
-    merged = collapse_metrics(geometry(merge_stats(parts)["h"].classes.finalize(), CollapseOptions()), CollapseOptions())[0]
+        parts = [accumulate(dump, specs=every(), options=PassOptions(row_range=r, block_rows=11)) for r in ((0, 40), (40, 41), (41, 170))]
+    merged = collapse_metrics(geometry(merge_stats(parts)["h"].get("moments").classes, CollapseOptions()), CollapseOptions())[0]
     for name, value in got["base"].items():
         assert got["shuffled"][name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-12), name
         if name != "nc4_mismatch":
             assert merged[name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-12), name
-    scale_free = {o for m in REGISTRY.values() if m.scale_invariant for o in m.outputs}
+    scale_free = {name for name, m in REGISTRY.items() if "scale" in m.invariant}
     for name in scale_free & set(got["base"]):
         assert got["scaled"][name] == pytest.approx(got["base"][name], rel=METRIC_RTOL, abs=1e-12), name
     assert got["affine"]["vci"] == pytest.approx(got["base"]["vci"], rel=1e-8)
@@ -159,16 +158,16 @@ def test_presets_reproduce_their_conventions(tmp_path, rng):
     X, y = class_data(rng, [40, 40, 40, 40, 40], 6, offset=3.0)  # balanced
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
     default = _metrics(path)
-    papyan = collapse_dump(path, options=resolve_options("papyan"))["layers"][0]["metrics"]
+    papyan = run_family("collapse", path, options=resolve_options("papyan"))["layers"][0]["metrics"]
     assert papyan["nc1"] == pytest.approx(5 * default["nc1"], rel=1e-12)  # no /C, C = 5
     Xi, yi = class_data(rng, [100, 10, 40, 5], 6, offset=3.0)  # imbalanced: μ_G conventions differ
     path = write_dump(tmp_path / "i.h5", {"h": Xi}, labels=yi)
-    zhu = collapse_dump(path, options=resolve_options("zhu"))["layers"][0]["metrics"]
+    zhu = run_family("collapse", path, options=resolve_options("zhu"))["layers"][0]["metrics"]
     assert_metrics_close(zhu, collapse_reference(Xi, yi, global_mean="sample", nc1_inverse="pinv"))
     assert zhu["nc1"] != pytest.approx(_metrics(path)["nc1"], rel=1e-6)
     assert resolve_options("linguistic").nc4_decision == "logits-nobias"
     assert resolve_options("papyan", global_mean="sample").global_mean == "sample"  # explicit options win
-    with pytest.raises(UsageError, match="--preset 'nope' is not one of papyan, zhu, linguistic"):
+    with pytest.raises(UsageError, match="preset='nope' is not one of papyan, zhu, linguistic"):
         resolve_options("nope")
 
 
@@ -198,20 +197,12 @@ def test_coincident_means_make_cdnv_infinite_and_are_counted(rng):
     assert values["gnc2_coincident_pairs"] == 1
 
 
-def test_registry_is_complete():
-    outputs = [name for metric in REGISTRY.values() for name in metric.outputs]
-    assert len(outputs) == len(set(outputs))
-    for metric in REGISTRY.values():
-        assert metric.function.__doc__ and set(metric.needs) <= {"weight", "bias", "pairs_means", "pairs_weights"}
-
-
 def test_metrics_without_a_classifier_say_why(tmp_path, rng):
     X, y = class_data(rng, [20, 20, 20], 4)
-    report = collapse_dump(write_dump(tmp_path / "d.h5", {"h": X}, labels=y))["layers"][0]
+    report = run_family("collapse", write_dump(tmp_path / "d.h5", {"h": X}, labels=y))["layers"][0]
     assert report["unavailable"]["nc3_self_duality"].startswith("no classifier weight")
     assert "nc4_mismatch" in report["unavailable"]
-    assert set(report["metrics"]) | set(report["unavailable"]) == \
-        {o for m in REGISTRY.values() for o in m.outputs} | {"nc4_mismatch"}
+    assert set(report["metrics"]) | set(report["unavailable"]) == set(REGISTRY)
 
 
 def test_token_selection_reaches_both_passes(tmp_path, rng):
@@ -229,7 +220,7 @@ def test_token_selection_reaches_both_passes(tmp_path, rng):
     with DumpWriter(path, layers={"h": 5}, dtype="float64", level="token") as writer:
         writer.append({"h": X}, labels=y, prediction=predictions)
         writer.set_offsets(offsets)
-    report = collapse_dump(path, pass_options=PassOptions(tokens="last", block_rows=17))["layers"][0]
+    report = run_family("collapse", path, pass_options=PassOptions(tokens="last", block_rows=17))["layers"][0]
     expected = collapse_reference(X[last], y[last], predictions=predictions[last])
-    assert report["n_rows_used"] == last.sum()
+    assert report["collapse"]["n_rows_used"] == last.sum()
     assert_metrics_close(report["metrics"], expected)

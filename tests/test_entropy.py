@@ -7,7 +7,7 @@ import math
 import h5py
 import numpy as np
 import pytest
-from conftest import class_data, write_dump
+from conftest import class_data, every, run_family, write_dump
 
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
@@ -20,7 +20,6 @@ from actgeom.core.entropy import (
     renyi_entropy,
     sae_effective_features,
 )
-from actgeom.core.entropy_api import entropy_dump
 from actgeom.core.stats import UnitStats
 
 # The streamed statistics are float64 sums; the entropies are smooth functions of them.
@@ -72,7 +71,7 @@ def test_attention_entropy_closed_forms():
 
 def _units(rows: np.ndarray, threshold=0.0) -> UnitStats:
     units = UnitStats(rows.shape[1], threshold)
-    assert units.update(rows)
+    units.update(rows)
     return units
 
 
@@ -104,7 +103,7 @@ def test_streamed_entropies_match_in_memory_references(tmp_path, rng, dtype):
         f["activations/h"].attrs["activation"] = "relu"
     with Dump(path) as dump:
         stored = dump.read_rows("h").astype(np.float64)
-    report = entropy_dump(path, options=EntropyOptions(sigma=5.0, subsample=1000, tau=0.5),
+    report = run_family("entropy", path, options=EntropyOptions(sigma=5.0, subsample=1000, tau=0.5),
                           pass_options=PassOptions(block_rows=int(rng.integers(1, 50))))
     m = report["layers"][0]["metrics"]
     U = stored / np.linalg.norm(stored, axis=1, keepdims=True)
@@ -147,7 +146,7 @@ def test_attention_entropy_read_from_the_dump(tmp_path, rng):
     path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((10, 2))})
     with h5py.File(path, "a") as f:
         f["attention/block0"] = A
-    report = entropy_dump(path, options=EntropyOptions(subsample=10, threshold=0.0))
+    report = run_family("entropy", path, options=EntropyOptions(subsample=10, threshold=0.0))
     entry = next(layer for layer in report["layers"] if layer["layer"] == "attention/block0")
     per_row = -(A * np.log(A)).sum(axis=-1)  # (S, H, T)
     assert entry["metrics"]["attention_entropy_per_head"] == pytest.approx(list(per_row.mean(axis=(0, 2))), rel=1e-12)
@@ -166,16 +165,16 @@ def test_same_seed_same_sample_across_layers_and_runs(tmp_path, rng):
     X = rng.standard_normal((3000, 6))
     path = write_dump(tmp_path / "d.h5", {"a": X, "b": X[:, :2] ** 2}, chunk_rows=100)
     with Dump(path) as dump:
-        runs = [accumulate(dump, options=PassOptions(reservoir=500, seed=9, block_rows=b)) for b in (64, 1000)]
-    indices = [run[layer].reservoir.sample()[0] for run in runs for layer in ("a", "b")]
+        runs = [accumulate(dump, specs=every(reservoir=500, seed=9), options=PassOptions(block_rows=b)) for b in (64, 1000)]
+    indices = [run[layer].get("sample").sample()[0] for run in runs for layer in ("a", "b")]
     assert all(np.array_equal(indices[0], other) for other in indices[1:])
 
 
 def test_entropy_needs_a_threshold_for_layers_not_marked_relu(tmp_path, rng):
     path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((50, 4))})
-    layer = entropy_dump(path, options=EntropyOptions(subsample=50))["layers"][0]
+    layer = run_family("entropy", path, options=EntropyOptions(subsample=50))["layers"][0]
     assert "--threshold" in layer["unavailable"]["dead_fraction"]
-    assert "dead_fraction" in entropy_dump(path, options=EntropyOptions(subsample=50, threshold=0.1))["layers"][0]["metrics"]
+    assert "dead_fraction" in run_family("entropy", path, options=EntropyOptions(subsample=50, threshold=0.1))["layers"][0]["metrics"]
 
 
 def test_entropy_cli_on_sample_data(cli):
@@ -184,10 +183,10 @@ def test_entropy_cli_on_sample_data(cli):
     sample = Path(__file__).parent.parent / "sample_data" / "digits_mlp_epoch1500.h5"
     doc = cli.json("entropy", sample, "--layers", "hidden3", "--subsample", "500")
     layer = doc["files"][0]["layers"][0]
-    assert layer["sample_rows"] == 500 and 0 <= layer["metrics"]["dead_fraction"] <= 1
+    assert layer["entropy"]["sample_rows"] == 500 and 0 <= layer["metrics"]["dead_fraction"] <= 1
     assert layer["metrics"]["dsmi"] > 0  # classes are separated in the trained network
     code, _, err = cli("entropy", sample, "--alpha", "0")
-    assert code == 2 and err == "Error: --alpha must be > 0, got 0.0\n"
+    assert code == 2 and err == "Error: --alpha '0.0' must be > 0\n"
 
 
 def _sequence_reference(X, offsets, alpha):
@@ -218,13 +217,13 @@ def test_sequence_entropies_match_the_reference(tmp_path, rng, dtype, alpha):
         writer.set_offsets(offsets)
     with Dump(path) as dump:
         stored = dump.read_rows("h").astype(np.float64)
-    report = entropy_dump(path, options=EntropyOptions(alpha=alpha, subsample=50, threshold=0.0),
+    report = run_family("entropy", path, options=EntropyOptions(alpha=alpha, subsample=50, threshold=0.0),
                           pass_options=PassOptions(block_rows=int(rng.integers(8, 30))))
     layer = report["layers"][0]
     prompt, dataset, single = _sequence_reference(stored, offsets, alpha)
     assert layer["metrics"]["prompt_entropy"] == pytest.approx(prompt, rel=ENTROPY_RTOL)
     assert layer["metrics"]["dataset_entropy"] == pytest.approx(dataset, rel=ENTROPY_RTOL)
-    assert layer["n_single_token_sequences_skipped"] == single and layer["n_sequences"] == 61 - single
+    assert layer["entropy"]["n_single_token_sequences_skipped"] == single and layer["entropy"]["n_sequences"] == 61 - single
 
 
 def test_sequence_blocks_end_at_boundaries():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_dump
+from conftest import run_family, write_dump
 from reference import rank_reference
 
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions
 from actgeom.core.errors import UsageError
 from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
-from actgeom.core.rank_api import rank_dump
 from actgeom.core.spectrum import RankOptions, alpha_req, isoscore, resolve_options
 
 # Streamed covariance vs SVD of the data: both are float64-exact to ~1e-13 relative in the
@@ -21,8 +20,9 @@ RANK_RTOL = 1e-8
 
 
 def _rank(path, **options):
-    report, spectra = rank_dump(path, options=RankOptions(**options), pass_options=PassOptions(block_rows=23))
-    return report["layers"][0], spectra
+    """The layer's record and its spectra (centred, raw)."""
+    layer = run_family("rank", path, RankOptions(**options), PassOptions(block_rows=23), details=True)["layers"][0]
+    return layer, layer["details"]
 
 
 def _embedded(rows: np.ndarray, n_units: int, rng) -> np.ndarray:
@@ -76,8 +76,8 @@ def test_every_metric_matches_the_svd_reference(tmp_path, seed, dtype, offset, s
     with Dump(path) as dump:
         stored = dump.read_rows("h").astype(np.float64)
     for center in (True, False):
-        report, _ = rank_dump(path, options=RankOptions(center=center, rtol=1e-10),
-                              pass_options=PassOptions(block_rows=int(rng.integers(1, 400))))
+        report = run_family("rank", path, RankOptions(center=center, rtol=1e-10),
+                            PassOptions(block_rows=int(rng.integers(1, 400))))
         layer = report["layers"][0]
         expected = rank_reference(stored, center=center, rtol=1e-10)
         if "alpha_req" in layer["unavailable"]:  # refused: only right if the range is at the noise floor
@@ -94,14 +94,14 @@ def test_presets():
     tracing = resolve_options("tracing")
     assert tracing.center is True and tracing.max_eigs == 2048
     assert resolve_options("tracing", max_eigs=10).max_eigs == 10  # explicit options win
-    with pytest.raises(UsageError, match="--preset 'x' is not one of garrido, tracing"):
+    with pytest.raises(UsageError, match="preset='x' is not one of garrido, tracing"):
         resolve_options("x")
 
 
 def test_garrido_preset_is_the_raw_spectrum(tmp_path, rng):
     X = 5.0 + rng.standard_normal((200, 12)) * np.arange(1, 13) ** -0.5
     path = write_dump(tmp_path / "d.h5", {"h": X})
-    garrido = rank_dump(path, options=resolve_options("garrido"))[0]["layers"][0]["metrics"]
+    garrido = run_family("rank", path, resolve_options("garrido"))["layers"][0]["metrics"]
     expected = rank_reference(X, center=False, fit_range=(2, 12), rtol=1e-14)
     for name in ("rankme", "erank", "stable_rank", "participation_ratio", "k90"):
         assert garrido[name] == pytest.approx(expected[name], rel=RANK_RTOL), name
@@ -113,10 +113,10 @@ def test_max_eigs_truncates_the_spectrum(tmp_path, rng):
     path = write_dump(tmp_path / "d.h5", {"h": X})
     full, spectra = _rank(path)
     top, _ = _rank(path, max_eigs=10)
-    lam = spectra["h"]["centred"].eigenvalues[:10]
+    lam = np.array(spectra["spectrum"][:10])
     p = lam / lam.sum() + 1e-7
     assert top["metrics"]["rankme_lambda"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-12)
-    assert top["n_eigenvalues"] == 10 and full["n_eigenvalues"] == 30
+    assert top["rank"]["n_eigenvalues"] == 10 and full["rank"]["n_eigenvalues"] == 30
 
 
 def test_alpha_req_refuses_short_or_noisy_spectra():
@@ -154,8 +154,8 @@ def test_rank_cli_on_sample_data(cli, tmp_path):
     doc = cli.json("rank", sample, "--spectrum-out", tmp_path / "spec.csv", "--seed", "3")
     hidden3 = doc["files"][0]["layers"][2]
     assert "needs 100 eigenvalues" in hidden3["unavailable"]["alpha_req"]  # 64 units < 100
-    assert hidden3["sample_seed"] == 3 and hidden3["dtype"] == "float16" and hidden3["noise_rtol"] == 1e-8
+    assert hidden3["rank"]["sample_seed"] == 3 and hidden3["dtype"] == "float16" and hidden3["rank"]["noise_rtol"] == 1e-8
     lines = (tmp_path / "spec.csv").read_text().splitlines()
     assert lines[0] == "file,layer,spectrum,rank,eigenvalue" and len(lines) == 1 + 2 * (128 + 128 + 64)
     code, _, err = cli("rank", sample, "--fit-range", "100:12")
-    assert code == 2 and err == "Error: --fit-range 100:12 must be two ranks 1 ≤ start < stop\n"
+    assert code == 2 and err == "Error: --fit-range '100:12' must be two ranks 1 ≤ start < stop\n"

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import class_data, write_dump
+from conftest import class_data, every, write_dump
 from reference import class_statistics, relative_error, unit_statistics
 
 from actgeom.core.dump import Dump
@@ -41,7 +41,7 @@ def _stored(path: str, layer: str = "h") -> np.ndarray:
 def assert_matches_reference(stats, X: np.ndarray, y: np.ndarray, rtol: float = STREAM_RTOL) -> None:
     keep = y >= 0
     ref = class_statistics(X[keep], y[keep])
-    got = stats.classes.finalize()
+    got = stats.get("moments").classes
     n = ref["counts"].sum()
     present = ref["counts"] > 0
     np.testing.assert_array_equal(got.counts, ref["counts"])
@@ -63,7 +63,7 @@ def test_streamed_equals_reference(tmp_path, case, seed):
     path = write_dump(tmp_path / "d.h5", {"h": X}, dtype=spec["dtype"], labels=y,
                       chunk_rows=int(rng.integers(1, 300)), batch=int(rng.integers(50, 400)))
     with Dump(path) as dump:
-        stats = accumulate(dump, options=PassOptions(block_rows=int(rng.integers(1, 700))))["h"]
+        stats = accumulate(dump, specs=every(), options=PassOptions(block_rows=int(rng.integers(1, 700))))["h"]
     X_stored = _stored(path)
     assert stats.n_rows == y.size and stats.n_unlabeled == int((y < 0).sum())
     assert_matches_reference(stats, X_stored, y)
@@ -77,7 +77,7 @@ def test_shards_merged_in_every_order(tmp_path, seed):
     cuts = sorted(rng.choice(np.arange(1, y.size), size=2, replace=False))
     ranges = [(0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], y.size)]
     with Dump(path) as dump:
-        shards = [accumulate(dump, options=PassOptions(row_range=r, reservoir=50, block_rows=int(rng.integers(1, 500))))
+        shards = [accumulate(dump, specs=every(reservoir=50), options=PassOptions(row_range=r, block_rows=int(rng.integers(1, 500))))
                   for r in ranges]
     for i, part in enumerate(shards):  # through files, as separate jobs would hand them over
         save_partial(tmp_path / f"part{i}.npz", part, meta={"rows": list(ranges[i])})
@@ -87,7 +87,7 @@ def test_shards_merged_in_every_order(tmp_path, seed):
         merged = merge_stats(parts)["h"]
         assert merged.n_rows == y.size
         assert_matches_reference(merged, X, y)
-        samples.append(merged.reservoir.sample()[0])
+        samples.append(merged.get("sample").sample()[0])
     assert all(np.array_equal(s, samples[0]) for s in samples)
 
 
@@ -99,8 +99,8 @@ def test_more_classes_than_units(tmp_path):
     X, y = class_data(rng, list(counts), 64, offset=1e4)
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=512)
     with Dump(path) as dump:
-        stats = accumulate(dump, options=PassOptions(block_rows=3000))["h"]
-    assert stats.classes.finalize().means.shape == (5000, 64)
+        stats = accumulate(dump, specs=every(), options=PassOptions(block_rows=3000))["h"]
+    assert stats.get("moments").classes.means.shape == (5000, 64)
     assert_matches_reference(stats, X, y)
 
 
@@ -125,8 +125,8 @@ def test_naive_float32_raw_moments_fail(tmp_path):
     assert relative_error(_naive_float32_within(X, y_naive), ref) > 1e3 * STREAM_RTOL
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
     with Dump(path) as dump:
-        stats = accumulate(dump, options=PassOptions(block_rows=100))["h"]
-    assert relative_error(stats.classes.finalize().within_scatter / y.size, ref) <= STREAM_RTOL
+        stats = accumulate(dump, specs=every(), options=PassOptions(block_rows=100))["h"]
+    assert relative_error(stats.get("moments").classes.within_scatter / y.size, ref) <= STREAM_RTOL
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -137,8 +137,8 @@ def test_row_order_and_chunking_do_not_matter(tmp_path, seed):
     a = write_dump(tmp_path / "a.h5", {"h": X}, labels=y, chunk_rows=17)
     b = write_dump(tmp_path / "b.h5", {"h": X[order]}, labels=y[order], chunk_rows=301)
     with Dump(a) as da, Dump(b) as db:
-        sa = accumulate(da, options=PassOptions(block_rows=17))["h"].classes.finalize()
-        sb = accumulate(db, options=PassOptions(block_rows=1000))["h"].classes.finalize()
+        sa = accumulate(da, specs=every(), options=PassOptions(block_rows=17))["h"].get("moments").classes
+        sb = accumulate(db, specs=every(), options=PassOptions(block_rows=1000))["h"].get("moments").classes
     assert relative_error(sa.means, sb.means) <= STREAM_RTOL
     assert relative_error(sa.within_scatter, sb.within_scatter) <= STREAM_RTOL
 
@@ -150,7 +150,7 @@ def test_unit_statistics_match_reference(tmp_path, rng, dtype):
     X[17] = 0.0  # an all-zero row has no direction
     path = write_dump(tmp_path / "d.h5", {"h": X}, dtype=dtype, chunk_rows=31)
     with Dump(path) as dump:
-        units = accumulate(dump, options=PassOptions(threshold=0.5, block_rows=77))["h"].units
+        units = accumulate(dump, specs=every(threshold=0.5), options=PassOptions(block_rows=77))["h"].get("units")
     ref = unit_statistics(_stored(path), threshold=0.5)
     for name, expected in ref.items():
         np.testing.assert_allclose(getattr(units, name), expected, rtol=1e-12, atol=1e-12, err_msg=name)
@@ -163,8 +163,8 @@ def test_nonfinite_rows_refused_or_dropped(tmp_path, rng):
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=8)
     with Dump(path) as dump:
         with pytest.raises(InvalidInputError, match=r"layer 'h' .* has 3 rows with NaN or inf"):
-            accumulate(dump, options=PassOptions(block_rows=16))
-        stats = accumulate(dump, options=PassOptions(block_rows=16, nonfinite="drop"))["h"]
+            accumulate(dump, specs=every(), options=PassOptions(block_rows=16))
+        stats = accumulate(dump, specs=every(), options=PassOptions(block_rows=16, nonfinite="drop"))["h"]
     keep = np.isfinite(X).all(axis=1)
     assert stats.n_nonfinite == 3 and stats.n_rows == 97
     assert_matches_reference(stats, X[keep], y[keep])
@@ -174,14 +174,14 @@ def test_reservoir_same_rows_across_layers_runs_and_chunkings(tmp_path, rng):
     X, y = class_data(rng, [300, 500, 200], 8)
     path = write_dump(tmp_path / "d.h5", {"a": X, "b": 2 * X[:, :3]}, labels=y, chunk_rows=50)
     with Dump(path) as dump:
-        first = accumulate(dump, options=PassOptions(reservoir=100, seed=5, block_rows=64))
-        second = accumulate(dump, options=PassOptions(reservoir=100, seed=5, block_rows=999))
-        other_seed = accumulate(dump, options=PassOptions(reservoir=100, seed=6, block_rows=64))
-    index_a, labels_a, rows_a = first["a"].reservoir.sample()
+        first = accumulate(dump, specs=every(reservoir=100, seed=5), options=PassOptions(block_rows=64))
+        second = accumulate(dump, specs=every(reservoir=100, seed=5), options=PassOptions(block_rows=999))
+        other_seed = accumulate(dump, specs=every(reservoir=100, seed=6), options=PassOptions(block_rows=64))
+    index_a, labels_a, rows_a = first["a"].get("sample").sample()
     assert index_a.size == 100 and np.unique(index_a).size == 100
-    np.testing.assert_array_equal(index_a, first["b"].reservoir.sample()[0])
-    np.testing.assert_array_equal(index_a, second["a"].reservoir.sample()[0])
-    assert not np.array_equal(index_a, other_seed["a"].reservoir.sample()[0])
+    np.testing.assert_array_equal(index_a, first["b"].get("sample").sample()[0])
+    np.testing.assert_array_equal(index_a, second["a"].get("sample").sample()[0])
+    assert not np.array_equal(index_a, other_seed["a"].get("sample").sample()[0])
     np.testing.assert_array_equal(rows_a, X[index_a])
     np.testing.assert_array_equal(labels_a, y[index_a])
 
@@ -190,7 +190,7 @@ def test_partial_file_is_written_atomically_and_validated(tmp_path, rng):
     X, y = class_data(rng, [20, 20], 4)
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
     with Dump(path) as dump:
-        stats = accumulate(dump)
+        stats = accumulate(dump, specs=every())
     save_partial(tmp_path / "p.npz", stats)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "p.npz"]
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -219,18 +219,18 @@ def test_token_selection(tmp_path, rng, tokens, positions):
     path, X, pos, offsets = _token_dump(tmp_path, rng, positions=positions)
     keep = np.isin(np.arange(len(pos)) + 1, offsets[1:]) if tokens == "last" else pos >= int(tokens[5:])
     with Dump(path) as dump:
-        stats = accumulate(dump, options=PassOptions(tokens=tokens, block_rows=7, reservoir=1000))["h"]
+        stats = accumulate(dump, specs=every(reservoir=1000), options=PassOptions(tokens=tokens, block_rows=7))["h"]
     assert stats.n_rows == keep.sum()
     assert_matches_reference(stats, X[keep], np.zeros(int(keep.sum()), dtype=np.int64))
-    np.testing.assert_array_equal(stats.reservoir.sample()[0], np.flatnonzero(keep))
+    np.testing.assert_array_equal(stats.get("sample").sample()[0], np.flatnonzero(keep))
 
 
 def test_token_selection_needs_positions_or_offsets(tmp_path, rng):
     path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((10, 2))})
     with Dump(path) as dump:
         with pytest.raises(InvalidInputError, match="--tokens last needs token positions"):
-            accumulate(dump, options=PassOptions(tokens="last"))
-    with pytest.raises(UsageError, match=re.escape("--tokens 'first' is not one of all | last | from:K")):
+            accumulate(dump, specs=every(), options=PassOptions(tokens="last"))
+    with pytest.raises(UsageError, match=re.escape("tokens='first' is not one of all | last | from:K")):
         PassOptions(tokens="first")
 
 
@@ -240,11 +240,11 @@ def test_shard_files_with_row_offsets_merge_like_one_dump(tmp_path, rng):
     whole = write_dump(tmp_path / "whole.h5", {"h": X}, labels=y, chunk_rows=64)
     first = write_dump(tmp_path / "a.h5", {"h": X[:300]}, labels=y[:300], chunk_rows=64)
     second = write_dump(tmp_path / "b.h5", {"h": X[300:]}, labels=y[300:], chunk_rows=64)
-    options = PassOptions(reservoir=80, seed=4, block_rows=50)
+    options = PassOptions(block_rows=50)
     with Dump(whole) as a:
-        reference = accumulate(a, options=options)["h"]
+        reference = accumulate(a, specs=every(reservoir=80, seed=4), options=options)["h"]
     with Dump(first) as a, Dump(second) as b:
-        merged = merge_stats([accumulate(a, options=options),
-                              accumulate(b, options=PassOptions(reservoir=80, seed=4, block_rows=50, row_offset=300))])["h"]
-    np.testing.assert_array_equal(merged.reservoir.sample()[0], reference.reservoir.sample()[0])
+        merged = merge_stats([accumulate(a, specs=every(reservoir=80, seed=4), options=options),
+                              accumulate(b, specs=every(reservoir=80, seed=4), options=PassOptions(block_rows=50, row_offset=300))])["h"]
+    np.testing.assert_array_equal(merged.get("sample").sample()[0], reference.get("sample").sample()[0])
     assert_matches_reference(merged, X, y)

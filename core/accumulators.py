@@ -1,0 +1,383 @@
+"""The accumulator protocol: every one-pass statistic of a layer, fed from one read of each block.
+
+An accumulator is made from a *spec* (a small frozen dataclass saying what to keep, e.g. a
+sample of 2 000 rows with seed 0) and implements
+
+- ``update(rows)``: add one block of :class:`Rows` (the selected, finite rows with their labels
+  and global row numbers; the whole block and its sequence boundaries for sequence statistics);
+- ``merge(other)``: add another accumulator of the same spec (another shard, another row range);
+- ``to_arrays()`` / ``from_arrays(arrays)``: plain arrays for partial-statistics files;
+- ``finalize()``: what metric functions consume.
+
+Families (collapse, rank, entropy, ...) ask for specs; the engine takes the union (one
+accumulator per slot, e.g. the larger of two samples with the same seed, since a seeded sample of
+k rows is the first k of a larger one) and feeds them all from one read of each block. A new
+statistic is one spec + one accumulator class here, and nothing else in the engine changes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from actgeom.core.entropy import SequenceEntropy
+from actgeom.core.errors import InvalidInputError, OptionError, UsageError
+from actgeom.core.stats import ClassMoments, ClassStats, DirectionScatter, Reservoir, UnitStats
+
+
+@dataclass
+class Rows:
+    """One block of a layer as the accumulators see it (all float64).
+
+    X (n, D): the rows the pass uses (selected by --tokens, non-finite rows dropped);
+    labels (n,): class indices, -1 = none (0 for every row of an unlabelled dump);
+    index (n,): global row numbers (keys of the seeded sample);
+    block / boundaries: the whole block before selection and the starts/end of the whole
+    sequences in it (sequence statistics use whole sequences, whatever --tokens selects).
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    block: np.ndarray | None = None
+    boundaries: np.ndarray | None = None
+
+    @functools.cached_property
+    def norms(self) -> np.ndarray:
+        """‖x_i‖ per row, computed once per block for every accumulator that needs it."""
+        return np.sqrt(np.einsum("ij,ij->i", self.X, self.X))
+
+
+class Spec:
+    """What one accumulator keeps. ``slot`` names it in a layer's statistics; ``union`` is the
+    spec that serves two requests at once; ``covers`` says whether statistics made with this
+    spec can answer a request (for statistics loaded from a file)."""
+
+    slot: ClassVar[str]
+
+    def union(self, other: "Spec") -> "Spec":
+        if other != self:
+            raise UsageError(f"two families ask for different {self.slot} statistics: {self.record()} and {other.record()}")
+        return self
+
+    def covers(self, other: "Spec") -> bool:
+        return self == other
+
+    def build(self, n_units: int, storage_dtype: str):
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """What the statistic is, in words (for messages)."""
+        raise NotImplementedError
+
+
+# -- class moments ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MomentsSpec(Spec):
+    """Shifted first and second moments. ``by_class``: per class of the labelled rows (collapse);
+    else every row in one class (spectra). ``all_rows`` with ``by_class``: also the unlabelled
+    rows, in an accumulator of their own, so the total moments cover every row."""
+
+    slot: ClassVar[str] = "moments"
+    by_class: bool = True
+    all_rows: bool = False
+
+    def union(self, other: "MomentsSpec") -> "MomentsSpec":
+        if not self.by_class and not other.by_class:
+            return self
+        return MomentsSpec(by_class=True, all_rows=(self.all_rows or not self.by_class) or (other.all_rows or not other.by_class))
+
+    def describe(self) -> str:
+        if not self.by_class:
+            return "the moments of all rows"
+        return "class moments" + (" and the moments of unlabelled rows" if self.all_rows else " (labelled rows only)")
+
+    def covers(self, other: "MomentsSpec") -> bool:
+        if not other.by_class:  # total moments: from one class of every row, or classes + the unlabelled rest
+            return not self.by_class or self.all_rows
+        return self.by_class
+
+    def build(self, n_units: int, storage_dtype: str) -> "Moments":
+        return Moments(n_units, self)
+
+
+@dataclass
+class MomentStats:
+    """Finalised moments: the labelled rows' class statistics (None without ``by_class``) and
+    the total moments of every row (None when the unlabelled rows were not kept)."""
+
+    classes: ClassStats | None
+    total: ClassStats | None  # one class holding every row: counts (1,), means (1, D), within scatter
+
+
+class Moments:
+    """Class moments of the labelled rows (or of every row as one class), plus the unlabelled rest."""
+
+    kind = "moments"
+
+    def __init__(self, n_units: int, spec: MomentsSpec):
+        self.spec = spec
+        self.classes = ClassMoments(n_units)
+        self.rest = ClassMoments(n_units) if spec.by_class and spec.all_rows else None
+
+    def update(self, rows: Rows) -> None:
+        if not self.spec.by_class:
+            self.classes.update(rows.X, np.zeros(rows.X.shape[0], dtype=np.int64))
+            return
+        labelled = rows.labels >= 0
+        if labelled.all():
+            self.classes.update(rows.X, rows.labels)
+            return
+        self.classes.update(rows.X[labelled], rows.labels[labelled])
+        if self.rest is not None:
+            self.rest.update(rows.X[~labelled], np.zeros(int((~labelled).sum()), dtype=np.int64))
+
+    def merge(self, other: "Moments") -> None:
+        self.classes.merge(other.classes)
+        if self.rest is not None:
+            self.rest.merge(other.rest)
+
+    def finalize(self) -> MomentStats:
+        classes = self.classes.finalize()
+        if not self.spec.by_class:
+            return MomentStats(classes=None, total=classes)
+        if self.rest is None:
+            return MomentStats(classes=classes, total=None)
+        return MomentStats(classes=classes, total=total_of(classes, self.rest.finalize()))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"classes/{k}": v for k, v in self.classes.to_arrays().items()}
+        if self.rest is not None:
+            arrays |= {f"rest/{k}": v for k, v in self.rest.to_arrays().items()}
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, spec: MomentsSpec, arrays: dict[str, np.ndarray]) -> "Moments":
+        acc = cls(arrays["classes/scatter"].shape[0], spec)
+        acc.classes = ClassMoments.from_arrays(_prefixed(arrays, "classes/"))
+        if acc.rest is not None:
+            acc.rest = ClassMoments.from_arrays(_prefixed(arrays, "rest/"))
+        return acc
+
+
+def total_of(classes: ClassStats, rest: ClassStats) -> ClassStats:
+    """Every row as one class, exactly from class statistics and those of the unlabelled rows:
+    N Σ_T = Σ of within scatters + Σ_g n_g (μ_g − x̄)(μ_g − x̄)ᵀ over the groups g."""
+    counts = np.concatenate([classes.counts, rest.counts]).astype(np.float64)
+    means = np.concatenate([classes.means, rest.means])
+    n = counts.sum()
+    mean = counts @ means / n if n else np.zeros(means.shape[1])
+    centred = (means - mean) * np.sqrt(counts)[:, None]
+    scatter = classes.within_scatter + rest.within_scatter + centred.T @ centred
+    sq_dev = float(classes.sq_dev.sum() + rest.sq_dev.sum() + (centred**2).sum())
+    return ClassStats(counts=np.array([int(n)]), means=mean[None, :], within_scatter=scatter, sq_dev=np.array([sq_dev]))
+
+
+# -- unit statistics ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnitsSpec(Spec):
+    """Per unit: rows above ``threshold``, Σx, Σ|x| (``activity``), and Σ x/‖x‖ over rows."""
+
+    slot: ClassVar[str] = "units"
+    threshold: float = 0.0
+    activity: bool = True
+
+    def union(self, other: "UnitsSpec") -> "UnitsSpec":
+        if self.activity and other.activity and self.threshold != other.threshold:
+            raise UsageError(f"two families count active units with different thresholds: {self.threshold} and {other.threshold}")
+        threshold = self.threshold if self.activity else other.threshold
+        return UnitsSpec(threshold=threshold, activity=self.activity or other.activity)
+
+    def describe(self) -> str:
+        return f"unit activity above {self.threshold} (--threshold)" if self.activity else "Σ x/‖x‖ over rows"
+
+    def covers(self, other: "UnitsSpec") -> bool:
+        return not other.activity or (self.activity and self.threshold == other.threshold)
+
+    def build(self, n_units: int, storage_dtype: str) -> "Units":
+        return Units(UnitStats(n_units, self.threshold, activity=self.activity))
+
+
+class Units:
+    kind = "units"
+
+    def __init__(self, stats: UnitStats):
+        self.stats = stats
+
+    def update(self, rows: Rows) -> None:
+        self.stats.update(rows.X, norms=rows.norms)
+
+    def merge(self, other: "Units") -> None:
+        self.stats.merge(other.stats)
+
+    def finalize(self) -> UnitStats:
+        return self.stats
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.stats.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, spec: UnitsSpec, arrays: dict[str, np.ndarray]) -> "Units":
+        return cls(UnitStats.from_arrays(arrays))
+
+
+# -- Σ uuᵀ of normalised rows -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DirectionsSpec(Spec):
+    """Σ u uᵀ, u = x/‖x‖: the D×D side of the Gram of L2-normalised rows (dataset entropy)."""
+
+    slot: ClassVar[str] = "directions"
+
+    def describe(self) -> str:
+        return "Σuuᵀ of the normalised rows (stats --entropy-alpha)"
+
+    def build(self, n_units: int, storage_dtype: str) -> "Directions":
+        return Directions(DirectionScatter(n_units))
+
+
+class Directions:
+    kind = "directions"
+
+    def __init__(self, scatter: DirectionScatter):
+        self.scatter = scatter
+
+    def update(self, rows: Rows) -> None:
+        self.scatter.update(rows.X, norms=rows.norms)
+
+    def merge(self, other: "Directions") -> None:
+        self.scatter.merge(other.scatter)
+
+    def finalize(self) -> DirectionScatter:
+        return self.scatter
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.scatter.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, spec: DirectionsSpec, arrays: dict[str, np.ndarray]) -> "Directions":
+        return cls(DirectionScatter.from_arrays(arrays))
+
+
+# -- the seeded sample --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleSpec(Spec):
+    """A seeded uniform sample of ``size`` rows (the rows with the smallest keys of the seed)."""
+
+    slot: ClassVar[str] = "sample"
+    size: int = 2_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise OptionError("subsample", self.size, "must be ≥ 0")
+
+    def union(self, other: "SampleSpec") -> "SampleSpec":
+        if self.seed != other.seed:
+            raise UsageError(f"two families ask for samples with different seeds ({self.seed}, {other.seed}); "
+                             "give one --seed")
+        return SampleSpec(size=max(self.size, other.size), seed=self.seed)
+
+    def describe(self) -> str:
+        return f"a sample of {self.size} rows with seed {self.seed} (--subsample, --seed)"
+
+    def covers(self, other: "SampleSpec") -> bool:
+        return self.seed == other.seed and self.size >= other.size
+
+    def build(self, n_units: int, storage_dtype: str) -> "Sample":
+        # float32 holds every float16, bfloat16 and float32 value exactly
+        dtype = np.float64 if storage_dtype == "float64" else np.float32
+        return Sample(Reservoir(self.size, n_units, dtype, self.seed))
+
+
+class Sample:
+    kind = "sample"
+
+    def __init__(self, reservoir: Reservoir):
+        self.reservoir = reservoir
+
+    def update(self, rows: Rows) -> None:
+        self.reservoir.update(rows.X, rows.labels, rows.index)
+
+    def merge(self, other: "Sample") -> None:
+        self.reservoir.merge(other.reservoir)
+
+    def finalize(self) -> Reservoir:
+        return self.reservoir
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.reservoir.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, spec: SampleSpec, arrays: dict[str, np.ndarray]) -> "Sample":
+        return cls(Reservoir.from_arrays(arrays))
+
+
+# -- per-sequence entropies -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SequencesSpec(Spec):
+    """Token-level: per-sequence Rényi entropies of order ``alpha`` and Σ v vᵀ of sequence vectors."""
+
+    slot: ClassVar[str] = "sequences"
+    alpha: float = 1.0
+
+    def describe(self) -> str:
+        return f"sequence entropies of order {self.alpha} (--alpha; stats --entropy-alpha)"
+
+    def build(self, n_units: int, storage_dtype: str) -> "Sequences":
+        return Sequences(SequenceEntropy(n_units, self.alpha))
+
+
+class Sequences:
+    kind = "sequences"
+
+    def __init__(self, entropy: SequenceEntropy):
+        self.entropy = entropy
+
+    def update(self, rows: Rows) -> None:
+        self.entropy.update(rows.block, rows.boundaries)
+
+    def merge(self, other: "Sequences") -> None:
+        self.entropy.merge(other.entropy)
+
+    def finalize(self) -> SequenceEntropy:
+        return self.entropy
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.entropy.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, spec: SequencesSpec, arrays: dict[str, np.ndarray]) -> "Sequences":
+        return cls(SequenceEntropy.from_arrays(arrays))
+
+
+SPECS: dict[str, type[Spec]] = {spec.slot: spec for spec in (MomentsSpec, UnitsSpec, DirectionsSpec, SampleSpec, SequencesSpec)}
+ACCUMULATORS = {"moments": Moments, "units": Units, "directions": Directions, "sample": Sample, "sequences": Sequences}
+
+
+def union(requests) -> dict[str, Spec]:
+    """One spec per slot serving every request."""
+    chosen: dict[str, Spec] = {}
+    for spec in requests:
+        chosen[spec.slot] = chosen[spec.slot].union(spec) if spec.slot in chosen else spec
+    return chosen
+
+
+def spec_from_record(slot: str, record: dict) -> Spec:
+    if slot not in SPECS:
+        raise InvalidInputError(f"unknown statistic '{slot}' in a partial-statistics file")
+    return SPECS[slot](**record)
+
+
+def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}

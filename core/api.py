@@ -1,0 +1,312 @@
+"""The library face of actgeom: any set of metric families over dumps, in one pass per layer.
+
+>>> import actgeom
+>>> result = actgeom.collapse(["sample_data/digits_mlp_epoch1500.h5"], layers=["hidden3"])  # doctest: +SKIP
+>>> result.metric("nc1")  # doctest: +SKIP
+
+Keyword names are the command-line options in snake_case (``--fit-range`` → ``fit_range=``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from actgeom.core import __version__
+from actgeom.core.accumulators import Spec, union
+from actgeom.core.collapse import resolve_options as collapse_options
+from actgeom.core.dump import Dump, DumpSpec
+from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, feed, new_layer_stats, options_record, second_pass
+from actgeom.core.entropy import EntropyOptions
+from actgeom.core.errors import InvalidInputError, OptionError
+from actgeom.core.families import collapse as collapse_family
+from actgeom.core.families import entropy as entropy_family
+from actgeom.core.families import rank as rank_family
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.partial import load_partial
+from actgeom.core.result import Result, nonfinite_notes
+from actgeom.core.spectrum import resolve_options as rank_options
+
+FAMILIES: dict[str, Family] = {family.name: family for family in
+                               (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY)}
+
+
+def metrics_info(families: Iterable[str]) -> dict:
+    """Every metric of the families: family, ideal, range, direction, invariances, source."""
+    return {name: metric.info() for family in families for name, metric in FAMILIES[family].metrics.items()}
+
+
+def facts_of(dump: Dump) -> DumpFacts:
+    return DumpFacts(token_level=dump.offsets_path is not None, has_labels=dump.labels_path is not None,
+                     has_predictions=dump.predictions_path is not None)
+
+
+def specs_for(families: dict, facts: DumpFacts) -> dict[str, Spec]:
+    """The union of what the families need: one accumulator per statistic."""
+    return union(spec for name, options in families.items() for spec in FAMILIES[name].needs(options, facts))
+
+
+def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = PassOptions(),
+                 progress: Progress | None = None, precomputed: dict[str, LayerStats] | None = None,
+                 details: bool = False) -> dict:
+    """The file record of one dump for the families {name: options}: one pass per layer (or the
+    ``precomputed`` statistics, checked to hold what the families need), then one shared second
+    pass for the layers whose families need one (NC4)."""
+    specs = specs_for(families, facts_of(dump))
+    if precomputed is None:
+        stats = accumulate(dump, specs=specs, options=pass_options, progress=progress)
+    else:
+        stats = _checked(dump, precomputed, specs)
+    classifier = dump.classifier()
+    layers = []
+    records: dict[str, list[LayerRecord]] = {name: [] for name in families}
+    for layer in dump.layers:
+        ctx = LayerContext(name=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, attrs=layer.attrs,
+                           stats=stats[layer.name], pass_options=pass_options, dump=dump, details=details)
+        if classifier is not None and dump.classifier_layer == layer.name:
+            ctx.classifier = classifier
+        elif classifier is not None:
+            reads = f"layer '{dump.classifier_layer}'" if dump.classifier_layer else "a layer not selected by --layers"
+            ctx.classifier_problem = f"the classifier ({dump.weight_path}) reads {reads}, not this one"
+        consumers = {}
+        for name, options in families.items():
+            if FAMILIES[name].second_pass is not None:
+                consumer = FAMILIES[name].second_pass(ctx, options)
+                if consumer is not None:
+                    consumers[name] = consumer
+        if consumers:
+            second_pass(dump, layer, list(consumers.values()), pass_options, progress)
+        ctx.second = consumers
+        layers.append(_layer_entry(ctx, families, records))
+    entry = {"file": str(dump.path), "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
+             "model": dump.attrs.get("model"), "layers": layers}
+    for name, options in families.items():
+        if FAMILIES[name].file_record is not None:
+            entry |= FAMILIES[name].file_record(records[name], options)
+    if "entropy" in families:
+        layers += [a | {"nonfinite": nonfinite_notes(a["metrics"])} for a in entropy_family.attention(dump, families["entropy"])]
+    return entry
+
+
+def _layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
+    """One layer's entry: what every family found, in one metrics/unavailable/notes block, and
+    each family's own fields under its name."""
+    stats = ctx.stats
+    entry = {"layer": ctx.name, "kind": "layer", "n_rows": stats.n_rows, "n_units": ctx.n_units, "dtype": ctx.dtype,
+             "n_nonfinite_dropped": stats.n_nonfinite, "metrics": {}, "unavailable": {}, "notes": []}
+    details = {}
+    for name, options in families.items():
+        record = FAMILIES[name].layer(ctx, options)
+        records[name].append(record)
+        entry["metrics"] |= record.metrics
+        entry["unavailable"] |= record.unavailable
+        entry["notes"] += record.notes
+        entry[name] = record.fields
+        details |= record.details
+    entry["nonfinite"] = nonfinite_notes(entry["metrics"])
+    if ctx.details:
+        entry["details"] = details
+    return entry
+
+
+def _checked(dump: Dump, precomputed: dict[str, LayerStats], specs: dict[str, Spec]) -> dict[str, LayerStats]:
+    """Statistics from a file, refused unless they hold every layer with what the families need."""
+    missing = [layer.name for layer in dump.layers if layer.name not in precomputed]
+    if missing:
+        raise InvalidInputError(f"the statistics file has no layer '{missing[0]}' of {dump.path}; "
+                                f"it has: {', '.join(precomputed) or '(none)'}")
+    chosen = {}
+    for layer in dump.layers:
+        stats = precomputed[layer.name]
+        if stats.n_units != layer.n_units:
+            raise InvalidInputError(f"layer '{layer.name}' has {layer.n_units} units in {dump.path} but "
+                                    f"{stats.n_units} in the statistics file")
+        for slot, spec in specs.items():
+            have = stats.specs.get(slot)
+            if have is None or not have.covers(spec):
+                kept = "no such statistic" if have is None else have.describe()
+                raise InvalidInputError(f"the statistics of layer '{layer.name}' hold {kept}; this analysis needs "
+                                        f"{spec.describe()}: make them with `actgeom stats` and matching options")
+        chosen[layer.name] = stats
+    return chosen
+
+
+def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
+        pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
+        details: bool = False) -> Result:
+    """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    precomputed = None
+    if stats is not None:
+        if len(paths) != 1:
+            raise OptionError("stats", None, f"describes one dump; {len(paths)} were given")
+        precomputed = load_partial(stats)[0]
+    started = time.perf_counter()
+    files = []
+    for path in paths:
+        with Dump(path, spec) as dump:
+            files.append(analyze_dump(dump, families, pass_options=pass_options, progress=progress,
+                                      precomputed=precomputed, details=details))
+    document = {"tool": "actgeom", "version": __version__, "command": command,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "elapsed_s": time.perf_counter() - started,
+                "options": {name: asdict(options) for name, options in families.items()},
+                "pass": options_record(pass_options), "statistics_file": None if stats is None else str(stats),
+                "metrics_info": metrics_info(families), "files": files}
+    return Result(document)
+
+
+# -- the public functions ------------------------------------------------------------------------------
+
+def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None, attention=None,
+          allow_incomplete=False, nonfinite="error", tokens="all") -> tuple[DumpSpec, PassOptions]:
+    spec = DumpSpec(layers=tuple([layers] if isinstance(layers, str) else layers or ()), labels=labels, weight=weight,
+                    bias=bias, predictions=predictions, offsets=offsets, attention=attention,
+                    allow_incomplete=allow_incomplete)
+    return spec, PassOptions(nonfinite=nonfinite, tokens=tokens)
+
+
+def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
+             allow_incomplete=False, nonfinite="error", tokens="all", stats=None, preset=None, min_count=None,
+             global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
+             progress: Progress | None = None) -> Result:
+    """Neural-collapse metrics (docs/metrics.md §1) of every selected layer of every dump."""
+    spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens)
+    options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
+                               divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
+    return run("collapse", paths, {"collapse": options}, spec=spec, pass_options=pass_options, stats=stats,
+               progress=progress)
+
+
+def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", stats=None,
+         preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
+         seed=None, details=False, progress: Progress | None = None) -> Result:
+    """Spectrum and effective-dimension metrics (docs/metrics.md §2) of every selected layer."""
+    spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
+    options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
+                           subsample=subsample, seed=seed)
+    return run("rank", paths, {"rank": options}, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
+               details=details)
+
+
+def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
+            tokens="all", stats=None, progress: Progress | None = None, **options) -> Result:
+    """Entropies and neuron activity (docs/metrics.md §3); ``options`` are EntropyOptions fields
+    (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens)
+    return run("entropy", paths, {"entropy": _entropy_options(options)}, spec=spec, pass_options=pass_options,
+               stats=stats, progress=progress)
+
+
+def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
+            weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
+            nonfinite="error", tokens="all", stats=None, details=False, progress: Progress | None = None) -> Result:
+    """Several families at once, one pass per layer. ``options``: {family: options object or dict
+    of its keyword options}; a family not named there uses its defaults."""
+    spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
+                               nonfinite, tokens)
+    chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
+    return run("analyze", paths, chosen, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
+               details=details)
+
+
+def family_options(name: str, given=None):
+    """A family's options object from None (defaults), a dict of keywords, or an options object."""
+    if name not in FAMILIES:
+        raise OptionError("families", name, f"is not one of {', '.join(FAMILIES)}")
+    if given is None or isinstance(given, dict):
+        given = dict(given or {})
+        if name == "collapse":
+            return collapse_options(given.pop("preset", None), **given)
+        if name == "rank":
+            return rank_options(given.pop("preset", None), **given)
+        return _entropy_options(given)
+    return given
+
+
+def _entropy_options(given: dict) -> EntropyOptions:
+    unknown = set(given) - set(EntropyOptions.__dataclass_fields__)
+    if unknown:
+        raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
+                          f"is not an entropy option; they are: {', '.join(EntropyOptions.__dataclass_fields__)}")
+    return EntropyOptions(**given)
+
+
+class Statistics:
+    """One-pass statistics fed from memory, batch by batch (numpy arrays, or anything with
+    ``__array__`` such as torch tensors), for any family's metrics without a dump — e.g. during
+    training.
+
+    >>> import numpy as np, actgeom
+    >>> stats = actgeom.Statistics({"h": 3}, families=("rank",))
+    >>> stats.update({"h": np.eye(3)})
+    >>> stats.update({"h": np.eye(3)})
+    >>> round(stats.metrics().metric("participation_ratio"), 6)
+    2.0
+    """
+
+    def __init__(self, layers: dict[str, int], *, families=("collapse", "rank", "entropy"), options: dict | None = None,
+                 weight=None, bias=None):
+        self.families = {name: family_options(name, (options or {}).get(name)) for name in families}
+        self.specs = specs_for(self.families, DumpFacts(has_labels=True))
+        self.specs.pop("sequences", None)  # whole sequences come only from dumps with offsets
+        self.stats = {name: _memory_layer(name, int(width), self.specs) for name, width in layers.items()}
+        self.classifier = None if weight is None else (_float64(weight), None if bias is None else _float64(bias))
+        self.n_rows = 0
+
+    def update(self, activations: dict, labels=None) -> None:
+        """Add one batch: {layer: (n, D) array}, labels (n,) class indices (-1 = none) or None."""
+        unknown = set(activations) - set(self.stats)
+        if unknown:
+            raise OptionError("activations", sorted(unknown)[0], f"is not a layer; layers: {', '.join(self.stats)}")
+        batch = None
+        for name, values in activations.items():
+            X = _float64(values)
+            if X.ndim != 2 or X.shape[1] != self.stats[name].n_units or (batch is not None and X.shape[0] != batch):
+                raise OptionError("activations", name, f"must be (n, {self.stats[name].n_units}) like every layer of "
+                                                       f"the batch; got {X.shape}")
+            batch = X.shape[0]
+            y = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+            if y is not None and y.shape[0] != batch:
+                raise OptionError("labels", y.shape[0], f"must have one label per row ({batch})")
+            feed(self.stats[name], X, y, np.arange(self.n_rows, self.n_rows + batch))
+        self.n_rows += batch or 0
+
+    def metrics(self, families: Iterable[str] | None = None) -> Result:
+        """The metrics of every layer from the rows fed so far."""
+        chosen = {name: self.families[name] for name in (families or self.families)}
+        layers, records = [], {name: [] for name in chosen}
+        for name, stats in self.stats.items():
+            ctx = LayerContext(name=name, n_units=stats.n_units, dtype="float64", attrs={}, stats=stats,
+                               pass_options=PassOptions(), classifier=self.classifier,
+                               classifier_problem=None if self.classifier else None)
+            layers.append(_layer_entry(ctx, chosen, records))
+        entry = {"file": None, "checkpoint": None, "step": None, "model": None, "layers": layers}
+        for name, options in chosen.items():
+            if FAMILIES[name].file_record is not None:
+                entry |= FAMILIES[name].file_record(records[name], options)
+        return Result({"tool": "actgeom", "version": __version__, "command": "statistics",
+                       "options": {name: asdict(options) for name, options in chosen.items()}, "pass": {},
+                       "statistics_file": None, "metrics_info": metrics_info(chosen), "files": [entry]})
+
+
+def _memory_layer(name: str, width: int, specs: dict) -> LayerStats:
+    from actgeom.core.dump import LayerInfo
+
+    info = LayerInfo(name=name, path=name, n_rows=0, n_units=width, storage_dtype="float64", logical_dtype="float64",
+                     chunk_rows=None, compression=None)
+    return new_layer_stats(info, specs)
+
+
+def _float64(values) -> np.ndarray:
+    """float64 rows from numpy arrays or tensors (torch bfloat16 has no numpy dtype: widen it first)."""
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu()
+        if str(values.dtype) == "torch.bfloat16":
+            values = values.float()
+    return np.asarray(values, dtype=np.float64)

@@ -1,0 +1,189 @@
+"""The collapse family: class moments in one pass, the metrics of core/collapse.py per layer,
+NC4 (and the scatter of dropped classes) in the shared second pass, the separation law per file."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actgeom.core.accumulators import MomentsSpec
+from actgeom.core.collapse import (
+    REGISTRY,
+    UNAVAILABLE,
+    CollapseOptions,
+    geometry,
+    kept_classes,
+    per_class,
+    separation_law,
+)
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+from actgeom.core.stats import ClassStats
+
+_TILE_BYTES = 32 << 20  # scores of a row block against a tile of classes
+DETAIL_CLASSES = 50  # class-mean cosines for plots: the most frequent classes
+
+
+def needs(options: CollapseOptions, facts: DumpFacts) -> list:
+    return [MomentsSpec(by_class=True)]
+
+
+def _classes(ctx: LayerContext) -> ClassStats:
+    return ctx.stats.get("moments").classes
+
+
+def _classifier(ctx: LayerContext, n_classes: int):
+    """(W, b, problem): W needs a row for every class index that has rows."""
+    if ctx.classifier is None:
+        return None, None, ctx.classifier_problem
+    weight, bias = ctx.classifier
+    if weight.shape[0] < n_classes:
+        return None, None, (f"the classifier has {weight.shape[0]} rows but labels go up to {n_classes - 1}; "
+                            "W-metrics need one row per class")
+    return weight, bias, None
+
+
+def decision_source(ctx: LayerContext, options: CollapseOptions) -> tuple[str | None, str]:
+    """Which network decision NC4 compares with: (mode, "") or (None, why there is none)."""
+    weight, bias, _ = _classifier(ctx, _classes(ctx).counts.size)
+    wanted = options.nc4_decision
+    has = {"predictions": ctx.dump is not None and ctx.dump.predictions_path is not None,
+           "logits": weight is not None and bias is not None, "logits-nobias": weight is not None}
+    if wanted == "auto":
+        for mode in ("predictions", "logits", "logits-nobias"):
+            if has[mode]:
+                return mode, ""
+        return None, UNAVAILABLE["decision"]
+    if has[wanted]:
+        return wanted, ""
+    need = {"predictions": "predictions (--predictions)", "logits": "a classifier weight and bias for this layer",
+            "logits-nobias": "a classifier weight for this layer"}[wanted]
+    return None, f"--nc4-decision {wanted} needs {need}"
+
+
+def second_pass(ctx: LayerContext, options: CollapseOptions):
+    """The NC4 consumer of the shared second pass, when there is a decision source or a dropped
+    class with rows to remove from the pooled scatter; else None."""
+    if ctx.dump is None:
+        return None
+    stats = _classes(ctx)
+    kept = kept_classes(stats.counts, options.min_count)
+    dropped = np.flatnonzero((stats.counts > 0) & (stats.counts < options.min_count))
+    mode, _ = decision_source(ctx, options)
+    if kept.size < 2 or (mode is None and not (stats.counts[dropped] > 1).any()):
+        return None
+    weight, bias, _ = _classifier(ctx, stats.counts.size)
+    return NC4Pass(ctx.dump, stats, kept, dropped, mode, weight, bias)
+
+
+class NC4Pass:
+    """NC4 (network decision vs nearest class mean) and the scatter of dropped classes' rows."""
+
+    def __init__(self, dump, stats: ClassStats, kept, dropped, mode: str | None, weight, bias):
+        self.dump, self.mode, self.kept = dump, mode, kept
+        self.means = stats.means
+        self.centre = self.means[kept].mean(axis=0)
+        self.m = self.means[kept] - self.centre  # NCC on centred means: argmax x̃·m_c − ½‖m_c‖² (no offset cancellation)
+        self.half_sq = -0.5 * np.einsum("ij,ij->i", self.m, self.m)
+        self.weight = weight
+        self.offsets = None if weight is None else (bias if mode == "logits" else np.zeros(weight.shape[0]))
+        self.is_kept = np.zeros(self.means.shape[0], dtype=bool)
+        self.is_kept[kept] = True
+        multi = dropped[stats.counts[dropped] > 1]
+        self.is_dropped = np.zeros(self.means.shape[0], dtype=bool)
+        self.is_dropped[multi] = True
+        self.dropped_scatter = np.zeros((self.means.shape[1],) * 2) if multi.size else None
+        self.mismatches = self.considered = 0
+
+    def update(self, start: int, X: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> None:
+        known = (labels >= 0) & (labels < self.means.shape[0])  # rows outside --tokens may carry labels never seen
+        labelled = known & usable
+        y = np.where(known, labels, 0)
+        if self.dropped_scatter is not None:
+            rows = labelled & self.is_dropped[y]
+            dev = X[rows] - self.means[y[rows]]
+            self.dropped_scatter += dev.T @ dev
+        if self.mode is None:
+            return
+        rows = labelled & self.is_kept[y]
+        chosen = X[rows]
+        ncc = self.kept[_argmax_tiled(chosen - self.centre, self.m, self.half_sq)]
+        if self.mode == "predictions":
+            network = self.dump.predictions(start, start + X.shape[0])[rows]
+        else:
+            network = _argmax_tiled(chosen, self.weight, self.offsets)
+        self.mismatches += int((network != ncc).sum())
+        self.considered += int(rows.sum())
+
+    @property
+    def mismatch(self) -> float | None:
+        if self.mode is None:
+            return None
+        return self.mismatches / self.considered if self.considered else float("nan")
+
+
+def _argmax_tiled(X: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """argmax_c (X rows_cᵀ + offsets_c), over class tiles small enough to keep memory bounded."""
+    tile = max(1, _TILE_BYTES // max(8 * X.shape[0], 1))
+    best = np.full(X.shape[0], -np.inf)
+    arg = np.zeros(X.shape[0], dtype=np.int64)
+    for start in range(0, rows.shape[0], tile):
+        scores = X @ rows[start : start + tile].T + offsets[start : start + tile]
+        local = scores.argmax(axis=1)
+        value = scores[np.arange(X.shape[0]), local]
+        better = value > best
+        best[better], arg[better] = value[better], local[better] + start
+    return arg
+
+
+def layer(ctx: LayerContext, options: CollapseOptions) -> LayerRecord:
+    stats = _classes(ctx)
+    counts = stats.counts
+    kept = kept_classes(counts, options.min_count)
+    dropped = np.flatnonzero((counts > 0) & (counts < options.min_count))
+    fields = {"n_rows_used": int(counts[kept].sum()), "n_unlabeled": ctx.stats.n_unlabeled,
+              "n_classes_kept": int(kept.size), "n_classes_dropped": int(dropped.size),
+              "n_classes_empty": int((counts == 0).sum())}
+    if kept.size < 2:
+        reason = (f"{kept.size} class(es) with ≥ {options.min_count} rows; collapse needs 2"
+                  + ("" if kept.size or ctx.dump is None or ctx.dump.labels_path else ": no labels (give --labels)"))
+        return LayerRecord(unavailable=dict.fromkeys(REGISTRY, reason), fields=fields)
+    weight, bias, problem = _classifier(ctx, counts.size)
+    mode, no_decision = decision_source(ctx, options)
+    nc4 = ctx.second.get("collapse")
+    g = geometry(stats, options, weight=weight, bias=bias,
+                 dropped_scatter=None if nc4 is None else nc4.dropped_scatter,
+                 nc4=None if nc4 is None else nc4.mismatch)
+    missing = {"weight": problem or UNAVAILABLE["weight"], "bias": problem or UNAVAILABLE["bias"]}
+    missing = {need: reason for need, reason in missing.items() if getattr(g, need) is None}
+    if g.nc4 is None:
+        missing["decision"] = no_decision or "NC4 needs a second pass over the dump's rows"
+    values, unavailable = evaluate(REGISTRY, g, options, missing)
+    if mode is not None and g.nc4 is not None:
+        fields["nc4_decision"] = mode
+    if options.per_class:
+        fields["per_class"] = per_class(g)
+    details = _details(g) if ctx.details else {}
+    return LayerRecord(metrics=values, unavailable=unavailable, fields=fields, details=details)
+
+
+def _details(g) -> dict:
+    """Class-mean cosines (and classifier–mean duality) of the most frequent classes, for plots."""
+    top = np.sort(np.argsort(-g.counts, kind="stable")[:DETAIL_CLASSES])
+    m = g.centred[top]
+    unit = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), np.finfo(float).tiny)
+    details = {"class_ids": g.classes[top].tolist(), "class_mean_cosine": (unit @ unit.T).tolist(),
+               "n_classes_total": g.n_classes, "duality_cosine": None}
+    if g.weight is not None:
+        w = g.weight[top]
+        details["duality_cosine"] = (np.einsum("ij,ij->i", w, unit) / np.linalg.norm(w, axis=1)).tolist()
+    return details
+
+
+def file_record(records: list[LayerRecord], options: CollapseOptions) -> dict:
+    """He & Su's separation law across the layers of one file (two layers or more)."""
+    if len(records) < 2:
+        return {"separation_law": None}
+    return {"separation_law": separation_law([r.metrics.get("separation_fuzziness", float("nan")) for r in records])}
+
+
+FAMILY = Family(name="collapse", options_class=CollapseOptions, metrics=REGISTRY, needs=needs, layer=layer,
+                second_pass=second_pass, file_record=file_record)

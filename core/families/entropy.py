@@ -1,0 +1,71 @@
+"""The entropy family: unit activity, Σ uuᵀ (or per-sequence entropies) and a seeded sample in
+one pass; dataset entropy, DSE/DSMI, SAE effective features, neuron activity; attention entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actgeom.core.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
+from actgeom.core.entropy import (
+    ATTENTION_METRICS,
+    KERNEL_NEAR_IDENTITY,
+    LAYER_METRICS,
+    REGISTRY,
+    EntropyInputs,
+    EntropyOptions,
+)
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+
+
+def needs(options: EntropyOptions, facts: DumpFacts) -> list:
+    rows = SequencesSpec(alpha=options.alpha) if facts.token_level else DirectionsSpec()
+    return [UnitsSpec(threshold=options.threshold or 0.0), SampleSpec(size=options.subsample, seed=options.seed), rows]
+
+
+def layer(ctx: LayerContext, options: EntropyOptions) -> LayerRecord:
+    units = ctx.stats.get("units")
+    sequences = ctx.stats.get("sequences")
+    results = None if sequences is None else sequences.results()
+    directions = ctx.stats.get("directions")
+    _, labels, sample = ctx.stats.get("sample").sample(options.subsample)
+    inputs = EntropyInputs(units=units, sample=sample.astype(np.float64), sample_labels=labels,
+                           direction_scatter=None if directions is None else directions.matrix(),
+                           sequences=results, layer_width=options.layer_width)
+    missing = {}
+    if results is None:
+        missing["offsets"] = "needs sequence offsets (--offsets): a token-level dump"
+    if ctx.dump is not None and ctx.dump.labels_path is None:
+        missing["labels"] = "needs labels (--labels)"
+    if options.layer_width is None:
+        missing["layer_width"] = "needs the width of the layer the SAE encodes (--layer-width)"
+    relu = str(ctx.attrs.get("activation", "")).lower() == "relu"
+    explicit = options.threshold is not None or ctx.dump is None
+    if not (explicit or relu):
+        missing["threshold"] = (f"layer '{ctx.name}' is not marked ReLU (attribute activation); give --threshold for "
+                                "the value a unit must exceed to count as active")
+    values, unavailable = evaluate(LAYER_METRICS, inputs, options, missing)
+    notes = []
+    if values.get("dse_offdiag_fraction", 1.0) < KERNEL_NEAR_IDENTITY:
+        notes.append(f"the DSE kernel is close to the identity ({values['dse_offdiag_fraction']:.2g} of its mass "
+                     f"off the diagonal): σ = {options.sigma} is small next to the median distance "
+                     f"{values['dse_median_distance']:.3g}, so DSE ≈ log₂ N")
+    fields = {"threshold": units.threshold if explicit or relu else None, "sample_rows": int(sample.shape[0]),
+              "sample_seed": options.seed}
+    if results is not None:
+        fields |= {k: v for k, v in results.items() if k not in ("dataset_entropy", "prompt_entropy")}
+    details = {}
+    if ctx.details:
+        details = {"firing_rate": (units.n_active / max(units.n_rows, 1)).tolist() if "threshold" not in missing else None}
+    return LayerRecord(metrics=values, unavailable=unavailable, notes=notes, fields=fields, details=details)
+
+
+def attention(dump, options: EntropyOptions) -> list[dict]:
+    """One entry per attention dataset of the dump (kind "attention")."""
+    entries = []
+    for path in dump.attention_paths:
+        values, unavailable = evaluate(ATTENTION_METRICS, dump.attention_blocks(path), options, {})
+        entries.append({"layer": path, "kind": "attention", "metrics": values, "unavailable": unavailable})
+    return entries
+
+
+FAMILY = Family(name="entropy", options_class=EntropyOptions, metrics=REGISTRY, needs=needs, layer=layer)

@@ -1,0 +1,69 @@
+"""The one document every command and the Python API produce, and its tidy views.
+
+document = {tool, version, command, options (by family), pass, statistics_file,
+            files: [{file, checkpoint, step, model, layers: [{layer, kind, n_rows, n_units, dtype,
+                     metrics, unavailable, nonfinite, notes, <family>: {...}, details?}], <family extras>}]}
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from actgeom.core.errors import UsageError
+
+RECORD_KEYS = ("file", "checkpoint", "step", "layer", "family", "metric", "value", "note")
+
+
+class Result:
+    """What an analysis found. ``to_dict()``: the whole document; ``records()``: one tidy row per
+    file × layer × metric (value None with the reason in ``note`` when unavailable or not finite);
+    ``to_pandas()``: those rows as a DataFrame."""
+
+    def __init__(self, document: dict):
+        self.document = document
+
+    def to_dict(self) -> dict:
+        return self.document
+
+    def records(self) -> list[dict]:
+        families = {name: info["family"] for name, info in self.document.get("metrics_info", {}).items()}
+        rows = []
+        for file in self.document["files"]:
+            base = {"file": file["file"], "checkpoint": file.get("checkpoint"), "step": file.get("step")}
+            for layer in file["layers"]:
+                where = base | {"layer": layer["layer"]}
+                notes = layer.get("nonfinite", {})
+                for name, value in layer.get("metrics", {}).items():
+                    rows.append(where | {"family": families.get(name), "metric": name, "value": value,
+                                         "note": notes.get(name)})
+                for name, reason in layer.get("unavailable", {}).items():
+                    rows.append(where | {"family": families.get(name), "metric": name, "value": None, "note": reason})
+        return rows
+
+    def to_pandas(self):
+        """One row per file × layer × metric (pandas is imported only here)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UsageError("Result.to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.records(), columns=list(RECORD_KEYS))
+
+    def metric(self, name: str, *, layer: str | None = None, file: int = 0):
+        """One metric's value (of the only or the named layer of the file-th file)."""
+        layers = [entry for entry in self.document["files"][file]["layers"] if layer is None or entry["layer"] == layer]
+        if len(layers) != 1:
+            names = [entry["layer"] for entry in self.document["files"][file]["layers"]]
+            raise UsageError(f"layer={layer!r} does not name one layer; layers: {', '.join(names)}")
+        return layers[0]["metrics"].get(name)
+
+    def __repr__(self) -> str:
+        files = self.document["files"]
+        n_layers = sum(len(f["layers"]) for f in files)
+        return f"<actgeom Result: {self.document['command']}, {len(files)} file(s), {n_layers} layer(s)>"
+
+
+def nonfinite_notes(values: dict) -> dict[str, str]:
+    """"inf"/"nan" for every non-finite number among metric values (JSON shows them as null)."""
+    return {name: str(v) for name, v in values.items() if isinstance(v, (float, np.floating)) and not math.isfinite(v)}
