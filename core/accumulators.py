@@ -18,7 +18,7 @@ statistic is one spec + one accumulator class here, and nothing else in the engi
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -44,6 +44,7 @@ class Rows:
     index: np.ndarray
     block: np.ndarray | None = None
     boundaries: np.ndarray | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # per-row vectors a spec asked for, aligned with X
 
     @functools.cached_property
     def norms(self) -> np.ndarray:
@@ -57,6 +58,7 @@ class Spec:
     spec can answer a request (for statistics loaded from a file)."""
 
     slot: ClassVar[str]
+    row_vectors: ClassVar[tuple[str, ...]] = ()  # per-row vectors the accumulator reads: "position", "token_id", ...
 
     def union(self, other: "Spec") -> "Spec":
         if other != self:

@@ -126,6 +126,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     offsets = dump.offsets() if "sequences" in specs else None
     if "sequences" in specs and offsets is None:
         raise InvalidInputError(f"sequence entropies need sequence offsets (--offsets) in {dump.path}")
+    wanted = sorted({name for spec in specs.values() for name in spec.row_vectors})
     results = {}
     for layer in selected:
         stats = new_layer_stats(layer, specs)
@@ -140,7 +141,8 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
             first = options.row_offset + block.start  # the sample is keyed by global row numbers
             index = np.arange(first, first + X.shape[0]) if keep is None else first + np.flatnonzero(keep)
-            feed(stats, X, labels, index, block=block.X, boundaries=boundaries)
+            vectors = {name: _row_vector(dump, name, block.start, end, keep) for name in wanted}
+            feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors)
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
         if stats.n_nonfinite and options.nonfinite == "error":
@@ -152,10 +154,17 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     return results
 
 
+def _row_vector(dump: Dump, name: str, start: int, stop: int, keep: np.ndarray | None) -> np.ndarray:
+    """A per-row vector (e.g. "position", "token_id") of rows [start, stop), selected like the rows."""
+    values = dump.row_vector(name, start, stop)
+    return values if keep is None else values[keep]
+
+
 def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.ndarray, *,
-         block: np.ndarray | None = None, boundaries: np.ndarray | None = None) -> None:
-    """Feed one block of float64 rows (global row numbers ``index``) to every accumulator of a
-    layer; rows with NaN/inf are dropped and counted."""
+         block: np.ndarray | None = None, boundaries: np.ndarray | None = None, vectors: dict | None = None) -> None:
+    """Feed one block of float64 rows (global row numbers ``index``, per-row ``vectors``) to every
+    accumulator of a layer; rows with NaN/inf are dropped and counted."""
+    vectors = vectors or {}
     n = X.shape[0]
     y = np.zeros(n, dtype=np.int64) if labels is None else labels
     if np.any(y < -1):
@@ -165,9 +174,10 @@ def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.
         finite = np.isfinite(X).all(axis=1)
         stats.n_nonfinite += int(n - finite.sum())
         X, y, index = X[finite], y[finite], index[finite]
+        vectors = {name: values[finite] for name, values in vectors.items()}
     stats.n_rows += X.shape[0]
     stats.n_unlabeled += int((y < 0).sum())
-    rows = Rows(X=X, labels=y, index=index, block=block, boundaries=boundaries)
+    rows = Rows(X=X, labels=y, index=index, block=block, boundaries=boundaries, vectors=vectors)
     for acc in stats.accumulators.values():
         acc.update(rows)
 

@@ -375,6 +375,14 @@ class Dump:
             return None
         return np.asarray(self._file[self.positions_path][start:stop], dtype=np.int64)
 
+    def row_vector(self, name: str, start: int, stop: int) -> np.ndarray:
+        """A per-row vector ("position", "token_id", "prediction", "label") of rows [start, stop)
+        as int64; refused, naming the conventional path, when the dump has none."""
+        path = self._find(None, (f"rows/{name}",), None)
+        if path is None:
+            raise InvalidInputError(f"this analysis needs /rows/{name} in {self.path}, which has none")
+        return np.asarray(self._file[path][start:stop], dtype=np.int64)
+
     def offsets(self) -> np.ndarray | None:
         return None if self.offsets_path is None else np.asarray(self._file[self.offsets_path][()], dtype=np.int64)
 
