@@ -12,7 +12,7 @@ from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
 
-METRIC = "Metric conventions (METRICS.md §1)"
+METRIC = "Metric conventions (docs/metrics.md)"
 DumpsArg = Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps (e.g. one per checkpoint).",
                                                 show_default=False)]
 

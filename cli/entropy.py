@@ -12,7 +12,7 @@ from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
 
-METRIC = "Metric conventions (METRICS.md §3)"
+METRIC = "Metric conventions (docs/metrics.md)"
 
 
 def entropy(

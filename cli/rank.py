@@ -15,7 +15,7 @@ from actgeom.cli.progress import row_progress
 from actgeom.cli.stats import parse_rows
 from actgeom.core import api
 
-METRIC = "Metric conventions (METRICS.md §2)"
+METRIC = "Metric conventions (docs/metrics.md)"
 
 
 def rank(

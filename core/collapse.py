@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (METRICS.md §1): pure functions of finalised class statistics.
+"""Neural-collapse metrics (docs/metrics.md): pure functions of finalised class statistics.
 
 Every metric takes a :class:`Geometry` (the kept classes' counts, means, within-class
 covariance, variances, and the classifier restricted to them) and returns named floats. The
@@ -27,7 +27,7 @@ NC4_DECISIONS = ("auto", "predictions", "logits", "logits-nobias")
 
 @dataclass(frozen=True)
 class CollapseOptions:
-    """Every convention that changes a collapse number (METRICS.md §1); recorded in the output."""
+    """Every convention that changes a collapse number (docs/metrics.md); recorded in the output."""
 
     min_count: int = 1  # classes with fewer rows are dropped from every metric
     global_mean: str = "class"  # μ_G: mean of class means ("class") or of rows ("sample")
@@ -46,7 +46,7 @@ class CollapseOptions:
             raise OptionError("min_count", self.min_count, "must be ≥ 1")
 
 
-# Each preset reproduces one publication's conventions (METRICS.md §1, "Presets").
+# Each preset reproduces one publication's conventions (docs/metrics.md, "Presets").
 PRESETS: dict[str, dict] = {
     "papyan": {"global_mean": "class", "nc1_inverse": "topk", "divide_by_c": False},
     "zhu": {"global_mean": "sample", "nc1_inverse": "pinv", "divide_by_c": True},
@@ -332,71 +332,71 @@ _GEOMETRIC = frozenset({"rotation", "shift"})  # carries units: not scale-invari
 _W = ("labels", "weight")
 
 
-def _diag(name, compute, source, needs=("labels",)):
-    return dict(name=name, compute=compute, needs=needs, direction="neither", range=(0, math.inf), source=source,
+def _diag(name, formula, compute, source, needs=("labels",)):
+    return dict(name=name, formula=formula, compute=compute, needs=needs, direction="neither", range=(0, math.inf), source=source,
                 diagnostic=True, exempt="a count describing how another metric was computed")
 
 
 REGISTRY = registry(
     "collapse",
-    dict(name="nc1", compute=nc1, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL, source=_PAPYAN,
+    dict(name="nc1", formula="Tr(Σ_W Σ_B⁺)/C, Σ_B⁺ from the top min(C−1, D) eigenpairs (--nc1-inverse topk) or a pseudo-inverse", compute=nc1, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL, source=_PAPYAN,
          test=_REF, log_scale=True),
-    _diag("nc1_rank_used", nc1, _PAPYAN),
-    dict(name="nc1_quotient", compute=nc1_quotient, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
+    _diag("nc1_rank_used", "number of eigenpairs of Σ_B kept in Σ_B⁺", nc1, _PAPYAN),
+    dict(name="nc1_quotient", formula="Tr Σ_W / Tr Σ_B", compute=nc1_quotient, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
          source="Tirer, Huang & Niles-Weed, ICML 2023", test=_REF, log_scale=True),
-    dict(name="cdnv", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
+    dict(name="cdnv", formula="mean over class pairs of (v_c + v_c′) / (2‖μ_c − μ_c′‖²), v_c = E_{x∈c}‖x − μ_c‖²", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
          source="Galanti et al., ICLR 2022", test=_REF, log_scale=True),
-    dict(name="cdnv_lc", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
+    dict(name="cdnv_lc", formula="mean over class pairs of (v_c + v_c′) / (2‖μ_c − μ_c′‖⁴)", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
          source=_LC, test=_REF, log_scale=True),
-    _diag("cdnv_coincident_pairs", cdnv, "Galanti et al., ICLR 2022"),
-    dict(name="vci", compute=vci, needs=("labels",), ideal=0.0, range=(0, 1), invariant=frozenset(INVARIANCES),
+    _diag("cdnv_coincident_pairs", "class pairs with coincident means (their CDNV is infinite)", cdnv, "Galanti et al., ICLR 2022"),
+    dict(name="vci", formula="1 − Tr(Σ_T⁺ Σ_B) / min(D, C−1), Σ_T = Σ_W + Σ_B", compute=vci, needs=("labels",), ideal=0.0, range=(0, 1), invariant=frozenset(INVARIANCES),
          source="Xu & Liu, ICML 2023", test=_REF),
-    dict(name="separation_fuzziness", compute=separation_fuzziness, needs=("labels",), ideal=0.0, range=(0, math.inf),
+    dict(name="separation_fuzziness", formula="Tr(SS_W SS_B⁺), SS_B = (1/N) Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ", compute=separation_fuzziness, needs=("labels",), ideal=0.0, range=(0, math.inf),
          invariant=_ALL, source="He & Su, PNAS 2023", test=_REF, log_scale=True),
-    dict(name="nc2_equinorm_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf),
+    dict(name="nc2_equinorm_means", formula="std(‖m_c‖) / mean(‖m_c‖), ddof 1, m_c = μ_c − μ_G", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf),
          invariant=_ALL, source=_PAPYAN, test=_REF),
-    dict(name="nc2_equinorm_logvar_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf),
+    dict(name="nc2_equinorm_logvar_means", formula="var(log ‖m_c‖), ddof 1", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf),
          invariant=_ALL, source=_LC, test=_REF),
-    dict(name="nc2_equiangular_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 1), invariant=_ALL,
+    dict(name="nc2_equiangular_means", formula="std over class pairs of cos(m_c, m_c′) (population)", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 1), invariant=_ALL,
          source=_PAPYAN, test=_REF),
-    dict(name="nc2_maxangle_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 2), invariant=_ALL,
+    dict(name="nc2_maxangle_means", formula="mean over class pairs of |cos(m_c, m_c′) + 1/(C−1)|", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 2), invariant=_ALL,
          source=_PAPYAN, test=_REF),
-    dict(name="nc2_etf_error_means", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 2), invariant=_ALL,
+    dict(name="nc2_etf_error_means", formula="‖M̃M̃ᵀ/‖M̃M̃ᵀ‖_F − (I − 11ᵀ/C)/√(C−1)‖_F", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, 2), invariant=_ALL,
          source=_ZHU, test=_REF),
-    dict(name="gnc2_log_mean", compute=nc2_means, needs=("labels",), direction="neither", invariant=_ALL,
+    dict(name="gnc2_log_mean", formula="mean over class pairs of log 1/‖p_c − p_c′‖, p_c = m_c/‖m_c‖", compute=nc2_means, needs=("labels",), direction="neither", invariant=_ALL,
          source=_LC, test=_REF),
-    dict(name="gnc2_log_var", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
+    dict(name="gnc2_log_var", formula="population variance over class pairs of log 1/‖p_c − p_c′‖", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
          source=_LC, test=_REF),
-    _diag("gnc2_coincident_pairs", nc2_means, _LC),
-    dict(name="nc2_equinorm_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL,
+    _diag("gnc2_coincident_pairs", "class pairs with coincident mean directions (left out of GNC2)", nc2_means, _LC),
+    dict(name="nc2_equinorm_weights", formula="std(‖w_c‖) / mean(‖w_c‖), ddof 1", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL,
          source=_PAPYAN, test=_REF),
-    dict(name="nc2_equiangular_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 1), invariant=_ALL,
+    dict(name="nc2_equiangular_weights", formula="std over class pairs of cos(w_c, w_c′)", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 1), invariant=_ALL,
          source=_PAPYAN, test=_REF),
-    dict(name="nc2_maxangle_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL,
+    dict(name="nc2_maxangle_weights", formula="mean over class pairs of |cos(w_c, w_c′) + 1/(C−1)|", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL,
          source=_PAPYAN, test=_REF),
-    dict(name="nc2_etf_error_weights", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL,
+    dict(name="nc2_etf_error_weights", formula="‖WWᵀ/‖WWᵀ‖_F − (I − 11ᵀ/C)/√(C−1)‖_F", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL,
          source=_ZHU, test=_REF),
-    dict(name="nc3_self_duality", compute=nc3, needs=_W, ideal=0.0, range=(0, 4), invariant=_ALL, source=_PAPYAN,
+    dict(name="nc3_self_duality", formula="‖W/‖W‖_F − M̃/‖M̃‖_F‖_F²", compute=nc3, needs=_W, ideal=0.0, range=(0, 4), invariant=_ALL, source=_PAPYAN,
          test=_REF),
-    dict(name="nc3_wh_etf_error", compute=nc3, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL, source=_ZHU,
+    dict(name="nc3_wh_etf_error", formula="ETF error of W M̃ᵀ", compute=nc3, needs=_W, ideal=0.0, range=(0, 2), invariant=_ALL, source=_ZHU,
          test=_REF),
-    dict(name="unc3_cos_mean", compute=nc3, needs=_W, ideal=1.0, range=(-1, 1), direction="higher", invariant=_ALL,
+    dict(name="unc3_cos_mean", formula="mean over classes of cos(w_c, m_c)", compute=nc3, needs=_W, ideal=1.0, range=(-1, 1), direction="higher", invariant=_ALL,
          source=_LC, test=_REF),
-    dict(name="unc3_cos_var", compute=nc3, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL, source=_LC,
+    dict(name="unc3_cos_var", formula="variance (ddof 1) over classes of cos(w_c, m_c)", compute=nc3, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL, source=_LC,
          test=_REF),
-    dict(name="unc3_dot_var", compute=nc3, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
+    dict(name="unc3_dot_var", formula="variance (ddof 1) over classes of w_c·m_c", compute=nc3, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
          source=_LC, test=_REF),
-    dict(name="bias_collapse", compute=bias_collapse, needs=_W + ("bias",), ideal=0.0, range=(0, math.inf),
+    dict(name="bias_collapse", formula="‖W μ_G + b‖", compute=bias_collapse, needs=_W + ("bias",), ideal=0.0, range=(0, math.inf),
          invariant=frozenset({"rotation"}), source=_ZHU, test=_REF),
-    dict(name="of_error_means", compute=orthogonal_frame_means, needs=("labels",), ideal=0.0, range=(0, math.sqrt(2)),
+    dict(name="of_error_means", formula="‖G/‖G‖_F − I/√C‖_F, G = MMᵀ of the uncentred means", compute=orthogonal_frame_means, needs=("labels",), ideal=0.0, range=(0, math.sqrt(2)),
          invariant=frozenset({"scale", "rotation"}), source=_DANG, test=_REF),
-    dict(name="gof_offdiag_ratio_means", compute=orthogonal_frame_means, needs=("labels",), ideal=0.0, range=(0, 1),
+    dict(name="gof_offdiag_ratio_means", formula="‖offdiag(G)‖_F / ‖G‖_F, G = MMᵀ", compute=orthogonal_frame_means, needs=("labels",), ideal=0.0, range=(0, 1),
          invariant=frozenset({"scale", "rotation"}), source=_DANG, test=_REF),
-    dict(name="of_error_weights", compute=orthogonal_frame_weights, needs=_W, ideal=0.0, range=(0, math.sqrt(2)),
+    dict(name="of_error_weights", formula="‖G/‖G‖_F − I/√C‖_F, G = WWᵀ", compute=orthogonal_frame_weights, needs=_W, ideal=0.0, range=(0, math.sqrt(2)),
          invariant=frozenset({"scale", "rotation", "shift"}), source=_DANG, test=_REF),
-    dict(name="gof_offdiag_ratio_weights", compute=orthogonal_frame_weights, needs=_W, ideal=0.0, range=(0, 1),
+    dict(name="gof_offdiag_ratio_weights", formula="‖offdiag(G)‖_F / ‖G‖_F, G = WWᵀ", compute=orthogonal_frame_weights, needs=_W, ideal=0.0, range=(0, 1),
          invariant=frozenset({"scale", "rotation", "shift"}), source=_DANG, test=_REF),
-    dict(name="nc4_mismatch", compute=nc4_mismatch, needs=("labels", "decision"), ideal=0.0, range=(0, 1),
+    dict(name="nc4_mismatch", formula="fraction of rows where the network's decision ≠ argmin_c ‖x − μ_c‖", compute=nc4_mismatch, needs=("labels", "decision"), ideal=0.0, range=(0, 1),
          invariant=_ALL, source=_PAPYAN, test=_REF),
 )
 

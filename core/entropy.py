@@ -1,4 +1,4 @@
-"""Entropy and neuron-activity metrics (METRICS.md §3): pure functions, natural log unless noted."""
+"""Entropy and neuron-activity metrics (docs/metrics.md): pure functions, natural log unless noted."""
 
 from __future__ import annotations
 
@@ -330,39 +330,39 @@ _DIAG = dict(direction="neither", diagnostic=True, source=_LIAO, exempt="describ
 
 LAYER_METRICS = registry(
     "entropy",
-    dict(name="dataset_entropy", compute=dataset_entropy_of, direction="neither", range=(0, math.inf),
+    dict(name="dataset_entropy", formula="Rényi α-entropy of the eigenvalues of K/tr K, K the Gram of L2-normalised rows (token level: of sequence vectors)", compute=dataset_entropy_of, direction="neither", range=(0, math.inf),
          invariant=_NORMALISED, source=_SKEAN, test=_ENTROPY_REF),
-    dict(name="prompt_entropy", compute=prompt_entropy_of, needs=("offsets",), direction="neither",
+    dict(name="prompt_entropy", formula="mean over sequences of the Rényi entropy of the Gram of its centred, L2-normalised rows", compute=prompt_entropy_of, needs=("offsets",), direction="neither",
          range=(0, math.inf), invariant=_NORMALISED, source=_SKEAN,
          test="tests/test_entropy.py::test_sequence_entropies_match_the_reference"),
-    dict(name="dse", compute=dse_of, needs=("sample",), direction="neither", range=(0, math.inf),
+    dict(name="dse", formula="−Σ p log₂ p, p ∝ |eig(D^{-1/2} G D^{-1/2})|^t + 2.22e-16, G_ij = exp(−‖x_i − x_j‖²/(2σ²))", compute=dse_of, needs=("sample",), direction="neither", range=(0, math.inf),
          invariant=frozenset({"rotation", "shift"}), source=_LIAO, test=_ENTROPY_REF),
-    dict(name="dse_median_distance", range=(0, math.inf), invariant=frozenset({"rotation", "shift"}), **_DIAG),
-    dict(name="dse_offdiag_mass", range=(0, 1), invariant=frozenset({"rotation", "shift"}), **_DIAG),
-    dict(name="dse_offdiag_fraction", range=(0, 1), invariant=frozenset({"rotation", "shift"}), **_DIAG),
-    dict(name="dse_rows", range=(0, math.inf), invariant=_ANY, **_DIAG),
-    dict(name="dsmi", compute=dsmi_of, needs=("sample", "labels"), direction="higher", range=(-math.inf, math.inf),
+    dict(name="dse_median_distance", formula="median pairwise distance of the sampled rows", range=(0, math.inf), invariant=frozenset({"rotation", "shift"}), **_DIAG),
+    dict(name="dse_offdiag_mass", formula="mean off-diagonal entry of the DSE kernel K", range=(0, 1), invariant=frozenset({"rotation", "shift"}), **_DIAG),
+    dict(name="dse_offdiag_fraction", formula="share of K's mass off the diagonal (near 0: K ≈ I, σ too small)", range=(0, 1), invariant=frozenset({"rotation", "shift"}), **_DIAG),
+    dict(name="dse_rows", formula="rows the DSE kernel was built from", range=(0, math.inf), invariant=_ANY, **_DIAG),
+    dict(name="dsmi", formula="Σ_c (n_c/N)[mean over R random size-n_c subsets of DSE − DSE(rows of class c)]", compute=dsmi_of, needs=("sample", "labels"), direction="higher", range=(-math.inf, math.inf),
          invariant=frozenset({"rotation", "shift"}), source=_LIAO, test=_ENTROPY_REF),
-    dict(name="sae_effective_features", compute=sae_of, direction="neither", range=(1, math.inf),
+    dict(name="sae_effective_features", formula="exp(H(p)), p_i = mean|a_i| / Σ_j mean|a_j| (+1e-10, renormalised)", compute=sae_of, direction="neither", range=(1, math.inf),
          invariant=_UNIT_WISE, source="Bereska et al. 2025", test=_ENTROPY_REF),
-    dict(name="superposition_ratio", compute=sae_of, needs=("layer_width",), direction="neither", range=(0, math.inf),
+    dict(name="superposition_ratio", formula="sae_effective_features / width of the encoded layer", compute=sae_of, needs=("layer_width",), direction="neither", range=(0, math.inf),
          invariant=_UNIT_WISE, source="Bereska et al. 2025", test="tests/test_entropy.py::test_sae_effective_features_closed_forms"),
-    dict(name="dead_fraction", compute=activity_of, needs=("threshold",), ideal=0.0, range=(0, 1),
+    dict(name="dead_fraction", formula="fraction of units with no value > threshold over all rows", compute=activity_of, needs=("threshold",), ideal=0.0, range=(0, 1),
          invariant=_UNIT_WISE, source="Voita et al., ACL 2024", test=_ENTROPY_REF),
-    dict(name="dormant_fraction", compute=activity_of, ideal=0.0, range=(0, 1), invariant=_UNIT_WISE,
+    dict(name="dormant_fraction", formula="fraction of units with mean|a_i| / mean_j mean|a_j| ≤ τ", compute=activity_of, ideal=0.0, range=(0, 1), invariant=_UNIT_WISE,
          source="Sokar et al., ICML 2023", test=_ENTROPY_REF),
-    dict(name="firing_entropy", compute=activity_of, needs=("threshold",), direction="neither", range=(0, math.log(2)),
+    dict(name="firing_entropy", formula="mean over units of the binary entropy of P(a_i > threshold)", compute=activity_of, needs=("threshold",), direction="neither", range=(0, math.log(2)),
          invariant=_UNIT_WISE, source="binary entropy of firing rates", test=_ENTROPY_REF),
-    dict(name="effective_units", compute=activity_of, direction="neither", range=(1, math.inf), invariant=_UNIT_WISE,
+    dict(name="effective_units", formula="exp(H(q)), q_i = Σ|a_i| / Σ_j Σ|a_j|", compute=activity_of, direction="neither", range=(1, math.inf), invariant=_UNIT_WISE,
          source="exp of the entropy of |a| mass over units", test=_ENTROPY_REF),
 )
 
 ATTENTION_METRICS = registry(
     "entropy",
-    dict(name="attention_entropy", compute=attention_of, direction="neither", range=(0, math.inf),
+    dict(name="attention_entropy", formula="mean over sequences, heads and valid query rows of −Σ_j A_ij log A_ij", compute=attention_of, direction="neither", range=(0, math.inf),
          source="Zhai et al., ICML 2023", test="tests/test_entropy.py::test_attention_entropy_read_from_the_dump",
          invariant=frozenset()),
-    dict(name="attention_entropy_per_head", compute=attention_of, direction="neither", range=(0, math.inf),
+    dict(name="attention_entropy_per_head", formula="the same per head (a list in head order)", compute=attention_of, direction="neither", range=(0, math.inf),
          source="Zhai et al., ICML 2023", test="tests/test_entropy.py::test_attention_entropy_read_from_the_dump",
          invariant=frozenset()),
 )

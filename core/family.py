@@ -33,6 +33,7 @@ class Metric:
     name: str
     family: str
     compute: Callable
+    formula: str = ""  # the definition in one line (docs/metrics.md); the function's docstring has the details
     needs: tuple[str, ...] = ()
     ideal: float | None = None
     range: tuple[float, float] = (-math.inf, math.inf)

@@ -1,4 +1,4 @@
-"""Intrinsic dimension from nearest neighbours of a seeded sample of rows (METRICS.md §2)."""
+"""Intrinsic dimension from nearest neighbours of a seeded sample of rows (docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,10 @@ class Result:
     def to_dict(self) -> dict:
         return self.document
 
+    def files(self) -> list[dict]:
+        """Per file: file, checkpoint, step, model, layers (each with metrics, unavailable, notes)."""
+        return self.document["files"]
+
     def records(self) -> list[dict]:
         families = {name: info["family"] for name, info in self.document.get("metrics_info", {}).items()}
         rows = []

@@ -1,4 +1,4 @@
-"""Spectrum and effective-dimension metrics (METRICS.md §2): pure functions of eigenvalues.
+"""Spectrum and effective-dimension metrics (docs/metrics.md): pure functions of eigenvalues.
 
 The eigenvalues of a layer are computed once (:func:`layer_spectra`) and shared by every
 metric; each metric is a function of a :class:`Spectrum` and keyword-only options.
@@ -17,7 +17,7 @@ from actgeom.core.intrinsic import mle, twonn
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
 
-# Relative size, in λ, of the noise that storing activations adds (METRICS.md §2): eigenvalues
+# Relative size, in λ, of the noise that storing activations adds (docs/metrics.md): eigenvalues
 # below rtol·λ_1 are indistinguishable from storage noise. float64/float32: a few ulps of λ_1.
 STORAGE_RTOL = {"float16": 1e-8, "bfloat16": 1e-6, "float32": 1e-11, "float64": 1e-14}
 
@@ -263,41 +263,41 @@ _CENTRED = frozenset({"scale", "rotation", "shift"})
 
 REGISTRY = registry(
     "rank",
-    dict(name="rankme", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_SIMILARITY,
+    dict(name="rankme", formula="exp(−Σ p_k log p_k), p_k = σ_k/Σσ + ε, σ of the raw second moment", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_SIMILARITY,
          source=_GARRIDO, test=_REF),
-    dict(name="rankme_centered", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="rankme_centered", formula="the same on σ of the covariance", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source=_GARRIDO, test=_REF),
-    dict(name="rankme_lambda", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="rankme_lambda", formula="the same on λ of the covariance", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source="Li et al. 2025 (Tracing the representation geometry of LMs)", test=_REF),
-    dict(name="erank", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="erank", formula="exp(H(σ/Σσ)) of the chosen spectrum, no ε", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source="Roy & Vetterli 2007", test=_REF),
-    dict(name="stable_rank", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="stable_rank", formula="Σλ / λ_1", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source="Rudelson & Vershynin 2007", test=_REF),
-    dict(name="participation_ratio", compute=spectrum_shape, direction="neither", range=(1, math.inf),
+    dict(name="participation_ratio", formula="(Σλ)² / Σλ²", compute=spectrum_shape, direction="neither", range=(1, math.inf),
          invariant=_CENTRED, source="Gao et al. 2017", test=_REF),
-    dict(name="numerical_rank", compute=spectrum_shape, direction="neither", range=(0, math.inf), invariant=_CENTRED,
+    dict(name="numerical_rank", formula="#{λ_i > rtol·λ_1}, rtol by storage dtype", compute=spectrum_shape, direction="neither", range=(0, math.inf), invariant=_CENTRED,
          source="Golub & Van Loan", test=_REF),
-    dict(name="isoscore", compute=spectrum_shape, ideal=1.0, direction="higher", range=(0, 1), invariant=_CENTRED,
+    dict(name="isoscore", formula="(nφ − 1)/(n − 1) from the covariance eigenvalues scaled to norm √n", compute=spectrum_shape, ideal=1.0, direction="higher", range=(0, 1), invariant=_CENTRED,
          source="Rudman et al. 2022", test=_REF),
-    dict(name="k90", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="k90", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.90", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source="PCA explained variance (scikit-learn's convention)", test=_REF),
-    dict(name="k95", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="k95", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.95", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source="PCA explained variance (scikit-learn's convention)", test=_REF),
-    dict(name="k99", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="k99", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.99", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
          source="PCA explained variance (scikit-learn's convention)", test=_REF),
-    dict(name="alpha_req", compute=alpha_req_fit, direction="neither", range=(-math.inf, math.inf),
+    dict(name="alpha_req", formula="−slope of the 1/r-weighted least-squares fit log λ_r = c − α log r over the fit range", compute=alpha_req_fit, direction="neither", range=(-math.inf, math.inf),
          invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022", test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent"),
-    dict(name="alpha_req_r2", compute=alpha_req_fit, direction="higher", ideal=1.0, range=(-math.inf, 1),
+    dict(name="alpha_req_r2", formula="weighted R² of that fit", compute=alpha_req_fit, direction="higher", ideal=1.0, range=(-math.inf, 1),
          invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022", test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent",
          diagnostic=True),
-    dict(name="mean_cosine", compute=mean_cosine_of_rows, ideal=0.0, range=(-1, 1), invariant=_SIMILARITY,
+    dict(name="mean_cosine", formula="(‖Σ_i u_i‖² − N) / (N(N−1)), u_i = x_i/‖x_i‖", compute=mean_cosine_of_rows, ideal=0.0, range=(-1, 1), invariant=_SIMILARITY,
          source="Ethayarajh 2019", test=_REF),
-    dict(name="mean_energy_fraction", compute=mean_energy_fraction, ideal=0.0, range=(0, 1), invariant=_SIMILARITY,
+    dict(name="mean_energy_fraction", formula="‖μ‖² / (‖μ‖² + tr Σ) = ‖μ‖² / E‖x‖²", compute=mean_energy_fraction, ideal=0.0, range=(0, 1), invariant=_SIMILARITY,
          source="Dong, Cordonnier & Loukas 2021; Noci et al. 2022",
          test="tests/test_rank.py::test_mean_energy_fraction_closed_forms"),
-    dict(name="twonn_id", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
+    dict(name="twonn_id", formula="slope through the origin of −log(1 − F(μ)) against log μ, μ = r₂/r₁, top 10 % of μ dropped", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
          invariant=_CENTRED, source="Facco et al. 2017", test="tests/test_rank.py::test_twonn_and_mle_match_slow_formulas"),
-    dict(name="mle_id", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
+    dict(name="mle_id", formula="1 / mean_x[(1/(k−1)) Σ_{j<k} log(T_k(x)/T_j(x))], k = 20", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
          invariant=_CENTRED, source="Levina & Bickel 2005; MacKay & Ghahramani 2005",
          test="tests/test_rank.py::test_twonn_and_mle_match_slow_formulas"),
 )

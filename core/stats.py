@@ -1,4 +1,4 @@
-"""Mergeable one-pass statistics of a layer (DESIGN.md §3), exact in float64.
+"""Mergeable one-pass statistics of a layer (README: "Scale"), exact in float64.
 
 Each accumulator has ``update`` (one block of rows), ``merge`` (another accumulator of the same
 layer, e.g. another shard's) and ``to_arrays``/``from_arrays`` (for partial-statistics files).

@@ -16,6 +16,24 @@ from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.engine import PassOptions
 
 
+# Streamed vs in-memory float64: both exact to ~1e-13 in well-conditioned metrics; 1e-8 leaves room
+# for ill-conditioned ones (pseudo-inverses, small eigenvalues of offset data).
+METRIC_RTOL = 1e-8
+
+
+def assert_metrics_close(got: dict, expected: dict, rtol: float = METRIC_RTOL, atol: float = 1e-12):
+    """Every computed metric has a reference value and matches it (diagnostic counts excepted), so a
+    metric added to a registry without a reference makes this fail."""
+    from actgeom.core.api import FAMILIES
+
+    registered = {name: metric for family in FAMILIES.values() for name, metric in family.metrics.items()}
+    unchecked = {name for name in got if name in registered and not registered[name].diagnostic} - set(expected)
+    assert not unchecked, f"no reference value for {sorted(unchecked)}"
+    for name, value in expected.items():
+        assert name in got, name
+        assert got[name] == pytest.approx(value, rel=rtol, abs=atol), name
+
+
 def every(reservoir: int = 0, seed: int = 0, threshold: float = 0.0) -> list:
     """The statistics `actgeom stats` keeps: class moments (+ unlabelled rows), unit statistics,
     and a seeded sample of ``reservoir`` rows."""

@@ -82,7 +82,7 @@ def _frame(rows: np.ndarray, suffix: str) -> dict:
 
 def collapse_reference(X, y, W=None, b=None, predictions=None, *, min_count=1, global_mean="class",
                        nc1_inverse="topk", divide_by_c=True, nc4_decision="auto") -> dict:
-    """Every collapse metric of METRICS.md §1 the slow, obvious way: loops, C×C matrices, pinv."""
+    """Every collapse metric of docs/metrics.md the slow, obvious way: loops, C×C matrices, pinv."""
     X = np.asarray(X, dtype=np.float64)
     counts = np.bincount(y[y >= 0])
     kept = np.flatnonzero(counts >= max(min_count, 1))
@@ -182,4 +182,33 @@ def rank_reference(X: np.ndarray, *, center: bool = True, eps: float = 1e-7, fit
     U = X[norms > 0] / norms[norms > 0, None]
     cos = U @ U.T
     out["mean_cosine"] = (cos.sum() - np.trace(cos)) / (U.shape[0] * (U.shape[0] - 1))
+    mean = X.mean(axis=0)
+    out["mean_energy_fraction"] = mean @ mean / (X * X).sum(axis=1).mean()
+    out["twonn_id"], out["mle_id"] = twonn_reference(X), mle_reference(X)
     return {k: float(v) for k, v in out.items()}
+
+
+def _sorted_distances(X: np.ndarray) -> list[np.ndarray]:
+    """For each row, its distances to every other row (differences, not the Gram trick), ascending."""
+    return [np.sort(np.delete(np.sqrt(((X - x) ** 2).sum(axis=1)), i)) for i, x in enumerate(X)]
+
+
+def twonn_reference(X: np.ndarray, discard: float = 0.1) -> float:
+    """TwoNN, Facco et al. 2017, literally: μ_i = r2/r1; sort; drop the top 10 %; fit
+    −log(1 − i/N) = d·log μ_(i) through the origin by least squares."""
+    mu = np.sort([d[1] / d[0] for d in _sorted_distances(X)])
+    n = mu.size
+    keep = int(np.floor((1 - discard) * n))
+    x = np.log(mu[:keep])
+    y = np.array([-np.log(1 - (i + 1) / n) for i in range(keep)])
+    return float(sum(a * b for a, b in zip(x, y, strict=True)) / sum(a * a for a in x))
+
+
+def mle_reference(X: np.ndarray, k: int = 20) -> float:
+    """Levina–Bickel with k neighbours, inverses averaged over rows (MacKay–Ghahramani):
+    m̂ = 1 / mean_i[(1/(k−1)) Σ_{j=1}^{k−1} log(T_k(x_i) / T_j(x_i))]."""
+    inverses = []
+    for d in _sorted_distances(X):
+        T = d[:k]
+        inverses.append(sum(np.log(T[k - 1] / T[j]) for j in range(k - 1)) / (k - 1))
+    return float(1.0 / np.mean(inverses))

@@ -7,7 +7,7 @@ import math
 import h5py
 import numpy as np
 import pytest
-from conftest import class_data, every, run_family, write_dump
+from conftest import METRIC_RTOL, assert_metrics_close, class_data, every, run_family, write_dump
 from reference import collapse_reference
 
 from actgeom.core.collapse import REGISTRY, CollapseOptions, collapse_metrics, geometry, resolve_options
@@ -17,10 +17,6 @@ from actgeom.core.errors import UsageError
 from actgeom.core.pairwise import pair_stats
 from actgeom.core.partial import merge_stats
 
-# Streamed float64 statistics agree with the reference to ~1e-13; the metrics then go through
-# eigendecompositions and (pseudo-)inverses of matrices with condition numbers up to ~1e3,
-# which can cost a few digits more. 1e-8 is the acceptance bar.
-METRIC_RTOL = 1e-8
 SEEDS = [0, 1, 2]
 # Imbalanced; class 2 is empty, class 4 has a single row.
 COUNTS = [120, 60, 0, 35, 1, 80, 44]
@@ -38,12 +34,6 @@ def _add_classifier(path, weight, bias):
 def _metrics(path, block_rows: int = 37, **options) -> dict:
     report = run_family("collapse", path, options=CollapseOptions(**options), pass_options=PassOptions(block_rows=block_rows))
     return report["layers"][0]["metrics"]
-
-
-def assert_metrics_close(got: dict, expected: dict, rtol: float = METRIC_RTOL):
-    for name, value in expected.items():
-        assert name in got, name
-        assert got[name] == pytest.approx(value, rel=rtol, abs=1e-12), name
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -224,3 +214,30 @@ def test_token_selection_reaches_both_passes(tmp_path, rng):
     expected = collapse_reference(X[last], y[last], predictions=predictions[last])
     assert report["collapse"]["n_rows_used"] == last.sum()
     assert_metrics_close(report["metrics"], expected)
+
+
+def test_pseudo_inverse_keeps_small_eigenvalues_above_the_cutoff(rng):
+    from actgeom.core.stats import ClassMoments
+
+    """Σ_B with eigenvalues ~1 and ~1e-10 (and a rounding-level third): the pseudo-inverse keeps the
+    second and drops the third, as an explicit eigendecomposition does; the cutoff itself is
+    max(C, D)·eps·λ_max exactly (numpy's default)."""
+    from actgeom.core.collapse import _pinv_rank
+
+    eps = np.finfo(float).eps
+    assert _pinv_rank(np.array([1.0, 3 * eps * 1.01, 3 * eps * 0.99]), 3) == 2
+    C, D = 3, 3
+    basis = np.linalg.qr(rng.standard_normal((D, D)))[0]
+    means = np.array([[1.0, 1e-5, 0.0], [-1.0, 1e-5, 0.0], [0.0, -2e-5, 0.0]]) @ basis.T
+    noise = rng.standard_normal((C, 20, D))
+    noise -= noise.mean(axis=1, keepdims=True)  # class means exactly the planted ones
+    acc = ClassMoments(D)
+    acc.update((means[:, None, :] + 0.3 * noise).reshape(-1, D), np.repeat(np.arange(C), 20))
+    g = geometry(acc.finalize(), CollapseOptions())
+    options = CollapseOptions(nc1_inverse="pinv")
+    lam, vectors = np.linalg.eigh(g.centred.T @ g.centred / C)
+    keep = lam > max(C, D) * np.finfo(float).eps * lam.max()
+    assert keep.sum() == 2 and lam[keep].min() / lam.max() < 1e-9  # the second eigenvalue is tiny but kept
+    expected = sum(vectors[:, j] @ g.sigma_w @ vectors[:, j] / lam[j] for j in np.flatnonzero(keep)) / C
+    # the small eigenvalue carries ~eps·λ_max/λ_small ≈ 1e-6 relative error in both computations
+    assert collapse_metrics(g, options)[0]["nc1"] == pytest.approx(expected, rel=1e-4)

@@ -7,7 +7,7 @@ import math
 import h5py
 import numpy as np
 import pytest
-from conftest import class_data, every, run_family, write_dump
+from conftest import assert_metrics_close, class_data, every, run_family, write_dump
 
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
@@ -118,9 +118,9 @@ def test_streamed_entropies_match_in_memory_references(tmp_path, rng, dtype):
                 "firing_entropy": binary.mean(), "effective_units": np.exp(-(q[q > 0] * np.log(q[q > 0])).sum()),
                 "dse": _dse_reference(stored, 5.0, 1.0),  # the sample holds every row here
                 "sae_effective_features": _sae_reference(mean_abs),
-                "dsmi": _dsmi_reference(stored, y, 5.0, 1.0, repeats=5, seed=0)}
-    for name, value in expected.items():
-        assert m[name] == pytest.approx(value, rel=ENTROPY_RTOL), name
+                "dsmi": _dsmi_reference(stored, y, 5.0, 1.0, repeats=5, seed=0),
+                "dataset_entropy": renyi_entropy(gram, 1.0)}
+    assert_metrics_close(m, expected, rtol=ENTROPY_RTOL)
 
 
 def _sae_reference(mean_abs):
@@ -233,3 +233,23 @@ def test_sequence_blocks_end_at_boundaries():
     bounds = sequence_blocks(offsets, 0, 40, 8)
     assert bounds == [(0, 5), (5, 30), (30, 31), (31, 40)]
     assert sequence_blocks(offsets, 4, 35, 100) == [(4, 35)]  # cut sequences keep the part inside
+
+
+def test_sae_epsilon_on_a_million_dead_latents():
+    """One latent carries all the mass, 10⁶ − 1 carry none: F depends on ε = 1e-10 visibly
+    (Dε = 1e-4 of the mass), and equals exp(H) of the ε-smoothed distribution."""
+    D = 1_000_000
+    units = UnitStats(D)
+    units.n_rows, units.sum_abs = 1, np.zeros(D)
+    units.sum_abs[0] = 5.0
+    p = np.full(D, 1e-10)
+    p[0] += 1.0
+    p /= p.sum()
+    expected = math.exp(-(p * np.log(p)).sum())
+    assert sae_effective_features(units)["sae_effective_features"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_unit_exactly_at_tau_is_dormant(rng):
+    """Mean |a| of 1, 2, 2, 3: the first unit's score is exactly 1/2 = τ, and s ≤ τ counts it."""
+    units = _units(np.array([[1.0, 2.0, 2.0, 3.0], [-1.0, 2.0, -2.0, 3.0]]))
+    assert neuron_activity(units, tau=0.5)["dormant_fraction"] == 0.25

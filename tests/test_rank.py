@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_family, write_dump
+from conftest import assert_metrics_close, run_family, write_dump
 from reference import rank_reference
 
 from actgeom.core.dump import Dump
@@ -85,8 +85,7 @@ def test_every_metric_matches_the_svd_reference(tmp_path, seed, dtype, offset, s
             lam = np.linalg.svd(stored if not center else stored - stored.mean(axis=0), compute_uv=False) ** 2 / 900
             assert lam[11:100].min() <= layer["noise_floor"] * (1 + 1e-6)
             expected.pop("alpha_req")
-        for name, value in expected.items():
-            assert layer["metrics"][name] == pytest.approx(value, rel=RANK_RTOL), (name, center)
+        assert_metrics_close(layer["metrics"], expected, rtol=RANK_RTOL, atol=0.0)
 
 
 def test_presets():
@@ -159,3 +158,37 @@ def test_rank_cli_on_sample_data(cli, tmp_path):
     assert lines[0] == "file,layer,spectrum,rank,eigenvalue" and len(lines) == 1 + 2 * (128 + 128 + 64)
     code, _, err = cli("rank", sample, "--fit-range", "100:12")
     assert code == 2 and err == "Error: --fit-range '100:12' must be two ranks 1 ≤ start < stop\n"
+
+
+def test_mean_energy_fraction_closed_forms(tmp_path, rng):
+    """Rows all equal to one vector → 1; rows μ + noise whose sample covariance is exactly Σ
+    → ‖μ‖² / (‖μ‖² + tr Σ)."""
+    v = rng.standard_normal(6)
+    same = write_dump(tmp_path / "same.h5", {"h": np.tile(v, (50, 1))})
+    assert _rank(same)[0]["metrics"]["mean_energy_fraction"] == pytest.approx(1.0, rel=1e-12)
+    noise = rng.standard_normal((400, 6))
+    noise -= noise.mean(axis=0)  # exactly centred: the sample mean of the rows is μ
+    mu = np.array([3.0, -1.0, 0.5, 2.0, 0.0, 1.0])
+    sigma = noise.T @ noise / 400  # the rows' sample covariance (1/N), exactly
+    expected = mu @ mu / (mu @ mu + np.trace(sigma))
+    got = _rank(write_dump(tmp_path / "mu.h5", {"h": mu + noise}))[0]["metrics"]["mean_energy_fraction"]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_twonn_and_mle_match_slow_formulas(tmp_path, rng):
+    """Against the literal definitions (distances from differences, Python loops) at 1e-12."""
+    from reference import mle_reference, twonn_reference
+
+    X = rng.standard_normal((300, 5)) @ rng.standard_normal((5, 12))  # 5-dimensional in 12 units
+    layer = _rank(write_dump(tmp_path / "d.h5", {"h": X}), subsample=300)[0]["metrics"]
+    assert layer["twonn_id"] == pytest.approx(twonn_reference(X), rel=1e-12)
+    assert layer["mle_id"] == pytest.approx(mle_reference(X), rel=1e-12)
+
+
+def test_k_explained_strict_and_ge_at_an_exact_boundary(tmp_path):
+    """Covariance diag(9, 1): 90 % of the variance is reached exactly at k = 1; strict (sklearn's
+    > p) needs k = 2, --ge (≥ p) k = 1."""
+    rows = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) * np.sqrt(2.0)
+    path = write_dump(tmp_path / "d.h5", {"h": rows})
+    assert _rank(path)[0]["metrics"]["k90"] == 2
+    assert _rank(path, ge=True)[0]["metrics"]["k90"] == 1

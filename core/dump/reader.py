@@ -1,6 +1,6 @@
 """Open an activation dump (actgeom dump v1 or a foreign layout), validate it, read row blocks.
 
-The actgeom layout (DESIGN.md §4) is found without options. Foreign files name their datasets
+The actgeom layout (README: "The dump format") is found without options. Foreign files name their datasets
 with a :class:`DumpSpec` (the CLI's ``--layers/--labels/--weight/--bias/--predictions/--offsets``);
 where a conventional name exists and is unambiguous it is found without options too.
 """

@@ -1,4 +1,4 @@
-"""Write an actgeom dump v1 (DESIGN.md §4) from row batches, atomically.
+"""Write an actgeom dump v1 (README: "The dump format") from row batches, atomically.
 
 >>> import numpy as np, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.h5")

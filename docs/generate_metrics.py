@@ -1,0 +1,125 @@
+"""Write docs/metrics.md from the metric registries, so the reference cannot drift from the code.
+
+    python docs/generate_metrics.py          # rewrite docs/metrics.md
+    python docs/generate_metrics.py --check  # exit 1 if docs/metrics.md is out of date (a test runs this)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from actgeom.core.api import FAMILIES
+
+OUT = Path(__file__).with_name("metrics.md")
+
+INTRO = """\
+# actgeom metric reference
+
+Every number actgeom reports, with its definition, ideal value, range, which way is better, the
+transformations of the rows it is invariant to, what it needs, its source, and the test that checks
+it against a closed form or a slow in-memory reference. This page is generated from the metric
+registries (`python docs/generate_metrics.py`); a test fails when it differs from the code.
+
+Notation. X is one layer's rows (N × D), y the labels in [0, C), n_c the class counts, μ_c the class
+means, μ_G the global mean (by default the mean of the class means), m_c = μ_c − μ_G, M̃ the matrix of
+the m_c, W (C × D) and b the classifier. Σ_W = (1/N) Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ is the
+pooled within-class covariance, Σ_B = (1/C) Σ_c m_c m_cᵀ the between-class covariance. λ are the
+eigenvalues of the covariance (or of the raw second moment), σ = √λ. Logs are natural unless the
+metric says bits.
+
+Conventions that hold everywhere:
+- Everything accumulates in float64, whatever the storage dtype; second moments are accumulated on
+  rows shifted by a per-class reference and corrected once at the end (never E[xxᵀ] − μμᵀ).
+- Eigenvalues at rounding level (≤ n·eps·λ_max, the accuracy of a float64 eigensolver) count as 0,
+  so a dead unit contributes σ = 0, not ~1e-8·σ_max.
+- Every option that changes a number is recorded in the output (`options`, `pass`), and so is the
+  seed and size of every sample.
+- "invariant to" lists the transformations of the rows that leave the number unchanged at the
+  default options: scale x → s·x, rotation x → Qx, shift x → x + t, affine x → Ax + t (with the
+  classifier transformed along, W → WA⁻¹, b → b − WA⁻¹t, so that the network's logits stay the same).
+  tests/test_registry.py checks every declaration over several seeds.
+- A metric that cannot be computed for a layer is listed under `unavailable` with the reason (no
+  labels, no classifier, too few sampled rows, a spectrum at the noise floor, ...), never as a number.
+"""
+
+FAMILY_TEXT = {
+    "collapse": """\
+## Neural collapse (`actgeom collapse`)
+
+From one pass: class counts, class means and the pooled within-class scatter (and per-class squared
+deviations). NC4 needs the final class means and therefore a second pass, made only when the dump has
+a decision source (stored predictions, else argmax(Wx + b), else argmax(Wx); `--nc4-decision`).
+Classes with fewer than `--min-count` rows are dropped from every metric and counted. Pairwise
+metrics (CDNV, equiangularity, max-angle, GNC2) are computed in tiles of classes, so no C × C matrix
+is formed. With two layers or more, He & Su's separation law ln D_l = a + l·ln ρ is fitted across
+layers (ρ, R² per file). Presets reproduce publications: `papyan` (μ_G of class means, top-k Σ_B⁺,
+NC1 without /C), `zhu` (μ_G of rows, pseudo-inverse, /C), `linguistic` (NC4 against argmax Wx).
+""",
+    "rank": """\
+## Spectrum and effective dimension (`actgeom rank`)
+
+From one pass: the moments of all rows (labels are not used), Σ x/‖x‖ over rows, and a seeded sample
+(the same rows in every layer). The eigenvalues of the covariance and of the raw second moment are
+computed once per layer; `--center/--no-center` chooses which one erank, stable rank, participation
+ratio, numerical rank, k_p and α-ReQ use (RankMe is reported three ways). Float16/bfloat16 storage
+adds noise at about 1e-8/1e-6 of λ_1: eigenvalues below that floor count for the numerical rank only
+if `--rtol` says so, and an α-ReQ fit range reaching the floor is refused with the reason.
+""",
+    "entropy": """\
+## Entropy and neuron activity (`actgeom entropy`)
+
+From one pass: per-unit activity (count above the threshold, Σx, Σ|x|), Σ uuᵀ of the L2-normalised
+rows (token-level dumps: per-sequence entropies and Σ vvᵀ of sequence vectors, from blocks that end at
+sequence boundaries), and a seeded sample for DSE/DSMI (whose kernel costs N² memory and N³ time:
+10 000 rows by default, 2 000 in `report`). The threshold for "active" is 0 for layers marked ReLU and
+must be given (`--threshold`) otherwise; dead fraction and firing entropy are unavailable without it.
+Attention entropy reads `/attention/<layer>` (sequences × heads × queries × keys).
+""",
+}
+
+FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")
+
+
+def _number(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:g}"
+
+
+def _row(metric) -> str:
+    low, high = metric.range
+    checked = f"`{metric.test}`" if metric.test else f"exempt: {metric.exempt}"
+    cells = [f"`{metric.name}`", metric.formula, _number(metric.ideal), f"[{_number(low)}, {_number(high)}]",
+             metric.direction, ", ".join(sorted(metric.invariant)) or "—", ", ".join(metric.needs) or "—",
+             metric.source, checked]
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def render() -> str:
+    parts = [INTRO]
+    for name in sorted(FAMILIES, key=lambda n: FAMILY_ORDER.index(n) if n in FAMILY_ORDER else len(FAMILY_ORDER)):
+        family = FAMILIES[name]
+        parts.append(FAMILY_TEXT.get(name, f"## {name}\n"))
+        parts.append("| metric | definition | ideal | range | better | invariant to | needs | source | checked by |\n"
+                     "|---|---|---|---|---|---|---|---|---|")
+        parts.append("\n".join(_row(metric) for metric in family.metrics.values()) + "\n")
+    return "\n".join(parts)
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
+            sys.stderr.write(f"{OUT} is out of date: run python docs/generate_metrics.py\n")
+            return 1
+        return 0
+    OUT.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
