@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer vendors click
 from typer.core import TyperGroup
 
 from actgeom.cli import collapse, entropy, info, rank, stats
@@ -28,6 +29,12 @@ class _Group(TyperGroup):
         except ActgeomError as exc:
             sys.stderr.write(f"Error: {exc}\n")
             raise typer.Exit(exc.exit_code) from None
+        except UsageError as exc:  # the parser's: one line too, not a box
+            if isinstance(exc, NoArgsIsHelpError):
+                raise
+            command = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
+            sys.stderr.write(f"Error: {exc.format_message()} (see actgeom{command} --help)\n")
+            raise typer.Exit(2) from None
         except BrokenPipeError:  # `actgeom ... | head`: the reader left; nothing is wrong
             sys.stderr.close()
             raise typer.Exit(0) from None

@@ -11,8 +11,13 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
+from actgeom.core.collapse import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, PRESETS, CollapseOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
+Preset = o.choices("Preset", PRESETS)
+GlobalMean = o.choices("GlobalMean", GLOBAL_MEANS)
+NC1Inverse = o.choices("NC1Inverse", NC1_INVERSES)
+NC4Decision = o.choices("NC4Decision", NC4_DECISIONS)
 DumpsArg = Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps (e.g. one per checkpoint).",
                                                 show_default=False)]
 
@@ -22,26 +27,28 @@ def collapse(
     bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
     offsets: o.OffsetsOpt = None, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     stats: o.StatsOpt = None,
-    preset: Annotated[Optional[str], typer.Option(
-        "--preset", rich_help_panel=METRIC, show_default=False,
+    preset: Annotated[Optional[Preset], typer.Option(
+        "--preset", rich_help_panel=METRIC, show_default="none",
         help="A publication's conventions: papyan (μ_G class, top-k Σ_B⁺, no /C), zhu (μ_G sample, pinv, /C), "
              "linguistic (NC4 = argmax Wx, no bias). Explicit options win.")] = None,
     min_count: Annotated[Optional[int], typer.Option(
-        "--min-count", rich_help_panel=METRIC, show_default=False,
-        help="Drop classes with fewer rows from every metric (counted in the output). [default: 1]")] = None,
-    global_mean: Annotated[Optional[str], typer.Option(
-        "--global-mean", rich_help_panel=METRIC, show_default=False,
-        help="μ_G: 'class' (mean of class means) or 'sample' (mean of rows). [default: class]")] = None,
-    nc1_inverse: Annotated[Optional[str], typer.Option(
-        "--nc1-inverse", rich_help_panel=METRIC, show_default=False,
-        help="Σ_B⁺ in NC1: 'topk' (top min(C−1, D) eigenpairs) or 'pinv'. [default: topk]")] = None,
+        "--min-count", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "min_count"),
+        help="Drop classes with fewer rows from every metric (counted in the output).")] = None,
+    global_mean: Annotated[Optional[GlobalMean], typer.Option(
+        "--global-mean", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "global_mean"),
+        help="μ_G: the mean of class means (class) or of rows (sample).")] = None,
+    nc1_inverse: Annotated[Optional[NC1Inverse], typer.Option(
+        "--nc1-inverse", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "nc1_inverse"),
+        help="Σ_B⁺ in NC1: the top min(C−1, D) eigenpairs (topk) or a pseudo-inverse (pinv).")] = None,
     divide_by_c: Annotated[Optional[bool], typer.Option(
-        "--divide-by-c/--no-divide-by-c", rich_help_panel=METRIC, show_default=False,
-        help="NC1 = Tr(Σ_W Σ_B⁺)/C, or without /C (the Papyan notebook form). [default: divide]")] = None,
-    nc4_decision: Annotated[Optional[str], typer.Option(
-        "--nc4-decision", rich_help_panel=METRIC, show_default=False,
-        help="The network's decision for NC4: auto, predictions, logits (argmax Wx+b), logits-nobias. [default: auto]")] = None,
-    per_class: Annotated[bool, typer.Option("--per-class", rich_help_panel=METRIC,
+        "--divide-by-c/--no-divide-by-c", rich_help_panel=METRIC, metavar="",
+        show_default=o.default(CollapseOptions, "divide_by_c"),
+        help="NC1 = Tr(Σ_W Σ_B⁺)/C, or without /C (the Papyan notebook form).")] = None,
+    nc4_decision: Annotated[Optional[NC4Decision], typer.Option(
+        "--nc4-decision", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "nc4_decision"),
+        help="The network's decision for NC4: predictions, logits (argmax Wx+b), logits-nobias, or auto (the first "
+             "the dump has).")] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", rich_help_panel=METRIC, metavar="",
                                             help="Also report n_c, ‖m_c‖, ‖w_c‖, v_c of every class (JSON).")] = False,
     fmt: o.FormatOpt = None, output: o.OutputOpt = None,
 ) -> None:
@@ -60,9 +67,10 @@ def collapse(
     with row_progress() as progress:
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
-            allow_incomplete=allow_incomplete, nonfinite=nonfinite, tokens=tokens, stats=stats, preset=preset,
-            min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse, divide_by_c=divide_by_c,
-            nc4_decision=nc4_decision, per_class=per_class or None, progress=progress)
+            allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
+            preset=o.plain(preset), min_count=min_count, global_mean=o.plain(global_mean),
+            nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c, nc4_decision=o.plain(nc4_decision),
+            per_class=per_class or None, progress=progress)
     laws = {f"separation law {Path(file['file']).name}": f"ρ = {file['separation_law']['rho']:.4g}, "
             f"R² = {file['separation_law']['r2']:.4g}" for file in analysis.to_dict()["files"] if file["separation_law"]}
     emit(metrics_result(analysis, laws), fmt, output)

@@ -11,8 +11,10 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
+from actgeom.core.entropy import EntropyOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
+DEFAULTS = EntropyOptions()  # the defaults live in core
 
 
 def entropy(
@@ -23,21 +25,21 @@ def entropy(
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     stats: o.StatsOpt = None,
-    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = 1.0,
-    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = 10.0,
-    t: Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")] = 1.0,
-    subsample: Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC, help="Rows for DSE / DSMI.")] = 10_000,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=METRIC, help="Seed of the sample and of DSMI's subsets.")] = 0,
+    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = DEFAULTS.alpha,
+    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = DEFAULTS.sigma,
+    t: Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")] = DEFAULTS.t,
+    subsample: Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC, help="Rows for DSE / DSMI.")] = DEFAULTS.subsample,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=METRIC, help="Seed of the sample and of DSMI's subsets.")] = DEFAULTS.seed,
     threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", rich_help_panel=METRIC, show_default=False,
-        help="A unit is active when its value > threshold. [default: 0 for layers marked ReLU; required otherwise]")] = None,
-    tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant threshold (ReDo).")] = 0.025,
+        "--threshold", rich_help_panel=METRIC, show_default="0 for layers marked ReLU; required otherwise",
+        help="A unit is active when its value > threshold.")] = None,
+    tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant threshold (ReDo).")] = DEFAULTS.tau,
     layer_width: Annotated[Optional[int], typer.Option(
         "--layer-width", rich_help_panel=METRIC, show_default=False,
         help="For SAE latents: the width of the layer the SAE encodes (superposition ratio F/width).")] = None,
     eps: Annotated[float, typer.Option("--eps", rich_help_panel=METRIC,
-                                       help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")] = 0.0,
-    normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC,
+                                       help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")] = DEFAULTS.eps,
+    normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC, metavar="",
                                              help="Attention entropy divided by log(#valid keys).")] = False,
     fmt: o.FormatOpt = None, output: o.OutputOpt = None,
 ) -> None:
@@ -55,7 +57,7 @@ def entropy(
     """
     with row_progress() as progress:
         analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
-                               allow_incomplete=allow_incomplete, nonfinite=nonfinite, tokens=tokens, stats=stats,
+                               allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress)
     summary = {}

@@ -9,9 +9,31 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.core.dump import DumpSpec
+from actgeom.core.engine import NONFINITE_POLICIES
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
+
+
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of the valid values of an option (defined in core), so that --help lists them
+    and the parser refuses anything else."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
+
+
+def default(options_class, field: str) -> str:
+    """A default as --help shows it, read from the options dataclass (defaults live in core only)."""
+    value = options_class.__dataclass_fields__[field].default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ":".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def plain(value):
+    """An Enum member (from a choice option) as its value; anything else as it is."""
+    return value.value if isinstance(value, Enum) else value
 
 
 class Format(str, Enum):
@@ -41,9 +63,10 @@ OffsetsOpt = Annotated[Optional[str], typer.Option(
     "--offsets", rich_help_panel=DATA, show_default=False,
     help="Sequence boundaries (S+1,) into the rows, token-level dumps. Default: /sequences/offsets.")]
 AllowIncompleteOpt = Annotated[bool, typer.Option(
-    "--allow-incomplete", rich_help_panel=DATA,
+    "--allow-incomplete", rich_help_panel=DATA, metavar="",
     help="Read a dump whose writer did not finish (attribute complete=false).")]
-NonfiniteOpt = Annotated[str, typer.Option(
+Nonfinite = choices("Nonfinite", NONFINITE_POLICIES)
+NonfiniteOpt = Annotated[Nonfinite, typer.Option(
     "--nonfinite", rich_help_panel=DATA,
     help="Rows with NaN or inf: 'error' refuses the layer (naming how many rows), 'drop' skips and counts them.")]
 TokensOpt = Annotated[str, typer.Option(

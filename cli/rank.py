@@ -14,37 +14,41 @@ from actgeom.cli.output import emit, metrics_result, write_atomically
 from actgeom.cli.progress import row_progress
 from actgeom.cli.stats import parse_rows
 from actgeom.core import api
+from actgeom.core.spectrum import PRESETS, STORAGE_RTOL, RankOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
+Preset = o.choices("Preset", PRESETS)
 
 
 def rank(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
     layers: o.LayersOpt = None, offsets: o.OffsetsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
     nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all", stats: o.StatsOpt = None,
-    preset: Annotated[Optional[str], typer.Option(
-        "--preset", rich_help_panel=METRIC, show_default=False,
+    preset: Annotated[Optional[Preset], typer.Option(
+        "--preset", rich_help_panel=METRIC, show_default="none",
         help="garrido (raw, uncentred spectrum) or tracing (centred λ, top 2048). Explicit options win.")] = None,
     center: Annotated[Optional[bool], typer.Option(
-        "--center/--no-center", rich_help_panel=METRIC, show_default=False,
-        help="Spectrum of the covariance, or of the raw second moment. [default: center]")] = None,
-    max_eigs: Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=METRIC, show_default=False,
+        "--center/--no-center", rich_help_panel=METRIC, metavar="", show_default=o.default(RankOptions, "center"),
+        help="Spectrum of the covariance, or of the raw second moment.")] = None,
+    max_eigs: Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=METRIC, show_default="all",
                                                     help="Keep only the largest eigenvalues.")] = None,
-    eps: Annotated[Optional[float], typer.Option("--eps", rich_help_panel=METRIC, show_default=False,
-                                                 help="RankMe's ε. [default: 1e-7]")] = None,
+    eps: Annotated[Optional[float], typer.Option("--eps", rich_help_panel=METRIC, show_default=o.default(RankOptions, "eps"),
+                                                 help="RankMe's ε.")] = None,
     fit_range: Annotated[Optional[str], typer.Option(
-        "--fit-range", rich_help_panel=METRIC, show_default=False,
-        help="α-ReQ ranks START:STOP, 1-based, inclusive. [default: 12:100]")] = None,
-    ge: Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=METRIC, show_default=False,
+        "--fit-range", rich_help_panel=METRIC, show_default=o.default(RankOptions, "fit_range"),
+        help="α-ReQ ranks START:STOP, 1-based, inclusive.")] = None,
+    ge: Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=METRIC, metavar="",
+                                               show_default=o.default(RankOptions, "ge"),
                                                help="k90/k95/k99 with ≥ p instead of > p.")] = None,
     rtol: Annotated[Optional[float], typer.Option(
-        "--rtol", rich_help_panel=METRIC, show_default=False,
-        help="Numerical-rank tolerance relative to λ_1. [default: by dtype: float16 1e-8, bfloat16 1e-6, "
-             "float32 1e-11, float64 1e-14]")] = None,
-    subsample: Annotated[Optional[int], typer.Option("--subsample", rich_help_panel=METRIC, show_default=False,
-                                                     help="Rows sampled for TwoNN and MLE. [default: 2000]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=METRIC, show_default=False,
-                                                help="Seed of the sample (same rows in every layer). [default: 0]")] = None,
+        "--rtol", rich_help_panel=METRIC,
+        show_default="by dtype: " + ", ".join(f"{k} {v:g}" for k, v in STORAGE_RTOL.items()),
+        help="Numerical-rank tolerance relative to λ_1.")] = None,
+    subsample: Annotated[Optional[int], typer.Option("--subsample", rich_help_panel=METRIC,
+                                                     show_default=o.default(RankOptions, "subsample"),
+                                                     help="Rows sampled for TwoNN and MLE.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=METRIC, show_default=o.default(RankOptions, "seed"),
+                                                help="Seed of the sample (same rows in every layer).")] = None,
     spectrum_out: Annotated[Optional[Path], typer.Option(
         "--spectrum-out", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write every layer's eigenvalues as CSV (file, layer, spectrum, rank, eigenvalue).")] = None,
@@ -63,8 +67,8 @@ def rank(
         actgeom rank run.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
     """
     with row_progress() as progress:
-        analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
-                            tokens=tokens, stats=stats, preset=preset, center=center, max_eigs=max_eigs, eps=eps,
+        analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete,
+                            nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats, preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
                             fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"), ge=ge,
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,
                             progress=progress)

@@ -64,7 +64,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
         actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
     """
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
-    options = PassOptions(nonfinite=nonfinite, tokens=tokens, row_range=parse_rows(rows), row_offset=row_offset)
+    options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, row_range=parse_rows(rows), row_offset=row_offset)
     with Dump(dump, spec) as opened, row_progress() as progress:
         specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
         specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
