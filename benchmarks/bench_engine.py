@@ -67,12 +67,14 @@ def child_floor(path: str, chunks_per_read: int) -> dict:
 
 
 def child_engine(path: str) -> dict:
+    from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
     from actgeom.core.dump import Dump
-    from actgeom.core.engine import PassOptions, accumulate
+    from actgeom.core.engine import accumulate
 
     t0 = time.perf_counter()
     with Dump(path) as dump:
-        stats = accumulate(dump, options=PassOptions(reservoir=10_000, seed=0))
+        stats = accumulate(dump, specs=[MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=0.0),
+                                        SampleSpec(size=10_000, seed=0)])
     seconds = time.perf_counter() - t0
     layer = next(iter(stats.values()))
     return {"seconds": seconds, "n_rows": layer.n_rows}
