@@ -9,6 +9,10 @@ Keyword names are the command-line options in snake_case (``--fit-range`` → ``
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -138,8 +142,12 @@ def _checked(dump: Dump, precomputed: dict[str, LayerStats], specs: dict[str, Sp
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
         pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
-        details: bool = False) -> Result:
-    """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders."""
+        details: bool = False, cache: str | Path | None = None) -> Result:
+    """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders.
+
+    ``cache``: a directory keeping each file's results under a key made of the file's identity
+    (absolute path, size, modification time, a hash of its attributes, layer shapes and dtypes)
+    and every option; a run reads only the dumps whose key has no valid entry."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     precomputed = None
     if stats is not None:
@@ -150,8 +158,14 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
     files = []
     for path in paths:
         with Dump(path, spec) as dump:
-            files.append(analyze_dump(dump, families, pass_options=pass_options, progress=progress,
-                                      precomputed=precomputed, details=details))
+            key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
+            entry = None if key is None else _cached(Path(cache), key)
+            if entry is None:
+                entry = analyze_dump(dump, families, pass_options=pass_options, progress=progress,
+                                     precomputed=precomputed, details=details)
+                if key is not None:
+                    _store(Path(cache), key, entry)
+            files.append(entry)
     document = {"tool": "actgeom", "version": __version__, "command": command,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "elapsed_s": time.perf_counter() - started,
@@ -159,6 +173,44 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
                 "pass": options_record(pass_options), "statistics_file": None if stats is None else str(stats),
                 "metrics_info": metrics_info(families), "files": files}
     return Result(document)
+
+
+def _cache_key(dump: Dump, spec: DumpSpec, families: dict, pass_options: PassOptions, details: bool) -> str:
+    status = os.stat(dump.path)
+    identity = {"path": str(Path(dump.path).resolve()), "size": status.st_size, "mtime_ns": status.st_mtime_ns,
+                "attrs": dump.attrs, "layers": [(layer.path, layer.n_rows, layer.n_units, layer.storage_dtype) for layer in dump.layers],
+                "spec": asdict(spec), "families": {name: asdict(o) for name, o in families.items()},
+                "pass": options_record(pass_options), "details": details, "version": __version__}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(directory: Path, key: str) -> dict | None:
+    """The cached file record under ``key``, or None when absent, stale or unreadable."""
+    try:
+        held = json.loads((directory / f"{key}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return held.get("entry") if isinstance(held, dict) and held.get("key") == key else None
+
+
+def _store(directory: Path, key: str, entry: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"key": key, "entry": entry}, handle, default=_plain)
+        os.replace(tmp, directory / f"{key}.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 # -- the public functions ------------------------------------------------------------------------------
@@ -205,14 +257,15 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
 
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
-            nonfinite="error", tokens="all", stats=None, details=False, progress: Progress | None = None) -> Result:
+            nonfinite="error", tokens="all", stats=None, details=False, cache=None,
+            progress: Progress | None = None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
                                nonfinite, tokens)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
     return run("analyze", paths, chosen, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
-               details=details)
+               details=details, cache=cache)
 
 
 def family_options(name: str, given=None):

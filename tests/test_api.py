@@ -146,3 +146,35 @@ def test_statistics_takes_torch_bfloat16():
 def _participation_ratio(X):
     lam = np.linalg.eigvalsh(np.cov(X.T, bias=True))
     return lam.sum() ** 2 / (lam**2).sum()
+
+
+def test_cache_reads_only_new_or_changed_dumps(tmp_path, rng, monkeypatch):
+    """Five checkpoints cached; adding a sixth re-reads only it; a changed option, a touched file or
+    a corrupt entry is recomputed, never used."""
+    reads: dict[str, int] = {}
+    original = Dump.read_raw
+
+    def counting(self, layer, start, stop, out):
+        reads[Path(self.path).name] = reads.get(Path(self.path).name, 0) + 1
+        return original(self, layer, start, stop, out)
+
+    monkeypatch.setattr(Dump, "read_raw", counting)
+    paths = []
+    for i in range(6):
+        X, y = class_data(rng, [30, 30, 30], 5, offset=float(i))
+        paths.append(write_dump(tmp_path / f"ckpt{i}.h5", {"h": X}, labels=y, prediction=y))
+    cache = tmp_path / "cache"
+    first = actgeom.analyze(paths[:5], cache=cache).files()
+    assert set(reads) == {f"ckpt{i}.h5" for i in range(5)}
+    reads.clear()
+    again = actgeom.analyze(paths, cache=cache).files()
+    assert set(reads) == {"ckpt5.h5"}
+    assert [f["layers"][0]["metrics"] for f in again[:5]] == [f["layers"][0]["metrics"] for f in first]
+    reads.clear()
+    actgeom.analyze(paths[:1], cache=cache, options={"collapse": {"min_count": 2}})
+    assert set(reads) == {"ckpt0.h5"}  # another option: another key
+    for entry in cache.glob("*.json"):
+        entry.write_text("{ not json")
+    reads.clear()
+    assert actgeom.analyze(paths[1:2], cache=cache).files()[0]["layers"][0]["metrics"] == first[1]["layers"][0]["metrics"]
+    assert set(reads) == {"ckpt1.h5"}

@@ -64,7 +64,8 @@ def attention(dump, options: EntropyOptions) -> list[dict]:
     entries = []
     for path in dump.attention_paths:
         values, unavailable = evaluate(ATTENTION_METRICS, dump.attention_blocks(path), options, {})
-        entries.append({"layer": path, "kind": "attention", "metrics": values, "unavailable": unavailable})
+        entries.append({"layer": path, "kind": "attention", "n_rows": None, "n_units": None, "dtype": None,
+                        "metrics": values, "unavailable": unavailable, "notes": [], "details": {}})
     return entries
 
 
