@@ -26,7 +26,7 @@ def collapse(
     dumps: DumpsArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
     bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
     offsets: o.OffsetsOpt = None, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
-    stats: o.StatsOpt = None,
+    stats: o.StatsOpt = None, partial_ok: o.PartialOkOpt = False,
     preset: Annotated[Optional[Preset], typer.Option(
         "--preset", rich_help_panel=METRIC, show_default="none",
         help="A publication's conventions: papyan (μ_G class, top-k Σ_B⁺, no /C), zhu (μ_G sample, pinv, /C), "
@@ -68,6 +68,7 @@ def collapse(
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
             allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
+            partial_ok=partial_ok,
             preset=o.plain(preset), min_count=min_count, global_mean=o.plain(global_mean),
             nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c, nc4_decision=o.plain(nc4_decision),
             per_class=per_class or None, progress=progress)

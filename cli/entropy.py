@@ -24,7 +24,7 @@ def entropy(
         "--attention", rich_help_panel=o.DATA, show_default=False,
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
-    stats: o.StatsOpt = None,
+    stats: o.StatsOpt = None, partial_ok: o.PartialOkOpt = False,
     alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = DEFAULTS.alpha,
     sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = DEFAULTS.sigma,
     t: Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")] = DEFAULTS.t,
@@ -58,6 +58,7 @@ def entropy(
     with row_progress() as progress:
         analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
+                               partial_ok=partial_ok,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress)
     summary = {}

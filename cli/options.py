@@ -77,6 +77,9 @@ StatsOpt = Annotated[Optional[Path], typer.Option(
     "--stats", rich_help_panel=DATA, show_default=False,
     help="Take the statistics from this file (actgeom stats/merge --save-stats, e.g. merged shards) instead "
          "of a pass over the dump; the dump still gives layers, labels and classifier. One dump only.")]
+PartialOkOpt = Annotated[bool, typer.Option(
+    "--partial-ok", rich_help_panel=DATA, metavar="",
+    help="With --stats: accept statistics of only part of the dump's rows (the output records the rows used).")]
 FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", rich_help_panel=OUTPUT, show_default=False,
     help="Output format. Default: table on a terminal; json when piped or with -o (unless the "

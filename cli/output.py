@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from actgeom.cli.options import Format
-from actgeom.core import __version__
 from actgeom.core.errors import UsageError
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,

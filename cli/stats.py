@@ -11,11 +11,11 @@ from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
 from actgeom.cli.progress import row_progress
 from actgeom.core import __version__
-from actgeom.core.dump import Dump
 from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
+from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
-from actgeom.core.partial import load_partial, merge_stats, save_partial
+from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
 from actgeom.core.summary import pass_summary
 
 SaveOpt = Annotated[Optional[Path], typer.Option(
@@ -71,7 +71,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
         if entropy_alpha is not None:
             specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
         result = accumulate(opened, specs=specs, options=options, progress=progress)
-    meta = {"inputs": [str(dump)], "options": options_record(options)}
+        meta = provenance(opened, options) | {"options": options_record(options)}
     if save_stats is not None:
         save_partial(save_stats, result, meta)
     emit(_result(f"actgeom stats: {dump}", result, meta), fmt, output)
@@ -85,10 +85,8 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 
         actgeom merge part*.npz --save-stats all.npz --format json
     """
-    loaded = [load_partial(path) for path in parts]
-    merged = merge_stats([stats_ for stats_, _ in loaded])
-    meta = {"inputs": [i for _, m in loaded for i in m.get("inputs", [])], "parts": [str(p) for p in parts],
-            "options": [m.get("options") for _, m in loaded]}
+    merged, meta = merge_partials([(path, *load_partial(path)) for path in parts])
+    meta["parts"] = [str(p) for p in parts]
     if save_stats is not None:
         save_partial(save_stats, merged, meta)
     emit(_result(f"actgeom merge: {len(parts)} parts", merged, meta), fmt, output)
@@ -97,4 +95,5 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 def _result(title: str, result: dict, meta: dict) -> Result:
     records = [pass_summary(layer_stats) for layer_stats in result.values()]
     document = {"tool": "actgeom", "version": __version__, **meta, "layers": records}
-    return Result(title=title, document=document, records=records, summary={"inputs": ", ".join(meta["inputs"])})
+    return Result(title=title, document=document, records=records,
+                  summary={"dumps": ", ".join(meta["dumps"]), "rows": ", ".join(f"{a}:{b}" for a, b in meta["rows"])})

@@ -32,7 +32,7 @@ from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import entropy as entropy_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.partial import load_partial
+from actgeom.core.partial import check_provenance, load_partial
 from actgeom.core.result import Result, nonfinite_notes
 from actgeom.core.spectrum import resolve_options as rank_options
 
@@ -142,22 +142,24 @@ def _checked(dump: Dump, precomputed: dict[str, LayerStats], specs: dict[str, Sp
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
         pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
-        details: bool = False, cache: str | Path | None = None) -> Result:
+        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False) -> Result:
     """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders.
 
     ``cache``: a directory keeping each file's results under a key made of the file's identity
     (absolute path, size, modification time, a hash of its attributes, layer shapes and dtypes)
     and every option; a run reads only the dumps whose key has no valid entry."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    precomputed = None
+    precomputed, provenance, used = None, None, None
     if stats is not None:
         if len(paths) != 1:
             raise OptionError("stats", None, f"describes one dump; {len(paths)} were given")
-        precomputed = load_partial(stats)[0]
+        precomputed, provenance = load_partial(stats)
     started = time.perf_counter()
     files = []
     for path in paths:
         with Dump(path, spec) as dump:
+            if provenance is not None:
+                used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok)
             key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
             entry = None if key is None else _cached(Path(cache), key)
             if entry is None:
@@ -170,7 +172,7 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "elapsed_s": time.perf_counter() - started,
                 "options": {name: asdict(options) for name, options in families.items()},
-                "pass": options_record(pass_options), "statistics_file": None if stats is None else str(stats),
+                "pass": options_record(pass_options), "statistics": used,
                 "metrics_info": metrics_info(families), "files": files}
     return Result(document)
 
@@ -224,7 +226,7 @@ def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, of
 
 
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
-             allow_incomplete=False, nonfinite="error", tokens="all", stats=None, preset=None, min_count=None,
+             allow_incomplete=False, nonfinite="error", tokens="all", stats=None, partial_ok=False, preset=None, min_count=None,
              global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
              progress: Progress | None = None) -> Result:
     """Neural-collapse metrics (docs/metrics.md §1) of every selected layer of every dump."""
@@ -232,32 +234,32 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
     return run("collapse", paths, {"collapse": options}, spec=spec, pass_options=pass_options, stats=stats,
-               progress=progress)
+               partial_ok=partial_ok, progress=progress)
 
 
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", stats=None,
-         preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
+         partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
          seed=None, details=False, progress: Progress | None = None) -> Result:
     """Spectrum and effective-dimension metrics (docs/metrics.md §2) of every selected layer."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
     return run("rank", paths, {"rank": options}, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
-               details=details)
+               details=details, partial_ok=partial_ok)
 
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
-            tokens="all", stats=None, progress: Progress | None = None, **options) -> Result:
+            tokens="all", stats=None, partial_ok=False, progress: Progress | None = None, **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md §3); ``options`` are EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens)
     return run("entropy", paths, {"entropy": _entropy_options(options)}, spec=spec, pass_options=pass_options,
-               stats=stats, progress=progress)
+               stats=stats, partial_ok=partial_ok, progress=progress)
 
 
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
-            nonfinite="error", tokens="all", stats=None, details=False, cache=None,
+            nonfinite="error", tokens="all", stats=None, partial_ok=False, details=False, cache=None,
             progress: Progress | None = None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
@@ -265,7 +267,7 @@ def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | 
                                nonfinite, tokens)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
     return run("analyze", paths, chosen, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
-               details=details, cache=cache)
+               details=details, cache=cache, partial_ok=partial_ok)
 
 
 def family_options(name: str, given=None):
@@ -345,7 +347,7 @@ class Statistics:
                 entry |= FAMILIES[name].file_record(records[name], options)
         return Result({"tool": "actgeom", "version": __version__, "command": "statistics",
                        "options": {name: asdict(options) for name, options in chosen.items()}, "pass": {},
-                       "statistics_file": None, "metrics_info": metrics_info(chosen), "files": [entry]})
+                       "statistics": None, "metrics_info": metrics_info(chosen), "files": [entry]})
 
 
 def _memory_layer(name: str, width: int, specs: dict) -> LayerStats:

@@ -18,7 +18,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
 DIRECTIONS = ("lower", "higher", "neither")  # which way is better; "neither": a description, not a score
 INVARIANCES = ("scale", "rotation", "shift", "affine")  # of the rows: x → s·x, Q·x, x + t, A·x + t
 NEEDS = ("labels", "weight", "bias", "decision", "sample", "offsets", "threshold", "layer_width", "dump")

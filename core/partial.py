@@ -2,10 +2,18 @@
 
 A partial-statistics file is an .npz (no pickles) holding every accumulator of every layer and a
 JSON header. Merging is exact up to float64 rounding, in any order and any split of the rows.
+
+Provenance: the header records which dump the statistics describe (a fingerprint of its
+attributes, layer names, widths and dtypes, so shard files of one checkpoint share it while two
+checkpoints do not), the global row ranges they cover, and the pass options that shape them.
+`merge` refuses statistics of different dumps, overlapping rows and different pass options;
+`--stats` refuses statistics of another dump, of other pass options, or of only part of the rows
+(unless the caller accepts a partial view, which the output then records).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core.accumulators import ACCUMULATORS, spec_from_record
-from actgeom.core.engine import LayerStats
+from actgeom.core.engine import LayerStats, PassOptions
 from actgeom.core.errors import InvalidInputError, UsageError
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
@@ -78,6 +86,78 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
             layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], n_rows=entry["n_rows"],
             n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"], specs=specs, accumulators=accumulators)
     return stats, header["meta"]
+
+
+# Root attributes that say when and how a file was written, not what it holds.
+_VOLATILE = {"n_rows", "complete", "created", "created_by", "writer_version"}
+PROVENANCE_PASS = ("nonfinite", "tokens")  # the pass options that decide which rows count
+
+
+def dump_fingerprint(dump) -> str:
+    """What identifies the data of a dump: its attributes (but the row count and writing details)
+    and every dataset's path, width and dtype. Shard files of one checkpoint share it; two
+    checkpoints differ in their attributes (checkpoint, step). Foreign files without attributes
+    are told apart by their datasets only."""
+    identity = {"attrs": {k: v for k, v in dump.attrs.items() if k not in _VOLATILE}, "datasets": dump.structure()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def provenance(dump, options: PassOptions) -> dict:
+    """Where statistics of one pass come from: the dump, the global rows, the pass options."""
+    start, stop = options.row_range or (0, dump.n_rows)
+    return {"dumps": [str(dump.path)], "fingerprint": dump_fingerprint(dump),
+            "rows": [[start + options.row_offset, stop + options.row_offset]],
+            "pass": {name: getattr(options, name) for name in PROVENANCE_PASS}}
+
+
+def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tuple[dict[str, LayerStats], dict]:
+    """Merge (path, statistics, provenance) of disjoint rows of one dump, or refuse naming why."""
+    first_path, _, first = loaded[0]
+    for path, _, meta in loaded[1:]:
+        if meta.get("fingerprint") != first.get("fingerprint"):
+            raise InvalidInputError(f"{path} holds statistics of another dump ({', '.join(meta.get('dumps', []))}) "
+                                    f"than {first_path} ({', '.join(first.get('dumps', []))})")
+        for name in PROVENANCE_PASS:
+            if meta["pass"].get(name) != first["pass"].get(name):
+                raise InvalidInputError(f"{path} was made with --{name} {meta['pass'].get(name)}, {first_path} with "
+                                        f"--{name} {first['pass'].get(name)}")
+    ranges = sorted((a, b, path) for path, _, meta in loaded for a, b in meta["rows"])
+    for (a1, b1, p1), (a2, b2, p2) in zip(ranges, ranges[1:]):
+        if a2 < b1:
+            raise InvalidInputError(f"{p1} (rows {a1}:{b1}) and {p2} (rows {a2}:{b2}) overlap: rows would count twice")
+    merged = merge_stats([stats for _, stats, _ in loaded])
+    meta = {"dumps": sorted({d for _, _, m in loaded for d in m["dumps"]}), "fingerprint": first["fingerprint"],
+            "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
+    return merged, meta
+
+
+def _union(ranges: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok: bool = False) -> dict:
+    """Refuse statistics that do not describe this dump's rows as this pass would read them;
+    return what the output records about them."""
+    if meta.get("fingerprint") != dump_fingerprint(dump):
+        raise InvalidInputError(f"{path} holds statistics of {', '.join(meta.get('dumps', ['another dump']))}, "
+                                f"not of {dump.path} (their attributes or layers differ)")
+    for name in PROVENANCE_PASS:
+        if meta["pass"].get(name) != getattr(options, name):
+            raise InvalidInputError(f"{path} was made with --{name} {meta['pass'].get(name)}; this command uses "
+                                    f"--{name} {getattr(options, name)}")
+    covered = _union(meta["rows"])
+    whole = covered == [[0, dump.n_rows]]
+    if not whole and not partial_ok:
+        shown = ", ".join(f"{a}:{b}" for a, b in covered)
+        raise InvalidInputError(f"{path} covers rows {shown} of the {dump.n_rows} rows of {dump.path}; merge every "
+                                "shard first, or pass --partial-ok to use part of the rows")
+    return {"file": str(path), "rows": covered, "partial": not whole}
 
 
 def merge_stats(parts: list[dict[str, LayerStats]]) -> dict[str, LayerStats]:

@@ -15,7 +15,6 @@ from actgeom.core.api import analyze_dump, family_options
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.engine import PassOptions
 
-
 # Streamed vs in-memory float64: both exact to ~1e-13 in well-conditioned metrics; 1e-8 leaves room
 # for ill-conditioned ones (pseudo-inverses, small eigenvalues of offset data).
 METRIC_RTOL = 1e-8

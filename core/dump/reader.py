@@ -375,6 +375,11 @@ class Dump:
             return None
         return np.asarray(self._file[self.positions_path][start:stop], dtype=np.int64)
 
+    def structure(self) -> list[tuple[str, list[int], str]]:
+        """Every dataset's path, shape without its first axis, and dtype: what a file holds,
+        whatever the number of rows (shard files of one dump share it)."""
+        return [(path, list(self._file[path].shape[1:]), str(self._file[path].dtype)) for path in sorted(self._datasets)]
+
     def row_vector(self, name: str, start: int, stop: int) -> np.ndarray:
         """A per-row vector ("position", "token_id", "prediction", "label") of rows [start, stop)
         as int64; refused, naming the conventional path, when the dump has none."""
