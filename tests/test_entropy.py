@@ -253,3 +253,14 @@ def test_a_unit_exactly_at_tau_is_dormant(rng):
     """Mean |a| of 1, 2, 2, 3: the first unit's score is exactly 1/2 = τ, and s ≤ τ counts it."""
     units = _units(np.array([[1.0, 2.0, 2.0, 3.0], [-1.0, 2.0, -2.0, 3.0]]))
     assert neuron_activity(units, tau=0.5)["dormant_fraction"] == 0.25
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 57, 600])
+def test_median_distance_is_exact_without_a_copy(rng, n):
+    """The bracketed selection equals the median of the upper triangle (ties included)."""
+    from actgeom.core.entropy import _median_offdiagonal
+
+    X = np.round(rng.standard_normal((n, 3)), 1)  # rounded: many equal distances
+    squared = ((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=-1)
+    expected = np.sqrt(np.median(squared[np.triu_indices(n, 1)]))
+    assert _median_offdiagonal(squared) == expected
