@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -21,21 +22,62 @@ import h5py
 import numpy as np
 
 from actgeom.core import __version__
-from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION
-from actgeom.core.errors import UsageError
+from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION, _plain, decode_bfloat16
+from actgeom.core.errors import InvalidInputError, UsageError
 
 STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.uint16}
+COMPRESSION = (None, "lzf", "gzip")
 ROW_VECTORS = {"labels": "rows/label", "sample_id": "rows/sample_id", "position": "rows/position",
                "token_id": "rows/token_id", "prediction": "rows/prediction"}
 
 
 def encode_bfloat16(values: np.ndarray) -> np.ndarray:
-    """float → bfloat16 bits (uint16), rounding to nearest even; NaN stays NaN."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    """float → bfloat16 bits (uint16), rounding to nearest even; NaN stays NaN.
+
+    A NaN keeps its sign and high payload bits (a quiet NaN when they are all zero), so every
+    bfloat16 value decoded to float32 encodes back to its own 16 bits.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    bits = values.view(np.uint32)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(values)
-    rounded[nan] = 0x7FC0
+    if nan.any():
+        high = (bits[nan] >> 16).astype(np.uint16)
+        rounded[nan] = np.where(high & 0x7F, high, high | 0x40)  # a zero high payload would read as inf
     return rounded
+
+
+def as_rows(values) -> tuple[np.ndarray, bool]:
+    """A batch as a numpy array and whether it holds bfloat16 bits.
+
+    Accepts numpy arrays, lists, and torch tensors of every dtype (on any device; bfloat16
+    tensors are viewed as their 16 bits, with no rounding).
+    """
+    if hasattr(values, "detach") and hasattr(values, "dtype"):  # a torch tensor
+        tensor = values.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            import torch
+
+            return tensor.contiguous().view(torch.int16).numpy().view(np.uint16), True
+        return tensor.numpy(), False
+    return np.asarray(values), False
+
+
+def _store(values: np.ndarray, bf16_bits: bool, dtype: str) -> tuple[np.ndarray, int]:
+    """Rows in the storage dtype, and how many finite values became ±inf (narrowing overflow)."""
+    if bf16_bits:
+        if dtype == "bfloat16":
+            return values, 0
+        values = decode_bfloat16(values)
+    if dtype == "bfloat16":
+        stored = encode_bfloat16(values)
+        inf = (stored & 0x7FFF) == 0x7F80
+    else:
+        stored = values.astype(STORAGE[dtype], copy=False)
+        if stored.dtype.itemsize >= values.dtype.itemsize and values.dtype.kind == "f":
+            return stored, 0  # widening (or the same dtype) never overflows
+        inf = np.isinf(stored)
+    return stored, int(np.count_nonzero(inf & np.isfinite(values))) if inf.any() else 0
 
 
 class DumpWriter:
@@ -50,7 +92,9 @@ class DumpWriter:
     def __init__(self, path: str | Path, *, layers: dict[str, int], dtype: str = "float16",
                  model: str = "", checkpoint: str = "", step: int = -1, level: str = "sample",
                  label_names: list[str] | None = None, chunk_bytes: int = 2 << 20,
-                 expected_rows: int | None = None):
+                 expected_rows: int | None = None, compression: str | None = None, append: bool = False):
+        if compression not in COMPRESSION:
+            raise UsageError(f"compression '{compression}' is not one of lzf, gzip")
         if dtype not in STORAGE:
             raise UsageError(f"dtype '{dtype}' is not one of {', '.join(STORAGE)}")
         if level not in ("sample", "token"):
@@ -61,8 +105,14 @@ class DumpWriter:
         self.dtype = dtype
         self.layer_units = dict(layers)
         self.label_names = label_names
+        self.compression = compression
         self.n_rows = 0
+        self.n_overflow = dict.fromkeys(self.layer_units, 0)
+        self._row_vectors: set[str] | None = None
         self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        if append:
+            self._open_existing(level)
+            return
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs.update({
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False, "n_rows": 0,
@@ -75,10 +125,41 @@ class DumpWriter:
             if expected_rows:  # a chunk is allocated whole: no bigger than the data
                 chunk_rows = min(chunk_rows, max(int(expected_rows), 1))
             ds = self._file.create_dataset(f"activations/{name}", shape=(0, n_units), maxshape=(None, n_units),
-                                           dtype=STORAGE[dtype], chunks=(chunk_rows, n_units))
+                                           dtype=STORAGE[dtype], chunks=(chunk_rows, n_units), compression=compression)
             if dtype == "bfloat16":
                 ds.attrs["logical_dtype"] = "bfloat16"
-        self._row_vectors: set[str] | None = None
+
+    def _open_existing(self, level: str) -> None:
+        """--append: a copy of the complete dump at ``path`` beside it, checked to match, opened for writing."""
+        if not self.path.exists():
+            raise InvalidInputError(f"--append needs an existing dump; no such file: {self.path}")
+        try:
+            with h5py.File(self.path, "r") as f:
+                self._check_same(f, level)
+        except OSError as exc:
+            raise InvalidInputError(f"--append: {self.path} is not a readable HDF5 file ({exc})") from None
+        shutil.copyfile(self.path, self._tmp)
+        self._file = h5py.File(self._tmp, "r+")
+        self._file.attrs["complete"] = False
+        self.n_rows = int(self._file.attrs["n_rows"])
+        present = {key for key, path in ROW_VECTORS.items() if path in self._file}
+        self._row_vectors = present if self.n_rows or present else None  # the new batches carry the same vectors
+
+    def _check_same(self, f: h5py.File, level: str) -> None:
+        where = f"--append to {self.path}"
+        if _plain(f.attrs.get("format")) != FORMAT_NAME or not _plain(f.attrs.get("complete", False)):
+            raise InvalidInputError(f"{where}: only a complete actgeom dump can be appended to")
+        group = f.get("activations")
+        found = {name: group[name] for name in group} if group is not None else {}
+        if sorted(found) != sorted(self.layer_units):
+            raise InvalidInputError(f"{where}: the dump has layers {sorted(found)}, the new rows {sorted(self.layer_units)}")
+        for name, ds in found.items():
+            stored = "bfloat16" if _plain(ds.attrs.get("logical_dtype", "")) == "bfloat16" else str(ds.dtype)
+            if ds.shape[1] != self.layer_units[name] or stored != self.dtype:
+                raise InvalidInputError(f"{where}: layer '{name}' is ({ds.shape[1]} units, {stored}) in the dump "
+                                        f"but ({self.layer_units[name]} units, {self.dtype}) in the new rows")
+        if _plain(f.attrs.get("level")) != level:
+            raise InvalidInputError(f"{where}: the dump is {_plain(f.attrs.get('level'))}-level, the new rows {level}-level")
 
     def __enter__(self) -> "DumpWriter":
         return self
@@ -96,10 +177,12 @@ class DumpWriter:
         unknown = set(rows) - set(ROW_VECTORS)
         if unknown:
             raise UsageError(f"unknown row vectors {sorted(unknown)}; valid: {sorted(ROW_VECTORS)}")
-        given = {k: np.asarray(v) for k, v in rows.items() if v is not None}
+        given = {k: v for k, v in rows.items() if v is not None}
         if self._row_vectors is not None and set(given) != self._row_vectors:
             raise UsageError(f"every batch must carry the same row vectors: {sorted(self._row_vectors)}")
-        activations = {name: np.asarray(values) for name, values in activations.items()}
+        converted = {name: as_rows(values) for name, values in activations.items()}
+        activations = {name: values for name, (values, _) in converted.items()}
+        given = {k: as_rows(v)[0] for k, v in given.items()}
         counts = {a.shape[0] for a in activations.values()} | {v.shape[0] for v in given.values()}
         if len(counts) != 1:
             raise UsageError(f"a batch's layers and row vectors have different row counts: {sorted(counts)}")
@@ -108,8 +191,9 @@ class DumpWriter:
                 raise UsageError(f"layer '{name}' rows must have shape (n, {self.layer_units[name]}); got {values.shape}")
         self._row_vectors = set(given)
         n = counts.pop()
-        for name, values in activations.items():
-            stored = encode_bfloat16(values) if self.dtype == "bfloat16" else values.astype(STORAGE[self.dtype])
+        for name, (values, bf16_bits) in converted.items():
+            stored, overflow = _store(values, bf16_bits, self.dtype)
+            self.n_overflow[name] += overflow
             self._extend(f"activations/{name}", stored)
         for key, values in given.items():
             self._extend(ROW_VECTORS[key], values)
@@ -119,7 +203,7 @@ class DumpWriter:
         if path not in self._file:
             kind = h5py.string_dtype() if values.dtype.kind in "UO" else values.dtype
             self._file.create_dataset(path, shape=(0,) + values.shape[1:], maxshape=(None,) + values.shape[1:],
-                                      dtype=kind, chunks=True)
+                                      dtype=kind, chunks=True, compression=self.compression)
             if path == "rows/label" and self.label_names is not None:
                 self._file[path].attrs["label_names"] = json.dumps(self.label_names)
         ds = self._file[path]
@@ -144,11 +228,30 @@ class DumpWriter:
         """Store sequence boundaries (S+1,) into the row axis (token-level dumps)."""
         self._file.create_dataset("sequences/offsets", data=np.asarray(offsets, dtype=np.int64))
 
+    def add_sequences(self, lengths: np.ndarray) -> None:
+        """Extend the sequence boundaries by sequences of these lengths (streamed token-level writes)."""
+        if "sequences/offsets" not in self._file:
+            self._file.create_dataset("sequences/offsets", data=np.zeros(1, dtype=np.int64), maxshape=(None,), chunks=True)
+        ds = self._file["sequences/offsets"]
+        ends = int(ds[-1]) + np.cumsum(np.asarray(lengths, dtype=np.int64))
+        self._extend("sequences/offsets", ends)
+
+    def set_attrs(self, **attrs) -> None:
+        """Root attributes (e.g. provenance), written with the dump."""
+        self._file.attrs.update(attrs)
+
+    def get_attr(self, name: str, default=None):
+        return _plain(self._file.attrs.get(name, default))
+
     def set_layer_attrs(self, layer: str, **attrs) -> None:
         self._file[f"activations/{layer}"].attrs.update(attrs)
 
     def close(self) -> None:
-        """Mark the dump complete and move it to its final path."""
+        """Mark the dump complete (the last write) and move it to its final path."""
+        offsets = self._file.get("sequences/offsets")
+        if offsets is not None and int(offsets[-1]) != self.n_rows:
+            self.abort()
+            raise UsageError(f"sequence offsets end at {int(offsets[-1])} but the dump has {self.n_rows} rows")
         self._file.attrs["n_rows"] = self.n_rows
         self._file.attrs["complete"] = True
         self._file.close()

@@ -1,0 +1,415 @@
+"""Derive a dump from activation sources: select layers, rows, classes, a seeded sample, tokens; convert.
+
+The sources' rows are read once, block by block (whole sequences per block when the selection
+is per sequence), and written with :class:`DumpWriter`, so memory is bounded by a block, never
+by the number of rows. The pipeline, in order:
+
+1. **tokens**: ``all`` rows; ``first``/``last`` row of each sequence; ``mean`` of each sequence
+   (float64 sums); ``from:K`` the rows at position ≥ K. The result is the *candidate* rows,
+   numbered 0, 1, … across the sources in order.
+2. **rows** ``A:B``: candidates A ≤ i < B.
+3. **classes**: candidates whose label is one of these.
+4. **sample** N (seed S): the N candidates left with the smallest splitmix keys of their candidate
+   number (:func:`row_keys`), so the sample is reproducible and independent of block sizes; with
+   ``stratify`` the N are split over classes in proportion to their counts (largest remainders).
+
+Rows keep their order. A pooled sequence (``mean``) has the label its rows share, or -1 when they
+disagree. Output offsets list the sequences that kept at least one row.
+
+Resume: the dump records each extract run (sources with size and mtime, the selection, the
+number of candidates consumed). ``append`` with the same selection and a source list that starts
+with the last run's sources continues after the candidates already consumed, so extracting
+``a b`` and then ``a b c`` with ``append`` equals extracting ``a b c`` at once; a killed run leaves
+the dump as it was, and running it again resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actgeom.core import __version__
+from actgeom.core.dump.sources import Source
+from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
+from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.stats import row_keys
+
+TOKEN_CHOICES = "all, first, last, mean, from:K"
+BLOCK_BYTES = 8 << 20  # rows per block: about this many bytes per layer as float64
+PROVENANCE_ATTR = "extract_runs"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to keep of the sources and how to store it (see the module docstring for the order)."""
+
+    rows: tuple[int, int | None] | None = None
+    classes: tuple[int, ...] = ()
+    sample: int | None = None
+    seed: int = 0
+    stratify: bool = False
+    tokens: str = "all"
+    dtype: str | None = None
+    compression: str | None = None
+
+    def __post_init__(self):
+        first_position(self.tokens)
+        if self.dtype is not None and self.dtype not in STORAGE:
+            raise UsageError(f"--dtype '{self.dtype}' is not one of {', '.join(STORAGE)}")
+        if self.compression not in COMPRESSION:
+            raise UsageError(f"--compression '{self.compression}' is not one of lzf, gzip")
+        if self.sample is not None and self.sample < 1:
+            raise UsageError(f"--sample {self.sample}: the sample size must be ≥ 1")
+        if self.stratify and self.sample is None:
+            raise UsageError("--stratify needs --sample N")
+        if self.rows is not None and (self.rows[0] < 0 or (self.rows[1] is not None and self.rows[1] < self.rows[0])):
+            raise UsageError(f"--rows {self.rows[0]}:{self.rows[1]} is not a range A:B with 0 ≤ A ≤ B")
+
+    def record(self) -> dict:
+        """The options that decide which rows are kept (not the storage), as JSON values."""
+        record = asdict(self)
+        del record["dtype"], record["compression"]
+        record["rows"] = None if self.rows is None else list(self.rows)
+        record["classes"] = list(self.classes)
+        return record
+
+
+def parse_classes(text: str | None) -> tuple[int, ...]:
+    """``3,5,7`` → (3, 5, 7)."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--classes '{text}' is not a comma-separated list of class indices (e.g. 0,3,7)") from None
+
+
+def parse_rows(text: str | None) -> tuple[int, int | None] | None:
+    """``A:B``, ``A:`` or ``:B`` → (A, B or None)."""
+    if text is None:
+        return None
+    head, sep, tail = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (int(head) if head.strip() else 0, int(tail) if tail.strip() else None)
+    except ValueError:
+        raise UsageError(f"--rows '{text}' is not a row range A:B (e.g. 0:100000, 5000:, :1000)") from None
+
+
+def first_position(tokens: str) -> int | None:
+    """K of ``from:K``; None for the other choices (validating them)."""
+    if tokens in ("all", "first", "last", "mean"):
+        return None
+    head, _, k = tokens.partition(":")
+    if head != "from" or not k.isdigit():
+        raise UsageError(f"--tokens '{tokens}' is not one of {TOKEN_CHOICES} (e.g. from:1 skips BOS rows)")
+    return int(k)
+
+
+@dataclass
+class _Block:
+    """Input rows [start, stop) of one source, and which candidates they give."""
+
+    source: Source
+    start: int  # in the source
+    stop: int
+    first: int  # candidate number of the block's first candidate
+    take: np.ndarray | None  # local row of each candidate (None: every row, or pooled)
+    pool: np.ndarray | None  # mean: local start row of each pooled sequence
+    sequence: np.ndarray | None  # local sequence of each candidate (token-level output with offsets)
+    n_candidates: int
+
+
+class _Plan:
+    """The sources as one candidate stream, in blocks, from metadata (offsets, positions) only."""
+
+    def __init__(self, sources: list[Source], tokens: str):
+        self.sources, self.tokens, self.k = sources, tokens, first_position(tokens)
+        first = sources[0]
+        self.layers = first.layers
+        for source in sources[1:]:
+            if [(l.name, l.n_units) for l in source.layers] != [(l.name, l.n_units) for l in self.layers]:
+                raise InvalidInputError(
+                    f"{source.path} has layers {_shapes(source)} but {first.path} has {_shapes(first)}; "
+                    "sources are concatenated along rows, so they need the same layers and widths")
+        self.vectors = set.intersection(*(s.vector_kinds for s in sources))
+        self.has_offsets = all(s.offsets is not None for s in sources)
+        for source in sources:
+            if tokens != "all" and source.offsets is None and not (self.k is not None and "position" in source.vector_kinds):
+                raise InvalidInputError(
+                    f"--tokens {tokens} needs sequence offsets in {source.path} (/sequences/offsets or --offsets, "
+                    "an offsets array, or a 3-D (sequences, tokens, units) array)"
+                    + ("" if self.k is None else ", or token positions"))
+        self.pooled = tokens in ("first", "last", "mean")
+        self.level = "sample" if self.pooled or not (self.has_offsets or "position" in self.vectors) else "token"
+        self.block_rows = max(1, BLOCK_BYTES // (8 * max(l.n_units for l in self.layers)))
+
+    def blocks(self):
+        first = 0
+        for source in self.sources:
+            for block in self._source_blocks(source, first):
+                yield block
+                first += block.n_candidates
+
+    def _source_blocks(self, source: Source, first: int):
+        offsets = source.offsets
+        if offsets is None or (self.tokens == "all" and not self.has_offsets):
+            for start in range(0, source.n_rows, self.block_rows):
+                stop = min(start + self.block_rows, source.n_rows)
+                take = None
+                if self.k is not None:
+                    take = np.flatnonzero(source.vector("position", start, stop) >= self.k)
+                n = stop - start if take is None else take.size
+                yield _Block(source, start, stop, first, take, None, None, n)
+                first += n
+            return
+        s = 0
+        n_sequences = offsets.size - 1
+        while s < n_sequences:  # whole sequences, about block_rows rows (at least one sequence)
+            end = int(np.searchsorted(offsets, offsets[s] + self.block_rows, side="right")) - 1
+            end = min(max(end, s + 1), n_sequences)
+            block = self._sequence_block(source, offsets[s : end + 1], first)
+            yield block
+            first += block.n_candidates
+            s = end
+
+    def _sequence_block(self, source: Source, bounds: np.ndarray, first: int) -> _Block:
+        start, stop = int(bounds[0]), int(bounds[-1])
+        local = bounds - start
+        lengths = np.diff(local)
+        nonempty = lengths > 0
+        take = pool = sequence = None
+        if self.tokens == "first":
+            take = local[:-1][nonempty]
+        elif self.tokens == "last":
+            take = local[1:][nonempty] - 1
+        elif self.tokens == "mean":
+            pool = local[:-1][nonempty]
+        else:
+            sequence = np.repeat(np.arange(lengths.size), lengths)
+            if self.k is not None:
+                position = np.arange(stop - start) - np.repeat(local[:-1], lengths)
+                take = np.flatnonzero(position >= self.k)
+                sequence = sequence[take]
+        n = int(nonempty.sum()) if self.pooled else (stop - start if take is None else take.size)
+        return _Block(source, start, stop, first, take, pool, sequence, n)
+
+    def labels(self, block: _Block) -> np.ndarray | None:
+        """Labels of a block's candidates (a pooled sequence: the shared label, else -1)."""
+        if "labels" not in self.vectors:
+            return None
+        labels = block.source.vector("labels", block.start, block.stop)
+        if block.pool is not None:
+            low, high = np.minimum.reduceat(labels, block.pool), np.maximum.reduceat(labels, block.pool)
+            return np.where(low == high, low, -1)
+        return labels if block.take is None else labels[block.take]
+
+    def rows(self, block: _Block, layer: str) -> np.ndarray:
+        x = block.source.rows(layer, block.start, block.stop)
+        if block.pool is not None:  # float64 sums: the mean of float16 rows is not rounded per row
+            lengths = np.diff(np.append(block.pool, block.stop - block.start))
+            return np.add.reduceat(x.astype(np.float64), block.pool, axis=0) / lengths[:, None]
+        return x if block.take is None else x[block.take]
+
+    def vector(self, block: _Block, kind: str) -> np.ndarray | None:
+        if kind not in self.vectors or (kind != "labels" and block.pool is not None):
+            return None
+        if kind == "labels":
+            return self.labels(block)
+        values = block.source.vector(kind, block.start, block.stop)
+        return values if block.take is None else values[block.take]
+
+
+def _shapes(source: Source) -> str:
+    return ", ".join(f"{l.name} ({l.n_units})" for l in source.layers)
+
+
+def _sample(plan: _Plan, selection: Selection, eligible) -> np.ndarray | None:
+    """Sorted candidate numbers of the seeded sample (None: no sampling)."""
+    if selection.sample is None:
+        return None
+    n = selection.sample
+    if not selection.stratify:
+        keys, kept = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        for index, _ in eligible():
+            keys, kept = _smallest(np.concatenate([keys, _keys(index, selection.seed)]), np.concatenate([kept, index]), n)
+        return np.sort(kept)
+    if "labels" not in plan.vectors:
+        raise InvalidInputError("--stratify needs labels in every source (e.g. /rows/label, --labels, a labels array)")
+    counts: dict[int, int] = {}
+    for _, labels in eligible():
+        for label, count in zip(*np.unique(labels, return_counts=True)):
+            counts[int(label)] = counts.get(int(label), 0) + int(count)
+    quota = stratified_quota(counts, n)
+    kept = {label: (np.zeros(0, np.uint64), np.zeros(0, np.int64)) for label in quota}
+    for index, labels in eligible():
+        for label in np.unique(labels):
+            if quota.get(int(label), 0) == 0:
+                continue
+            mine = index[labels == label]
+            keys, rows = kept[int(label)]
+            kept[int(label)] = _smallest(np.concatenate([keys, _keys(mine, selection.seed)]),
+                                         np.concatenate([rows, mine]), quota[int(label)])
+    return np.sort(np.concatenate([rows for _, rows in kept.values()] + [np.zeros(0, np.int64)]))
+
+
+def stratified_quota(counts: dict[int, int], n: int) -> dict[int, int]:
+    """How many rows of each class a stratified sample of n takes: n·n_c/N rounded by largest
+    remainders (ties to the smaller label), so the quotas sum to min(n, N) and never exceed n_c.
+
+    >>> stratified_quota({0: 50, 1: 30, 2: 20}, 7)
+    {0: 4, 1: 2, 2: 1}
+    """
+    total = sum(counts.values())
+    n = min(n, total)
+    labels = sorted(counts)
+    exact = {c: n * counts[c] / total for c in labels} if total else {}
+    quota = {c: int(np.floor(exact[c])) for c in labels}
+    rest = sorted(labels, key=lambda c: (-(exact[c] - quota[c]), c))
+    for c in rest[: n - sum(quota.values())]:
+        quota[c] += 1
+    return quota
+
+
+def _keys(index: np.ndarray, seed: int) -> np.ndarray:
+    """row_keys of arbitrary candidate numbers (row_keys takes a range: take the span, then pick)."""
+    if index.size == 0:
+        return np.zeros(0, np.uint64)
+    low = int(index.min())
+    return row_keys(low, int(index.max()) + 1, seed)[index - low]
+
+
+def _smallest(keys: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if keys.size <= n:
+        return keys, index
+    part = np.argpartition(keys, n - 1)[:n]
+    return keys[part], index[part]
+
+
+def _fingerprint(source: Source) -> dict:
+    stat = source.path.stat()
+    return {"path": str(source.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def _default_dtype(plan: _Plan) -> str:
+    dtypes = {l.dtype for s in plan.sources for l in s.layers}
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    return "float64" if "float64" in dtypes else "float32"  # float32 holds float16 and bfloat16 exactly
+
+
+def _resume_point(writer: DumpWriter, sources: list[dict], selection: Selection, out: Path) -> int:
+    """Candidates already in the dump from an earlier run of this extract (0 when none)."""
+    runs = json.loads(writer.get_attr(PROVENANCE_ATTR) or "[]")
+    if not runs:
+        return 0
+    last = runs[-1]
+    before = last["sources"]
+    if last["selection"] == selection.record() and sources[: len(before)] == before:
+        if selection.sample is not None and len(sources) != len(before):
+            raise UsageError(f"--append to {out}: --sample draws from all sources at once, so adding sources would "
+                             "change the sample; extract the whole source list to a new file")
+        return int(last["candidates"])
+    known = {s["path"] for run in runs for s in run["sources"]}
+    again = [s["path"] for s in sources if s["path"] in known]
+    if again:
+        raise UsageError(f"--append to {out}: rows of {again[0]} are already in it from an earlier extract with other "
+                         "sources or options; resume only with the same options and the earlier sources first")
+    return 0
+
+
+def extract(sources: list[Source], out: str | Path, selection: Selection, *, append: bool = False) -> dict:
+    """Write the selected rows of ``sources`` to the dump ``out`` (atomically); return a summary.
+
+    With ``append`` the rows are added to the complete dump at ``out`` (same layers, widths and
+    dtype), resuming after the candidates an earlier run of the same extract consumed.
+    """
+    out = Path(out)
+    inputs = {s.path.resolve() for s in sources}
+    if out.resolve() in inputs:
+        raise UsageError(f"the output {out} is one of the inputs; write the dump to another path")
+    if out.exists() and not append:
+        raise UsageError(f"{out} exists; --append adds rows to it, or remove it first")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
+    plan = _Plan(sources, selection.tokens)
+    dtype = selection.dtype or _default_dtype(plan)
+    fingerprints = [_fingerprint(s) for s in sources]
+    with DumpWriter(out, layers={l.name: l.n_units for l in plan.layers}, dtype=dtype, level=plan.level,
+                    compression=selection.compression, append=append, model=_model(sources)) as writer:
+        skip = _resume_point(writer, fingerprints, selection, out) if append else 0
+        before = writer.n_rows
+        chosen = _sample(plan, selection, lambda: _eligible(plan, selection))
+        n_candidates = 0
+        for block in plan.blocks():
+            n_candidates = block.first + block.n_candidates
+            keep = _keep(plan, selection, block, chosen, skip)
+            if keep is None:
+                continue
+            batch = {l.name: plan.rows(block, l.name)[keep] for l in plan.layers}
+            vectors = {kind: plan.vector(block, kind) for kind in ("labels", "token_id", "position")}
+            writer.append(batch, **{k: None if v is None else v[keep] for k, v in vectors.items()})
+            if block.sequence is not None and plan.level == "token" and plan.has_offsets:
+                lengths = np.bincount(block.sequence[keep])
+                writer.add_sequences(lengths[lengths > 0])
+        run = {"tool": f"actgeom {__version__}", "sources": fingerprints, "selection": selection.record(),
+               "candidates": n_candidates, "rows_written": writer.n_rows - before, "dtype": dtype,
+               "overflow_to_inf": writer.n_overflow}
+        runs = json.loads(writer.get_attr(PROVENANCE_ATTR) or "[]") + [run]
+        writer.set_attrs(**{PROVENANCE_ATTR: json.dumps(runs)})
+    return {"output": str(out), "n_rows_written": run["rows_written"], "n_rows": writer.n_rows, "n_candidates": n_candidates,
+            "resumed_after": skip, "layers": [l.name for l in plan.layers], "dtype": dtype, "level": plan.level,
+            "overflow_to_inf": writer.n_overflow}
+
+
+def _model(sources: list[Source]) -> str:
+    return ", ".join(dict.fromkeys(s.path.name for s in sources))
+
+
+def _filter(plan: _Plan, selection: Selection, block: _Block) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Candidate numbers of a block, the mask of those passing --rows and --classes, and their labels."""
+    index = block.first + np.arange(block.n_candidates)
+    mask = np.ones(block.n_candidates, dtype=bool)
+    if selection.rows is not None:
+        low, high = selection.rows
+        mask &= index >= low
+        if high is not None:
+            mask &= index < high
+    labels = plan.labels(block) if selection.classes or selection.stratify else None
+    if selection.classes:
+        if labels is None:
+            raise InvalidInputError("--classes needs labels in every source (e.g. /rows/label, --labels, a labels array)")
+        mask &= np.isin(labels, selection.classes)
+    return index, mask, labels
+
+
+def _eligible(plan: _Plan, selection: Selection):
+    """(candidate numbers, labels) of the candidates passing --rows/--classes, block by block."""
+    for block in plan.blocks():
+        if selection.rows is not None and selection.rows[1] is not None and block.first >= selection.rows[1]:
+            return
+        index, mask, labels = _filter(plan, selection, block)
+        yield index[mask], (None if labels is None else labels[mask])
+
+
+def _keep(plan: _Plan, selection: Selection, block: _Block, chosen: np.ndarray | None, skip: int) -> np.ndarray | None:
+    """Local candidates of a block to write (None: nothing), cheapest tests first."""
+    end = block.first + block.n_candidates
+    if block.n_candidates == 0 or end <= skip:
+        return None
+    if selection.rows is not None and (end <= selection.rows[0] or
+                                       (selection.rows[1] is not None and block.first >= selection.rows[1])):
+        return None
+    if chosen is not None:
+        lo, hi = np.searchsorted(chosen, [block.first, end])
+        if lo == hi:
+            return None
+    index, mask, _ = _filter(plan, selection, block)
+    mask &= index >= skip
+    if chosen is not None:
+        mask &= np.isin(index, chosen[lo:hi])
+    return np.flatnonzero(mask) if mask.any() else None
