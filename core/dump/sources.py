@@ -89,8 +89,8 @@ class Source:
                 raise InvalidInputError(f"3-D layers in {self.path} have different sequence lengths")
             T = lengths.pop()
             offsets = np.arange(0, self.n_rows + 1, T, dtype=np.int64)
-        if offsets is not None and "labels" in self._vectors and len(self._vectors["labels"]) == len(offsets) - 1 != self.n_rows:
-            self._vectors["labels"] = np.repeat(np.asarray(self._vectors["labels"][:]), np.diff(offsets))  # one per sequence
+        if offsets is not None and "labels" in self._vectors and self._vectors["labels"].shape[0] == len(offsets) - 1 != self.n_rows:
+            self._vectors["labels"] = np.repeat(_whole(self._vectors["labels"]), np.diff(offsets))  # one per sequence
         for key, values in self._vectors.items():
             if values.shape[0] != self.n_rows:
                 raise InvalidInputError(f"{key} in {self.path} has {values.shape[0]} rows but the layers have {self.n_rows}")
@@ -177,12 +177,11 @@ def _from_arrays(path: Path, kind: str, arrays: dict, closer=None) -> Source:
         found = next((lowered[n] for n in names if n in lowered), None)
         if found is not None:
             array = arrays[found][0]
-            vectors[kind_name] = np.asarray(array[0 : array.shape[0]]).reshape(-1) if len(array.shape) == 2 else array
+            vectors[kind_name] = _whole(array).reshape(-1) if len(array.shape) == 2 else array
             used.add(found)
     found = next((lowered[n] for n in OFFSET_NAMES if n in lowered), None)
     if found is not None:
-        offsets, _ = arrays[found]
-        offsets = np.asarray(offsets)
+        offsets = _whole(arrays[found][0])
         used.add(found)
     layers = {}
     for name in sorted(arrays, key=natural_key):
@@ -193,6 +192,11 @@ def _from_arrays(path: Path, kind: str, arrays: dict, closer=None) -> Source:
         if is_float and len(array.shape) in (2, 3):
             layers[name] = _Rows(array, bfloat16=bf16)
     return Source(path, kind, layers, vectors, offsets, closer)
+
+
+def _whole(array) -> np.ndarray:
+    """A small array-like (row vector, offsets) read whole."""
+    return np.asarray(array[0 : array.shape[0]])
 
 
 def _npy(path: Path) -> Source:

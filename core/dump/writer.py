@@ -73,7 +73,8 @@ def _store(values: np.ndarray, bf16_bits: bool, dtype: str) -> tuple[np.ndarray,
         stored = encode_bfloat16(values)
         inf = (stored & 0x7FFF) == 0x7F80
     else:
-        stored = values.astype(STORAGE[dtype], copy=False)
+        with np.errstate(over="ignore"):  # counted below
+            stored = values.astype(STORAGE[dtype], copy=False)
         if stored.dtype.itemsize >= values.dtype.itemsize and values.dtype.kind == "f":
             return stored, 0  # widening (or the same dtype) never overflows
         inf = np.isinf(stored)
