@@ -1,0 +1,145 @@
+"""Capture activations from a live PyTorch model into a dump, in one ``with`` block.
+
+Forward hooks on the modules whose names match the globs collect each forward's outputs; a hook
+on the model itself writes them (one batch of rows per forward) with :class:`DumpWriter`, so
+nothing accumulates in memory. Token-level outputs (batch, tokens, units) keep only the real
+tokens of the attention mask the caller passes (never padding) and record sequence offsets.
+
+    with capture(model, modules=["blocks.*.mlp", "ln_f"], path="run.h5", dtype="bfloat16") as cap:
+        for batch in loader:
+            cap.next(labels=batch["label"], attention_mask=batch["attention_mask"],
+                     token_ids=batch["input_ids"])
+            model(batch["input_ids"], attention_mask=batch["attention_mask"])
+
+Needs PyTorch (``pip install 'actgeom[torch]'``); imported only when a capture starts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from actgeom.core.dump.reader import natural_key
+from actgeom.core.dump.writer import DumpWriter, as_rows
+from actgeom.core.errors import UsageError
+
+
+def first_tensor(name: str, module, output):
+    """The default ``select``: the output itself, or the first element of a tuple/list output."""
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+class Capture:
+    """The running capture: :meth:`next` gives the row data of the next forward."""
+
+    def __init__(self, path: Path, names: list[str], dtype: str, select, writer_options: dict):
+        self.path, self.names, self.dtype, self.select = Path(path), names, dtype, select
+        self.writer_options = writer_options
+        self.writer: DumpWriter | None = None
+        self.n_forwards = 0
+        self._outputs: dict = {}
+        self._rows: dict = {}
+
+    def next(self, *, labels=None, token_ids=None, positions=None, attention_mask=None) -> None:
+        """Row data of the next forward: labels per sample (B,) or per token (B, T); token ids and
+        positions (B, T); the attention mask (B, T) whose zeros are padding (left out)."""
+        self._rows = {"labels": labels, "token_id": token_ids, "position": positions, "attention_mask": attention_mask}
+
+    def _module_hook(self, name: str):
+        def hook(module, inputs, output):
+            if name in self._outputs:
+                raise UsageError(f"module '{name}' ran twice in one forward; capture a module that runs once")
+            self._outputs[name] = self.select(name, module, output)
+        return hook
+
+    def _model_hook(self, module, inputs, output) -> None:
+        outputs, rows = self._outputs, self._rows
+        self._outputs, self._rows = {}, {}
+        missing = [n for n in self.names if n not in outputs]
+        if missing:
+            raise UsageError(f"modules {missing} did not run in this forward")
+        batch = {name: _tensor(value) for name, value in outputs.items()}
+        shapes = {tuple(t.shape[:-1]) for t in batch.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) not in (1, 2):
+            raise UsageError("captured outputs must all be (batch, units) or all (batch, tokens, units) with the same "
+                             f"leading shape; got {[tuple(t.shape) for t in batch.values()]}")
+        lead = shapes.pop()
+        if len(lead) == 1:
+            self._write(batch, {"labels": _vector(rows.get("labels"))}, None, "sample")
+            return
+        mask = _vector(rows.get("attention_mask"))
+        mask = np.ones(lead, dtype=bool) if mask is None else mask.astype(bool)
+        if mask.shape != lead:
+            raise UsageError(f"attention_mask has shape {mask.shape}; the outputs have (batch, tokens) = {lead}")
+        labels = _vector(rows.get("labels"))
+        if labels is not None and labels.shape == lead[:1]:
+            labels = np.repeat(labels[:, None], lead[1], axis=1)  # one label per sequence → per token
+        positions = _vector(rows.get("position"))
+        if positions is None:
+            positions = np.cumsum(mask, axis=1) - 1  # the index among the real tokens (left padding too)
+        vectors = {"labels": labels, "token_id": _vector(rows.get("token_id")), "position": positions}
+        import torch
+
+        keep = torch.as_tensor(mask)
+        self._write({n: t[keep.to(t.device)] for n, t in batch.items()},
+                    {k: None if v is None else v[mask] for k, v in vectors.items()}, mask.sum(axis=1), "token")
+
+    def _write(self, activations: dict, vectors: dict, lengths, level: str) -> None:
+        if self.writer is None:
+            self.writer = DumpWriter(self.path, layers={n: int(a.shape[-1]) for n, a in activations.items()},
+                                     dtype=self.dtype, level=level, **self.writer_options)
+        self.writer.append(activations, **vectors)
+        if lengths is not None:
+            self.writer.add_sequences(lengths)
+        self.n_forwards += 1
+
+
+def _tensor(value):
+    if not hasattr(value, "detach"):
+        raise UsageError(f"a captured output is a {type(value).__name__}, not a tensor; pass select= to pick one")
+    return value.detach()
+
+
+def _vector(value) -> np.ndarray | None:
+    """Row data (labels, token ids, positions, mask) as numpy."""
+    return None if value is None else as_rows(value)[0]
+
+
+@contextmanager
+def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float32", select=None,
+            model_name: str | None = None, **writer_options):
+    """Hook the modules of ``model`` whose names match the globs and stream every forward to ``path``.
+
+    ``select(name, module, output)`` picks the tensor to keep (default: the output, or the first
+    element of a tuple output). The dump appears at ``path`` when the block ends without an
+    exception (atomically; nothing is written otherwise). Its ``model`` attribute is
+    ``model_name`` (default: the model's class name); ``writer_options`` go to :class:`DumpWriter`
+    (checkpoint, step, compression, append, ...).
+    """
+    writer_options["model"] = model_name or type(model).__name__
+    named = dict(model.named_modules())
+    names = sorted({n for n in named for pattern in modules if n and fnmatch.fnmatchcase(n, pattern)}, key=natural_key)
+    if not names:
+        listed = ", ".join(n for n in list(named)[:20] if n)
+        raise UsageError(f"no module of the model matches {list(modules)}; modules: {listed}")
+    run = Capture(path, names, dtype, select or first_tensor, writer_options)
+    handles = [named[n].register_forward_hook(run._module_hook(n)) for n in names]
+    handles.append(model.register_forward_hook(run._model_hook))
+    try:
+        yield run
+    except BaseException:
+        if run.writer is not None:
+            run.writer.abort()
+        raise
+    else:
+        if run.writer is None:
+            raise UsageError("the capture saw no forward pass: nothing to write")
+        run.writer.close()
+    finally:
+        for handle in handles:
+            handle.remove()

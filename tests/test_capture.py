@@ -1,0 +1,117 @@
+"""capture(): the dump's rows are the model's activations computed directly; padding never appears."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actgeom.core.dump import Dump
+from actgeom.core.errors import UsageError
+
+torch = pytest.importorskip("torch", reason="capture needs the torch extra (CI installs it)")
+from actgeom.core.capture import capture  # noqa: E402
+
+PAD = 0
+
+
+class Block(torch.nn.Module):
+    """A residual MLP block returning a tuple, like Hugging Face layers do."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 2 * width), torch.nn.GELU(), torch.nn.Linear(2 * width, width))
+
+    def forward(self, h):
+        return (h + self.mlp(h), "extra")
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, vocab: int = 50, width: int = 8, n_blocks: int = 2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.blocks = torch.nn.ModuleList(Block(width) for _ in range(n_blocks))
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, ids, attention_mask=None):
+        h = self.embed(ids)
+        for block in self.blocks:
+            h = block(h)[0]
+        return self.head(h)
+
+    def direct(self, ids):
+        """Every block's output, computed without hooks."""
+        h, found = self.embed(ids), {}
+        for i, block in enumerate(self.blocks):
+            h = h + block.mlp(h)
+            found[f"blocks.{i}"] = h
+        return found
+
+
+def batches(rng, n_batches=3, batch=4, length=6, left=False):
+    for _ in range(n_batches):
+        lengths = rng.integers(1, length + 1, batch)
+        ids = rng.integers(1, 50, (batch, length))
+        mask = np.arange(length)[None, :] < lengths[:, None]
+        if left:
+            mask = mask[:, ::-1].copy()
+        ids[~mask] = PAD
+        yield torch.tensor(ids), torch.tensor(mask.astype(np.int64)), torch.tensor(rng.integers(0, 3, batch))
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_token_capture_equals_direct_activations_without_padding(tmp_path, left, dtype):
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    rng = np.random.default_rng(1)
+    data = list(batches(rng, left=left))
+    with torch.no_grad(), capture(model, modules=["blocks.*"], path=tmp_path / "run.h5", dtype=dtype) as cap:
+        for ids, mask, labels in data:
+            cap.next(labels=labels, attention_mask=mask, token_ids=ids)
+            model(ids, attention_mask=mask)
+    expected = {name: [] for name in ("blocks.0", "blocks.1")}
+    with torch.no_grad():
+        for ids, mask, _ in data:
+            for name, h in model.direct(ids).items():
+                expected[name].append(h[mask.bool()].to(getattr(torch, dtype)).float().numpy())
+    n_real = sum(int(mask.sum()) for _, mask, _ in data)
+    with Dump(tmp_path / "run.h5") as d:
+        assert d.n_rows == n_real and d.attrs["level"] == "token"
+        for name, parts in expected.items():
+            np.testing.assert_array_equal(d.read_rows(name), np.concatenate(parts))
+        token_ids = d._file["rows/token_id"][()]
+        assert not np.any(token_ids == PAD)  # padding rows never appear
+        lengths = np.concatenate([mask.sum(axis=1).numpy() for _, mask, _ in data])
+        np.testing.assert_array_equal(d.offsets(), np.concatenate([[0], np.cumsum(lengths)]))
+        np.testing.assert_array_equal(d.labels(), np.concatenate([np.repeat(l.numpy(), m.sum(1).numpy()) for _, m, l in data]))
+        positions = d.positions(0, d.n_rows)
+        np.testing.assert_array_equal(positions, np.concatenate([np.arange(n) for n in lengths]))
+
+
+def test_sample_level_capture_with_select(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    ids = torch.randint(1, 50, (5, 4))
+    pooled = lambda name, module, output: output[0].mean(dim=1)  # noqa: E731
+    with torch.no_grad(), capture(model, ["blocks.1"], tmp_path / "s.h5", select=pooled, model_name="tiny", step=7) as cap:
+        cap.next(labels=torch.arange(5))
+        model(ids)
+    with torch.no_grad(), Dump(tmp_path / "s.h5") as d:
+        np.testing.assert_array_equal(d.read_rows("blocks.1"), model.direct(ids)["blocks.1"].mean(dim=1).numpy())
+        assert d.attrs["level"] == "sample" and d.attrs["model"] == "tiny" and d.attrs["step"] == 7
+        np.testing.assert_array_equal(d.labels(), np.arange(5))
+
+
+def test_an_exception_inside_the_capture_writes_nothing(tmp_path):
+    model = TinyLM()
+    with pytest.raises(RuntimeError), capture(model, ["blocks.0"], tmp_path / "x.h5"):
+        model(torch.randint(1, 50, (2, 3)))
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_matching_module_names_the_modules(tmp_path):
+    with pytest.raises(UsageError, match="no module of the model matches \\['decoder.*'\\]; modules: embed, blocks"):
+        with capture(TinyLM(), ["decoder.*"], tmp_path / "x.h5"):
+            pass
+    assert list(tmp_path.iterdir()) == []
