@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core import __version__
-from actgeom.core.dump.sources import Source
+from actgeom.core.dump.source import Source
 from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
 from actgeom.core.errors import InvalidInputError, UsageError
 from actgeom.core.stats import row_keys

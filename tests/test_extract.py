@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ except ImportError:  # the torch tests skip; CI installs the extra so they run t
     torch = None
 try:
     import pyarrow as pa
-    import pyarrow.ipc
+    import pyarrow.ipc  # noqa: F401 (pa.ipc)
 except ImportError:
     pa = None
 needs_torch = pytest.mark.skipif(torch is None, reason="needs the torch extra")
