@@ -10,6 +10,7 @@ array-likes (memory maps, HDF5 datasets, lazy readers) sliced one block at a tim
 from __future__ import annotations
 
 import fnmatch
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,11 @@ class RowView:
             T = self.seq_len
             first, last = start // T, -(-stop // T)
             block = np.asarray(self.array[first:last]).reshape(-1, self.shape[1])[start - first * T : stop - first * T]
+        mapped = getattr(self.array, "_mmap", None)
+        if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+            # copy the block out, then drop the mapped pages: resident memory stays a block, not the file
+            block = np.array(block)
+            mapped.madvise(mmap.MADV_DONTNEED)
         return decode_bfloat16(block) if self.bfloat16 else block
 
 
