@@ -16,7 +16,7 @@ Needs PyTorch (``pip install 'actgeom[torch]'``); imported only when a capture s
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,19 @@ import numpy as np
 from actgeom.core.dump.reader import natural_key
 from actgeom.core.dump.writer import DumpWriter, as_rows
 from actgeom.core.errors import UsageError
+
+
+def module_glob(pattern: str) -> re.Pattern:
+    """A glob over dotted module names: ``*`` is one name part, ``**`` any number, ``?`` one character.
+
+    >>> bool(module_glob("blocks.*").fullmatch("blocks.3")), bool(module_glob("blocks.*").fullmatch("blocks.3.mlp"))
+    (True, False)
+    >>> bool(module_glob("**.mlp").fullmatch("model.layers.0.mlp"))
+    True
+    """
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wild = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
+    return re.compile("".join(wild.get(part, re.escape(part)) for part in parts))
 
 
 def first_tensor(name: str, module, output):
@@ -113,7 +126,8 @@ def _vector(value) -> np.ndarray | None:
 @contextmanager
 def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float32", select=None,
             model_name: str | None = None, **writer_options):
-    """Hook the modules of ``model`` whose names match the globs and stream every forward to ``path``.
+    """Hook the modules of ``model`` whose names match the globs (:func:`module_glob`) and stream
+    every forward to ``path``.
 
     ``select(name, module, output)`` picks the tensor to keep (default: the output, or the first
     element of a tuple output). The dump appears at ``path`` when the block ends without an
@@ -123,7 +137,8 @@ def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float3
     """
     writer_options["model"] = model_name or type(model).__name__
     named = dict(model.named_modules())
-    names = sorted({n for n in named for pattern in modules if n and fnmatch.fnmatchcase(n, pattern)}, key=natural_key)
+    globs = [module_glob(pattern) for pattern in modules]
+    names = sorted({n for n in named for glob in globs if n and glob.fullmatch(n)}, key=natural_key)
     if not names:
         listed = ", ".join(n for n in list(named)[:20] if n)
         raise UsageError(f"no module of the model matches {list(modules)}; modules: {listed}")

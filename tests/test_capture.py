@@ -115,3 +115,33 @@ def test_no_matching_module_names_the_modules(tmp_path):
         with capture(TinyLM(), ["decoder.*"], tmp_path / "x.h5"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hugging_face_gpt2_capture_equals_hidden_states(tmp_path):
+    """A small GPT-2 built from a config (no download): block outputs are tuples, padding is left out."""
+    transformers = pytest.importorskip("transformers", reason="the Hugging Face test needs transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_positions=16, n_embd=16, n_layer=3, n_head=2)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(1, 100, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    with torch.no_grad(), capture(model, ["transformer.h.*", "transformer.ln_f"], tmp_path / "gpt2.h5") as cap:
+        cap.next(attention_mask=mask, token_ids=ids)
+        hidden = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    real = mask.bool()
+    with Dump(tmp_path / "gpt2.h5") as d:
+        assert [l.name for l in d.layers] == ["transformer.h.0", "transformer.h.1", "transformer.h.2", "transformer.ln_f"]
+        assert d.n_rows == int(mask.sum())
+        for i in range(2):  # hidden_states[i + 1] is block i's output; the last one is after ln_f
+            np.testing.assert_array_equal(d.read_rows(f"transformer.h.{i}"), hidden[i + 1][real].numpy())
+        np.testing.assert_array_equal(d.read_rows("transformer.ln_f"), hidden[-1][real].numpy())
+        np.testing.assert_array_equal(d._file["rows/token_id"][()], ids[real].numpy())
+
+
+def test_module_glob_doctests():
+    import doctest
+
+    import actgeom.core.capture
+
+    result = doctest.testmod(actgeom.core.capture)
+    assert result.attempted > 0 and result.failed == 0
