@@ -328,13 +328,13 @@ def extract(sources: list[Source], out: str | Path, selection: Selection, *, app
     With ``append`` the rows are added to the complete dump at ``out`` (same layers, widths and
     dtype), resuming after the candidates an earlier run of the same extract consumed.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # a symlink is written through: the temporary file sits beside its target
     inputs = {s.path.resolve() for s in sources}
-    if out.resolve() in inputs:
+    if out in inputs:
         raise UsageError(f"the output {out} is one of the inputs; write the dump to another path")
     if out.exists() and not append:
         raise UsageError(f"{out} exists; --append adds rows to it, or remove it first")
-    if not out.resolve().parent.is_dir():
+    if not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     plan = _Plan(sources, selection.tokens)
     dtype = selection.dtype or _default_dtype(plan)

@@ -556,3 +556,27 @@ def test_usage_errors(cli, tmp_path, rng):
     fails(cli, tmp_path, 3, "the dump has layers ['a'], the new rows ['b']", tmp_path / "b.npz", "-o", out, "--append",
           keep=keep | {"b.npz"})
     assert out.read_bytes() == before
+
+
+def test_labels_and_offsets_options_name_arrays_of_any_container(cli, tmp_path, rng):
+    X, target = rng.standard_normal((12, 3)), rng.integers(0, 4, 12)
+    np.savez(tmp_path / "d.npz", x=X, target=target, bounds=np.array([0, 5, 12]))
+    code, _, err = cli("extract", tmp_path / "d.npz", "-o", tmp_path / "out.h5", "--labels", "target", "--offsets", "bounds",
+                       "--tokens", "last")
+    assert code == 0, err
+    out = read(tmp_path / "out.h5")
+    np.testing.assert_array_equal(out["activations/x"], X[[4, 11]])
+    np.testing.assert_array_equal(out["rows/label"], target[[4, 11]])
+    fails(cli, tmp_path, 3, "no array 'y2' in", tmp_path / "d.npz", "-o", tmp_path / "o.h5", "--labels", "y2",
+          keep={"d.npz", "out.h5"})
+
+
+def test_output_through_a_symlink_writes_the_target(cli, tmp_path, rng):
+    np.save(tmp_path / "a.npy", rng.standard_normal((5, 3)))
+    np.savez(tmp_path / "b.npz", a=rng.standard_normal((5, 3)))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.h5").symlink_to(tmp_path / "real" / "dump.h5")
+    assert cli("extract", tmp_path / "a.npy", "-o", tmp_path / "real" / "dump.h5")[0] == 0
+    code, _, err = cli("extract", tmp_path / "b.npz", "-o", tmp_path / "link.h5", "--append")
+    assert code == 0, err
+    assert (tmp_path / "link.h5").is_symlink() and read(tmp_path / "real" / "dump.h5")["attrs"]["n_rows"] == 10

@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 
 from actgeom.core.dump.reader import DumpSpec, natural_key
-from actgeom.core.dump.source import RowView, Source, first_line, from_arrays
+from actgeom.core.dump.source import Arrays, RowView, Source, first_line
 from actgeom.core.errors import InvalidInputError
 
 
-def read_arrow(path: Path) -> Source:
+def read_arrow(path: Path) -> Arrays:
     """Arrow IPC stream shards: each float column of (tokens, units) per record is a layer."""
     try:
         import pyarrow as pa
@@ -36,7 +36,7 @@ def read_arrow(path: Path) -> Source:
         column = _ArrowColumn(table.column(name))
         if column.shape is not None:
             arrays[name] = (column, False)
-    return from_arrays(path, "arrow", arrays)
+    return "arrow", arrays, None
 
 
 class _ArrowColumn:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core.dump.reader import decode_bfloat16, natural_key
+from actgeom.core.dump.reader import DumpSpec, decode_bfloat16, natural_key
 from actgeom.core.errors import InvalidInputError
 
 # Row vectors by conventional name (in files that are not HDF5 dumps).
@@ -138,20 +138,33 @@ def _dtype_name(rows: RowView) -> str:
 
 
 # -- containers of named arrays ---------------------------------------------------------------
-def from_arrays(path: Path, kind: str, arrays: dict, closer=None) -> Source:
-    """A Source from named arrays: float arrays are layers, conventional names are row vectors.
+Arrays = tuple  # what a container reader returns: (kind, {name: (array-like, is_bfloat16)}, closer or None)
+
+
+def from_arrays(path: Path, kind: str, arrays: dict, spec: DumpSpec, closer=None) -> Source:
+    """A Source from named arrays: float arrays are layers; row vectors and offsets are the arrays
+    ``spec`` names (--labels, --offsets) or have a conventional name (VECTOR_NAMES, OFFSET_NAMES).
 
     ``arrays`` maps name → (array-like, is_bfloat16).
     """
     lowered = {name.lower(): name for name in arrays}
+    given = {"labels": (spec.labels, "--labels"), "offsets": (spec.offsets, "--offsets")}
+    for name, option in given.values():
+        if name is not None and name not in arrays:
+            raise InvalidInputError(f"no array '{name}' in {path} (given by {option}); arrays: {', '.join(arrays)}")
+
+    def find(key: str, names: tuple[str, ...]) -> str | None:
+        named = given.get(key, (None,))[0]
+        return named if named is not None else next((lowered[n] for n in names if n in lowered), None)
+
     vectors, offsets, used = {}, None, set()
-    for kind_name, names in VECTOR_NAMES.items():
-        found = next((lowered[n] for n in names if n in lowered), None)
+    for key, names in VECTOR_NAMES.items():
+        found = find(key, names)
         if found is not None:
             array = arrays[found][0]
-            vectors[kind_name] = whole(array).reshape(-1) if len(array.shape) == 2 else array
+            vectors[key] = whole(array).reshape(-1) if len(array.shape) == 2 else array
             used.add(found)
-    found = next((lowered[n] for n in OFFSET_NAMES if n in lowered), None)
+    found = find("offsets", OFFSET_NAMES)
     if found is not None:
         offsets = whole(arrays[found][0])
         used.add(found)

@@ -19,7 +19,7 @@ import numpy as np
 
 from actgeom.core.dump.caches import read_arrow, read_neurox
 from actgeom.core.dump.reader import Dump, DumpSpec
-from actgeom.core.dump.source import RowView, Source, first_line, from_arrays
+from actgeom.core.dump.source import Arrays, RowView, Source, first_line, from_arrays
 from actgeom.core.errors import InvalidInputError
 
 FORMATS = "HDF5 (.h5/.hdf5), .npy, .npz, .safetensors, .pt/.pth, Arrow (.arrow or a datasets directory)"
@@ -41,25 +41,27 @@ def open_source(path: str | Path, spec: DumpSpec | None = None) -> Source:
         if h5py.is_hdf5(path):
             return _hdf5(path, spec or DumpSpec())  # the DumpSpec selects its layers
         raise InvalidInputError(f"{path} is not an activation file actgeom can read; formats: {FORMATS}")
-    source = readers[suffix](path)
+    kind, arrays, closer = readers[suffix](path)
     try:
+        source = from_arrays(path, kind, arrays, spec or DumpSpec(), closer)
         source.select((spec or DumpSpec()).layers)
     except BaseException:
-        source.close()
+        if closer is not None:
+            closer()
         raise
     return source
 
 
 
-def _npy(path: Path) -> Source:
+def _npy(path: Path) -> Arrays:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise InvalidInputError(f"{path} is not a NumPy .npy array ({first_line(exc)})") from None
-    return from_arrays(path, "npy", {path.stem: (array, False)})
+    return "npy", {path.stem: (array, False)}, None
 
 
-def _npz(path: Path) -> Source:
+def _npz(path: Path) -> Arrays:
     """Stored (np.savez) members are memory-mapped; compressed ones are read sequentially."""
     try:
         archive = zipfile.ZipFile(path)
@@ -73,7 +75,7 @@ def _npz(path: Path) -> Source:
     except ValueError as exc:
         archive.close()
         raise InvalidInputError(f"{path}: a member is not a plain NumPy array ({first_line(exc)})") from None
-    return from_arrays(path, "npz", arrays, closer=archive.close)
+    return "npz", arrays, archive.close
 
 
 def _npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
@@ -120,7 +122,7 @@ class _SequentialArray:
         return np.frombuffer(data, dtype=self.dtype).reshape((stop - start,) + self.shape[1:])
 
 
-def _safetensors(path: Path) -> Source:
+def _safetensors(path: Path) -> Arrays:
     """The format: 8-byte little-endian header length, a JSON header, then raw little-endian bytes."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -146,10 +148,10 @@ def _safetensors(path: Path) -> Source:
         array = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=8 + n + begin, shape=shape) \
             if end > begin else np.zeros(shape, dtype=dtype)
         arrays[name] = (array, entry["dtype"] == "BF16")
-    return from_arrays(path, "safetensors", arrays)
+    return "safetensors", arrays, None
 
 
-def _torch(path: Path) -> Source:
+def _torch(path: Path) -> Arrays:
     """A tensor or a (nested) dict of tensors saved with torch.save, read with weights_only=True."""
     try:
         import torch
@@ -175,7 +177,7 @@ def _torch(path: Path) -> Source:
                 walk(f"{prefix}.{i}" if prefix else str(i), item)
 
     walk("", loaded)
-    return from_arrays(path, "torch", arrays)
+    return "torch", arrays, None
 
 
 def _tensor_array(tensor) -> tuple[np.ndarray, bool]:
