@@ -129,7 +129,9 @@ def test_hugging_face_gpt2_capture_equals_hidden_states(tmp_path):
     model = transformers.GPT2LMHeadModel(config).eval()
     ids = torch.randint(1, 100, (3, 7))
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
-    with torch.no_grad(), capture(model, ["transformer.h.*", "transformer.ln_f"], tmp_path / "gpt2.h5") as cap:
+    import actgeom  # the public name
+
+    with torch.no_grad(), actgeom.capture(model, ["transformer.h.*", "transformer.ln_f"], tmp_path / "gpt2.h5") as cap:
         cap.next(attention_mask=mask, token_ids=ids)
         hidden = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
     real = mask.bool()
