@@ -137,6 +137,11 @@ class _Plan:
                     f"{source.path} has layers {_shapes(source)} but {first.path} has {_shapes(first)}; "
                     "sources are concatenated along rows, so they need the same layers and widths")
         self.vectors = set.intersection(*(s.vector_kinds for s in sources))
+        unlabelled = [s for s in sources if "labels" not in s.vector_kinds]
+        if unlabelled and len(unlabelled) < len(sources):
+            labelled = next(s for s in sources if "labels" in s.vector_kinds)
+            raise InvalidInputError(f"{labelled.path} has labels but {unlabelled[0].path} has none; concatenated "
+                                    "sources need labels in all or none (name them with --labels)")
         self.has_offsets = all(s.offsets is not None for s in sources)
         for source in sources:
             if tokens != "all" and source.offsets is None and not (self.k is not None and "position" in source.vector_kinds):

@@ -192,7 +192,8 @@ def test_dump_writer_takes_torch_tensors_of_every_dtype(tmp_path, rng, dtype):
 
 
 @needs_arrow
-def test_arrow_cache_round_trip(cli, tmp_path, rng):
+@pytest.mark.parametrize("fixed", [False, True])  # datasets' Array2D storage: nested lists, variable or fixed size
+def test_arrow_cache_round_trip(cli, tmp_path, rng, fixed):
     """A SAELens-style datasets cache: shards of records, a (context, d_in) column per hook + token_ids."""
     context, d_in, records = 4, 5, 6
     X = rng.standard_normal((2 * records, context, d_in)).astype(np.float32)
@@ -201,7 +202,8 @@ def test_arrow_cache_round_trip(cli, tmp_path, rng):
     cache.mkdir()
     for shard in range(2):
         part = slice(shard * records, (shard + 1) * records)
-        table = pa.table({"blocks.3.hook_resid_post": pa.array(X[part].tolist(), type=pa.list_(pa.list_(pa.float32()))),
+        kind = pa.list_(pa.list_(pa.float32(), d_in), context) if fixed else pa.list_(pa.list_(pa.float32()))
+        table = pa.table({"blocks.3.hook_resid_post": pa.array(X[part].tolist(), type=kind),
                           "token_ids": pa.array(ids[part].tolist(), type=pa.list_(pa.int32()))})
         with pa.ipc.new_stream(str(cache / f"data-{shard:05d}-of-00002.arrow"), table.schema) as writer:
             writer.write_table(table, max_chunksize=4)
@@ -529,8 +531,12 @@ def test_pt_with_arbitrary_objects_is_refused_unpickled(cli, tmp_path):
 def test_mismatched_shapes_across_sources(cli, tmp_path, rng):
     np.save(tmp_path / "a.npy", rng.standard_normal((5, 3)))
     np.savez(tmp_path / "b.npz", a=rng.standard_normal((5, 4)))
+    np.savez(tmp_path / "c.npz", a=rng.standard_normal((5, 3)), y=np.arange(5))
+    keep = {"a.npy", "b.npz", "c.npz"}
     fails(cli, tmp_path, 3, "b.npz has layers a (4) but", tmp_path / "a.npy", tmp_path / "b.npz", "-o", tmp_path / "o.h5",
-          keep={"a.npy", "b.npz"})
+          keep=keep)
+    fails(cli, tmp_path, 3, "c.npz has labels but", tmp_path / "a.npy", tmp_path / "c.npz", "-o", tmp_path / "o.h5",
+          keep=keep)
 
 
 def test_usage_errors(cli, tmp_path, rng):
