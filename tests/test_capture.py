@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch", reason="capture needs the torch extra (CI i
 from actgeom.core.capture import capture  # noqa: E402
 
 PAD = 0
+ENTROPY_RTOL = 1e-6  # float32 probabilities; the reference sums the same float64 logs in another order
 POOLING_RTOL = 1e-6  # float64 sums of float32 rows, stored as float32: one float32 rounding apart
 
 
@@ -204,3 +205,45 @@ def test_pretrained_minilm_capture_then_mean_pooling_gives_its_sentence_embeddin
     unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     cosine = unit @ unit.T
     assert cosine[0, 1] > cosine[0, 2] + 0.3  # pretrained: the two cat sentences are near, the market one is not
+
+
+def test_attention_probabilities_captured_without_padding(tmp_path, cli):
+    """Hugging Face BERT (eager attention): /attention/<module> holds the probabilities with
+    padding rows and columns zeroed; `actgeom entropy` then equals the entropy over real queries."""
+    transformers = pytest.importorskip("transformers", reason="the Hugging Face test needs transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, attn_implementation="eager")
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    batches = [(torch.randint(1, 50, (2, 5)), torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])),
+               (torch.randint(1, 50, (3, 6)), torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1, 1] + [0] * 4]))]
+    attentions = []
+    with torch.no_grad(), capture(model, ["encoder.layer.*"], tmp_path / "bert.h5", attention=["encoder.layer.*.attention.self"],
+                                  attention_tokens=6) as cap:
+        for ids, mask in batches:
+            cap.next(attention_mask=mask, token_ids=ids)
+            attentions.append((model(ids, attention_mask=mask, output_attentions=True).attentions, mask.bool()))
+    per_head = {0: [[], []], 1: [[], []]}  # layer → head → entropies of real query rows
+    with Dump(tmp_path / "bert.h5") as d:
+        assert d.attention_paths == ["attention/encoder.layer.0.attention.self", "attention/encoder.layer.1.attention.self"]
+        for layer in range(2):
+            stored = d._file[f"attention/encoder.layer.{layer}.attention.self"][()]
+            assert stored.shape == (5, 2, 6, 6)
+            row = 0
+            for probs, mask in attentions:
+                B, _, T, _ = probs[layer].shape
+                real = (mask[:, None, :, None] & mask[:, None, None, :]).numpy()
+                expected = np.zeros((B, 2, 6, 6), dtype=np.float32)
+                expected[:, :, :T, :T] = np.where(real, probs[layer].numpy(), 0)
+                np.testing.assert_array_equal(stored[row : row + B], expected)
+                for b in range(B):
+                    n = int(mask[b].sum())
+                    p = probs[layer][b].double().numpy()[:, mask[b].numpy()][:, :, mask[b].numpy()]  # (H, n, n)
+                    for h in range(2):
+                        per_head[layer][h] += list(-(p[h] * np.log(p[h])).sum(axis=-1)[:n])
+                row += B
+    document = cli.json("entropy", tmp_path / "bert.h5")
+    found = {entry["layer"]: entry["metrics"] for entry in document["files"][0]["layers"] if entry.get("kind") == "attention"}
+    for layer in range(2):
+        measured = found[f"attention/encoder.layer.{layer}.attention.self"]["attention_entropy_per_head"]
+        np.testing.assert_allclose(measured, [np.mean(per_head[layer][h]) for h in range(2)], rtol=ENTROPY_RTOL)

@@ -225,6 +225,24 @@ class DumpWriter:
         if bias is not None:
             group.create_dataset("bias", data=np.asarray(bias, dtype=np.float64).reshape(weight.shape[0]))
 
+    def append_attention(self, name: str, probabilities) -> None:
+        """Append attention probabilities (sequences, heads, T, T) to ``/attention/<name>``."""
+        values, bf16_bits = as_rows(probabilities)
+        path = f"attention/{name}"
+        if path not in self._file:
+            if values.ndim != 4 or values.shape[2] != values.shape[3]:
+                raise UsageError(f"attention '{name}' must be (sequences, heads, T, T); got {values.shape}")
+            ds = self._file.create_dataset(path, shape=(0,) + values.shape[1:], maxshape=(None,) + values.shape[1:],
+                                           dtype=STORAGE[self.dtype], chunks=(1,) + values.shape[1:],
+                                           compression=self.compression)
+            if self.dtype == "bfloat16":
+                ds.attrs["logical_dtype"] = "bfloat16"
+        ds = self._file[path]
+        if values.shape[1:] != ds.shape[1:]:
+            raise UsageError(f"attention '{name}' has shape {ds.shape[1:]} per sequence; got {values.shape[1:]}")
+        stored, _ = _store(values, bf16_bits, self.dtype)
+        self._extend(path, stored)
+
     def set_offsets(self, offsets: np.ndarray) -> None:
         """Store sequence boundaries (S+1,) into the row axis (token-level dumps)."""
         self._file.create_dataset("sequences/offsets", data=np.asarray(offsets, dtype=np.int64))
