@@ -243,8 +243,6 @@ def _sample(plan: _Plan, selection: Selection, eligible) -> np.ndarray | None:
         for index, _ in eligible():
             keys, kept = _smallest(np.concatenate([keys, _keys(index, selection.seed)]), np.concatenate([kept, index]), n)
         return np.sort(kept)
-    if "labels" not in plan.vectors:
-        raise InvalidInputError("--stratify needs labels in every source (e.g. /rows/label, --labels, a labels array)")
     counts: dict[int, int] = {}
     for _, labels in eligible():
         for label, count in zip(*np.unique(labels, return_counts=True)):
@@ -342,10 +340,14 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
     if not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     plan = _Plan(sources, selection.tokens)
+    if (selection.classes or selection.stratify) and "labels" not in plan.vectors:
+        option = "--classes" if selection.classes else "--stratify"
+        raise InvalidInputError(f"{option} needs labels in every source (e.g. /rows/label, --labels, a labels array)")
     dtype = selection.dtype or _default_dtype(plan)
     fingerprints = [_fingerprint(s) for s in sources]
     with DumpWriter(out, layers={l.name: l.n_units for l in plan.layers}, dtype=dtype, level=plan.level,
-                    compression=selection.compression, append=append, model=_model(sources)) as writer:
+                    compression=selection.compression, append=append, model=_model(sources),
+                    expected_rows=_most_rows(selection)) as writer:
         skip = _resume_point(writer, fingerprints, selection, out) if append else 0
         before = writer.n_rows
         chosen = _sample(plan, selection, lambda: _eligible(plan, selection))
@@ -371,6 +373,14 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
             "overflow_to_inf": writer.n_overflow}
 
 
+def _most_rows(selection: Selection) -> int | None:
+    """An upper bound on the rows written, when the selection gives one (HDF5 allocates whole chunks)."""
+    bounds = [selection.sample] if selection.sample is not None else []
+    if selection.rows is not None and selection.rows[1] is not None:
+        bounds.append(selection.rows[1] - selection.rows[0])
+    return min(bounds) if bounds else None
+
+
 def _model(sources: list[Source]) -> str:
     return ", ".join(dict.fromkeys(s.path.name for s in sources))
 
@@ -385,9 +395,7 @@ def _filter(plan: _Plan, selection: Selection, block: _Block) -> tuple[np.ndarra
         if high is not None:
             mask &= index < high
     labels = plan.labels(block) if selection.classes or selection.stratify else None
-    if selection.classes:
-        if labels is None:
-            raise InvalidInputError("--classes needs labels in every source (e.g. /rows/label, --labels, a labels array)")
+    if selection.classes:  # labels exist: checked before the pass
         mask &= np.isin(labels, selection.classes)
     return index, mask, labels
 

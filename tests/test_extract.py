@@ -551,6 +551,7 @@ def test_usage_errors(cli, tmp_path, rng):
     fails(cli, tmp_path, 3, "--tokens last needs sequence offsets", tmp_path / "a.npy", "-o", out, "--tokens", "last",
           keep=keep)
     fails(cli, tmp_path, 3, "--classes needs labels", tmp_path / "a.npy", "-o", out, "--classes", "1", keep=keep)
+    fails(cli, tmp_path, 3, "--stratify needs labels", tmp_path / "a.npy", "-o", out, "--sample", "2", "--stratify", keep=keep)
     fails(cli, tmp_path, 3, "--append needs an existing dump", tmp_path / "a.npy", "-o", out, "--append", keep=keep)
     assert cli("extract", tmp_path / "a.npy", "-o", out)[0] == 0
     before = out.read_bytes()
