@@ -1,6 +1,6 @@
 """Peak memory of `actgeom extract --tokens last` at N and 4N token rows: bounded, not O(N).
 
-Each extract runs in a fresh process; its peak RSS (ru_maxrss) is read with wait4. The inputs
+Each extract runs in a fresh process that reports its own peak RSS (VmHWM). The inputs
 are token-level activations (sequences of 50 tokens, float32) as an actgeom HDF5 dump and as a
 memory-mapped .npy (S, T, D) array.
 
@@ -11,7 +11,6 @@ memory-mapped .npy (S, T, D) array.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -45,19 +44,27 @@ def make_inputs(n_rows: int, n_units: int) -> tuple[Path, Path]:
     return h5, npy
 
 
+CHILD = """
+import re, sys
+from actgeom.cli.app import app
+try:
+    app(sys.argv[1:])
+finally:  # this process's own peak (VmHWM): ru_maxrss of a child would include the parent's at fork
+    print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
 def peak_rss(*args: str) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of `actgeom extract ARGS` in a fresh process."""
     out = WORKDIR / "out.h5"
     out.unlink(missing_ok=True)
-    code = "import sys; from actgeom.cli.app import app; app(sys.argv[1:])"
     t0 = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", code, "extract", *args, "-o", str(out)], stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", CHILD, "extract", *args, "-o", str(out)], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"extract {args} failed")
+    if done.returncode != 0:
+        raise SystemExit(f"extract {args} failed: {done.stderr}")
     out.unlink(missing_ok=True)
-    return usage.ru_maxrss / 1024, seconds
+    return int(done.stdout.split()[-1]) / 1024, seconds
 
 
 def main() -> None:

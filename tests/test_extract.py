@@ -587,3 +587,14 @@ def test_output_through_a_symlink_writes_the_target(cli, tmp_path, rng):
     code, _, err = cli("extract", tmp_path / "b.npz", "-o", tmp_path / "link.h5", "--append")
     assert code == 0, err
     assert (tmp_path / "link.h5").is_symlink() and read(tmp_path / "real" / "dump.h5")["attrs"]["n_rows"] == 10
+
+
+def test_streamed_offsets_are_stored_in_large_chunks(tmp_path):
+    """One HDF5 chunk per boundary would make every later read of the offsets slow and large."""
+    with DumpWriter(tmp_path / "t.h5", layers={"x": 2}, level="token") as writer:
+        for _ in range(3):
+            writer.append({"x": np.zeros((6, 2))})
+            writer.add_sequences([2, 4])
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert f["sequences/offsets"].chunks[0] >= 4096
+        np.testing.assert_array_equal(f["sequences/offsets"][()], [0, 2, 6, 8, 12, 14, 18])

@@ -27,6 +27,7 @@ from actgeom.core.errors import InvalidInputError, UsageError
 
 STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.uint16}
 COMPRESSION = (None, "lzf", "gzip")
+OFFSET_CHUNK = 8192  # sequence boundaries per HDF5 chunk (64 KiB)
 ROW_VECTORS = {"labels": "rows/label", "sample_id": "rows/sample_id", "position": "rows/position",
                "token_id": "rows/token_id", "prediction": "rows/prediction"}
 
@@ -250,7 +251,8 @@ class DumpWriter:
     def add_sequences(self, lengths: np.ndarray) -> None:
         """Extend the sequence boundaries by sequences of these lengths (streamed token-level writes)."""
         if "sequences/offsets" not in self._file:
-            self._file.create_dataset("sequences/offsets", data=np.zeros(1, dtype=np.int64), maxshape=(None,), chunks=True)
+            self._file.create_dataset("sequences/offsets", data=np.zeros(1, dtype=np.int64), maxshape=(None,),
+                                      chunks=(OFFSET_CHUNK,))  # not h5py's guess from one value: a chunk per offset
         ds = self._file["sequences/offsets"]
         ends = int(ds[-1]) + np.cumsum(np.asarray(lengths, dtype=np.int64))
         self._extend("sequences/offsets", ends)
