@@ -347,7 +347,8 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
     fingerprints = [_fingerprint(s) for s in sources]
     with DumpWriter(out, layers={l.name: l.n_units for l in plan.layers}, dtype=dtype, level=plan.level,
                     compression=selection.compression, append=append, model=_model(sources),
-                    expected_rows=_most_rows(selection)) as writer:
+                    expected_rows=_most_rows(selection), label_names=sources[0].label_names) as writer:
+        _carry_classifier(writer, sources[0])
         skip = _resume_point(writer, fingerprints, selection, out) if append else 0
         before = writer.n_rows
         chosen = _sample(plan, selection, lambda: _eligible(plan, selection))
@@ -358,7 +359,7 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
             if keep is None:
                 continue
             batch = {l.name: plan.rows(block, l.name)[keep] for l in plan.layers}
-            vectors = {kind: plan.vector(block, kind) for kind in ("labels", "token_id", "position")}
+            vectors = {kind: plan.vector(block, kind) for kind in ("labels", "token_id", "position", "prediction")}
             writer.append(batch, **{k: None if v is None else v[keep] for k, v in vectors.items()})
             if block.sequence is not None and plan.level == "token" and plan.has_offsets:
                 lengths = np.bincount(block.sequence[keep])
@@ -371,6 +372,15 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
     return {"output": str(out), "n_rows_written": run["rows_written"], "n_rows": writer.n_rows, "n_candidates": n_candidates,
             "resumed_after": skip, "layers": [l.name for l in plan.layers], "dtype": dtype, "level": plan.level,
             "overflow_to_inf": writer.n_overflow}
+
+
+def _carry_classifier(writer: DumpWriter, source: Source) -> None:
+    """The first source's classifier (an actgeom dump's W, b) goes with the layer it reads."""
+    if source.classifier is None or writer.has_classifier:
+        return
+    weight, bias, layer = source.classifier
+    if layer in writer.layer_units:
+        writer.set_classifier(weight, bias, layer=layer)
 
 
 def _most_rows(selection: Selection) -> int | None:

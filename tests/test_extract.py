@@ -598,3 +598,39 @@ def test_streamed_offsets_are_stored_in_large_chunks(tmp_path):
     with h5py.File(tmp_path / "t.h5", "r") as f:
         assert f["sequences/offsets"].chunks[0] >= 4096
         np.testing.assert_array_equal(f["sequences/offsets"][()], [0, 2, 6, 8, 12, 14, 18])
+
+
+
+def test_an_actgeom_dump_keeps_its_classifier_predictions_and_label_names(cli, tmp_path, rng):
+    X, y, pred = rng.standard_normal((40, 4)), rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    W, b = rng.standard_normal((3, 4)), rng.standard_normal(3)
+    with DumpWriter(tmp_path / "in.h5", layers={"fc": 4, "head_in": 4}, dtype="float64",
+                    label_names=["cat", "dog", "eel"]) as writer:
+        writer.append({"fc": X * 2, "head_in": X}, labels=y, prediction=pred)
+        writer.set_classifier(W, b, layer="head_in")
+    code, _, err = cli("extract", tmp_path / "in.h5", "-o", tmp_path / "out.h5", "--sample", "10", "--seed", "2")
+    assert code == 0, err
+    with Dump(tmp_path / "out.h5") as d:
+        rows = np.flatnonzero(np.isin(X[:, 0], d.read_rows("head_in")[:, 0]))
+        assert rows.size == 10
+        np.testing.assert_array_equal(d.predictions(), pred[rows])
+        np.testing.assert_array_equal(d.labels(), y[rows])
+        assert d.label_names() == ["cat", "dog", "eel"] and d.classifier_layer == "head_in"
+        weight, bias = d.classifier()
+        np.testing.assert_array_equal(weight, W)
+        np.testing.assert_array_equal(bias, b)
+
+
+def test_the_rows_of_an_incomplete_dump_with_allow_incomplete(cli, tmp_path, rng):
+    X = rng.standard_normal((30, 3))
+    with DumpWriter(tmp_path / "in.h5", layers={"a": 3, "b": 3}, dtype="float64") as writer:
+        writer.append({"a": X, "b": X})
+    with h5py.File(tmp_path / "in.h5", "r+") as f:  # a writer that stopped after growing layer a further
+        f.attrs["complete"] = False
+        f["activations/a"].resize(35, axis=0)
+    fails(cli, tmp_path, 3, "incomplete dump", tmp_path / "in.h5", "-o", tmp_path / "out.h5", keep={"in.h5"})
+    code, _, err = cli("extract", tmp_path / "in.h5", "-o", tmp_path / "out.h5", "--allow-incomplete")
+    assert code == 0, err
+    out = read(tmp_path / "out.h5")
+    np.testing.assert_array_equal(out["activations/a"], X)
+    assert out["attrs"]["complete"]

@@ -68,6 +68,8 @@ class Source:
         self._layers = layers
         self._vectors = {k: v for k, v in (vectors or {}).items() if v is not None}
         self._closer = closer
+        self.label_names: list[str] | None = None
+        self.classifier: tuple | None = None  # (W, b or None, the layer it reads), from an actgeom dump
         if not layers:
             raise InvalidInputError(f"found no floating-point activations in {self.path} ({kind}); "
                                     "a layer is a 2-D (rows, units) or 3-D (sequences, tokens, units) float array")

@@ -201,8 +201,29 @@ def _hdf5(path: Path, spec: DumpSpec) -> Source:
     if neurox:
         return read_neurox(path, spec)
     dump = Dump(path, spec)
-    layers = {layer.name: RowView(dump._file[layer.path], bfloat16=layer.logical_dtype == "bfloat16") for layer in dump.layers}
-    vectors = {"labels": dump._file[dump.labels_path] if dump.labels_path else None,
-               "position": dump._file[dump.positions_path] if dump.positions_path else None,
-               "token_id": dump._file["rows/token_id"] if "rows/token_id" in dump._file else None}
-    return Source(path, "hdf5", layers, vectors, dump.offsets(), closer=dump.close)
+    n = dump.n_rows  # an incomplete dump (--allow-incomplete) may have grown some datasets further
+
+    def prefix(dataset_path: str | None):
+        return None if dataset_path is None else _Prefix(dump._file[dataset_path], n)
+
+    layers = {layer.name: RowView(_Prefix(dump._file[layer.path], n), bfloat16=layer.logical_dtype == "bfloat16")
+              for layer in dump.layers}
+    vectors = {"labels": prefix(dump.labels_path), "position": prefix(dump.positions_path),
+               "prediction": prefix(dump.predictions_path),
+               "token_id": prefix("rows/token_id" if "rows/token_id" in dump._file else None)}
+    source = Source(path, "hdf5", layers, vectors, dump.offsets(), closer=dump.close)
+    source.label_names = dump.label_names()
+    if dump.classifier_layer is not None:
+        weight, bias = dump.classifier()
+        source.classifier = (weight, bias, dump.classifier_layer)
+    return source
+
+
+class _Prefix:
+    """The first ``n`` rows of an HDF5 dataset (the rows every dataset of an incomplete dump has)."""
+
+    def __init__(self, dataset, n: int):
+        self.dataset, self.dtype, self.shape = dataset, dataset.dtype, (n,) + dataset.shape[1:]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.dataset[rows.start : min(rows.stop, self.shape[0])]

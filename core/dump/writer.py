@@ -213,6 +213,10 @@ class DumpWriter:
         ds.resize(start + values.shape[0], axis=0)
         ds[start:] = values.astype(object) if values.dtype.kind == "U" else values
 
+    @property
+    def has_classifier(self) -> bool:
+        return "classifier/weight" in self._file
+
     def set_classifier(self, weight: np.ndarray, bias: np.ndarray | None = None, *, layer: str) -> None:
         """Store the classifier W (C, D) and b (C,) that reads ``layer``."""
         if layer not in self.layer_units:
