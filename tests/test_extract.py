@@ -231,16 +231,17 @@ def test_neurox_round_trip(cli, tmp_path, rng):
     np.testing.assert_array_equal(out["sequences/offsets"], offsets_of([2, 5, 1, 3]))
 
 
-def test_foreign_hdf5_with_data_options_and_dtype_conversion(cli, tmp_path, rng):
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_foreign_hdf5_with_data_options_and_dtype_conversion(cli, tmp_path, rng, compression):
     X = rng.standard_normal((40, 5))
     y = rng.integers(0, 4, 40)
     with h5py.File(tmp_path / "f.h5", "w") as f:
         f["feats/fc1"], f["feats/fc2"], f["meta/y"] = X, X * 2, y
     code, _, err = cli("extract", tmp_path / "f.h5", "-o", tmp_path / "out.h5", "--layers", "feats/*",
-                       "--labels", "meta/y", "--dtype", "float32", "--compression", "gzip")
+                       "--labels", "meta/y", "--dtype", "float32", "--compression", compression)
     assert code == 0, err
     with Dump(tmp_path / "out.h5") as d:
-        assert [l.name for l in d.layers] == ["feats/fc1", "feats/fc2"] and d.layers[0].compression == "gzip"
+        assert [l.name for l in d.layers] == ["feats/fc1", "feats/fc2"] and d.layers[0].compression == compression
         np.testing.assert_array_equal(d.read_rows("feats/fc2"), (X * 2).astype(np.float32))
         np.testing.assert_array_equal(d.labels(), y)
     runs = json.loads(read(tmp_path / "out.h5")["attrs"]["extract_runs"])
