@@ -346,7 +346,7 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
     dtype = selection.dtype or _default_dtype(plan)
     fingerprints = [_fingerprint(s) for s in sources]
     with DumpWriter(out, layers={l.name: l.n_units for l in plan.layers}, dtype=dtype, level=plan.level,
-                    compression=selection.compression, append=append, model=_model(sources),
+                    compression=selection.compression, append=append, **_identity(sources),
                     expected_rows=_most_rows(selection), label_names=sources[0].label_names) as writer:
         _carry_classifier(writer, sources[0])
         skip = _resume_point(writer, fingerprints, selection, out) if append else 0
@@ -391,8 +391,9 @@ def _most_rows(selection: Selection) -> int | None:
     return min(bounds) if bounds else None
 
 
-def _model(sources: list[Source]) -> str:
-    return ", ".join(dict.fromkeys(s.path.name for s in sources))
+def _identity(sources: list[Source]) -> dict:
+    """model/checkpoint/step of the output: the first source's when it is an actgeom dump, else the file names."""
+    return sources[0].identity or {"model": ", ".join(dict.fromkeys(s.path.name for s in sources))}
 
 
 def _filter(plan: _Plan, selection: Selection, block: _Block) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -602,11 +602,11 @@ def test_streamed_offsets_are_stored_in_large_chunks(tmp_path):
 
 
 
-def test_an_actgeom_dump_keeps_its_classifier_predictions_and_label_names(cli, tmp_path, rng):
+def test_an_actgeom_dump_keeps_its_classifier_predictions_label_names_and_identity(cli, tmp_path, rng):
     X, y, pred = rng.standard_normal((40, 4)), rng.integers(0, 3, 40), rng.integers(0, 3, 40)
     W, b = rng.standard_normal((3, 4)), rng.standard_normal(3)
     with DumpWriter(tmp_path / "in.h5", layers={"fc": 4, "head_in": 4}, dtype="float64",
-                    label_names=["cat", "dog", "eel"]) as writer:
+                    label_names=["cat", "dog", "eel"], model="mlp", checkpoint="epoch3", step=3) as writer:
         writer.append({"fc": X * 2, "head_in": X}, labels=y, prediction=pred)
         writer.set_classifier(W, b, layer="head_in")
     code, _, err = cli("extract", tmp_path / "in.h5", "-o", tmp_path / "out.h5", "--sample", "10", "--seed", "2")
@@ -617,6 +617,7 @@ def test_an_actgeom_dump_keeps_its_classifier_predictions_and_label_names(cli, t
         np.testing.assert_array_equal(d.predictions(), pred[rows])
         np.testing.assert_array_equal(d.labels(), y[rows])
         assert d.label_names() == ["cat", "dog", "eel"] and d.classifier_layer == "head_in"
+        assert (d.attrs["model"], d.attrs["checkpoint"], d.attrs["step"]) == ("mlp", "epoch3", 3)
         weight, bias = d.classifier()
         np.testing.assert_array_equal(weight, W)
         np.testing.assert_array_equal(bias, b)

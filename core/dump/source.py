@@ -70,6 +70,7 @@ class Source:
         self._closer = closer
         self.label_names: list[str] | None = None
         self.classifier: tuple | None = None  # (W, b or None, the layer it reads), from an actgeom dump
+        self.identity: dict = {}  # an actgeom dump's model, checkpoint and step
         if not layers:
             raise InvalidInputError(f"found no floating-point activations in {self.path} ({kind}); "
                                     "a layer is a 2-D (rows, units) or 3-D (sequences, tokens, units) float array")

@@ -213,6 +213,8 @@ def _hdf5(path: Path, spec: DumpSpec) -> Source:
                "token_id": prefix("rows/token_id" if "rows/token_id" in dump._file else None)}
     source = Source(path, "hdf5", layers, vectors, dump.offsets(), closer=dump.close)
     source.label_names = dump.label_names()
+    if dump.is_actgeom:
+        source.identity = {key: dump.attrs[key] for key in ("model", "checkpoint", "step") if key in dump.attrs}
     if dump.classifier_layer is not None:
         weight, bias = dump.classifier()
         source.classifier = (weight, bias, dump.classifier_layer)
