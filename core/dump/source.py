@@ -141,7 +141,8 @@ def _dtype_name(rows: RowView) -> str:
 
 
 # -- containers of named arrays ---------------------------------------------------------------
-Arrays = tuple  # what a container reader returns: (kind, {name: (array-like, is_bfloat16)}, closer or None)
+# What a reader of a container of named arrays returns: (kind, {name: (array-like, is_bfloat16)}, closer or None).
+Arrays = tuple
 
 
 def from_arrays(path: Path, kind: str, arrays: dict, spec: DumpSpec, closer=None) -> Source:

@@ -20,6 +20,7 @@ import numpy as np
 from actgeom.core.dump.caches import read_arrow, read_neurox
 from actgeom.core.dump.reader import Dump, DumpSpec
 from actgeom.core.dump.source import Arrays, RowView, Source, first_line, from_arrays
+from actgeom.core.dump.writer import as_rows
 from actgeom.core.errors import InvalidInputError
 
 FORMATS = "HDF5 (.h5/.hdf5), .npy, .npz, .safetensors, .pt/.pth, Arrow (.arrow or a datasets directory)"
@@ -30,7 +31,7 @@ _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, 
 
 def open_source(path: str | Path, spec: DumpSpec | None = None) -> Source:
     """Open any supported activation file (see the module docstring); one-line errors otherwise."""
-    path = Path(path)
+    path, spec = Path(path), spec or DumpSpec()
     if not path.exists():
         raise InvalidInputError(f"no such file: {path}")
     suffix = path.suffix.lower()
@@ -39,18 +40,17 @@ def open_source(path: str | Path, spec: DumpSpec | None = None) -> Source:
         suffix = ".arrow"
     if suffix not in readers:
         if h5py.is_hdf5(path):
-            return _hdf5(path, spec or DumpSpec())  # the DumpSpec selects its layers
+            return _hdf5(path, spec)  # the DumpSpec selects its layers
         raise InvalidInputError(f"{path} is not an activation file actgeom can read; formats: {FORMATS}")
     kind, arrays, closer = readers[suffix](path)
     try:
-        source = from_arrays(path, kind, arrays, spec or DumpSpec(), closer)
-        source.select((spec or DumpSpec()).layers)
+        source = from_arrays(path, kind, arrays, spec, closer)
+        source.select(spec.layers)
     except BaseException:
         if closer is not None:
             closer()
         raise
     return source
-
 
 
 def _npy(path: Path) -> Arrays:
@@ -158,7 +158,8 @@ def _torch(path: Path) -> Arrays:
     except ImportError:
         raise InvalidInputError(f"{path} is a torch file; reading it needs PyTorch: pip install 'actgeom[torch]'") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        # mmap: tensors stay on disk until sliced (only the zip format of torch.save ≥ 1.6 maps)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # the weights-only unpickler refuses anything but tensors and containers
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         why = f"it holds {found.group(1)}" if found else first_line(exc)[:120]
@@ -168,7 +169,7 @@ def _torch(path: Path) -> Arrays:
 
     def walk(prefix: str, value) -> None:
         if isinstance(value, torch.Tensor):
-            arrays[prefix or path.stem] = _tensor_array(value)
+            arrays[prefix or path.stem] = as_rows(value)  # bfloat16 as its 16 bits
         elif isinstance(value, dict):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item)
@@ -178,20 +179,6 @@ def _torch(path: Path) -> Arrays:
 
     walk("", loaded)
     return "torch", arrays, None
-
-
-def _tensor_array(tensor) -> tuple[np.ndarray, bool]:
-    """A CPU tensor as a numpy view (bfloat16 as its uint16 bits) and whether it is bfloat16."""
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16), True
-    return tensor.numpy(), False
-
-
-def _is_zip(path: Path) -> bool:
-    return zipfile.is_zipfile(path)
 
 
 # -- HDF5 ---------------------------------------------------------------------------------------
