@@ -34,6 +34,7 @@ needs_arrow = pytest.mark.skipif(pa is None, reason="needs the arrow extra")
 
 LENGTHS = [5, 1, 0, 7, 3, 4, 2, 6]  # sequence lengths, one empty
 MEAN_TOLERANCE = 0.0  # float64 sums of the same rows in the same order: the pooled mean is exact
+POOLED_RTOL = 1e-15  # numpy's mean may sum in another order than reduceat: a last-bit difference at most
 
 
 def offsets_of(lengths) -> np.ndarray:
@@ -636,3 +637,30 @@ def test_the_rows_of_an_incomplete_dump_with_allow_incomplete(cli, tmp_path, rng
     out = read(tmp_path / "out.h5")
     np.testing.assert_array_equal(out["activations/a"], X)
     assert out["attrs"]["complete"]
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("tokens", ["all", "last", "mean"])
+def test_an_attention_mask_leaves_padding_out(cli, tmp_path, rng, left, tokens):
+    """A padded batch cache (S, T, D) with its attention mask: only real tokens are rows."""
+    S, T = 5, 6
+    lengths = np.array([6, 3, 1, 4, 2])
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    if left:
+        mask = mask[:, ::-1]
+    X, ids = rng.standard_normal((S, T, 3)), rng.integers(1, 100, (S, T))
+    ids[~mask] = 0
+    np.savez(tmp_path / "cache.npz", resid=X, attention_mask=mask.astype(np.int64), input_ids=ids, labels=np.arange(S))
+    code, _, err = cli("extract", tmp_path / "cache.npz", "-o", tmp_path / "out.h5", "--tokens", tokens)
+    assert code == 0, err
+    out = read(tmp_path / "out.h5")
+    real = [X[s][mask[s]] for s in range(S)]
+    expected = {"all": np.concatenate(real), "last": np.stack([r[-1] for r in real]),
+                "mean": np.stack([r.mean(axis=0) for r in real])}[tokens]
+    np.testing.assert_allclose(out["activations/resid"], expected, rtol=POOLED_RTOL)
+    if tokens == "all":
+        np.testing.assert_array_equal(out["rows/token_id"], ids[mask])  # no padding id
+        np.testing.assert_array_equal(out["sequences/offsets"], offsets_of(lengths))
+        np.testing.assert_array_equal(out["rows/label"], np.repeat(np.arange(S), lengths))
+    else:
+        np.testing.assert_array_equal(out["rows/label"], np.arange(S))

@@ -23,6 +23,7 @@ from actgeom.core.errors import InvalidInputError
 VECTOR_NAMES = {"labels": ("labels", "label", "y", "targets"), "token_id": ("token_ids", "token_id", "input_ids", "tokens"),
                 "position": ("positions", "position")}
 OFFSET_NAMES = ("offsets", "sequence_offsets")
+MASK_NAMES = ("attention_mask",)  # (sequences, tokens), 0 = padding
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,26 @@ class SourceLayer:
 
 
 class RowView:
-    """A (n_rows, n_units) view of an array-like: 2-D as is, 3-D (S, T, D) as S·T token rows."""
+    """A (n_rows, n_units) view of an array-like: 2-D as is, 3-D (S, T, D) as S·T token rows, or
+    only the real tokens ``keep`` (flat indices into S·T, from an attention mask)."""
 
-    def __init__(self, array, bfloat16: bool = False):
-        self.array, self.bfloat16 = array, bfloat16
+    def __init__(self, array, bfloat16: bool = False, keep: np.ndarray | None = None):
+        self.array, self.bfloat16, self.keep = array, bfloat16, keep
         shape = tuple(array.shape)
         self.seq_len = shape[1] if len(shape) == 3 else None
         self.shape = (shape[0] * shape[1], shape[2]) if len(shape) == 3 else shape
+        if keep is not None:
+            self.shape = (keep.size, self.shape[1])
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop = rows.start, rows.stop
         if self.seq_len is None:
             block = np.asarray(self.array[start:stop])
+        elif self.keep is not None:  # the sequences holding these real tokens, then those rows
+            flat = self.keep[start:stop]
+            T = self.seq_len
+            first, last = (int(flat[0]) // T, int(flat[-1]) // T + 1) if flat.size else (0, 0)
+            block = np.asarray(self.array[first:last]).reshape(-1, self.shape[1])[flat - first * T]
         else:  # whole sequences covering [start, stop), then trimmed
             T = self.seq_len
             first, last = start // T, -(-stop // T)
@@ -161,15 +170,28 @@ def from_arrays(path: Path, kind: str, arrays: dict, spec: DumpSpec, closer=None
         named = given.get(key, (None,))[0]
         return named if named is not None else next((lowered[n] for n in names if n in lowered), None)
 
-    vectors, offsets, used = {}, None, set()
+    vectors, offsets, used, keep = {}, None, set(), None
+    found = find("attention_mask", MASK_NAMES)
+    if found is not None:  # (S, T): real tokens only, sequences of their counts
+        mask = whole(arrays[found][0]).astype(bool)
+        if mask.ndim != 2:
+            raise InvalidInputError(f"attention mask '{found}' in {path} has shape {mask.shape}; expected (sequences, tokens)")
+        keep = np.flatnonzero(mask.reshape(-1))
+        offsets = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+        used.add(found)
     for key, names in VECTOR_NAMES.items():
         found = find(key, names)
         if found is not None:
             array = arrays[found][0]
-            vectors[key] = whole(array).reshape(-1) if len(array.shape) == 2 else array
+            if len(array.shape) == 2:  # (S, T) per token
+                array = whole(array).reshape(-1)
+                array = array if keep is None else array[keep]
+            vectors[key] = array
             used.add(found)
     found = find("offsets", OFFSET_NAMES)
     if found is not None:
+        if keep is not None:
+            raise InvalidInputError(f"{path} has both an attention mask and sequence offsets; keep one")
         offsets = whole(arrays[found][0])
         used.add(found)
     layers = {}
@@ -179,7 +201,11 @@ def from_arrays(path: Path, kind: str, arrays: dict, spec: DumpSpec, closer=None
             continue
         is_float = bf16 or np.dtype(array.dtype).kind == "f"
         if is_float and len(array.shape) in (2, 3):
-            layers[name] = RowView(array, bfloat16=bf16)
+            masked = keep is not None and len(array.shape) == 3
+            if masked and tuple(array.shape[:2]) != mask.shape:
+                raise InvalidInputError(f"layer '{name}' in {path} has (sequences, tokens) = {tuple(array.shape[:2])} but "
+                                        f"the attention mask has {mask.shape}")
+            layers[name] = RowView(array, bfloat16=bf16, keep=keep if masked else None)
     return Source(path, kind, layers, vectors, offsets, closer)
 
 
