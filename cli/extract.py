@@ -10,8 +10,11 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.core.dump.sources import open_source
+from actgeom.core.dump.writer import COMPRESSION, STORAGE
 from actgeom.core.extract import Selection, extract_dump, parse_classes, parse_rows
 
+DType = o.choices("DType", STORAGE)
+Compression = o.choices("Compression", [c for c in COMPRESSION if c])
 SELECT = "Which rows"
 STORE = "How to store them"
 SourcesArg = Annotated[list[Path], typer.Argument(
@@ -34,14 +37,14 @@ def extract(
     sample: Annotated[Optional[int], typer.Option("--sample", rich_help_panel=SELECT, show_default=False, help=(
         "Keep a seeded uniform sample of N of the rows left, in their order."))] = None,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=SELECT, help="Seed of --sample.")] = 0,
-    stratify: Annotated[bool, typer.Option("--stratify", rich_help_panel=SELECT, help=(
+    stratify: Annotated[bool, typer.Option("--stratify", rich_help_panel=SELECT, metavar="", help=(
         "--sample keeps each class's share of the rows (needs labels)."))] = False,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", rich_help_panel=STORE, show_default=False, help=(
-        "float16, bfloat16, float32 or float64; values overflowing to inf are counted. Default: the sources' "
-        "dtype (float32 when they differ)."))] = None,
-    compression: Annotated[Optional[str], typer.Option("--compression", rich_help_panel=STORE, show_default=False,
-                                                       help="lzf or gzip. Default: none.")] = None,
-    append: Annotated[bool, typer.Option("--append", rich_help_panel=STORE, help=(
+    dtype: Annotated[Optional[DType], typer.Option("--dtype", rich_help_panel=STORE, show_default=False, help=(
+        "The stored dtype; values overflowing to inf are counted. Default: the sources' dtype (float32 when "
+        "they differ)."))] = None,
+    compression: Annotated[Optional[Compression], typer.Option("--compression", rich_help_panel=STORE, show_default=False,
+                                                               help="Compress the datasets. Default: none.")] = None,
+    append: Annotated[bool, typer.Option("--append", rich_help_panel=STORE, metavar="", help=(
         "Add the rows to the existing dump OUT (same layers, widths, dtype); resumes after the rows an earlier "
         "extract with the same options and sources already wrote."))] = False,
 ) -> None:
@@ -54,7 +57,7 @@ def extract(
         actgeom extract run.h5 -o small.h5 --layers 'blocks.*' --sample 100000 --stratify --seed 1
     """
     selection = Selection(rows=parse_rows(rows), classes=parse_classes(classes), sample=sample, seed=seed,
-                          stratify=stratify, tokens=tokens, dtype=dtype, compression=compression)
+                          stratify=stratify, tokens=tokens, dtype=o.plain(dtype), compression=o.plain(compression))
     spec = o.dump_spec(layers, labels, None, None, None, offsets, allow_incomplete)
     with ExitStack() as stack:
         opened = [stack.enter_context(open_source(path, spec)) for path in sources]
