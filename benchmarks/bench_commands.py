@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import WORKDIR, make_dump, run_child  # noqa: E402
+from bench_engine import WORKDIR, make_dump, peak_rss_mib, run_child  # noqa: E402
 
 
 def child(kind: str, path: str) -> dict:
@@ -84,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         result = child(*args.child)
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
     WORKDIR.mkdir(exist_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -80,6 +79,12 @@ def child_engine(path: str) -> dict:
     return {"seconds": seconds, "n_rows": layer.n_rows}
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM); ru_maxrss would include the parent's at fork."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
 def run_child(kind: str, path: Path, script: str | None = None) -> dict:
     """Run one measurement in a fresh process (its own peak RSS); it prints one JSON line."""
     out = subprocess.run([sys.executable, script or __file__, "--child", kind, str(path)], check=True,
@@ -99,7 +104,7 @@ def main() -> None:
     if args.child:
         kind, path = args.child
         result = child_engine(path) if kind == "engine" else child_floor(path, int(kind.removeprefix("floor")))
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
 

@@ -89,7 +89,7 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
 
 
 # Root attributes that say when and how a file was written, not what it holds.
-_VOLATILE = {"n_rows", "complete", "created", "created_by", "writer_version"}
+_VOLATILE = {"n_rows", "complete", "created", "created_by", "writer_version", "extract_runs"}
 PROVENANCE_PASS = ("nonfinite", "tokens")  # the pass options that decide which rows count
 
 
