@@ -13,9 +13,9 @@ from actgeom.cli.progress import row_progress
 from actgeom.core import __version__
 from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
 from actgeom.core.dump import Dump
-from actgeom.core.families.neurons import neurons_statistics
 from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
+from actgeom.core.families.neurons import neurons_statistics
 from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
 from actgeom.core.summary import pass_summary
 
