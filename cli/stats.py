@@ -15,6 +15,7 @@ from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, S
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
+from actgeom.core.families.neurons import neurons_statistics
 from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
 from actgeom.core.summary import pass_summary
 
@@ -51,6 +52,10 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
               "--entropy-alpha", show_default=False,
               help="Also keep what `entropy --stats` needs: Σuuᵀ of the normalised rows, or (with sequence "
                    "offsets) the per-sequence entropies of this Rényi order.")] = None,
+          neurons: Annotated[bool, typer.Option(
+              "--neurons", help="Also keep what `neurons --stats` needs: per-unit moments and Σ exp(x), and the "
+                                "token and position sums when the dump has token ids / positions (positions ≥ 512 "
+                                "pooled, neurons' default).")] = False,
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
     """One pass per layer: the statistics every metric is computed from (for shards).
 
@@ -70,6 +75,8 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
         specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
         if entropy_alpha is not None:
             specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
+        if neurons:
+            specs += neurons_statistics(opened.row_vector_names())
         result = accumulate(opened, specs=specs, options=options, progress=progress)
         meta = provenance(opened, options) | {"options": options_record(options)}
     if save_stats is not None:

@@ -30,14 +30,17 @@ from actgeom.core.entropy import EntropyOptions
 from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import entropy as entropy_family
+from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.neurons import NeuronsOptions
 from actgeom.core.partial import check_provenance, load_partial
 from actgeom.core.result import Result, nonfinite_notes
 from actgeom.core.spectrum import resolve_options as rank_options
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
-                               (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY)}
+                               (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,
+                                neurons_family.FAMILY)}
 
 
 def metrics_info(families: Iterable[str]) -> dict:
@@ -47,7 +50,7 @@ def metrics_info(families: Iterable[str]) -> dict:
 
 def facts_of(dump: Dump) -> DumpFacts:
     return DumpFacts(token_level=dump.offsets_path is not None, has_labels=dump.labels_path is not None,
-                     has_predictions=dump.predictions_path is not None)
+                     has_predictions=dump.predictions_path is not None, row_vectors=dump.row_vector_names())
 
 
 def specs_for(families: dict, facts: DumpFacts) -> dict[str, Spec]:
@@ -71,7 +74,8 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
     records: dict[str, list[LayerRecord]] = {name: [] for name in families}
     for layer in dump.layers:
         ctx = LayerContext(name=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, attrs=layer.attrs,
-                           stats=stats[layer.name], pass_options=pass_options, dump=dump, details=details)
+                           stats=stats[layer.name], pass_options=pass_options, dump=dump, details=details,
+                           layers=stats)
         if classifier is not None and dump.classifier_layer == layer.name:
             ctx.classifier = classifier
         elif classifier is not None:
@@ -280,6 +284,8 @@ def family_options(name: str, given=None):
             return collapse_options(given.pop("preset", None), **given)
         if name == "rank":
             return rank_options(given.pop("preset", None), **given)
+        if name == "neurons":
+            return _neurons_options(given)
         return _entropy_options(given)
     return given
 
@@ -290,6 +296,30 @@ def _entropy_options(given: dict) -> EntropyOptions:
         raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
                           f"is not an entropy option; they are: {', '.join(EntropyOptions.__dataclass_fields__)}")
     return EntropyOptions(**given)
+
+
+def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
+            stats=None, details=False, progress: Progress | None = None, **options) -> Result:
+    """Unit-level scores and summaries (docs/metrics.md §6) of every selected layer: every unit's
+    moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
+    position η², VAE activity and KL, and the top units by ``score``. ``options`` are
+    NeuronsOptions fields (top, score, threshold, tau, cutoff, max_position, mu, logvar, delta,
+    collapsed_kl); the ``mu`` and ``logvar`` layers are read too when ``layers`` leaves them out."""
+    chosen = _neurons_options(options)
+    if layers is not None:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        layers += [name for name in (chosen.mu, chosen.logvar) if name is not None and name not in layers]
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
+    return run("neurons", paths, {"neurons": chosen}, spec=spec, pass_options=pass_options, stats=stats,
+               progress=progress, details=details)
+
+
+def _neurons_options(given: dict) -> NeuronsOptions:
+    unknown = set(given) - set(NeuronsOptions.__dataclass_fields__)
+    if unknown:
+        raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
+                          f"is not a neurons option; they are: {', '.join(NeuronsOptions.__dataclass_fields__)}")
+    return NeuronsOptions(**given)
 
 
 class Statistics:
@@ -339,7 +369,7 @@ class Statistics:
         for name, stats in self.stats.items():
             ctx = LayerContext(name=name, n_units=stats.n_units, dtype="float64", attrs={}, stats=stats,
                                pass_options=PassOptions(), classifier=self.classifier,
-                               classifier_problem=None if self.classifier else None)
+                               classifier_problem=None if self.classifier else None, layers=self.stats)
             layers.append(_layer_entry(ctx, chosen, records))
         entry = {"file": None, "checkpoint": None, "step": None, "model": None, "layers": layers}
         for name, options in chosen.items():

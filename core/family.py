@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 DIRECTIONS = ("lower", "higher", "neither")  # which way is better; "neither": a description, not a score
 INVARIANCES = ("scale", "rotation", "shift", "affine")  # of the rows: x → s·x, Q·x, x + t, A·x + t
-NEEDS = ("labels", "weight", "bias", "decision", "sample", "offsets", "threshold", "layer_width", "dump")
+NEEDS = ("labels", "weight", "bias", "decision", "sample", "offsets", "threshold", "layer_width", "dump",
+         "token_ids", "positions", "vae_mu", "vae_logvar")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class DumpFacts:
     token_level: bool = False  # rows are tokens with sequence offsets
     has_labels: bool = False
     has_predictions: bool = False
+    row_vectors: frozenset[str] = frozenset()  # per-row vectors a pass can read: "token_id", "position", ...
 
 
 @dataclass
@@ -150,3 +152,4 @@ class LayerContext:
     classifier_problem: str | None = None
     second: dict = field(default_factory=dict)
     details: bool = False
+    layers: dict = field(default_factory=dict)  # every layer's statistics by name (families relating two layers)

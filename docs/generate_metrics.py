@@ -77,6 +77,17 @@ sequence boundaries), and a seeded sample for DSE/DSMI (whose kernel costs N² m
 must be given (`--threshold`) otherwise; dead fraction and firing entropy are unavailable without it.
 Attention entropy reads `/attention/<layer>` (sequences × heads × queries × keys).
 """,
+    "neurons": """\
+## Units (`actgeom neurons`)
+
+From one pass: per-unit central sums up to the fourth (merged with Pébay's formulas, exact under
+offsets), count above the threshold and Σ|x|, class means (with labels), Σ max(x, 0) per token id and
+unit (with /rows/token_id: a V × D table), and per-position sums (with /rows/position or sequence
+offsets; positions ≥ `--max-position` pooled). Every unit's scores (moments, firing rate, dormant
+score, class selectivity, probeless score, token concentration, position η², VAE activity and KL) are
+in the JSON; the metrics below summarise a layer. "Selective", "token detector" and "positional" mean
+a score ≥ `--cutoff` (0.5). The VAE metrics are reported on the `--mu` layer; the KL needs `--logvar`.
+""",
 }
 
 FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")

@@ -384,9 +384,20 @@ class Dump:
         """A per-row vector ("position", "token_id", "prediction", "label") of rows [start, stop)
         as int64; refused, naming the conventional path, when the dump has none."""
         path = self._find(None, (f"rows/{name}",), None)
+        if path is None and name == "position" and self.offsets_path is not None:  # position within its sequence
+            if not hasattr(self, "_offsets"):  # read once, not once per block
+                self._offsets = self.offsets()
+            offsets, rows = self._offsets, np.arange(start, stop)
+            return rows - offsets[np.searchsorted(offsets, rows, side="right") - 1]
         if path is None:
             raise InvalidInputError(f"this analysis needs /rows/{name} in {self.path}, which has none")
         return np.asarray(self._file[path][start:stop], dtype=np.int64)
+
+    def row_vector_names(self) -> frozenset[str]:
+        """The per-row vectors :meth:`row_vector` can read: /rows/<name>, and "position" also
+        from sequence offsets."""
+        names = {d[len("rows/"):] for d in self._datasets if d.startswith("rows/") and self._file[d].ndim == 1}
+        return frozenset(names | ({"position"} if self.offsets_path is not None else set()))
 
     def offsets(self) -> np.ndarray | None:
         return None if self.offsets_path is None else np.asarray(self._file[self.offsets_path][()], dtype=np.int64)
