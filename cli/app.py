@@ -12,7 +12,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer vendors click
 from typer.core import TyperGroup
 
-from actgeom.cli import collapse, entropy, info, rank, stats
+from actgeom.cli import collapse, entropy, info, probe, rank, stats
 from actgeom.core import __version__
 from actgeom.core.errors import ActgeomError, OptionError
 
@@ -54,6 +54,7 @@ app.command(name="info")(info.info)
 app.command(name="collapse")(collapse.collapse)
 app.command(name="rank")(rank.rank)
 app.command(name="entropy")(entropy.entropy)
+app.command(name="probe")(probe.probe)
 app.command(name="stats")(stats.stats)
 app.command(name="merge")(stats.merge)
 

@@ -5,17 +5,17 @@
 >>> result.metric("nc1")  # doctest: +SKIP
 0.41191...
 
-Functions: :func:`collapse`, :func:`rank`, :func:`entropy`, :func:`analyze` (several families,
+Functions: :func:`collapse`, :func:`rank`, :func:`entropy`, :func:`probe`, :func:`analyze` (several families,
 one pass per layer) return a :class:`Result` (``to_dict()``, ``records()``, ``to_pandas()``);
 :class:`Statistics` takes arrays batch by batch, no dump needed. Keyword names are the command
 line's options in snake_case. This package is the directory core/public/ of the repository.
 """
 
 from actgeom.core import __version__
-from actgeom.core.api import Statistics, analyze, collapse, entropy, rank
+from actgeom.core.api import Statistics, analyze, collapse, entropy, probe, rank
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 from actgeom.core.result import Result
 
 __all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "Result",
-           "Statistics", "UsageError", "analyze", "collapse", "entropy", "rank"]
+           "Statistics", "UsageError", "analyze", "collapse", "entropy", "probe", "rank"]
