@@ -31,16 +31,18 @@ from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import entropy as entropy_family
 from actgeom.core.families import neurons as neurons_family
+from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
 from actgeom.core.neurons import NeuronsOptions
 from actgeom.core.partial import check_provenance, load_partial
+from actgeom.core.probe import ProbeOptions, cosine
 from actgeom.core.result import Result, nonfinite_notes
 from actgeom.core.spectrum import resolve_options as rank_options
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
                                (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,
-                                neurons_family.FAMILY)}
+                                neurons_family.FAMILY, probe_family.FAMILY)}
 
 
 def metrics_info(families: Iterable[str]) -> dict:
@@ -286,6 +288,8 @@ def family_options(name: str, given=None):
             return rank_options(given.pop("preset", None), **given)
         if name == "neurons":
             return _neurons_options(given)
+        if name == "probe":
+            return _probe_options(given)
         return _entropy_options(given)
     return given
 
@@ -320,6 +324,43 @@ def _neurons_options(given: dict) -> NeuronsOptions:
         raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
                           f"is not a neurons option; they are: {', '.join(NeuronsOptions.__dataclass_fields__)}")
     return NeuronsOptions(**given)
+def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
+          test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None, positive=None,
+          negative=None, details=False, stats=None, progress: Progress | None = None) -> Result:
+    """Linear probes and concept directions (docs/metrics.md §7) of every selected layer.
+
+    Beside the per-layer metrics, each file has ``direction_cosines`` (consecutive layers) and the
+    document ``direction_cosines_across_files``: per layer, the cosine between the directions of
+    consecutive files (checkpoints, base vs tuned). ``details=True`` keeps each layer's direction
+    vector in ``layer["details"]["direction"]`` (for --save-directions). ``stats``: a partial-statistics
+    file holding the split's train moments (e.g. shards' ``accumulate(..., specs=[SplitSpec(...)])``
+    saved and merged); the test rows are still scored from the dump."""
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
+    options = _probe_options(dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
+                                  ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
+    result = run("probe", paths, {"probe": options}, spec=spec, pass_options=pass_options, stats=stats,
+                 progress=progress, details=True)
+    document = result.to_dict()
+    directions = [{layer["layer"]: layer["details"].get("direction") for layer in file["layers"]}
+                  for file in document["files"]]
+    document["direction_cosines_across_files"] = [
+        {"layer": name, "files": [a["file"], b["file"]], "cosine": cosine(first[name], second.get(name))}
+        for a, b, first, second in zip(document["files"], document["files"][1:], directions, directions[1:])
+        for name in first if name in second]
+    for file in document["files"]:
+        for layer in file["layers"]:
+            kept = layer.pop("details")
+            if details and kept.get("direction") is not None:
+                layer["details"] = {"direction": kept["direction"].tolist()}
+    return result
+
+
+def _probe_options(given: dict) -> ProbeOptions:
+    unknown = set(given) - set(ProbeOptions.__dataclass_fields__)
+    if unknown:
+        raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
+                          f"is not a probe option; they are: {', '.join(ProbeOptions.__dataclass_fields__)}")
+    return ProbeOptions(**{name: value for name, value in given.items() if value is not None})
 
 
 class Statistics:

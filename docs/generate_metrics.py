@@ -88,6 +88,18 @@ score, class selectivity, probeless score, token concentration, position η², V
 in the JSON; the metrics below summarise a layer. "Selective", "token detector" and "positional" mean
 a score ≥ `--cutoff` (0.5). The VAE metrics are reported on the `--mu` layer; the KL needs `--logvar`.
 """,
+    "probe": """\
+## Linear probes and concept directions (`actgeom probe`)
+
+Rows are split by a seeded hash of the global row number (or of `/rows/sample_id`): a row is a test
+row when its key is below `--test-fraction`·2⁶⁴, the same rows in every layer, chunking and shard.
+One pass keeps the class moments of the train rows only; the probes follow in closed form (LDA with
+shrinkage s, default 0.1 or `auto` on a validation quarter of the train rows; ridge on one-hot
+targets, λ relative to tr S_T/D; nearest class mean) and the shared second pass scores the test rows.
+`--control token|row` adds Hewitt & Liang's control task. The direction is μ₊ − μ₋ of two classes
+(`--positive/--negative`); the file lists the cosines of consecutive layers' directions, the
+document those of the same layer in consecutive files.
+""",
 }
 
 FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")

@@ -5,18 +5,18 @@
 >>> result.metric("nc1")  # doctest: +SKIP
 0.41191...
 
-Functions: :func:`collapse`, :func:`rank`, :func:`entropy`, :func:`neurons`, :func:`analyze` (several families,
+Functions: :func:`collapse`, :func:`rank`, :func:`entropy`, :func:`neurons`, :func:`probe`, :func:`analyze` (several families,
 one pass per layer) return a :class:`Result` (``to_dict()``, ``records()``, ``to_pandas()``);
 :class:`Statistics` takes arrays batch by batch, no dump needed. Keyword names are the command
 line's options in snake_case. This package is the directory core/public/ of the repository.
 """
 
 from actgeom.core import __version__
-from actgeom.core.api import Statistics, analyze, collapse, entropy, neurons, rank
+from actgeom.core.api import Statistics, analyze, collapse, entropy, neurons, probe, rank
 from actgeom.core.capture import capture
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 from actgeom.core.result import Result
 
 __all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "Result",
-           "Statistics", "UsageError", "analyze", "capture", "collapse", "entropy", "neurons", "rank"]
+           "Statistics", "UsageError", "analyze", "capture", "collapse", "entropy", "neurons", "probe", "rank"]

@@ -1,0 +1,118 @@
+"""`actgeom probe`: linear probes and concept directions per layer, from the same moments."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import emit, metrics_result
+from actgeom.cli.progress import row_progress
+from actgeom.core import api
+from actgeom.core.errors import OptionError, UsageError
+from actgeom.core.probe import ProbeOptions
+from actgeom.core.probesplit import CONTROLS, SPLIT_BY
+
+PROBE = "Probes (docs/metrics.md)"
+SplitBy = o.choices("SplitBy", SPLIT_BY)
+Control = o.choices("Control", CONTROLS)
+
+
+def probe(
+    dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps (e.g. base and tuned model).",
+                                                show_default=False)],
+    layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
+    allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
+    tokens: o.TokensOpt = "all",
+    test_fraction: Annotated[Optional[float], typer.Option(
+        "--test-fraction", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "test_fraction"),
+        help="Share of rows held out for scoring, chosen by a seeded hash of the row (0: directions only).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "seed"),
+                                                help="Seed of the split (same rows in every layer).")] = None,
+    split_by: Annotated[Optional[SplitBy], typer.Option(
+        "--split-by", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "split_by"),
+        help="Hash the global row number, or the integer /rows/sample_id.")] = None,
+    shrinkage: Annotated[Optional[str], typer.Option(
+        "--shrinkage", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "shrinkage"),
+        help="LDA's s in Σ_s = (1−s)Σ_W + s·(tr Σ_W/D)·I, in [0, 1], or 'auto': the best of a grid on a "
+             "validation split of the train rows.")] = None,
+    ridge_lambda: Annotated[Optional[float], typer.Option(
+        "--ridge-lambda", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "ridge_lambda"),
+        help="Ridge penalty relative to the mean variance per unit (tr S_T/D).")] = None,
+    control: Annotated[Optional[Control], typer.Option(
+        "--control", rich_help_panel=PROBE, show_default="none",
+        help="Control task for selectivity: 'token' (Hewitt & Liang: a class per /rows/token_id) or 'row' "
+             "(a class per row: the chance baseline).")] = None,
+    positive: Annotated[Optional[str], typer.Option(
+        "--positive", rich_help_panel=PROBE, show_default=False,
+        help="The direction's positive class (index or label name); with --negative. Default: the larger of two classes.")] = None,
+    negative: Annotated[Optional[str], typer.Option(
+        "--negative", rich_help_panel=PROBE, show_default=False, help="The direction's negative class.")] = None,
+    save_directions: Annotated[Optional[Path], typer.Option(
+        "--save-directions", rich_help_panel=o.OUTPUT, show_default=False,
+        help="Also write the directions μ₊ − μ₋ as .npz: one array per file and layer, named 'FILE_INDEX/LAYER'.")] = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+) -> None:
+    """Linear probes and concept directions per layer.
+
+    LDA with shrinkage, ridge least squares on one-hot targets and nearest class mean, fitted in
+    closed form from the train rows' class moments and scored on held-out rows (accuracy,
+    balanced accuracy, macro-F1, AUROC for two classes); chance, majority baseline and, with
+    --control, selectivity. The difference of class means per layer with its Fisher ratio, and
+    its cosine between consecutive layers and between the same layer of consecutive dumps.
+
+    Example (is the direction of the base model kept after fine-tuning?):
+
+        actgeom probe base.h5 tuned.h5 --layers 'resid/*' --positive true --negative false --format json
+
+        actgeom probe sample_data/digits_mlp_epoch1500.h5 --control row --format table
+    """
+    if save_directions is not None and any(save_directions.resolve() == Path(d).resolve() for d in dumps):
+        raise UsageError(f"--save-directions {save_directions} is an input dump; choose another path")
+    with row_progress() as progress:
+        analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
+                             nonfinite=o.plain(nonfinite), tokens=tokens, test_fraction=test_fraction, seed=seed,
+                             split_by=o.plain(split_by), shrinkage=_shrinkage(shrinkage), ridge_lambda=ridge_lambda,
+                             control=o.plain(control),
+                             positive=positive, negative=negative, details=save_directions is not None,
+                             progress=progress)
+    document = analysis.to_dict()
+    if save_directions is not None:
+        _write_npz(save_directions, {f"{i}/{layer['layer']}": np.asarray(layer.pop("details")["direction"])
+                                     for i, file in enumerate(document["files"]) for layer in file["layers"]
+                                     if "details" in layer})
+    across = {f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
+              for entry in document["direction_cosines_across_files"]}
+    emit(metrics_result(analysis, across), fmt, output)
+
+
+def _shrinkage(value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise OptionError("shrinkage", value, "must be a number in [0, 1] or auto") from None
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """np.savez through a temporary file beside the target and a rename: never a partial file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"cannot write {path}: directory {directory} does not exist")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

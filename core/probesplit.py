@@ -1,0 +1,156 @@
+"""The probe's train/test split and control task (METRICS.md §7), keyed by seeded hashes.
+
+A row is a test row when its key — splitmix64 of its global row number (:func:`row_keys` of
+core/stats.py) or of its ``/rows/sample_id``, with the seed — is below ``test_fraction``·2⁶⁴.
+The key depends only on (seed, row number or id), so the split is the same in every layer, every
+chunking, every shard and every run, and the second pass finds the test rows again without
+keeping a list of them.
+
+The control task (Hewitt & Liang, EMNLP 2019) gives every row a control class through a
+*group*: its token id ("token"), or a bucket of a seeded hash of the row ("row", the chance
+baseline). Each group gets a uniform u ∈ [0, 1) from a seeded hash, and its class is the inverse
+CDF of the real train class frequencies at u, so control classes keep the class frequencies
+(exactly in expectation over token types; to 1/CONTROL_BUCKETS for row buckets). The pass keeps
+Σx and the count per group of the train rows (G×D); the control class moments follow at the end.
+
+``--shrinkage auto`` splits the train rows once more (seed + 2): the probes for each candidate s
+are fitted on the other train rows and scored on these validation rows in the second pass, where
+the test rows are scored by every candidate fitted on all train rows; the best candidate's scores
+are reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from actgeom.core.errors import InvalidInputError
+from actgeom.core.stats import ClassStats, row_keys
+
+SPLIT_BY = ("row", "sample_id")
+CONTROLS = ("token", "row")
+VALIDATION_FRACTION = 0.25  # --shrinkage auto: share of the train rows that choose s
+CONTROL_BUCKETS = 1024  # row control: class frequencies kept to 1/1024; memory 1024×D floats
+_BUCKET_SHIFT = np.uint64(64 - 10)  # 2¹⁰ = CONTROL_BUCKETS
+_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def hash_keys(values: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`row_keys` of arbitrary integers (sample ids, token ids): the same splitmix64 of
+    value and seed, so ``hash_keys(np.arange(a, b), s) == row_keys(a, b, s)``."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(values, dtype=np.int64).view(np.uint64) + np.uint64(seed) * _SPLITMIX_GAMMA + _SPLITMIX_GAMMA
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def split_keys(index: np.ndarray, sample_ids: np.ndarray | None, seed: int) -> np.ndarray:
+    """The split key of each row: of its sample id when given, else of its global row number."""
+    if sample_ids is not None:
+        return hash_keys(sample_ids, seed)
+    if index.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    lo, hi = int(index.min()), int(index.max()) + 1
+    return row_keys(lo, hi, seed)[index - lo]
+
+
+def is_test(keys: np.ndarray, test_fraction: float) -> np.ndarray:
+    """Whether each key falls in the test share: key < test_fraction·2⁶⁴."""
+    return keys < np.uint64(min(int(test_fraction * 2.0**64), 2**64 - 1))
+
+
+def is_validation(index: np.ndarray, sample_ids: np.ndarray | None, seed: int) -> np.ndarray:
+    """Whether each (train) row is a validation row for --shrinkage auto: its key with seed + 2
+    is below VALIDATION_FRACTION·2⁶⁴ (independent of the test split)."""
+    return is_test(split_keys(index, sample_ids, seed + 2), VALIDATION_FRACTION)
+
+
+def control_groups(control: str, index: np.ndarray, sample_ids: np.ndarray | None, token_ids: np.ndarray | None,
+                   seed: int) -> np.ndarray:
+    """Each row's control group: its token id, or a hash bucket (seed + 1) of its row number / sample id."""
+    if control == "token":
+        if token_ids is None:
+            raise InvalidInputError("--control token needs /rows/token_id; rows fed from memory have none")
+        return np.asarray(token_ids, dtype=np.int64)
+    return (split_keys(index, sample_ids, seed + 1) >> _BUCKET_SHIFT).astype(np.int64)
+
+
+def group_uniforms(control: str, groups: np.ndarray, seed: int) -> np.ndarray:
+    """u ∈ [0, 1) of each group: a hash (seed + 1) of the token id, or the middle of the bucket."""
+    if control == "token":
+        return (hash_keys(groups, seed + 1) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # 53 bits: exact
+    return (groups + 0.5) / CONTROL_BUCKETS
+
+
+def control_classes(uniforms: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The class at u of the inverse CDF of the class counts (classes without rows are never drawn)."""
+    cdf = np.cumsum(counts) / counts.sum()
+    return np.minimum(np.searchsorted(cdf, uniforms, side="right"), counts.size - 1)
+
+
+class ControlSums:
+    """Count and Σx of the rows of each group (token id or bucket), float64, growing with the ids.
+
+    Raw sums suffice here: they give means (no cancellation), not variances; the control task's
+    within-class scatter comes from the shifted class moments (:func:`control_stats`)."""
+
+    def __init__(self, n_units: int):
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.sums = np.zeros((0, n_units))
+
+    def update(self, groups: np.ndarray, X: np.ndarray) -> None:
+        if groups.size == 0:
+            return
+        if groups.min() < 0:
+            raise InvalidInputError(f"token id {int(groups.min())} in /rows/token_id: --control token needs ids ≥ 0")
+        present, inverse = np.unique(groups, return_inverse=True)
+        size = int(present[-1]) + 1
+        if size > self.counts.size:
+            self.counts = np.concatenate([self.counts, np.zeros(size - self.counts.size, dtype=np.int64)])
+            self.sums = np.concatenate([self.sums, np.zeros((size - self.sums.shape[0], self.sums.shape[1]))])
+        indicator = sparse.csr_matrix((np.ones(groups.size), (inverse, np.arange(groups.size))),
+                                      shape=(present.size, groups.size))
+        self.sums[present] += indicator @ X
+        self.counts[present] += np.bincount(inverse, minlength=present.size)
+
+    def merge(self, other: "ControlSums") -> None:
+        size = max(self.counts.size, other.counts.size)
+        counts, sums = np.zeros(size, dtype=np.int64), np.zeros((size, self.sums.shape[1]))
+        for part in (self, other):
+            counts[: part.counts.size] += part.counts
+            sums[: part.counts.size] += part.sums
+        self.counts, self.sums = counts, sums
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts, "sums": self.sums}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ControlSums":
+        acc = cls(arrays["sums"].shape[1])
+        acc.counts, acc.sums = np.array(arrays["counts"]), np.array(arrays["sums"], dtype=np.float64)
+        return acc
+
+
+def total_scatter(stats: ClassStats) -> tuple[float, np.ndarray, np.ndarray]:
+    """(n, x̄, S_T) of the classes' rows: S_T = S_W + Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ, exact from class moments."""
+    counts = stats.counts.astype(np.float64)
+    n = counts.sum()
+    mean = counts @ stats.means / n
+    centred = (stats.means - mean) * np.sqrt(counts)[:, None]
+    return n, mean, stats.within_scatter + centred.T @ centred
+
+
+def control_stats(train: ClassStats, groups: ControlSums, classes: np.ndarray) -> ClassStats:
+    """Class moments of the train rows under the control labels (group g → class ``classes[g]``):
+    n_k and μ_k from the group sums, S_W = S_T − Σ_k n_k (μ_k − x̄)(μ_k − x̄)ᵀ with S_T of the
+    real classes. sq_dev is not kept (zeros): no probe uses it."""
+    n, mean, scatter = total_scatter(train)
+    k = train.counts.size
+    counts = np.bincount(classes, weights=groups.counts, minlength=k)
+    sums = np.zeros((k, train.means.shape[1]))
+    np.add.at(sums, classes, groups.sums)
+    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
+    centred = (means - mean) * np.sqrt(counts)[:, None]
+    return ClassStats(counts=counts.astype(np.int64), means=means, within_scatter=scatter - centred.T @ centred,
+                      sq_dev=np.zeros(k))
