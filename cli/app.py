@@ -12,7 +12,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer vendors click
 from typer.core import TyperGroup
 
-from actgeom.cli import collapse, entropy, extract, info, neurons, probe, rank, stats
+from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats
 from actgeom.core import __version__
 from actgeom.core.errors import ActgeomError, OptionError
 
@@ -55,6 +55,7 @@ app.command(name="collapse")(collapse.collapse)
 app.command(name="rank")(rank.rank)
 app.command(name="entropy")(entropy.entropy)
 app.command(name="neurons")(neurons.neurons)
+app.command(name="compare")(compare.compare)
 app.command(name="probe")(probe.probe)
 app.command(name="stats")(stats.stats)
 app.command(name="merge")(stats.merge)

@@ -24,11 +24,13 @@ import numpy as np
 from actgeom.core import __version__
 from actgeom.core.accumulators import Spec, union
 from actgeom.core.collapse import resolve_options as collapse_options
+from actgeom.core.compare import CompareOptions
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, feed, new_layer_stats, options_record, second_pass
 from actgeom.core.entropy import EntropyOptions
 from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.families import collapse as collapse_family
+from actgeom.core.families import compare as compare_family
 from actgeom.core.families import entropy as entropy_family
 from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import probe as probe_family
@@ -436,3 +438,21 @@ def _float64(values) -> np.ndarray:
         if str(values.dtype) == "torch.bfloat16":
             values = values.float()
     return np.asarray(values, dtype=np.float64)
+
+
+# -- compare: two or more files at once (its own pass over aligned rows) ----------------------------
+
+PAIR_FAMILIES: dict[str, Family] = {compare_family.FAMILY.name: compare_family.FAMILY}
+
+
+def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allow_incomplete=False, nonfinite="error",
+            max_memory="4GiB", alpha=1.0, svcca_keep=0.99, subsample=2_000, seed=0, knn_k=10, unit_threshold=0.5,
+            units=False, block_rows=None, progress: Progress | None = None) -> compare_family.CompareResult:
+    """Similarity between layers of two files, or one layer across files (docs/metrics.md §5), in
+    one pass over their aligned rows. ``result.matrix("cka_linear")``: rows = A, columns = B."""
+    options = CompareOptions(alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
+                             unit_threshold=unit_threshold, units=units)
+    as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
+    return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
+                              ids=ids, options=options, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
+                              max_memory=max_memory, block_rows=block_rows, progress=progress)

@@ -399,6 +399,21 @@ class Dump:
         names = {d[len("rows/"):] for d in self._datasets if d.startswith("rows/") and self._file[d].ndim == 1}
         return frozenset(names | ({"position"} if self.offsets_path is not None else set()))
 
+    def ids_path(self, given: str | None = None) -> str | None:
+        """The dataset of stable row ids: ``given`` (--ids; refused when absent), else /rows/sample_id, else None."""
+        path = self._find(given, ("rows/sample_id",), "--ids")
+        if path is not None and (self._file[path].ndim != 1 or self._file[path].shape[0] < self.n_rows):
+            raise InvalidInputError(f"row ids '{path}' in {self.path} have shape {self._file[path].shape}; "
+                                    f"expected one id per row ({self.n_rows},)")
+        return path
+
+    def row_ids(self, path: str, start: int, stop: int) -> np.ndarray:
+        """Ids of rows [start, stop) from ``path`` (integers, or strings decoded from UTF-8)."""
+        values = self._file[path][start:stop]
+        if values.dtype.kind in "SO":
+            return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+        return values
+
     def offsets(self) -> np.ndarray | None:
         return None if self.offsets_path is None else np.asarray(self._file[self.offsets_path][()], dtype=np.int64)
 

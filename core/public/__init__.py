@@ -12,11 +12,11 @@ line's options in snake_case. This package is the directory core/public/ of the 
 """
 
 from actgeom.core import __version__
-from actgeom.core.api import Statistics, analyze, collapse, entropy, neurons, probe, rank
+from actgeom.core.api import Statistics, analyze, collapse, compare, entropy, neurons, probe, rank
 from actgeom.core.capture import capture
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 from actgeom.core.result import Result
 
 __all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "Result",
-           "Statistics", "UsageError", "analyze", "capture", "collapse", "entropy", "neurons", "probe", "rank"]
+           "Statistics", "UsageError", "analyze", "capture", "collapse", "compare", "entropy", "neurons", "probe", "rank"]

@@ -1,0 +1,89 @@
+"""`actgeom compare`: similarity matrices between layers of two files, or one layer across checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import Result, _short_names, emit
+from actgeom.cli.progress import row_progress
+from actgeom.core import api
+
+METRIC = "Metric conventions (METRICS.md §5)"
+
+
+def compare(
+    dumps: Annotated[list[Path], typer.Argument(help="Two dumps (A, B), or several checkpoints.", show_default=False)],
+    layers: o.LayersOpt = None,
+    layers_b: Annotated[Optional[list[str]], typer.Option(
+        "--layers-b", rich_help_panel=o.DATA, show_default=False,
+        help="Layers of B (the columns) when comparing two files. Default: the --layers selection.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", rich_help_panel=o.DATA, show_default=False,
+        help="Compare every dump with this one, layer by layer (rows = layers, columns = dumps).")] = None,
+    ids: Annotated[Optional[str], typer.Option(
+        "--ids", rich_help_panel=o.DATA, show_default=False,
+        help="Row ids (N,) in every file, which must match row by row. Default: /rows/sample_id; without ids "
+             "in every file, equal row counts are required and alignment is assumed.")] = None,
+    allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
+    max_memory: Annotated[str, typer.Option(
+        "--max-memory", rich_help_panel=o.DATA,
+        help="Refuse a comparison whose moments (8 bytes × (Σ D_a·D_b + Σ D²)) and buffers exceed this.")] = "4GiB",
+    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC,
+                                         help="shape_distance's partial whitening: 1 Procrustes, 0 CCA.")] = 1.0,
+    svcca_keep: Annotated[float, typer.Option("--svcca-keep", rich_help_panel=METRIC,
+                                              help="SVCCA keeps the top PCs explaining this much variance.")] = 0.99,
+    subsample: Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC,
+                                           help="Rows (the same in every file) for RSA and mutual k-NN; 0: none.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=METRIC, help="Seed of the row sample.")] = 0,
+    knn_k: Annotated[int, typer.Option("--knn-k", rich_help_panel=METRIC, help="mutual_knn's k.")] = 10,
+    unit_threshold: Annotated[float, typer.Option(
+        "--unit-threshold", rich_help_panel=METRIC,
+        help="unit_best_corr: fraction of A's units whose best correlation with a unit of B exceeds this.")] = 0.5,
+    units: Annotated[bool, typer.Option("--units", rich_help_panel=METRIC,
+                                        help="List each unit of A with its best-correlated unit of B (JSON).")] = False,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+) -> None:
+    """Similarity between layers, checkpoints and models, in one pass over aligned rows.
+
+    Per measure a matrix: rows = A's layers, columns = B's (or checkpoint × checkpoint for one
+    layer of several files; layers × files with --reference). CKA (linear, debiased), shape and
+    Procrustes distances, CCA, SVCCA, PWCCA, RSA, mutual k-NN, unit best correlation.
+
+    Example:
+
+        actgeom compare run_seed0.h5 run_seed1.h5 --format table
+
+        actgeom compare ckpt_*.h5 -l blocks.6 --format json -o drift.json
+
+        actgeom compare ckpt_*.h5 --reference ckpt_final.h5 --format jsonl
+    """
+    with row_progress() as progress:
+        analysis = api.compare(dumps, layers=layers, layers_b=layers_b, reference=reference, ids=ids,
+                               allow_incomplete=allow_incomplete, nonfinite=nonfinite, max_memory=max_memory,
+                               alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
+                               unit_threshold=unit_threshold, units=units, progress=progress)
+    emit(matrix_view(analysis), fmt, output)
+
+
+def matrix_view(analysis) -> Result:
+    """Table/md: one row per measure × row of the matrix, one column per column (B); JSON: the
+    document; jsonl/csv: tidy records (file_a, layer_a, file_b, layer_b, metric, value, note)."""
+    document = analysis.to_dict()
+    rows, columns = (_labels(document[key]) for key in ("rows", "columns"))
+    table = [{"metric": name, "A \\ B": rows[r]} | dict(zip(columns, matrix[r]))
+             for name, matrix in document["matrices"].items() for r in range(len(rows))]
+    summary = {"orientation": document["orientation"], "alignment": document["alignment"]["note"],
+               "rows used": document["pass"]["rows_used"],
+               "options": ", ".join(f"{k}={v}" for k, v in document["options"]["compare"].items())}
+    return Result(title="actgeom compare", document=document, records=analysis.records(), summary=summary, table=table)
+
+
+def _labels(entries: list[dict]) -> list[str]:
+    """Layer names, or file stems without their shared prefix."""
+    if all("layer" in e and e["label"] == e["layer"] for e in entries):
+        return [e["label"] for e in entries]
+    return _short_names([Path(e["label"]).stem for e in entries])

@@ -1,0 +1,164 @@
+"""The compare pass: one read of every compared layer of every file, aligned block by block.
+
+A *stream* is one layer of one file. Every stream's blocks are read with the same row bounds
+(core/stream.py ``iter_blocks``, one read-ahead thread each) and zipped: per block, each stream's
+own moments are updated once, and each requested pair's cross-moments once, however many pairs a
+stream is in (A's L layers × B's M layers: L + M side updates and L·M cross GEMMs per block).
+A row that is NaN/inf in any stream is dropped from all of them, so every pair uses the same rows.
+The seeded row sample (RSA, mutual k-NN) is a :class:`~actgeom.core.stats.Reservoir` per stream:
+its keys depend only on the row number and the seed, so every stream keeps the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from actgeom.core.compare_moments import CentredCross, CentredSide, CrossMoments, SideMoments
+from actgeom.core.dump import Dump, LayerInfo
+from actgeom.core.engine import Progress
+from actgeom.core.errors import InvalidInputError, OptionError
+from actgeom.core.stats import Reservoir
+from actgeom.core.stream import iter_blocks
+
+_ID_BLOCK = 1 << 20  # ids compared a million at a time: memory independent of N
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One layer of one open dump."""
+
+    dump: Dump
+    layer: LayerInfo
+
+    @property
+    def key(self) -> tuple:
+        return (str(self.dump.path.resolve()), self.layer.path)
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """'4GiB', '500MB', '2e9' → bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise OptionError("max_memory", text, "is not a size such as 4GiB, 500MB or 2e9 (bytes)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def memory_bytes(streams: list[Stream], pairs: list[tuple[int, int]], block_rows: int, sample: int) -> int:
+    """What the pass holds: 8·(Σ_pairs D_a·D_b + Σ_streams D²) of moments, plus each stream's
+    read buffers (4 blocks) and sample."""
+    widths = [s.layer.n_units for s in streams]
+    moments = sum(widths[i] * widths[j] for i, j in pairs) + sum(d * d for d in widths)
+    return 8 * (moments + sum(widths) * (4 * block_rows + sample))
+
+
+def check_alignment(dumps: list[Dump], ids: str | None) -> dict:
+    """Refuse rows that do not correspond; say how alignment was established.
+
+    Every file needs the same number of rows. With ids in every file (``ids`` = --ids, else
+    /rows/sample_id), they must be equal row by row (streamed, a million at a time); the first
+    mismatch is named. Without ids in every file, alignment is assumed (and said so).
+    """
+    first = dumps[0]
+    for dump in dumps[1:]:
+        if dump.n_rows != first.n_rows:
+            raise InvalidInputError(f"{first.path} has {first.n_rows} rows but {dump.path} has {dump.n_rows}: "
+                                    "compare needs the same inputs, in the same order, in every file")
+    paths = [dump.ids_path(ids) for dump in dumps]
+    if any(path is None for path in paths):
+        without = [str(d.path) for d, p in zip(dumps, paths) if p is None]
+        return {"by": "assumed", "note": f"alignment assumed: no row ids (/rows/sample_id or --ids) in "
+                                         f"{', '.join(without)}; row i of every file is taken to be the same input"}
+    for start in range(0, first.n_rows, _ID_BLOCK):
+        stop = min(start + _ID_BLOCK, first.n_rows)
+        reference = first.row_ids(paths[0], start, stop)
+        for dump, path in zip(dumps[1:], paths[1:]):
+            other = dump.row_ids(path, start, stop)
+            same_kind = reference.dtype.kind in "iu" and other.dtype.kind in "iu"
+            differ = np.flatnonzero(reference != other) if same_kind else \
+                np.flatnonzero(reference.astype(object) != other.astype(object))
+            if differ.size:
+                row, mine, theirs = start + int(differ[0]), _plain(reference[differ[0]]), _plain(other[differ[0]])
+                raise InvalidInputError(
+                    f"rows differ at row {row}: {first.path} has id {mine!r} ({paths[0]}), "
+                    f"{dump.path} has {theirs!r} ({path}); compare needs the same inputs in the same order")
+    return {"by": "ids", "note": f"rows aligned by their ids ({paths[0]}): equal in every file"}
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class PassResult:
+    """Finalised moments of every stream and pair, the shared sample, and the row counts."""
+
+    sides: list[CentredSide]
+    crosses: dict[tuple[int, int], CentredCross]
+    samples: list[np.ndarray | None]
+    n_rows: int
+    n_nonfinite: int
+
+    def cross(self, i: int, j: int) -> CentredCross:
+        """Cross-moments of streams (i, j), oriented rows = i, columns = j."""
+        if i == j:
+            return CentredCross.of_itself(self.sides[i])
+        return self.crosses[(i, j)] if (i, j) in self.crosses else self.crosses[(j, i)].transposed()
+
+
+def compare_pass(streams: list[Stream], pairs: list[tuple[int, int]], *, block_rows: int, subsample: int = 0,
+                 seed: int = 0, nonfinite: str = "error", progress: Progress | None = None) -> PassResult:
+    """One pass over every stream (same row bounds), feeding each stream's moments once per block
+    and each pair's cross-moments once per block. ``pairs`` are unordered (i ≠ j)."""
+    n_rows = streams[0].dump.n_rows
+    sides = [SideMoments(s.layer.n_units) for s in streams]
+    crosses = {(i, j): CrossMoments(streams[i].layer.n_units, streams[j].layer.n_units) for i, j in pairs}
+    reservoirs = [Reservoir(subsample, s.layer.n_units, np.float64, seed) if subsample else None for s in streams]
+    n_nonfinite = 0
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(contextlib.closing(iter_blocks(s.dump, s.layer, 0, n_rows, block_rows)))
+                   for s in streams]
+        for blocks in zip(*readers):
+            Xs = [block.X for block in blocks]
+            start = blocks[0].start
+            index = np.arange(start, start + Xs[0].shape[0])
+            finite = _finite_rows(Xs)
+            if finite is not None:
+                n_nonfinite += int((~finite).sum())
+                Xs, index = [X[finite] for X in Xs], index[finite]
+            shifted = [side.shift(X) for side, X in zip(sides, Xs)]
+            for side, block in zip(sides, shifted):
+                side.update(block)
+            for (i, j), cross in crosses.items():
+                cross.update(shifted[i], shifted[j])
+            for reservoir, X in zip(reservoirs, Xs):
+                if reservoir is not None:
+                    reservoir.update(X, np.zeros(X.shape[0], dtype=np.int64), index)
+            if progress is not None:
+                progress("the compared layers", start + blocks[0].X.shape[0], n_rows)
+    if n_nonfinite and nonfinite == "error":
+        raise InvalidInputError(f"{n_nonfinite} rows have NaN or inf values in a compared layer "
+                                f"({', '.join(sorted({str(s.dump.path) for s in streams}))}); "
+                                "pass --nonfinite drop to leave them out of every layer")
+    samples = [None if r is None else r.sample()[2] for r in reservoirs]
+    return PassResult(sides=[side.finalize() for side in sides],
+                      crosses={pair: cross.finalize() for pair, cross in crosses.items()},
+                      samples=samples, n_rows=sides[0].n, n_nonfinite=n_nonfinite)
+
+
+def _finite_rows(Xs: list[np.ndarray]) -> np.ndarray | None:
+    """None when every value is finite, else the rows finite in every stream."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        if all(np.isfinite(X.sum()) for X in Xs):
+            return None
+    finite = np.ones(Xs[0].shape[0], dtype=bool)
+    for X in Xs:
+        finite &= np.isfinite(X).all(axis=1)
+    return finite

@@ -1,0 +1,229 @@
+"""The compare family: similarity matrices between layers of two files, or one layer across files.
+
+Unlike the single-dump families it needs cross-moments of two files' aligned rows, so it runs
+its own pass (core/compare_pass.py) over every compared layer at once; the metrics are pure
+functions of the finalised moments (core/compare.py, with the registry). Three plans:
+
+- two files A, B: rows = A's layers (``layers``), columns = B's (``layers_b``, default: the same
+  selection); one file alone is compared with itself;
+- more than two files, one layer each: the file × file matrix of that layer (checkpoints);
+- ``reference``: rows = layers, columns = files; each cell compares the reference's layer (A) with
+  the same layer of that file (B): the drift of every layer from one checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from actgeom.core import __version__
+from actgeom.core.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
+from actgeom.core.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
+from actgeom.core.dump import Dump, DumpSpec
+from actgeom.core.engine import Progress
+from actgeom.core.errors import InvalidInputError, OptionError, UsageError
+from actgeom.core.family import Family, LayerRecord, evaluate
+from actgeom.core.result import Result, nonfinite_notes
+
+RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")
+_BLOCK_BYTES = 16 << 20  # rows per block: about 16 MiB of float64 over all compared layers together
+
+
+@dataclass
+class Plan:
+    """Which streams are compared: row and column labels and, per cell, (row stream, column stream)."""
+
+    mode: str
+    streams: list[Stream]
+    rows: list[dict]
+    columns: list[dict]
+    cells: dict[tuple[int, int], tuple[int, int]]
+    orientation: str
+
+
+class CompareResult(Result):
+    """The compare document: per metric a matrix (rows = A, columns = B), and per cell the pair's
+    record. ``records()``: one tidy row per cell × metric (file_a, layer_a, file_b, layer_b, metric,
+    value, note); ``matrix(metric)``: the matrix as nested lists."""
+
+    def records(self) -> list[dict]:
+        rows = []
+        for cell in self.document["pairs"]:
+            where = {key: cell[key] for key in RECORD_KEYS[:4]}
+            notes = cell.get("nonfinite", {})
+            for name, value in cell["metrics"].items():
+                rows.append(where | {"metric": name, "value": value, "note": notes.get(name)})
+            for name, reason in cell["unavailable"].items():
+                rows.append(where | {"metric": name, "value": None, "note": reason})
+        return rows
+
+    def to_pandas(self):
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UsageError("Result.to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.records(), columns=list(RECORD_KEYS))
+
+    def matrix(self, name: str) -> list[list]:
+        """The metric's matrix: [row][column], rows = A (see ``document['orientation']``)."""
+        if name not in self.document["matrices"]:
+            raise UsageError(f"no metric '{name}'; metrics: {', '.join(self.document['matrices'])}")
+        return self.document["matrices"][name]
+
+    def metric(self, name: str, *, row: int = 0, column: int = 0):
+        return self.matrix(name)[row][column]
+
+    def __repr__(self) -> str:
+        d = self.document
+        return f"<actgeom CompareResult: {len(d['rows'])} × {len(d['columns'])} ({d['mode']})>"
+
+
+class _Streams:
+    """Streams by (file, dataset), each once, however many cells use it."""
+
+    def __init__(self):
+        self.streams: list[Stream] = []
+        self.keys: dict[tuple, int] = {}
+
+    def __call__(self, dump: Dump, layer) -> int:
+        key = Stream(dump, layer).key
+        if key not in self.keys:
+            self.keys[key] = len(self.streams)
+            self.streams.append(Stream(dump, layer))
+        return self.keys[key]
+
+
+def plan_layers(a: Dump, b: Dump) -> Plan:
+    """Two files: rows = A's layers, columns = B's."""
+    stream = _Streams()
+    rows = [{"file": str(a.path), "layer": layer.name, "label": layer.name} for layer in a.layers]
+    columns = [{"file": str(b.path), "layer": layer.name, "label": layer.name} for layer in b.layers]
+    cells = {(r, c): (stream(a, la), stream(b, lb)) for r, la in enumerate(a.layers) for c, lb in enumerate(b.layers)}
+    return Plan("layers", stream.streams, rows, columns, cells,
+                f"rows = layers of A ({a.path}), columns = layers of B ({b.path}); asymmetric measures "
+                "(pwcca, unit_best_corr) take A from the row")
+
+
+def plan_files(dumps: list[Dump]) -> Plan:
+    """Several files, one layer each: file × file."""
+    for dump in dumps:
+        if len(dump.layers) != 1:
+            raise OptionError("layers", None, f"must select one layer of each file when comparing {len(dumps)} files "
+                                              f"(checkpoint × checkpoint); {dump.path} has "
+                                              f"{', '.join(layer.name for layer in dump.layers)}")
+    stream = _Streams()
+    labels = [{"file": str(d.path), "layer": d.layers[0].name, "label": str(d.path)} for d in dumps]
+    indices = [stream(d, d.layers[0]) for d in dumps]
+    cells = {(r, c): (indices[r], indices[c]) for r in range(len(dumps)) for c in range(len(dumps))}
+    return Plan("files", stream.streams, labels, labels, cells,
+                "rows = files (A), columns = files (B), one layer each; asymmetric measures (pwcca, "
+                "unit_best_corr) take A from the row")
+
+
+def plan_reference(ref: Dump, others: list[Dump]) -> Plan:
+    """Every file against the reference, layer by layer: rows = layers, columns = files."""
+    stream = _Streams()
+    rows = [{"file": str(ref.path), "layer": layer.name, "label": layer.name} for layer in ref.layers]
+    columns = [{"file": str(d.path), "label": str(d.path)} for d in others]
+    cells = {(r, c): (stream(ref, layer), stream(d, d.layer(layer.path)))
+             for r, layer in enumerate(ref.layers) for c, d in enumerate(others)}
+    return Plan("reference", stream.streams, rows, columns, cells,
+                f"rows = layers, columns = files; cell (layer, file) compares the layer of the reference "
+                f"{ref.path} (A) with the same layer of that file (B)")
+
+
+def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), reference=None, ids: str | None = None,
+        options: CompareOptions = CompareOptions(), allow_incomplete: bool = False, nonfinite: str = "error",
+        max_memory="4GiB", block_rows: int | None = None, progress: Progress | None = None) -> CompareResult:
+    """Compare the files' layers (module docstring) in one pass → :class:`CompareResult`."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    reference = None if reference is None else Path(reference)
+    if not paths:
+        raise OptionError("paths", None, "must name at least one file")
+    if layers_b and (reference is not None or len(paths) > 2):
+        raise OptionError("layers_b", layers_b, "selects the layers of B when comparing two files")
+    if nonfinite not in ("error", "drop"):
+        raise OptionError("nonfinite", nonfinite, "is not one of error, drop")
+    limit = parse_bytes(max_memory)
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        def open_dump(path: Path, chosen: tuple[str, ...]) -> Dump:
+            return stack.enter_context(Dump(path, DumpSpec(layers=tuple(chosen), allow_incomplete=allow_incomplete)))
+
+        if reference is not None:
+            ref = open_dump(reference, layers)
+            chosen = tuple(layer.path for layer in ref.layers)
+            others = [open_dump(path, chosen) for path in paths if path != reference]
+            if not others:
+                raise OptionError("reference", str(reference), "needs at least one other file to compare with")
+            the_plan, opened = plan_reference(ref, others), [ref] + others
+        elif len(paths) <= 2:
+            a = open_dump(paths[0], layers)
+            b = open_dump(paths[-1], layers_b or layers) if len(paths) == 2 or layers_b else a
+            the_plan, opened = plan_layers(a, b), [a, b]
+        else:
+            opened = [open_dump(path, layers) for path in paths]
+            the_plan = plan_files(opened)
+        alignment = check_alignment(opened, ids)
+        streams = the_plan.streams
+        pairs = sorted({(min(i, j), max(i, j)) for i, j in the_plan.cells.values() if i != j})
+        rows_per_block = block_rows or max(1, _BLOCK_BYTES // (8 * sum(s.layer.n_units for s in streams)))
+        need = memory_bytes(streams, pairs, rows_per_block, options.subsample)
+        if need > limit:
+            raise OptionError("max_memory", max_memory, f"is below what this comparison holds: {need / 2**30:.2f} GiB "
+                              f"(8 bytes × (Σ D_a·D_b over {len(pairs)} pairs + Σ D² over {len(streams)} layers) "
+                              "+ read buffers and samples); select fewer layers or raise --max-memory")
+        found = compare_pass(streams, pairs, block_rows=rows_per_block, subsample=options.subsample,
+                             seed=options.seed, nonfinite=nonfinite, progress=progress)
+        dtypes = [s.layer.logical_dtype for s in streams]
+        views = [None if rows is None else SampleView(rows) for rows in found.samples]
+        cells = []
+        n_rows, n_cols = len(the_plan.rows), len(the_plan.columns)
+        matrices = {name: [[None] * n_cols for _ in range(n_rows)] for name in REGISTRY}
+        for (r, c), (i, j) in sorted(the_plan.cells.items()):
+            inputs = PairInputs(x=found.sides[i], y=found.sides[j], cross=found.cross(i, j),
+                                sample_x=views[i], sample_y=views[j],
+                                rtol=numerical_rtol(dtypes[i], dtypes[j]))
+            record = pair_record(inputs, options, sample_rows=0 if found.samples[i] is None else found.samples[i].shape[0])
+            for name, value in record.metrics.items():
+                matrices[name][r][c] = value
+            a, b = streams[i], streams[j]
+            cells.append({"row": r, "column": c, "file_a": str(a.dump.path), "layer_a": a.layer.name,
+                          "file_b": str(b.dump.path), "layer_b": b.layer.name, "n_units_a": a.layer.n_units,
+                          "n_units_b": b.layer.n_units, "metrics": record.metrics, "unavailable": record.unavailable,
+                          "nonfinite": nonfinite_notes(record.metrics), "notes": record.notes, "compare": record.fields})
+        files = [{"file": str(d.path), "checkpoint": d.attrs.get("checkpoint"), "step": d.attrs.get("step"),
+                  "model": d.attrs.get("model"), "n_rows": d.n_rows, "layers": [layer.name for layer in d.layers]}
+                 for d in opened]
+    document = {"tool": "actgeom", "version": __version__, "command": "compare",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "elapsed_s": time.perf_counter() - started, "options": {"compare": asdict(options)},
+                "pass": {"nonfinite": nonfinite, "block_rows": rows_per_block, "rows_used": found.n_rows,
+                         "n_nonfinite_dropped": found.n_nonfinite, "memory_bytes": need},
+                "metrics_info": {name: metric.info() for name, metric in REGISTRY.items()},
+                "mode": the_plan.mode, "orientation": the_plan.orientation, "alignment": alignment,
+                "files": files, "rows": the_plan.rows, "columns": the_plan.columns,
+                "matrices": matrices, "pairs": cells}
+    return CompareResult(document)
+
+
+def pair_record(inputs: PairInputs, options: CompareOptions, *, sample_rows: int) -> LayerRecord:
+    """Every registered measure of one pair → metrics, unavailable (with reasons), fields."""
+    missing = {}
+    if inputs.sample_x is None:
+        missing["sample"] = "no row sample (--subsample 0)"
+    values, unavailable = evaluate(REGISTRY, inputs, options, missing)
+    fields = {"n_rows": inputs.n, "sample_rows": sample_rows, "sample_seed": options.seed,
+              "numerical_rtol": inputs.rtol} | inputs.found
+    return LayerRecord(metrics=values, unavailable=unavailable, fields=fields)
+
+
+def _not_single_dump(*_args, **_kwargs):
+    raise UsageError("compare needs aligned rows of two or more files: use actgeom.compare(...)")
+
+
+FAMILY = Family(name="compare", options_class=CompareOptions, metrics=REGISTRY, needs=_not_single_dump,
+                layer=_not_single_dump)
