@@ -18,7 +18,7 @@ any split of the rows gives the same numbers up to float64 rounding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import blas
@@ -28,14 +28,34 @@ from actgeom.core.stats import column_sums
 
 @dataclass
 class Shifted:
-    """One block of a layer shifted by its side's reference: z = x − r, k = ‖z_i‖² per row,
-    and their column / total sums (computed once per block, shared by every pair)."""
+    """One block of a layer (stream ``index``) shifted by its side's reference: z = x − r and
+    k = ‖z_i‖² per row; :meth:`finish` adds the column sums every accumulator needs, Σz, Σk·z
+    and Σ k_p·z for each partner p of a pair, in one pass over z (computed once per block)."""
 
     ref: np.ndarray
     z: np.ndarray
     k: np.ndarray
-    sum: np.ndarray
-    ksum: float
+    index: int = 0
+    sum: np.ndarray | None = None
+    kz: np.ndarray | None = None
+    ksum: float = 0.0
+    partner_sums: dict[int, np.ndarray] = field(default_factory=dict)  # partner index → Σ k_partner,i z_i
+
+    def select(self, rows: np.ndarray) -> "Shifted":
+        """The same block restricted to some rows (before :meth:`finish`)."""
+        return Shifted(ref=self.ref, z=self.z[rows], k=self.k[rows], index=self.index)
+
+    def finish(self, partners: list["Shifted"] = ()) -> None:
+        """Σz, Σk·z and the partners' Σk_p·z as one product zᵀ[1, k, k_p1, ...] (one read of z)."""
+        n = self.z.shape[0]
+        weights = np.empty((n, 2 + len(partners)))
+        weights[:, 0] = 1.0
+        weights[:, 1] = self.k
+        for column, partner in enumerate(partners, start=2):
+            weights[:, column] = partner.k
+        sums = blas.dgemm(1.0, self.z.T, weights)  # z.T of a C-ordered block: Fortran order, no copy
+        self.sum, self.kz, self.ksum = sums[:, 0], sums[:, 1], float(self.k.sum())
+        self.partner_sums = {partner.index: sums[:, column] for column, partner in enumerate(partners, start=2)}
 
 
 @dataclass
@@ -95,26 +115,29 @@ class SideMoments:
         self.q2 = 0.0
         self._z = np.empty((0, n_units))  # reused block buffer
 
-    def shift(self, X: np.ndarray) -> Shifted:
-        """The block shifted by this side's reference (set by the first non-empty block)."""
-        if self.n == 0 and X.shape[0]:
-            self.ref = X.mean(axis=0)
+    def shift(self, X: np.ndarray, index: int = 0) -> Shifted:
+        """The block shifted by this side's reference: the mean of the first finite rows seen."""
+        if self.n == 0 and X.shape[0]:  # until rows are in, the reference may still move
+            finite = np.isfinite(X).all(axis=1)
+            if finite.any():
+                self.ref = X[finite].mean(axis=0)
         if self._z.shape[0] < X.shape[0]:
             self._z = np.empty(X.shape)
         z = self._z[: X.shape[0]]
         np.subtract(X, self.ref, out=z)
-        k = np.einsum("ij,ij->i", z, z)
-        return Shifted(ref=self.ref, z=z, k=k, sum=column_sums(z), ksum=float(k.sum()))
+        return Shifted(ref=self.ref, z=z, k=np.einsum("ij,ij->i", z, z), index=index)
 
     def update(self, block: Shifted) -> None:
-        """Add one shifted block (from :meth:`shift`)."""
+        """Add one shifted block (from :meth:`shift`; finished here if the pass has not)."""
         if block.z.shape[0] == 0:
             return
+        if block.sum is None:
+            block.finish()
         self.n += block.z.shape[0]
         self.s += block.sum
         blas.dsyrk(1.0, block.z.T, beta=1.0, c=self.S, trans=0, overwrite_c=1)
         self.q += block.ksum
-        self.qx += column_sums(block.z, block.k)
+        self.qx += block.kz
         self.q2 += float(block.k @ block.k)
 
     def _full(self) -> np.ndarray:
@@ -193,8 +216,11 @@ class CrossMoments:
         self.qy += b.ksum
         # z.T of a C-ordered block is Fortran-ordered: BLAS reads both blocks without a copy
         blas.dgemm(1.0, a.z.T, b.z.T, beta=1.0, c=self.Sxy, trans_b=1, overwrite_c=1)
-        self.kxy += column_sums(b.z, a.k)
-        self.kyx += column_sums(a.z, b.k)
+        for block in (a, b):
+            if block.sum is None:
+                block.finish()
+        self.kxy += b.partner_sums[a.index] if a.index in b.partner_sums else column_sums(b.z, a.k)
+        self.kyx += a.partner_sums[b.index] if b.index in a.partner_sums else column_sums(a.z, b.k)
         self.kk += float(a.k @ b.k)
 
     def rebased(self, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

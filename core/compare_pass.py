@@ -121,6 +121,7 @@ def compare_pass(streams: list[Stream], pairs: list[tuple[int, int]], *, block_r
     sides = [SideMoments(s.layer.n_units) for s in streams]
     crosses = {(i, j): CrossMoments(streams[i].layer.n_units, streams[j].layer.n_units) for i, j in pairs}
     reservoirs = [Reservoir(subsample, s.layer.n_units, np.float64, seed) if subsample else None for s in streams]
+    partners = {i: [j for pair in pairs if i in pair for j in pair if j != i] for i in range(len(streams))}
     n_nonfinite = 0
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(contextlib.closing(iter_blocks(s.dump, s.layer, 0, n_rows, block_rows)))
@@ -129,11 +130,14 @@ def compare_pass(streams: list[Stream], pairs: list[tuple[int, int]], *, block_r
             Xs = [block.X for block in blocks]
             start = blocks[0].start
             index = np.arange(start, start + Xs[0].shape[0])
-            finite = _finite_rows(Xs)
+            shifted = [side.shift(X, index=i) for i, (side, X) in enumerate(zip(sides, Xs))]
+            finite = _finite_rows(shifted)
             if finite is not None:
                 n_nonfinite += int((~finite).sum())
                 Xs, index = [X[finite] for X in Xs], index[finite]
-            shifted = [side.shift(X) for side, X in zip(sides, Xs)]
+                shifted = [block.select(finite) for block in shifted]
+            for block in shifted:
+                block.finish([shifted[j] for j in partners[block.index]])
             for side, block in zip(sides, shifted):
                 side.update(block)
             for (i, j), cross in crosses.items():
@@ -153,12 +157,12 @@ def compare_pass(streams: list[Stream], pairs: list[tuple[int, int]], *, block_r
                       samples=samples, n_rows=sides[0].n, n_nonfinite=n_nonfinite)
 
 
-def _finite_rows(Xs: list[np.ndarray]) -> np.ndarray | None:
-    """None when every value is finite, else the rows finite in every stream."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        if all(np.isfinite(X.sum()) for X in Xs):
-            return None
-    finite = np.ones(Xs[0].shape[0], dtype=bool)
-    for X in Xs:
-        finite &= np.isfinite(X).all(axis=1)
+def _finite_rows(blocks: list) -> np.ndarray | None:
+    """None when every value is finite (every row's ‖z‖² is: NaN/inf propagate), else the rows
+    finite in every stream."""
+    if all(np.isfinite(block.k).all() for block in blocks):
+        return None
+    finite = np.ones(blocks[0].z.shape[0], dtype=bool)
+    for block in blocks:
+        finite &= np.isfinite(block.z).all(axis=1)
     return finite
