@@ -323,3 +323,34 @@ def test_sample_data_gives_finite_values_for_every_measure():
     result = actgeom.compare(paths, layers="hidden3", subsample=300)
     for name in REGISTRY:
         assert math.isfinite(result.metric(name)), name
+
+
+def test_one_read_of_each_layer_whatever_the_number_of_pairs(tmp_path, rng, monkeypatch):
+    """2 × 3 layers: five streams read once each (not six pairs × two reads)."""
+    import actgeom.core.compare_pass as compare_pass
+
+    reads = []
+    original = compare_pass.iter_blocks
+
+    def counting(dump, layer, *args, **kwargs):
+        reads.append((dump.path.name, layer.name))
+        return original(dump, layer, *args, **kwargs)
+
+    monkeypatch.setattr(compare_pass, "iter_blocks", counting)
+    X, Y = _correlated(rng, n_rows=50)
+    a = write_dump(tmp_path / "A.h5", {"l1": X, "l2": Y})
+    b = write_dump(tmp_path / "B.h5", {"m1": Y, "m2": X, "m3": X + Y[:, :1]})
+    result = actgeom.compare([a, b], subsample=0, block_rows=7)
+    assert sorted(reads) == [("A.h5", "l1"), ("A.h5", "l2"), ("B.h5", "m1"), ("B.h5", "m2"), ("B.h5", "m3")]
+    assert result.matrix("cka_linear")[1][0] == pytest.approx(1.0, rel=ONE_RTOL)  # l2 = m1
+
+
+def test_cli_reference_and_units(tmp_path, rng, cli):
+    X, Y = _correlated(rng, n_rows=60)
+    files = [write_dump(tmp_path / f"run_step{i}.h5", {"a": X + i * Y[:, :1], "b": Y}) for i in range(3)]
+    code, out, _ = cli("compare", *files, "--reference", files[0], "--subsample", "0", "--format", "table")
+    assert code == 0 and "step1" in out and "step2" in out and "rows = layers, columns = files" in out
+    doc = cli.json("compare", files[0], files[1], "-l", "b", "--units", "--subsample", "0")
+    units = doc["pairs"][0]["compare"]["units"]
+    assert len(units) == 9 and all(u["unit_a"] == u["unit_b"] and u["corr"] == pytest.approx(1.0) for u in units)
+    assert doc["matrices"]["unit_best_corr"] == [[1.0]]

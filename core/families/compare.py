@@ -24,7 +24,7 @@ from actgeom.core.compare import REGISTRY, CompareOptions, PairInputs, SampleVie
 from actgeom.core.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.engine import Progress
-from actgeom.core.errors import InvalidInputError, OptionError, UsageError
+from actgeom.core.errors import OptionError, UsageError
 from actgeom.core.family import Family, LayerRecord, evaluate
 from actgeom.core.result import Result, nonfinite_notes
 
