@@ -44,7 +44,8 @@ from actgeom.core.spectrum import resolve_options as rank_options
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
                                (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,
-                                neurons_family.FAMILY, probe_family.FAMILY)}
+                                neurons_family.FAMILY, probe_family.FAMILY,
+                                compare_family.FAMILY)}  # compare runs its own pass over aligned files: compare()
 
 
 def metrics_info(families: Iterable[str]) -> dict:
@@ -292,6 +293,8 @@ def family_options(name: str, given=None):
             return _neurons_options(given)
         if name == "probe":
             return _probe_options(given)
+        if name == "compare":
+            return CompareOptions(**given)
         return _entropy_options(given)
     return given
 
@@ -441,8 +444,6 @@ def _float64(values) -> np.ndarray:
 
 
 # -- compare: two or more files at once (its own pass over aligned rows) ----------------------------
-
-PAIR_FAMILIES: dict[str, Family] = {compare_family.FAMILY.name: compare_family.FAMILY}
 
 
 def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allow_incomplete=False, nonfinite="error",

@@ -100,6 +100,18 @@ targets, λ relative to tr S_T/D; nearest class mean) and the shared second pass
 (`--positive/--negative`); the file lists the cosines of consecutive layers' directions, the
 document those of the same layer in consecutive files.
 """,
+    "compare": """\
+## Similarity between representations (`actgeom compare`)
+
+Two files' aligned rows (row i of both is the same input: ids must match, else equal row counts and
+alignment assumed). One pass over every compared layer of every file: per block, each layer's own
+shifted moments (Σx, Σxxᵀ, Σ‖x‖², Σ‖x‖²x, Σ‖x‖⁴) once, and each layer pair's cross-moments (Σxyᵀ,
+Σ‖x‖²y, Σ‖y‖²x, Σ‖x‖²‖y‖²) once; every measure but RSA and mutual k-NN is an exact function of them.
+RSA and mutual k-NN use a seeded row sample, the same rows in every file. Results are matrices:
+rows = A (the first file's layers, or the reference), columns = B; PWCCA and unit_best_corr are
+asymmetric (A from the row). Σ^(−1/2) is taken on the numerical range (eigenvalues above the storage
+noise of the coarser dtype). "invariant to" means a transformation of either side's rows.
+""",
 }
 
 FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")
