@@ -3,7 +3,7 @@
 X (N × D_a) and Y (N × D_b) are aligned rows (row i of both is the same input); x̃, ỹ their rows
 centred by the column means. Every measure but RSA and mutual k-NN is a function of the moments
 of :mod:`actgeom.core.compare_moments` (:class:`PairInputs` ``x``, ``y``, ``cross``); those two
-use a seeded row sample shared by both files. Eigendecompositions of each layer's covariance are
+use a seeded row sample shared by both files (core/compare_sample.py). Eigendecompositions of each layer's covariance are
 computed once per layer and shared by every pair it is in.
 
 Rank-deficient covariances (CCA, SVCCA, PWCCA, shape distance with α < 1): Σ^{−1/2} is the
