@@ -89,6 +89,8 @@ def mutual_knn(p: PairInputs, o: CompareOptions) -> dict:
     Similarity in [0, 1] (1: same neighbourhoods); invariant to rotations and scaling of either side.
     """
     m = p.sample_x.rows.shape[0]
+    if not (p.sample_x.rows.any() and p.sample_y.rows.any()):  # cosine similarity needs some nonzero rows
+        return {"mutual_knn": Unavailable("every sampled row of a layer is zero")}
     if m <= o.knn_k:
         return {"mutual_knn": Unavailable(f"needs more sampled rows ({m}) than --knn-k ({o.knn_k})")}
     in_a = np.zeros((m, m), dtype=bool)

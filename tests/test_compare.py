@@ -353,3 +353,17 @@ def test_cli_reference_and_units(tmp_path, rng, cli):
     units = doc["pairs"][0]["compare"]["units"]
     assert len(units) == 9 and all(u["unit_a"] == u["unit_b"] and u["corr"] == pytest.approx(1.0) for u in units)
     assert doc["matrices"]["unit_best_corr"] == [[1.0]]
+
+
+def test_constant_layers_give_reasons_not_numbers(tmp_path, rng):
+    """A constant layer: every measure unavailable with the reason; a constant unit leaves unit_best_corr."""
+    X = rng.standard_normal((30, 6))
+    X[:, 3] = 1.0
+    a = write_dump(tmp_path / "a.h5", {"x": X, "z": np.zeros((30, 4))})
+    b = write_dump(tmp_path / "b.h5", {"y": X[:, :5] * 2})
+    pairs = actgeom.compare([a, b], subsample=20).to_dict()["pairs"]
+    assert pairs[0]["compare"]["units_constant_a"] == 1
+    assert pairs[0]["metrics"]["unit_best_corr"] == pytest.approx(4 / 5)  # units 0, 1, 2, 4 match themselves
+    assert pairs[1]["metrics"] == {} and set(pairs[1]["unavailable"]) == set(REGISTRY)
+    assert pairs[1]["unavailable"]["cka_linear"] == "a layer is constant over the rows"
+    assert pairs[1]["unavailable"]["mutual_knn"] == "every sampled row of a layer is zero"
