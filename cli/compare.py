@@ -11,8 +11,14 @@ from actgeom.cli import options as o
 from actgeom.cli.output import Result, _short_names, emit
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
+from actgeom.core.compare import CompareOptions
 
-METRIC = "Metric conventions (METRICS.md §5)"
+METRIC = "Metric conventions (docs/metrics.md)"
+
+
+def _default(field: str) -> str:
+    return o.default(CompareOptions, field)
+
 
 
 def compare(
@@ -32,19 +38,24 @@ def compare(
     max_memory: Annotated[str, typer.Option(
         "--max-memory", rich_help_panel=o.DATA,
         help="Refuse a comparison whose moments (8 bytes × (Σ D_a·D_b + Σ D²)) and buffers exceed this.")] = "4GiB",
-    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC,
-                                         help="shape_distance's partial whitening: 1 Procrustes, 0 CCA.")] = 1.0,
-    svcca_keep: Annotated[float, typer.Option("--svcca-keep", rich_help_panel=METRIC,
-                                              help="SVCCA keeps the top PCs explaining this much variance.")] = 0.99,
-    subsample: Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC,
-                                           help="Rows (the same in every file) for RSA and mutual k-NN; 0: none.")] = 2000,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=METRIC, help="Seed of the row sample.")] = 0,
-    knn_k: Annotated[int, typer.Option("--knn-k", rich_help_panel=METRIC, help="mutual_knn's k.")] = 10,
-    unit_threshold: Annotated[float, typer.Option(
-        "--unit-threshold", rich_help_panel=METRIC,
-        help="unit_best_corr: fraction of A's units whose best correlation with a unit of B exceeds this.")] = 0.5,
-    units: Annotated[bool, typer.Option("--units", rich_help_panel=METRIC,
-                                        help="List each unit of A with its best-correlated unit of B (JSON).")] = False,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", rich_help_panel=METRIC, show_default=_default("alpha"),
+                                                   help="shape_distance's partial whitening: 1 Procrustes, 0 CCA.")] = None,
+    svcca_keep: Annotated[Optional[float], typer.Option(
+        "--svcca-keep", rich_help_panel=METRIC, show_default=_default("svcca_keep"),
+        help="SVCCA keeps the top PCs explaining this much variance.")] = None,
+    subsample: Annotated[Optional[int], typer.Option(
+        "--subsample", rich_help_panel=METRIC, show_default=_default("subsample"),
+        help="Rows (the same in every file) for RSA and mutual k-NN; 0: none.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=METRIC, show_default=_default("seed"),
+                                                help="Seed of the row sample.")] = None,
+    knn_k: Annotated[Optional[int], typer.Option("--knn-k", rich_help_panel=METRIC, show_default=_default("knn_k"),
+                                                 help="mutual_knn's k.")] = None,
+    unit_threshold: Annotated[Optional[float], typer.Option(
+        "--unit-threshold", rich_help_panel=METRIC, show_default=_default("unit_threshold"),
+        help="unit_best_corr: fraction of A's units whose best correlation with a unit of B exceeds this.")] = None,
+    units: Annotated[Optional[bool], typer.Option(
+        "--units", rich_help_panel=METRIC, metavar="", show_default=_default("units"),
+        help="List each unit of A with its best-correlated unit of B (JSON).")] = None,
     fmt: o.FormatOpt = None, output: o.OutputOpt = None,
 ) -> None:
     """Similarity between layers, checkpoints and models, in one pass over aligned rows.
@@ -63,7 +74,7 @@ def compare(
     """
     with row_progress() as progress:
         analysis = api.compare(dumps, layers=layers, layers_b=layers_b, reference=reference, ids=ids,
-                               allow_incomplete=allow_incomplete, nonfinite=nonfinite, max_memory=max_memory,
+                               allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), max_memory=max_memory,
                                alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
                                unit_threshold=unit_threshold, units=units, progress=progress)
     emit(matrix_view(analysis), fmt, output)

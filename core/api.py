@@ -447,13 +447,18 @@ def _float64(values) -> np.ndarray:
 
 
 def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allow_incomplete=False, nonfinite="error",
-            max_memory="4GiB", alpha=1.0, svcca_keep=0.99, subsample=2_000, seed=0, knn_k=10, unit_threshold=0.5,
-            units=False, block_rows=None, progress: Progress | None = None) -> compare_family.CompareResult:
-    """Similarity between layers of two files, or one layer across files (docs/metrics.md §5), in
-    one pass over their aligned rows. ``result.matrix("cka_linear")``: rows = A, columns = B."""
-    options = CompareOptions(alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
-                             unit_threshold=unit_threshold, units=units)
+            max_memory="4GiB", block_rows=None, progress: Progress | None = None,
+            **options) -> compare_family.CompareResult:
+    """Similarity between layers of two files, or one layer across files (docs/metrics.md), in one
+    pass over their aligned rows; ``options`` are CompareOptions fields (alpha, svcca_keep,
+    subsample, seed, knn_k, unit_threshold, units; None = default). ``result.matrix("cka_linear")``:
+    rows = A, columns = B."""
+    unknown = set(options) - set(CompareOptions.__dataclass_fields__)
+    if unknown:
+        raise OptionError(sorted(unknown)[0], options[sorted(unknown)[0]],
+                          f"is not a compare option; they are: {', '.join(CompareOptions.__dataclass_fields__)}")
+    chosen = CompareOptions(**{name: value for name, value in options.items() if value is not None})
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
     return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
-                              ids=ids, options=options, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
+                              ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
                               max_memory=max_memory, block_rows=block_rows, progress=progress)
