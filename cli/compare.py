@@ -89,6 +89,7 @@ def matrix_view(analysis) -> Result:
              for name, matrix in document["matrices"].items() for r in range(len(rows))]
     summary = {"orientation": document["orientation"], "alignment": document["alignment"]["note"],
                "rows used": document["pass"]["rows_used"],
+               "memory": f"{document['pass']['memory_bytes'] / 2**20:.1f} MiB of moments and buffers",
                "options": ", ".join(f"{k}={v}" for k, v in document["options"]["compare"].items())}
     return Result(title="actgeom compare", document=document, records=analysis.records(), summary=summary, table=table)
 

@@ -167,15 +167,16 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
         else:
             opened = [open_dump(path, layers) for path in paths]
             the_plan = plan_files(opened)
-        alignment = check_alignment(opened, ids)
         streams = the_plan.streams
         pairs = sorted({(min(i, j), max(i, j)) for i, j in the_plan.cells.values() if i != j})
         rows_per_block = block_rows or max(1, _BLOCK_BYTES // (8 * sum(s.layer.n_units for s in streams)))
+        rows_per_block = min(rows_per_block, max(opened[0].n_rows, 1))  # buffers never exceed the file
         need = memory_bytes(streams, pairs, rows_per_block, options.subsample)
         if need > limit:
             raise OptionError("max_memory", max_memory, f"is below what this comparison holds: {need / 2**30:.2f} GiB "
                               f"(8 bytes × (Σ D_a·D_b over {len(pairs)} pairs + Σ D² over {len(streams)} layers) "
                               "+ read buffers and samples); select fewer layers or raise --max-memory")
+        alignment = check_alignment(opened, ids)
         found = compare_pass(streams, pairs, block_rows=rows_per_block, subsample=options.subsample,
                              seed=options.seed, nonfinite=nonfinite, progress=progress)
         dtypes = [s.layer.logical_dtype for s in streams]
