@@ -7,6 +7,8 @@
 
 Functions: :func:`collapse`, :func:`rank`, :func:`entropy`, :func:`neurons`, :func:`probe`, :func:`analyze` (several families,
 one pass per layer) return a :class:`Result` (``to_dict()``, ``records()``, ``to_pandas()``);
+:func:`compare` (layers × layers of two files, or checkpoint × checkpoint, one pass over their
+aligned rows) returns one whose ``matrix(metric)`` has rows = A, columns = B;
 :class:`Statistics` takes arrays batch by batch, no dump needed. Keyword names are the command
 line's options in snake_case. This package is the directory core/public/ of the repository.
 """
