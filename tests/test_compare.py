@@ -14,6 +14,7 @@ import actgeom
 from actgeom.core.compare import REGISTRY
 from actgeom.core.compare_moments import CrossMoments, SideMoments
 from actgeom.core.dump import Dump
+from actgeom.core.stats import row_keys
 
 # Streamed moments vs the reference's N × N Grams / QR: both float64, agreeing to ~1e-12 on
 # well-conditioned data; 1e-8 is the acceptance bar.
@@ -231,6 +232,15 @@ def test_nonfinite_rows_leave_every_layer(tmp_path, rng, cli):
     keep[17] = False
     assert result.to_dict()["pass"]["n_nonfinite_dropped"] == 1
     assert result.metric("cka_linear") == pytest.approx(ref.cka_linear(X[keep], Y[keep]), rel=REF_RTOL)
+    Y[:5] = np.inf  # a whole first block of B, and one row of A elsewhere: 6 rows leave both files
+    keep[:5] = False
+    a, b = _pair(tmp_path, X, Y, name="blocks")
+    result = actgeom.compare([a, b], nonfinite="drop", subsample=40, block_rows=5)
+    assert result.to_dict()["pass"]["n_nonfinite_dropped"] == 6
+    assert result.metric("cka_debiased") == pytest.approx(ref.cka_debiased(X[keep], Y[keep]), rel=REF_RTOL)
+    kept = np.flatnonzero(keep)  # the sample: the kept rows with the smallest keys of their global row numbers
+    chosen = np.sort(kept[np.argsort(row_keys(0, 150, 0)[kept])[:40]])
+    assert result.metric("rsa_pearson") == pytest.approx(ref.rsa(X[chosen], Y[chosen])[1], rel=REF_RTOL)
 
 
 # -- alignment ------------------------------------------------------------------------------
