@@ -27,7 +27,6 @@ from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.compare import CompareOptions
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, feed, new_layer_stats, options_record, second_pass
-from actgeom.core.entropy import EntropyOptions
 from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import compare as compare_family
@@ -36,9 +35,8 @@ from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.neurons import NeuronsOptions
 from actgeom.core.partial import check_provenance, load_partial
-from actgeom.core.probe import ProbeOptions, cosine
+from actgeom.core.probe import cosine
 from actgeom.core.result import Result, nonfinite_notes
 from actgeom.core.spectrum import resolve_options as rank_options
 
@@ -262,7 +260,7 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
     """Entropies and neuron activity (docs/metrics.md §3); ``options`` are EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens)
-    return run("entropy", paths, {"entropy": _entropy_options(options)}, spec=spec, pass_options=pass_options,
+    return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, pass_options=pass_options,
                stats=stats, partial_ok=partial_ok, progress=progress)
 
 
@@ -284,27 +282,21 @@ def family_options(name: str, given=None):
     if name not in FAMILIES:
         raise OptionError("families", name, f"is not one of {', '.join(FAMILIES)}")
     if given is None or isinstance(given, dict):
-        given = dict(given or {})
-        if name == "collapse":
-            return collapse_options(given.pop("preset", None), **given)
-        if name == "rank":
-            return rank_options(given.pop("preset", None), **given)
-        if name == "neurons":
-            return _neurons_options(given)
-        if name == "probe":
-            return _probe_options(given)
-        if name == "compare":
-            return CompareOptions(**given)
-        return _entropy_options(given)
+        given = {key: value for key, value in (given or {}).items() if value is not None}
+        if name in ("collapse", "rank"):  # presets: explicit options win over them
+            resolve = collapse_options if name == "collapse" else rank_options
+            return resolve(given.pop("preset", None), **_known(FAMILIES[name].options_class, name, given))
+        return FAMILIES[name].options_class(**_known(FAMILIES[name].options_class, name, given))
     return given
 
 
-def _entropy_options(given: dict) -> EntropyOptions:
-    unknown = set(given) - set(EntropyOptions.__dataclass_fields__)
+def _known(options_class, family: str, given: dict) -> dict:
+    """``given``, refused with one line when a keyword is not an option of the family."""
+    fields = [name for name in options_class.__dataclass_fields__ if name != "preset"]
+    unknown = sorted(set(given) - set(fields))
     if unknown:
-        raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
-                          f"is not an entropy option; they are: {', '.join(EntropyOptions.__dataclass_fields__)}")
-    return EntropyOptions(**given)
+        raise OptionError(unknown[0], given[unknown[0]], f"is not a {family} option; they are: {', '.join(fields)}")
+    return given
 
 
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
@@ -314,7 +306,7 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
     NeuronsOptions fields (top, score, threshold, tau, cutoff, max_position, mu, logvar, delta,
     collapsed_kl); the ``mu`` and ``logvar`` layers are read too when ``layers`` leaves them out."""
-    chosen = _neurons_options(options)
+    chosen = family_options("neurons", options)
     if layers is not None:
         layers = [layers] if isinstance(layers, str) else list(layers)
         layers += [name for name in (chosen.mu, chosen.logvar) if name is not None and name not in layers]
@@ -323,12 +315,6 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
                progress=progress, details=details)
 
 
-def _neurons_options(given: dict) -> NeuronsOptions:
-    unknown = set(given) - set(NeuronsOptions.__dataclass_fields__)
-    if unknown:
-        raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
-                          f"is not a neurons option; they are: {', '.join(NeuronsOptions.__dataclass_fields__)}")
-    return NeuronsOptions(**given)
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
           test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None, positive=None,
           negative=None, details=False, stats=None, progress: Progress | None = None) -> Result:
@@ -341,7 +327,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     file holding the split's train moments (e.g. shards' ``accumulate(..., specs=[SplitSpec(...)])``
     saved and merged); the test rows are still scored from the dump."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
-    options = _probe_options(dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
+    options = family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, pass_options=pass_options, stats=stats,
                  progress=progress, details=True)
@@ -358,14 +344,6 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
             if details and kept.get("direction") is not None:
                 layer["details"] = {"direction": kept["direction"].tolist()}
     return result
-
-
-def _probe_options(given: dict) -> ProbeOptions:
-    unknown = set(given) - set(ProbeOptions.__dataclass_fields__)
-    if unknown:
-        raise OptionError(sorted(unknown)[0], given[sorted(unknown)[0]],
-                          f"is not a probe option; they are: {', '.join(ProbeOptions.__dataclass_fields__)}")
-    return ProbeOptions(**{name: value for name, value in given.items() if value is not None})
 
 
 class Statistics:
@@ -457,7 +435,7 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
     if unknown:
         raise OptionError(sorted(unknown)[0], options[sorted(unknown)[0]],
                           f"is not a compare option; they are: {', '.join(CompareOptions.__dataclass_fields__)}")
-    chosen = CompareOptions(**{name: value for name, value in options.items() if value is not None})
+    chosen = family_options("compare", options)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
     return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
                               ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
