@@ -81,6 +81,30 @@ class Spec:
         raise NotImplementedError
 
 
+class _Wrapper:
+    """An accumulator around a statistic that merges and serialises itself (core/stats.py):
+    only ``update`` (what it reads of a block) differs from one to the next."""
+
+    kind: ClassVar[str]
+    inner_class: ClassVar[type]
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def merge(self, other: "_Wrapper") -> None:
+        self.inner.merge(other.inner)
+
+    def finalize(self):
+        return self.inner
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.inner.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, spec: Spec, arrays: dict[str, np.ndarray]) -> "_Wrapper":
+        return cls(cls.inner_class.from_arrays(arrays))
+
+
 # -- class moments ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -210,27 +234,12 @@ class UnitsSpec(Spec):
         return Units(UnitStats(n_units, self.threshold, activity=self.activity))
 
 
-class Units:
+class Units(_Wrapper):
     kind = "units"
-
-    def __init__(self, stats: UnitStats):
-        self.stats = stats
+    inner_class = UnitStats
 
     def update(self, rows: Rows) -> None:
-        self.stats.update(rows.X, norms=rows.norms)
-
-    def merge(self, other: "Units") -> None:
-        self.stats.merge(other.stats)
-
-    def finalize(self) -> UnitStats:
-        return self.stats
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.stats.to_arrays()
-
-    @classmethod
-    def from_arrays(cls, spec: UnitsSpec, arrays: dict[str, np.ndarray]) -> "Units":
-        return cls(UnitStats.from_arrays(arrays))
+        self.inner.update(rows.X, norms=rows.norms)
 
 
 # -- Σ uuᵀ of normalised rows -------------------------------------------------------------------
@@ -248,27 +257,12 @@ class DirectionsSpec(Spec):
         return Directions(DirectionScatter(n_units))
 
 
-class Directions:
+class Directions(_Wrapper):
     kind = "directions"
-
-    def __init__(self, scatter: DirectionScatter):
-        self.scatter = scatter
+    inner_class = DirectionScatter
 
     def update(self, rows: Rows) -> None:
-        self.scatter.update(rows.X, norms=rows.norms)
-
-    def merge(self, other: "Directions") -> None:
-        self.scatter.merge(other.scatter)
-
-    def finalize(self) -> DirectionScatter:
-        return self.scatter
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.scatter.to_arrays()
-
-    @classmethod
-    def from_arrays(cls, spec: DirectionsSpec, arrays: dict[str, np.ndarray]) -> "Directions":
-        return cls(DirectionScatter.from_arrays(arrays))
+        self.inner.update(rows.X, norms=rows.norms)
 
 
 # -- the seeded sample --------------------------------------------------------------------------
@@ -303,27 +297,12 @@ class SampleSpec(Spec):
         return Sample(Reservoir(self.size, n_units, dtype, self.seed))
 
 
-class Sample:
+class Sample(_Wrapper):
     kind = "sample"
-
-    def __init__(self, reservoir: Reservoir):
-        self.reservoir = reservoir
+    inner_class = Reservoir
 
     def update(self, rows: Rows) -> None:
-        self.reservoir.update(rows.X, rows.labels, rows.index)
-
-    def merge(self, other: "Sample") -> None:
-        self.reservoir.merge(other.reservoir)
-
-    def finalize(self) -> Reservoir:
-        return self.reservoir
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.reservoir.to_arrays()
-
-    @classmethod
-    def from_arrays(cls, spec: SampleSpec, arrays: dict[str, np.ndarray]) -> "Sample":
-        return cls(Reservoir.from_arrays(arrays))
+        self.inner.update(rows.X, rows.labels, rows.index)
 
 
 # -- per-sequence entropies -----------------------------------------------------------------------
@@ -342,27 +321,12 @@ class SequencesSpec(Spec):
         return Sequences(SequenceEntropy(n_units, self.alpha))
 
 
-class Sequences:
+class Sequences(_Wrapper):
     kind = "sequences"
-
-    def __init__(self, entropy: SequenceEntropy):
-        self.entropy = entropy
+    inner_class = SequenceEntropy
 
     def update(self, rows: Rows) -> None:
-        self.entropy.update(rows.block, rows.boundaries)
-
-    def merge(self, other: "Sequences") -> None:
-        self.entropy.merge(other.entropy)
-
-    def finalize(self) -> SequenceEntropy:
-        return self.entropy
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.entropy.to_arrays()
-
-    @classmethod
-    def from_arrays(cls, spec: SequencesSpec, arrays: dict[str, np.ndarray]) -> "Sequences":
-        return cls(SequenceEntropy.from_arrays(arrays))
+        self.inner.update(rows.block, rows.boundaries)
 
 
 # -- unit-level statistics (neurons) ---------------------------------------------------------------

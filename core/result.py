@@ -21,6 +21,8 @@ class Result:
     file × layer × metric (value None with the reason in ``note`` when unavailable or not finite);
     ``to_pandas()``: those rows as a DataFrame."""
 
+    columns = RECORD_KEYS  # of records() and to_pandas()
+
     def __init__(self, document: dict):
         self.document = document
 
@@ -52,7 +54,7 @@ class Result:
             import pandas as pd
         except ImportError:
             raise UsageError("Result.to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame(self.records(), columns=list(RECORD_KEYS))
+        return pd.DataFrame(self.records(), columns=list(self.columns))
 
     def metric(self, name: str, *, layer: str | None = None, file: int = 0):
         """One metric's value (of the only or the named layer of the file-th file)."""

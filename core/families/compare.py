@@ -49,6 +49,8 @@ class CompareResult(Result):
     record. ``records()``: one tidy row per cell × metric (file_a, layer_a, file_b, layer_b, metric,
     value, note); ``matrix(metric)``: the matrix as nested lists."""
 
+    columns = RECORD_KEYS
+
     def records(self) -> list[dict]:
         rows = []
         for cell in self.document["pairs"]:
@@ -59,13 +61,6 @@ class CompareResult(Result):
             for name, reason in cell["unavailable"].items():
                 rows.append(where | {"metric": name, "value": None, "note": reason})
         return rows
-
-    def to_pandas(self):
-        try:
-            import pandas as pd
-        except ImportError:
-            raise UsageError("Result.to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame(self.records(), columns=list(RECORD_KEYS))
 
     def matrix(self, name: str) -> list[list]:
         """The metric's matrix: [row][column], rows = A (see ``document['orientation']``)."""
