@@ -1,50 +1,78 @@
 """The `actgeom` command: one Typer app; user errors surface here, and only here.
 
-Exit codes: 0 ok; 1 runtime failure (a bug: traceback shown); 2 usage (a bad option or value);
-3 invalid input (a file, dataset or value that actgeom cannot use).
+Exit codes: 0 ok; 1 runtime failure (an output that could not be written: one line; else a bug:
+traceback shown); 2 usage (a bad option or value); 3 invalid input (a file, dataset or value
+that actgeom cannot use); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer vendors click
 from typer.core import TyperGroup
 
 from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats
+from actgeom.cli.output import escape
 from actgeom.core import __version__
-from actgeom.core.errors import ActgeomError, OptionError
+from actgeom.core.errors import ActgeomError, DataWarning, OptionError
 
 
 class _Group(TyperGroup):
-    """Turns every ActgeomError into one line on stderr and its exit code; no traceback."""
+    """Turns every ActgeomError into one line on stderr and its exit code; no traceback.
+
+    Data set aside (a DataWarning) is a `Warning: ...` line after a success, or is named at the
+    end of the error line after a failure (it is often the cause: labels that did not fit).
+    """
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except OptionError as exc:  # core names options as Python keywords; here they are flags
-            sys.stderr.write(f"Error: {exc.for_cli()}\n")
-            raise typer.Exit(exc.exit_code) from None
-        except ActgeomError as exc:
-            sys.stderr.write(f"Error: {exc}\n")
-            raise typer.Exit(exc.exit_code) from None
-        except UsageError as exc:  # the parser's: one line too, not a box
-            if isinstance(exc, NoArgsIsHelpError):
-                raise
-            command = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
-            sys.stderr.write(f"Error: {exc.format_message()} (see actgeom{command} --help)\n")
-            raise typer.Exit(2) from None
-        except BrokenPipeError:  # `actgeom ... | head`: the reader left; nothing is wrong
-            sys.stderr.close()
-            raise typer.Exit(0) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            try:
+                result = super().invoke(ctx)
+            except ActgeomError as exc:
+                message = exc.for_cli() if isinstance(exc, OptionError) else str(exc)  # flags, not keywords
+                aside = _set_aside(caught)
+                message += f" ({'; '.join(aside)})" if aside else ""
+                _show_others(caught)
+                sys.stderr.write(f"Error: {escape(message)}\n")  # names from files may hold control characters
+                raise typer.Exit(exc.exit_code) from None
+            except UsageError as exc:  # the parser's: one line too, not a box
+                if isinstance(exc, NoArgsIsHelpError):
+                    raise
+                command = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
+                sys.stderr.write(f"Error: {exc.format_message()} (see actgeom{command} --help)\n")
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:  # Ctrl-C: outputs are atomic, so nothing partial was left
+                sys.stderr.write("interrupted\n")
+                raise typer.Exit(130) from None
+            except BrokenPipeError:  # `actgeom ... | head`: the reader left; nothing is wrong
+                sys.stderr.close()
+                raise typer.Exit(0) from None
+        _show_others(caught)
+        for text in _set_aside(caught):
+            sys.stderr.write(f"Warning: {escape(text)}\n")
+        return result
+
+
+def _set_aside(caught: list) -> list[str]:
+    return list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, DataWarning)))
+
+
+def _show_others(caught: list) -> None:
+    """Warnings other than DataWarning, shown as Python would have shown them."""
+    for w in caught:
+        if not issubclass(w.category, DataWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 app = typer.Typer(
     cls=_Group,
     name="actgeom",
     help="Geometry of neural-network representations from HDF5 activation dumps.\n\n"
-         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 invalid input.",
+         "Exit codes: 0 ok, 1 runtime failure (e.g. disk full), 2 usage error, 3 invalid input, 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # arrays are huge

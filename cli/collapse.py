@@ -11,6 +11,8 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
+from actgeom.core.dump import Dump
+from actgeom.core.outputs import check_outputs
 from actgeom.core.collapse import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, PRESETS, CollapseOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
@@ -50,7 +52,7 @@ def collapse(
              "the dump has).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", rich_help_panel=METRIC, metavar="",
                                             help="Also report n_c, ‖m_c‖, ‖w_c‖, v_c of every class (JSON).")] = False,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Neural-collapse metrics per layer and checkpoint.
 
@@ -62,9 +64,11 @@ def collapse(
 
         actgeom collapse sample_data/*.h5 --layers hidden3 --format table
 
-        actgeom collapse run.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
+        actgeom collapse sample_data/digits_mlp_epoch1500.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
     """
-    with row_progress() as progress:
+    inputs = [*dumps, *([stats] if stats else [])]
+    check_outputs({"-o": output}, inputs)
+    with row_progress(quiet) as progress:
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
             allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
@@ -74,4 +78,14 @@ def collapse(
             per_class=per_class or None, progress=progress)
     laws = {f"separation law {Path(file['file']).name}": f"ρ = {file['separation_law']['rho']:.4g}, "
             f"R² = {file['separation_law']['r2']:.4g}" for file in analysis.to_dict()["files"] if file["separation_law"]}
-    emit(metrics_result(analysis, laws), fmt, output)
+    spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
+    emit(metrics_result(analysis, laws, why_none=lambda: _no_labels(dumps, spec)), fmt, output, inputs)
+
+
+def _no_labels(dumps: list[Path], spec) -> str | None:
+    """The root cause when collapse computed nothing: dumps without labels (re-opened only then)."""
+    unlabeled = []
+    for path in dumps:
+        with Dump(path, spec) as opened:
+            unlabeled += [] if opened.labels_path else [str(path)]
+    return f"no labels in {', '.join(unlabeled)}: give --labels (class index per row)" if unlabeled else None

@@ -12,6 +12,7 @@ from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
 from actgeom.core.entropy import EntropyOptions
+from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
 DEFAULTS = EntropyOptions()  # the defaults live in core
@@ -41,7 +42,7 @@ def entropy(
                                        help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")] = DEFAULTS.eps,
     normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC, metavar="",
                                              help="Attention entropy divided by log(#valid keys).")] = False,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Entropies and neuron activity per layer; attention entropy per head.
 
@@ -53,9 +54,11 @@ def entropy(
 
         actgeom entropy sample_data/digits_mlp_epoch1500.h5 --format table
 
-        actgeom entropy sae_latents.h5 --threshold 0 --layer-width 768 --format json
+        actgeom entropy sample_data/digits_mlp_epoch1500.h5 --layers hidden1 --threshold 0 --format json
     """
-    with row_progress() as progress:
+    inputs = [*dumps, *([stats] if stats else [])]
+    check_outputs({"-o": output}, inputs)
+    with row_progress(quiet) as progress:
         analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
                                partial_ok=partial_ok,
@@ -66,4 +69,4 @@ def entropy(
         for layer in file["layers"]:
             for i, note in enumerate(layer.get("notes", [])):
                 summary[f"warning {Path(file['file']).name}:{layer['layer']}" + (f" ({i + 1})" if i else "")] = note
-    emit(metrics_result(analysis, summary), fmt, output)
+    emit(metrics_result(analysis, summary), fmt, output, inputs)

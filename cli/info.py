@@ -1,28 +1,63 @@
-"""`actgeom info`: what is in a dump."""
+"""`actgeom info`: what is in one or more dumps (or, in a foreign file, which datasets could be layers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
+from actgeom.core import __version__
 from actgeom.core.dump import Dump
+from actgeom.core.dump.reader import NoLayersError, list_datasets
 from actgeom.core.info import describe
+from actgeom.core.outputs import check_outputs
 
 
-def info(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
+def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 files.", show_default=False)],
+         layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
          bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
          allow_incomplete: o.AllowIncompleteOpt = False, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
     """What is in a dump: layers, rows, labels, classifier, sequences.
 
+    A foreign file whose layers cannot be told without --layers is listed dataset by dataset,
+    marking which could be layers.
+
     Example:
 
-        actgeom info sample_data/digits_mlp_step3000.h5
+        actgeom info sample_data/digits_mlp_epoch0000.h5 sample_data/digits_mlp_epoch1500.h5
 
-        actgeom info run.h5 --layers 'feats/*' --labels y --format json | jq '.layers[].n_units'
+        actgeom info sample_data/digits_mlp_epoch1500.h5 --layers 'hidden*' --format json | jq '.layers[].n_units'
     """
-    spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
-    with Dump(dump, spec) as opened:
-        document = describe(opened)
-    emit(_result(document), fmt, output)
+    check_outputs({"-o": output}, dumps)
+    spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, describe_only=True)
+    results = [_describe(path, spec, listing_ok=not layers) for path in dumps]
+    if len(results) == 1:
+        emit(results[0], fmt, output, dumps)
+        return
+    records = [{"file": result.document["file"]} | record for result in results for record in result.records]
+    summary = {result.document["file"]: ", ".join(f"{k} {v}" for k, v in result.summary.items()) for result in results}
+    document = {"tool": "actgeom", "version": __version__, "files": [result.document for result in results]}
+    emit(Result(title=f"actgeom info: {len(results)} files", document=document, records=records, summary=summary),
+         fmt, output, dumps)
+
+
+def _describe(path: Path, spec, *, listing_ok: bool) -> Result:
+    try:
+        with Dump(path, spec) as opened:
+            return _result(describe(opened))
+    except NoLayersError as exc:
+        if not listing_ok:
+            raise
+        datasets = list_datasets(path)
+        document = {"file": str(path), "format": "foreign", "n_rows": None, "layers": [], "datasets": datasets,
+                    "layers_unclear": str(exc)}
+        candidates = [d["path"] for d in datasets if d["could_be_layer"]]
+        summary = {"format": "foreign", "layers": f"not told apart: {exc}",
+                   "could be layers": ", ".join(candidates) or "none (a layer is a 2-D float dataset)"}
+        return Result(title=f"actgeom info: {path}", document=document, records=datasets, summary=summary)
 
 
 def _result(document: dict) -> Result:

@@ -84,12 +84,15 @@ FormatOpt = Annotated[Optional[Format], typer.Option(
     "--format", "-f", rich_help_panel=OUTPUT, show_default=False,
     help="Output format. Default: table on a terminal; json when piped or with -o (unless the "
          "file's suffix names another format).")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=OUTPUT,
+    help="No progress on stderr (by default: a bar on a terminal, a plain line every 10 s and per layer otherwise).")]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", rich_help_panel=OUTPUT, show_default=False,
     help="Write the result to this file (atomically) instead of stdout.")]
 
 
-def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete) -> DumpSpec:
-    """The DumpSpec of the shared data options."""
+def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, **more) -> DumpSpec:
+    """The DumpSpec of the shared data options (``more``: e.g. describe_only)."""
     return DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias,
-                    predictions=predictions, offsets=offsets, allow_incomplete=allow_incomplete)
+                    predictions=predictions, offsets=offsets, allow_incomplete=allow_incomplete, **more)

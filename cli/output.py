@@ -8,16 +8,19 @@ import json
 import math
 import os
 import sys
-import tempfile
+import unicodedata
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from actgeom.cli.options import Format
-from actgeom.core.errors import UsageError
+from actgeom.core.errors import InvalidInputError
+from actgeom.core.outputs import write_output
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
                   ".txt": Format.table}
@@ -32,20 +35,27 @@ class Result:
     records: list[dict]
     summary: dict = field(default_factory=dict)  # key → value lines shown above the table
     table: list[dict] | None = None  # rows of the table/md view, when not the records
+    notes: list[str] = field(default_factory=list)  # footnotes under the table: "(1) why a metric is —"
 
 
-def metrics_result(analysis, summary: dict | None = None) -> Result:
+def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> Result:
     """The view of an analysis (actgeom.core.result.Result) over files × layers.
 
     JSON: the whole document; jsonl/csv: its tidy records (one per file × layer × metric, null
     value + note when unavailable or not finite); table/md: a row per metric, a column per layer
-    (per file when each has one layer).
+    (per file when each has one layer); an unavailable metric shows "— (n)" and footnote n under
+    the table says why.
+
+    When no requested metric could be computed for any layer there is nothing to report:
+    InvalidInputError naming why (``why_none()``, when given and not None, knows the root cause,
+    e.g. "no labels in FILE: give --labels"; else the reasons the metrics gave).
     """
     document = analysis.to_dict()
+    files = document["files"]
+    _require_some_metric(files, why_none)
     options = [f"{k}={v}" for family in document["options"].values() for k, v in family.items()]
     summary = {"options": ", ".join(options)} | (summary or {})
-    files = document["files"]
-    columns = {}
+    columns, reasons = {}, {}
     one_layer = all(len(file["layers"]) == 1 for file in files)
     short = _short_names([Path(file["file"]).stem for file in files])
     for file, stem in zip(files, short):
@@ -54,11 +64,38 @@ def metrics_result(analysis, summary: dict | None = None) -> Result:
             for name, value in layer.get("metrics", {}).items():
                 shown = ", ".join(_flat(v) for v in value) if isinstance(value, list) else value  # per-head lists
                 columns.setdefault(name, {})[column] = shown
-            for name in layer.get("unavailable", {}):
-                columns.setdefault(name, {})[column] = "—"
+            for name, reason in layer.get("unavailable", {}).items():
+                number = reasons.setdefault(reason, len(reasons) + 1)
+                columns.setdefault(name, {})[column] = f"— ({number})"
     table = [{"metric": name} | values for name, values in columns.items()]
+    notes = [f"({number}) {reason}" for reason, number in reasons.items()]
     return Result(title=f"actgeom {document['command']}", document=document, records=analysis.records(),
-                  summary=summary, table=table)
+                  summary=summary, table=table, notes=notes)
+
+
+def _require_some_metric(files: list[dict], why_none) -> None:
+    if any(layer.get("metrics") for file in files for layer in file["layers"]):
+        return
+    reasons = list(dict.fromkeys(reason for file in files for layer in file["layers"]
+                                 for reason in layer.get("unavailable", {}).values()))
+    why = (why_none() if why_none else None) or "; ".join(reasons[:3]) or "the layers gave none"
+    raise InvalidInputError(f"no requested metric can be computed for any layer: {why}")
+
+
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def escape(text: str) -> str:
+    """Text safe to show on a terminal: control characters (and bidi overrides) as \\xNN / \\uNNNN.
+
+    >>> print(escape("fc1\\x1b[2J"))
+    fc1\\x1b[2J
+    """
+    return "".join(_escaped(c) if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS else c for c in str(text))
+
+
+def _escaped(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
 
 
 def _short_names(stems: list[str]) -> list[str]:
@@ -107,6 +144,11 @@ def render(result: Result, fmt: Format, *, width: int | None = None, color: bool
     return _table(result, width=width, color=color)
 
 
+def escape_lines(text: str) -> str:
+    """Every line of ``text`` escaped (CSV cells shown on a terminal)."""
+    return "".join(escape(line) + "\n" for line in text.splitlines())
+
+
 def _flat(value) -> str:
     value = jsonable(value)
     if value is None:
@@ -142,56 +184,56 @@ def _table_columns(records: list[dict]) -> list[str]:
 
 
 def _markdown(result: Result) -> str:
-    lines = [f"## {result.title}", ""]
-    lines += [f"- **{key}**: {_flat(value)}" for key, value in result.summary.items()]
+    lines = [f"## {escape(result.title)}", ""]
+    lines += [f"- **{escape(key)}**: {_cell(value)}" for key, value in result.summary.items()]
     rows = result.records if result.table is None else result.table
     columns = _table_columns(rows)
     if columns:
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_flat(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+        lines += ["", "| " + " | ".join(escape(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    if result.notes:
+        lines += [""] + [escape(note) + "  " for note in result.notes]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    """A value as table text, escaped for the terminal (names may hold control characters)."""
+    return escape(_flat(value))
+
+
+NATURAL_WIDTH = 10_000  # off a terminal, columns take their natural width: no line is wrapped mid-word
 
 
 def _table(result: Result, *, width: int | None, color: bool) -> str:
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width or 120, force_terminal=color, no_color=not color, highlight=False)
-    console.print(f"[bold]{result.title}[/bold]")
+    console = Console(file=buffer, width=width or NATURAL_WIDTH, force_terminal=color, no_color=not color,
+                      highlight=False)
+    console.print(Text(escape(result.title), style="bold"))
     for key, value in result.summary.items():
-        console.print(f"  {key}: {_flat(value)}", markup=False)
+        console.print(f"  {escape(key)}: {_cell(value)}", markup=False)
     rows = result.records if result.table is None else result.table
     columns = _table_columns(rows)
     if columns:
         table = Table(show_edge=False, pad_edge=False)
         for i, column in enumerate(columns):
-            table.add_column(column, overflow="fold", no_wrap=i == 0)  # the first column names the row
+            table.add_column(Text(escape(column)), overflow="fold", no_wrap=i == 0)  # the first column names the row
         for record in rows:
-            table.add_row(*(_flat(record.get(c)) for c in columns))
+            table.add_row(*(Text(_cell(record.get(c))) for c in columns))
         console.print(table)
+    for note in result.notes:
+        console.print(f"  {escape(note)}", markup=False)
     return buffer.getvalue()
 
 
-def emit(result: Result, fmt: Format | None, output: Path | None) -> None:
-    """Print the result to stdout, or write it atomically to ``output`` (no partial file ever)."""
+def emit(result: Result, fmt: Format | None, output: Path | None, inputs: Iterable[Path] = ()) -> None:
+    """Print the result to stdout, or write it to ``output`` by the rules of core/outputs.py
+    (never an input, never a partial file)."""
     fmt = resolve_format(fmt, output)
     if output is None:
         terminal = sys.stdout.isatty()
         width = Console().width if terminal else None
-        sys.stdout.write(render(result, fmt, width=width, color=terminal and "NO_COLOR" not in os.environ))
+        text = render(result, fmt, width=width, color=terminal and "NO_COLOR" not in os.environ)
+        sys.stdout.write(escape_lines(text) if terminal and fmt is Format.csv else text)
         sys.stdout.flush()
         return
-    write_atomically(output, render(result, fmt))
-
-
-def write_atomically(output: Path, text: str) -> None:
-    """Write ``text`` to ``output`` through a temporary file and a rename: never a partial file."""
-    directory = output.parent if str(output.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"cannot write {output}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_output(output, render(result, fmt), inputs)

@@ -10,10 +10,11 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import emit, metrics_result, write_atomically
+from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.cli.stats import parse_rows
 from actgeom.core import api
+from actgeom.core.outputs import check_outputs, write_output
 from actgeom.core.spectrum import PRESETS, STORAGE_RTOL, RankOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
@@ -53,7 +54,7 @@ def rank(
     spectrum_out: Annotated[Optional[Path], typer.Option(
         "--spectrum-out", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write every layer's eigenvalues as CSV (file, layer, spectrum, rank, eigenvalue).")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Spectrum and effective dimension per layer.
 
@@ -65,9 +66,11 @@ def rank(
 
         actgeom rank sample_data/digits_mlp_epoch1500.h5 --format table
 
-        actgeom rank run.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
+        actgeom rank sample_data/digits_mlp_epoch1500.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
     """
-    with row_progress() as progress:
+    inputs = [*dumps, *([stats] if stats else [])]
+    check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)
+    with row_progress(quiet) as progress:
         analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete,
                             nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats, partial_ok=partial_ok,
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
@@ -75,11 +78,11 @@ def rank(
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,
                             progress=progress)
     if spectrum_out is not None:
-        write_atomically(spectrum_out, _spectra_csv(analysis.to_dict()))
+        write_output(spectrum_out, _spectra_csv(analysis.to_dict()), inputs, option="--spectrum-out")
         for file in analysis.to_dict()["files"]:  # the spectra went to the CSV, not into the result
             for layer in file["layers"]:
                 layer.pop("details", None)
-    emit(metrics_result(analysis), fmt, output)
+    emit(metrics_result(analysis), fmt, output, inputs)
 
 
 def _spectra_csv(document: dict) -> str:

@@ -16,6 +16,7 @@ from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
 from actgeom.core.families.neurons import neurons_statistics
+from actgeom.core.outputs import atomic_path, check_outputs
 from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
 from actgeom.core.summary import pass_summary
 
@@ -56,21 +57,23 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
               "--neurons", help="Also keep what `neurons --stats` needs: per-unit moments and Σ exp(x), and the "
                                 "token and position sums when the dump has token ids / positions (positions ≥ 512 "
                                 "pooled, neurons' default).")] = False,
-          save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
+          save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+          quiet: o.QuietOpt = False) -> None:
     """One pass per layer: the statistics every metric is computed from (for shards).
 
     Prints what was read per layer; --save-stats keeps the statistics so that shards computed by
     separate jobs can be combined with `actgeom merge`.
 
-    Example (a SLURM array of 4 shards of 1 000 000 rows, then one merge):
+    Example (a job array of 3 shards of the 1 797 rows, i = 0, 1, 2, then one merge):
 
-        actgeom stats run.h5 --rows $((i*250000)):$(((i+1)*250000)) --save-stats part$i.npz
+        actgeom stats sample_data/digits_mlp_epoch1500.h5 --rows $((i*599)):$(((i+1)*599)) --save-stats part$i.npz
 
-        actgeom merge part0.npz part1.npz part2.npz part3.npz --save-stats all.npz
+        actgeom merge part0.npz part1.npz part2.npz --save-stats all.npz
     """
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
+    check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
     options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, row_range=parse_rows(rows), row_offset=row_offset)
-    with Dump(dump, spec) as opened, row_progress() as progress:
+    with Dump(dump, spec) as opened, row_progress(quiet) as progress:
         specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
         specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
         if entropy_alpha is not None:
@@ -79,9 +82,8 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
             specs += neurons_statistics(opened.row_vector_names())
         result = accumulate(opened, specs=specs, options=options, progress=progress)
         meta = provenance(opened, options) | {"options": options_record(options)}
-    if save_stats is not None:
-        save_partial(save_stats, result, meta)
-    emit(_result(f"actgeom stats: {dump}", result, meta), fmt, output)
+    _save(save_stats, result, meta, [dump])
+    emit(_result(f"actgeom stats: {dump}", result, meta), fmt, output, [dump])
 
 
 def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics files from `actgeom stats --save-stats`.")],
@@ -92,11 +94,18 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 
         actgeom merge part*.npz --save-stats all.npz --format json
     """
+    check_outputs({"-o": output, "--save-stats": save_stats}, parts)
     merged, meta = merge_partials([(path, *load_partial(path)) for path in parts])
     meta["parts"] = [str(p) for p in parts]
-    if save_stats is not None:
-        save_partial(save_stats, merged, meta)
-    emit(_result(f"actgeom merge: {len(parts)} parts", merged, meta), fmt, output)
+    _save(save_stats, merged, meta, parts)
+    emit(_result(f"actgeom merge: {len(parts)} parts", merged, meta), fmt, output, parts)
+
+
+def _save(path: Path | None, result: dict, meta: dict, inputs: list[Path]) -> None:
+    """--save-stats by the output rules (core/outputs.py): save_partial writes the temporary file."""
+    if path is not None:
+        with atomic_path(path, inputs, option="--save-stats") as tmp:
+            save_partial(tmp, result, meta)
 
 
 def _result(title: str, result: dict, meta: dict) -> Result:

@@ -38,3 +38,14 @@ class OptionError(UsageError):
             return f"{flag} {self.problem}"
         value = ":".join(map(str, self.value)) if isinstance(self.value, tuple) else self.value
         return f"{flag} '{value}' {self.problem}"
+
+
+class OutputError(ActgeomError):
+    """An output file could not be written (disk full, I/O error): nothing partial is left."""
+
+    exit_code = 1
+
+
+class DataWarning(UserWarning):
+    """Data that actgeom set aside instead of refusing (e.g. a guessed label dataset that does not
+    fit); the command line shows it as one `Warning: ...` line on stderr."""

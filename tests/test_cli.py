@@ -97,10 +97,10 @@ ERRORS = {
                                r"no dataset 'target' in .*f\.h5 \(given by --labels\); datasets: feats, y"),
     "no layer matches": (lambda t, r: _foreign(t, r), ["--layers", "fc9"], 3,
                          r"no dataset matches --layers 'fc9' in .*; datasets: feats, y"),
-    "labels wrong length": (lambda t, r: _foreign(t, r, y=np.arange(7)), [], 3,
-                            r"labels 'y' in .* has 7 rows but the layers have 10"),
-    "labels not integers": (lambda t, r: _foreign(t, r, y=np.linspace(0, 1, 10)), [], 3,
-                            r"labels 'y' in .* has dtype float64; labels must be integers"),
+    "labels wrong length": (lambda t, r: _foreign(t, r, y=np.arange(7)), ["--labels", "y"], 3,
+                            r"labels 'y' in .*: 7 rows but the layers have 10; name another dataset with --labels"),
+    "labels not integers": (lambda t, r: _foreign(t, r, y=np.linspace(0, 1, 10)), ["--labels", "y"], 3,
+                            r"labels 'y' in .*: dtype float64, labels must be integers"),
     "layer not 2-D": (lambda t, r: _foreign(t, r, cube=np.zeros((10, 2, 2))), ["--layers", "cube"], 3,
                       r"layer 'cube' in .* has shape \(10, 2, 2\); a layer must be 2-D"),
     "layer not float": (lambda t, r: _foreign(t, r, ints=np.zeros((10, 2), dtype=np.int32)), ["--layers", "ints"], 3,
@@ -108,7 +108,8 @@ ERRORS = {
     "classifier width": (lambda t, r: _foreign(t, r, W=np.zeros((3, 5))), ["--weight", "W"], 3,
                          r"classifier weight 'W' in .* has 5 units but layer 'feats' has 4"),
     "bias shape": (lambda t, r: _foreign(t, r, W=np.zeros((3, 4)), b=np.zeros(4)), ["--weight", "W", "--bias", "b"], 3,
-                   r"classifier bias 'b' in .* has shape \(4,\); the weight has 3 classes, so expected \(3,\)"),
+                   r"classifier bias 'b' in .* has shape \(4,\), dtype float64; the weight has 3 classes, so expected floats of "
+                   r"shape \(3,\)"),
     "bias without weight": (lambda t, r: _foreign(t, r, b=np.zeros(3)), ["--bias", "b"], 3, r"--bias needs --weight"),
     "bad offsets": (lambda t, r: _foreign(t, r, off=np.array([0, 4, 9])), ["--offsets", "off"], 3,
                     r"offsets 'off' in .* must rise from 0 to n_rows=10; found 0 \.\. 9"),
@@ -227,9 +228,9 @@ def test_collapse_says_which_layer_the_classifier_reads(cli):
 
 def test_collapse_with_one_class_says_why(cli, tmp_path, rng):
     path = write_dump(tmp_path / "one.h5", {"h": rng.standard_normal((30, 4))}, labels=np.zeros(30, dtype=int))
-    code, out, _ = cli("collapse", path, "--format", "jsonl")
-    notes = {json.loads(line)["note"] for line in out.splitlines()}
-    assert code == 0 and notes == {"1 class(es) with ≥ 1 rows; collapse needs 2"}
+    code, out, err = cli("collapse", path, "--format", "jsonl")
+    assert code == 3 and out == ""
+    assert err == "Error: no requested metric can be computed for any layer: 1 class(es) with ≥ 1 rows; collapse needs 2\n"
 
 
 def test_metric_commands_from_merged_shard_statistics(cli, dump, tmp_path):
