@@ -11,9 +11,9 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
+from actgeom.core.collapse import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, PRESETS, CollapseOptions
 from actgeom.core.dump import Dump
 from actgeom.core.outputs import check_outputs
-from actgeom.core.collapse import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, PRESETS, CollapseOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
 Preset = o.choices("Preset", PRESETS)

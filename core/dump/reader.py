@@ -647,7 +647,7 @@ class Dump:
             return rows - offsets[np.searchsorted(offsets, rows, side="right") - 1]
         if path is None:
             raise InvalidInputError(f"this analysis needs /rows/{name} in {self.path}, which has none")
-        return np.asarray(self._file[path][start:stop], dtype=np.int64)
+        return np.asarray(self._read(self._file[path], np.s_[start:stop], f"'{path}'", start), dtype=np.int64)
 
     def row_vector_names(self) -> frozenset[str]:
         """The per-row vectors :meth:`row_vector` can read: /rows/<name>, and "position" also
