@@ -54,7 +54,7 @@ def extract(
 
         actgeom extract cache.pt -o last.h5 --tokens last --dtype bfloat16
 
-        actgeom extract run.h5 -o small.h5 --layers 'blocks.*' --sample 100000 --stratify --seed 1
+        actgeom extract sample_data/digits_mlp_epoch1500.h5 -o small.h5 --layers 'hidden*' --sample 1000 --stratify --seed 1
     """
     selection = Selection(rows=parse_rows(rows), classes=parse_classes(classes), sample=sample, seed=seed,
                           stratify=stratify, tokens=tokens, dtype=o.plain(dtype), compression=o.plain(compression))
