@@ -12,6 +12,7 @@ from actgeom.cli.output import Result, _short_names, emit
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
 from actgeom.core.compare import CompareOptions
+from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
 
@@ -56,7 +57,7 @@ def compare(
     units: Annotated[Optional[bool], typer.Option(
         "--units", rich_help_panel=METRIC, metavar="", show_default=_default("units"),
         help="List each unit of A with its best-correlated unit of B (JSON).")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Similarity between layers, checkpoints and models, in one pass over aligned rows.
 
@@ -72,12 +73,14 @@ def compare(
 
         actgeom compare ckpt_*.h5 --reference ckpt_final.h5 --format jsonl
     """
-    with row_progress() as progress:
+    inputs = [*dumps, *([reference] if reference else [])]
+    check_outputs({"-o": output}, inputs)
+    with row_progress(quiet) as progress:
         analysis = api.compare(dumps, layers=layers, layers_b=layers_b, reference=reference, ids=ids,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), max_memory=max_memory,
                                alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
                                unit_threshold=unit_threshold, units=units, progress=progress)
-    emit(matrix_view(analysis), fmt, output)
+    emit(matrix_view(analysis), fmt, output, inputs)
 
 
 def matrix_view(analysis) -> Result:

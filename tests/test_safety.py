@@ -40,7 +40,7 @@ def dump(tmp_path, rng):
 # -- destroys inputs --------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["collapse", "{d}", "-o", "{d}"], ["rank", "{d}", "-o", "{d}"], ["entropy", "{d}", "-o", "{d}"],
-    ["neurons", "{d}", "-o", "{d}"], ["probe", "{d}", "-o", "{d}"], ["probe", "{d}", "--save-directions", "{d}"],
+    ["neurons", "{d}", "-o", "{d}"], ["compare", "{d}", "{d}", "-o", "{d}"], ["probe", "{d}", "-o", "{d}"], ["probe", "{d}", "--save-directions", "{d}"],
     ["info", "{d}", "-o", "{d}"], ["stats", "{d}", "-o", "{d}"],
     ["stats", "{d}", "--save-stats", "{d}"], ["rank", "{d}", "--spectrum-out", "{d}"],
     ["collapse", "{d}", "-o", "{dot}"],  # the same file by another spelling
@@ -485,7 +485,7 @@ def _commands():
 
 
 EXAMPLES_TO_FIX = {  # the commands' owners: examples naming files that no one has (no VAE or base/tuned sample)
-    "neurons": "vae.h5", "probe": "base.h5 and tuned.h5"}
+    "neurons": "vae.h5", "probe": "base.h5 and tuned.h5", "compare": "base.h5, tuned.h5, ckpt_*.h5"}
 
 
 @pytest.mark.parametrize("command", [
