@@ -67,11 +67,11 @@ def compare(
 
     Example:
 
-        actgeom compare run_seed0.h5 run_seed1.h5 --format table
+        actgeom compare sample_data/digits_mlp_epoch0030.h5 sample_data/digits_mlp_epoch1500.h5 --format table
 
-        actgeom compare ckpt_*.h5 -l blocks.6 --format json -o drift.json
+        actgeom compare sample_data/*.h5 -l hidden3 --format json -o drift.json
 
-        actgeom compare ckpt_*.h5 --reference ckpt_final.h5 --format jsonl
+        actgeom compare sample_data/*.h5 -l hidden3 --reference sample_data/digits_mlp_epoch1500.h5 --format jsonl
     """
     inputs = [*dumps, *([reference] if reference else [])]
     check_outputs({"-o": output}, inputs)

@@ -59,7 +59,7 @@ def neurons(
 
         actgeom neurons sample_data/digits_mlp_epoch1500.h5 --score class_selectivity --top 5 --format table
 
-        actgeom neurons vae.h5 --mu z_mean --logvar z_logvar --score vae_kl --format json
+        actgeom neurons sample_data/digits_mlp_epoch0000.h5 --score dormant_score --format json -o units.json
     """
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)

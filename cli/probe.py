@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,8 +12,8 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.core import api
-from actgeom.core.errors import OptionError, UsageError
-from actgeom.core.outputs import check_outputs
+from actgeom.core.errors import OptionError
+from actgeom.core.outputs import atomic_output, check_outputs
 from actgeom.core.probe import ProbeOptions
 from actgeom.core.probesplit import CONTROLS, SPLIT_BY
 
@@ -70,7 +67,7 @@ def probe(
 
     Example (is the direction of the base model kept after fine-tuning?):
 
-        actgeom probe base.h5 tuned.h5 --layers 'resid/*' --positive true --negative false --format json
+        actgeom probe sample_data/digits_mlp_epoch0030.h5 sample_data/digits_mlp_epoch1500.h5 --positive 3 --negative 8 --format json
 
         actgeom probe sample_data/digits_mlp_epoch1500.h5 --control row --format table
     """
@@ -86,7 +83,7 @@ def probe(
     if save_directions is not None:
         _write_npz(save_directions, {f"{i}/{layer['layer']}": np.asarray(layer.pop("details")["direction"])
                                      for i, file in enumerate(document["files"]) for layer in file["layers"]
-                                     if "details" in layer})
+                                     if "details" in layer}, dumps)
     across = {f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
               for entry in document["direction_cosines_across_files"]}
     emit(metrics_result(analysis, across), fmt, output, dumps)
@@ -101,18 +98,7 @@ def _shrinkage(value: str | None) -> float | str | None:
         raise OptionError("shrinkage", value, "must be a number in [0, 1] or auto") from None
 
 
-def _write_npz(path: Path, arrays: dict) -> None:
-    """np.savez through a temporary file beside the target and a rename: never a partial file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"cannot write {path}: directory {directory} does not exist")
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_npz(path: Path, arrays: dict, inputs) -> None:
+    """--save-directions by the output rules (core/outputs.py): atomic, never an input."""
+    with atomic_output(path, inputs, option="--save-directions") as handle:
+        np.savez(handle, **arrays)

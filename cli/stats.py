@@ -16,7 +16,7 @@ from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
 from actgeom.core.families.neurons import neurons_statistics
-from actgeom.core.outputs import atomic_path, check_outputs
+from actgeom.core.outputs import check_outputs
 from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
 from actgeom.core.summary import pass_summary
 
@@ -102,10 +102,9 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 
 
 def _save(path: Path | None, result: dict, meta: dict, inputs: list[Path]) -> None:
-    """--save-stats by the output rules (core/outputs.py): save_partial writes the temporary file."""
+    """--save-stats by the output rules (core/outputs.py)."""
     if path is not None:
-        with atomic_path(path, inputs, option="--save-stats") as tmp:
-            save_partial(tmp, result, meta)
+        save_partial(path, result, meta, inputs=inputs)
 
 
 def _result(title: str, result: dict, meta: dict) -> Result:

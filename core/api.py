@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.outputs import atomic_output
 from actgeom.core.partial import check_provenance, load_partial
 from actgeom.core.probe import cosine
 from actgeom.core.result import Result, nonfinite_notes
@@ -204,14 +204,8 @@ def _cached(directory: Path, key: str) -> dict | None:
 
 def _store(directory: Path, key: str, entry: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"key": key, "entry": entry}, handle, default=_plain)
-        os.replace(tmp, directory / f"{key}.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(directory / f"{key}.json", text=True, option="cache") as handle:
+        json.dump({"key": key, "entry": entry}, handle, default=_plain)
 
 
 def _plain(value):

@@ -150,6 +150,9 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
                 f"layer '{layer.name}' in {dump.path} has {stats.n_nonfinite} rows with NaN or inf values; "
                 "pass --nonfinite drop to skip them"
             )
+        if stats.n_nonfinite and stats.n_rows == 0:
+            raise InvalidInputError(f"every row of layer '{layer.name}' in {dump.path} holds NaN or inf values "
+                                    f"({stats.n_nonfinite} dropped): nothing is left to measure")
         results[layer.name] = stats
     return results
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +22,16 @@ import numpy as np
 from actgeom.core.accumulators import ACCUMULATORS, spec_from_record
 from actgeom.core.engine import LayerStats, PassOptions
 from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.outputs import atomic_output
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
 PARTIAL_VERSION = 2  # 2: accumulators named by slot with their specs
 
 
-def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | None = None) -> None:
-    """Write partial statistics (an .npz, no pickles) atomically, for a later :func:`merge_partials`."""
-    path = Path(path)
+def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | None = None, *, inputs=(),
+                 option: str = "--save-stats") -> None:
+    """Write partial statistics (an .npz, no pickles) by the output rules of core/outputs.py (never
+    one of ``inputs``, atomic, umask), for a later :func:`merge_partials`."""
     arrays: dict[str, np.ndarray] = {}
     layers = []
     for i, (name, layer_stats) in enumerate(stats.items()):
@@ -43,14 +43,8 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
             arrays.update({f"{i}/{slot}/{key}": value for key, value in acc.to_arrays().items()})
     header = {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "layers": layers, "meta": meta or {}}
     arrays["header"] = np.array(json.dumps(header, default=_plain_number))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, inputs, option=option) as handle:
+        np.savez(handle, **arrays)
 
 
 def _plain_number(value):

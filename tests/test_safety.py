@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from conftest import class_data, write_dump, write_h5
 
-
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "sample_data" / "digits_mlp_epoch1500.h5"
 METRIC_COMMANDS = ["collapse", "rank", "entropy"]
@@ -208,13 +207,7 @@ def test_zero_rows_or_units_is_one_line(cli, tmp_path, shape, command):
     assert re.search(r"layer 'feats' in .* has shape \(\d+, \d+\): no (rows|units), nothing to measure", err)
 
 
-NEEDS_ENGINE = pytest.mark.xfail(strict=True, reason=(
-    "lead: core/engine.py accumulate() must raise InvalidInputError when every row of a layer was dropped as "
-    "non-finite (n_rows == 0 after --nonfinite drop); rank reaches eigvalsh on a NaN matrix (LinAlgError)"))
-
-
-@pytest.mark.parametrize("command", ["collapse", pytest.param("rank", marks=NEEDS_ENGINE),
-                                     pytest.param("entropy", marks=NEEDS_ENGINE)])
+@pytest.mark.parametrize("command", ["collapse", "rank", "entropy", "neurons", "stats"])
 def test_all_rows_dropped_as_nonfinite_is_one_line(cli, tmp_path, command):
     path = write_dump(tmp_path / "n.h5", {"h": np.full((6, 3), np.nan)}, labels=[0, 1, 0, 1, 0, 1])
     code, _, err = cli(command, path, "--nonfinite", "drop")
@@ -484,13 +477,7 @@ def _commands():
     return sorted(command.name for command in app.registered_commands)
 
 
-EXAMPLES_TO_FIX = {  # the commands' owners: examples naming files that no one has (no VAE or base/tuned sample)
-    "neurons": "vae.h5", "probe": "base.h5 and tuned.h5", "compare": "base.h5, tuned.h5, ckpt_*.h5"}
-
-
-@pytest.mark.parametrize("command", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"--help example names {EXAMPLES_TO_FIX[name]}"))
-    if name in EXAMPLES_TO_FIX else name for name in _commands()])
+@pytest.mark.parametrize("command", _commands())
 def test_help_examples_name_files_that_exist(cli, command):
     _, out, _ = cli(command, "--help")
     examples = out[out.index("Example"):]
