@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats
 from actgeom.cli.output import escape
+from actgeom.cli.report.command import report
 from actgeom.core import __version__
 from actgeom.core.errors import ActgeomError, DataWarning, OptionError
 
@@ -88,6 +89,7 @@ app.command(name="probe")(probe.probe)
 app.command(name="stats")(stats.stats)
 app.command(name="merge")(stats.merge)
 app.command(name="extract")(extract.extract)
+app.command(name="report")(report)
 
 
 def _version(value: bool) -> None:

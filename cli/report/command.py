@@ -1,0 +1,138 @@
+"""`actgeom report`: every family on every layer of every checkpoint → one HTML page, a summary, data."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import jsonable, write_atomically
+from actgeom.cli.progress import row_progress
+from actgeom.cli.report.data import REPORT_SUBSAMPLE, ReportOptions, gather
+from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
+from actgeom.cli.stats import parse_rows
+from actgeom.core.collapse import resolve_options as collapse_options
+from actgeom.core.dump import DumpSpec
+from actgeom.core.engine import PassOptions
+from actgeom.core.entropy import EntropyOptions
+from actgeom.core.spectrum import resolve_options as rank_options
+
+COLLAPSE = "Collapse options (as `actgeom collapse`)"
+RANK = "Rank options (as `actgeom rank`)"
+ENTROPY = "Entropy options (as `actgeom entropy`)"
+
+
+class SummaryFormat(str, Enum):
+    table = "table"
+    md = "md"
+
+
+def report(
+    dumps: Annotated[list[Path], typer.Argument(help="HDF5 activation dumps, one per checkpoint (ordered by their "
+                                                "`step` attribute, else by natural file-name order).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", rich_help_panel=o.OUTPUT, show_default=False,
+                                         help="The HTML page (one self-contained file, written atomically).")],
+    layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None, bias: o.BiasOpt = None,
+    predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
+    attention: Annotated[Optional[str], typer.Option(
+        "--attention", rich_help_panel=o.DATA, show_default=False,
+        help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
+    allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    collapse_preset: Annotated[Optional[str], typer.Option(
+        "--collapse-preset", rich_help_panel=COLLAPSE, show_default=False,
+        help="collapse --preset: papyan, zhu or linguistic.")] = None,
+    min_count: Annotated[Optional[int], typer.Option("--min-count", rich_help_panel=COLLAPSE, show_default=False,
+                                                     help="Drop classes with fewer rows. [default: 1]")] = None,
+    global_mean: Annotated[Optional[str], typer.Option("--global-mean", rich_help_panel=COLLAPSE, show_default=False,
+                                                       help="μ_G: class or sample. [default: class]")] = None,
+    nc1_inverse: Annotated[Optional[str], typer.Option("--nc1-inverse", rich_help_panel=COLLAPSE, show_default=False,
+                                                       help="Σ_B⁺ in NC1: topk or pinv. [default: topk]")] = None,
+    divide_by_c: Annotated[Optional[bool], typer.Option(
+        "--divide-by-c/--no-divide-by-c", rich_help_panel=COLLAPSE, show_default=False,
+        help="NC1 with or without /C. [default: divide]")] = None,
+    nc4_decision: Annotated[Optional[str], typer.Option(
+        "--nc4-decision", rich_help_panel=COLLAPSE, show_default=False,
+        help="NC4's network decision: auto, predictions, logits, logits-nobias. [default: auto]")] = None,
+    rank_preset: Annotated[Optional[str], typer.Option("--rank-preset", rich_help_panel=RANK, show_default=False,
+                                                       help="rank --preset: garrido or tracing.")] = None,
+    center: Annotated[Optional[bool], typer.Option("--center/--no-center", rich_help_panel=RANK, show_default=False,
+                                                   help="Centred covariance or raw second moment. [default: center]")] = None,
+    max_eigs: Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=RANK, show_default=False,
+                                                    help="Keep only the largest eigenvalues.")] = None,
+    rank_eps: Annotated[Optional[float], typer.Option("--rank-eps", rich_help_panel=RANK, show_default=False,
+                                                      help="rank --eps: RankMe's ε. [default: 1e-7]")] = None,
+    fit_range: Annotated[Optional[str], typer.Option("--fit-range", rich_help_panel=RANK, show_default=False,
+                                                     help="α-ReQ ranks START:STOP, 1-based, inclusive. [default: 12:100]")] = None,
+    ge: Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=RANK, show_default=False,
+                                               help="k90/k95/k99 with ≥ p instead of > p.")] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol", rich_help_panel=RANK, show_default=False,
+                                                  help="Numerical-rank tolerance relative to λ_1. [default: by dtype]")] = None,
+    rank_subsample: Annotated[Optional[int], typer.Option(
+        "--rank-subsample", rich_help_panel=RANK, show_default=False,
+        help="rank --subsample: rows sampled for TwoNN and MLE. [default: 2000]")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=ENTROPY, help="Rényi order of the dataset entropy.")] = 1.0,
+    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=ENTROPY, help="DSE kernel width (absolute).")] = 10.0,
+    t: Annotated[float, typer.Option("--t", rich_help_panel=ENTROPY, help="DSE diffusion time.")] = 1.0,
+    subsample: Annotated[int, typer.Option(
+        "--subsample", rich_help_panel=ENTROPY,
+        help="Rows for DSE / DSMI (cost N³; the entropy command's default is 10 000).")] = REPORT_SUBSAMPLE,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=ENTROPY,
+                                      help="Seed of every sample (rank's and entropy's --seed).")] = 0,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", rich_help_panel=ENTROPY, show_default=False,
+        help="A unit is active when its value > threshold. [default: 0 for layers marked ReLU]")] = None,
+    tau: Annotated[float, typer.Option("--tau", rich_help_panel=ENTROPY, help="Dormant threshold (ReDo).")] = 0.025,
+    layer_width: Annotated[Optional[int], typer.Option(
+        "--layer-width", rich_help_panel=ENTROPY, show_default=False,
+        help="For SAE latents: the width of the layer the SAE encodes.")] = None,
+    entropy_eps: Annotated[float, typer.Option("--entropy-eps", rich_help_panel=ENTROPY,
+                                               help="entropy --eps: attention entropy with log(A + eps).")] = 0.0,
+    normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=ENTROPY,
+                                             help="Attention entropy divided by log(#valid keys).")] = False,
+    results: Annotated[Optional[Path], typer.Option(
+        "--results", rich_help_panel=o.OUTPUT, show_default=False,
+        help=f"Also write every number of the page to this file; format by suffix: {', '.join(RESULT_FORMATS)}.")] = None,
+    figures: Annotated[Optional[Path], typer.Option(
+        "--figures", rich_help_panel=o.OUTPUT, show_default=False,
+        help="Also write each figure to this directory as SVG and PDF (for papers).")] = None,
+    fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", rich_help_panel=o.OUTPUT,
+                                               help="The summary printed on stdout: table or md (Markdown).")]
+    = SummaryFormat.table,
+) -> None:
+    """The story of a training run: collapse, rank, entropy and neuron activity of every layer
+    over every checkpoint, as one self-contained HTML page with figures.
+
+    Prints a summary (checkpoint × layer, headline metrics) and writes the page; --results
+    holds every number of the page. DSE/DSMI use a 2 000-row sample unless --subsample says
+    otherwise; every other option has its own command's default, so the numbers match.
+
+    Example (the bundled training run of an MLP on digits, five checkpoints):
+
+        actgeom report sample_data/*.h5 -o report.html --results report.json
+
+        actgeom report run/ckpt_*.h5 --layers 'blocks.*' -o run.html --figures figs/ --format md
+    """
+    check_outputs(dumps, output, results, figures)
+    options = ReportOptions(
+        collapse=collapse_options(collapse_preset, min_count=min_count, global_mean=global_mean,
+                                  nc1_inverse=nc1_inverse, divide_by_c=divide_by_c, nc4_decision=nc4_decision),
+        rank=rank_options(rank_preset, center=center, max_eigs=max_eigs, eps=rank_eps, ge=ge, rtol=rtol,
+                          subsample=rank_subsample, seed=seed,
+                          fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range")),
+        entropy=EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
+                               tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
+        passes=PassOptions(nonfinite=nonfinite, tokens=tokens))
+    spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
+                    offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
+    with row_progress() as progress:
+        document = jsonable(gather(dumps, spec, options, progress))
+    from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
+
+    page = render_page(document, figures)
+    if results is not None:
+        write_atomically(results, results_text(document, results))
+    write_atomically(output, page)
+    typer.echo(summary_text(document, fmt.value, output, results), nl=False)

@@ -1,0 +1,218 @@
+"""The report as one self-contained HTML page: inline SVG figures, inline CSS, no script, no URL.
+
+Every string that reaches the page goes through :func:`esc`; every metric value is shown with
+6 significant digits and carried exactly (``repr``) in the cell's ``data-value`` attribute.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+from actgeom.cli.report.figures import checkpoint_label, layer_names
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       margin: 0 auto; max-width: 1360px; padding: 1.5rem 2rem 4rem; color: #1a1a1a; line-height: 1.45; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; } h2 { font-size: 1.25rem; margin-top: 2.4rem;
+     border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; } h3 { font-size: 1.02rem; margin: 1.4rem 0 0.4rem; }
+.lede { color: #444; margin-top: 0; }
+table { border-collapse: collapse; font-size: 0.82rem; margin: 0.4rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: 0.18rem 0.5rem; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
+td.na { color: #888; text-align: center; }
+figure { margin: 0.6rem 0 1.6rem; } figcaption { font-size: 0.86rem; color: #333; max-width: 70rem; }
+figure svg { display: block; width: 100%; height: auto; }
+.why { color: #666; font-style: italic; }
+.options { display: flex; flex-wrap: wrap; gap: 0 2rem; }
+code { font-size: 0.86em; background: #f3f3f3; padding: 0 0.2em; }
+ul.reasons { font-size: 0.82rem; color: #444; margin-top: 0; }
+nav a { margin-right: 1rem; font-size: 0.9rem; }
+.wide { overflow-x: auto; }
+#metrics td, #metrics th { font-size: 0.74rem; padding: 0.12rem 0.3rem; }
+"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value) -> str:
+    """The shown form of a number: integers as they are, floats with 6 significant digits."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return ", ".join(fmt(v) for v in value)
+    return str(value)
+
+
+def _num_cell(value) -> str:
+    exact = json.dumps(value)
+    return f'<td class="num" data-value="{esc(exact)}">{esc(fmt(value))}</td>'
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
+    ident = f' id="{esc(table_id)}"' if table_id else ""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _td(text) -> str:
+    return f"<td>{esc(text)}</td>"
+
+
+def build_page(document: dict, figures: list[tuple[str, str, str, str]]) -> str:
+    """The HTML page. ``figures``: (id, section title, caption, inline SVG or "" when absent) in
+    page order; the caption of an absent figure says why it is absent."""
+    sections = [_header(document)]
+    current = None
+    for fig_id, section, caption, svg in figures:
+        if section != current:
+            sections.append(f'<h2 id="{esc(_slug(section))}">{esc(section)}</h2>')
+            current = section
+        if svg:
+            sections.append(f'<figure id="{esc(fig_id)}">{svg}<figcaption>{esc(caption)}</figcaption></figure>')
+        else:
+            sections.append(f'<p class="why" id="{esc(fig_id)}-absent">{esc(caption)}</p>')
+    sections.append(_tables(document))
+    title = f"actgeom report — {_models(document)}"
+    nav = "".join(f'<a href="#{esc(_slug(s))}">{esc(s)}</a>' for s in _section_titles(figures) + ["Every metric"])
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body><nav>{nav}</nav>" + "\n".join(sections) + "</body></html>\n")
+
+
+def _section_titles(figures) -> list[str]:
+    titles: list[str] = []
+    for _, section, _, _ in figures:
+        if section not in titles:
+            titles.append(section)
+    return titles
+
+
+def _slug(text: str) -> str:
+    return "sec-" + re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _models(document: dict) -> str:
+    models = sorted({entry["model"] for entry in document["files"] if entry["model"]})
+    return ", ".join(models) if models else "(model not recorded)"
+
+
+def _header(document: dict) -> str:
+    files = document["files"]
+    elapsed = f"{document['elapsed_s']:.1f}"
+    parts = [f"<h1>actgeom report — {esc(_models(document))}</h1>",
+             f'<p class="lede" id="provenance">{len(files)} checkpoint(s), {len(layer_names(document))} layer(s)'
+             f"{_attention_count(document)}. Made by {esc(document['tool'])} {esc(document['version'])} on "
+             f"{esc(document['created'])} in {esc(elapsed)} s.</p>"]
+    rows = [[_td(checkpoint_label(e)), _num_cell(e["step"]), _td(e["file"]),
+             _num_cell(_first_rows(e)), _td(_law(e))] for e in files]
+    parts.append(_table(["checkpoint", "step", "file", "rows", "separation law (ρ, R²)"], rows, "files"))
+    layer_rows = []
+    for name in layer_names(document) + layer_names(document, "attention"):
+        record = next(r for e in files for r in e["layers"] if r["layer"] == name)
+        layer_rows.append([_td(name), _td(record["kind"]), _num_cell(record["n_rows"]), _num_cell(record["n_units"]),
+                           _td(record["dtype"] or "—")])
+    parts.append(_table(["layer", "kind", "rows", "units", "dtype"], layer_rows, "layers"))
+    entropy = document["options"].get("entropy", {})
+    parts.append(f'<p id="sample-note">Diffusion spectral entropy and DSMI are computed on a seeded sample of at most '
+                 f"<b>{esc(entropy.get('subsample'))}</b> rows (seed {esc(entropy.get('seed'))}): their cost grows "
+                 "as N³, so the report's default sample is 2 000 rows; <code>--subsample</code> raises it. Every other "
+                 "option has the default of its own command, so each number here equals the one that command prints."
+                 "</p>")
+    blocks = []
+    for family, values in list(document["options"].items()) + [("pass", document["pass"])]:
+        rows = [[_td(key), _td(json.dumps(value))] for key, value in values.items()]
+        blocks.append(f"<div><h3>{esc(family)} options</h3>{_table(['option', 'value'], rows, f'options-{family}')}</div>")
+    parts.append(f'<div class="options" id="options">{"".join(blocks)}</div>')
+    return "\n".join(parts)
+
+
+def _attention_count(document: dict) -> str:
+    n = len(layer_names(document, "attention"))
+    return f" and {n} attention dataset(s)" if n else ""
+
+
+def _first_rows(entry: dict):
+    rows = [r["n_rows"] for r in entry["layers"] if r["n_rows"] is not None]
+    return rows[0] if rows else None
+
+
+def _law(entry: dict) -> str:
+    law = entry.get("separation_law")
+    if not law or law.get("rho") is None:
+        return "—"
+    r2 = law.get("r2")
+    return f"ρ = {fmt(law['rho'])}, R² = {fmt(r2)} over {law['n_layers']} layers"
+
+
+def _tables(document: dict) -> str:
+    """One table: a row per metric, a column per checkpoint × layer; then the reasons for “—”."""
+    files = document["files"]
+    parts = [f'<h2 id="{_slug("Every metric")}">Every metric</h2>',
+             '<p class="lede">Every metric of every checkpoint and layer (6 significant digits; the exact value is '
+             "in <code>--results</code>). “—” marks a metric that is unavailable or not finite; the reasons follow "
+             "the table.</p>"]
+    records = [(index, entry, record) for index, entry in enumerate(files) for record in entry["layers"]]
+    names: list[str] = []
+    for _, _, record in sorted(records, key=lambda r: -len(r[2]["metrics"])):  # the fullest layer sets the order
+        names += [n for n in list(record["metrics"]) + list(record["unavailable"]) if n not in names]
+    top = "".join(f'<th colspan="{len(entry["layers"])}">{esc(checkpoint_label(entry))}</th>' for entry in files)
+    second = "".join(f"<th>{esc(record['layer'])}</th>" for _, _, record in records)
+    body = []
+    for name in names:
+        cells = [_td(name)]
+        for index, entry, record in records:
+            value = record["metrics"].get(name)
+            where = f'data-file="{index}" data-layer="{esc(record["layer"])}" data-metric="{esc(name)}"'
+            if value is not None and not (isinstance(value, float) and not math.isfinite(value)):
+                cells.append(_num_cell(value).replace("<td ", f"<td {where} ", 1))
+            else:
+                reason = record["unavailable"].get(name) or record["nonfinite"].get(name) or "not computed"
+                cells.append(f'<td class="na" {where} title="{esc(reason)}">—</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append(f'<div class="wide"><table id="metrics"><thead><tr><th rowspan="2">metric</th>{top}</tr>'
+                 f"<tr>{second}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+    parts.append(_reasons(files))
+    return "\n".join(parts)
+
+
+def _reasons(files: list[dict]) -> str:
+    """Unavailable and non-finite metrics, and notes, grouped by reason."""
+    grouped: dict[str, list[str]] = {}
+    for entry in files:
+        for record in entry["layers"]:
+            where = f"{checkpoint_label(entry)}:{record['layer']}"
+            for name, reason in record["unavailable"].items():
+                grouped.setdefault(reason, []).append(f"{name} ({where})")
+            for name, kind in record["nonfinite"].items():
+                grouped.setdefault(f"value is {kind}", []).append(f"{name} ({where})")
+            for note in record.get("notes", []):
+                grouped.setdefault(f"note: {note}", []).append(where)
+    if not grouped:
+        return ""
+    items = "".join(f"<li>{esc(reason)} — <b>{esc(_compact(names))}</b></li>" for reason, names in grouped.items())
+    return f'<ul class="reasons" id="reasons">{items}</ul>'
+
+
+def _compact(names: list[str]) -> str:
+    """“a (x), b (x), a (y)” → “a, b (x); a (y)”: metrics grouped by where they are missing."""
+    by_place: dict[str, list[str]] = {}
+    for name in names:
+        metric, _, place = name.rpartition(" (") if name.endswith(")") else ("", "", name + ")")
+        by_place.setdefault(place[:-1], []).append(metric)
+    groups: dict[str, list[str]] = {}
+    for place, metrics in by_place.items():
+        groups.setdefault(", ".join(m for m in metrics if m), []).append(place)
+    return "; ".join(f"{metrics} ({', '.join(places)})" if metrics else ", ".join(places)
+                     for metrics, places in groups.items())

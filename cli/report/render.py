@@ -1,0 +1,92 @@
+"""Figures to inline SVG (and SVG + PDF files), and the page assembled from the document."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from actgeom.cli.report import figures as f
+from actgeom.cli.report.page import build_page
+
+# (id, section, caption, drawing function), in page order
+FIGURES = (
+    ("fig-training", "Over training", "Headline metrics against the training step, one line per layer. Dashed: the "
+     "metric's ideal value; log axes where a metric spans decades; ↓/↑ marks which way is better.", f.fig_training),
+    ("fig-depth", "Across depth", "The same metrics layer by layer, one line per checkpoint. Dotted on separation "
+     "fuzziness: the He–Su separation law ln D_l = a + l·ln ρ fitted per checkpoint (ρ < 1: each layer separates "
+     "the classes by a constant factor; R² near 1: the law holds).", f.fig_depth),
+    ("fig-spectra", "Eigenspectra", "Eigenvalues of each layer's covariance against their rank (log–log) at the first "
+     "and last checkpoint. Shaded: the ranks of the α-ReQ power-law fit; dotted: the storage-noise floor (eigenvalues "
+     "below it are indistinguishable from the rounding of the stored activations).", f.fig_spectra),
+    ("fig-class-cosine", "Classes at the last checkpoint", "Cosines between the centred class means m_c = μ_c − μ_G "
+     "(the 50 most frequent classes when there are more). Collapse to a simplex ETF makes every off-diagonal "
+     "cosine −1/(C−1).", f.fig_class_cosine),
+    ("fig-duality", "Classes at the last checkpoint", "Classifier–mean duality (NC3): cos(w_c, m_c) for each class "
+     "(the 50 most frequent when there are more), for the layer the classifier reads.", f.fig_duality),
+    ("fig-activity", "Neuron activity", "Dead units (never above the activity threshold) and dormant units (ReDo score "
+     "≤ τ) per layer at the last checkpoint, and the distribution of per-unit firing rates at the first and last "
+     "checkpoint.", f.fig_activity),
+    ("fig-attention", "Neuron activity", "Attention entropy per head and attention layer at the last checkpoint.",
+     f.fig_attention),
+)
+
+
+def to_svg(figure, salt: str) -> str:
+    """Inline SVG of a figure: no XML prolog, DOCTYPE, metadata or namespace URLs; ids unique to
+    this figure (``salt``) so several figures can share one page."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
+        figure.savefig(buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+    width = re.search(r'<svg[^>]*?\swidth="([0-9.]+)pt"', svg)
+    svg = re.sub(r'<svg([^>]*?)\s+width="[^"]*"\s+height="[^"]*"', r'<svg\1', svg, count=1)
+    if width:  # shrink with the window, never grow past the drawn size
+        svg = svg.replace("<svg", f'<svg style="max-width: {float(width.group(1)):.0f}pt"', 1)
+    return svg.replace("<svg", f'<svg role="img" aria-label="{salt}"', 1)
+
+
+def draw(document: dict, figures_dir: Path | None = None) -> list[tuple[str, str, str, str]]:
+    """Every figure of the page: (id, section, caption, inline SVG or "") — absent ones say why."""
+    drawn = []
+    for fig_id, section, caption, function in FIGURES:
+        figure = function(document)
+        if isinstance(figure, str):
+            drawn.append((fig_id, section, f"{caption.split('.')[0]}: not drawn — {figure}.", ""))
+            continue
+        drawn.append((fig_id, section, caption, to_svg(figure, fig_id)))
+        if figures_dir is not None:
+            _save(figure, figures_dir / fig_id)
+    return drawn
+
+
+def _save(figure, stem: Path) -> None:
+    """The figure as SVG and PDF files (each written atomically)."""
+    for suffix in ("svg", "pdf"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=suffix, metadata={"Creator": None} if suffix == "svg" else {"Creator": None})
+        _write_bytes(stem.with_suffix(f".{suffix}"), buffer.getvalue())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_page(document: dict, figures_dir: Path | None = None) -> str:
+    """The HTML page of a (JSON-ready) document; each figure also goes to ``figures_dir`` when given."""
+    return build_page(document, draw(document, figures_dir))

@@ -1,0 +1,84 @@
+"""The report's terminal summary (table or Markdown), its --results data, and output checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from actgeom.cli.options import Format
+from actgeom.cli.output import Result, render
+from actgeom.core.errors import UsageError
+
+HEADLINE = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "erank", "alpha_req", "dataset_entropy", "dead_fraction",
+            "mean_cosine")
+RESULT_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv}
+
+
+def check_outputs(dumps: list[Path], output: Path, results: Path | None, figures: Path | None) -> None:
+    """Before any pass: outputs go to existing directories and never onto an input."""
+    inputs = {dump.resolve() for dump in dumps}
+    for option, path in (("--output", output), ("--results", results)):
+        if path is None:
+            continue
+        if path.resolve() in inputs:
+            raise UsageError(f"{option} {path} is one of the input dumps; choose another file")
+        if not path.resolve().parent.is_dir():
+            raise UsageError(f"cannot write {option} {path}: directory {path.parent} does not exist")
+        if path.is_dir():
+            raise UsageError(f"{option} {path} is a directory; give a file name")
+    if results is not None and results.suffix.lower() not in RESULT_FORMATS:
+        raise UsageError(f"--results {results}: the suffix says the format; use one of {', '.join(RESULT_FORMATS)}")
+    if results is not None and output.resolve() == results.resolve():
+        raise UsageError("--results and --output name the same file")
+    if figures is not None:
+        if figures.exists() and not figures.is_dir():
+            raise UsageError(f"--figures {figures} is a file; give a directory")
+        if not figures.exists():
+            if not figures.resolve().parent.is_dir():
+                raise UsageError(f"cannot create --figures {figures}: directory {figures.parent} does not exist")
+            figures.mkdir()
+
+
+def records(document: dict) -> list[dict]:
+    """Tidy records: one per file × layer × metric (value null, with the reason, when unavailable)."""
+    out = []
+    for entry in document["files"]:
+        for layer in entry["layers"]:
+            base = {"file": entry["file"], "checkpoint": entry["checkpoint"], "step": entry["step"],
+                    "layer": layer["layer"], "kind": layer["kind"], "n_rows": layer["n_rows"],
+                    "n_units": layer["n_units"]}
+            for name, value in layer["metrics"].items():
+                out.append(base | {"metric": name, "value": value, "note": layer["nonfinite"].get(name)})
+            for name, reason in layer["unavailable"].items():
+                out.append(base | {"metric": name, "value": None, "note": reason})
+    return out
+
+
+def results_text(document: dict, path: Path) -> str:
+    """--results: the whole document (.json) or its tidy records (.jsonl, .csv)."""
+    fmt = RESULT_FORMATS[path.suffix.lower()]
+    if fmt is Format.json:
+        return json.dumps(document, indent=1, allow_nan=False) + "\n"
+    return render(Result(title="actgeom report", document=document, records=records(document)), fmt)
+
+
+def _short(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_text(document: dict, fmt: str, output: Path, results: Path | None) -> str:
+    """Checkpoint × layer rows, the headline metrics as columns (4 significant digits), and the paths."""
+    rows = []
+    for entry in document["files"]:
+        label = entry["checkpoint"] or Path(entry["file"]).stem
+        for layer in entry["layers"]:
+            if layer["kind"] == "layer":
+                rows.append({"checkpoint": label, "layer": layer["layer"]}
+                            | {name: _short(layer["metrics"].get(name)) for name in HEADLINE})
+    subsample = document["options"].get("entropy", {}).get("subsample")
+    summary = {"report": str(output)} | ({"results": str(results)} if results else {}) | {
+        "DSE/DSMI sample": f"≤ {subsample} rows", "elapsed": f"{document['elapsed_s']:.1f} s"}
+    result = Result(title="actgeom report", document=document, records=rows, summary=summary, table=rows)
+    return render(result, Format.md if fmt == "md" else Format.table, width=160)
