@@ -44,6 +44,8 @@ def to_svg(figure, salt: str) -> str:
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
     svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+    # glyph and clip ids repeat from figure to figure: make them this figure's own
+    svg = re.sub(r'(\bid="|href="#|url\(#)([^"#)]+)', rf"\g<1>{salt}-\g<2>", svg)
     width = re.search(r'<svg[^>]*?\swidth="([0-9.]+)pt"', svg)
     svg = re.sub(r'<svg([^>]*?)\s+width="[^"]*"\s+height="[^"]*"', r'<svg\1', svg, count=1)
     if width:  # shrink with the window, never grow past the drawn size

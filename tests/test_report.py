@@ -1,0 +1,248 @@
+"""`actgeom report`: exit codes, the page's numbers against --results and each family's own
+command, a self-contained page with every promised figure, atomic output, the browser check."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import Cli, class_data, write_dump
+
+from actgeom.cli.report.data import checkpoint_order
+
+ROOT = Path(__file__).parent.parent
+SAMPLES = sorted(str(p) for p in (ROOT / "sample_data").glob("*.h5"))
+PROMISED = ("fig-training", "fig-depth", "fig-spectra", "fig-class-cosine", "fig-duality", "fig-activity")
+FAMILY_COMMANDS = (("collapse",), ("rank",), ("entropy", "--subsample", "2000"))  # the report's DSE sample
+
+
+class Page(HTMLParser):
+    """Every element's attributes, the numeric cells, the figures (ids with an <svg> inside), the text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.elements, self.cells, self.figures, self.text = [], [], set(), []
+        self._figure, self._cell = None, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.elements.append((tag, attrs))
+        if tag == "figure":
+            self._figure = attrs.get("id")
+        if tag == "svg" and self._figure:
+            self.figures.add(self._figure)
+        if tag == "td" and "data-metric" in attrs:
+            self._cell = attrs | {"text": ""}
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._figure = None
+        if tag == "td" and self._cell is not None:
+            self.cells.append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell["text"] += data
+
+
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    code, stdout, stderr = Cli()("report", *SAMPLES, "-o", out / "report.html", "--results", out / "report.json",
+                                 "--figures", out / "figures", "--format", "md")
+    assert code == 0, stderr
+    html = (out / "report.html").read_text()
+    return {"dir": out, "stdout": stdout, "html": html, "page": Page(html),
+            "results": json.loads((out / "report.json").read_text())}
+
+
+def test_sample_data_report_and_summary(sample_report):
+    results, stdout = sample_report["results"], sample_report["stdout"]
+    assert [entry["step"] for entry in results["files"]] == [0, 30, 100, 300, 1500]
+    assert str(sample_report["dir"] / "report.html") in stdout
+    rows = [line for line in stdout.splitlines() if line.startswith("| epoch")]
+    assert len(rows) == 5 * 3  # checkpoint × layer
+    assert "| checkpoint | layer | nc1 | cdnv | nc4_mismatch | vci | rankme | erank | alpha_req |" in stdout
+
+
+def test_collapse_emerges_over_the_five_checkpoints(sample_report):
+    def series(name):
+        return [next(l for l in e["layers"] if l["layer"] == "hidden3")["metrics"][name]
+                for e in sample_report["results"]["files"]]
+    for name in ("nc1", "cdnv", "vci", "nc4_mismatch", "separation_fuzziness"):
+        values = series(name)
+        assert all(a > b for a, b in zip(values, values[1:])), (name, values)
+
+
+def test_every_number_on_the_page_equals_the_results_and_its_own_command(sample_report):
+    results = sample_report["results"]
+    cells = sample_report["page"].cells
+    by_key = {}
+    for index, entry in enumerate(results["files"]):
+        for layer in entry["layers"]:
+            for name, value in layer["metrics"].items():
+                by_key[(str(index), layer["layer"], name)] = value
+    numeric = [cell for cell in cells if "data-value" in cell]
+    assert len(numeric) == sum(value is not None for value in by_key.values()) > 500
+    for cell in numeric:
+        value = json.loads(cell["data-value"])
+        assert value == by_key[(cell["data-file"], cell["data-layer"], cell["data-metric"])]
+        shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in (value if isinstance(value, list)
+                                                                                    else [value]))
+        assert cell["text"] == shown
+    files = [entry["file"] for entry in results["files"]]
+    compared = 0
+    for command in FAMILY_COMMANDS:
+        printed = Cli().json(*command, *SAMPLES)
+        for report in printed["files"]:
+            index = str(files.index(report["file"]))
+            for layer in report["layers"]:
+                for name, value in layer["metrics"].items():
+                    assert by_key[(index, layer["layer"], name)] == value, (command, report["file"], name)
+                    compared += 1
+                for name, reason in layer["unavailable"].items():
+                    cell = next(c for c in cells if (c["data-file"], c["data-layer"], c["data-metric"])
+                                == (index, layer["layer"], name))
+                    assert "data-value" not in cell and cell["title"] == reason
+    assert compared == len(by_key)
+
+
+def test_page_loads_nothing_from_the_network(sample_report):
+    html, page = sample_report["html"], sample_report["page"]
+    assert not any(tag == "script" for tag, _ in page.elements)
+    for tag, attrs in page.elements:
+        for key in ("src", "href", "xlink:href", "srcset", "data", "action"):
+            value = (attrs.get(key) or "").strip().lower()
+            assert not value.startswith(("http:", "https:", "//", "ftp:")), (tag, key, value)
+    assert "@import" not in html and "url(" not in html.replace("url(#", "")
+    assert "http://" not in html and "https://" not in html  # no external URL anywhere, not even a namespace
+
+
+def test_every_promised_figure_is_on_the_page_and_in_the_figures_directory(sample_report):
+    page, figures = sample_report["page"], sample_report["dir"] / "figures"
+    assert set(PROMISED) <= page.figures
+    ids = [attrs["id"] for _, attrs in page.elements if "id" in attrs]
+    assert "fig-attention-absent" in ids  # the sample dumps hold no attention: the page says so
+    assert len(ids) == len(set(ids)), "element ids repeat across the inline SVGs"
+    for fig_id in PROMISED:
+        assert (figures / f"{fig_id}.pdf").read_bytes().startswith(b"%PDF")
+        assert "<svg" in (figures / f"{fig_id}.svg").read_text()
+    text = " ".join(page.text)
+    assert "50 most frequent classes" in text
+
+
+def test_options_and_provenance_are_on_the_page(sample_report):
+    page, results = sample_report["page"], sample_report["results"]
+    text = " ".join(page.text)
+    assert results["version"] in text and results["created"] in text and "mlp-64-128-128-64-10" in text
+    tables = {attrs["id"] for tag, attrs in page.elements if tag == "table" and "id" in attrs}
+    assert {"files", "layers", "options-collapse", "options-rank", "options-entropy", "options-pass"} <= tables
+    for family, values in list(results["options"].items()) + [("pass", results["pass"])]:
+        for key in values:
+            assert key in text, (family, key)
+    assert results["options"]["entropy"]["subsample"] == 2000 and "2000" in text
+    for entry in results["files"]:
+        assert entry["file"] in text
+    for unit_count, dtype in ((128, "float16"), (64, "float16")):
+        assert str(unit_count) in text and dtype in text
+
+
+def _small_dump(path, rng, step: int | None = None, attention: bool = False) -> str:
+    X, y = class_data(rng, [30, 30, 30], 12)
+    write_dump(path, {"a": X, "b": np.maximum(X, 0.0)}, labels=y)
+    with h5py.File(path, "a") as f:
+        if step is not None:
+            f.attrs["step"] = step
+        f["activations/b"].attrs["activation"] = "relu"
+        if attention:
+            logits = rng.standard_normal((4, 3, 5, 5))
+            f["attention/block0"] = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+            f["attention/block1"] = np.full((4, 3, 5, 5), 0.2)
+    return str(path)
+
+
+def test_checkpoints_by_step_else_natural_file_name_order(tmp_path, rng):
+    paths = [Path(_small_dump(tmp_path / name, rng, step)) for name, step in
+             (("ckpt_10.h5", 5), ("ckpt_2.h5", 50), ("ckpt_1.h5", 500))]
+    assert [p.name for p in checkpoint_order(paths)] == ["ckpt_10.h5", "ckpt_2.h5", "ckpt_1.h5"]
+    with h5py.File(paths[0], "a") as f:
+        f.attrs["step"] = -1  # one dump without a step: file names decide
+    assert [p.name for p in checkpoint_order(paths)] == ["ckpt_1.h5", "ckpt_2.h5", "ckpt_10.h5"]
+
+
+def test_attention_heatmap_and_tidy_results(cli, tmp_path, rng):
+    dump = _small_dump(tmp_path / "att.h5", rng, step=3, attention=True)
+    for suffix in (".jsonl", ".csv"):
+        code, _, err = cli("report", dump, "-o", tmp_path / "r.html", "--results", tmp_path / f"r{suffix}")
+        assert code == 0, err
+    page = Page((tmp_path / "r.html").read_text())
+    assert "fig-attention" in page.figures
+    per_head = [c for c in page.cells if c["data-metric"] == "attention_entropy_per_head"
+                and c["data-layer"] == "attention/block1"]
+    assert json.loads(per_head[0]["data-value"]) == pytest.approx([math.log(5)] * 3, rel=1e-12)
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert len(records) == len(rows) and {"file", "layer", "metric", "value", "note"} <= set(rows[0])
+    nc1 = next(r for r in records if r["layer"] == "b" and r["metric"] == "nc1")
+    assert nc1["value"] == json.loads(next(c["data-value"] for c in page.cells
+                                           if (c["data-layer"], c["data-metric"]) == ("b", "nc1")))
+    assert all(r["value"] is None and r["note"] for r in records if r["metric"] == "prompt_entropy")
+
+
+@pytest.mark.parametrize("case", ["missing dump", "not hdf5", "bad layer", "output is input", "no directory",
+                                  "results suffix", "bad option"])
+def test_bad_input_is_one_line_and_leaves_no_report(cli, tmp_path, rng, case):
+    good = _small_dump(tmp_path / "good.h5", rng, step=1)
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    out = tmp_path / "report.html"
+    args, expected = {
+        "missing dump": ([good, tmp_path / "absent.h5", "-o", out], 3),
+        "not hdf5": ([good, tmp_path / "junk.h5", "-o", out], 3),
+        "bad layer": ([good, "-l", "nope*", "-o", out], 3),
+        "output is input": ([good, "-o", good], 2),
+        "no directory": ([good, "-o", tmp_path / "absent" / "r.html"], 2),
+        "results suffix": ([good, "-o", out, "--results", tmp_path / "r.txt"], 2),
+        "bad option": ([good, "-o", out, "--nc1-inverse", "bogus"], 2),
+    }[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, stderr = cli("report", *args)
+    assert code == expected, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report, no temporary file
+
+
+def test_a_failing_run_keeps_the_previous_report(cli, tmp_path, rng):
+    good = _small_dump(tmp_path / "good.h5", rng, step=1)
+    out = tmp_path / "report.html"
+    out.write_text("previous")
+    bad = tmp_path / "bad.h5"
+    write_dump(bad, {"a": np.full((10, 12), np.nan), "b": np.zeros((10, 12))}, labels=np.zeros(10, dtype=int))
+    code, _, stderr = cli("report", good, bad, "-o", out)
+    assert code == 3 and "NaN" in stderr
+    assert out.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5", "good.h5", "report.html"]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not on PATH (apt-get install chromium; .ci/run tries to)")
+def test_headless_chromium_renders_the_page_without_console_errors(sample_report, tmp_path):
+    png = tmp_path / "report.png"
+    run = subprocess.run([sys.executable, str(ROOT / "docs" / "render_report.py"), "--report",
+                          str(sample_report["dir"] / "report.html"), "--out", str(png)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 100_000  # plots, not a blank page
