@@ -14,10 +14,13 @@ from actgeom.cli.progress import row_progress
 from actgeom.cli.report.data import REPORT_SUBSAMPLE, ReportOptions, gather
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
 from actgeom.cli.stats import parse_rows
+from actgeom.core.collapse import PRESETS as COLLAPSE_PRESETS
 from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.dump import DumpSpec
 from actgeom.core.engine import PassOptions
 from actgeom.core.entropy import EntropyOptions
+from actgeom.core.errors import UsageError
+from actgeom.core.spectrum import PRESETS as RANK_PRESETS
 from actgeom.core.spectrum import resolve_options as rank_options
 
 COLLAPSE = "Collapse options (as `actgeom collapse`)"
@@ -116,6 +119,10 @@ def report(
         actgeom report run/ckpt_*.h5 --layers 'blocks.*' -o run.html --figures figs/ --format md
     """
     check_outputs(dumps, output, results, figures)
+    for option, preset, known in (("--collapse-preset", collapse_preset, COLLAPSE_PRESETS),
+                                  ("--rank-preset", rank_preset, RANK_PRESETS)):
+        if preset is not None and preset not in known:
+            raise UsageError(f"{option} '{preset}' is not one of {', '.join(known)}")
     options = ReportOptions(
         collapse=collapse_options(collapse_preset, min_count=min_count, global_mean=global_mean,
                                   nc1_inverse=nc1_inverse, divide_by_c=divide_by_c, nc4_decision=nc4_decision),

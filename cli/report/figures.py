@@ -16,6 +16,15 @@ matplotlib.use("Agg")  # no display: figures are only ever written to files and 
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from actgeom.cli.report.document import (  # noqa: E402
+    checkpoint_label,
+    layer_names,
+    metric,
+    training_axis,
+    unavailable_reason,
+)
+from actgeom.cli.report.document import layer as _layer  # noqa: E402
+
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DECADES_FOR_LOG = 1.5  # a positive series spanning more than this many decades gets a log axis
@@ -34,52 +43,6 @@ LABELS = {
 }
 
 
-# -- reading the document ------------------------------------------------------------------
-
-def layer_names(document: dict, kind: str = "layer") -> list[str]:
-    """Layer names of the given kind, in the order of the first file that has them."""
-    names: list[str] = []
-    for entry in document["files"]:
-        names += [layer["layer"] for layer in entry["layers"] if layer["kind"] == kind and layer["layer"] not in names]
-    return names
-
-
-def checkpoint_label(entry: dict) -> str:
-    from pathlib import Path
-    return entry["checkpoint"] or Path(entry["file"]).stem
-
-
-def metric(entry: dict, layer: str, name: str) -> float:
-    """A scalar metric of one file × layer, NaN when absent, unavailable or not finite."""
-    for record in entry["layers"]:
-        if record["layer"] == layer:
-            value = record["metrics"].get(name)
-            return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
-    return math.nan
-
-
-def _layer(entry: dict, name: str) -> dict | None:
-    return next((record for record in entry["layers"] if record["layer"] == name), None)
-
-
-def _unavailable(document: dict, name: str) -> str:
-    """Why a metric has no value anywhere (the first reason found)."""
-    for entry in document["files"]:
-        for record in entry["layers"]:
-            if name in record["unavailable"]:
-                return record["unavailable"][name]
-    return "not computed"
-
-
-def training_axis(document: dict) -> tuple[np.ndarray, list[str], str]:
-    """x positions of the checkpoints, tick labels, axis label: steps when every dump has one."""
-    steps = [entry["step"] for entry in document["files"]]
-    labels = [checkpoint_label(entry) for entry in document["files"]]
-    if all(step is not None for step in steps):
-        return np.asarray(steps, dtype=np.float64), labels, "training step"
-    return np.arange(len(steps), dtype=np.float64), labels, "checkpoint (file order)"
-
-
 def layer_colours(n: int) -> list:
     if n <= len(OKABE_ITO):
         return list(OKABE_ITO[:n])
@@ -92,9 +55,9 @@ def checkpoint_colours(n: int) -> list:
 
 # -- helpers --------------------------------------------------------------------------------
 
-def _grid(n_panels: int, columns: int = 4, extra: int = 0) -> tuple[Figure, list]:
-    columns = max(1, min(columns, n_panels + extra))
-    rows = math.ceil((n_panels + extra) / columns)
+def _grid(n_panels: int, columns: int = 4) -> tuple[Figure, list]:
+    columns = max(1, min(columns, n_panels))
+    rows = math.ceil(n_panels / columns)
     fig = Figure(figsize=(PANEL_W * columns, PANEL_H * rows + 0.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel().tolist()
     return fig, axes
@@ -140,9 +103,10 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines + [line])
 
 
-def _legend_panel(ax, handles, labels, title: str) -> None:
-    ax.axis("off")
-    ax.legend(handles, labels, loc="center", title=title, fontsize=8, title_fontsize=9, frameon=False)
+def _top_legend(fig: Figure, handles: list, labels: list[str]) -> None:
+    """One legend for every panel, above them (each panel draws the same series)."""
+    columns = min(len(labels), 6)
+    fig.legend(handles, labels, loc="outside upper center", ncols=columns, fontsize=8, frameon=False)
 
 
 # -- the figures ----------------------------------------------------------------------------
@@ -153,14 +117,14 @@ def fig_training(document: dict) -> Figure | str:
     if not layers:
         return "the dumps hold no activation layers"
     x, ticks, xlabel = training_axis(document)
-    fig, axes = _grid(len(TRAINING_METRICS), extra=1)
+    fig, axes = _grid(len(TRAINING_METRICS))
     colours = layer_colours(len(layers))
     handles = []
     for ax, name in zip(axes, TRAINING_METRICS):
         info = document["metrics_info"].get(name)
         values = np.array([[metric(entry, layer, name) for entry in document["files"]] for layer in layers])
         if not np.isfinite(values).any():
-            _empty(ax, name, _unavailable(document, name))
+            _empty(ax, name, unavailable_reason(document, name))
             continue
         for i, layer in enumerate(layers):
             (line,) = ax.plot(x, values[i], color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=4,
@@ -177,7 +141,7 @@ def fig_training(document: dict) -> Figure | str:
     for ax in axes[len(TRAINING_METRICS):]:
         ax.axis("off")
     dashed = matplotlib.lines.Line2D([], [], color="0.35", linestyle="--", linewidth=1)
-    _legend_panel(axes[len(TRAINING_METRICS)], handles + [dashed], layers + ["ideal value"], "layer")
+    _top_legend(fig, handles + [dashed], [f"layer {name}" for name in layers] + ["ideal value"])
     return fig
 
 
@@ -207,13 +171,13 @@ def fig_depth(document: dict) -> Figure | str:
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     files = document["files"]
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(DEPTH_METRICS), extra=1)
+    fig, axes = _grid(len(DEPTH_METRICS))
     handles, labels = [], []
     for ax, name in zip(axes, DEPTH_METRICS):
         info = document["metrics_info"].get(name)
         values = np.array([[metric(entry, layer, name) for layer in layers] for entry in files])
         if not np.isfinite(values).any():
-            _empty(ax, name, _unavailable(document, name))
+            _empty(ax, name, unavailable_reason(document, name))
             continue
         for i, entry in enumerate(files):
             (line,) = ax.plot(depth, values[i], color=colours[i], marker="o", markersize=4, linewidth=1.5)
@@ -225,8 +189,8 @@ def fig_depth(document: dict) -> Figure | str:
             _separation_law(ax, files, depth, values, colours)
         _ideal(ax, info)
         _title(ax, name, info)
-        ax.set_xticks(depth, layers, rotation=30 if max(map(len, layers)) > 6 else 0, ha="right" if
-                      max(map(len, layers)) > 6 else "center")
+        crowded = sum(map(len, layers)) > 24  # long or many layer names: slanted, so they do not overlap
+        ax.set_xticks(depth, layers, rotation=30 if crowded else 0, ha="right" if crowded else "center")
         ax.set_xlabel("layer (depth)", fontsize=8)
         ax.set_ylabel(_unit(name), fontsize=8)
         ax.tick_params(labelsize=7)
@@ -235,7 +199,7 @@ def fig_depth(document: dict) -> Figure | str:
         ax.axis("off")
     fit = matplotlib.lines.Line2D([], [], color="0.35", linestyle=":", linewidth=1.2)
     labels = [label + _law_text(entry) for label, entry in zip(labels, files)]
-    _legend_panel(axes[len(DEPTH_METRICS)], handles + [fit], labels + ["separation-law fit (dotted)"], "checkpoint")
+    _top_legend(fig, handles + [fit], labels + ["separation-law fit"])
     return fig
 
 
@@ -266,35 +230,41 @@ def fig_spectra(document: dict) -> Figure | str:
     shown = [files[0]] if len(files) == 1 else [files[0], files[-1]]
     colours = ["#0072B2", "#D55E00"]
     fig, axes = _grid(len(layers), columns=3)
+    handles = {}
     for ax, layer in zip(axes, layers):
-        fit, floors, lam_size = None, [], 0
+        fit, floors, n_eigs, fitted = None, [], 0, False
         for colour, entry in zip(colours, shown):
             record = _layer(entry, layer)
             if record is None or not record["details"].get("spectrum"):
                 continue
             details = record["details"]
             lam = np.asarray(details["spectrum"], dtype=np.float64)
-            lam_size = max(lam_size, lam.size)
+            n_eigs = max(n_eigs, lam.size)
             rank = np.arange(1, lam.size + 1)
             positive = lam > 0
-            ax.loglog(rank[positive], lam[positive], color=colour, linewidth=1.5, label=checkpoint_label(entry))
+            label = checkpoint_label(entry)
+            (handles[label],) = ax.loglog(rank[positive], lam[positive], color=colour, linewidth=1.5)
             if details.get("noise_floor"):
                 floors.append(details["noise_floor"])
-                ax.axhline(details["noise_floor"], color=colour, linestyle=":", linewidth=1,
-                           label=f"noise floor ({checkpoint_label(entry)})")
+                ax.axhline(details["noise_floor"], color=colour, linestyle=":", linewidth=1.2)
             fit = details.get("fit_range") or fit
+            fitted = fitted or "alpha_req" in record["metrics"]
         if floors:  # below the lowest floor is rounding noise: keep the axis on the signal
             ax.set_ylim(bottom=min(floors) / 100)
-        if fit and lam_size:
-            ax.axvspan(fit[0], min(fit[1], lam_size), color="0.85", zorder=0, label=f"α-ReQ fit ranks {fit[0]}–{fit[1]}")
-        ax.set_title(layer, fontsize=9)
+        title = layer
+        if fit and fitted:
+            handles["α-ReQ fit ranks"] = ax.axvspan(fit[0], min(fit[1], n_eigs), color="0.88", zorder=0)
+        elif fit:
+            title += f"\n(no α-ReQ fit: {n_eigs} eigenvalues < rank {fit[1]})"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("rank r", fontsize=8)
         ax.set_ylabel("eigenvalue λ_r (activation units²)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="major")
-        ax.legend(fontsize=6.5, loc="lower left")
     for ax in axes[len(layers):]:
         ax.axis("off")
+    floor = matplotlib.lines.Line2D([], [], color="0.35", linestyle=":", linewidth=1.2)
+    _top_legend(fig, list(handles.values()) + [floor], list(handles) + ["storage-noise floor (colour: checkpoint)"])
     return fig
 
 
@@ -367,7 +337,7 @@ def fig_activity(document: dict) -> Figure | str:
         values = [metric(last, layer, name) for layer in layers]
         axes[0].bar(x + (offset - 0.5) * 0.38, np.nan_to_num(values), width=0.38, color=colour,
                     label=name.replace("_", " "))
-    axes[0].set_xticks(x, layers, rotation=30 if max(map(len, layers)) > 6 else 0, fontsize=7)
+    axes[0].set_xticks(x, layers, rotation=30 if sum(map(len, layers)) > 24 else 0, fontsize=7)
     axes[0].set_ylim(0, 1)
     axes[0].set_ylabel("fraction of units", fontsize=8)
     axes[0].set_xlabel("layer", fontsize=8)
@@ -410,5 +380,6 @@ def fig_attention(document: dict) -> Figure | str:
     ax.set_xlabel("head", fontsize=8)
     ax.set_ylabel("attention layer", fontsize=8)
     ax.set_title(f"attention entropy per head ({checkpoint_label(entry)})", fontsize=9)
-    fig.colorbar(image, ax=ax, label="entropy (nats)")
+    normalized = document["options"].get("entropy", {}).get("normalized")
+    fig.colorbar(image, ax=ax, label="entropy ÷ log(valid keys)" if normalized else "entropy (nats)")
     return fig

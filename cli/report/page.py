@@ -10,9 +10,8 @@ import html
 import json
 import math
 import re
-from pathlib import Path
 
-from actgeom.cli.report.figures import checkpoint_label, layer_names
+from actgeom.cli.report.document import checkpoint_label, layer_names
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -172,7 +171,7 @@ def _tables(document: dict) -> str:
     body = []
     for name in names:
         cells = [_td(name)]
-        for index, entry, record in records:
+        for index, _, record in records:
             value = record["metrics"].get(name)
             where = f'data-file="{index}" data-layer="{esc(record["layer"])}" data-metric="{esc(name)}"'
             if value is not None and not (isinstance(value, float) and not math.isfinite(value)):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from actgeom.cli.report import figures as f
@@ -71,14 +73,11 @@ def _save(figure, stem: Path) -> None:
     """The figure as SVG and PDF files (each written atomically)."""
     for suffix in ("svg", "pdf"):
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix, metadata={"Creator": None} if suffix == "svg" else {"Creator": None})
+        figure.savefig(buffer, format=suffix, metadata={"Creator": None})
         _write_bytes(stem.with_suffix(f".{suffix}"), buffer.getvalue())
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
