@@ -256,3 +256,19 @@ def test_headless_chromium_renders_the_page_without_console_errors(sample_report
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 100_000  # plots, not a blank page
+
+
+def test_names_from_the_dump_are_escaped(cli, tmp_path, rng):
+    path = _small_dump(tmp_path / "hostile.h5", rng, step=1)
+    hostile = '<img src="x" onerror="alert(1)"> & --> "quoted"'
+    with h5py.File(path, "a") as f:
+        f.attrs["model"] = hostile
+        f.attrs["checkpoint"] = "<script>alert(2)<\\script>"
+        f.move("activations/a", "activations/<b>a</b> --><i>x")  # "/" nests a group: the layer is "<b>a</b> --><i>x"
+    code, _, err = cli("report", path, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    html = (tmp_path / "r.html").read_text()
+    page = Page(html)
+    assert not {tag for tag, _ in page.elements} & {"script", "img", "i"}
+    text = "".join(page.text)
+    assert hostile in text and "<script>alert(2)<\\script>" in text and "<b>a</b> --><i>x" in text
