@@ -9,23 +9,26 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
+from actgeom.cli.collapse import GlobalMean, NC1Inverse, NC4Decision
+from actgeom.cli.collapse import Preset as CollapsePreset
 from actgeom.cli.output import jsonable, write_atomically
 from actgeom.cli.progress import row_progress
+from actgeom.cli.rank import Preset as RankPreset
 from actgeom.cli.report.data import REPORT_SUBSAMPLE, ReportOptions, gather
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
 from actgeom.cli.stats import parse_rows
-from actgeom.core.collapse import PRESETS as COLLAPSE_PRESETS
+from actgeom.core.collapse import CollapseOptions
 from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.dump import DumpSpec
 from actgeom.core.engine import PassOptions
 from actgeom.core.entropy import EntropyOptions
-from actgeom.core.errors import UsageError
-from actgeom.core.spectrum import PRESETS as RANK_PRESETS
+from actgeom.core.spectrum import RankOptions
 from actgeom.core.spectrum import resolve_options as rank_options
 
 COLLAPSE = "Collapse options (as `actgeom collapse`)"
 RANK = "Rank options (as `actgeom rank`)"
 ENTROPY = "Entropy options (as `actgeom entropy`)"
+ENTROPY_DEFAULTS = EntropyOptions()  # the defaults live in core
 
 
 class SummaryFormat(str, Enum):
@@ -44,55 +47,55 @@ def report(
         "--attention", rich_help_panel=o.DATA, show_default=False,
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
-    collapse_preset: Annotated[Optional[str], typer.Option(
+    collapse_preset: Annotated[Optional[CollapsePreset], typer.Option(
         "--collapse-preset", rich_help_panel=COLLAPSE, show_default=False,
         help="collapse --preset: papyan, zhu or linguistic.")] = None,
-    min_count: Annotated[Optional[int], typer.Option("--min-count", rich_help_panel=COLLAPSE, show_default=False,
-                                                     help="Drop classes with fewer rows. [default: 1]")] = None,
-    global_mean: Annotated[Optional[str], typer.Option("--global-mean", rich_help_panel=COLLAPSE, show_default=False,
-                                                       help="μ_G: class or sample. [default: class]")] = None,
-    nc1_inverse: Annotated[Optional[str], typer.Option("--nc1-inverse", rich_help_panel=COLLAPSE, show_default=False,
-                                                       help="Σ_B⁺ in NC1: topk or pinv. [default: topk]")] = None,
+    min_count: Annotated[Optional[int], typer.Option("--min-count", rich_help_panel=COLLAPSE, show_default=o.default(CollapseOptions, "min_count"),
+                                                     help="Drop classes with fewer rows.")] = None,
+    global_mean: Annotated[Optional[GlobalMean], typer.Option("--global-mean", rich_help_panel=COLLAPSE, show_default=o.default(CollapseOptions, "global_mean"),
+                                                       help="μ_G: class or sample.")] = None,
+    nc1_inverse: Annotated[Optional[NC1Inverse], typer.Option("--nc1-inverse", rich_help_panel=COLLAPSE, show_default=o.default(CollapseOptions, "nc1_inverse"),
+                                                       help="Σ_B⁺ in NC1: topk or pinv.")] = None,
     divide_by_c: Annotated[Optional[bool], typer.Option(
-        "--divide-by-c/--no-divide-by-c", rich_help_panel=COLLAPSE, show_default=False,
-        help="NC1 with or without /C. [default: divide]")] = None,
-    nc4_decision: Annotated[Optional[str], typer.Option(
-        "--nc4-decision", rich_help_panel=COLLAPSE, show_default=False,
-        help="NC4's network decision: auto, predictions, logits, logits-nobias. [default: auto]")] = None,
-    rank_preset: Annotated[Optional[str], typer.Option("--rank-preset", rich_help_panel=RANK, show_default=False,
+        "--divide-by-c/--no-divide-by-c", rich_help_panel=COLLAPSE, show_default=o.default(CollapseOptions, "divide_by_c"),
+        help="NC1 with or without /C.")] = None,
+    nc4_decision: Annotated[Optional[NC4Decision], typer.Option(
+        "--nc4-decision", rich_help_panel=COLLAPSE, show_default=o.default(CollapseOptions, "nc4_decision"),
+        help="NC4's network decision: auto, predictions, logits, logits-nobias.")] = None,
+    rank_preset: Annotated[Optional[RankPreset], typer.Option("--rank-preset", rich_help_panel=RANK, show_default=False,
                                                        help="rank --preset: garrido or tracing.")] = None,
-    center: Annotated[Optional[bool], typer.Option("--center/--no-center", rich_help_panel=RANK, show_default=False,
-                                                   help="Centred covariance or raw second moment. [default: center]")] = None,
+    center: Annotated[Optional[bool], typer.Option("--center/--no-center", rich_help_panel=RANK, show_default=o.default(RankOptions, "center"),
+                                                   help="Centred covariance or raw second moment.")] = None,
     max_eigs: Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=RANK, show_default=False,
                                                     help="Keep only the largest eigenvalues.")] = None,
-    rank_eps: Annotated[Optional[float], typer.Option("--rank-eps", rich_help_panel=RANK, show_default=False,
-                                                      help="rank --eps: RankMe's ε. [default: 1e-7]")] = None,
-    fit_range: Annotated[Optional[str], typer.Option("--fit-range", rich_help_panel=RANK, show_default=False,
-                                                     help="α-ReQ ranks START:STOP, 1-based, inclusive. [default: 12:100]")] = None,
+    rank_eps: Annotated[Optional[float], typer.Option("--rank-eps", rich_help_panel=RANK, show_default=o.default(RankOptions, "eps"),
+                                                      help="rank --eps: RankMe's ε.")] = None,
+    fit_range: Annotated[Optional[str], typer.Option("--fit-range", rich_help_panel=RANK, show_default=o.default(RankOptions, "fit_range"),
+                                                     help="α-ReQ ranks START:STOP, 1-based, inclusive.")] = None,
     ge: Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=RANK, show_default=False,
                                                help="k90/k95/k99 with ≥ p instead of > p.")] = None,
-    rtol: Annotated[Optional[float], typer.Option("--rtol", rich_help_panel=RANK, show_default=False,
-                                                  help="Numerical-rank tolerance relative to λ_1. [default: by dtype]")] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol", rich_help_panel=RANK, show_default="by dtype",
+                                                  help="Numerical-rank tolerance relative to λ_1.")] = None,
     rank_subsample: Annotated[Optional[int], typer.Option(
-        "--rank-subsample", rich_help_panel=RANK, show_default=False,
-        help="rank --subsample: rows sampled for TwoNN and MLE. [default: 2000]")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=ENTROPY, help="Rényi order of the dataset entropy.")] = 1.0,
-    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=ENTROPY, help="DSE kernel width (absolute).")] = 10.0,
-    t: Annotated[float, typer.Option("--t", rich_help_panel=ENTROPY, help="DSE diffusion time.")] = 1.0,
+        "--rank-subsample", rich_help_panel=RANK, show_default=o.default(RankOptions, "subsample"),
+        help="rank --subsample: rows sampled for TwoNN and MLE.")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=ENTROPY, help="Rényi order of the dataset entropy.")] = ENTROPY_DEFAULTS.alpha,
+    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=ENTROPY, help="DSE kernel width (absolute).")] = ENTROPY_DEFAULTS.sigma,
+    t: Annotated[float, typer.Option("--t", rich_help_panel=ENTROPY, help="DSE diffusion time.")] = ENTROPY_DEFAULTS.t,
     subsample: Annotated[int, typer.Option(
         "--subsample", rich_help_panel=ENTROPY,
         help="Rows for DSE / DSMI (cost N³; the entropy command's default is 10 000).")] = REPORT_SUBSAMPLE,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=ENTROPY,
-                                      help="Seed of every sample (rank's and entropy's --seed).")] = 0,
+                                      help="Seed of every sample (rank's and entropy's --seed).")] = ENTROPY_DEFAULTS.seed,
     threshold: Annotated[Optional[float], typer.Option(
-        "--threshold", rich_help_panel=ENTROPY, show_default=False,
-        help="A unit is active when its value > threshold. [default: 0 for layers marked ReLU]")] = None,
-    tau: Annotated[float, typer.Option("--tau", rich_help_panel=ENTROPY, help="Dormant threshold (ReDo).")] = 0.025,
+        "--threshold", rich_help_panel=ENTROPY, show_default="0 for layers marked ReLU; required otherwise",
+        help="A unit is active when its value > threshold.")] = None,
+    tau: Annotated[float, typer.Option("--tau", rich_help_panel=ENTROPY, help="Dormant threshold (ReDo).")] = ENTROPY_DEFAULTS.tau,
     layer_width: Annotated[Optional[int], typer.Option(
         "--layer-width", rich_help_panel=ENTROPY, show_default=False,
         help="For SAE latents: the width of the layer the SAE encodes.")] = None,
     entropy_eps: Annotated[float, typer.Option("--entropy-eps", rich_help_panel=ENTROPY,
-                                               help="entropy --eps: attention entropy with log(A + eps).")] = 0.0,
+                                               help="entropy --eps: attention entropy with log(A + eps).")] = ENTROPY_DEFAULTS.eps,
     normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=ENTROPY,
                                              help="Attention entropy divided by log(#valid keys).")] = False,
     results: Annotated[Optional[Path], typer.Option(
@@ -105,12 +108,13 @@ def report(
                                                help="The summary printed on stdout: table or md (Markdown).")]
     = SummaryFormat.table,
 ) -> None:
-    """The story of a training run: collapse, rank, entropy and neuron activity of every layer
-    over every checkpoint, as one self-contained HTML page with figures.
+    """The story of a training run: collapse, rank, entropy and neuron activity of
+    every layer over every checkpoint, as one self-contained HTML page with figures.
 
-    Prints a summary (checkpoint × layer, headline metrics) and writes the page; --results
-    holds every number of the page. DSE/DSMI use a 2 000-row sample unless --subsample says
-    otherwise; every other option has its own command's default, so the numbers match.
+    Prints a summary (checkpoint × layer, headline metrics) and writes the page;
+    --results holds every number of the page. DSE/DSMI use a 2 000-row sample
+    unless --subsample says otherwise; every other option has its own command's
+    default, so the numbers match.
 
     Example (the bundled training run of an MLP on digits, five checkpoints):
 
@@ -119,19 +123,16 @@ def report(
         actgeom report run/ckpt_*.h5 --layers 'blocks.*' -o run.html --figures figs/ --format md
     """
     check_outputs(dumps, output, results, figures)
-    for option, preset, known in (("--collapse-preset", collapse_preset, COLLAPSE_PRESETS),
-                                  ("--rank-preset", rank_preset, RANK_PRESETS)):
-        if preset is not None and preset not in known:
-            raise UsageError(f"{option} '{preset}' is not one of {', '.join(known)}")
     options = ReportOptions(
-        collapse=collapse_options(collapse_preset, min_count=min_count, global_mean=global_mean,
-                                  nc1_inverse=nc1_inverse, divide_by_c=divide_by_c, nc4_decision=nc4_decision),
-        rank=rank_options(rank_preset, center=center, max_eigs=max_eigs, eps=rank_eps, ge=ge, rtol=rtol,
+        collapse=collapse_options(o.plain(collapse_preset), min_count=min_count, global_mean=o.plain(global_mean),
+                                  nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c,
+                                  nc4_decision=o.plain(nc4_decision)),
+        rank=rank_options(o.plain(rank_preset), center=center, max_eigs=max_eigs, eps=rank_eps, ge=ge, rtol=rtol,
                           subsample=rank_subsample, seed=seed,
                           fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range")),
         entropy=EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
-        passes=PassOptions(nonfinite=nonfinite, tokens=tokens))
+        passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens))
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
     with row_progress() as progress:
