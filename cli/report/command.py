@@ -11,7 +11,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.collapse import GlobalMean, NC1Inverse, NC4Decision
 from actgeom.cli.collapse import Preset as CollapsePreset
-from actgeom.cli.output import jsonable, write_atomically
+from actgeom.cli.output import jsonable
 from actgeom.cli.progress import row_progress
 from actgeom.cli.rank import Preset as RankPreset
 from actgeom.cli.report.data import REPORT_SUBSAMPLE, ReportOptions, gather
@@ -22,6 +22,7 @@ from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.dump import DumpSpec
 from actgeom.core.engine import PassOptions
 from actgeom.core.entropy import EntropyOptions
+from actgeom.core.outputs import write_output
 from actgeom.core.spectrum import RankOptions
 from actgeom.core.spectrum import resolve_options as rank_options
 
@@ -107,6 +108,7 @@ def report(
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", rich_help_panel=o.OUTPUT,
                                                help="The summary printed on stdout: table or md (Markdown).")]
     = SummaryFormat.table,
+    quiet: o.QuietOpt = False,
 ) -> None:
     """The story of a training run: collapse, rank, entropy and neuron activity of
     every layer over every checkpoint, as one self-contained HTML page with figures.
@@ -120,7 +122,7 @@ def report(
 
         actgeom report sample_data/*.h5 -o report.html --results report.json
 
-        actgeom report run/ckpt_*.h5 --layers 'blocks.*' -o run.html --figures figs/ --format md
+        actgeom report sample_data/*.h5 --layers hidden3 -o hidden3.html --figures figures/ --format md
     """
     check_outputs(dumps, output, results, figures)
     options = ReportOptions(
@@ -135,12 +137,12 @@ def report(
         passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens))
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
-    with row_progress() as progress:
+    with row_progress(quiet) as progress:
         document = jsonable(gather(dumps, spec, options, progress))
     from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
 
-    page = render_page(document, figures)
+    page = render_page(document, figures, inputs=dumps)
     if results is not None:
-        write_atomically(results, results_text(document, results))
-    write_atomically(output, page)
+        write_output(results, results_text(document, results), dumps, option="--results")
+    write_output(output, page, dumps)
     typer.echo(summary_text(document, fmt.value, output, results), nl=False)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from actgeom.cli.report import figures as f
 from actgeom.cli.report.page import build_page
+from actgeom.core.outputs import atomic_path
 
 # (id, section, caption, drawing function), in page order
 FIGURES = (
@@ -55,7 +54,7 @@ def to_svg(figure, salt: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{salt}"', 1)
 
 
-def draw(document: dict, figures_dir: Path | None = None) -> list[tuple[str, str, str, str]]:
+def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tuple[str, str, str, str]]:
     """Every figure of the page: (id, section, caption, inline SVG or "") — absent ones say why."""
     drawn = []
     for fig_id, section, caption, function in FIGURES:
@@ -65,29 +64,17 @@ def draw(document: dict, figures_dir: Path | None = None) -> list[tuple[str, str
             continue
         drawn.append((fig_id, section, caption, to_svg(figure, fig_id)))
         if figures_dir is not None:
-            _save(figure, figures_dir / fig_id)
+            _save(figure, figures_dir / fig_id, inputs)
     return drawn
 
 
-def _save(figure, stem: Path) -> None:
+def _save(figure, stem: Path, inputs) -> None:
     """The figure as SVG and PDF files (each written atomically)."""
     for suffix in ("svg", "pdf"):
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix, metadata={"Creator": None})
-        _write_bytes(stem.with_suffix(f".{suffix}"), buffer.getvalue())
+        with atomic_path(stem.with_suffix(f".{suffix}"), inputs, option="--figures") as tmp:
+            figure.savefig(tmp, format=suffix, metadata={"Creator": None})
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def render_page(document: dict, figures_dir: Path | None = None) -> str:
+def render_page(document: dict, figures_dir: Path | None = None, inputs=()) -> str:
     """The HTML page of a (JSON-ready) document; each figure also goes to ``figures_dir`` when given."""
-    return build_page(document, draw(document, figures_dir))
+    return build_page(document, draw(document, figures_dir, inputs))

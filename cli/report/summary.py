@@ -7,6 +7,7 @@ from pathlib import Path
 
 from actgeom.cli.options import Format
 from actgeom.cli.output import Result, render
+from actgeom.core import outputs
 from actgeom.core.errors import UsageError
 
 HEADLINE = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "erank", "alpha_req", "dataset_entropy", "dead_fraction",
@@ -15,21 +16,11 @@ RESULT_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.c
 
 
 def check_outputs(dumps: list[Path], output: Path, results: Path | None, figures: Path | None) -> None:
-    """Before any pass: outputs go to existing directories and never onto an input."""
-    inputs = {dump.resolve() for dump in dumps}
-    for option, path in (("--output", output), ("--results", results)):
-        if path is None:
-            continue
-        if path.resolve() in inputs:
-            raise UsageError(f"{option} {path} is one of the input dumps; choose another file")
-        if not path.resolve().parent.is_dir():
-            raise UsageError(f"cannot write {option} {path}: directory {path.parent} does not exist")
-        if path.is_dir():
-            raise UsageError(f"{option} {path} is a directory; give a file name")
+    """Before any pass: every output writable and none of them an input (core.outputs' rules),
+    --results with a known suffix, --figures a directory (created when missing)."""
     if results is not None and results.suffix.lower() not in RESULT_FORMATS:
         raise UsageError(f"--results {results}: the suffix says the format; use one of {', '.join(RESULT_FORMATS)}")
-    if results is not None and output.resolve() == results.resolve():
-        raise UsageError("--results and --output name the same file")
+    outputs.check_outputs({"-o": output, "--results": results}, dumps)
     if figures is not None:
         if figures.exists() and not figures.is_dir():
             raise UsageError(f"--figures {figures} is a file; give a directory")
