@@ -108,6 +108,10 @@ def report(
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", rich_help_panel=o.OUTPUT,
                                                help="The summary printed on stdout: table or md (Markdown).")]
     = SummaryFormat.table,
+    cache: Annotated[Optional[Path], typer.Option(
+        "--cache", rich_help_panel=o.OUTPUT, show_default=False,
+        help="Keep each dump's results in this directory, keyed by the file's identity (path, size, mtime, "
+             "attributes) and every option: a re-run after adding a checkpoint reads only the new dump.")] = None,
     quiet: o.QuietOpt = False,
 ) -> None:
     """The story of a training run: collapse, rank, entropy and neuron activity of
@@ -138,7 +142,7 @@ def report(
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
     with row_progress(quiet) as progress:
-        document = jsonable(gather(dumps, spec, options, progress))
+        document = jsonable(gather(dumps, spec, options, progress, cache))
     from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
 
     page = render_page(document, figures, inputs=dumps)

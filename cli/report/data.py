@@ -51,14 +51,16 @@ def checkpoint_order(paths: list[Path]) -> list[Path]:
 
 
 def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOptions(),
-           progress: Progress | None = None) -> dict:
-    """The report document of the dumps (checkpoints ordered), every family on every layer."""
+           progress: Progress | None = None, cache: Path | None = None) -> dict:
+    """The report document of the dumps (checkpoints ordered), every family on every layer;
+    ``cache``: a directory keeping each dump's results (core.api.run), so a re-run reads only the
+    dumps that are new or changed."""
     started = time.perf_counter()
     families = {"collapse": options.collapse, "rank": options.rank, "entropy": options.entropy}
     document = None
     for path in checkpoint_order([Path(p) for p in paths]):
         one = api.run("report", [path], families, spec=spec, pass_options=options.passes, details=True,
-                      progress=_labelled(progress, path)).to_dict()
+                      progress=_labelled(progress, path), cache=cache).to_dict()
         if document is None:
             document = one
         else:
