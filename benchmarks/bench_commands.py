@@ -33,6 +33,12 @@ def child(kind: str, path: str) -> dict:
     elif kind == "entropy":  # the streamable entropies: DSE/DSMI on a 2-row sample cost nothing
         actgeom.entropy(path, subsample=2, threshold=0.0)
         extra = {}
+    elif kind == "neurons":
+        actgeom.neurons(path, threshold=0.0)
+        extra = {}
+    elif kind == "probe":  # two passes: train moments, then the test rows scored
+        actgeom.probe(path)
+        extra = {}
     elif kind == "all":  # collapse + rank + entropy in one pass, DSE/DSMI on 2 000 rows (report's defaults)
         actgeom.analyze(path, options={"entropy": {"subsample": 2000, "threshold": 0.0}})
         extra = {}
@@ -79,6 +85,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-lm", action="store_true")
+    parser.add_argument("--skip-dse", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -108,7 +115,7 @@ def main() -> None:
         print(f"collapse + rank + entropy in one pass (DSE on 2 000 rows) / {kind}: {best['all']['seconds'] / floor:.3f}")
     separate = sum(best[kind]["seconds"] for kind in ("collapse", "rank", "entropy"))
     print(f"one pass for three families / three separate commands: {best['all']['seconds'] / separate:.3f}")
-    for n in (2000, 5000, 10000):
+    for n in () if args.skip_dse else (2000, 5000, 10000):
         result = run_child(f"dse:{n}", path, __file__)
         print(f"DSE N={n} D=512: {result['seconds']:.2f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
               f"(one {n}×{n} float64 matrix = {n * n * 8 / 2**20:.0f} MiB)")

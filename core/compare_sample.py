@@ -12,7 +12,6 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from actgeom.core.family import Unavailable
 
@@ -44,7 +43,9 @@ class SampleView:
             unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
             upper = 1.0 - (unit @ unit.T)[_upper(rows.shape[0])]
             # float32 ranks: integers and half-integers below 2^24 are exact
-            self._rdm = {key: (upper, scipy_stats.rankdata(upper).astype(np.float32))}
+            from scipy.stats import rankdata  # scipy.stats costs 0.7 s to import: only when RSA runs
+
+            self._rdm = {key: (upper, rankdata(upper).astype(np.float32))}
         return self._rdm[key]
 
     def knn(self, k: int) -> np.ndarray:
