@@ -120,6 +120,10 @@ def _median_offdiagonal(squared: np.ndarray) -> float:
     n = squared.shape[0]
     m = n * (n - 1) // 2  # entries in the upper triangle
     middle = [(m - 1) // 2, m // 2]
+    if m <= _MEDIAN_SAMPLE:  # small (DSMI's per-class kernels): the triangle itself is cheaper than a sample
+        values = squared[np.triu_indices(n, 1)]
+        values.partition(middle)
+        return float(np.sqrt(values[middle].mean()))
     rng = np.random.default_rng(0)
     i = rng.integers(0, n - 1, _MEDIAN_SAMPLE)
     j = rng.integers(0, n - 1, _MEDIAN_SAMPLE)
