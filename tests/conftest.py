@@ -111,3 +111,29 @@ def cli() -> Cli:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+class Reads(dict):
+    """Block reads counted per layer name; ``files`` counts them per file name."""
+
+    def __init__(self):
+        super().__init__()
+        self.files: dict[str, int] = {}
+
+
+@pytest.fixture
+def count_reads(monkeypatch) -> Reads:
+    """Counts every read of rows (they all go through Dump.read_raw), per layer and per file."""
+    from pathlib import Path
+
+    reads = Reads()
+    original = Dump.read_raw
+
+    def counting(self, layer, start, stop, out):
+        reads[layer.name] = reads.get(layer.name, 0) + 1
+        reads.files[Path(self.path).name] = reads.files.get(Path(self.path).name, 0) + 1
+        return original(self, layer, start, stop, out)
+
+    monkeypatch.setattr(Dump, "read_raw", counting)
+    return reads
+

@@ -21,20 +21,6 @@ ROOT = Path(__file__).parent.parent
 COMBINED_RTOL = 1e-12
 
 
-@pytest.fixture
-def count_reads(monkeypatch):
-    """Counts block reads per layer (every read of rows goes through Dump.read_raw)."""
-    reads: dict[str, int] = {}
-    original = Dump.read_raw
-
-    def counting(self, layer, start, stop, out):
-        reads[layer.name] = reads.get(layer.name, 0) + 1
-        return original(self, layer, start, stop, out)
-
-    monkeypatch.setattr(Dump, "read_raw", counting)
-    return reads
-
-
 def _synthetic(tmp_path, rng, *, predictions: bool):
     X, y = class_data(rng, [80, 60, 70, 40], 10, offset=5.0)
     extra = {"prediction": rng.integers(0, 4, y.size)} if predictions else {}
@@ -148,17 +134,10 @@ def _participation_ratio(X):
     return lam.sum() ** 2 / (lam**2).sum()
 
 
-def test_cache_reads_only_new_or_changed_dumps(tmp_path, rng, monkeypatch):
+def test_cache_reads_only_new_or_changed_dumps(tmp_path, rng, count_reads):
     """Five checkpoints cached; adding a sixth re-reads only it; a changed option, a touched file or
     a corrupt entry is recomputed, never used."""
-    reads: dict[str, int] = {}
-    original = Dump.read_raw
-
-    def counting(self, layer, start, stop, out):
-        reads[Path(self.path).name] = reads.get(Path(self.path).name, 0) + 1
-        return original(self, layer, start, stop, out)
-
-    monkeypatch.setattr(Dump, "read_raw", counting)
+    reads = count_reads.files
     paths = []
     for i in range(6):
         X, y = class_data(rng, [30, 30, 30], 5, offset=float(i))

@@ -274,19 +274,10 @@ def test_names_from_the_dump_are_escaped(cli, tmp_path, rng):
     assert hostile in text and "<script>alert(2)<\\script>" in text and "<b>a</b> --><i>x" in text
 
 
-def test_report_cache_rereads_only_a_new_checkpoint(cli, tmp_path, monkeypatch):
-    """--cache: five checkpoints, then a sixth; the second run reads only the sixth dump."""
-    from actgeom.core.dump import Dump
-
+def test_report_cache_rereads_only_a_new_checkpoint(cli, tmp_path, count_reads):
+    """--cache: four checkpoints, then a fifth; the second run reads only the fifth dump."""
     first = [shutil.copy(path, tmp_path / Path(path).name) for path in SAMPLES]
-    reads: dict[str, int] = {}
-    original = Dump.read_raw
-
-    def counting(self, layer, start, stop, out):
-        reads[Path(self.path).name] = reads.get(Path(self.path).name, 0) + 1
-        return original(self, layer, start, stop, out)
-
-    monkeypatch.setattr(Dump, "read_raw", counting)
+    reads = count_reads.files
     common = ("--layers", "hidden3", "--subsample", "200", "--cache", tmp_path / "cache")
     code, _, err = cli("report", *first[:4], "-o", tmp_path / "a.html", *common)
     assert code == 0, err
