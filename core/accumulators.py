@@ -116,18 +116,24 @@ class MomentsSpec(Spec):
     slot: ClassVar[str] = "moments"
     by_class: bool = True
     all_rows: bool = False
+    scatter: bool = True  # False: class counts and means only, no D×D product per block
 
     def union(self, other: "MomentsSpec") -> "MomentsSpec":
+        scatter = self.scatter or other.scatter
         if not self.by_class and not other.by_class:
-            return self
-        return MomentsSpec(by_class=True, all_rows=(self.all_rows or not self.by_class) or (other.all_rows or not other.by_class))
+            return MomentsSpec(by_class=False, scatter=scatter)
+        return MomentsSpec(by_class=True, all_rows=(self.all_rows or not self.by_class) or (other.all_rows or not other.by_class),
+                           scatter=scatter)
 
     def describe(self) -> str:
         if not self.by_class:
             return "the moments of all rows"
-        return "class moments" + (" and the moments of unlabelled rows" if self.all_rows else " (labelled rows only)")
+        kept = "class means" if not self.scatter else "class moments"
+        return kept + (" and the moments of unlabelled rows" if self.all_rows else " (labelled rows only)")
 
     def covers(self, other: "MomentsSpec") -> bool:
+        if other.scatter and not self.scatter:
+            return False
         if not other.by_class:  # total moments: from one class of every row, or classes + the unlabelled rest
             return not self.by_class or self.all_rows
         return self.by_class
@@ -152,8 +158,8 @@ class Moments:
 
     def __init__(self, n_units: int, spec: MomentsSpec):
         self.spec = spec
-        self.classes = ClassMoments(n_units)
-        self.rest = ClassMoments(n_units) if spec.by_class and spec.all_rows else None
+        self.classes = ClassMoments(n_units, scatter=spec.scatter)
+        self.rest = ClassMoments(n_units, scatter=spec.scatter) if spec.by_class and spec.all_rows else None
 
     def update(self, rows: Rows) -> None:
         if not self.spec.by_class:
@@ -188,7 +194,7 @@ class Moments:
 
     @classmethod
     def from_arrays(cls, spec: MomentsSpec, arrays: dict[str, np.ndarray]) -> "Moments":
-        acc = cls(arrays["classes/scatter"].shape[0], spec)
+        acc = cls(arrays["classes/ref"].shape[1], spec)
         acc.classes = ClassMoments.from_arrays(_prefixed(arrays, "classes/"))
         if acc.rest is not None:
             acc.rest = ClassMoments.from_arrays(_prefixed(arrays, "rest/"))

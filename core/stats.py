@@ -67,7 +67,7 @@ class ClassStats:
 
     counts: np.ndarray
     means: np.ndarray
-    within_scatter: np.ndarray
+    within_scatter: np.ndarray | None  # None when the scatter was not kept (class means only)
     sq_dev: np.ndarray
 
     @property
@@ -78,14 +78,15 @@ class ClassStats:
 class ClassMoments:
     """Per-class counts and shifted sums, per-class shifted squared norms, pooled shifted scatter."""
 
-    def __init__(self, n_units: int):
+    def __init__(self, n_units: int, *, scatter: bool = True):
         self.n_units = n_units
         self.counts = np.zeros(0, dtype=np.int64)
         self.ref = np.zeros((0, n_units))
         self.sums = np.zeros((0, n_units))
         self.sumsq = np.zeros(0)
-        # Fortran order: dsyrk updates it in place. Only the upper triangle is maintained.
-        self.scatter = np.zeros((n_units, n_units), order="F")
+        # Fortran order: dsyrk updates it in place. Only the upper triangle is maintained. None: class
+        # means only (no D×D product per block).
+        self.scatter = np.zeros((n_units, n_units), order="F") if scatter else None
         self._z = np.empty((0, n_units))  # reused block buffer of shifted rows
 
     @property
@@ -124,7 +125,8 @@ class ClassMoments:
         self.counts[present] += block_counts
         self.sums[present] += block_sums
         self.sumsq[present] += np.bincount(inverse, weights=np.einsum("ij,ij->i", z, z), minlength=present.size)
-        blas.dsyrk(1.0, z.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
+        if self.scatter is not None:
+            blas.dsyrk(1.0, z.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
 
     def merge(self, other: "ClassMoments") -> None:
         """Add another accumulator's rows, re-basing its shifted sums onto our references."""
@@ -139,12 +141,12 @@ class ClassMoments:
         delta[shared] = other.ref[shared] - self.ref[shared]
         n_other = other.counts.astype(np.float64)
         sums = other.sums + n_other[:, None] * delta
-        cross = other.sums.T @ delta  # Σ_c S_c δ_cᵀ
-        scatter = _symmetric(other.scatter) + cross + cross.T + (delta * n_other[:, None]).T @ delta
+        if self.scatter is not None:
+            cross = other.sums.T @ delta  # Σ_c S_c δ_cᵀ
+            self.scatter += np.triu(_symmetric(other.scatter) + cross + cross.T + (delta * n_other[:, None]).T @ delta)
         self.sumsq[:k] += other.sumsq + 2 * np.einsum("ij,ij->i", delta, other.sums) + n_other * np.einsum("ij,ij->i", delta, delta)
         self.sums[:k] += sums
         self.counts[:k] += other.counts
-        self.scatter += np.triu(scatter)
 
     def finalize(self) -> ClassStats:
         """Class means, pooled within-class scatter and per-class squared deviations."""
@@ -154,20 +156,21 @@ class ClassMoments:
         sums = self.sums[:c]
         means = np.where(counts[:, None] > 0, self.ref[:c] + sums / n[:, None], 0.0)
         scaled = sums / np.sqrt(n)[:, None]
-        within = _symmetric(self.scatter) - scaled.T @ scaled
+        within = None if self.scatter is None else _symmetric(self.scatter) - scaled.T @ scaled
         sq_dev = self.sumsq[:c] - np.einsum("ij,ij->i", sums, sums) / n
         return ClassStats(counts=counts, means=means, within_scatter=within, sq_dev=np.maximum(sq_dev, 0.0))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         c = self.n_classes
-        return {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c],
-                "sumsq": self.sumsq[:c], "scatter": np.triu(self.scatter)}
+        arrays = {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c], "sumsq": self.sumsq[:c]}
+        return arrays if self.scatter is None else arrays | {"scatter": np.triu(self.scatter)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassMoments":
-        acc = cls(arrays["scatter"].shape[0])
+        acc = cls(arrays["ref"].shape[1], scatter="scatter" in arrays)
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
-        acc.scatter = np.asfortranarray(arrays["scatter"], dtype=np.float64)
+        if "scatter" in arrays:
+            acc.scatter = np.asfortranarray(arrays["scatter"], dtype=np.float64)
         return acc
 
 

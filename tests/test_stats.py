@@ -248,3 +248,23 @@ def test_shard_files_with_row_offsets_merge_like_one_dump(tmp_path, rng):
                               accumulate(b, specs=every(reservoir=80, seed=4), options=PassOptions(block_rows=50, row_offset=300))])["h"]
     np.testing.assert_array_equal(merged.get("sample").sample()[0], reference.get("sample").sample()[0])
     assert_matches_reference(merged, X, y)
+
+
+def test_class_means_without_the_scatter_equal_the_full_moments(rng):
+    """ClassMoments(scatter=False) keeps counts, means and squared deviations exactly as the full
+    accumulator does, merges and round-trips through arrays, and holds no D×D matrix."""
+    from actgeom.core.stats import ClassMoments
+
+    X, y = class_data(rng, [40, 25, 60], 6, offset=1e3)
+    full, light, halves = ClassMoments(6), ClassMoments(6, scatter=False), [ClassMoments(6, scatter=False) for _ in range(2)]
+    full.update(X, y)
+    light.update(X, y)
+    halves[0].update(X[:50], y[:50])
+    halves[1].update(X[50:], y[50:])
+    halves[0].merge(ClassMoments.from_arrays(halves[1].to_arrays()))
+    a, b, c = full.finalize(), light.finalize(), halves[0].finalize()
+    assert b.within_scatter is None and light.scatter is None and "scatter" not in light.to_arrays()
+    np.testing.assert_array_equal(a.means, b.means)
+    np.testing.assert_array_equal(a.sq_dev, b.sq_dev)
+    np.testing.assert_allclose(c.means, a.means, rtol=1e-14)
+    np.testing.assert_allclose(c.sq_dev, a.sq_dev, rtol=1e-10)

@@ -29,7 +29,7 @@ _UNITS_TOO = ("top_classes", "top_tokens", "top_token_shares")  # per-unit lists
 def needs(options: NeuronsOptions, facts: DumpFacts) -> list:
     specs = [UnitMomentsSpec(exp_sums=options.logvar is not None), UnitsSpec(threshold=options.threshold or 0.0)]
     if facts.has_labels:
-        specs.append(MomentsSpec(by_class=True))  # class means of every unit (ClassStats.means)
+        specs.append(MomentsSpec(by_class=True, scatter=False))  # class means of every unit; no D×D product
     if "token_id" in facts.row_vectors:
         specs.append(TokenSumsSpec())
     if "position" in facts.row_vectors:
