@@ -386,8 +386,7 @@ class Statistics:
         layers, records = [], {name: [] for name in chosen}
         for name, stats in self.stats.items():
             ctx = LayerContext(name=name, n_units=stats.n_units, dtype="float64", attrs={}, stats=stats,
-                               pass_options=PassOptions(), classifier=self.classifier,
-                               classifier_problem=None if self.classifier else None, layers=self.stats)
+                               pass_options=PassOptions(), classifier=self.classifier, layers=self.stats)
             layers.append(_layer_entry(ctx, chosen, records))
         entry = {"file": None, "checkpoint": None, "step": None, "model": None, "layers": layers}
         for name, options in chosen.items():
