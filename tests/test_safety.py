@@ -501,7 +501,10 @@ def test_ctrl_c_says_interrupted_and_exits_130(cli, dump, tmp_path, monkeypatch)
 def test_ctrl_c_in_a_real_process(tmp_path, dump):
     import subprocess
     import sys
-    script = ("import sys, time, actgeom.core.engine as e\n"
+    # A job started in the background by a shell without job control inherits SIGINT ignored; a
+    # user at a terminal does not: restore the default, as their shell would.
+    script = ("import signal, sys, time, actgeom.core.engine as e\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "def slow(*a, **k):\n    sys.stderr.write('pass started\\n'); sys.stderr.flush(); time.sleep(30)\n"
               "    yield from ()\n"
               "e.iter_blocks = slow\nfrom actgeom.cli.app import main\nmain()\n")
