@@ -240,12 +240,16 @@ class UnitsSpec(Spec):
         return Units(UnitStats(n_units, self.threshold, activity=self.activity))
 
 
-class Units(_Wrapper):
-    kind = "units"
-    inner_class = UnitStats
+class _WithNorms(_Wrapper):
+    """A statistic fed the rows and their norms (computed once per block for every accumulator)."""
 
     def update(self, rows: Rows) -> None:
         self.inner.update(rows.X, norms=rows.norms)
+
+
+class Units(_WithNorms):
+    kind = "units"
+    inner_class = UnitStats
 
 
 # -- Σ uuᵀ of normalised rows -------------------------------------------------------------------
@@ -263,12 +267,9 @@ class DirectionsSpec(Spec):
         return Directions(DirectionScatter(n_units))
 
 
-class Directions(_Wrapper):
+class Directions(_WithNorms):
     kind = "directions"
     inner_class = DirectionScatter
-
-    def update(self, rows: Rows) -> None:
-        self.inner.update(rows.X, norms=rows.norms)
 
 
 # -- the seeded sample --------------------------------------------------------------------------
