@@ -26,6 +26,10 @@ COMMANDS = {
     "rank": ["--subsample", "20"],
     "entropy": ["--subsample", "20", "--threshold", "0"],
     "stats": ["--save-stats", "{out_npz}"],
+    "neurons": [],
+    "probe": [],
+    "compare": ["{path}"],  # the dump against itself
+    "report": ["--results", "{out_npz}.json", "--subsample", "20"],
 }
 ALLOWED_EXIT_CODES = {0, 2, 3}
 
@@ -213,7 +217,8 @@ def check_command(runner: CliRunner, command: str, path: Path, description: str)
     """Run one command on a (corrupted) dump and assert the safety contract; return its exit code."""
     before = digest(path)
     out_json, out_npz = path.parent / "out.json", path.parent / "out.npz"
-    args = [command, str(path), *[a.format(out_npz=out_npz) for a in COMMANDS[command]], "-o", str(out_json)]
+    out_npz_json = path.parent / "out.npz.json"
+    args = [command, str(path), *[a.format(out_npz=out_npz, path=path) for a in COMMANDS[command]], "-o", str(out_json)]
     result = runner.invoke(app, args)
     context = f"actgeom {' '.join(args)} after {description}"
     crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
@@ -222,10 +227,10 @@ def check_command(runner: CliRunner, command: str, path: Path, description: str)
     assert "Traceback" not in result.stderr, f"{context}: {result.stderr}"
     if result.exit_code != 0:
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, f"{context}: {result.stderr!r}"
-        assert not out_json.exists() and not out_npz.exists(), f"{context}: an output was left after a failure"
+        assert not any(p.exists() for p in (out_json, out_npz, out_npz_json)), f"{context}: an output was left after a failure"
     assert digest(path) == before, f"{context}: the input changed"
     left = [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
     assert not left, f"{context}: temporary files left: {left}"
-    for output in (out_json, out_npz):
+    for output in (out_json, out_npz, out_npz_json):
         output.unlink(missing_ok=True)
     return result.exit_code

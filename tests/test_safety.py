@@ -207,6 +207,46 @@ def test_zero_rows_or_units_is_one_line(cli, tmp_path, shape, command):
     assert re.search(r"layer 'feats' in .* has shape \(\d+, \d+\): no (rows|units), nothing to measure", err)
 
 
+def _crash(_path):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _spin(_path):
+    while True:
+        pass
+
+
+@pytest.mark.parametrize("command", ["info", "collapse", "stats"])
+@pytest.mark.parametrize("walk, why", [(_crash, r"the HDF5 library crashed reading its metadata \(SIGSEGV\)"),
+                                       (_spin, r"reading its metadata did not finish within 1 s")],
+                         ids=["crash", "hang"])
+def test_metadata_that_crashes_or_hangs_hdf5_is_one_line(cli, dump, tmp_path, monkeypatch, command, walk, why):
+    """Damaged metadata can segfault or spin inside the HDF5 library (found by the long fuzz run);
+    it is read in a child process first, so the command survives to say so."""
+    from actgeom.core.dump import reader
+
+    monkeypatch.setattr(reader, "_walk_metadata", walk)
+    monkeypatch.setattr(reader, "METADATA_TIME_LIMIT_S", 1)
+    before = digest(dump)
+    code, out, err = cli(command, dump, "-o", tmp_path / "out.json")
+    assert code == 3 and out == "" and one_error_line(err), err
+    assert re.search(f"cannot read {re.escape(str(dump))}: the file is damaged \\({why}\\)", err), err
+    assert digest(dump) == before and not (tmp_path / "out.json").exists()
+
+
+def test_the_metadata_check_walks_every_attribute(dump, monkeypatch):
+    """The child reads what opening the dump reads: every object's attributes."""
+    from actgeom.core.dump import reader
+
+    seen = []
+    monkeypatch.setattr(reader, "_attrs", lambda obj: seen.append(obj.name) or {})
+    reader._walk_metadata(dump)
+    with h5py.File(dump, "r") as f:
+        names = ["/"]
+        f.visit(lambda name: names.append("/" + name))
+    assert sorted(seen) == sorted(names)
+
+
 @pytest.mark.parametrize("command", ["collapse", "rank", "entropy", "neurons", "stats"])
 def test_all_rows_dropped_as_nonfinite_is_one_line(cli, tmp_path, command):
     path = write_dump(tmp_path / "n.h5", {"h": np.full((6, 3), np.nan)}, labels=[0, 1, 0, 1, 0, 1])

@@ -8,11 +8,13 @@ where a conventional name exists and is unambiguous it is found without options 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fnmatch
 import functools
 import json
 import os
 import re
+import signal
 import stat
 import warnings
 from dataclasses import dataclass, field
@@ -53,6 +55,9 @@ ATTENTION_SUM_SLACK = 1e-5
 BFLOAT16_EPS = 2.0**-7  # 8 significant bits
 # What h5py raises on a damaged file (bad addresses, broken B-trees, undecodable messages).
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+# Reading a dump's metadata takes milliseconds; a minute allows for slow network storage. A child
+# process that reads it for longer is spinning inside HDF5 on damaged metadata.
+METADATA_TIME_LIMIT_S = 60
 _VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
 _ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
 
@@ -174,6 +179,47 @@ def _check_regular_file(path: Path) -> None:
                                 "(copy the stream to a file first)")
 
 
+def check_metadata(path: Path) -> None:
+    """Read every object header and attribute of the file in a child process first.
+
+    Damaged HDF5 metadata can make the HDF5 library itself crash (a segfault) or spin for ever,
+    below anything Python can catch; in a child, that becomes one clear error here instead of the
+    death or hang of the command. Costs a fork and a metadata walk (milliseconds). Only where
+    ``os.fork`` exists (not on Windows, where the file is opened unguarded).
+    """
+    if not hasattr(os, "fork"):
+        return
+    with getattr(h5py._objects, "phil", contextlib.nullcontext()):  # no thread of ours inside HDF5 at the fork
+        pid = os.fork()
+    if pid == 0:  # the child: walk, then leave without running the parent's exit handlers or flushing its buffers
+        try:
+            faulthandler.disable()  # a crash here is reported by the parent, not dumped on stderr
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(METADATA_TIME_LIMIT_S)
+            _walk_metadata(path)
+        finally:
+            os._exit(0)  # a Python-level error is the parent's to meet again, and report
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        why = (f"reading its metadata did not finish within {METADATA_TIME_LIMIT_S} s"
+               if number == signal.SIGALRM else
+               f"the HDF5 library crashed reading its metadata ({signal.Signals(number).name})")
+        raise InvalidInputError(f"cannot read {path}: the file is damaged ({why})")
+
+
+def _walk_metadata(path: Path) -> None:
+    """Every object header, attribute and chunk index of the file: what opening a dump reads."""
+    with h5py.File(path, "r") as f:
+        _attrs(f)
+
+        def visit(_, obj):
+            _attrs(obj)
+            if isinstance(obj, h5py.Dataset):
+                _missing_on_disk(obj)
+        f.visititems(visit)
+
+
 @contextlib.contextmanager
 def _damaged(path: Path):
     """h5py's errors on damaged metadata as one clear error."""
@@ -190,6 +236,7 @@ def list_datasets(path: str | Path) -> list[dict]:
     """
     path = Path(path)
     _check_regular_file(path)
+    check_metadata(path)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -219,6 +266,7 @@ class Dump:
         self.path = Path(path)
         self.spec = spec or DumpSpec()
         _check_regular_file(self.path)
+        check_metadata(self.path)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from actgeom.core.dump.caches import read_arrow, read_neurox
-from actgeom.core.dump.reader import Dump, DumpSpec
+from actgeom.core.dump.reader import Dump, DumpSpec, check_metadata
 from actgeom.core.dump.source import Arrays, RowView, Source, first_line, from_arrays
 from actgeom.core.dump.writer import as_rows
 from actgeom.core.errors import InvalidInputError
@@ -183,6 +183,7 @@ def _torch(path: Path) -> Arrays:
 
 # -- HDF5 ---------------------------------------------------------------------------------------
 def _hdf5(path: Path, spec: DumpSpec) -> Source:
+    check_metadata(path)
     with h5py.File(path, "r") as f:
         neurox = "sentence_to_index" in f
     if neurox:
