@@ -22,6 +22,7 @@ from actgeom.core.engine import Progress as ProgressCallback
 
 PLAIN_INTERVAL = 10.0  # seconds between plain lines: readable in a log, cheap to write
 PLAIN_START = 2.0  # seconds before the first line: a quick command leaves no progress in a log
+STAGE_SHOWN_FROM = 2.0  # seconds: a shorter step after the pass (core/stages.py) is not announced
 
 
 @contextlib.contextmanager
@@ -36,14 +37,42 @@ def row_progress(quiet: bool = False) -> Iterator[ProgressCallback | None]:
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+        yield Bars(bar)
 
-        def update(layer: str, done: int, total: int) -> None:
-            if layer not in tasks:
-                tasks[layer] = bar.add_task(f"rows of {escape(layer)}", total=total)
-            bar.update(tasks[layer], completed=done)
 
-        yield update
+def _stage_line(layer: str, text: str, seconds: float | None) -> str | None:
+    """`layer L: DSE: eigenvalues of a 10000×10000 kernel, about 1 min 20 s`; None for a short step."""
+    if seconds is None or seconds < STAGE_SHOWN_FROM:
+        return None
+    minutes, rest = divmod(round(seconds), 60)
+    about = f"{minutes} min {rest} s" if minutes else f"{rest} s"
+    return f"layer {escape(layer)}: {escape(text)}, about {about}"
+
+
+class Bars:
+    """callback(layer, done, total) on a terminal: a bar per layer's pass, a pulsing one for a long stage."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.tasks: dict[str, int] = {}
+        self.stage_task: int | None = None
+
+    def __call__(self, layer: str, done: int, total: int) -> None:
+        self._end_stage()
+        if layer not in self.tasks:
+            self.tasks[layer] = self.bar.add_task(f"rows of {escape(layer)}", total=total)
+        self.bar.update(self.tasks[layer], completed=done)
+
+    def stage(self, layer: str, text: str, seconds: float | None) -> None:
+        self._end_stage()
+        line = _stage_line(layer, text, seconds)
+        if line is not None:
+            self.stage_task = self.bar.add_task(line, total=None)
+
+    def _end_stage(self) -> None:
+        if self.stage_task is not None:
+            self.bar.remove_task(self.stage_task)
+            self.stage_task = None
 
 
 class PlainLines:
@@ -67,4 +96,10 @@ class PlainLines:
             rate = done / (now - self.started) if now > self.started else float("inf")
             share = f" ({100 * done / total:.0f}%)" if total else ""
             self.stream.write(f"actgeom: layer {escape(layer)}: {done}/{total} rows{share}, {rate:.3g} rows/s\n")
+            self.stream.flush()
+
+    def stage(self, layer: str, text: str, seconds: float | None) -> None:
+        line = _stage_line(layer, text, seconds)
+        if line is not None:
+            self.stream.write(f"actgeom: {line}\n")
             self.stream.flush()

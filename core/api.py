@@ -9,6 +9,7 @@ Keyword names are the command-line options in snake_case (``--fit-range`` → ``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core import __version__
+from actgeom.core import __version__, stages
 from actgeom.core.accumulators import Spec, union
 from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.compare import CompareOptions
@@ -93,7 +94,9 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
         if consumers:
             second_pass(dump, layer, list(consumers.values()), pass_options, progress)
         ctx.second = consumers
-        layers.append(_layer_entry(ctx, families, records))
+        stage = getattr(progress, "stage", None)  # long steps after the pass (DSE, pairwise tiles), announced
+        with stages.listening(None if stage is None else functools.partial(stage, layer.name)):
+            layers.append(_layer_entry(ctx, families, records))
     entry = {"file": str(dump.path), "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
              "model": dump.attrs.get("model"), "layers": layers}
     for name, options in families.items():

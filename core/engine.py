@@ -28,7 +28,8 @@ from actgeom.core.stream import iter_blocks
 NONFINITE_POLICIES = ("error", "drop")
 TOKEN_SELECTIONS = "all | last | from:K"
 
-# progress(layer_name, rows_done, rows_total)
+# progress(layer_name, rows_done, rows_total). It may also have a method stage(layer_name, text,
+# seconds): a long step after the pass (core/stages.py) and its estimated duration (None: unknown).
 Progress = Callable[[str, int, int], None]
 
 

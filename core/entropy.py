@@ -11,6 +11,7 @@ from scipy import linalg
 from actgeom.core.errors import OptionError
 from actgeom.core.family import Unavailable, registry
 from actgeom.core.spectrum import without_rounding
+from actgeom.core.stages import announce, eigensolve_seconds
 from actgeom.core.stats import UnitStats
 
 KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
@@ -326,6 +327,8 @@ def dse_of(e: EntropyInputs, o: EntropyOptions) -> dict:
     :func:`diffusion_spectral_entropy`)."""
     if e.sample.shape[0] < 2:
         return dict.fromkeys(_DSE_OUTPUTS, Unavailable(f"{e.sample.shape[0]} sampled rows; DSE needs 2"))
+    n = e.sample.shape[0]
+    announce(f"DSE: eigenvalues of a {n}×{n} kernel", lambda: eigensolve_seconds(n))
     return diffusion_spectral_entropy(e.sample, sigma=o.sigma, t=o.t)
 
 
@@ -333,6 +336,10 @@ def dsmi_of(e: EntropyInputs, o: EntropyOptions) -> dict:
     """Diffusion spectral mutual information of the sample and its labels (see :func:`dsmi`)."""
     if e.sample.shape[0] < 2:
         return {"dsmi": Unavailable(f"{e.sample.shape[0]} sampled rows; DSMI needs 2")}
+    sizes = np.unique(e.sample_labels[e.sample_labels >= 0], return_counts=True)[1]
+    if sizes.size:
+        announce(f"DSMI: {(o.dsmi_repeats + 1) * sizes.size} kernels of up to {sizes.max()} rows",
+                 lambda: (o.dsmi_repeats + 1) * sum(eigensolve_seconds(int(k)) or 0.0 for k in sizes) or None)
     return {"dsmi": dsmi(e.sample, e.sample_labels, sigma=o.sigma, t=o.t, repeats=o.dsmi_repeats, seed=o.seed)}
 
 

@@ -7,9 +7,12 @@ running totals (Chan's rule for the variance: exact and stable, in any tile orde
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from actgeom.core.stages import announce
 
 TILE = 512  # 2 MiB of float64 per tile: the temporaries stay in cache (measured 2× faster than 2048)
 # Through the Gram matrix, squared distances below a few ulps of ‖v_c‖² + ‖v_c'‖² cannot be told
@@ -77,7 +80,12 @@ def pair_stats(vectors: np.ndarray, variances: np.ndarray | None = None, *, tile
     abs_total = cdnv_total = cdnv_lc_total = 0.0
     coincident_dirs = coincident_means = 0
     etf_cos = -1.0 / (C - 1) if C > 1 else 0.0  # the pairwise cosine of a simplex ETF
-    for rows, cols in _tiles(C, tile):
+    tiles = list(_tiles(C, tile))
+    began = time.perf_counter()
+    for done, (rows, cols) in enumerate(tiles):
+        if done == 1:  # the first tile timed: the rest take about as long each
+            rest = (time.perf_counter() - began) * (len(tiles) - 1)
+            announce(f"pairwise statistics of {C} classes ({len(tiles)} tiles)", lambda rest=rest: rest)
         if rows == cols:  # each unordered pair once: the strict upper triangle
             upper = np.triu(np.ones((rows.stop - rows.start,) * 2, dtype=bool), 1)
 

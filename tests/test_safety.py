@@ -594,6 +594,57 @@ def test_plain_progress_is_silent_for_a_quick_command_and_escapes_names():
     assert stream.getvalue() == "actgeom: layer evil\\x1b[2J: 10/10 rows (100%), inf rows/s\n"
 
 
+def test_long_stages_after_the_pass_are_announced_with_an_estimate(cli, tmp_path, rng, monkeypatch):
+    """DSE's eigensolve (N³) shows a stage line with its estimated duration in batch logs."""
+    import actgeom.core.entropy as entropy
+
+    monkeypatch.setattr(entropy, "eigensolve_seconds", lambda n: 95.0 if n == 60 else None)
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((80, 4))}, labels=np.arange(80) % 2)
+    code, _, err = cli("entropy", path, "--subsample", "60")
+    assert code == 0, err
+    assert "actgeom: layer h: DSE: eigenvalues of a 60×60 kernel, about 1 min 35 s\n" in err
+    assert "DSMI" not in err  # its kernels are estimated short (None): not announced
+    code, _, err = cli("entropy", path, "--subsample", "60", "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_stage_estimates_reach_a_progress_object_of_the_api(tmp_path, rng):
+    import actgeom
+
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((30, 3))})
+    heard = []
+
+    class Listener:
+        def __call__(self, layer, done, total):
+            pass
+
+        def stage(self, layer, text, seconds):
+            heard.append((layer, text, seconds))
+
+    actgeom.entropy(path, subsample=20, progress=Listener())
+    assert heard == [("h", "DSE: eigenvalues of a 20×20 kernel", None)]  # 20 rows: short, not timed
+
+
+def test_pairwise_tiles_announce_their_estimate_after_the_first_tile(rng):
+    from actgeom.core import stages
+    from actgeom.core.pairwise import pair_stats
+
+    heard = []
+    with stages.listening(lambda text, seconds: heard.append((text, seconds))):
+        pair_stats(rng.standard_normal((40, 5)), tile=16)  # 3 × 4 / 2 = 6 tiles
+    (text, seconds), = heard
+    assert text == "pairwise statistics of 40 classes (6 tiles)" and seconds >= 0
+
+
+def test_eigensolve_estimate_scales_a_timed_small_solve_by_n_cubed(monkeypatch):
+    from actgeom.core import stages
+
+    monkeypatch.setattr(stages, "_eigensolve_time", lambda m: {1000: 0.5, 1500: 2.0}[m])
+    assert stages.eigensolve_seconds(1999) is None
+    assert stages.eigensolve_seconds(4000) == pytest.approx(0.5 * 64)
+    assert stages.eigensolve_seconds(12000) == pytest.approx(2.0 * 8**3)
+
+
 def test_quiet_silences_progress(cli, dump, monkeypatch):
     import actgeom.cli.progress as progress
     monkeypatch.setattr(progress, "PLAIN_START", 0.0)

@@ -79,6 +79,14 @@ def _complete(layer: dict) -> dict:
 
 
 def _labelled(progress: Progress | None, path: Path) -> Progress | None:
+    """The progress of one dump: its layers named with the file."""
     if progress is None:
         return None
-    return lambda layer, done, total: progress(f"{path.name} · {layer}", done, total)
+
+    def labelled(layer: str, done: int, total: int) -> None:
+        progress(f"{path.name} · {layer}", done, total)
+
+    stage = getattr(progress, "stage", None)
+    if stage is not None:
+        labelled.stage = lambda layer, text, seconds: stage(f"{path.name} · {layer}", text, seconds)
+    return labelled
