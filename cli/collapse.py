@@ -28,6 +28,7 @@ def collapse(
     dumps: DumpsArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
     bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
     offsets: o.OffsetsOpt = None, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None, partial_ok: o.PartialOkOpt = False,
     preset: Annotated[Optional[Preset], typer.Option(
         "--preset", rich_help_panel=METRIC, show_default="none",
@@ -71,7 +72,7 @@ def collapse(
     with row_progress(quiet) as progress:
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
-            allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
+            allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats,
             partial_ok=partial_ok,
             preset=o.plain(preset), min_count=min_count, global_mean=o.plain(global_mean),
             nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c, nc4_decision=o.plain(nc4_decision),

@@ -25,6 +25,7 @@ def entropy(
         "--attention", rich_help_panel=o.DATA, show_default=False,
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None, partial_ok: o.PartialOkOpt = False,
     alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = DEFAULTS.alpha,
     sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = DEFAULTS.sigma,
@@ -60,7 +61,8 @@ def entropy(
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress:
         analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
-                               allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats,
+                               allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens,
+                               products=o.plain(products), stats=stats,
                                partial_ok=partial_ok,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress)

@@ -23,6 +23,7 @@ def neurons(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None,
     top: Annotated[int, typer.Option("--top", rich_help_panel=METRIC, help="Units listed per layer.")] = 10,
     score: Annotated[str, typer.Option("--score", rich_help_panel=METRIC,
@@ -65,7 +66,7 @@ def neurons(
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress:
         analysis = api.neurons(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
-                               nonfinite=nonfinite, tokens=tokens, stats=stats, top=top, score=score,
+                               nonfinite=nonfinite, tokens=tokens, products=o.plain(products), stats=stats, top=top, score=score,
                                threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,
                                logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress)
     emit(ranked_view(metrics_result(analysis), score), fmt, output, inputs)

@@ -27,7 +27,7 @@ def probe(
                                                 show_default=False)],
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
-    tokens: o.TokensOpt = "all",
+    tokens: o.TokensOpt = "all", products: o.ProductsOpt = "float64",
     test_fraction: Annotated[Optional[float], typer.Option(
         "--test-fraction", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "test_fraction"),
         help="Share of rows held out for scoring, chosen by a seeded hash of the row (0: directions only).")] = None,
@@ -74,7 +74,7 @@ def probe(
     check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
     with row_progress(quiet) as progress:
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
-                             nonfinite=o.plain(nonfinite), tokens=tokens, test_fraction=test_fraction, seed=seed,
+                             nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), test_fraction=test_fraction, seed=seed,
                              split_by=o.plain(split_by), shrinkage=_shrinkage(shrinkage), ridge_lambda=ridge_lambda,
                              control=o.plain(control),
                              positive=positive, negative=negative, details=save_directions is not None,

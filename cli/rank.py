@@ -24,7 +24,8 @@ Preset = o.choices("Preset", PRESETS)
 def rank(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
     layers: o.LayersOpt = None, offsets: o.OffsetsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False,
-    nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all", stats: o.StatsOpt = None,
+    nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    products: o.ProductsOpt = "float64", stats: o.StatsOpt = None,
     partial_ok: o.PartialOkOpt = False,
     preset: Annotated[Optional[Preset], typer.Option(
         "--preset", rich_help_panel=METRIC, show_default="none",
@@ -72,7 +73,7 @@ def rank(
     check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)
     with row_progress(quiet) as progress:
         analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete,
-                            nonfinite=o.plain(nonfinite), tokens=tokens, stats=stats, partial_ok=partial_ok,
+                            nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats, partial_ok=partial_ok,
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
                             fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"), ge=ge,
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,

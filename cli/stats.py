@@ -45,6 +45,7 @@ def parse_rows(text: str | None, option: str = "--rows") -> tuple[int, int] | No
 def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
           bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
           allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+          products: o.ProductsOpt = "float64",
           rows: RowsOpt = None, row_offset: Annotated[int, typer.Option(
               "--row-offset", help="Row number of this file's first row when it is one shard file of a larger "
                                    "dump (the seeded sample is keyed by global row numbers).")] = 0,
@@ -72,7 +73,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
     """
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
-    options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, row_range=parse_rows(rows), row_offset=row_offset)
+    options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), row_range=parse_rows(rows), row_offset=row_offset)
     with Dump(dump, spec) as opened, row_progress(quiet) as progress:
         specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
         specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []

@@ -70,7 +70,9 @@ class Spec:
     def covers(self, other: "Spec") -> bool:
         return self == other
 
-    def build(self, n_units: int, storage_dtype: str):
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64"):
+        """The accumulator for a layer of ``n_units`` stored as ``storage_dtype``; ``products``:
+        how D×D products of blocks are computed (core/stats.py BlockProducts)."""
         raise NotImplementedError
 
     def record(self) -> dict:
@@ -138,8 +140,8 @@ class MomentsSpec(Spec):
             return not self.by_class or self.all_rows
         return self.by_class
 
-    def build(self, n_units: int, storage_dtype: str) -> "Moments":
-        return Moments(n_units, self)
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Moments":
+        return Moments(n_units, self, products)
 
 
 @dataclass
@@ -156,10 +158,10 @@ class Moments:
 
     kind = "moments"
 
-    def __init__(self, n_units: int, spec: MomentsSpec):
+    def __init__(self, n_units: int, spec: MomentsSpec, products: str = "float64"):
         self.spec = spec
-        self.classes = ClassMoments(n_units, scatter=spec.scatter)
-        self.rest = ClassMoments(n_units, scatter=spec.scatter) if spec.by_class and spec.all_rows else None
+        self.classes = ClassMoments(n_units, scatter=spec.scatter, products=products)
+        self.rest = ClassMoments(n_units, scatter=spec.scatter, products=products) if spec.by_class and spec.all_rows else None
 
     def update(self, rows: Rows) -> None:
         if not self.spec.by_class:
@@ -236,7 +238,7 @@ class UnitsSpec(Spec):
     def covers(self, other: "UnitsSpec") -> bool:
         return not other.activity or (self.activity and self.threshold == other.threshold)
 
-    def build(self, n_units: int, storage_dtype: str) -> "Units":
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Units":
         return Units(UnitStats(n_units, self.threshold, activity=self.activity))
 
 
@@ -263,8 +265,8 @@ class DirectionsSpec(Spec):
     def describe(self) -> str:
         return "Σuuᵀ of the normalised rows (stats --entropy-alpha)"
 
-    def build(self, n_units: int, storage_dtype: str) -> "Directions":
-        return Directions(DirectionScatter(n_units))
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Directions":
+        return Directions(DirectionScatter(n_units, products))
 
 
 class Directions(_WithNorms):
@@ -298,7 +300,7 @@ class SampleSpec(Spec):
     def covers(self, other: "SampleSpec") -> bool:
         return self.seed == other.seed and self.size >= other.size
 
-    def build(self, n_units: int, storage_dtype: str) -> "Sample":
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Sample":
         # float32 holds every float16, bfloat16 and float32 value exactly
         dtype = np.float64 if storage_dtype == "float64" else np.float32
         return Sample(Reservoir(self.size, n_units, dtype, self.seed))
@@ -324,7 +326,7 @@ class SequencesSpec(Spec):
     def describe(self) -> str:
         return f"sequence entropies of order {self.alpha} (--alpha; stats --entropy-alpha)"
 
-    def build(self, n_units: int, storage_dtype: str) -> "Sequences":
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Sequences":
         return Sequences(SequenceEntropy(n_units, self.alpha))
 
 
@@ -355,7 +357,7 @@ class UnitMomentsSpec(Spec):
     def describe(self) -> str:
         return "per-unit moments up to the fourth" + (" and Σ exp(x) (neurons --logvar)" if self.exp_sums else "")
 
-    def build(self, n_units: int, storage_dtype: str) -> "UnitMomentsAccumulator":
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "UnitMomentsAccumulator":
         return UnitMomentsAccumulator(UnitMoments(n_units), ExpSums(n_units) if self.exp_sums else None)
 
 
@@ -407,7 +409,7 @@ class TokenSumsSpec(Spec):
     def describe(self) -> str:
         return "Σ max(x, 0) per token id and unit (neurons, /rows/token_id)"
 
-    def build(self, n_units: int, storage_dtype: str) -> "TokenSums":
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "TokenSums":
         return TokenSums(GroupSums(n_units, shifted=False))
 
 
@@ -450,7 +452,7 @@ class PositionSumsSpec(Spec):
     def describe(self) -> str:
         return f"Σ x per token position, positions ≥ {self.max_position} pooled (neurons --max-position)"
 
-    def build(self, n_units: int, storage_dtype: str) -> "PositionSums":
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "PositionSums":
         return PositionSums(GroupSums(n_units, shifted=True), self.max_position)
 
 
@@ -501,8 +503,8 @@ class SplitSpec(Spec):
     def describe(self) -> str:
         return f"train-row class moments of a split with test fraction {self.test_fraction}, seed {self.seed}"
 
-    def build(self, n_units: int, storage_dtype: str) -> "Split":
-        return Split(n_units, self)
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Split":
+        return Split(n_units, self, products)
 
 
 @dataclass
@@ -521,10 +523,10 @@ class SplitStats:
 class Split:
     kind = "split"
 
-    def __init__(self, n_units: int, spec: SplitSpec):
+    def __init__(self, n_units: int, spec: SplitSpec, products: str = "float64"):
         self.spec = spec
-        self.train = ClassMoments(n_units)  # without the validation rows, when they are kept apart
-        self.validation = ClassMoments(n_units) if spec.validation else None
+        self.train = ClassMoments(n_units, products=products)  # without the validation rows, when they are kept apart
+        self.validation = ClassMoments(n_units, products=products) if spec.validation else None
         self.n_test = 0
         self.groups = ControlSums(n_units) if spec.control else None
 

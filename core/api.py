@@ -222,30 +222,30 @@ def _plain(value):
 # -- the public functions ------------------------------------------------------------------------------
 
 def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None, attention=None,
-          allow_incomplete=False, nonfinite="error", tokens="all") -> tuple[DumpSpec, PassOptions]:
+          allow_incomplete=False, nonfinite="error", tokens="all", products="float64") -> tuple[DumpSpec, PassOptions]:
     spec = DumpSpec(layers=tuple([layers] if isinstance(layers, str) else layers or ()), labels=labels, weight=weight,
                     bias=bias, predictions=predictions, offsets=offsets, attention=attention,
                     allow_incomplete=allow_incomplete)
-    return spec, PassOptions(nonfinite=nonfinite, tokens=tokens)
+    return spec, PassOptions(nonfinite=nonfinite, tokens=tokens, products=products)
 
 
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
-             allow_incomplete=False, nonfinite="error", tokens="all", stats=None, partial_ok=False, preset=None, min_count=None,
+             allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, preset=None, min_count=None,
              global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
              progress: Progress | None = None) -> Result:
     """Neural-collapse metrics (docs/metrics.md §1) of every selected layer of every dump."""
-    spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens)
+    spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
     return run("collapse", paths, {"collapse": options}, spec=spec, pass_options=pass_options, stats=stats,
                partial_ok=partial_ok, progress=progress)
 
 
-def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", stats=None,
+def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None,
          partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
          seed=None, details=False, progress: Progress | None = None) -> Result:
     """Spectrum and effective-dimension metrics (docs/metrics.md §2) of every selected layer."""
-    spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
+    spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
     return run("rank", paths, {"rank": options}, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
@@ -253,22 +253,22 @@ def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite=
 
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
-            tokens="all", stats=None, partial_ok=False, progress: Progress | None = None, **options) -> Result:
+            tokens="all", products="float64", stats=None, partial_ok=False, progress: Progress | None = None, **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md §3); ``options`` are EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
-    spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens)
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens, products)
     return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, pass_options=pass_options,
                stats=stats, partial_ok=partial_ok, progress=progress)
 
 
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
-            nonfinite="error", tokens="all", stats=None, partial_ok=False, details=False, cache=None,
+            nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, details=False, cache=None,
             progress: Progress | None = None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
-                               nonfinite, tokens)
+                               nonfinite, tokens, products)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
     return run("analyze", paths, chosen, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
                details=details, cache=cache, partial_ok=partial_ok)
@@ -296,7 +296,7 @@ def _known(options_class, family: str, given: dict) -> dict:
     return given
 
 
-def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
+def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
             stats=None, details=False, progress: Progress | None = None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md §6) of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
@@ -307,12 +307,12 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
     if layers is not None:
         layers = [layers] if isinstance(layers, str) else list(layers)
         layers += [name for name in (chosen.mu, chosen.logvar) if name is not None and name not in layers]
-    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     return run("neurons", paths, {"neurons": chosen}, spec=spec, pass_options=pass_options, stats=stats,
                progress=progress, details=details)
 
 
-def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
+def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
           test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None, positive=None,
           negative=None, details=False, stats=None, progress: Progress | None = None) -> Result:
     """Linear probes and concept directions (docs/metrics.md §7) of every selected layer.
@@ -323,7 +323,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     vector in ``layer["details"]["direction"]`` (for --save-directions). ``stats``: a partial-statistics
     file holding the split's train moments (e.g. shards' ``accumulate(..., specs=[SplitSpec(...)])``
     saved and merged); the test rows are still scored from the dump."""
-    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens)
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, pass_options=pass_options, stats=stats,

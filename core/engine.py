@@ -22,10 +22,11 @@ import numpy as np
 from actgeom.core.accumulators import ACCUMULATORS, Rows, Spec, union
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.errors import InvalidInputError, OptionError, UsageError
-from actgeom.core.stats import column_sums
+from actgeom.core.stats import PRODUCTS, column_sums
 from actgeom.core.stream import iter_blocks
 
 NONFINITE_POLICIES = ("error", "drop")
+SIXTEEN_BIT = ("float16", "bfloat16")  # the layers whose storage noise allows float32 block products
 TOKEN_SELECTIONS = "all | last | from:K"
 
 # progress(layer_name, rows_done, rows_total). It may also have a method stage(layer_name, text,
@@ -43,12 +44,15 @@ class PassOptions:
     row_range: tuple[int, int] | None = None  # rows [start, stop) of the dump; None = all
     row_offset: int = 0  # added to row numbers: this file's rows continue another's (shard files)
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
+    products: str = "float64"  # D×D products of blocks: "float64", or "float32" for 16-bit layers (stats.BlockProducts)
 
     def __post_init__(self) -> None:
         if self.nonfinite not in NONFINITE_POLICIES:
             raise OptionError("nonfinite", self.nonfinite, f"is not one of {', '.join(NONFINITE_POLICIES)}")
         if self.row_offset < 0:
             raise OptionError("row_offset", self.row_offset, "must be ≥ 0")
+        if self.products not in PRODUCTS:
+            raise OptionError("products", self.products, f"is not one of {', '.join(PRODUCTS)}")
         if self.block_rows is not None and self.block_rows < 1:
             raise OptionError("block_rows", self.block_rows, "must be ≥ 1")
         _first_position(self.tokens)  # validates `tokens`
@@ -106,9 +110,10 @@ def _describe(specs: dict[str, Spec]) -> str:
     return ", ".join(f"{slot} {spec.record()}" for slot, spec in specs.items()) or "(nothing)"
 
 
-def new_layer_stats(layer: LayerInfo, specs: dict[str, Spec]) -> LayerStats:
+def new_layer_stats(layer: LayerInfo, specs: dict[str, Spec], products: str = "float64") -> LayerStats:
     return LayerStats(layer=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, specs=dict(specs),
-                      accumulators={slot: spec.build(layer.n_units, layer.storage_dtype) for slot, spec in specs.items()})
+                      accumulators={slot: spec.build(layer.n_units, layer.storage_dtype, products)
+                                    for slot, spec in specs.items()})
 
 
 def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[Spec] | dict[str, Spec],
@@ -120,6 +125,10 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     if unknown:
         raise UsageError(f"unknown statistics {sorted(unknown)}")
     selected = dump.layers if layers is None else [dump.layer(name) for name in layers]
+    wide = [layer for layer in selected if layer.logical_dtype not in SIXTEEN_BIT]
+    if options.products == "float32" and wide:
+        raise OptionError("products", "float32", f"is for float16/bfloat16 layers, whose storage noise exceeds its "
+                          f"rounding; layer '{wide[0].name}' in {dump.path} is {wide[0].logical_dtype}")
     start, stop = options.row_range or (0, dump.n_rows)
     if not 0 <= start <= stop <= dump.n_rows:
         raise UsageError(f"row range {start}:{stop} is outside the dump's rows 0:{dump.n_rows}")
@@ -130,7 +139,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     wanted = sorted({name for spec in specs.values() for name in spec.row_vectors})
     results = {}
     for layer in selected:
-        stats = new_layer_stats(layer, specs)
+        stats = new_layer_stats(layer, specs, options.products)
         block_rows = options.block_rows or dump.block_rows(layer)
         bounds = None if offsets is None else sequence_blocks(offsets, start, stop, block_rows)
         for block in iter_blocks(dump, layer, start, stop, block_rows, bounds):

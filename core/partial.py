@@ -84,7 +84,7 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
 
 # Root attributes that say when and how a file was written, not what it holds.
 _VOLATILE = {"n_rows", "complete", "created", "created_by", "writer_version", "extract_runs"}
-PROVENANCE_PASS = ("nonfinite", "tokens")  # the pass options that decide which rows count
+PROVENANCE_PASS = ("nonfinite", "tokens", "products")  # the pass options that decide which rows count and how
 
 
 def dump_fingerprint(dump) -> str:
@@ -104,6 +104,11 @@ def provenance(dump, options: PassOptions) -> dict:
             "pass": {name: getattr(options, name) for name in PROVENANCE_PASS}}
 
 
+def _recorded(meta: dict, name: str):
+    """A pass option a statistics file was made with (files older than the option: its default)."""
+    return meta["pass"].get(name, getattr(PassOptions(), name))
+
+
 def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tuple[dict[str, LayerStats], dict]:
     """Merge (path, statistics, provenance) of disjoint rows of one dump, or refuse naming why."""
     first_path, _, first = loaded[0]
@@ -112,9 +117,9 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
             raise InvalidInputError(f"{path} holds statistics of another dump ({', '.join(meta.get('dumps', []))}) "
                                     f"than {first_path} ({', '.join(first.get('dumps', []))})")
         for name in PROVENANCE_PASS:
-            if meta["pass"].get(name) != first["pass"].get(name):
-                raise InvalidInputError(f"{path} was made with --{name} {meta['pass'].get(name)}, {first_path} with "
-                                        f"--{name} {first['pass'].get(name)}")
+            if _recorded(meta, name) != _recorded(first, name):
+                raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}, {first_path} with "
+                                        f"--{name} {_recorded(first, name)}")
     ranges = sorted((a, b, path) for path, _, meta in loaded for a, b in meta["rows"])
     for (a1, b1, p1), (a2, b2, p2) in zip(ranges, ranges[1:]):
         if a2 < b1:
@@ -142,8 +147,8 @@ def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok
         raise InvalidInputError(f"{path} holds statistics of {', '.join(meta.get('dumps', ['another dump']))}, "
                                 f"not of {dump.path} (their attributes or layers differ)")
     for name in PROVENANCE_PASS:
-        if meta["pass"].get(name) != getattr(options, name):
-            raise InvalidInputError(f"{path} was made with --{name} {meta['pass'].get(name)}; this command uses "
+        if _recorded(meta, name) != getattr(options, name):
+            raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}; this command uses "
                                     f"--{name} {getattr(options, name)}")
     covered = _union(meta["rows"])
     whole = covered == [[0, dump.n_rows]]

@@ -75,10 +75,39 @@ class ClassStats:
         return int(self.counts.sum())
 
 
+PRODUCTS = ("float64", "float32")  # how the D×D product of each block is computed (PassOptions.products)
+
+
+class BlockProducts:
+    """Adds Σ_i z_i z_iᵀ of a block of float64 rows to a float64 upper triangle (Fortran order).
+
+    "float64" (the default): one dsyrk in place: exact to float64 rounding. "float32" (offered for
+    float16/bfloat16 layers only): the block rounded to float32 and one ssyrk into a float32 D×D,
+    added to the float64 total — about half the time of the product, which dominates a pass. Each
+    block's sums then carry float32 rounding (relative ~1e-7·√rows per block), far below the
+    storage noise of 16-bit activations (2^-11 relative per value); totals stay float64.
+    """
+
+    def __init__(self, n_units: int, products: str = "float64"):
+        self.products = products
+        self._z32 = np.empty((0, n_units), dtype=np.float32)
+        self._c32 = np.zeros((n_units, n_units), dtype=np.float32, order="F") if products == "float32" else None
+
+    def add(self, scatter: np.ndarray, z: np.ndarray) -> None:
+        if self._c32 is None:
+            blas.dsyrk(1.0, z.T, beta=1.0, c=scatter, trans=0, overwrite_c=1)
+            return
+        self._z32 = _buffer(self._z32, z.shape)
+        z32 = self._z32[: z.shape[0]]
+        np.copyto(z32, z, casting="same_kind")
+        blas.ssyrk(1.0, z32.T, beta=0.0, c=self._c32, trans=0, overwrite_c=1)  # the upper triangle (the lower stays 0)
+        scatter += self._c32
+
+
 class ClassMoments:
     """Per-class counts and shifted sums, per-class shifted squared norms, pooled shifted scatter."""
 
-    def __init__(self, n_units: int, *, scatter: bool = True):
+    def __init__(self, n_units: int, *, scatter: bool = True, products: str = "float64"):
         self.n_units = n_units
         self.counts = np.zeros(0, dtype=np.int64)
         self.ref = np.zeros((0, n_units))
@@ -87,6 +116,7 @@ class ClassMoments:
         # Fortran order: dsyrk updates it in place. Only the upper triangle is maintained. None: class
         # means only (no D×D product per block).
         self.scatter = np.zeros((n_units, n_units), order="F") if scatter else None
+        self._products = BlockProducts(n_units, products) if scatter else None
         self._z = np.empty((0, n_units))  # reused block buffer of shifted rows
 
     @property
@@ -126,7 +156,7 @@ class ClassMoments:
         self.sums[present] += block_sums
         self.sumsq[present] += np.bincount(inverse, weights=np.einsum("ij,ij->i", z, z), minlength=present.size)
         if self.scatter is not None:
-            blas.dsyrk(1.0, z.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
+            self._products.add(self.scatter, z)
 
     def merge(self, other: "ClassMoments") -> None:
         """Add another accumulator's rows, re-basing its shifted sums onto our references."""
@@ -243,11 +273,22 @@ class UnitStats:
 
 class DirectionScatter:
     """Σ u uᵀ over rows, u = x/‖x‖ (rows with ‖x‖ = 0 add nothing): the D×D side of the Gram
-    matrix of L2-normalised rows, whose nonzero eigenvalues it shares (dataset entropy)."""
+    matrix of L2-normalised rows, whose nonzero eigenvalues it shares (dataset entropy).
 
-    def __init__(self, n_units: int):
+    With float32 products the rows are first shifted by a reference direction r (the first
+    block's mean of u), so the rounded product holds only their spread:
+    Σ uuᵀ = Σ wwᵀ + (Σw) rᵀ + r (Σw)ᵀ + n r rᵀ with w = u − r, the corrections in float64.
+    Directions concentrated around one (activations far from the origin) would otherwise lose
+    their small eigenvalues to float32 rounding of the large one.
+    """
+
+    def __init__(self, n_units: int, products: str = "float64"):
         self.n_rows = 0
-        self.scatter = np.zeros((n_units, n_units), order="F")  # upper triangle, dsyrk in place
+        self.scatter = np.zeros((n_units, n_units), order="F")  # upper triangle of Σ wwᵀ, updated in place
+        self._products = BlockProducts(n_units, products)
+        self.ref = None if products == "float64" else np.zeros(0)  # r; set from the first block
+        self.shifted_sum = np.zeros(n_units)  # Σ w over the rows added since the last merge
+        self.shifted_rows = 0  # every row of those blocks, zero rows too (for them w = −r: they add 0)
         self._u = np.empty((0, n_units))
 
     def update(self, X: np.ndarray, norms: np.ndarray | None = None) -> None:
@@ -260,17 +301,32 @@ class DirectionScatter:
         norms = np.sqrt(np.einsum("ij,ij->i", X, X)) if norms is None else norms
         np.divide(X, np.where(norms == 0, np.inf, norms)[:, None], out=u)  # zero rows stay zero
         self.n_rows += int((norms > 0).sum())
-        blas.dsyrk(1.0, u.T, beta=1.0, c=self.scatter, trans=0, overwrite_c=1)
+        if self.ref is not None:
+            if self.ref.size == 0:
+                self.ref = column_sums(u) / n
+            u -= self.ref
+            self.shifted_sum += column_sums(u)
+            self.shifted_rows += n
+        self._products.add(self.scatter, u)
 
     def merge(self, other: "DirectionScatter") -> None:
         self.n_rows += other.n_rows
-        self.scatter += np.triu(other.scatter)
+        if self.ref is None:
+            self.scatter += np.triu(other.matrix())
+            return
+        self.scatter = np.asfortranarray(np.triu(self.matrix() + other.matrix()))  # now Σ uuᵀ: no shift pending
+        self.shifted_sum[:] = 0.0
+        self.shifted_rows = 0
 
     def matrix(self) -> np.ndarray:
-        return _symmetric(self.scatter)
+        total = _symmetric(self.scatter)
+        if self.ref is not None and self.shifted_rows:
+            cross = np.outer(self.shifted_sum, self.ref)
+            total += cross + cross.T + self.shifted_rows * np.outer(self.ref, self.ref)
+        return total
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"scatter": np.triu(self.scatter), "n_rows": np.array(self.n_rows)}
+        return {"scatter": np.triu(self.matrix()), "n_rows": np.array(self.n_rows)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "DirectionScatter":

@@ -48,6 +48,7 @@ def report(
         "--attention", rich_help_panel=o.DATA, show_default=False,
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
+    products: o.ProductsOpt = "float64",
     collapse_preset: Annotated[Optional[CollapsePreset], typer.Option(
         "--collapse-preset", rich_help_panel=COLLAPSE, show_default=False,
         help="collapse --preset: papyan, zhu or linguistic.")] = None,
@@ -138,7 +139,7 @@ def report(
                           fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range")),
         entropy=EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
-        passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens))
+        passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)))
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
     with row_progress(quiet) as progress:
