@@ -1,6 +1,6 @@
 """The long fuzzing profile: corrupted dumps through every reading command, for a time budget.
 
-    python benchmarks/fuzz_long.py --minutes 40 [--examples-per-round 100]
+    python benchmarks/fuzz_long.py --minutes 120 --cases 10000 [--examples-per-round 100]
 
 Runs rounds of the property of tests/test_fuzz.py (random seeds, no shrinking: a failure is
 reported as found, and the next round goes on) until the budget is spent; prints the number of
@@ -89,6 +89,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--examples-per-round", type=int, default=100)
+    parser.add_argument("--cases", type=int, default=None, help="stop once this many cases ran (else: the time budget)")
     args = parser.parse_args()
     context = multiprocessing.get_context("fork")
     codes: collections.Counter = collections.Counter()
@@ -96,7 +97,7 @@ def main() -> int:
     slowest: list = [0.0, ""]
     failures: list[str] = []
     started, rounds = time.monotonic(), 0
-    while time.monotonic() - started < 60 * args.minutes:
+    while time.monotonic() - started < 60 * args.minutes and sum(codes.values()) < (args.cases or float("inf")):
         with tempfile.TemporaryDirectory(prefix="actgeom-fuzz-long-") as directory:
             scratch = Path(directory)
             (scratch / "case").mkdir()

@@ -93,9 +93,9 @@ class PlainLines:
         self.done = done
         if now >= self.quiet_until and (done >= total or now - self.last >= self.interval):
             self.last = now
-            rate = done / (now - self.started) if now > self.started else float("inf")
+            rate = f", {done / (now - self.started):.3g} rows/s" if now > self.started else ""  # none yet: no rate
             share = f" ({100 * done / total:.0f}%)" if total else ""
-            self.stream.write(f"actgeom: layer {escape(layer)}: {done}/{total} rows{share}, {rate:.3g} rows/s\n")
+            self.stream.write(f"actgeom: layer {escape(layer)}: {done}/{total} rows{share}{rate}\n")
             self.stream.flush()
 
     def stage(self, layer: str, text: str, seconds: float | None) -> None:

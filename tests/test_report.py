@@ -274,6 +274,16 @@ def test_names_from_the_dump_are_escaped(cli, tmp_path, rng):
     assert hostile in text and "<script>alert(2)<\\script>" in text and "<b>a</b> --><i>x" in text
 
 
+@pytest.mark.parametrize("checkpoint", [2, 0, 1.5], ids=["int", "zero", "float"])
+def test_a_numeric_checkpoint_attribute_labels_its_checkpoint(cli, tmp_path, rng, checkpoint):  # found by fuzz_long
+    path = _small_dump(tmp_path / "n.h5", rng, step=1)
+    with h5py.File(path, "a") as f:
+        f.attrs["checkpoint"] = checkpoint
+    code, out, err = cli("report", path, "-o", tmp_path / "r.html", "--format", "md")
+    assert code == 0, err
+    assert f"| {checkpoint} |" in out
+
+
 def test_report_cache_rereads_only_a_new_checkpoint(cli, tmp_path, count_reads):
     """--cache: four checkpoints, then a fifth; the second run reads only the fifth dump."""
     first = [shutil.copy(path, tmp_path / Path(path).name) for path in SAMPLES]

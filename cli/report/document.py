@@ -17,7 +17,9 @@ def layer_names(document: dict, kind: str = "layer") -> list[str]:
 
 
 def checkpoint_label(entry: dict) -> str:
-    return entry["checkpoint"] or Path(entry["file"]).stem
+    """The dump's `checkpoint` attribute (whatever its type: a file may hold a number), else its file name."""
+    checkpoint = entry.get("checkpoint")
+    return Path(entry["file"]).stem if checkpoint is None or checkpoint == "" else str(checkpoint)
 
 
 def metric(entry: dict, layer: str, name: str) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from actgeom.cli.options import Format
 from actgeom.cli.output import Result, render
+from actgeom.cli.report.document import checkpoint_label
 from actgeom.core import outputs
 from actgeom.core.errors import UsageError
 
@@ -63,7 +64,7 @@ def summary_text(document: dict, fmt: str, output: Path, results: Path | None) -
     """Checkpoint × layer rows, the headline metrics as columns (4 significant digits), and the paths."""
     rows = []
     for entry in document["files"]:
-        label = entry["checkpoint"] or Path(entry["file"]).stem
+        label = checkpoint_label(entry)
         for layer in entry["layers"]:
             if layer["kind"] == "layer":
                 rows.append({"checkpoint": label, "layer": layer["layer"]}
