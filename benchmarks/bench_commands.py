@@ -1,9 +1,10 @@
-"""Time the metric commands (`collapse`, `rank`) against the floor on the engine benchmark's
-dump, each in a fresh process, and measure `collapse` at language-model scale (C = 50 000
-classes > D = 256 units, N = 500 000 rows).
+"""Time every metric command against the floor on the engine benchmark's dumps — at both shapes
+of issue #14 (N = 400 000 × D = 512 and N = 200 000 × D = 1024, float16, C = 100) — each in a
+fresh process, with and without `--products float32`; DSE alone at N = 2 000 … 10 000; and
+`collapse` at language-model scale (C = 50 000 classes > D = 256 units, N = 500 000 rows).
 
     python benchmarks/bench_commands.py                 # everything
-    python benchmarks/bench_commands.py --skip-lm       # only the floor comparisons
+    python benchmarks/bench_commands.py --skip-lm --skip-dse --shapes 200000x1024
 """
 
 from __future__ import annotations
@@ -19,36 +20,36 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import WORKDIR, make_dump, peak_rss_mib, run_child  # noqa: E402
 
+FAST = "+f32"  # a kind ending so runs with --products float32
+
 
 def child(kind: str, path: str) -> dict:
     t0 = time.perf_counter()
     import actgeom
 
+    products = "float32" if kind.endswith(FAST) else "float64"
+    kind = kind.removesuffix(FAST)
+    extra = {}
     if kind == "collapse":
-        layer = actgeom.collapse(path).files()[0]["layers"][0]
+        layer = actgeom.collapse(path, products=products).files()[0]["layers"][0]
         extra = {"n_classes_kept": layer["collapse"]["n_classes_kept"]}
     elif kind == "rank":
-        layer = actgeom.rank(path).files()[0]["layers"][0]
+        layer = actgeom.rank(path, products=products).files()[0]["layers"][0]
         extra = {"sample_rows": layer["rank"]["sample_rows"]}
     elif kind == "entropy":  # the streamable entropies: DSE/DSMI on a 2-row sample cost nothing
-        actgeom.entropy(path, subsample=2, threshold=0.0)
-        extra = {}
+        actgeom.entropy(path, subsample=2, threshold=0.0, products=products)
     elif kind == "neurons":
-        actgeom.neurons(path, threshold=0.0)
-        extra = {}
+        actgeom.neurons(path, threshold=0.0, products=products)
     elif kind == "probe":  # two passes: train moments, then the test rows scored
-        actgeom.probe(path)
-        extra = {}
+        actgeom.probe(path, products=products)
     elif kind == "all":  # collapse + rank + entropy in one pass, DSE/DSMI on 2 000 rows (report's defaults)
-        actgeom.analyze(path, options={"entropy": {"subsample": 2000, "threshold": 0.0}})
-        extra = {}
+        actgeom.analyze(path, options={"entropy": {"subsample": 2000, "threshold": 0.0}}, products=products)
     elif kind.startswith("dse:"):  # DSE alone on N random rows of D = 512
         from actgeom.core.entropy import diffusion_spectral_entropy
 
         X = np.random.default_rng(0).standard_normal((int(kind[4:]), 512))
         t0 = time.perf_counter()
         diffusion_spectral_entropy(X, sigma=10.0, t=1.0)
-        extra = {}
     else:  # one eigvalsh of a D×D symmetric matrix, D from the dump
         import h5py
 
@@ -57,7 +58,6 @@ def child(kind: str, path: str) -> dict:
         A = np.random.default_rng(0).standard_normal((n_units, n_units))
         t0 = time.perf_counter()
         np.linalg.eigvalsh(A @ A.T)
-        extra = {}
     return {"seconds": time.perf_counter() - t0} | extra
 
 
@@ -78,10 +78,33 @@ def make_lm_dump(path: Path, n_rows: int, n_units: int, n_classes: int, seed: in
             writer.append({"layer": means[y] + rng.standard_normal((n, n_units), dtype=np.float32)}, labels=y)
 
 
+COMMANDS = ("collapse", "rank", "entropy", "neurons", "all")
+
+
+def measure(path: Path, repeat: int) -> None:
+    """Every command (and its --products float32 run) against the floors, best of ``repeat``."""
+    run_child("floor1", path)  # warm the page cache
+    kinds = ["floor1", "floor4", "eigvalsh", *COMMANDS, *(kind + FAST for kind in COMMANDS if kind != "neurons")]
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for _ in range(repeat):
+        for kind, results in runs.items():
+            results.append(run_child(kind, path, None if kind.startswith("floor") else __file__))
+    best = {kind: min(results, key=lambda r: r["seconds"]) for kind, results in runs.items()}
+    floor1, floor4 = best["floor1"]["seconds"], best["floor4"]["seconds"]
+    print(f"{'kind':13s} {'best s':>7s} {'/floor1':>8s} {'/floor4':>8s} {'peak RSS':>9s}  runs")
+    for kind, results in runs.items():
+        seconds = best[kind]["seconds"]
+        every = ", ".join(f"{r['seconds']:.2f}" for r in results)
+        print(f"{kind:13s} {seconds:7.2f} {seconds / floor1:8.3f} {seconds / floor4:8.3f} "
+              f"{best[kind]['peak_rss_mib']:6.0f} MiB  ({every})")
+    print(f"rank / (floor1 + one eigvalsh): {best['rank']['seconds'] / (floor1 + best['eigvalsh']['seconds']):.3f}")
+    separate = sum(best[kind]["seconds"] for kind in ("collapse", "rank", "entropy"))
+    print(f"one pass for three families ('all') / three separate commands: {best['all']['seconds'] / separate:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--units", type=int, default=1024)
+    parser.add_argument("--shapes", default="400000x512,200000x1024", help="ROWSxUNITS,... (float16 dumps)")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-lm", action="store_true")
@@ -94,27 +117,12 @@ def main() -> None:
         print(json.dumps(result))
         return
     WORKDIR.mkdir(exist_ok=True)
-    path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_float16_{args.rows}.h5"
-    make_dump(path, args.rows, args.units, args.classes, "float16")
-    run_child("floor1", path)  # warm the page cache
-    runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "eigvalsh": [], "collapse": [], "rank": [],
-                                   "entropy": [], "all": []}
-    for _ in range(args.repeat):
-        for kind, results in runs.items():
-            results.append(run_child(kind, path, None if kind.startswith("floor") else __file__))
-    best = {kind: min(results, key=lambda r: r["seconds"]) for kind, results in runs.items()}
-    print(f"N={args.rows} D={args.units} C={args.classes} float16")
-    for kind, results in runs.items():
-        every = ", ".join(f"{r['seconds']:.2f}" for r in results)
-        print(f"{kind:9s}: {best[kind]['seconds']:.2f} s  peak RSS {best[kind]['peak_rss_mib']:.0f} MiB  (runs: {every})")
-    for kind in ("floor1", "floor4"):
-        floor = best[kind]["seconds"]
-        print(f"collapse / {kind}: {best['collapse']['seconds'] / floor:.3f}")
-        print(f"rank / ({kind} + one eigvalsh): {best['rank']['seconds'] / (floor + best['eigvalsh']['seconds']):.3f}")
-        print(f"entropy (streamable) / {kind}: {best['entropy']['seconds'] / floor:.3f}")
-        print(f"collapse + rank + entropy in one pass (DSE on 2 000 rows) / {kind}: {best['all']['seconds'] / floor:.3f}")
-    separate = sum(best[kind]["seconds"] for kind in ("collapse", "rank", "entropy"))
-    print(f"one pass for three families / three separate commands: {best['all']['seconds'] / separate:.3f}")
+    for shape in args.shapes.split(","):
+        rows, units = (int(v) for v in shape.split("x"))
+        path = WORKDIR / f"synthetic_{units}u_{args.classes}c_float16_{rows}.h5"
+        make_dump(path, rows, units, args.classes, "float16")
+        print(f"\nN={rows} D={units} C={args.classes} float16", flush=True)
+        measure(path, args.repeat)
     for n in () if args.skip_dse else (2000, 5000, 10000):
         result = run_child(f"dse:{n}", path, __file__)
         print(f"DSE N={n} D=512: {result['seconds']:.2f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
