@@ -5,7 +5,8 @@ For each N in --sizes, on the same rows (written once to benchmarks/_work/dse_ro
 
 eigensolve = scipy.linalg.eigh(A, eigvals_only=True, overwrite_a=True, check_finite=False) on one
              Fortran-ordered N×N float64 matrix A (standard normal entries; LAPACK reads only
-             its lower triangle, so it solves the symmetric matrix that triangle defines): the
+             its lower triangle, so it solves the symmetric matrix that triangle defines; its
+             cost is the O(N³) reduction to tridiagonal form, whatever the spectrum): the
              floor of any exact DSE, since DSE needs every eigenvalue of an N×N kernel;
 actgeom    = actgeom.core.entropy.diffusion_spectral_entropy on the rows;
 command    = actgeom.entropy() end to end on a float16 dump holding exactly those rows, with
@@ -148,7 +149,9 @@ CHILDREN = {"eigensolve": child_eigensolve, "actgeom": child_actgeom, "command":
 def run_child(python: Path | str, kind: str, target, sigma: float, t: float) -> dict:
     """One measurement in a fresh process of ``python``; it prints one JSON line."""
     out = subprocess.run([str(python), __file__, "--child", kind, str(target), "--sigma", str(sigma), "--t", str(t)],
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{kind} failed (exit {out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout.splitlines()[-1])
 
 
