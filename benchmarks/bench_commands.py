@@ -5,6 +5,7 @@ fresh process, with and without `--products float32`; DSE alone at N = 2 000 …
 
     python benchmarks/bench_commands.py                 # everything
     python benchmarks/bench_commands.py --skip-lm --skip-dse --shapes 200000x1024
+    python benchmarks/bench_commands.py --rss-only      # peak RSS of every command at N and 4N rows
 """
 
 from __future__ import annotations
@@ -38,12 +39,28 @@ def child(kind: str, path: str) -> dict:
         extra = {"sample_rows": layer["rank"]["sample_rows"]}
     elif kind == "entropy":  # the streamable entropies: DSE/DSMI on a 2-row sample cost nothing
         actgeom.entropy(path, subsample=2, threshold=0.0, products=products)
+    elif kind == "entropy-rss":
+        actgeom.entropy(path, subsample=2000)
     elif kind == "neurons":
         actgeom.neurons(path, threshold=0.0, products=products)
     elif kind == "probe":  # two passes: train moments, then the test rows scored
         actgeom.probe(path, products=products)
     elif kind == "all":  # collapse + rank + entropy in one pass, DSE/DSMI on 2 000 rows (report's defaults)
         actgeom.analyze(path, options={"entropy": {"subsample": 2000, "threshold": 0.0}}, products=products)
+    elif kind == "compare":  # the dump against itself: every similarity of every layer pair
+        actgeom.compare([path, path])
+    elif kind in ("report", "stats"):  # through the CLI, as users run them
+        import tempfile
+
+        from typer.testing import CliRunner
+
+        from actgeom.cli.app import app
+
+        with tempfile.TemporaryDirectory() as scratch:
+            out = str(Path(scratch) / ("r.html" if kind == "report" else "s.npz"))
+            args = ["report", path, "-o", out] if kind == "report" else ["stats", path, "--save-stats", out, "-o", out + ".json"]
+            result = CliRunner().invoke(app, [*args, "--quiet"])
+            assert result.exit_code == 0, result.output
     elif kind.startswith("dse:"):  # DSE alone on N random rows of D = 512
         from actgeom.core.entropy import diffusion_spectral_entropy
 
@@ -102,6 +119,23 @@ def measure(path: Path, repeat: int) -> None:
     print(f"one pass for three families ('all') / three separate commands: {best['all']['seconds'] / separate:.3f}")
 
 
+RSS_KINDS = ("stats", "collapse", "rank", "entropy", "neurons", "probe", "compare", "all", "report")
+
+
+def rss_scaling(n_rows: int, n_units: int, classes: int) -> None:
+    """Peak RSS of every command at N and 4N rows: memory must not grow with the rows."""
+    paths = {}
+    for n in (n_rows, 4 * n_rows):
+        paths[n] = WORKDIR / f"synthetic_{n_units}u_{classes}c_float16_{n}.h5"
+        make_dump(paths[n], n, n_units, classes, "float16")
+    print(f"\npeak RSS at N={n_rows} and 4N, D={n_units} float16 (entropy: its defaults but DSE on 2 000 rows)")
+    for kind in RSS_KINDS:
+        rss = {n: run_child(kind if kind != "entropy" else "entropy-rss", path, __file__)["peak_rss_mib"]
+               for n, path in paths.items()}
+        print(f"{kind:9s} N: {rss[n_rows]:6.0f} MiB  4N: {rss[4 * n_rows]:6.0f} MiB  4N/N: {rss[4 * n_rows] / rss[n_rows]:.3f}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="400000x512,200000x1024", help="ROWSxUNITS,... (float16 dumps)")
@@ -109,6 +143,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-lm", action="store_true")
     parser.add_argument("--skip-dse", action="store_true")
+    parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS scaling (N vs 4N) of every command")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -117,6 +152,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     WORKDIR.mkdir(exist_ok=True)
+    rss_scaling(100_000, 256, args.classes)
+    if args.rss_only:
+        return
     for shape in args.shapes.split(","):
         rows, units = (int(v) for v in shape.split("x"))
         path = WORKDIR / f"synthetic_{units}u_{args.classes}c_float16_{rows}.h5"

@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--examples-per-round", type=int, default=100)
     parser.add_argument("--cases", type=int, default=None, help="stop once this many cases ran (else: the time budget)")
+    parser.add_argument("--first-round", type=int, default=0, help="seed of the first round (parallel runs: distinct ranges)")
     args = parser.parse_args()
     context = multiprocessing.get_context("fork")
     codes: collections.Counter = collections.Counter()
@@ -102,7 +103,7 @@ def main() -> int:
             scratch = Path(directory)
             (scratch / "case").mkdir()
             report = scratch / "report.json"
-            child = context.Process(target=one_round, args=(rounds, args.examples_per_round, scratch, report))
+            child = context.Process(target=one_round, args=(args.first_round + rounds, args.examples_per_round, scratch, report))
             child.start()
             trouble = watch(child, scratch)
             if trouble is not None:
