@@ -1,0 +1,52 @@
+"""No metric on sample_data/ moves: today's values against those recorded in tests/data/sample_metrics.json
+(re-recorded only deliberately, by `python tests/sample_metrics.py`)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from sample_metrics import RECORDED, runs
+
+# Changes for speed (fused loops, another summation order, a BLAS path) move float64 results by
+# a few ulps times the condition of the metric; 1e-12 relative is the bar issue #14 sets.
+RTOL = 1e-12
+# Values that cancel to ~0 (a pair count of 0, a centred mean, an error of an exact frame) are sums
+# of O(1) terms rounded at ~1e-16 each: their relative error means nothing; 1e-13 absolute is
+# 1e-12 relative on O(0.1) terms they come from.
+ATOL = 1e-13
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    return json.loads(RECORDED.read_text())["runs"]
+
+
+@pytest.fixture(scope="module")
+def today() -> dict:
+    return runs()
+
+
+def test_the_same_runs_and_metrics_as_recorded(recorded, today):
+    assert today.keys() == recorded.keys()
+    for name in recorded:
+        assert [row[:3] + row[4:] for row in today[name]] == [row[:3] + row[4:] for row in recorded[name]], name
+
+
+def test_every_value_as_recorded(recorded, today):
+    moved = []
+    for name in recorded:
+        for now, then in zip(today[name], recorded[name]):
+            value, expected = now[3], then[3]
+            same = value == expected if value is None or expected is None or isinstance(expected, bool) \
+                else math.isclose(value, expected, rel_tol=RTOL, abs_tol=ATOL)
+            if not same:
+                moved.append(f"{name} {' '.join(map(str, then[:3]))}: {expected!r} → {value!r}")
+    assert not moved, f"{len(moved)} values moved:\n" + "\n".join(moved[:40])
+
+
+def test_the_comparison_can_fail(recorded):
+    """A value moved by 1e-11 relative is caught (the test is not vacuous)."""
+    name, row = next((name, row) for name, rows in recorded.items() for row in rows if isinstance(row[3], float) and row[3])
+    assert not math.isclose(row[3] * (1 + 1e-11), row[3], rel_tol=RTOL, abs_tol=ATOL)
