@@ -14,44 +14,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from actgeom.core.errors import OptionError
 from actgeom.core.family import INVARIANCES, evaluate, registry
+from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
+from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions  # noqa: F401 (re-exported)
 from actgeom.core.pairwise import pair_stats
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
-
-GLOBAL_MEANS = ("class", "sample")
-NC1_INVERSES = ("topk", "pinv")
-NC4_DECISIONS = ("auto", "predictions", "logits", "logits-nobias")
-
-
-@dataclass(frozen=True)
-class CollapseOptions:
-    """Every convention that changes a collapse number (docs/metrics.md); recorded in the output."""
-
-    min_count: int = 1  # classes with fewer rows are dropped from every metric
-    global_mean: str = "class"  # μ_G: mean of class means ("class") or of rows ("sample")
-    nc1_inverse: str = "topk"  # Σ_B⁺ from the top min(C−1, D) eigenpairs, or a pseudo-inverse
-    divide_by_c: bool = True  # nc1 = Tr(Σ_W Σ_B⁺)/C; False: the Papyan notebook form
-    nc4_decision: str = "auto"  # predictions, else argmax(Wx+b), else argmax(Wx)
-    per_class: bool = False  # also report n_c, ‖m_c‖, ‖w_c‖, v_c per class
-    preset: str | None = None
-
-    def __post_init__(self) -> None:
-        for name, valid in (("global_mean", GLOBAL_MEANS), ("nc1_inverse", NC1_INVERSES),
-                            ("nc4_decision", NC4_DECISIONS)):
-            if getattr(self, name) not in valid:
-                raise OptionError(name, getattr(self, name), f"is not one of {', '.join(valid)}")
-        if self.min_count < 1:
-            raise OptionError("min_count", self.min_count, "must be ≥ 1")
-
-
-# Each preset reproduces one publication's conventions (docs/metrics.md, "Presets").
-PRESETS: dict[str, dict] = {
-    "papyan": {"global_mean": "class", "nc1_inverse": "topk", "divide_by_c": False},
-    "zhu": {"global_mean": "sample", "nc1_inverse": "pinv", "divide_by_c": True},
-    "linguistic": {"nc4_decision": "logits-nobias"},
-}
 
 
 def resolve_options(preset: str | None = None, **given) -> CollapseOptions:

@@ -21,34 +21,9 @@ import numpy as np
 
 from actgeom.core.compare_moments import CentredCross, CentredSide
 from actgeom.core.compare_sample import SampleView, mutual_knn, rsa
-from actgeom.core.errors import OptionError
 from actgeom.core.family import Unavailable, registry
+from actgeom.core.options import CompareOptions
 from actgeom.core.spectrum import STORAGE_RTOL
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    """Every convention that changes a compare number; recorded in the output."""
-
-    alpha: float = 1.0  # shape_distance's partial whitening: 1 = orthogonal Procrustes, 0 = CCA
-    svcca_keep: float = 0.99  # SVCCA keeps the top PCs explaining this fraction of each side's variance
-    subsample: int = 2_000  # rows shared by both files for RSA and mutual k-NN
-    seed: int = 0
-    knn_k: int = 10  # mutual k-NN's k (Huh et al. 2024)
-    unit_threshold: float = 0.5  # unit_best_corr: fraction of A's units whose best correlation exceeds this
-    units: bool = False  # also list, per unit of A, its best-correlated unit of B
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise OptionError("alpha", self.alpha, "must be in [0, 1] (1 = Procrustes, 0 = CCA)")
-        if not 0 < self.svcca_keep <= 1:
-            raise OptionError("svcca_keep", self.svcca_keep, "must be a fraction of variance in (0, 1]")
-        if self.subsample < 0:
-            raise OptionError("subsample", self.subsample, "must be ≥ 0")
-        if self.knn_k < 1:
-            raise OptionError("knn_k", self.knn_k, "must be ≥ 1")
-        if not -1 <= self.unit_threshold <= 1:
-            raise OptionError("unit_threshold", self.unit_threshold, "must be a correlation in [-1, 1]")
 
 
 @dataclass

@@ -22,10 +22,10 @@ import numpy as np
 from actgeom.core.accumulators import ACCUMULATORS, Rows, Spec, union
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.errors import InvalidInputError, OptionError, UsageError
-from actgeom.core.stats import PRODUCTS, column_sums
+from actgeom.core.options import NONFINITE_POLICIES, PRODUCTS
+from actgeom.core.stats import column_sums
 from actgeom.core.stream import iter_blocks
 
-NONFINITE_POLICIES = ("error", "drop")
 SIXTEEN_BIT = ("float16", "bfloat16")  # the layers whose storage noise allows float32 block products
 TOKEN_SELECTIONS = "all | last | from:K"
 

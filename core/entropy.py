@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from actgeom.core.errors import OptionError
 from actgeom.core.family import Unavailable, registry
+from actgeom.core.options import EntropyOptions
 from actgeom.core.spectrum import without_rounding
 from actgeom.core.stages import announce, eigensolve_seconds
 from actgeom.core.stats import UnitStats
@@ -17,32 +17,6 @@ from actgeom.core.stats import UnitStats
 KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
 DSE_PROB_FLOOR = 2.22e-16  # added to every p before the log, as Liao et al.'s code does
 SAE_EPS = 1e-10  # Bereska et al.: p_i + ε, renormalised
-
-
-@dataclass(frozen=True)
-class EntropyOptions:
-    """Every convention that changes an entropy number; recorded in the output."""
-
-    alpha: float = 1.0  # Rényi order of the dataset entropy
-    sigma: float = 10.0  # DSE kernel width, absolute (as published)
-    t: float = 1.0  # DSE diffusion time
-    subsample: int = 10_000  # rows for DSE / DSMI
-    seed: int = 0
-    dsmi_repeats: int = 5
-    threshold: float | None = None  # "active" = value > threshold; None: 0 for ReLU layers, else required
-    tau: float = 0.025  # dormant threshold on normalised mean |a|
-    layer_width: int | None = None  # SAE: the width of the layer the SAE encodes (superposition ratio)
-    eps: float = 0.0  # attention: log(A + eps) (Zhai et al.'s code uses 1e-6); 0 = the definition
-    normalized: bool = False  # attention entropy divided by log(#valid keys)
-
-    def __post_init__(self) -> None:
-        if self.alpha <= 0:
-            raise OptionError("alpha", self.alpha, "must be > 0")
-        for name in ("sigma", "t"):
-            if getattr(self, name) <= 0:
-                raise OptionError(name, getattr(self, name), "must be > 0")
-        if self.subsample < 2:
-            raise OptionError("subsample", self.subsample, "must be ≥ 2")
 
 
 def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> float:

@@ -10,53 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from actgeom.core.errors import OptionError
 from actgeom.core.family import Unavailable, registry
+from actgeom.core.options import SCORES, NeuronsOptions  # noqa: F401 (re-exported)
 from actgeom.core.unitstats import GroupSums, UnitMoments
 
 TOP_TOKENS = 5  # k of token_concentration: a token detector puts its mass on a few token ids
 TOP_CLASSES = 3  # classes listed per unit, by class-conditional mean
 _UNIT_TILE = 64  # units per argpartition of a V × D (or C × D) table: 64 × V int64 at a time
-
-# per-unit scores a ranking may use; every one is "higher = more of it"
-SCORES = ("kurtosis", "skewness", "mean", "std", "min", "max", "firing_rate", "dormant_score", "class_selectivity",
-          "probeless_score", "token_concentration", "position_eta2", "vae_kl")
-
-
-@dataclass(frozen=True)
-class NeuronsOptions:
-    """Every convention that changes a unit-level number; recorded in the output."""
-
-    top: int = 10  # units in the ranked list of each layer
-    score: str = "kurtosis"  # the per-unit score that ranks them (descending)
-    threshold: float | None = None  # "fires" = value > threshold; None: 0 for ReLU layers, else required
-    tau: float = 0.025  # dormant when dormant_score ≤ tau (ReDo)
-    cutoff: float = 0.5  # selective / token detector / positional when the score ≥ cutoff
-    max_position: int = 512  # positions ≥ this are pooled into one for position_eta2
-    mu: str | None = None  # the layer of a VAE's posterior means
-    logvar: str | None = None  # the layer of its posterior log-variances
-    delta: float = 0.01  # active latent: Var_x(μ_u) > delta (Burda et al. 2016)
-    collapsed_kl: float = 0.01  # collapsed latent: mean KL(q(z_u|x) ‖ N(0, 1)) < this, in nats
-
-    def __post_init__(self) -> None:
-        if self.top < 1:
-            raise OptionError("top", self.top, "must be ≥ 1")
-        if self.score not in SCORES:
-            raise OptionError("score", self.score, f"is not one of {', '.join(SCORES)}")
-        if self.tau < 0:
-            raise OptionError("tau", self.tau, "must be ≥ 0")
-        if not 0 < self.cutoff <= 1:
-            raise OptionError("cutoff", self.cutoff, "must be in (0, 1]: it is compared with shares and ratios")
-        if self.max_position < 1:
-            raise OptionError("max_position", self.max_position, "must be ≥ 1")
-        if self.logvar is not None and self.mu is None:
-            raise OptionError("logvar", self.logvar, "needs --mu: the layer of the posterior means of the same latents")
-        if self.mu is not None and self.mu == self.logvar:
-            raise OptionError("logvar", self.logvar, "names the same layer as --mu")
-        for name in ("delta", "collapsed_kl"):
-            if getattr(self, name) < 0:
-                raise OptionError(name, getattr(self, name), "must be ≥ 0")
-
 
 # -- per-unit scores ------------------------------------------------------------------------------
 

@@ -25,56 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from actgeom.core.errors import OptionError
 from actgeom.core.family import Unavailable, registry
-from actgeom.core.probesplit import CONTROLS, SPLIT_BY, total_scatter
+from actgeom.core.options import CONTROLS, DEFAULT_RIDGE_LAMBDA, DEFAULT_SHRINKAGE, SHRINKAGE_GRID, SPLIT_BY, ProbeOptions  # noqa: F401 (re-exported)
+from actgeom.core.probesplit import total_scatter
 from actgeom.core.stats import ClassStats
 
-# s = 0.1 keeps Σ_s positive definite whatever the rank of Σ_W (dead units, D > n, anisotropic
-# language-model layers) with condition number ≤ 1 + 9·D, and costs almost no accuracy on
-# well-conditioned layers (README: measured on sample_data/).
-DEFAULT_SHRINKAGE = 0.1
-DEFAULT_RIDGE_LAMBDA = 0.1
-# --shrinkage auto: the s of this grid with the best validation accuracy (ties: the larger s).
-# s = 0 is left out: a singular Σ_W would need a D×D SVD per fit.
-SHRINKAGE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 _TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """Everything that changes a probe number (METRICS.md §7); recorded in the output."""
-
-    test_fraction: float = 0.2  # share of rows held out (by seeded hash); 0: directions only
-    seed: int = 0  # of the split (and, + 1, of the control task)
-    split_by: str = "row"  # hash the global row number, or /rows/sample_id
-    shrinkage: float | str = DEFAULT_SHRINKAGE  # s of Σ_s, or "auto": chosen on a validation split of the train rows
-    ridge_lambda: float = DEFAULT_RIDGE_LAMBDA  # λ relative to tr S_T / D
-    control: str | None = None  # "token" (Hewitt & Liang, /rows/token_id) or "row" (hash of the row)
-    positive: str | None = None  # the direction's classes: index or label name (default: the two classes)
-    negative: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.test_fraction < 1:
-            raise OptionError("test_fraction", self.test_fraction, "must be in [0, 1)")
-        if self.shrinkage != "auto" and not (isinstance(self.shrinkage, (int, float)) and 0 <= self.shrinkage <= 1):
-            raise OptionError("shrinkage", self.shrinkage, "must be a number in [0, 1] or auto")
-        if not self.ridge_lambda >= 0:
-            raise OptionError("ridge_lambda", self.ridge_lambda, "must be ≥ 0")
-        if self.split_by not in SPLIT_BY:
-            raise OptionError("split_by", self.split_by, f"is not one of {', '.join(SPLIT_BY)}")
-        if self.control is not None and self.control not in CONTROLS:
-            raise OptionError("control", self.control, f"is not one of {', '.join(CONTROLS)}")
-        if (self.positive is None) != (self.negative is None):
-            given = "positive" if self.negative is None else "negative"
-            raise OptionError(given, getattr(self, given), "needs its pair (--positive and --negative)")
-        if self.positive is not None and str(self.positive) == str(self.negative):
-            raise OptionError("negative", self.negative, "must differ from --positive")
-
-    @property
-    def shrinkages(self) -> tuple[float, ...]:
-        """The candidate values of s: the grid for "auto", else the one given."""
-        return SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
 
 
 # -- fitting ------------------------------------------------------------------------------------

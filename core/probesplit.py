@@ -27,8 +27,6 @@ from scipy import sparse
 from actgeom.core.errors import InvalidInputError
 from actgeom.core.stats import ClassStats, row_keys
 
-SPLIT_BY = ("row", "sample_id")
-CONTROLS = ("token", "row")
 VALIDATION_FRACTION = 0.25  # --shrinkage auto: share of the train rows that choose s
 CONTROL_BUCKETS = 1024  # row control: class frequencies kept to 1/1024; memory 1024×D floats
 _BUCKET_SHIFT = np.uint64(64 - 10)  # 2¹⁰ = CONTROL_BUCKETS

@@ -11,47 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actgeom.core.errors import OptionError
 from actgeom.core.family import Unavailable, registry
 from actgeom.core.intrinsic import mle, twonn
+from actgeom.core.options import RANK_PRESETS as PRESETS
+from actgeom.core.options import STORAGE_RTOL, RankOptions  # noqa: F401 (re-exported)
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
-
-# Relative size, in λ, of the noise that storing activations adds (docs/metrics.md): eigenvalues
-# below rtol·λ_1 are indistinguishable from storage noise. float64/float32: a few ulps of λ_1.
-STORAGE_RTOL = {"float16": 1e-8, "bfloat16": 1e-6, "float32": 1e-11, "float64": 1e-14}
-
-
-@dataclass(frozen=True)
-class RankOptions:
-    """Every convention that changes a rank number; recorded in the output."""
-
-    center: bool = True  # spectrum of the covariance (True) or of the raw second moment
-    max_eigs: int | None = None  # keep only the largest eigenvalues (the tracing preset: 2048)
-    eps: float = 1e-7  # RankMe's ε (Garrido et al.)
-    fit_range: tuple[int, int] = (12, 100)  # α-ReQ ranks, 1-based, inclusive
-    ge: bool = False  # k_p: Σ_{i≤k} λ_i/Σλ ≥ p instead of > p
-    rtol: float | None = None  # numerical rank tolerance; None: by input dtype (STORAGE_RTOL)
-    subsample: int = 2_000  # rows for TwoNN / MLE (their k-NN costs ~n²·D: 10 000 rows at D = 1024 take 2 s)
-    seed: int = 0
-    mle_k: int = 20
-    preset: str | None = None
-
-    def __post_init__(self) -> None:
-        start, stop = self.fit_range
-        if not 1 <= start < stop:
-            raise OptionError("fit_range", tuple(self.fit_range), "must be two ranks 1 ≤ start < stop")
-        if self.max_eigs is not None and self.max_eigs < 1:
-            raise OptionError("max_eigs", self.max_eigs, "must be ≥ 1")
-        for name in ("subsample", "eps"):
-            if getattr(self, name) < 0:
-                raise OptionError(name, getattr(self, name), "must be ≥ 0")
-
-
-PRESETS = {
-    "garrido": {"center": False, "eps": 1e-7},  # RankMe as published: raw singular values
-    "tracing": {"center": True, "max_eigs": 2048},  # Li et al. 2025 / reptrix: centred λ, top 2048
-}
 
 
 def resolve_options(preset: str | None = None, **given) -> RankOptions:

@@ -19,6 +19,8 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import blas
 
+from actgeom.core.options import PRODUCTS  # noqa: F401 (re-exported)
+
 _SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -73,9 +75,6 @@ class ClassStats:
     @property
     def n(self) -> int:
         return int(self.counts.sum())
-
-
-PRODUCTS = ("float64", "float32")  # how the D×D product of each block is computed (PassOptions.products)
 
 
 class BlockProducts:

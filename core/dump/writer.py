@@ -24,9 +24,10 @@ import numpy as np
 from actgeom.core import __version__
 from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION, _plain, decode_bfloat16
 from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.options import COMPRESSION, STORAGE_DTYPES
 
-STORAGE = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.uint16}
-COMPRESSION = (None, "lzf", "gzip")
+# the numpy dtype each storage dtype is written as (bfloat16: its raw bits)
+STORAGE = dict(zip(STORAGE_DTYPES, (np.float16, np.float32, np.float64, np.uint16), strict=True))
 OFFSET_CHUNK = 8192  # sequence boundaries per HDF5 chunk (64 KiB)
 ROW_VECTORS = {"labels": "rows/label", "sample_id": "rows/sample_id", "position": "rows/position",
                "token_id": "rows/token_id", "prediction": "rows/prediction"}
