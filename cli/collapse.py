@@ -10,9 +10,8 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core import api
-from actgeom.core.collapse import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, PRESETS, CollapseOptions
-from actgeom.core.dump import Dump
+from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
+from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions
 from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
@@ -67,6 +66,8 @@ def collapse(
 
         actgeom collapse sample_data/digits_mlp_epoch1500.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
     """
+    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
+
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress:
@@ -85,6 +86,8 @@ def collapse(
 
 def _no_labels(dumps: list[Path], spec) -> str | None:
     """The root cause when collapse computed nothing: dumps without labels (re-opened only then)."""
+    from actgeom.core.dump import Dump
+
     unlabeled = []
     for path in dumps:
         with Dump(path, spec) as opened:

@@ -10,8 +10,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, _short_names, emit
 from actgeom.cli.progress import row_progress
-from actgeom.core import api
-from actgeom.core.compare import CompareOptions
+from actgeom.core.options import CompareOptions
 from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
@@ -73,6 +72,8 @@ def compare(
 
         actgeom compare sample_data/*.h5 -l hidden3 --reference sample_data/digits_mlp_epoch1500.h5 --format jsonl
     """
+    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
+
     inputs = [*dumps, *([reference] if reference else [])]
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress:

@@ -10,8 +10,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core import api
-from actgeom.core.entropy import EntropyOptions
+from actgeom.core.options import EntropyOptions
 from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
@@ -57,6 +56,8 @@ def entropy(
 
         actgeom entropy sample_data/digits_mlp_epoch1500.h5 --layers hidden1 --threshold 0 --format json
     """
+    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
+
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress:

@@ -9,11 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.core.dump.sources import open_source
-from actgeom.core.dump.writer import COMPRESSION, STORAGE
-from actgeom.core.extract import Selection, extract_dump, parse_classes, parse_rows
+from actgeom.core.options import COMPRESSION, STORAGE_DTYPES
 
-DType = o.choices("DType", STORAGE)
+DType = o.choices("DType", STORAGE_DTYPES)
 Compression = o.choices("Compression", [c for c in COMPRESSION if c])
 SELECT = "Which rows"
 STORE = "How to store them"
@@ -56,6 +54,9 @@ def extract(
 
         actgeom extract sample_data/digits_mlp_epoch1500.h5 -o small.h5 --layers 'hidden*' --sample 1000 --stratify --seed 1
     """
+    from actgeom.core.dump.sources import open_source  # numpy, h5py: imported when the command runs
+    from actgeom.core.extract import Selection, extract_dump, parse_classes, parse_rows
+
     selection = Selection(rows=parse_rows(rows), classes=parse_classes(classes), sample=sample, seed=seed,
                           stratify=stratify, tokens=tokens, dtype=o.plain(dtype), compression=o.plain(compression))
     spec = o.dump_spec(layers, labels, None, None, None, offsets, allow_incomplete)

@@ -10,9 +10,6 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
 from actgeom.core import __version__
-from actgeom.core.dump import Dump
-from actgeom.core.dump.reader import NoLayersError, list_datasets
-from actgeom.core.info import describe
 from actgeom.core.outputs import check_outputs
 
 
@@ -45,6 +42,10 @@ def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 file
 
 
 def _describe(path: Path, spec, *, listing_ok: bool) -> Result:
+    from actgeom.core.dump import Dump  # h5py: imported when the command runs, not for --help
+    from actgeom.core.dump.reader import NoLayersError, list_datasets
+    from actgeom.core.info import describe
+
     try:
         with Dump(path, spec) as opened:
             return _result(describe(opened))

@@ -10,8 +10,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, _flat, _short_names, emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core import api
-from actgeom.core.neurons import SCORES
+from actgeom.core.options import SCORES
 from actgeom.core.outputs import check_outputs
 
 METRIC = "Metric conventions (METRICS.md §6)"
@@ -62,6 +61,8 @@ def neurons(
 
         actgeom neurons sample_data/digits_mlp_epoch0000.h5 --score dormant_score --format json -o units.json
     """
+    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
+
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress:

@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from actgeom.core.dump import DumpSpec
-from actgeom.core.engine import NONFINITE_POLICIES
-from actgeom.core.stats import PRODUCTS
+from actgeom.core.options import NONFINITE_POLICIES, PRODUCTS
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
@@ -99,7 +97,9 @@ OutputOpt = Annotated[Optional[Path], typer.Option(
     help="Write the result to this file (atomically) instead of stdout.")]
 
 
-def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, **more) -> DumpSpec:
+def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, **more):
     """The DumpSpec of the shared data options (``more``: e.g. describe_only)."""
+    from actgeom.core.dump import DumpSpec  # h5py: when a command runs, not for --help
+
     return DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias,
                     predictions=predictions, offsets=offsets, allow_incomplete=allow_incomplete, **more)

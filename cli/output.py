@@ -13,11 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from actgeom.cli.options import Format
 from actgeom.core.errors import InvalidInputError
 from actgeom.core.outputs import write_output
@@ -109,6 +104,8 @@ def _short_names(stems: list[str]) -> list[str]:
 
 def jsonable(value):
     """Plain JSON values: numpy scalars and arrays unwrapped, non-finite floats → None."""
+    import numpy as np  # here, not at the top: `actgeom --help` imports no numpy
+
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -205,6 +202,10 @@ NATURAL_WIDTH = 10_000  # off a terminal, columns take their natural width: no l
 
 
 def _table(result: Result, *, width: int | None, color: bool) -> str:
+    from rich.console import Console  # rich's table: imported when one is shown (fast --help)
+    from rich.table import Table
+    from rich.text import Text
+
     buffer = io.StringIO()
     console = Console(file=buffer, width=width or NATURAL_WIDTH, force_terminal=color, no_color=not color,
                       highlight=False)
@@ -225,13 +226,19 @@ def _table(result: Result, *, width: int | None, color: bool) -> str:
     return buffer.getvalue()
 
 
+def _terminal_width() -> int:
+    from rich.console import Console
+
+    return Console().width
+
+
 def emit(result: Result, fmt: Format | None, output: Path | None, inputs: Iterable[Path] = ()) -> None:
     """Print the result to stdout, or write it to ``output`` by the rules of core/outputs.py
     (never an input, never a partial file)."""
     fmt = resolve_format(fmt, output)
     if output is None:
         terminal = sys.stdout.isatty()
-        width = Console().width if terminal else None
+        width = _terminal_width() if terminal else None
         text = render(result, fmt, width=width, color=terminal and "NO_COLOR" not in os.environ)
         sys.stdout.write(escape_lines(text) if terminal and fmt is Format.csv else text)
         sys.stdout.flush()

@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
-from actgeom.core import api
 from actgeom.core.errors import OptionError
+from actgeom.core.options import CONTROLS, SPLIT_BY, ProbeOptions
 from actgeom.core.outputs import atomic_output, check_outputs
-from actgeom.core.probe import ProbeOptions
-from actgeom.core.probesplit import CONTROLS, SPLIT_BY
 
 PROBE = "Probes (docs/metrics.md)"
 SplitBy = o.choices("SplitBy", SPLIT_BY)
@@ -71,6 +68,8 @@ def probe(
 
         actgeom probe sample_data/digits_mlp_epoch1500.h5 --control row --format table
     """
+    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
+
     check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
     with row_progress(quiet) as progress:
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
@@ -81,7 +80,7 @@ def probe(
                              progress=progress)
     document = analysis.to_dict()
     if save_directions is not None:
-        _write_npz(save_directions, {f"{i}/{layer['layer']}": np.asarray(layer.pop("details")["direction"])
+        _write_npz(save_directions, {f"{i}/{layer['layer']}": layer.pop("details")["direction"]
                                      for i, file in enumerate(document["files"]) for layer in file["layers"]
                                      if "details" in layer}, dumps)
     across = {f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
@@ -100,5 +99,7 @@ def _shrinkage(value: str | None) -> float | str | None:
 
 def _write_npz(path: Path, arrays: dict, inputs) -> None:
     """--save-directions by the output rules (core/outputs.py): atomic, never an input."""
+    import numpy as np
+
     with atomic_output(path, inputs, option="--save-directions") as handle:
         np.savez(handle, **arrays)

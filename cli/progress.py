@@ -12,13 +12,14 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typing import TYPE_CHECKING, TextIO
 
 from actgeom.cli.output import escape
-from actgeom.core.engine import Progress as ProgressCallback
+
+if TYPE_CHECKING:  # core.engine imports numpy, rich takes time: neither is needed to start
+    from rich.progress import Progress
+
+    from actgeom.core.engine import Progress as ProgressCallback
 
 PLAIN_INTERVAL = 10.0  # seconds between plain lines: readable in a log, cheap to write
 PLAIN_START = 2.0  # seconds before the first line: a quick command leaves no progress in a log
@@ -31,6 +32,9 @@ def row_progress(quiet: bool = False) -> Iterator[ProgressCallback | None]:
     if quiet:
         yield None
         return
+    from rich.console import Console  # imported when a command runs: a fast --help
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     console = Console(stderr=True)
     if not console.is_terminal:
         yield PlainLines(sys.stderr)

@@ -13,9 +13,9 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress
 from actgeom.cli.stats import parse_rows
-from actgeom.core import api
+from actgeom.core.options import RANK_PRESETS as PRESETS
+from actgeom.core.options import STORAGE_RTOL, RankOptions
 from actgeom.core.outputs import check_outputs, write_output
-from actgeom.core.spectrum import PRESETS, STORAGE_RTOL, RankOptions
 
 METRIC = "Metric conventions (docs/metrics.md)"
 Preset = o.choices("Preset", PRESETS)
@@ -69,6 +69,8 @@ def rank(
 
         actgeom rank sample_data/digits_mlp_epoch1500.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
     """
+    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
+
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)
     with row_progress(quiet) as progress:

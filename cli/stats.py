@@ -11,14 +11,8 @@ from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
 from actgeom.cli.progress import row_progress
 from actgeom.core import __version__
-from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
-from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate, options_record
 from actgeom.core.errors import UsageError
-from actgeom.core.families.neurons import neurons_statistics
 from actgeom.core.outputs import check_outputs
-from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
-from actgeom.core.summary import pass_summary
 
 SaveOpt = Annotated[Optional[Path], typer.Option(
     "--save-stats", rich_help_panel=o.OUTPUT, show_default=False,
@@ -71,6 +65,12 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
         actgeom merge part0.npz part1.npz part2.npz --save-stats all.npz
     """
+    from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec  # numpy...
+    from actgeom.core.dump import Dump  # ... scipy, h5py: imported when the command runs, not for --help
+    from actgeom.core.engine import PassOptions, accumulate, options_record
+    from actgeom.core.families.neurons import neurons_statistics
+    from actgeom.core.partial import provenance
+
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
     options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), row_range=parse_rows(rows), row_offset=row_offset)
@@ -95,6 +95,8 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 
         actgeom merge part*.npz --save-stats all.npz --format json
     """
+    from actgeom.core.partial import load_partial, merge_partials  # numpy: when the command runs
+
     check_outputs({"-o": output, "--save-stats": save_stats}, parts)
     merged, meta = merge_partials([(path, *load_partial(path)) for path in parts])
     meta["parts"] = [str(p) for p in parts]
@@ -105,10 +107,14 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 def _save(path: Path | None, result: dict, meta: dict, inputs: list[Path]) -> None:
     """--save-stats by the output rules (core/outputs.py)."""
     if path is not None:
+        from actgeom.core.partial import save_partial
+
         save_partial(path, result, meta, inputs=inputs)
 
 
 def _result(title: str, result: dict, meta: dict) -> Result:
+    from actgeom.core.summary import pass_summary
+
     records = [pass_summary(layer_stats) for layer_stats in result.values()]
     document = {"tool": "actgeom", "version": __version__, **meta, "layers": records}
     return Result(title=title, document=document, records=records,

@@ -1,12 +1,9 @@
 """actgeom.core: reading dumps and computing statistics; no printing, no CLI imports."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from actgeom.core.errors import ActgeomError, InvalidInputError, UsageError
 
-try:
-    __version__ = version("actgeom")
-except PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "unknown"
+# The one place the version is written: pyproject.toml reads it from here (tool.setuptools.dynamic),
+# so that no start-up pays for importlib.metadata (~30 ms).
+__version__ = "0.1.0"
 
 __all__ = ["__version__", "ActgeomError", "InvalidInputError", "UsageError"]

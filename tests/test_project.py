@@ -48,3 +48,40 @@ def test_every_option_of_every_command_is_in_the_readme():
                for opt in list(getattr(param, "opts", [])) + list(getattr(param, "secondary_opts", []))
                if opt.startswith("--") and opt != "--help" and opt not in readme]
     assert not missing, f"options missing from README.md: {missing}"
+
+
+HEAVY = ("numpy", "scipy", "h5py", "matplotlib", "pandas", "torch")
+_LOADED_BY = """
+import contextlib, io, json, sys
+HEAVY = {heavy!r}
+def loaded():
+    return sorted(name for name in HEAVY if name in sys.modules)
+found = {{}}
+import actgeom
+found["import actgeom"] = loaded()
+from actgeom.cli.app import app
+found["import actgeom.cli.app"] = loaded()
+for argv in {argvs!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        app(argv, prog_name="actgeom")
+    found["actgeom " + " ".join(argv)] = loaded()
+import actgeom.core.api  # the control: the computations do import numpy
+found["control"] = loaded()
+print(json.dumps(found))
+"""
+
+
+def test_help_and_version_import_no_numerical_library():
+    """`actgeom --help`, `--version` and `COMMAND --help` start at once (issue #14): numpy, scipy,
+    h5py and matplotlib are imported by a command when it runs, never by the CLI's modules or the
+    public package. (The time itself is measured in benchmarks/bench_startup.py, not here.)"""
+    import json
+    import subprocess
+    import sys
+
+    argvs = [["--version"], ["--help"], *([command, "--help"] for command in COMMANDS)]
+    script = _LOADED_BY.format(heavy=HEAVY, argvs=argvs)
+    found = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert "numpy" in found.pop("control")
+    assert found == dict.fromkeys(found, []), {step: modules for step, modules in found.items() if modules}
+    assert len(found) == 2 + len(argvs)

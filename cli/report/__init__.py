@@ -16,3 +16,5 @@ The document is a plain JSON-ready dict; nothing here depends on how it was made
 Files are in checkpoint order. Rendering reads ``options.entropy.subsample``/``seed`` (the DSE
 sample stated on the page) and ``options.entropy.normalized`` (the attention colour-bar label).
 """
+
+REPORT_SUBSAMPLE = 2_000  # DSE/DSMI cost N³: the report's default sample (the entropy command's is 10 000)

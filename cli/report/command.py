@@ -14,17 +14,11 @@ from actgeom.cli.collapse import Preset as CollapsePreset
 from actgeom.cli.output import jsonable
 from actgeom.cli.progress import row_progress
 from actgeom.cli.rank import Preset as RankPreset
-from actgeom.cli.report.data import REPORT_SUBSAMPLE, ReportOptions, gather
+from actgeom.cli.report import REPORT_SUBSAMPLE
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
 from actgeom.cli.stats import parse_rows
-from actgeom.core.collapse import CollapseOptions
-from actgeom.core.collapse import resolve_options as collapse_options
-from actgeom.core.dump import DumpSpec
-from actgeom.core.engine import PassOptions
-from actgeom.core.entropy import EntropyOptions
+from actgeom.core.options import CollapseOptions, EntropyOptions, RankOptions
 from actgeom.core.outputs import write_output
-from actgeom.core.spectrum import RankOptions
-from actgeom.core.spectrum import resolve_options as rank_options
 
 COLLAPSE = "Collapse options (as `actgeom collapse`)"
 RANK = "Rank options (as `actgeom rank`)"
@@ -129,6 +123,12 @@ def report(
 
         actgeom report sample_data/*.h5 --layers hidden3 -o hidden3.html --figures figures/ --format md
     """
+    from actgeom.cli.report.data import ReportOptions, gather  # numpy, scipy, h5py: when the command runs
+    from actgeom.core.collapse import resolve_options as collapse_options
+    from actgeom.core.dump import DumpSpec
+    from actgeom.core.engine import PassOptions
+    from actgeom.core.spectrum import resolve_options as rank_options
+
     check_outputs(dumps, output, results, figures)
     options = ReportOptions(
         collapse=collapse_options(o.plain(collapse_preset), min_count=min_count, global_mean=o.plain(global_mean),

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from actgeom.cli.report import REPORT_SUBSAMPLE
 from actgeom.core import api
 from actgeom.core.collapse import CollapseOptions
 from actgeom.core.dump import Dump, DumpSpec
@@ -19,8 +20,6 @@ from actgeom.core.dump.reader import natural_key
 from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.entropy import EntropyOptions
 from actgeom.core.spectrum import RankOptions
-
-REPORT_SUBSAMPLE = 2_000  # DSE/DSMI cost N³: the report's default sample (the entropy command's is 10 000)
 
 
 @dataclass(frozen=True)

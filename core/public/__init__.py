@@ -11,14 +11,34 @@ one pass per layer) return a :class:`Result` (``to_dict()``, ``records()``, ``to
 aligned rows) returns one whose ``matrix(metric)`` has rows = A, columns = B;
 :class:`Statistics` takes arrays batch by batch, no dump needed. Keyword names are the command
 line's options in snake_case. This package is the directory core/public/ of the repository.
+
+The functions and classes are imported on first use (numpy, scipy and h5py take ~0.5 s to load),
+so that ``import actgeom`` and the command line's ``--help`` start at once.
 """
 
+import importlib
+
 from actgeom.core import __version__
-from actgeom.core.api import Statistics, analyze, collapse, compare, entropy, neurons, probe, rank
-from actgeom.core.capture import capture
-from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, UsageError
-from actgeom.core.result import Result
+
+_WHERE = {  # name → the module that defines it
+    **dict.fromkeys(["Statistics", "analyze", "collapse", "compare", "entropy", "neurons", "probe", "rank"], "actgeom.core.api"),
+    "capture": "actgeom.core.capture", "Dump": "actgeom.core.dump", "DumpWriter": "actgeom.core.dump",
+    "Result": "actgeom.core.result",
+}
 
 __all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "Result",
            "Statistics", "UsageError", "analyze", "capture", "collapse", "compare", "entropy", "neurons", "probe", "rank"]
+
+
+def __getattr__(name: str):
+    """``actgeom.collapse`` etc.: imported from its module on first use (PEP 562)."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'actgeom' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
