@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy: imported by the figures only (the summary needs labels, not arrays)
+    import numpy as np
 
 
 def layer_names(document: dict, kind: str = "layer") -> list[str]:
@@ -46,6 +48,8 @@ def unavailable_reason(document: dict, name: str) -> str:
 
 def training_axis(document: dict) -> tuple[np.ndarray, list[str], str]:
     """x positions of the checkpoints, tick labels, axis label: steps when every dump has one."""
+    import numpy as np
+
     steps = [entry["step"] for entry in document["files"]]
     labels = [checkpoint_label(entry) for entry in document["files"]]
     if all(step is not None for step in steps):
