@@ -6,6 +6,9 @@ time until a command's first progress line, each the median of fresh processes.
     python benchmarks/bench_startup.py --runs 11
     python benchmarks/bench_startup.py --python other-venv/bin/python   # another installation
 
+Then, in one more process, the CPU time from its start to each import a command needs and to its
+first progress callback: what delays the first line.
+
 Python's own start (`python -c pass`) and `import typer` are measured in the same run: on a busy
 machine every number grows, and those two say by how much.
 
@@ -34,6 +37,30 @@ SAMPLE = ROOT / "sample_data" / "digits_mlp_epoch1500.h5"
 NO_PLAIN_DELAY = ("import sys, time; import actgeom.cli.progress as p; "
                   "p.PlainLines.__init__.__defaults__ = (p.PLAIN_INTERVAL, 0.0, time.monotonic); "
                   "from actgeom.cli.app import main; sys.argv[0] = 'actgeom'; main()")
+
+
+# CPU seconds from the start of a process to each import a command needs, then to its first
+# progress callback (the child stops there).
+BREAKDOWN = """
+import sys, time
+c0 = time.process_time()
+def mark(name): print(f"{time.process_time() - c0:6.3f} s CPU  {name}", flush=True)
+import actgeom.cli.app as appmod; mark("import actgeom.cli.app")
+import typer._adapters; mark("+ pydantic (Typer coerces parameters with it when parsing)")
+import numpy; mark("+ numpy")
+import h5py; mark("+ h5py")
+import scipy.linalg, scipy.sparse; mark("+ scipy.linalg, scipy.sparse")
+import actgeom.core.api; mark("+ the rest of actgeom.core.api")
+import actgeom.cli.progress as progress
+class Stop(Exception): pass
+def first(self, layer, done, total):
+    mark(f"first progress callback ({layer}: {done}/{total} rows)"); raise Stop
+progress.PlainLines.__call__ = first
+try:
+    appmod.app([sys.argv[1], sys.argv[2]], prog_name="actgeom")
+except (Stop, SystemExit):
+    pass
+"""
 
 
 def wall(argv: list[str]) -> tuple[float, float]:
@@ -122,6 +149,8 @@ def main() -> None:
     print(f"median of {args.runs} fresh processes; load average {os.getloadavg()[0]:.2f}")
     for name, measure in rows:
         print(f"{name:<75} {median(measure, args.runs)}", flush=True)
+    print(f"until the first progress callback of actgeom {args.command} {args.dump.name}:", flush=True)
+    subprocess.run([python, "-c", BREAKDOWN, args.command, str(args.dump)], check=True, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
