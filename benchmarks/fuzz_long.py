@@ -97,7 +97,7 @@ def main() -> int:
     mutations: collections.Counter = collections.Counter()
     slowest: list = [0.0, ""]
     failures: list[str] = []
-    started, rounds = time.monotonic(), 0
+    started, rounds, reported = time.monotonic(), 0, 0
     while time.monotonic() - started < 60 * args.minutes and sum(codes.values()) < (args.cases or float("inf")):
         with tempfile.TemporaryDirectory(prefix="actgeom-fuzz-long-") as directory:
             scratch = Path(directory)
@@ -118,8 +118,9 @@ def main() -> int:
         rounds += 1
         print(f"round {rounds}: {sum(codes.values())} cases, {len(failures)} failures, "
               f"{time.monotonic() - started:.0f} s", flush=True)
-        if failures:
-            print("FAILURE:", failures[-1], flush=True)
+        for failure in failures[reported:]:
+            print("FAILURE:", failure, flush=True)
+        reported = len(failures)
     elapsed = time.monotonic() - started
     print(f"cases: {sum(codes.values())} in {elapsed:.0f} s ({rounds} rounds of {args.examples_per_round})")
     print("exit codes by command:", dict(sorted(codes.items())))

@@ -390,11 +390,13 @@ def _softmax(rng, shape):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def test_attention_negative_probabilities_are_refused(cli, tmp_path, rng):
+@pytest.mark.parametrize("value", [-0.1, np.inf, np.nan], ids=["negative", "inf", "nan"])  # inf: found by fuzz_long
+def test_attention_negative_or_nonfinite_probabilities_are_refused(cli, tmp_path, rng, value):
     A = _softmax(rng, (2, 2, 4, 4)).astype(np.float32)
-    A[1, 0, 2, 1] = -0.1
+    A[1, 0, 2, 1] = value
     code, _, err = cli("entropy", _attention(tmp_path, A), "--threshold", "0")
-    assert code == 3 and one_error_line(err) and "sequence 1, head 0, query 2" in err and "≥ 0" in err
+    assert code == 3 and one_error_line(err), err
+    assert f"holds {A[1, 0, 2, 1]} at sequence 1, head 0, query 2" in err and "finite and ≥ 0" in err
 
 
 def test_attention_rows_not_summing_to_one_are_refused(cli, tmp_path, rng):

@@ -798,10 +798,11 @@ def _check_whole_read(ds: h5py.Dataset, what: str) -> None:
 
 def _check_attention(block: np.ndarray, start: int, tolerance: float, what: str) -> None:
     """Probabilities: ≥ 0, each query row summing to 1 within ``tolerance`` (or all 0: masked)."""
-    if not np.all(np.isfinite(block)) or (block < 0).any():
-        s, h, q, _ = np.argwhere(~(block >= 0))[0]
-        raise InvalidInputError(f"{what} holds {block[s, h, q].min()} at sequence {start + s}, head {h}, query {q}; "
-                                "attention probabilities are ≥ 0")
+    bad = ~np.isfinite(block) | (block < 0)
+    if bad.any():
+        s, h, q, k = np.argwhere(bad)[0]
+        raise InvalidInputError(f"{what} holds {block[s, h, q, k]} at sequence {start + s}, head {h}, query {q}; "
+                                "attention probabilities are finite and ≥ 0")
     sums = block.sum(axis=-1, dtype=np.float64)
     bad = (np.abs(sums - 1) > tolerance) & (sums != 0)
     if bad.any():
