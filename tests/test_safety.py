@@ -625,6 +625,24 @@ def test_long_stages_after_the_pass_are_announced_with_an_estimate(cli, tmp_path
     assert code == 0 and err == ""
 
 
+def test_a_terminal_shows_a_long_stage_as_a_bar_until_the_next_pass():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from actgeom.cli.progress import Bars
+
+    with Progress(console=Console(file=io.StringIO(), force_terminal=True), transient=True) as bar:
+        bars = Bars(bar)
+        bars.stage("h1", "DSE: eigenvalues of a 10000×10000 kernel", 0.5)  # short: not shown
+        assert [task.description for task in bar.tasks] == []
+        bars.stage("h1", "DSE: eigenvalues of a 10000×10000 kernel", 80.0)
+        assert [task.description for task in bar.tasks] == ["layer h1: DSE: eigenvalues of a 10000×10000 kernel, about 1 min 20 s"]
+        bars("h2", 10, 100)  # the next pass ends the stage
+        assert [task.description for task in bar.tasks] == ["rows of h2"]
+
+
 def test_stage_estimates_reach_a_progress_object_of_the_api(tmp_path, rng):
     import actgeom
 
