@@ -51,8 +51,14 @@ def row_ranges(n_rows: int, n_ranges: int, chunk_rows: int = 1, offsets: np.ndar
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a] or [(0, 0)]
 
 
+def task_ranges(dump: Dump, n_ranges: int) -> list[tuple[int, int]]:
+    """The first-wave ranges of a dump: :func:`row_ranges` on its chunks and sequence offsets."""
+    return row_ranges(dump.n_rows, n_ranges, _chunk_rows(dump), dump.offsets())
+
+
 def _chunk_rows(dump: Dump) -> int:
-    """Rows of a whole chunk in every layer (their least common multiple), 1 when contiguous."""
+    """Rows of a whole chunk in every layer (their least common multiple; the largest chunk when that
+    exceeds the rows), 1 when contiguous."""
     rows = 1
     for layer in dump.layers:
         rows = math.lcm(rows, layer.chunk_rows or 1)
@@ -149,7 +155,7 @@ class DaskBackend:
 
     def ranges(self, dump: Dump) -> list[tuple[int, int]]:
         n_ranges = self.options.ranges or max(2 * self.n_workers, math.ceil(dump.n_rows / ROWS_PER_TASK))
-        return row_ranges(dump.n_rows, n_ranges, _chunk_rows(dump), dump.offsets())
+        return task_ranges(dump, n_ranges)
 
     def _ranges_of(self, dump: Dump, options: PassOptions) -> list[tuple[int, int]]:
         """The task ranges inside the pass's own row range (e.g. a shard's --rows)."""
@@ -168,7 +174,7 @@ class DaskBackend:
             task_options = replace(options, row_range=(a, b))
             arrays = self._reuse(dump, specs, task_options)
             if arrays is not None:
-                saved[(a, b)] = self.client.scatter(arrays)
+                saved[(a, b)] = self.client.scatter([arrays])[0]  # a list: a dict would scatter its items
             else:
                 futures[(a, b)] = self.client.submit(first_wave, str(dump.path), dump.spec, specs, task_options,
                                                      retries=self.options.retries, pure=False,
@@ -209,8 +215,8 @@ class DaskBackend:
             reason = str(future.exception()) or type(future.exception()).__name__
         except Exception as exc:  # the exception itself could not come back
             reason = type(exc).__name__
-        return TaskFailed(f"rows {rows[0]}:{rows[1]} of {dump.path} failed on the Dask workers after "
-                          f"{self.options.retries} retries: {reason.splitlines()[0]}")
+        return TaskFailed(f"rows {rows[0]}:{rows[1]} of {dump.path} failed on the Dask workers, retried in vain: "
+                          f"{reason.splitlines()[0]}")
 
     # -- --save-stats DIR: one partial-statistics file per task ------------------------------------
     def _partial_path(self, dump: Dump, rows: tuple[int, int]) -> Path:
@@ -252,7 +258,7 @@ class DaskBackend:
         slots = {spec.slot for name in consumers for spec in FAMILIES[name].needs(families[name], facts)}
         needed = replace(layer_stats, specs={s: layer_stats.specs[s] for s in slots},
                          accumulators={s: layer_stats.accumulators[s] for s in slots})
-        shared = self.client.scatter(stats_arrays({layer.name: needed}), broadcast=True)
+        shared = self.client.scatter([stats_arrays({layer.name: needed})], broadcast=True)[0]
         chosen = {name: families[name] for name in consumers}
         ranges = self._ranges_of(dump, options)
         futures = [self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
