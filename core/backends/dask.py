@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,6 +127,7 @@ class DaskBackend:
 
         self.options = options
         self.cluster = None
+        self.timings: dict = {}  # of the last first wave: ranges, seconds of the tasks and of the merge
         if options.save_stats is not None and Path(options.save_stats).exists() and not Path(options.save_stats).is_dir():
             raise UsageError(f"--save-stats {options.save_stats} is a file; with --backend dask it names a directory "
                              "that keeps one partial-statistics file per task")
@@ -168,6 +170,7 @@ class DaskBackend:
         """Every layer's statistics of ``dump``, from one task per row range, merged in a tree."""
         from distributed import as_completed
 
+        started = time.perf_counter()
         ranges = self._ranges_of(dump, options)
         futures, saved = {}, {}
         for a, b in ranges:
@@ -195,7 +198,9 @@ class DaskBackend:
             if progress is not None:
                 progress(label, done, total)
         leaves = [saved[rows] if rows in saved else futures[rows] for rows in ranges]
+        tasks_done = time.perf_counter()
         result = self._tree(leaves).result()
+        self.timings = {"ranges": len(ranges), "tasks_s": tasks_done - started, "merge_s": time.perf_counter() - tasks_done}
         _raise_if_error(result)
         stats, _ = stats_from_arrays(result)
         for layer_stats in stats.values():
