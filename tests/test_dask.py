@@ -306,3 +306,10 @@ def test_without_the_extra_one_line_says_how_to_install_it(tmp_path, rng, cli, m
     assert DASK_MISSING == "--backend dask needs the dask extra: pip install 'actgeom[dask]'"
     with pytest.raises(UsageError, match="needs the dask extra"):
         api.rank([path], backend=BackendOptions("dask"))
+
+
+@needs_dask
+def test_an_unusable_scheduler_address_is_one_line(dumps, cli):
+    code, out, err = cli("rank", dumps["samples"][0], "--backend", "dask", "--scheduler", "nonsense:/x")
+    assert code == 2 and out == ""
+    assert err.startswith("Error: --scheduler nonsense:/x: cannot reach a Dask scheduler (") and err.count("\n") == 1

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from actgeom.core.errors import ActgeomError, InvalidInputError, UsageError
 from actgeom.core.outputs import atomic_output
 from actgeom.core.partial import dump_fingerprint, load_partial, merge_partials, provenance, stats_arrays, stats_from_arrays
 
+SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
 ROWS_PER_TASK = 1 << 20  # at most this many rows per first-wave task by default: a failure costs little to redo
 
 
@@ -133,12 +135,12 @@ class DaskBackend:
                              "that keeps one partial-statistics file per task")
         try:
             if options.scheduler is not None:
-                self.client = Client(options.scheduler, timeout="30s")
+                self.client = Client(options.scheduler, timeout=SCHEDULER_TIMEOUT)
             else:
                 self.cluster = LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1,
                                             processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
                 self.client = Client(self.cluster)
-        except OSError as exc:  # no scheduler at that address (a timeout is an OSError)
+        except (OSError, ValueError) as exc:  # no scheduler there (a timeout is an OSError), or not an address
             raise UsageError(f"--scheduler {options.scheduler}: cannot reach a Dask scheduler ({exc})") from None
         services = self.client.scheduler_info().get("services", {})
         self.dashboard_link = self.client.dashboard_link if "dashboard" in services else None
@@ -171,6 +173,7 @@ class DaskBackend:
         from distributed import as_completed
 
         started = time.perf_counter()
+        run = _run_id(dump.path)
         ranges = self._ranges_of(dump, options)
         futures, saved = {}, {}
         for a, b in ranges:
@@ -181,7 +184,7 @@ class DaskBackend:
             else:
                 futures[(a, b)] = self.client.submit(first_wave, str(dump.path), dump.spec, specs, task_options,
                                                      retries=self.options.retries, pure=False,
-                                                     key=f"actgeom-rows-{_task_id(dump.path)}-{a}-{b}")
+                                                     key=f"actgeom-rows-{run}-{a}-{b}")
         label = f"{dump.path.name} ({len(dump.layers)} layers, {len(ranges)} ranges)"
         total = sum(b - a for a, b in ranges)
         done = sum(b - a for a, b in saved)
@@ -266,9 +269,10 @@ class DaskBackend:
         shared = self.client.scatter([stats_arrays({layer.name: needed})], broadcast=True)[0]
         chosen = {name: families[name] for name in consumers}
         ranges = self._ranges_of(dump, options)
+        run = _run_id(dump.path)
         futures = [self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
                                       replace(options, row_range=rows), retries=self.options.retries, pure=False,
-                                      key=f"actgeom-second-{_task_id(dump.path)}-{_task_id(layer.name)}-{rows[0]}-{rows[1]}")
+                                      key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}")
                    for rows in ranges]
         label, total, done = f"{layer.name} (second pass)", sum(b - a for a, b in ranges), 0
         where = {future.key: rows for rows, future in zip(ranges, futures)}
@@ -289,6 +293,12 @@ class DaskBackend:
 def _raise_if_error(result: dict) -> None:
     if "error" in result:
         raise _TaskError(*result["error"])
+
+
+def _run_id(path: Path) -> str:
+    """Task keys of one wave: the file's id and a fresh part (a re-run with other options never
+    meets the tasks of an earlier one still held by the scheduler)."""
+    return f"{_task_id(path)}-{uuid.uuid4().hex[:8]}"
 
 
 def _task_id(text) -> str:
