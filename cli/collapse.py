@@ -66,6 +66,8 @@ def collapse(
         actgeom collapse sample_data/*.h5 --layers hidden3 --format table
 
         actgeom collapse sample_data/digits_mlp_epoch1500.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
+
+        actgeom collapse sample_data/*.h5 --backend dask --workers 2 --format table   # tasks on a LocalCluster
     """
     from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
 

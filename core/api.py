@@ -191,6 +191,11 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
     files = []
     opened = open_backend(backend) if isinstance(backend, BackendOptions) else contextlib.nullcontext(backend)
     with opened as executor:
+        if executor is not None and precomputed is None:  # every file's tasks queued before the first is awaited
+            for path in paths:
+                with Dump(path, spec) as dump:
+                    if cache is None or _cached(Path(cache), _cache_key(dump, spec, families, pass_options, details)) is None:
+                        executor.submit(dump, specs_for(families, facts_of(dump)), pass_options)
         for path in paths:
             with Dump(path, spec) as dump:
                 if provenance is not None:

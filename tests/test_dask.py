@@ -128,7 +128,13 @@ def test_collapse_rank_entropy_equal_a_local_run(cluster, dumps, kind):
     options = {"entropy": ENTROPY}
     families = ("collapse", "rank", "entropy")
     local = api.analyze(paths, families=families, options=options).to_dict()
-    dask = api.analyze(paths, families=families, options=options, backend=_dask(cluster)).to_dict()
+    with open_backend(_dask(cluster)) as backend:
+        started = []
+        submit = backend.submit
+        backend.submit = lambda dump, *more: (started.append(dump.path.name), submit(dump, *more))
+        dask = api.analyze(paths, families=families, options=options, backend=backend).to_dict()
+        assert backend._pending == {}  # every file's first wave, started before any was awaited, was used
+    assert started == [os.path.basename(p) for p in paths]
     assert assert_same_numbers(local, dask) > 50
     if kind == "samples":  # NC4 came from the second wave
         assert all("nc4_mismatch" in layer["metrics"] for file in dask["files"] for layer in file["layers"][-1:])

@@ -130,6 +130,7 @@ class DaskBackend:
         self.options = options
         self.cluster = None
         self.timings: dict = {}  # of the last first wave: ranges, seconds of the tasks and of the merge
+        self._pending: dict = {}  # first waves started by submit(), by file, statistics and pass options
         if options.save_stats is not None and Path(options.save_stats).exists() and not Path(options.save_stats).is_dir():
             raise UsageError(f"--save-stats {options.save_stats} is a file; with --backend dask it names a directory "
                              "that keeps one partial-statistics file per task")
@@ -168,11 +169,12 @@ class DaskBackend:
         return [(a, b) for a, b in inside if b > a] or [(start, stop)]
 
     # -- first wave: the statistics --------------------------------------------------------------
-    def accumulate(self, dump: Dump, specs: dict, options: PassOptions, progress: Progress | None) -> dict[str, LayerStats]:
-        """Every layer's statistics of ``dump``, from one task per row range, merged in a tree."""
-        from distributed import as_completed
+    def submit(self, dump: Dump, specs: dict, options: PassOptions) -> None:
+        """Start the first wave of ``dump`` without waiting for it (core.api.run starts every file's
+        before it waits for the first: the workers then always have tasks, even with one range per file)."""
+        self._pending[_wave_key(dump, specs, options)] = (time.perf_counter(), *self._submit(dump, specs, options))
 
-        started = time.perf_counter()
+    def _submit(self, dump: Dump, specs: dict, options: PassOptions):
         run = _run_id(dump.path)
         ranges = self._ranges_of(dump, options)
         futures, saved = {}, {}
@@ -185,7 +187,16 @@ class DaskBackend:
                 futures[(a, b)] = self.client.submit(first_wave, str(dump.path), dump.spec, specs, task_options,
                                                      retries=self.options.retries, pure=False,
                                                      key=f"actgeom-rows-{run}-{a}-{b}")
-        label = f"{dump.path.name} ({len(dump.layers)} layers, {len(ranges)} ranges)"
+        return ranges, futures, saved
+
+    def accumulate(self, dump: Dump, specs: dict, options: PassOptions, progress: Progress | None) -> dict[str, LayerStats]:
+        """Every layer's statistics of ``dump``, from one task per row range (started now, or by
+        :meth:`submit`), merged in a tree."""
+        from distributed import as_completed
+
+        pending = self._pending.pop(_wave_key(dump, specs, options), None)
+        started, ranges, futures, saved = pending or (time.perf_counter(), *self._submit(dump, specs, options))
+        label = f"{dump.path.name} ({len(dump.layers)} layers, {len(ranges)} row range{'s' if len(ranges) > 1 else ''})"
         total = sum(b - a for a, b in ranges)
         done = sum(b - a for a, b in saved)
         if progress is not None:
@@ -293,6 +304,10 @@ class DaskBackend:
 def _raise_if_error(result: dict) -> None:
     if "error" in result:
         raise _TaskError(*result["error"])
+
+
+def _wave_key(dump: Dump, specs: dict, options: PassOptions) -> tuple:
+    return str(Path(dump.path).resolve()), dump.spec, tuple(specs.items()), options
 
 
 def _run_id(path: Path) -> str:
