@@ -4,11 +4,12 @@ A first-wave task is (file, dump spec, accumulator specs, pass options with a ro
 opens the file itself, runs the engine over its rows and returns the statistics as plain arrays
 (core/partial.py's file format, never h5py objects). Ranges are whole HDF5 chunks and, in
 token-level dumps, whole sequences; the seeded sample is keyed by global row numbers, so the
-merged statistics are those of one pass. Results merge pairwise in a tree of tasks (the merge is
-associative; adjacent ranges merge first, so the order is that of the rows). A layer whose families
-need a second pass (NC4, the probe's test rows) gets a second wave over the same ranges, with
-the finalised statistics it needs broadcast; each task returns its consumers' parts, merged here
-in row order.
+merged statistics are those of one pass. Results merge pairwise in a tree of tasks that grows as
+they come (the merge is associative and, up to float64 rounding, commutative; the sample keeps the
+rows with the smallest keys whatever the order), so merging overlaps the tasks still running and
+little is left when the last one ends. A layer whose families need a second pass (NC4, the
+probe's test rows) gets a second wave over the same ranges, with the finalised statistics it
+needs broadcast; each task returns its consumers' parts, merged here in row order.
 
 Failures: a task whose worker dies is run again by Dask; one that keeps failing (``retries``)
 becomes one error naming the file and the row range. User errors found by a task (NaN rows, bad
@@ -202,18 +203,25 @@ class DaskBackend:
         if progress is not None:
             progress(label, done, total)
         where = {future.key: rows for rows, future in futures.items()}
-        for future in as_completed(list(futures.values())):
-            a, b = where[future.key]
-            if future.status != "finished":
-                raise self._failure(dump, (a, b), future)
-            if self.options.save_stats is not None:
-                self._save(dump, (a, b), future.result())
-            done += b - a
-            if progress is not None:
-                progress(label, done, total)
-        leaves = [saved[rows] if rows in saved else futures[rows] for rows in ranges]
+        pool, ready = as_completed(), list(saved.values())  # ready: results (futures) not yet merged
+        for future in futures.values():
+            pool.add(future)
         tasks_done = time.perf_counter()
-        result = self._tree(leaves).result()
+        self._pair(ready, pool)
+        for future in pool:  # the tree grows as results come: merges overlap the tasks still running
+            rows = where.get(future.key)
+            if future.status != "finished":
+                raise self._failure(dump, rows, future)
+            if rows is not None:
+                if self.options.save_stats is not None:
+                    self._save(dump, rows, future.result())
+                done += rows[1] - rows[0]
+                tasks_done = time.perf_counter()
+                if progress is not None:
+                    progress(label, done, total)
+            ready.append(future)
+            self._pair(ready, pool)
+        result = ready[0].result()
         self.timings = {"ranges": len(ranges), "tasks_s": tasks_done - started, "merge_s": time.perf_counter() - tasks_done}
         _raise_if_error(result)
         stats, _ = stats_from_arrays(result)
@@ -221,21 +229,20 @@ class DaskBackend:
             check_rows(layer_stats, dump.path, options)
         return stats
 
-    def _tree(self, leaves: list):
-        """Pairwise merges of adjacent ranges, level by level, as tasks: the root's future."""
-        while len(leaves) > 1:
-            paired = [self.client.submit(merge_pair, a, b, retries=self.options.retries, pure=False)
-                      for a, b in zip(leaves[::2], leaves[1::2])]
-            leaves = paired + ([leaves[-1]] if len(leaves) % 2 else [])
-        return leaves[0]
+    def _pair(self, ready: list, pool) -> None:
+        """Merge the results that are ready two by two, as tasks whose results join the pool."""
+        while len(ready) >= 2:
+            pool.add(self.client.submit(merge_pair, ready.pop(0), ready.pop(0), retries=self.options.retries,
+                                        pure=False, key=f"actgeom-merge-{uuid.uuid4().hex}"))
 
-    def _failure(self, dump: Dump, rows: tuple[int, int], future) -> ActgeomError:
+    def _failure(self, dump: Dump, rows: tuple[int, int] | None, future) -> ActgeomError:
+        """A task that kept failing: one error naming the file and its rows (None: a merge task)."""
         try:
             reason = str(future.exception()) or type(future.exception()).__name__
         except Exception as exc:  # the exception itself could not come back
             reason = type(exc).__name__
-        return TaskFailed(f"rows {rows[0]}:{rows[1]} of {dump.path} failed on the Dask workers, retried in vain: "
-                          f"{reason.splitlines()[0]}")
+        what = f"rows {rows[0]}:{rows[1]} of {dump.path}" if rows is not None else f"a merge of statistics of {dump.path}"
+        return TaskFailed(f"{what} failed on the Dask workers, retried in vain: {reason.splitlines()[0]}")
 
     # -- --save-stats DIR: one partial-statistics file per task ------------------------------------
     def _partial_path(self, dump: Dump, rows: tuple[int, int]) -> Path:
