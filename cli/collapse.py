@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
 from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions
 from actgeom.core.outputs import check_outputs
@@ -52,7 +52,8 @@ def collapse(
              "the dump has).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", rich_help_panel=METRIC, metavar="",
                                             help="Also report n_c, ‖m_c‖, ‖w_c‖, v_c of every class (JSON).")] = False,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Neural-collapse metrics per layer and checkpoint.
 
@@ -65,19 +66,21 @@ def collapse(
         actgeom collapse sample_data/*.h5 --layers hidden3 --format table
 
         actgeom collapse sample_data/digits_mlp_epoch1500.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
+
+        actgeom collapse sample_data/*.h5 --backend dask --workers 2 --format table   # tasks on a LocalCluster
     """
     from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
 
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
-    with row_progress(quiet) as progress:
+    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
             allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats,
             partial_ok=partial_ok,
             preset=o.plain(preset), min_count=min_count, global_mean=o.plain(global_mean),
             nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c, nc4_decision=o.plain(nc4_decision),
-            per_class=per_class or None, progress=progress)
+            per_class=per_class or None, progress=progress, backend=executor)
     laws = {f"separation law {Path(file['file']).name}": f"ρ = {file['separation_law']['rho']:.4g}, "
             f"R² = {file['separation_law']['r2']:.4g}" for file in analysis.to_dict()["files"] if file["separation_law"]}
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)

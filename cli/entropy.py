@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.options import EntropyOptions
 from actgeom.core.outputs import check_outputs
 
@@ -42,7 +42,8 @@ def entropy(
                                        help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")] = DEFAULTS.eps,
     normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC, metavar="",
                                              help="Attention entropy divided by log(#valid keys).")] = False,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Entropies and neuron activity per layer; attention entropy per head.
 
@@ -60,13 +61,13 @@ def entropy(
 
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
-    with row_progress(quiet) as progress:
+    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
         analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens,
                                products=o.plain(products), stats=stats,
                                partial_ok=partial_ok,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
-                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress)
+                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress, backend=executor)
     summary = {}
     for file in analysis.to_dict()["files"]:
         for layer in file["layers"]:

@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, _flat, _short_names, emit, metrics_result
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.options import SCORES
 from actgeom.core.outputs import check_outputs
 
@@ -45,7 +45,8 @@ def neurons(
     delta: Annotated[float, typer.Option("--delta", rich_help_panel=VAE, help="Active latent: Var_x(μ_u) > delta.")] = 0.01,
     collapsed_kl: Annotated[float, typer.Option("--collapsed-kl", rich_help_panel=VAE,
                                                 help="Collapsed latent: mean KL < this, in nats.")] = 0.01,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Unit-level scores per layer and the top units by a chosen score.
 
@@ -65,11 +66,11 @@ def neurons(
 
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
-    with row_progress(quiet) as progress:
+    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
         analysis = api.neurons(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                                nonfinite=nonfinite, tokens=tokens, products=o.plain(products), stats=stats, top=top, score=score,
                                threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,
-                               logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress)
+                               logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress, backend=executor)
     emit(ranked_view(metrics_result(analysis), score), fmt, output, inputs)
 
 

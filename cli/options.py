@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from actgeom.core.backends import BACKENDS
 from actgeom.core.options import NONFINITE_POLICIES, PRODUCTS
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
+SCALE = "Scale-out (README: Running on a cluster)"
 
 
 def choices(name: str, values) -> type[Enum]:
@@ -95,6 +97,23 @@ QuietOpt = Annotated[bool, typer.Option(
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", rich_help_panel=OUTPUT, show_default=False,
     help="Write the result to this file (atomically) instead of stdout.")]
+
+Backend = choices("Backend", BACKENDS)
+BackendOpt = Annotated[Backend, typer.Option(
+    "--backend", rich_help_panel=SCALE,
+    help="Who runs the passes: 'local' (this process) or 'dask' (tasks over row ranges on a dask.distributed "
+         "cluster; needs actgeom's 'dask' extra). Same numbers either way.")]
+SchedulerOpt = Annotated[Optional[str], typer.Option(
+    "--scheduler", rich_help_panel=SCALE, show_default=False,
+    help="With --backend dask: the address of a running scheduler (e.g. tcp://node01:8786, or the one of a "
+         "dask-jobqueue SLURMCluster). Default: a LocalCluster on this machine.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", rich_help_panel=SCALE, show_default="one per core",
+    help="With --backend dask and no --scheduler: worker processes of the LocalCluster.")]
+TaskStatsOpt = Annotated[Optional[Path], typer.Option(
+    "--save-stats", rich_help_panel=SCALE, show_default=False,
+    help="With --backend dask: a directory keeping each task's partial statistics (one .npz per file and row "
+         "range); a re-run after a crash computes only the missing ones (each reused file's provenance checked).")]
 
 
 def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, **more):

@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.errors import OptionError
 from actgeom.core.options import CONTROLS, SPLIT_BY, ProbeOptions
 from actgeom.core.outputs import atomic_output, check_outputs
@@ -52,7 +52,8 @@ def probe(
     save_directions: Annotated[Optional[Path], typer.Option(
         "--save-directions", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write the directions μ₊ − μ₋ as .npz: one array per file and layer, named 'FILE_INDEX/LAYER'.")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Linear probes and concept directions per layer.
 
@@ -71,13 +72,13 @@ def probe(
     from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
 
     check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
-    with row_progress(quiet) as progress:
+    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                              nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), test_fraction=test_fraction, seed=seed,
                              split_by=o.plain(split_by), shrinkage=_shrinkage(shrinkage), ridge_lambda=ridge_lambda,
                              control=o.plain(control),
                              positive=positive, negative=negative, details=save_directions is not None,
-                             progress=progress)
+                             progress=progress, backend=executor)
     document = analysis.to_dict()
     if save_directions is not None:
         _write_npz(save_directions, {f"{i}/{layer['layer']}": layer.pop("details")["direction"]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
+from actgeom.cli.options import plain
 from actgeom.cli.output import escape
 
 if TYPE_CHECKING:  # core.engine imports numpy, rich takes time: neither is needed to start
@@ -107,3 +108,17 @@ class PlainLines:
         if line is not None:
             self.stream.write(f"actgeom: {line}\n")
             self.stream.flush()
+
+
+@contextlib.contextmanager
+def run_backend(name, scheduler: str | None, workers: int | None, save_stats, quiet: bool = False) -> Iterator[object | None]:
+    """The backend of --backend/--scheduler/--workers/--save-stats (None: local), with the Dask
+    dashboard's address on stderr."""
+    from actgeom.core.backends import BackendOptions, open_backend
+
+    with open_backend(BackendOptions(plain(name), scheduler=scheduler, workers=workers, save_stats=save_stats)) as opened:
+        link = getattr(opened, "dashboard_link", None)
+        if link and not quiet:
+            sys.stderr.write(f"actgeom: Dask dashboard: {link}\n")
+            sys.stderr.flush()
+        yield opened

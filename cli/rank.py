@@ -11,7 +11,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.stats import parse_rows
 from actgeom.core.options import RANK_PRESETS as PRESETS
 from actgeom.core.options import STORAGE_RTOL, RankOptions
@@ -55,7 +55,8 @@ def rank(
     spectrum_out: Annotated[Optional[Path], typer.Option(
         "--spectrum-out", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write every layer's eigenvalues as CSV (file, layer, spectrum, rank, eigenvalue).")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Spectrum and effective dimension per layer.
 
@@ -73,13 +74,13 @@ def rank(
 
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)
-    with row_progress(quiet) as progress:
+    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
         analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete,
                             nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats, partial_ok=partial_ok,
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
                             fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"), ge=ge,
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,
-                            progress=progress)
+                            progress=progress, backend=executor)
     if spectrum_out is not None:
         write_output(spectrum_out, _spectra_csv(analysis.to_dict()), inputs, option="--spectrum-out")
         for file in analysis.to_dict()["files"]:  # the spectra went to the CSV, not into the result

@@ -9,6 +9,7 @@ Keyword names are the command-line options in snake_case (``--fit-range`` → ``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,6 +24,7 @@ import numpy as np
 
 from actgeom.core import __version__, stages
 from actgeom.core.accumulators import Spec, union
+from actgeom.core.backends import BackendOptions, open_backend
 from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.compare import CompareOptions
 from actgeom.core.dump import Dump, DumpSpec
@@ -64,34 +66,27 @@ def specs_for(families: dict, facts: DumpFacts) -> dict[str, Spec]:
 
 def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = PassOptions(),
                  progress: Progress | None = None, precomputed: dict[str, LayerStats] | None = None,
-                 details: bool = False) -> dict:
+                 details: bool = False, backend=None) -> dict:
     """The file record of one dump for the families {name: options}: one pass per layer (or the
     ``precomputed`` statistics, checked to hold what the families need), then one shared second
-    pass for the layers whose families need one (NC4)."""
+    pass for the layers whose families need one (NC4). ``backend``: who runs the passes (None: this
+    process; a core.backends executor: tasks over row ranges, e.g. on a Dask cluster)."""
     specs = specs_for(families, facts_of(dump))
-    if precomputed is None:
-        stats = accumulate(dump, specs=specs, options=pass_options, progress=progress)
-    else:
+    if precomputed is not None:
         stats = _checked(dump, precomputed, specs)
+    elif backend is not None:
+        stats = backend.accumulate(dump, specs, pass_options, progress)
+    else:
+        stats = accumulate(dump, specs=specs, options=pass_options, progress=progress)
     classifier = dump.classifier()
     layers = []
     records: dict[str, list[LayerRecord]] = {name: [] for name in families}
     for layer in dump.layers:
-        ctx = LayerContext(name=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, attrs=layer.attrs,
-                           stats=stats[layer.name], pass_options=pass_options, dump=dump, details=details,
-                           layers=stats)
-        if classifier is not None and dump.classifier_layer == layer.name:
-            ctx.classifier = classifier
-        elif classifier is not None:
-            reads = f"layer '{dump.classifier_layer}'" if dump.classifier_layer else "a layer not selected by --layers"
-            ctx.classifier_problem = f"the classifier ({dump.weight_path}) reads {reads}, not this one"
-        consumers = {}
-        for name, options in families.items():
-            if FAMILIES[name].second_pass is not None:
-                consumer = FAMILIES[name].second_pass(ctx, options)
-                if consumer is not None:
-                    consumers[name] = consumer
-        if consumers:
+        ctx = layer_context(dump, layer.name, stats, pass_options, classifier, details=details)
+        consumers = second_pass_consumers(ctx, families)
+        if consumers and backend is not None:
+            backend.second_pass(dump, layer, families, stats[layer.name], consumers, pass_options, progress)
+        elif consumers:
             second_pass(dump, layer, list(consumers.values()), pass_options, progress)
         ctx.second = consumers
         stage = getattr(progress, "stage", None)  # long steps after the pass (DSE, pairwise tiles), announced
@@ -105,6 +100,31 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
     if "entropy" in families:
         layers += [a | {"nonfinite": nonfinite_notes(a["metrics"])} for a in entropy_family.attention(dump, families["entropy"])]
     return entry
+
+
+def layer_context(dump: Dump, name: str, stats: dict[str, LayerStats], pass_options: PassOptions, classifier,
+                  details: bool = False) -> LayerContext:
+    """What the families see of one layer: its statistics, the dump, the classifier when it reads this layer."""
+    layer = dump.layer(name)
+    ctx = LayerContext(name=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, attrs=layer.attrs,
+                       stats=stats[layer.name], pass_options=pass_options, dump=dump, details=details, layers=stats)
+    if classifier is not None and dump.classifier_layer == layer.name:
+        ctx.classifier = classifier
+    elif classifier is not None:
+        reads = f"layer '{dump.classifier_layer}'" if dump.classifier_layer else "a layer not selected by --layers"
+        ctx.classifier_problem = f"the classifier ({dump.weight_path}) reads {reads}, not this one"
+    return ctx
+
+
+def second_pass_consumers(ctx: LayerContext, families: dict) -> dict:
+    """The consumers of a layer's shared second pass, by family (empty: no second pass)."""
+    consumers = {}
+    for name, options in families.items():
+        if FAMILIES[name].second_pass is not None:
+            consumer = FAMILIES[name].second_pass(ctx, options)
+            if consumer is not None:
+                consumers[name] = consumer
+    return consumers
 
 
 def _layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
@@ -152,12 +172,15 @@ def _checked(dump: Dump, precomputed: dict[str, LayerStats], specs: dict[str, Sp
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
         pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
-        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False) -> Result:
+        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False, backend=None) -> Result:
     """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders.
 
     ``cache``: a directory keeping each file's results under a key made of the file's identity
     (absolute path, size, modification time, a hash of its attributes, layer shapes and dtypes)
-    and every option; a run reads only the dumps whose key has no valid entry."""
+    and every option; a run reads only the dumps whose key has no valid entry.
+
+    ``backend``: None (this process), :class:`BackendOptions` (e.g. ``BackendOptions("dask",
+    workers=4)``: opened for this run), or a backend opened by :func:`open_backend`."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     precomputed, provenance, used = None, None, None
     if stats is not None:
@@ -166,18 +189,25 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
         precomputed, provenance = load_partial(stats)
     started = time.perf_counter()
     files = []
-    for path in paths:
-        with Dump(path, spec) as dump:
-            if provenance is not None:
-                used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok)
-            key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
-            entry = None if key is None else _cached(Path(cache), key)
-            if entry is None:
-                entry = analyze_dump(dump, families, pass_options=pass_options, progress=progress,
-                                     precomputed=precomputed, details=details)
-                if key is not None:
-                    _store(Path(cache), key, entry)
-            files.append(entry)
+    opened = open_backend(backend) if isinstance(backend, BackendOptions) else contextlib.nullcontext(backend)
+    with opened as executor:
+        if executor is not None and precomputed is None:  # every file's tasks queued before the first is awaited
+            for path in paths:
+                with Dump(path, spec) as dump:
+                    if cache is None or _cached(Path(cache), _cache_key(dump, spec, families, pass_options, details)) is None:
+                        executor.submit(dump, specs_for(families, facts_of(dump)), pass_options)
+        for path in paths:
+            with Dump(path, spec) as dump:
+                if provenance is not None:
+                    used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok)
+                key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
+                entry = None if key is None else _cached(Path(cache), key)
+                if entry is None:
+                    entry = analyze_dump(dump, families, pass_options=pass_options, progress=progress,
+                                         precomputed=precomputed, details=details, backend=executor)
+                    if key is not None:
+                        _store(Path(cache), key, entry)
+                files.append(entry)
     document = {"tool": "actgeom", "version": __version__, "command": command,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "elapsed_s": time.perf_counter() - started,
@@ -232,45 +262,46 @@ def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, of
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, preset=None, min_count=None,
              global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
-             progress: Progress | None = None) -> Result:
+             progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md §1) of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
-    return run("collapse", paths, {"collapse": options}, spec=spec, pass_options=pass_options, stats=stats,
+    return run("collapse", paths, {"collapse": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                partial_ok=partial_ok, progress=progress)
 
 
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None,
          partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
-         seed=None, details=False, progress: Progress | None = None) -> Result:
+         seed=None, details=False, progress: Progress | None = None, backend=None) -> Result:
     """Spectrum and effective-dimension metrics (docs/metrics.md §2) of every selected layer."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
-    return run("rank", paths, {"rank": options}, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
+    return run("rank", paths, {"rank": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats, progress=progress,
                details=details, partial_ok=partial_ok)
 
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
-            tokens="all", products="float64", stats=None, partial_ok=False, progress: Progress | None = None, **options) -> Result:
+            tokens="all", products="float64", stats=None, partial_ok=False, progress: Progress | None = None, backend=None,
+            **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md §3); ``options`` are EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens, products)
-    return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, pass_options=pass_options,
+    return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend, pass_options=pass_options,
                stats=stats, partial_ok=partial_ok, progress=progress)
 
 
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
             nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, details=False, cache=None,
-            progress: Progress | None = None) -> Result:
+            progress: Progress | None = None, backend=None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
                                nonfinite, tokens, products)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
-    return run("analyze", paths, chosen, spec=spec, pass_options=pass_options, stats=stats, progress=progress,
+    return run("analyze", paths, chosen, spec=spec, backend=backend, pass_options=pass_options, stats=stats, progress=progress,
                details=details, cache=cache, partial_ok=partial_ok)
 
 
@@ -297,7 +328,7 @@ def _known(options_class, family: str, given: dict) -> dict:
 
 
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
-            stats=None, details=False, progress: Progress | None = None, **options) -> Result:
+            stats=None, details=False, progress: Progress | None = None, backend=None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md §6) of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
@@ -308,13 +339,13 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
         layers = [layers] if isinstance(layers, str) else list(layers)
         layers += [name for name in (chosen.mu, chosen.logvar) if name is not None and name not in layers]
     spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
-    return run("neurons", paths, {"neurons": chosen}, spec=spec, pass_options=pass_options, stats=stats,
+    return run("neurons", paths, {"neurons": chosen}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                progress=progress, details=details)
 
 
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
           test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None, positive=None,
-          negative=None, details=False, stats=None, progress: Progress | None = None) -> Result:
+          negative=None, details=False, stats=None, progress: Progress | None = None, backend=None) -> Result:
     """Linear probes and concept directions (docs/metrics.md §7) of every selected layer.
 
     Beside the per-layer metrics, each file has ``direction_cosines`` (consecutive layers) and the
@@ -326,7 +357,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
-    result = run("probe", paths, {"probe": options}, spec=spec, pass_options=pass_options, stats=stats,
+    result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                  progress=progress, details=True)
     document = result.to_dict()
     directions = [{layer["layer"]: layer["details"].get("direction") for layer in file["layers"]}

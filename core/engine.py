@@ -117,9 +117,11 @@ def new_layer_stats(layer: LayerInfo, specs: dict[str, Spec], products: str = "f
 
 
 def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[Spec] | dict[str, Spec],
-               options: PassOptions = PassOptions(), progress: Progress | None = None) -> dict[str, LayerStats]:
+               options: PassOptions = PassOptions(), progress: Progress | None = None,
+               check: bool = True) -> dict[str, LayerStats]:
     """One pass over each selected layer (all by default), feeding every accumulator of ``specs``
-    (their union: one per slot) from one read of each block → :class:`LayerStats` by layer."""
+    (their union: one per slot) from one read of each block → :class:`LayerStats` by layer.
+    ``check=False``: leave :func:`check_rows` to the caller (a row range of a larger pass)."""
     specs = specs if isinstance(specs, dict) else union(specs)
     unknown = set(specs) - set(ACCUMULATORS)
     if unknown:
@@ -155,16 +157,22 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors)
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
-        if stats.n_nonfinite and options.nonfinite == "error":
-            raise InvalidInputError(
-                f"layer '{layer.name}' in {dump.path} has {stats.n_nonfinite} rows with NaN or inf values; "
-                "pass --nonfinite drop to skip them"
-            )
-        if stats.n_nonfinite and stats.n_rows == 0:
-            raise InvalidInputError(f"every row of layer '{layer.name}' in {dump.path} holds NaN or inf values "
-                                    f"({stats.n_nonfinite} dropped): nothing is left to measure")
+        if check:
+            check_rows(stats, dump.path, options)
         results[layer.name] = stats
     return results
+
+
+def check_rows(stats: LayerStats, path, options: PassOptions) -> None:
+    """Refuse a layer's statistics with NaN/inf rows (unless --nonfinite drop) or with no row left."""
+    if stats.n_nonfinite and options.nonfinite == "error":
+        raise InvalidInputError(
+            f"layer '{stats.layer}' in {path} has {stats.n_nonfinite} rows with NaN or inf values; "
+            "pass --nonfinite drop to skip them"
+        )
+    if stats.n_nonfinite and stats.n_rows == 0:
+        raise InvalidInputError(f"every row of layer '{stats.layer}' in {path} holds NaN or inf values "
+                                f"({stats.n_nonfinite} dropped): nothing is left to measure")
 
 
 def _row_vector(dump: Dump, name: str, start: int, stop: int, keep: np.ndarray | None) -> np.ndarray:

@@ -32,6 +32,13 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
                  option: str = "--save-stats") -> None:
     """Write partial statistics (an .npz, no pickles) by the output rules of core/outputs.py (never
     one of ``inputs``, atomic, umask), for a later :func:`merge_partials`."""
+    with atomic_output(path, inputs, option=option) as handle:
+        np.savez(handle, **stats_arrays(stats, meta))
+
+
+def stats_arrays(stats: dict[str, LayerStats], meta: dict | None = None) -> dict[str, np.ndarray]:
+    """Statistics as plain arrays (the content of a partial-statistics file; also what a Dask task
+    returns): every accumulator's arrays by layer and slot, and a JSON header."""
     arrays: dict[str, np.ndarray] = {}
     layers = []
     for i, (name, layer_stats) in enumerate(stats.items()):
@@ -43,8 +50,7 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
             arrays.update({f"{i}/{slot}/{key}": value for key, value in acc.to_arrays().items()})
     header = {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "layers": layers, "meta": meta or {}}
     arrays["header"] = np.array(json.dumps(header, default=_plain_number))
-    with atomic_output(path, inputs, option=option) as handle:
-        np.savez(handle, **arrays)
+    return arrays
 
 
 def _plain_number(value):
@@ -65,6 +71,12 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
         raise InvalidInputError(f"no such file: {path}") from None
     except (OSError, ValueError, KeyError):
         raise InvalidInputError(f"{path} is not an actgeom partial-statistics file") from None
+    return stats_from_arrays(arrays, path)
+
+
+def stats_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "the statistics") -> tuple[dict[str, LayerStats], dict]:
+    """The inverse of :func:`stats_arrays` → (statistics by layer, meta)."""
+    header = json.loads(str(arrays["header"]))
     if header.get("version") != PARTIAL_VERSION:
         raise InvalidInputError(f"{path} holds partial statistics of version {header.get('version')}; this actgeom "
                                 f"reads version {PARTIAL_VERSION}: make them again with `actgeom stats`")

@@ -140,6 +140,13 @@ class Confusion:
             grown[: counts.size] += counts
             setattr(self, name, grown)
 
+    def merge(self, other: "Confusion") -> None:
+        """Add another row range's counts."""
+        for name in ("true", "predicted", "correct"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            size = max(mine.size, theirs.size)
+            setattr(self, name, np.pad(mine, (0, size - mine.size)) + np.pad(theirs, (0, size - theirs.size)))
+
     @property
     def n(self) -> int:
         return int(self.true.sum())

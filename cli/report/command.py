@@ -12,7 +12,7 @@ from actgeom.cli import options as o
 from actgeom.cli.collapse import GlobalMean, NC1Inverse, NC4Decision
 from actgeom.cli.collapse import Preset as CollapsePreset
 from actgeom.cli.output import jsonable
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.rank import Preset as RankPreset
 from actgeom.cli.report import REPORT_SUBSAMPLE
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
@@ -100,6 +100,8 @@ def report(
     figures: Annotated[Optional[Path], typer.Option(
         "--figures", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write each figure to this directory as SVG and PDF (for papers).")] = None,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None,
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", rich_help_panel=o.OUTPUT,
                                                help="The summary printed on stdout: table or md (Markdown).")]
     = SummaryFormat.table,
@@ -142,8 +144,8 @@ def report(
         passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)))
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
-    with row_progress(quiet) as progress:
-        document = jsonable(gather(dumps, spec, options, progress, cache))
+    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+        document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor))
     from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
 
     page = render_page(document, figures, inputs=dumps)

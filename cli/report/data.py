@@ -50,16 +50,16 @@ def checkpoint_order(paths: list[Path]) -> list[Path]:
 
 
 def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOptions(),
-           progress: Progress | None = None, cache: Path | None = None) -> dict:
+           progress: Progress | None = None, cache: Path | None = None, backend=None) -> dict:
     """The report document of the dumps (checkpoints ordered), every family on every layer;
     ``cache``: a directory keeping each dump's results (core.api.run), so a re-run reads only the
-    dumps that are new or changed."""
+    dumps that are new or changed; ``backend``: who runs the passes (core.api.run)."""
     started = time.perf_counter()
     families = {"collapse": options.collapse, "rank": options.rank, "entropy": options.entropy}
     document = None
     for path in checkpoint_order([Path(p) for p in paths]):
         one = api.run("report", [path], families, spec=spec, pass_options=options.passes, details=True,
-                      progress=_labelled(progress, path), cache=cache).to_dict()
+                      progress=_labelled(progress, path), cache=cache, backend=backend).to_dict()
         if document is None:
             document = one
         else:

@@ -113,6 +113,17 @@ class NC4Pass:
         self.mismatches += int((network != ncc).sum())
         self.considered += int(rows.sum())
 
+    def partial(self) -> dict:
+        """What the rows seen so far added (plain values): a row range's part, for :meth:`merge`."""
+        return {"dropped_scatter": self.dropped_scatter, "mismatches": self.mismatches, "considered": self.considered}
+
+    def merge(self, part: dict) -> None:
+        """Add the :meth:`partial` of another row range's consumer (made from the same statistics)."""
+        if self.dropped_scatter is not None:
+            self.dropped_scatter += part["dropped_scatter"]
+        self.mismatches += part["mismatches"]
+        self.considered += part["considered"]
+
     @property
     def mismatch(self) -> float | None:
         if self.mode is None:

@@ -113,6 +113,25 @@ class ProbePass:
             for k, probe in enumerate(self.control):
                 self.control_confusions[k].add(control, probe.predict(X))
 
+    def partial(self) -> dict:
+        """What the rows seen so far added (plain values): a row range's part, for :meth:`merge`."""
+        return {"validation_correct": self.validation_correct, "n_validation": self.n_validation,
+                "lda": self.lda_confusions, "control": self.control_confusions, "others": self.other_confusions,
+                "scores": self._scores, "positive": self._positive}
+
+    def merge(self, part: dict) -> None:
+        """Add the :meth:`partial` of the next row range's consumer (made from the same statistics);
+        merged in row order, the test rows' scores stand in the order of one pass."""
+        self.validation_correct = self.validation_correct + part["validation_correct"]
+        self.n_validation += part["n_validation"]
+        for mine, theirs in zip(self.lda_confusions + self.control_confusions, part["lda"] + part["control"]):
+            mine.merge(theirs)
+        for name, confusion in self.other_confusions.items():
+            confusion.merge(part["others"][name])
+        for mine, theirs in zip(self._scores, part["scores"]):
+            mine.extend(theirs)
+        self._positive.extend(part["positive"])
+
     @property
     def chosen(self) -> int:
         """Which candidate shrinkage is reported: the best validation accuracy, ties to the larger s."""

@@ -1,0 +1,321 @@
+"""--backend dask: tasks over row ranges on a LocalCluster of 2 processes give the numbers of one
+local pass; a killed worker changes nothing; per-task statistics are reused after a crash."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from actgeom.core import api
+from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
+from actgeom.core.backends import DASK_MISSING, BackendOptions, open_backend
+from actgeom.core.dump import Dump, DumpWriter
+from actgeom.core.engine import PassOptions, accumulate
+from actgeom.core.errors import UsageError
+from conftest import class_data
+
+HAS_DASK = importlib.util.find_spec("distributed") is not None
+needs_dask = pytest.mark.skipif(not HAS_DASK, reason="the dask extra is not installed (pip install '.[dask]'); "
+                                                     ".ci/run installs it")
+
+# A run on row ranges merges shifted float64 sums in another order than one pass: the metrics
+# agree to rounding, far inside 1e-12 relative (the issue's bar). Counts and the sample are exact.
+DASK_RTOL = 1e-12
+DASK_ATOL = 1e-13  # metrics whose value is ~0 (e.g. a mean cosine of centred rows): absolute rounding
+CHUNK_ROWS = 32  # small chunks: several chunk-aligned ranges per file
+RANGES = 5
+ENTROPY = {"subsample": 200, "threshold": 0.0, "dsmi_repeats": 2}  # small DSE/DSMI kernels: a fast test
+
+
+# -- dumps ---------------------------------------------------------------------------------------
+
+def _sample_dump(path, rng, step: int) -> str:
+    """3 layers, 4 classes, a classifier on the last layer (NC4 by logits: a second pass), chunks of 32 rows."""
+    X, y = class_data(rng, [70, 60, 50, 40], 6, separation=2.0 + step)
+    hidden = np.maximum(X @ rng.standard_normal((6, 8)), 0.0)
+    last = hidden @ rng.standard_normal((8, 5)) + 1.5
+    with DumpWriter(path, layers={"in": 6, "hidden": 8, "last": 5}, dtype="float64", step=step,
+                    checkpoint=f"c{step}", chunk_bytes=CHUNK_ROWS * 8 * 8) as writer:
+        writer.append({"in": X, "hidden": hidden, "last": last}, labels=y)
+        writer.set_classifier(rng.standard_normal((4, 5)), rng.standard_normal(4), layer="last")
+    return str(path)
+
+
+def _token_dump(path, rng) -> str:
+    """Token-level: 60 sequences of 1..12 tokens, positions, labels, chunks of 32 rows."""
+    lengths = rng.integers(1, 13, size=60)
+    n = int(lengths.sum())
+    X = rng.standard_normal((n, 6)) + np.repeat(rng.standard_normal((60, 6)), lengths, axis=0)
+    y = rng.integers(0, 3, size=n)
+    with DumpWriter(path, layers={"a": 6, "b": 4}, dtype="float64", level="token", chunk_bytes=CHUNK_ROWS * 6 * 8) as writer:
+        writer.append({"a": X, "b": np.tanh(X[:, :4])}, labels=y, position=np.concatenate([np.arange(k) for k in lengths]))
+        writer.add_sequences(lengths)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    root = tmp_path_factory.mktemp("dask")
+    return {"samples": [_sample_dump(root / f"ckpt{i}.h5", rng, i) for i in range(2)],
+            "tokens": [_token_dump(root / "tokens.h5", rng)]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One LocalCluster of 2 single-threaded worker processes for the module."""
+    if not HAS_DASK:
+        pytest.skip("the dask extra is not installed (pip install '.[dask]')")
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as running:
+        yield running
+
+
+def _dask(cluster, **more) -> BackendOptions:
+    return BackendOptions("dask", scheduler=cluster.scheduler_address, ranges=RANGES, **more)
+
+
+def assert_same_numbers(local: dict, dask: dict) -> int:
+    """Every metric of every layer of every file equal to DASK_RTOL; returns how many were compared."""
+    compared = 0
+    assert [f["file"] for f in local["files"]] == [f["file"] for f in dask["files"]]
+    for file_local, file_dask in zip(local["files"], dask["files"]):
+        assert [la["layer"] for la in file_local["layers"]] == [la["layer"] for la in file_dask["layers"]]
+        for a, b in zip(file_local["layers"], file_dask["layers"]):
+            assert a.get("n_rows") == b.get("n_rows")
+            assert a["unavailable"] == b["unavailable"], a["layer"]
+            assert a["metrics"].keys() == b["metrics"].keys(), a["layer"]
+            for name, value in a["metrics"].items():
+                other = b["metrics"][name]
+                if isinstance(value, float) and math.isnan(value):
+                    assert math.isnan(other), (a["layer"], name)
+                else:
+                    assert other == pytest.approx(value, rel=DASK_RTOL, abs=DASK_ATOL), (a["layer"], name)
+                compared += 1
+    return compared
+
+
+# -- the ranges ------------------------------------------------------------------------------------
+
+@needs_dask
+def test_ranges_are_whole_chunks_and_whole_sequences():
+    from actgeom.core.backends.dask import row_ranges
+
+    ranges = row_ranges(1000, 4, chunk_rows=64)
+    assert ranges == [(0, 256), (256, 512), (512, 768), (768, 1000)]
+    offsets = np.array([0, 100, 250, 300, 700, 1000])
+    ranges = row_ranges(1000, 4, chunk_rows=64, offsets=offsets)
+    assert ranges == [(0, 300), (300, 700), (700, 1000)]  # cuts moved on to the next sequence start
+    assert {a for a, _ in ranges} <= set(offsets.tolist())
+    assert row_ranges(10, 100) == [(i, i + 1) for i in range(10)]
+
+
+# -- the same numbers ------------------------------------------------------------------------------
+
+@needs_dask
+@pytest.mark.parametrize("kind", ["samples", "tokens"])
+def test_collapse_rank_entropy_equal_a_local_run(cluster, dumps, kind):
+    paths = dumps[kind]
+    options = {"entropy": ENTROPY}
+    families = ("collapse", "rank", "entropy")
+    local = api.analyze(paths, families=families, options=options).to_dict()
+    with open_backend(_dask(cluster)) as backend:
+        started = []
+        submit = backend.submit
+        backend.submit = lambda dump, *more: (started.append(dump.path.name), submit(dump, *more))
+        dask = api.analyze(paths, families=families, options=options, backend=backend).to_dict()
+        assert backend._pending == {}  # every file's first wave, started before any was awaited, was used
+    assert started == [os.path.basename(p) for p in paths]
+    assert assert_same_numbers(local, dask) > 50
+    if kind == "samples":  # NC4 came from the second wave
+        assert all("nc4_mismatch" in layer["metrics"] for file in dask["files"] for layer in file["layers"][-1:])
+
+
+@needs_dask
+def test_the_seeded_sample_and_counts_are_identical(cluster, dumps):
+    specs = {"moments": MomentsSpec(by_class=True, all_rows=True), "units": UnitsSpec(), "sample": SampleSpec(size=150, seed=3)}
+    for path in dumps["samples"] + dumps["tokens"]:
+        with Dump(path) as dump, open_backend(_dask(cluster)) as backend:
+            assert len(backend._ranges_of(dump, PassOptions())) >= 3
+            local = accumulate(dump, specs=specs)
+            dask = backend.accumulate(dump, specs, PassOptions(), None)
+        for name, stats in local.items():
+            a, b = stats.get("sample"), dask[name].get("sample")
+            np.testing.assert_array_equal(np.sort(a.keys), np.sort(b.keys))
+            order_a, order_b = np.argsort(a.keys), np.argsort(b.keys)
+            for field in ("index", "labels", "rows"):
+                np.testing.assert_array_equal(getattr(a, field)[order_a], getattr(b, field)[order_b])
+            np.testing.assert_array_equal(stats.get("moments").classes.counts, dask[name].get("moments").classes.counts)
+            assert (stats.n_rows, stats.n_unlabeled) == (dask[name].n_rows, dask[name].n_unlabeled)
+
+
+@needs_dask
+def test_probe_and_neurons_equal_a_local_run(cluster, dumps):
+    for family in ("probe", "neurons"):
+        local = getattr(api, family)(dumps["samples"]).to_dict()
+        dask = getattr(api, family)(dumps["samples"], backend=_dask(cluster)).to_dict()
+        assert assert_same_numbers(local, dask) > 10
+
+
+@needs_dask
+def test_report_numbers_equal_a_local_run(cluster, dumps):
+    from actgeom.cli.report.data import ReportOptions, gather
+    from actgeom.core.dump import DumpSpec
+    from actgeom.core.entropy import EntropyOptions
+
+    options = ReportOptions(entropy=EntropyOptions(**ENTROPY))
+    local = gather(dumps["samples"], DumpSpec(), options)
+    with open_backend(_dask(cluster)) as backend:
+        dask = gather(dumps["samples"], DumpSpec(), options, backend=backend)
+    assert assert_same_numbers(local, dask) > 50
+
+
+@needs_dask
+def test_cli_prints_the_dashboard_and_the_same_numbers(cluster, dumps, cli):
+    path = dumps["samples"][0]
+    code, out, err = cli("collapse", path, "--backend", "dask", "--scheduler", cluster.scheduler_address, "--format", "json")
+    assert code == 0, err
+    assert "actgeom: Dask dashboard: http" in err
+    import json
+
+    local = cli.json("collapse", path, "--quiet")
+    assert assert_same_numbers(local, json.loads(out)) > 20
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+def _kill_worker(marker: str, rows: str = "", once: bool = True):
+    """A worker plugin: the worker process dies when it starts a first-wave task whose key ends with
+    ``rows`` (once: a marker file remembers it; or every time). Defined here, so that cloudpickle
+    ships the class itself to the workers (they cannot import the tests)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillWorker(WorkerPlugin):
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "executing" and "actgeom-rows" in str(key) and str(key).endswith(rows):
+                if once and os.path.exists(marker):
+                    return
+                open(marker, "w").close()
+                os._exit(1)
+
+    return KillWorker()
+
+
+@pytest.fixture(scope="module")
+def fragile_cluster():
+    """A cluster of its own for the tests that kill workers: a task may kill one worker once."""
+    if not HAS_DASK:
+        pytest.skip("the dask extra is not installed (pip install '.[dask]')")
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                         silence_logs=logging.CRITICAL) as running:
+        yield running
+
+
+def _with_plugin(cluster, plugin, name):
+    from distributed import Client
+
+    client = Client(cluster)
+    client.register_plugin(plugin, name=name)
+    return client
+
+
+@needs_dask
+def test_a_killed_worker_changes_no_number(fragile_cluster, dumps, tmp_path):
+    marker = tmp_path / "killed"
+    client = _with_plugin(fragile_cluster, _kill_worker(str(marker)), "kill-once")
+    try:
+        local = api.collapse(dumps["samples"]).to_dict()
+        dask = api.collapse(dumps["samples"], backend=_dask(fragile_cluster)).to_dict()
+    finally:
+        client.unregister_worker_plugin("kill-once")
+        client.close()
+    assert marker.exists()  # a worker did die mid-run
+    assert assert_same_numbers(local, dask) > 20
+
+
+@needs_dask
+def test_a_task_that_keeps_failing_is_one_error_naming_file_and_rows(fragile_cluster, dumps, tmp_path, cli):
+    from actgeom.core.backends.dask import task_ranges
+
+    with Dump(dumps["samples"][0]) as dump:
+        a, b = task_ranges(dump, 2 * 2)[1]  # the command's ranges: two per worker
+    client = _with_plugin(fragile_cluster, _kill_worker(str(tmp_path / "k"), rows=f"-{a}-{b}", once=False), "kill-always")
+    try:
+        code, out, err = cli("collapse", dumps["samples"][0], "--backend", "dask", "--scheduler",
+                             fragile_cluster.scheduler_address, "--quiet")
+    finally:
+        client.unregister_worker_plugin("kill-always")
+        client.close()
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: rows {a}:{b} of {dumps['samples'][0]} failed"), err
+
+
+# -- --save-stats DIR ------------------------------------------------------------------------------
+
+@needs_dask
+def test_saved_task_statistics_are_reused_and_checked(cluster, dumps, tmp_path):
+    saved = tmp_path / "tasks"
+    first = api.collapse(dumps["samples"], backend=_dask(cluster, save_stats=saved)).to_dict()
+    files = sorted(saved.iterdir())
+    assert len(files) >= 2 * 3 and all(f.suffix == ".npz" and ".rows" in f.name for f in files)
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    gone, tampered = files[0], files[-1]
+    gone.unlink()  # a crash before this task finished
+    other = next(f for f in files if f not in (gone, tampered) and f.name.split(".rows")[0] == tampered.name.split(".rows")[0])
+    tampered.write_bytes(other.read_bytes())  # another range's statistics under this range's name
+    again = api.collapse(dumps["samples"], backend=_dask(cluster, save_stats=saved)).to_dict()
+    assert assert_same_numbers(first, again) > 20
+    now = {f.name: f.stat().st_mtime_ns for f in saved.iterdir()}
+    assert now.keys() == stamps.keys()  # the missing one made again
+    rewritten = {name for name in now if now[name] != stamps[name]}
+    assert tampered.name in rewritten and gone.name in now
+    assert not (rewritten - {tampered.name, gone.name})  # the others were reused, not recomputed
+
+
+@needs_dask
+def test_save_stats_must_be_a_directory_and_needs_dask(dumps, tmp_path, cli):
+    code, _, err = cli("collapse", dumps["samples"][0], "--save-stats", tmp_path / "d")
+    assert code == 2 and err == "Error: --save-stats needs --backend dask\n"
+    code, _, err = cli("collapse", dumps["samples"][0], "--workers", "2")
+    assert code == 2 and err == "Error: --workers needs --backend dask\n"
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli("collapse", dumps["samples"][0], "--backend", "dask", "--save-stats", tmp_path / "file")
+    assert code == 2 and "is a file; with --backend dask it names a directory" in err
+
+
+# -- without the extra -----------------------------------------------------------------------------
+
+def test_without_the_extra_one_line_says_how_to_install_it(tmp_path, rng, cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    X, y = class_data(rng, [10, 10], 3)
+    path = tmp_path / "d.h5"
+    with DumpWriter(path, layers={"h": 3}, dtype="float64") as writer:
+        writer.append({"h": X}, labels=y)
+    code, out, err = cli("collapse", path, "--backend", "dask", "--workers", "2")
+    assert (code, out, err) == (2, "", f"Error: {DASK_MISSING}\n")
+    assert DASK_MISSING == "--backend dask needs the dask extra: pip install 'actgeom[dask]'"
+    with pytest.raises(UsageError, match="needs the dask extra"):
+        api.rank([path], backend=BackendOptions("dask"))
+
+
+@needs_dask
+def test_an_unusable_scheduler_address_is_one_line(dumps, cli):
+    code, out, err = cli("rank", dumps["samples"][0], "--backend", "dask", "--scheduler", "nonsense:/x")
+    assert code == 2 and out == ""
+    assert err.startswith("Error: --scheduler nonsense:/x: cannot reach a Dask scheduler (") and err.count("\n") == 1
