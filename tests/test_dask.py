@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import class_data
 
 from actgeom.core import api
 from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
@@ -17,7 +18,6 @@ from actgeom.core.backends import DASK_MISSING, BackendOptions, open_backend
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import UsageError
-from conftest import class_data
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None
 needs_dask = pytest.mark.skipif(not HAS_DASK, reason="the dask extra is not installed (pip install '.[dask]'); "
