@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from actgeom.cli import options as o
 from actgeom.cli import neurons as nr
+from actgeom.cli import options as o
 from actgeom.cli import probe as pr
 from actgeom.cli.collapse import GlobalMean, NC1Inverse, NC4Decision
 from actgeom.cli.collapse import Preset as CollapsePreset

@@ -61,7 +61,7 @@ def fig_probe_depth(document: dict) -> Figure | str:
         if not np.isfinite(values).any():
             _empty(ax, name, unavailable_reason(document, name))
             continue
-        for i, entry in enumerate(files):
+        for i in range(len(files)):
             (line,) = ax.plot(depth, values[i], color=colours[i], marker="o", markersize=4, linewidth=1.5)
             if len(handles) < len(files):
                 handles.append(line)
@@ -93,7 +93,7 @@ def fig_probe_training(document: dict) -> Figure | str:
         if not np.isfinite(values).any():
             _empty(ax, name, unavailable_reason(document, name))
             continue
-        for i, layer in enumerate(layers):
+        for i in range(len(layers)):
             (line,) = ax.plot(x, values[i], color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=4,
                               linewidth=1.5)
             if len(handles) < len(layers):
