@@ -10,12 +10,32 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, _flat, _short_names, emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.options import SCORES
+from actgeom.core.options import SCORES, NeuronsOptions
 from actgeom.core.outputs import check_outputs
 
-METRIC = "Metric conventions (METRICS.md §6)"
+METRIC = "Neuron scores (docs/metrics.md §6)"
 VAE = "VAE latents"
 _SHOWN = ("mean", "std", "max", "firing_rate")  # columns of the ranked table besides the score
+DEFAULTS = NeuronsOptions()  # the defaults live in core
+
+# The options of the neurons family, declared once: `neurons` and `report` take them.
+TopOpt = Annotated[int, typer.Option("--top", rich_help_panel=METRIC, help="Units listed per layer.")]
+ScoreOpt = Annotated[str, typer.Option("--score", rich_help_panel=METRIC,
+                                       help=f"Score that ranks the units, largest first: {', '.join(SCORES)}.")]
+CutoffOpt = Annotated[float, typer.Option(
+    "--cutoff", rich_help_panel=METRIC,
+    help="Selective / token detector / positional unit when its selectivity / token concentration / position η² "
+         "≥ cutoff.")]
+MaxPositionOpt = Annotated[int, typer.Option("--max-position", rich_help_panel=METRIC,
+                                             help="Positions ≥ this are pooled into one for position η².")]
+MuOpt = Annotated[Optional[str], typer.Option("--mu", rich_help_panel=VAE, show_default=False,
+                                              help="The layer of a VAE's posterior means (active units).")]
+LogvarOpt = Annotated[Optional[str], typer.Option(
+    "--logvar", rich_help_panel=VAE, show_default=False,
+    help="The layer of its posterior log-variances (per-latent KL to N(0, 1), collapsed latents).")]
+DeltaOpt = Annotated[float, typer.Option("--delta", rich_help_panel=VAE, help="Active latent: Var_x(μ_u) > delta.")]
+CollapsedKlOpt = Annotated[float, typer.Option("--collapsed-kl", rich_help_panel=VAE,
+                                               help="Collapsed latent: mean KL < this, in nats.")]
 
 
 def neurons(
@@ -24,27 +44,13 @@ def neurons(
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None,
-    top: Annotated[int, typer.Option("--top", rich_help_panel=METRIC, help="Units listed per layer.")] = 10,
-    score: Annotated[str, typer.Option("--score", rich_help_panel=METRIC,
-                                       help=f"Score that ranks the units, largest first: {', '.join(SCORES)}.")] = "kurtosis",
+    top: TopOpt = DEFAULTS.top, score: ScoreOpt = DEFAULTS.score,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", rich_help_panel=METRIC, show_default=False,
         help="A unit fires when its value > threshold. [default: 0 for layers marked ReLU; required otherwise]")] = None,
-    tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant when the dormant score ≤ tau.")] = 0.025,
-    cutoff: Annotated[float, typer.Option(
-        "--cutoff", rich_help_panel=METRIC,
-        help="Selective / token detector / positional unit when its selectivity / token concentration / position η² "
-             "≥ cutoff.")] = 0.5,
-    max_position: Annotated[int, typer.Option("--max-position", rich_help_panel=METRIC,
-                                              help="Positions ≥ this are pooled into one for position η².")] = 512,
-    mu: Annotated[Optional[str], typer.Option("--mu", rich_help_panel=VAE, show_default=False,
-                                              help="The layer of a VAE's posterior means (active units).")] = None,
-    logvar: Annotated[Optional[str], typer.Option(
-        "--logvar", rich_help_panel=VAE, show_default=False,
-        help="The layer of its posterior log-variances (per-latent KL to N(0, 1), collapsed latents).")] = None,
-    delta: Annotated[float, typer.Option("--delta", rich_help_panel=VAE, help="Active latent: Var_x(μ_u) > delta.")] = 0.01,
-    collapsed_kl: Annotated[float, typer.Option("--collapsed-kl", rich_help_panel=VAE,
-                                                help="Collapsed latent: mean KL < this, in nats.")] = 0.01,
+    tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant when the dormant score ≤ tau.")] = DEFAULTS.tau,
+    cutoff: CutoffOpt = DEFAULTS.cutoff, max_position: MaxPositionOpt = DEFAULTS.max_position, mu: MuOpt = None,
+    logvar: LogvarOpt = None, delta: DeltaOpt = DEFAULTS.delta, collapsed_kl: CollapsedKlOpt = DEFAULTS.collapsed_kl,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:

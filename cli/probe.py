@@ -18,6 +18,30 @@ PROBE = "Probes (docs/metrics.md)"
 SplitBy = o.choices("SplitBy", SPLIT_BY)
 Control = o.choices("Control", CONTROLS)
 
+# The options of the probe family, declared once: `probe` and `report` take them.
+TestFractionOpt = Annotated[Optional[float], typer.Option(
+    "--test-fraction", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "test_fraction"),
+    help="Share of rows held out for scoring, chosen by a seeded hash of the row (0: directions only).")]
+SplitByOpt = Annotated[Optional[SplitBy], typer.Option(
+    "--split-by", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "split_by"),
+    help="Hash the global row number, or the integer /rows/sample_id.")]
+ShrinkageOpt = Annotated[Optional[str], typer.Option(
+    "--shrinkage", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "shrinkage"),
+    help="LDA's s in Σ_s = (1−s)Σ_W + s·(tr Σ_W/D)·I, in [0, 1], or 'auto': the best of a grid on a "
+         "validation split of the train rows.")]
+RidgeLambdaOpt = Annotated[Optional[float], typer.Option(
+    "--ridge-lambda", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "ridge_lambda"),
+    help="Ridge penalty relative to the mean variance per unit (tr S_T/D).")]
+ControlOpt = Annotated[Optional[Control], typer.Option(
+    "--control", rich_help_panel=PROBE, show_default="none",
+    help="Control task for selectivity: 'token' (Hewitt & Liang: a class per /rows/token_id) or 'row' "
+         "(a class per row: the chance baseline).")]
+PositiveOpt = Annotated[Optional[str], typer.Option(
+    "--positive", rich_help_panel=PROBE, show_default=False,
+    help="The direction's positive class (index or label name); with --negative. Default: the larger of two classes.")]
+NegativeOpt = Annotated[Optional[str], typer.Option(
+    "--negative", rich_help_panel=PROBE, show_default=False, help="The direction's negative class.")]
+
 
 def probe(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps (e.g. base and tuned model).",
@@ -25,30 +49,11 @@ def probe(
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
     tokens: o.TokensOpt = "all", products: o.ProductsOpt = "float64",
-    test_fraction: Annotated[Optional[float], typer.Option(
-        "--test-fraction", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "test_fraction"),
-        help="Share of rows held out for scoring, chosen by a seeded hash of the row (0: directions only).")] = None,
+    test_fraction: TestFractionOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "seed"),
                                                 help="Seed of the split (same rows in every layer).")] = None,
-    split_by: Annotated[Optional[SplitBy], typer.Option(
-        "--split-by", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "split_by"),
-        help="Hash the global row number, or the integer /rows/sample_id.")] = None,
-    shrinkage: Annotated[Optional[str], typer.Option(
-        "--shrinkage", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "shrinkage"),
-        help="LDA's s in Σ_s = (1−s)Σ_W + s·(tr Σ_W/D)·I, in [0, 1], or 'auto': the best of a grid on a "
-             "validation split of the train rows.")] = None,
-    ridge_lambda: Annotated[Optional[float], typer.Option(
-        "--ridge-lambda", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "ridge_lambda"),
-        help="Ridge penalty relative to the mean variance per unit (tr S_T/D).")] = None,
-    control: Annotated[Optional[Control], typer.Option(
-        "--control", rich_help_panel=PROBE, show_default="none",
-        help="Control task for selectivity: 'token' (Hewitt & Liang: a class per /rows/token_id) or 'row' "
-             "(a class per row: the chance baseline).")] = None,
-    positive: Annotated[Optional[str], typer.Option(
-        "--positive", rich_help_panel=PROBE, show_default=False,
-        help="The direction's positive class (index or label name); with --negative. Default: the larger of two classes.")] = None,
-    negative: Annotated[Optional[str], typer.Option(
-        "--negative", rich_help_panel=PROBE, show_default=False, help="The direction's negative class.")] = None,
+    split_by: SplitByOpt = None, shrinkage: ShrinkageOpt = None, ridge_lambda: RidgeLambdaOpt = None,
+    control: ControlOpt = None, positive: PositiveOpt = None, negative: NegativeOpt = None,
     save_directions: Annotated[Optional[Path], typer.Option(
         "--save-directions", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write the directions μ₊ − μ₋ as .npz: one array per file and layer, named 'FILE_INDEX/LAYER'.")] = None,
@@ -75,7 +80,7 @@ def probe(
     with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                              nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), test_fraction=test_fraction, seed=seed,
-                             split_by=o.plain(split_by), shrinkage=_shrinkage(shrinkage), ridge_lambda=ridge_lambda,
+                             split_by=o.plain(split_by), shrinkage=shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
                              control=o.plain(control),
                              positive=positive, negative=negative, details=save_directions is not None,
                              progress=progress, backend=executor)
@@ -89,7 +94,7 @@ def probe(
     emit(metrics_result(analysis, across), fmt, output, dumps)
 
 
-def _shrinkage(value: str | None) -> float | str | None:
+def shrinkage_value(value: str | None) -> float | str | None:
     if value is None or value == "auto":
         return value
     try:

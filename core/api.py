@@ -39,7 +39,6 @@ from actgeom.core.families import rank as rank_family
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
 from actgeom.core.outputs import atomic_output
 from actgeom.core.partial import check_provenance, load_partial
-from actgeom.core.probe import cosine
 from actgeom.core.result import Result, nonfinite_notes
 from actgeom.core.spectrum import resolve_options as rank_options
 
@@ -360,12 +359,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                  progress=progress, details=True)
     document = result.to_dict()
-    directions = [{layer["layer"]: layer["details"].get("direction") for layer in file["layers"]}
-                  for file in document["files"]]
-    document["direction_cosines_across_files"] = [
-        {"layer": name, "files": [a["file"], b["file"]], "cosine": cosine(first[name], second.get(name))}
-        for a, b, first, second in zip(document["files"], document["files"][1:], directions, directions[1:])
-        for name in first if name in second]
+    document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
     for file in document["files"]:
         for layer in file["layers"]:
             kept = layer.pop("details")

@@ -4,17 +4,23 @@ The document is a plain JSON-ready dict; nothing here depends on how it was made
 ``data.gather``, tomorrow the one-pass engine). Its shape::
 
     {"tool", "version", "command": "report", "created" (ISO date), "elapsed_s",
-     "options": {"collapse": {...}, "rank": {...}, "entropy": {...}}, "pass": {...},
+     "options": {family: {...}} for the families run (collapse, rank, entropy, neurons, probe), "pass": {...},
      "metrics_info": {name: {"family", "ideal", "range", "direction", "source", "log_scale"}},
      "files": [{"file", "checkpoint", "step", "model", "separation_law": {"rho", "r2", "n_layers"} | None,
                 "layers": [{"layer", "kind": "layer" | "attention", "n_rows", "n_units", "dtype",
                             "metrics": {name: value}, "unavailable": {name: reason},
                             "nonfinite": {name: "inf" | "nan"}, "notes": [str],
-                            "details": {"spectrum", "noise_floor", "fit_range", "firing_rate",
-                                        "class_ids", "class_mean_cosine", "duality_cosine"}}]}]}
+                            "details": {"spectrum", "spectrum_raw", "noise_floor", "noise_floor_raw", "fit_range",
+                                        "firing_rate", "class_ids", "class_mean_cosine", "duality_cosine", ...},
+                            "neurons": {"score", "units": {score: [per unit]}, "top_units", ...},
+                            "probe": {"n_train", "n_test", ...}}]}],
+     "direction_cosines_across_files": [{"layer", "files", "cosine"}]}  (with probe)
 
 Files are in checkpoint order. Rendering reads ``options.entropy.subsample``/``seed`` (the DSE
-sample stated on the page) and ``options.entropy.normalized`` (the attention colour-bar label).
+sample stated on the page), ``options.entropy.normalized`` (the attention colour-bar label),
+``options.rank.center`` (which spectrum to draw) and ``options.neurons.score``/``cutoff``; a
+figure whose family is not in ``options`` is absent, and says so.
 """
 
 REPORT_SUBSAMPLE = 2_000  # DSE/DSMI cost N³: the report's default sample (the entropy command's is 10 000)
+FAMILIES = ("collapse", "rank", "entropy", "neurons", "probe")  # the report's, in page order; default: all

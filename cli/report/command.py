@@ -8,13 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from actgeom.cli import neurons as nr
 from actgeom.cli import options as o
+from actgeom.cli import probe as pr
 from actgeom.cli.collapse import GlobalMean, NC1Inverse, NC4Decision
 from actgeom.cli.collapse import Preset as CollapsePreset
 from actgeom.cli.output import jsonable
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.rank import Preset as RankPreset
-from actgeom.cli.report import REPORT_SUBSAMPLE
+from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
 from actgeom.cli.stats import parse_rows
 from actgeom.core.options import CollapseOptions, EntropyOptions, RankOptions
@@ -43,6 +45,9 @@ def report(
         help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     products: o.ProductsOpt = "float64",
+    families: Annotated[str, typer.Option(
+        "--families", rich_help_panel=o.DATA,
+        help="The families to compute, a comma list (the page draws only theirs).")] = ",".join(FAMILIES),
     collapse_preset: Annotated[Optional[CollapsePreset], typer.Option(
         "--collapse-preset", rich_help_panel=COLLAPSE, show_default=False,
         help="collapse --preset: papyan, zhu or linguistic.")] = None,
@@ -82,11 +87,12 @@ def report(
         "--subsample", rich_help_panel=ENTROPY,
         help="Rows for DSE / DSMI (cost N³; the entropy command's default is 10 000).")] = REPORT_SUBSAMPLE,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=ENTROPY,
-                                      help="Seed of every sample (rank's and entropy's --seed).")] = ENTROPY_DEFAULTS.seed,
+                                      help="Seed of every sample and of the probe's split (rank's, entropy's and probe's --seed).")] = ENTROPY_DEFAULTS.seed,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", rich_help_panel=ENTROPY, show_default="0 for layers marked ReLU; required otherwise",
-        help="A unit is active when its value > threshold.")] = None,
-    tau: Annotated[float, typer.Option("--tau", rich_help_panel=ENTROPY, help="Dormant threshold (ReDo).")] = ENTROPY_DEFAULTS.tau,
+        help="A unit is active (fires) when its value > threshold (entropy's and neurons' --threshold).")] = None,
+    tau: Annotated[float, typer.Option("--tau", rich_help_panel=ENTROPY,
+                                       help="Dormant threshold (ReDo; entropy's and neurons' --tau).")] = ENTROPY_DEFAULTS.tau,
     layer_width: Annotated[Optional[int], typer.Option(
         "--layer-width", rich_help_panel=ENTROPY, show_default=False,
         help="For SAE latents: the width of the layer the SAE encodes.")] = None,
@@ -94,6 +100,12 @@ def report(
                                                help="entropy --eps: attention entropy with log(A + eps).")] = ENTROPY_DEFAULTS.eps,
     normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=ENTROPY,
                                              help="Attention entropy divided by log(#valid keys).")] = False,
+    top: nr.TopOpt = nr.DEFAULTS.top, score: nr.ScoreOpt = nr.DEFAULTS.score, cutoff: nr.CutoffOpt = nr.DEFAULTS.cutoff,
+    max_position: nr.MaxPositionOpt = nr.DEFAULTS.max_position, mu: nr.MuOpt = None, logvar: nr.LogvarOpt = None,
+    delta: nr.DeltaOpt = nr.DEFAULTS.delta, collapsed_kl: nr.CollapsedKlOpt = nr.DEFAULTS.collapsed_kl,
+    test_fraction: pr.TestFractionOpt = None, split_by: pr.SplitByOpt = None, shrinkage: pr.ShrinkageOpt = None,
+    ridge_lambda: pr.RidgeLambdaOpt = None, control: pr.ControlOpt = None, positive: pr.PositiveOpt = None,
+    negative: pr.NegativeOpt = None,
     results: Annotated[Optional[Path], typer.Option(
         "--results", rich_help_panel=o.OUTPUT, show_default=False,
         help=f"Also write every number of the page to this file; format by suffix: {', '.join(RESULT_FORMATS)}.")] = None,
@@ -111,7 +123,7 @@ def report(
              "attributes) and every option: a re-run after adding a checkpoint reads only the new dump.")] = None,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """The story of a training run: collapse, rank, entropy and neuron activity of
+    """The story of a training run: collapse, rank, entropy, neurons and linear probes of
     every layer over every checkpoint, as one self-contained HTML page with figures.
 
     Prints a summary (checkpoint × layer, headline metrics) and writes the page;
@@ -124,8 +136,11 @@ def report(
         actgeom report sample_data/*.h5 -o report.html --results report.json
 
         actgeom report sample_data/*.h5 --layers hidden3 -o hidden3.html --figures figures/ --format md
+
+        actgeom report sample_data/*.h5 --families collapse,probe --positive 3 --negative 8 -o probe.html
     """
-    from actgeom.cli.report.data import ReportOptions, gather  # numpy, scipy, h5py: when the command runs
+    from actgeom.cli.report.data import ReportOptions, gather, parse_families  # numpy, scipy, h5py: when it runs
+    from actgeom.core import api
     from actgeom.core.collapse import resolve_options as collapse_options
     from actgeom.core.dump import DumpSpec
     from actgeom.core.engine import PassOptions
@@ -141,7 +156,16 @@ def report(
                           fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range")),
         entropy=EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
-        passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)))
+        neurons=api.family_options("neurons", dict(top=top, score=score, threshold=threshold, tau=tau, cutoff=cutoff,
+                                                   max_position=max_position, mu=mu, logvar=logvar, delta=delta,
+                                                   collapsed_kl=collapsed_kl)),
+        probe=api.family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=o.plain(split_by),
+                                               shrinkage=pr.shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
+                                               control=o.plain(control), positive=positive, negative=negative)),
+        passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)),
+        families=parse_families(families))
+    if layers and "neurons" in options.families:  # the VAE layers are read too, as `neurons` does
+        layers = list(layers) + [name for name in (mu, logvar) if name is not None and name not in layers]
     spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
     with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:

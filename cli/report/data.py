@@ -3,7 +3,7 @@
 
 Nothing else in ``cli/report`` knows how the document was made; its shape is described in
 ``cli/report/__init__.py``. This module only orders the dumps, labels the progress per file,
-and gives attention entries the keys of every other entry.
+and adds what spans checkpoints (the probe's direction cosines between consecutive ones).
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actgeom.cli.report import REPORT_SUBSAMPLE
+from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
 from actgeom.core.collapse import CollapseOptions
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.dump.reader import natural_key
 from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.entropy import EntropyOptions
+from actgeom.core.errors import OptionError
+from actgeom.core.families import probe as probe_family
+from actgeom.core.options import NeuronsOptions, ProbeOptions
 from actgeom.core.spectrum import RankOptions
 
 
@@ -29,7 +32,21 @@ class ReportOptions:
     collapse: CollapseOptions = CollapseOptions()
     rank: RankOptions = RankOptions()
     entropy: EntropyOptions = EntropyOptions(subsample=REPORT_SUBSAMPLE)
+    neurons: NeuronsOptions = NeuronsOptions()
+    probe: ProbeOptions = ProbeOptions()
     passes: PassOptions = PassOptions()
+    families: tuple[str, ...] = FAMILIES  # which of them run
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+    """--families: a comma list of the report's families, in page order; refused naming the valid ones."""
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    for name in chosen:
+        if name not in FAMILIES:
+            raise OptionError("families", name, f"is not a family of the report; choose from {','.join(FAMILIES)}")
+    if not chosen:
+        raise OptionError("families", text, f"names no family; choose from {','.join(FAMILIES)}")
+    return tuple(name for name in FAMILIES if name in chosen)
 
 
 def _step(value) -> int | None:
@@ -55,7 +72,7 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
     ``cache``: a directory keeping each dump's results (core.api.run), so a re-run reads only the
     dumps that are new or changed; ``backend``: who runs the passes (core.api.run)."""
     started = time.perf_counter()
-    families = {"collapse": options.collapse, "rank": options.rank, "entropy": options.entropy}
+    families = {name: getattr(options, name) for name in options.families}
     document = None
     for path in checkpoint_order([Path(p) for p in paths]):
         one = api.run("report", [path], families, spec=spec, pass_options=options.passes, details=True,
@@ -66,15 +83,13 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
             document["files"] += one["files"]
     for entry in document["files"]:
         entry["step"] = _step(entry.get("step"))
-        entry["layers"] = [_complete(layer) for layer in entry["layers"]]
+    if "probe" in families:
+        document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
+    for entry in document["files"]:  # the direction vectors gave their cosines: D numbers per layer the page never shows
+        for layer in entry["layers"]:
+            layer["details"].pop("direction", None)
     document["elapsed_s"] = time.perf_counter() - started
     return document
-
-
-def _complete(layer: dict) -> dict:
-    """Attention entries carry no rows, units, dtype, notes or details: give them the keys."""
-    return {"n_rows": None, "n_units": None, "dtype": None, "notes": [], "details": {}, "nonfinite": {},
-            "unavailable": {}} | layer
 
 
 def _labelled(progress: Progress | None, path: Path) -> Progress | None:

@@ -31,16 +31,27 @@ DECADES_FOR_LOG = 1.5  # a positive series spanning more than this many decades 
 PANEL_W, PANEL_H = 3.4, 2.5  # inches per small multiple
 
 TRAINING_METRICS = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "alpha_req", "erank", "dataset_entropy",
-                    "dead_fraction", "dormant_fraction", "mean_cosine")
+                    "dead_fraction", "dormant_fraction", "dead_unit_fraction", "dormant_unit_fraction", "mean_cosine",
+                    "selective_unit_fraction", "mean_excess_kurtosis")
 DEPTH_METRICS = ("separation_fuzziness", "nc1", "cdnv", "vci", "rankme", "erank", "alpha_req", "dataset_entropy",
-                 "mean_cosine", "dead_fraction")
+                 "mean_cosine", "dead_fraction", "dead_unit_fraction", "selective_unit_fraction")
+# neurons' unit fractions are entropy's dead/dormant fractions (same definition): drawn once
+SAME_AS = {"dead_unit_fraction": "dead_fraction", "dormant_unit_fraction": "dormant_fraction"}
 LABELS = {
     "nc1": "NC1  Tr(Σ_W Σ_B⁺)/C", "cdnv": "CDNV", "nc4_mismatch": "NC4 mismatch (fraction of rows)",
     "vci": "VCI", "rankme": "RankMe (effective dims)", "alpha_req": "α-ReQ (power-law exponent)",
     "erank": "effective rank (dims)", "dataset_entropy": "dataset entropy (nats)",
     "dead_fraction": "dead fraction (of units)", "dormant_fraction": "dormant fraction (of units)",
     "mean_cosine": "mean pairwise cosine", "separation_fuzziness": "separation fuzziness D_l",
+    "dead_unit_fraction": "dead units (fraction)", "dormant_unit_fraction": "dormant units (fraction)",
+    "selective_unit_fraction": "class-selective units (fraction)", "mean_excess_kurtosis": "mean excess kurtosis of units",
 }
+
+
+def drawn_metrics(document: dict, names: tuple[str, ...]) -> list[str]:
+    """The metrics of ``names`` that the report's families compute (each drawn once)."""
+    info = document["metrics_info"]
+    return [name for name in names if name in info and SAME_AS.get(name) not in info]
 
 
 def layer_colours(n: int) -> list:
@@ -116,11 +127,14 @@ def fig_training(document: dict) -> Figure | str:
     layers = layer_names(document)
     if not layers:
         return "the dumps hold no activation layers"
+    names = drawn_metrics(document, TRAINING_METRICS)
+    if not names:
+        return "the families run (--families) have no metric drawn over training"
     x, ticks, xlabel = training_axis(document)
-    fig, axes = _grid(len(TRAINING_METRICS))
+    fig, axes = _grid(len(names))
     colours = layer_colours(len(layers))
     handles = []
-    for ax, name in zip(axes, TRAINING_METRICS):
+    for ax, name in zip(axes, names):
         info = document["metrics_info"].get(name)
         values = np.array([[metric(entry, layer, name) for entry in document["files"]] for layer in layers])
         if not np.isfinite(values).any():
@@ -138,7 +152,7 @@ def fig_training(document: dict) -> Figure | str:
         ax.set_ylabel(_unit(name), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in axes[len(TRAINING_METRICS):]:
+    for ax in axes[len(names):]:
         ax.axis("off")
     dashed = matplotlib.lines.Line2D([], [], color="0.35", linestyle="--", linewidth=1)
     _top_legend(fig, handles + [dashed], [f"layer {name}" for name in layers] + ["ideal value"])
@@ -159,7 +173,8 @@ def _training_x(ax, x: np.ndarray, ticks: list[str], xlabel: str) -> None:
 
 def _unit(name: str) -> str:
     units = {"rankme": "dimensions", "erank": "dimensions", "dataset_entropy": "nats", "nc4_mismatch": "fraction",
-             "dead_fraction": "fraction", "dormant_fraction": "fraction", "mean_cosine": "cosine"}
+             "dead_fraction": "fraction", "dormant_fraction": "fraction", "mean_cosine": "cosine",
+             "dead_unit_fraction": "fraction", "dormant_unit_fraction": "fraction", "selective_unit_fraction": "fraction"}
     return units.get(name, "value (dimensionless)")
 
 
@@ -168,12 +183,15 @@ def fig_depth(document: dict) -> Figure | str:
     layers = layer_names(document)
     if not layers:
         return "the dumps hold no activation layers"
+    names = drawn_metrics(document, DEPTH_METRICS)
+    if not names:
+        return "the families run (--families) have no metric drawn across depth"
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     files = document["files"]
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(DEPTH_METRICS))
+    fig, axes = _grid(len(names))
     handles, labels = [], []
-    for ax, name in zip(axes, DEPTH_METRICS):
+    for ax, name in zip(axes, names):
         info = document["metrics_info"].get(name)
         values = np.array([[metric(entry, layer, name) for layer in layers] for entry in files])
         if not np.isfinite(values).any():
@@ -195,7 +213,7 @@ def fig_depth(document: dict) -> Figure | str:
         ax.set_ylabel(_unit(name), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in axes[len(DEPTH_METRICS):]:
+    for ax in axes[len(names):]:
         ax.axis("off")
     fit = matplotlib.lines.Line2D([], [], color="0.35", linestyle=":", linewidth=1.2)
     labels = [label + _law_text(entry) for label, entry in zip(labels, files)]
@@ -222,10 +240,14 @@ def _law_text(entry: dict) -> str:
 
 
 def fig_spectra(document: dict) -> Figure | str:
-    """Eigenspectra log–log per layer at the first and last checkpoint: fit range and noise floor."""
+    """Eigenspectra log–log per layer at the first and last checkpoint: fit range and noise floor.
+    The spectrum is the one the rank metrics used: the covariance, or with --no-center the raw
+    second moment."""
     layers = layer_names(document)
     if not layers:
         return "the dumps hold no activation layers"
+    centred = document["options"]["rank"]["center"]
+    spectrum, noise_floor = ("spectrum", "noise_floor") if centred else ("spectrum_raw", "noise_floor_raw")
     files = document["files"]
     shown = [files[0]] if len(files) == 1 else [files[0], files[-1]]
     colours = ["#0072B2", "#D55E00"]
@@ -235,18 +257,18 @@ def fig_spectra(document: dict) -> Figure | str:
         fit, floors, n_eigs, fitted = None, [], 0, False
         for colour, entry in zip(colours, shown):
             record = _layer(entry, layer)
-            if record is None or not record["details"].get("spectrum"):
+            if record is None or not record["details"].get(spectrum):
                 continue
             details = record["details"]
-            lam = np.asarray(details["spectrum"], dtype=np.float64)
+            lam = np.asarray(details[spectrum], dtype=np.float64)
             n_eigs = max(n_eigs, lam.size)
             rank = np.arange(1, lam.size + 1)
             positive = lam > 0
             label = checkpoint_label(entry)
             (handles[label],) = ax.loglog(rank[positive], lam[positive], color=colour, linewidth=1.5)
-            if details.get("noise_floor"):
-                floors.append(details["noise_floor"])
-                ax.axhline(details["noise_floor"], color=colour, linestyle=":", linewidth=1.2)
+            if details.get(noise_floor):
+                floors.append(details[noise_floor])
+                ax.axhline(details[noise_floor], color=colour, linestyle=":", linewidth=1.2)
             fit = details.get("fit_range") or fit
             fitted = fitted or "alpha_req" in record["metrics"]
         if floors:  # below the lowest floor is rounding noise: keep the axis on the signal
@@ -258,7 +280,8 @@ def fig_spectra(document: dict) -> Figure | str:
             title += f"\n(no α-ReQ fit: {n_eigs} eigenvalues < rank {fit[1]})"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("rank r", fontsize=8)
-        ax.set_ylabel("eigenvalue λ_r (activation units²)", fontsize=8)
+        ax.set_ylabel("eigenvalue λ_r (activation units²)" if centred else
+                      "eigenvalue λ_r of E[xxᵀ] (activation units²)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="major")
     for ax in axes[len(layers):]:

@@ -113,7 +113,7 @@ def _header(document: dict) -> str:
     parts = [f"<h1>actgeom report — {esc(_models(document))}</h1>",
              f'<p class="lede" id="provenance">{len(files)} checkpoint(s), {len(layer_names(document))} layer(s)'
              f"{_attention_count(document)}. Made by {esc(document['tool'])} {esc(document['version'])} on "
-             f"{esc(document['created'])} in {esc(elapsed)} s.</p>"]
+             f"{esc(document['created'])} in {esc(elapsed)} s. Families: {esc(', '.join(document['options']))}.</p>"]
     rows = [[_td(checkpoint_label(e)), _num_cell(e["step"]), _td(e["file"]),
              _num_cell(_first_rows(e)), _td(_law(e))] for e in files]
     parts.append(_table(["checkpoint", "step", "file", "rows", "separation law (ρ, R²)"], rows, "files"))
@@ -123,12 +123,13 @@ def _header(document: dict) -> str:
         layer_rows.append([_td(name), _td(record["kind"]), _num_cell(record["n_rows"]), _num_cell(record["n_units"]),
                            _td(record["dtype"] or "—")])
     parts.append(_table(["layer", "kind", "rows", "units", "dtype"], layer_rows, "layers"))
-    entropy = document["options"].get("entropy", {})
-    parts.append(f'<p id="sample-note">Diffusion spectral entropy and DSMI are computed on a seeded sample of at most '
-                 f"<b>{esc(entropy.get('subsample'))}</b> rows (seed {esc(entropy.get('seed'))}): their cost grows "
-                 "as N³, so the report's default sample is 2 000 rows; <code>--subsample</code> raises it. Every other "
-                 "option has the default of its own command, so each number here equals the one that command prints."
-                 "</p>")
+    entropy = document["options"].get("entropy")
+    if entropy is not None:
+        parts.append(f'<p id="sample-note">Diffusion spectral entropy and DSMI are computed on a seeded sample of at most '
+                     f"<b>{esc(entropy.get('subsample'))}</b> rows (seed {esc(entropy.get('seed'))}): their cost grows "
+                     "as N³, so the report's default sample is 2 000 rows; <code>--subsample</code> raises it. Every other "
+                     "option has the default of its own command, so each number here equals the one that command prints."
+                     "</p>")
     blocks = []
     for family, values in list(document["options"].items()) + [("pass", document["pass"])]:
         rows = [[_td(key), _td(json.dumps(value))] for key, value in values.items()]
@@ -183,7 +184,27 @@ def _tables(document: dict) -> str:
     parts.append(f'<div class="wide"><table id="metrics"><thead><tr><th rowspan="2">metric</th>{top}</tr>'
                  f"<tr>{second}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
     parts.append(_reasons(files))
+    parts.append(_top_units(document))
     return "\n".join(parts)
+
+
+TOP_UNIT_COLUMNS = ("firing_rate", "class_selectivity", "top_classes")  # beside the ranking score, when computed
+
+
+def _top_units(document: dict) -> str:
+    """The neurons family's top units of each layer at the last checkpoint, by its --score."""
+    entry = document["files"][-1]
+    records = [record for record in entry["layers"] if record.get("neurons", {}).get("top_units")]
+    if not records:
+        return ""
+    score = document["options"]["neurons"]["score"]
+    columns = [name for name in TOP_UNIT_COLUMNS if name != score and any(name in unit for record in records
+                                                                        for unit in record["neurons"]["top_units"])]
+    rows = [[_td(record["layer"]), _num_cell(unit["rank"]), _num_cell(unit["unit"]), _num_cell(unit.get(score))]
+            + [_num_cell(unit.get(name)) for name in columns]
+            for record in records for unit in record["neurons"]["top_units"]]
+    return (f'<h3 id="top-units-title">Top units by {esc(score)} at {esc(checkpoint_label(entry))}</h3>'
+            + _table(["layer", "rank", "unit", score, *columns], rows, "top-units"))
 
 
 def _reasons(files: list[dict]) -> str:

@@ -7,29 +7,41 @@ import re
 from pathlib import Path
 
 from actgeom.cli.report import figures as f
+from actgeom.cli.report import figures_units as u
 from actgeom.cli.report.page import build_page
 from actgeom.core.outputs import atomic_path
 
-# (id, section, caption, drawing function), in page order
+# (id, section, caption, drawing function, the family it needs or None), in page order
 FIGURES = (
     ("fig-training", "Over training", "Headline metrics against the training step, one line per layer. Dashed: the "
-     "metric's ideal value; log axes where a metric spans decades; ↓/↑ marks which way is better.", f.fig_training),
+     "metric's ideal value; log axes where a metric spans decades; ↓/↑ marks which way is better.", f.fig_training, None),
     ("fig-depth", "Across depth", "The same metrics layer by layer, one line per checkpoint. Dotted on separation "
      "fuzziness: the He–Su separation law ln D_l = a + l·ln ρ fitted per checkpoint (ρ < 1: each layer separates "
-     "the classes by a constant factor; R² near 1: the law holds).", f.fig_depth),
-    ("fig-spectra", "Eigenspectra", "Eigenvalues of each layer's covariance against their rank (log–log) at the first "
-     "and last checkpoint. Shaded: the ranks of the α-ReQ power-law fit; dotted: the storage-noise floor (eigenvalues "
-     "below it are indistinguishable from the rounding of the stored activations).", f.fig_spectra),
+     "the classes by a constant factor; R² near 1: the law holds).", f.fig_depth, None),
+    ("fig-spectra", "Eigenspectra", "Eigenvalues of each layer's covariance (of its raw second moment with --no-center: "
+     "the spectrum the rank metrics used) against their rank (log–log) at the first and last checkpoint. Shaded: the "
+     "ranks of the α-ReQ power-law fit; dotted: the storage-noise floor (eigenvalues below it are indistinguishable "
+     "from the rounding of the stored activations).", f.fig_spectra, "rank"),
     ("fig-class-cosine", "Classes at the last checkpoint", "Cosines between the centred class means m_c = μ_c − μ_G "
      "(the 50 most frequent classes when there are more). Collapse to a simplex ETF makes every off-diagonal "
-     "cosine −1/(C−1).", f.fig_class_cosine),
+     "cosine −1/(C−1).", f.fig_class_cosine, "collapse"),
     ("fig-duality", "Classes at the last checkpoint", "Classifier–mean duality (NC3): cos(w_c, m_c) for each class "
-     "(the 50 most frequent when there are more), for the layer the classifier reads.", f.fig_duality),
+     "(the 50 most frequent when there are more), for the layer the classifier reads.", f.fig_duality, "collapse"),
     ("fig-activity", "Neuron activity", "Dead units (never above the activity threshold) and dormant units (ReDo score "
      "≤ τ) per layer at the last checkpoint, and the distribution of per-unit firing rates at the first and last "
-     "checkpoint.", f.fig_activity),
+     "checkpoint.", f.fig_activity, "entropy"),
+    ("fig-neurons", "Neuron activity", "The distribution over units, per layer at the last checkpoint, of the class "
+     "selectivity index (μ_max − μ_rest)/(μ_max + μ_rest) over class-conditional means (dashed: --cutoff; units "
+     "above it count as selective) and of the score that ranks the units (--score). The top units are listed "
+     "under “Every metric”.", u.fig_neurons, "neurons"),
     ("fig-attention", "Neuron activity", "Attention entropy per head and attention layer at the last checkpoint.",
-     f.fig_attention),
+     f.fig_attention, "entropy"),
+    ("fig-probe-depth", "Linear probes", "Test accuracy of the linear probes fitted in closed form on the train rows "
+     "(LDA with shrinkage, ridge on one-hot targets, nearest class mean) layer by layer, one line per checkpoint. "
+     "Dashed: chance, 1/C.", u.fig_probe_depth, "probe"),
+    ("fig-probe-training", "Linear probes", "The same accuracies against the training step, one line per layer "
+     "(dashed: chance); last panel: the cosine of each layer's concept direction μ₊ − μ₋ with the previous "
+     "checkpoint's (two classes, or --positive/--negative).", u.fig_probe_training, "probe"),
 )
 
 
@@ -57,8 +69,9 @@ def to_svg(figure, salt: str) -> str:
 def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tuple[str, str, str, str]]:
     """Every figure of the page: (id, section, caption, inline SVG or "") — absent ones say why."""
     drawn = []
-    for fig_id, section, caption, function in FIGURES:
-        figure = function(document)
+    for fig_id, section, caption, function, family in FIGURES:
+        figure = function(document) if family is None or family in document["options"] else \
+            f"the {family} family was not computed (--families)"
         if isinstance(figure, str):
             drawn.append((fig_id, section, f"{caption.split('.')[0]}: not drawn — {figure}.", ""))
             continue

@@ -12,7 +12,7 @@ from actgeom.core import outputs
 from actgeom.core.errors import UsageError
 
 HEADLINE = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "erank", "alpha_req", "dataset_entropy", "dead_fraction",
-            "mean_cosine")
+            "mean_cosine", "lda_accuracy")
 RESULT_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv}
 
 
@@ -62,15 +62,17 @@ def _short(value) -> str:
 
 def summary_text(document: dict, fmt: str, output: Path, results: Path | None) -> str:
     """Checkpoint × layer rows, the headline metrics as columns (4 significant digits), and the paths."""
+    headline = [name for name in HEADLINE if name in document["metrics_info"]]  # of the families run
     rows = []
     for entry in document["files"]:
         label = checkpoint_label(entry)
         for layer in entry["layers"]:
             if layer["kind"] == "layer":
                 rows.append({"checkpoint": label, "layer": layer["layer"]}
-                            | {name: _short(layer["metrics"].get(name)) for name in HEADLINE})
-    subsample = document["options"].get("entropy", {}).get("subsample")
-    summary = {"report": str(output)} | ({"results": str(results)} if results else {}) | {
-        "DSE/DSMI sample": f"≤ {subsample} rows", "elapsed": f"{document['elapsed_s']:.1f} s"}
+                            | {name: _short(layer["metrics"].get(name)) for name in headline})
+    summary = {"report": str(output)} | ({"results": str(results)} if results else {})
+    if "entropy" in document["options"]:
+        summary["DSE/DSMI sample"] = f"≤ {document['options']['entropy']['subsample']} rows"
+    summary["elapsed"] = f"{document['elapsed_s']:.1f} s"
     result = Result(title="actgeom report", document=document, records=rows, summary=summary, table=rows)
     return render(result, Format.md if fmt == "md" else Format.table, width=160)

@@ -198,7 +198,7 @@ def layer(ctx: LayerContext, options: ProbeOptions) -> LayerRecord:
     details = {"direction_layer": ctx.name}
     if n_classes < 2:
         reason = f"{n_classes} class(es) with train rows; probes need 2" + \
-            ("" if n_classes or ctx.dump is None or ctx.dump.labels_path else ": no labels (give --labels)")
+            ("" if ctx.dump is None or ctx.dump.labels_path else ": no labels (give --labels)")  # unlabelled rows: one class
         return LayerRecord(unavailable=dict.fromkeys(REGISTRY, reason), fields=fields, details=details)
     consumer = ctx.second.get("probe")
     if consumer is not None:
@@ -226,6 +226,20 @@ def file_record(records: list[LayerRecord], options: ProbeOptions) -> dict:
     return {"direction_cosines": [{"layers": [a.details["direction_layer"], b.details["direction_layer"]],
                                    "cosine": cosine(a.details.get("direction"), b.details.get("direction"))}
                                   for a, b in pairs]}
+
+
+def across_files(files: list[dict]) -> list[dict]:
+    """Per layer, the cosine between the concept directions of consecutive files (checkpoints,
+    base vs tuned) of a document whose layers keep ``details["direction"]`` (None where absent)."""
+    directions = [{layer["layer"]: _vector(layer.get("details", {}).get("direction")) for layer in file["layers"]}
+                  for file in files]
+    return [{"layer": name, "files": [a["file"], b["file"]], "cosine": cosine(first[name], second.get(name))}
+            for a, b, first, second in zip(files, files[1:], directions, directions[1:]) for name in first if name in second]
+
+
+def _vector(direction) -> np.ndarray | None:
+    """A direction as an array (a cached document holds it as a list)."""
+    return None if direction is None else np.asarray(direction, dtype=np.float64)
 
 
 FAMILY = Family(name="probe", options_class=ProbeOptions, metrics=REGISTRY, needs=needs, layer=layer,

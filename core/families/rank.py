@@ -43,7 +43,8 @@ def layer(ctx: LayerContext, options: RankOptions) -> LayerRecord:
     details = {}
     if ctx.details:
         details = {"spectrum": spectra["centred"].eigenvalues.tolist(), "spectrum_raw": spectra["raw"].eigenvalues.tolist(),
-                   "noise_floor": spectra["centred"].floor, "fit_range": list(options.fit_range)}
+                   "noise_floor": spectra["centred"].floor, "noise_floor_raw": spectra["raw"].floor,
+                   "fit_range": list(options.fit_range)}
     return LayerRecord(metrics=values, unavailable=unavailable, fields=fields, details=details)
 
 
