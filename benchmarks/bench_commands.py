@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--skip-lm", action="store_true")
     parser.add_argument("--skip-dse", action="store_true")
     parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS scaling (N vs 4N) of every command")
+    parser.add_argument("--skip-rss", action="store_true", help="no peak-RSS scaling")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -152,7 +153,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     WORKDIR.mkdir(exist_ok=True)
-    rss_scaling(100_000, 256, args.classes)
+    if not args.skip_rss:
+        rss_scaling(100_000, 256, args.classes)
     if args.rss_only:
         return
     for shape in args.shapes.split(","):
