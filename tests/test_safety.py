@@ -365,6 +365,16 @@ def test_a_layer_too_wide_for_memory_is_refused_for_a_pass_but_described_by_info
 
 
 # -- accepts what it should refuse ------------------------------------------------------------
+@pytest.mark.parametrize("command", ["collapse", "neurons", "probe", "report"])
+def test_labels_whose_class_tables_cannot_fit_in_memory_are_refused(cli, tmp_path, rng, command):  # found by fuzz_long
+    X, _ = class_data(rng, [4, 4], 3)
+    path = write_dump(tmp_path / "l.h5", {"h": X}, labels=np.full(8, 10**12))
+    code, out, err = cli(command, path, "-o", tmp_path / "out")
+    assert code == 3 and out == "" and one_error_line(err), err
+    assert "go up to 1000000000000: class statistics of 1000000000001 classes × 3 units need about" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_labels_beyond_the_classifier_rows_are_refused(cli, tmp_path, rng):
     X, y = class_data(rng, [10, 10, 10], 4)
     path = write_h5(tmp_path / "f.h5", {"feats": X, "y": y, "W": rng.standard_normal((2, 4))})

@@ -45,6 +45,9 @@ MAX_WHOLE_READ_BYTES = 4 << 30
 # The metrics keep D×D float64 matrices (scatter, covariance, eigendecomposition): about this
 # many copies at once. A layer whose D×D matrices cannot fit in memory is refused up front.
 D2_COPIES = 4
+# Class statistics keep C×D float64 tables (references, shifted sums, means): about this many. A
+# label C-1 whose tables cannot fit in memory is refused at open, before any allocation.
+CLASS_COPIES = 3
 # Finite float64 values beyond the float32 range are refused: no activation is that large, and
 # the metrics' fourth-order terms (Σ x⁴ over rows × units) would overflow float64.
 MAX_ABS_VALUE = float(np.finfo(np.float32).max)
@@ -499,6 +502,13 @@ class Dump:
             self._refuse_unless_guessed(
                 "labels", f"labels '{safe_name(self.labels_path)}' in {self.path} go up to {hi} but the classifier "
                 f"'{safe_name(self.weight_path)}' has {n_weight_rows} rows (classes 0..{n_weight_rows - 1})")
+            self.labels_path, hi = None, None
+        widest = max((layer.n_units for layer in self.layers), default=1)
+        if hi is not None and not self.spec.describe_only and CLASS_COPIES * 8 * (hi + 1) * widest > _memory_bytes():
+            self._refuse_unless_guessed(
+                "labels", f"labels '{safe_name(self.labels_path)}' in {self.path} go up to {hi}: class statistics of "
+                f"{hi + 1} classes × {widest} units need about {_gib(CLASS_COPIES * 8 * (hi + 1) * widest)}, more than "
+                f"this machine's {_gib(_memory_bytes())} of memory (labels are class indices 0..C-1)")
             self.labels_path, hi = None, None
         n_classes = n_weight_rows if n_weight_rows is not None else max(
             (hi + 1) if self.labels_path is not None and hi is not None else 0, len(names or []))
