@@ -249,6 +249,21 @@ def test_metadata_that_crashes_or_hangs_hdf5_is_one_line(cli, dump, tmp_path, mo
     assert digest(dump) == before and not (tmp_path / "out.json").exists()
 
 
+def test_a_real_file_on_which_hdf5_spins_is_one_line(cli, tmp_path, monkeypatch):
+    """A dump damaged by benchmarks/fuzz_long.py (classifier deleted, 8 bytes flipped) on which
+    HDF5 spins for ever reading an attribute (h5py 3.16 / HDF5 2.0): refused after the limit."""
+    import gzip
+
+    from actgeom.core.dump import reader
+
+    monkeypatch.setattr(reader, "METADATA_TIME_LIMIT_S", 2)
+    path = tmp_path / "spin.h5"
+    path.write_bytes(gzip.decompress((Path(__file__).parent / "data" / "hdf5_metadata_spin.h5.gz").read_bytes()))
+    code, out, err = cli("stats", path)
+    assert code == 3 and out == "" and one_error_line(err), err
+    assert err.startswith(f"Error: cannot read {path}: the file is damaged"), err
+
+
 def test_the_metadata_check_walks_every_attribute(dump, monkeypatch):
     """The child reads what opening the dump reads: every object's attributes."""
     from actgeom.core.dump import reader
