@@ -88,7 +88,6 @@ class BlockProducts:
     """
 
     def __init__(self, n_units: int, products: str = "float64"):
-        self.products = products
         self._z32 = np.empty((0, n_units), dtype=np.float32)
         self._c32 = np.zeros((n_units, n_units), dtype=np.float32, order="F") if products == "float32" else None
 
