@@ -158,19 +158,20 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
         if check:
-            check_rows(stats, dump.path, options)
+            check_rows(stats, dump.path, options, shard=(start, stop) != (0, dump.n_rows))
         results[layer.name] = stats
     return results
 
 
-def check_rows(stats: LayerStats, path, options: PassOptions) -> None:
-    """Refuse a layer's statistics with NaN/inf rows (unless --nonfinite drop) or with no row left."""
+def check_rows(stats: LayerStats, path, options: PassOptions, shard: bool = False) -> None:
+    """Refuse a layer's statistics with NaN/inf rows (unless --nonfinite drop) or with no row left
+    (``shard``, a range of the rows: a range may hold none, the merged statistics may)."""
     if stats.n_nonfinite and options.nonfinite == "error":
         raise InvalidInputError(
             f"layer '{stats.layer}' in {path} has {stats.n_nonfinite} rows with NaN or inf values; "
             "pass --nonfinite drop to skip them"
         )
-    if stats.n_nonfinite and stats.n_rows == 0:
+    if stats.n_nonfinite and stats.n_rows == 0 and not shard:
         raise InvalidInputError(f"every row of layer '{stats.layer}' in {path} holds NaN or inf values "
                                 f"({stats.n_nonfinite} dropped): nothing is left to measure")
 

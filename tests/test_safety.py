@@ -4,6 +4,7 @@ bad input with one clear line. One test per reported failure, through the real C
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -282,6 +283,26 @@ def test_all_rows_dropped_as_nonfinite_is_one_line(cli, tmp_path, command):
     path = write_dump(tmp_path / "n.h5", {"h": np.full((6, 3), np.nan)}, labels=[0, 1, 0, 1, 0, 1])
     code, _, err = cli(command, path, "--nonfinite", "drop")
     assert code == 3 and one_error_line(err)
+
+
+def test_a_shard_whose_rows_are_all_dropped_merges_with_the_others(cli, tmp_path, rng):
+    """A row range may hold no finite row; the merged statistics of the whole dump do."""
+    X = rng.standard_normal((12, 3))
+    X[:6] = np.nan
+    path = write_dump(tmp_path / "n.h5", {"h": X}, labels=np.arange(12) % 2)
+    for rows, part in (("0:6", "p0.npz"), ("6:12", "p1.npz")):
+        code, _, err = cli("stats", path, "--rows", rows, "--nonfinite", "drop", "--subsample", "2000",
+                           "--save-stats", tmp_path / part)
+        assert code == 0, err
+    code, _, err = cli("merge", tmp_path / "p0.npz", tmp_path / "p1.npz", "--save-stats", tmp_path / "all.npz")
+    assert code == 0, err
+    code, merged, err = cli("rank", path, "--nonfinite", "drop", "--stats", tmp_path / "all.npz", "-f", "json")
+    assert code == 0, err
+    code, whole, err = cli("rank", path, "--nonfinite", "drop", "-f", "json")
+    assert code == 0, err
+    first = lambda out: json.loads(out)["files"][0]["layers"][0]  # noqa: E731
+    assert first(merged)["n_rows"] == first(whole)["n_rows"] == 6
+    assert first(merged)["metrics"]["rankme"] == pytest.approx(first(whole)["metrics"]["rankme"], rel=1e-12)
 
 
 @pytest.mark.parametrize("command", ["stats", *METRIC_COMMANDS])
