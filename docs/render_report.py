@@ -33,9 +33,9 @@ def find_chromium(given: str | None) -> str | None:
 
 
 def make_report(path: Path) -> None:
-    dumps = sorted(str(p) for p in (ROOT / "sample_data").glob("*.h5"))
-    command = [sys.executable, "-c", "from actgeom.cli.app import main; main()", "report", *dumps, "-o", str(path)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    dumps = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sample_data").glob("*.h5"))  # as the README runs it
+    command = [sys.executable, "-c", "from actgeom.cli.app import main; main()", "report", *dumps, "-o", str(path.resolve())]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
 
 
 def page_requests(net_log: Path) -> list[str]:
