@@ -19,8 +19,6 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import blas
 
-from actgeom.core.options import PRODUCTS  # noqa: F401 (re-exported)
-
 _SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
