@@ -156,23 +156,27 @@ class ClassMoments:
 
     def merge(self, other: "ClassMoments") -> None:
         """Add another accumulator's rows, re-basing its shifted sums onto our references."""
-        self._ensure(other.counts.shape[0])
-        k = other.counts.shape[0]
         theirs = np.flatnonzero(other.counts)
+        if theirs.size == 0:
+            return
+        self._ensure(int(theirs[-1]) + 1)
         shared = theirs[self.counts[theirs] > 0]
         only = theirs[self.counts[theirs] == 0]
         self.ref[only] = other.ref[only]
-        # x − ref_ours = (x − ref_theirs) + δ, δ = ref_theirs − ref_ours
-        delta = np.zeros((k, self.n_units))
-        delta[shared] = other.ref[shared] - self.ref[shared]
-        n_other = other.counts.astype(np.float64)
-        sums = other.sums + n_other[:, None] * delta
+        # Shared classes: x − ref_ours = (x − ref_theirs) + δ, δ = ref_theirs − ref_ours.
+        delta = other.ref[shared] - self.ref[shared]
+        n_shared = other.counts[shared].astype(np.float64)
+        their_sums = other.sums[shared]
         if self.scatter is not None:
-            cross = other.sums.T @ delta  # Σ_c S_c δ_cᵀ
-            self.scatter += np.triu(_symmetric(other.scatter) + cross + cross.T + (delta * n_other[:, None]).T @ delta)
-        self.sumsq[:k] += other.sumsq + 2 * np.einsum("ij,ij->i", delta, other.sums) + n_other * np.einsum("ij,ij->i", delta, delta)
-        self.sums[:k] += sums
-        self.counts[:k] += other.counts
+            self.scatter += other.scatter  # only the upper triangles are read
+            if shared.size:  # + Σ_c S_c δ_cᵀ + δ_c S_cᵀ + n_c δ_c δ_cᵀ = Aᵀδ + δᵀA, A = S + n δ / 2: one dsyr2k
+                half = their_sums + 0.5 * n_shared[:, None] * delta
+                self.scatter = blas.dsyr2k(1.0, half, delta, beta=1.0, c=self.scatter, trans=1, overwrite_c=1)
+        self.sumsq[shared] += 2 * np.einsum("ij,ij->i", delta, their_sums) + n_shared * np.einsum("ij,ij->i", delta, delta)
+        self.sums[shared] += n_shared[:, None] * delta
+        self.sumsq[theirs] += other.sumsq[theirs]
+        self.sums[theirs] += other.sums[theirs]
+        self.counts[theirs] += other.counts[theirs]
 
     def finalize(self) -> ClassStats:
         """Class means, pooled within-class scatter and per-class squared deviations."""
@@ -189,14 +193,19 @@ class ClassMoments:
     def to_arrays(self) -> dict[str, np.ndarray]:
         c = self.n_classes
         arrays = {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c], "sumsq": self.sumsq[:c]}
-        return arrays if self.scatter is None else arrays | {"scatter": np.triu(self.scatter)}
+        if self.scatter is None:
+            return arrays
+        # The upper triangle in Fortran order, like the live one (the tril of the C-ordered transpose);
+        # (0, 0) when no row was added (e.g. no unlabelled row): nothing to ship or store.
+        return arrays | {"scatter": np.tril(self.scatter.T).T if c else np.zeros((0, 0))}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassMoments":
         acc = cls(arrays["ref"].shape[1], scatter="scatter" in arrays)
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
         if "scatter" in arrays:
-            acc.scatter = np.asfortranarray(arrays["scatter"], dtype=np.float64)
+            scatter = arrays["scatter"]
+            acc.scatter = np.array(scatter, dtype=np.float64, order="F") if scatter.size else acc.scatter
         return acc
 
 

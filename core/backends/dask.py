@@ -38,6 +38,7 @@ from actgeom.core.outputs import atomic_output
 from actgeom.core.partial import dump_fingerprint, load_partial, merge_partials, provenance, stats_arrays, stats_from_arrays
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
+MERGE_PRIORITY = 1  # merges run before the first-wave tasks still queued (Dask's default priority: 0)
 ROWS_PER_TASK = 1 << 20  # at most this many rows per first-wave task by default: a failure costs little to redo
 
 
@@ -231,9 +232,9 @@ class DaskBackend:
 
     def _pair(self, ready: list, pool) -> None:
         """Merge the results that are ready two by two, as tasks whose results join the pool."""
-        while len(ready) >= 2:
+        while len(ready) >= 2:  # before any range still queued: the tree keeps up with the tasks
             pool.add(self.client.submit(merge_pair, ready.pop(0), ready.pop(0), retries=self.options.retries,
-                                        pure=False, key=f"actgeom-merge-{uuid.uuid4().hex}"))
+                                        pure=False, priority=MERGE_PRIORITY, key=f"actgeom-merge-{uuid.uuid4().hex}"))
 
     def _failure(self, dump: Dump, rows: tuple[int, int] | None, future) -> ActgeomError:
         """A task that kept failing: one error naming the file and its rows (None: a merge task)."""
