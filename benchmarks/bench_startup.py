@@ -12,8 +12,9 @@ first progress callback: what delays the first line.
 Python's own start (`python -c pass`) and `import typer` are measured in the same run: on a busy
 machine every number grows, and those two say by how much.
 
-First progress line: on a terminal (a pseudo-terminal here) the bar appears with the first block
-of rows; in a log (stderr a pipe) the plain lines start only after PLAIN_START = 2 s by design,
+First progress line: on a terminal (a pseudo-terminal here) a pulsing "starting" bar appears as
+soon as the command runs (before numpy, scipy and h5py are loaded), and the layer's bar with the
+first block of rows; in a log (stderr a pipe) the plain lines start only after PLAIN_START = 2 s by design,
 so the second measure runs the same CLI with that delay set to 0: the time when the first plain
 line could be written.
 """
@@ -140,7 +141,9 @@ def main() -> None:
         ("actgeom --version", lambda: wall([actgeom, "--version"])),
         ("actgeom --help", lambda: wall([actgeom, "--help"])),
         (f"actgeom {args.command} --help", lambda: wall([actgeom, args.command, "--help"])),
-        (f"first progress, terminal: actgeom {args.command} {args.dump.name}",
+        (f"first display, terminal ('starting'): actgeom {args.command} {args.dump.name}",
+         lambda: first_line_terminal([actgeom, args.command, str(args.dump)], "starting")),
+        (f"first progress, terminal ('rows of'): actgeom {args.command} {args.dump.name}",
          lambda: first_line_terminal([actgeom, args.command, str(args.dump)], "rows of")),
         (f"first progress, log (no 2 s delay): actgeom {args.command} {args.dump.name}",
          lambda: first_line_piped([python, "-c", NO_PLAIN_DELAY, args.command, str(args.dump)], "actgeom: layer")),

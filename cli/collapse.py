@@ -69,11 +69,10 @@ def collapse(
 
         actgeom collapse sample_data/*.h5 --backend dask --workers 2 --format table   # tasks on a LocalCluster
     """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
-
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
             allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats,

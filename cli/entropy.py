@@ -57,11 +57,10 @@ def entropy(
 
         actgeom entropy sample_data/digits_mlp_epoch1500.h5 --layers hidden1 --threshold 0 --format json
     """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
-
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.entropy(dumps, layers=layers, labels=labels, offsets=offsets, attention=attention,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens,
                                products=o.plain(products), stats=stats,

@@ -68,11 +68,10 @@ def neurons(
 
         actgeom neurons sample_data/digits_mlp_epoch0000.h5 --score dormant_score --format json -o units.json
     """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
-
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.neurons(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                                nonfinite=nonfinite, tokens=tokens, products=o.plain(products), stats=stats, top=top, score=score,
                                threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,

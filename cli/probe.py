@@ -74,10 +74,9 @@ def probe(
 
         actgeom probe sample_data/digits_mlp_epoch1500.h5 --control row --format table
     """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
-
     check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                              nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), test_fraction=test_fraction, seed=seed,
                              split_by=o.plain(split_by), shrinkage=shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,

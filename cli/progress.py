@@ -1,6 +1,7 @@
 """Progress of passes over the rows, on stderr: a rich bar on a terminal, plain lines in a batch job.
 
-On a terminal: a transient bar per layer (NO_COLOR respected). When stderr is a file or a pipe
+On a terminal: a pulsing "starting" bar at once (before numpy and the files are loaded), then a
+transient bar per layer (NO_COLOR respected). When stderr is a file or a pipe
 (a SLURM log): once the command has run PLAIN_START seconds, one plain line every
 PLAIN_INTERVAL seconds and one at the end of each layer's pass, with the rate in rows/s (a
 quick command writes nothing). ``--quiet``: nothing.
@@ -42,7 +43,9 @@ def row_progress(quiet: bool = False) -> Iterator[ProgressCallback | None]:
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        yield Bars(bar)
+        bars = Bars(bar)
+        bars.stage_task = bar.add_task("starting", total=None)  # shown at once; the first pass replaces it
+        yield bars
 
 
 def _stage_line(layer: str, text: str, seconds: float | None) -> str | None:

@@ -70,11 +70,10 @@ def rank(
 
         actgeom rank sample_data/digits_mlp_epoch1500.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
     """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
-
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete,
                             nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats, partial_ok=partial_ok,
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,

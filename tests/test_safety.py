@@ -689,6 +689,38 @@ def test_a_terminal_shows_a_long_stage_as_a_bar_until_the_next_pass():
         assert [task.description for task in bar.tasks] == ["rows of h2"]
 
 
+def test_a_terminal_shows_starting_at_once_then_the_layers_bar(tmp_path, rng):
+    """On a terminal the display opens before numpy and the files load ("starting"), then the
+    layer's bar replaces it; the command's result is unchanged."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((200_000, 4))}, labels=np.arange(200_000) % 3)
+    main, secondary = pty.openpty()
+    script = "import sys; from actgeom.cli.app import main; sys.argv[0] = 'actgeom'; main()"
+    child = subprocess.Popen([sys.executable, "-c", script, "collapse", str(path), "-o", str(tmp_path / "c.json")],
+                             stdout=subprocess.DEVNULL, stderr=secondary,
+                             env=os.environ | {"COLUMNS": "100"})
+    os.close(secondary)
+    shown = b""
+    while select.select([main], [], [], 60)[0]:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert child.wait() == 0
+    assert b"starting" in shown and b"rows of h" in shown
+    assert shown.index(b"starting") < shown.index(b"rows of h")
+    assert (tmp_path / "c.json").exists()
+
+
 def test_stage_estimates_reach_a_progress_object_of_the_api(tmp_path, rng):
     import actgeom
 
