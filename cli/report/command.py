@@ -139,37 +139,39 @@ def report(
 
         actgeom report sample_data/*.h5 --families collapse,probe --positive 3 --negative 8 -o probe.html
     """
-    from actgeom.cli.report.data import ReportOptions, gather, parse_families  # numpy, scipy, h5py: when it runs
-    from actgeom.core import api
-    from actgeom.core.collapse import resolve_options as collapse_options
-    from actgeom.core.dump import DumpSpec
-    from actgeom.core.engine import PassOptions
-    from actgeom.core.spectrum import resolve_options as rank_options
-
     check_outputs(dumps, output, results, figures)
-    options = ReportOptions(
-        collapse=collapse_options(o.plain(collapse_preset), min_count=min_count, global_mean=o.plain(global_mean),
-                                  nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c,
-                                  nc4_decision=o.plain(nc4_decision)),
-        rank=rank_options(o.plain(rank_preset), center=center, max_eigs=max_eigs, eps=rank_eps, ge=ge, rtol=rtol,
-                          subsample=rank_subsample, seed=seed,
-                          fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range")),
-        entropy=EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
-                               tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
-        neurons=api.family_options("neurons", dict(top=top, score=score, threshold=threshold, tau=tau, cutoff=cutoff,
-                                                   max_position=max_position, mu=mu, logvar=logvar, delta=delta,
-                                                   collapsed_kl=collapsed_kl)),
-        probe=api.family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=o.plain(split_by),
-                                               shrinkage=pr.shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
-                                               control=o.plain(control), positive=positive, negative=negative)),
-        passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)),
-        families=parse_families(families))
-    if layers and "neurons" in options.families:  # the VAE layers are read too, as `neurons` does
-        layers = list(layers) + [name for name in (mu, logvar) if name is not None and name not in layers]
-    spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
-                    offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
-        document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor))
+    with row_progress(quiet) as progress:
+        # numpy, scipy, h5py: loaded while the progress display says "starting"
+        from actgeom.cli.report.data import ReportOptions, gather, parse_families
+        from actgeom.core import api
+        from actgeom.core.collapse import resolve_options as collapse_options
+        from actgeom.core.dump import DumpSpec
+        from actgeom.core.engine import PassOptions
+        from actgeom.core.spectrum import resolve_options as rank_options
+
+        options = ReportOptions(
+            collapse=collapse_options(o.plain(collapse_preset), min_count=min_count, global_mean=o.plain(global_mean),
+                                      nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c,
+                                      nc4_decision=o.plain(nc4_decision)),
+            rank=rank_options(o.plain(rank_preset), center=center, max_eigs=max_eigs, eps=rank_eps, ge=ge, rtol=rtol,
+                              subsample=rank_subsample, seed=seed,
+                              fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range")),
+            entropy=EntropyOptions(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
+                                   tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
+            neurons=api.family_options("neurons", dict(top=top, score=score, threshold=threshold, tau=tau, cutoff=cutoff,
+                                                       max_position=max_position, mu=mu, logvar=logvar, delta=delta,
+                                                       collapsed_kl=collapsed_kl)),
+            probe=api.family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=o.plain(split_by),
+                                                   shrinkage=pr.shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
+                                                   control=o.plain(control), positive=positive, negative=negative)),
+            passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)),
+            families=parse_families(families))
+        if layers and "neurons" in options.families:  # the VAE layers are read too, as `neurons` does
+            layers = list(layers) + [name for name in (mu, logvar) if name is not None and name not in layers]
+        spec = DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias, predictions=predictions,
+                        offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
+        with run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+            document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor))
     from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
 
     page = render_page(document, figures, inputs=dumps)
