@@ -46,7 +46,9 @@ def make_dump(path: Path, n_rows: int, n_units: int, n_classes: int, dtype: str,
             writer.append({"layer": X}, labels=y)
 
 
-def child_floor(path: str, chunks_per_read: int) -> dict:
+def child_floor(path: str, chunks_per_read: int, products: int = 1) -> dict:
+    """The floor; ``products`` = 2: two D×D products per block (what a pass whose metrics need two
+    different D×D sums — collapse's class scatter and the dataset entropy's Σ uuᵀ — cannot go below)."""
     import h5py
 
     t0 = time.perf_counter()
@@ -61,7 +63,8 @@ def child_floor(path: str, chunks_per_read: int) -> dict:
             b = min(a + block_rows, n_rows)
             ds.read_direct(raw, np.s_[a:b], np.s_[0 : b - a])
             np.copyto(X64[: b - a], raw[: b - a])
-            gram += X64[: b - a].T @ X64[: b - a]
+            for _ in range(products):
+                gram += X64[: b - a].T @ X64[: b - a]
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -103,7 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, path = args.child
-        result = child_engine(path) if kind == "engine" else child_floor(path, int(kind.removeprefix("floor")))
+        chunks, _, products = kind.removeprefix("floor").partition("x")  # floor1, floor4, floor1x2
+        result = child_engine(path) if kind == "engine" else child_floor(path, int(chunks), int(products or 1))
         result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
