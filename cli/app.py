@@ -11,8 +11,12 @@ import sys
 import warnings
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer vendors click
 from typer.core import TyperGroup
+
+try:  # recent Typer vendors click; older Typer uses click itself
+    from typer._click import exceptions as parser_errors
+except ImportError:
+    from click import exceptions as parser_errors
 
 from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats
 from actgeom.cli.output import escape
@@ -40,8 +44,8 @@ class _Group(TyperGroup):
                 _show_others(caught)
                 sys.stderr.write(f"Error: {escape(message)}\n")  # names from files may hold control characters
                 raise typer.Exit(exc.exit_code) from None
-            except UsageError as exc:  # the parser's: one line too, not a box
-                if isinstance(exc, NoArgsIsHelpError):
+            except parser_errors.UsageError as exc:  # the parser's: one line too, not a box
+                if isinstance(exc, getattr(parser_errors, "NoArgsIsHelpError", ())):  # (click ≥ 8.2) the help
                     raise
                 command = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
                 sys.stderr.write(f"Error: {exc.format_message()} (see actgeom{command} --help)\n")
