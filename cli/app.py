@@ -48,7 +48,8 @@ class _Group(TyperGroup):
                 if isinstance(exc, getattr(parser_errors, "NoArgsIsHelpError", ())):  # (click ≥ 8.2) the help
                     raise
                 command = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
-                sys.stderr.write(f"Error: {exc.format_message()} (see actgeom{command} --help)\n")
+                message = exc.format_message().replace(": Value error, ", ": ")  # recent Typer's pydantic prefix
+                sys.stderr.write(f"Error: {message} (see actgeom{command} --help)\n")
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:  # Ctrl-C: outputs are atomic, so nothing partial was left
                 sys.stderr.write("interrupted\n")

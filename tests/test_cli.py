@@ -150,8 +150,7 @@ def test_nonfinite_refused_naming_layer_and_count_or_dropped(cli, tmp_path, rng)
 
 
 @pytest.mark.parametrize("args, message", [
-    # Typer words the rest of a bad choice's line by its version ("Value error, " or not): checked below
-    (["--nonfinite", "skip"], "Invalid value for '--nonfinite': "),
+    (["--nonfinite", "skip"], "Invalid value for '--nonfinite': 'skip' is not one of 'error', 'drop'."),
     (["--rows", "5-9"], "--rows '5-9' is not START:STOP"),
     (["--rows", "0:999"], "row range 0:999 is outside the dump's rows 0:60"),
     (["--subsample", "-1"], "--subsample '-1' must be ≥ 0"),
@@ -159,8 +158,6 @@ def test_nonfinite_refused_naming_layer_and_count_or_dropped(cli, tmp_path, rng)
 def test_usage_errors_exit_2(cli, dump, args, message):
     code, out, err = cli("stats", dump, *args)
     assert code == 2 and out == "" and err.startswith(f"Error: {message}") and err.count("\n") == 1
-    if args[0] == "--nonfinite":
-        assert "'skip' is not one of 'error', 'drop'." in err
 
 
 def test_output_into_missing_directory(cli, dump, tmp_path):
@@ -202,11 +199,11 @@ def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--global-mean", "median"], "Invalid value for '--global-mean': Value error, 'median' is not one of 'class', 'sample'."),
-    (["--nc1-inverse", "svd"], "Invalid value for '--nc1-inverse': Value error, 'svd' is not one of 'topk', 'pinv'."),
-    (["--nc4-decision", "vote"], "Invalid value for '--nc4-decision': Value error, 'vote' is not one of 'auto', 'predictions', 'logits', 'logits-nobias'."),
+    (["--global-mean", "median"], "Invalid value for '--global-mean': 'median' is not one of 'class', 'sample'."),
+    (["--nc1-inverse", "svd"], "Invalid value for '--nc1-inverse': 'svd' is not one of 'topk', 'pinv'."),
+    (["--nc4-decision", "vote"], "Invalid value for '--nc4-decision': 'vote' is not one of 'auto', 'predictions', 'logits', 'logits-nobias'."),
     (["--min-count", "0"], "--min-count '0' must be ≥ 1"),
-    (["--preset", "smith"], "Invalid value for '--preset': Value error, 'smith' is not one of 'papyan', 'zhu', 'linguistic'."),
+    (["--preset", "smith"], "Invalid value for '--preset': 'smith' is not one of 'papyan', 'zhu', 'linguistic'."),
 ])
 def test_collapse_usage_errors(cli, dump, args, message):
     code, out, err = cli("collapse", dump, *args)

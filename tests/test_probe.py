@@ -489,9 +489,9 @@ def test_cli_label_names(cli, tmp_path):
     (["--shrinkage", "1.5"], 2, "Error: --shrinkage '1.5' must be a number in [0, 1] or auto\n"),
     (["--shrinkage", "big"], 2, "Error: --shrinkage 'big' must be a number in [0, 1] or auto\n"),
     (["--ridge-lambda", "-1"], 2, "Error: --ridge-lambda '-1.0' must be ≥ 0\n"),
-    (["--split-by", "token"], 2, "Error: Invalid value for '--split-by': Value error, 'token' is not one of 'row', "
+    (["--split-by", "token"], 2, "Error: Invalid value for '--split-by': 'token' is not one of 'row', "
                                  "'sample_id'. (see actgeom probe --help)\n"),
-    (["--control", "yes"], 2, "Error: Invalid value for '--control': Value error, 'yes' is not one of 'token', 'row'. "
+    (["--control", "yes"], 2, "Error: Invalid value for '--control': 'yes' is not one of 'token', 'row'. "
                               "(see actgeom probe --help)\n"),
     (["--positive", "1"], 2, "Error: --positive '1' needs its pair (--positive and --negative)\n"),
     (["--positive", "1", "--negative", "1"], 2, "Error: --negative '1' must differ from --positive\n"),
