@@ -13,6 +13,7 @@ from actgeom.core.options import EntropyOptions
 from actgeom.core.spectrum import without_rounding
 from actgeom.core.stages import announce, eigensolve_seconds
 from actgeom.core.stats import UnitStats
+from actgeom.core.threads import one_thread_below
 
 KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
 DSE_PROB_FLOOR = 2.22e-16  # added to every p before the log, as Liao et al.'s code does
@@ -52,6 +53,11 @@ def diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict
     off-diagonal entry of K (and the off-diagonal share of K's mass: near 0 means K ≈ I, σ too
     small for the data, DSE ≈ log₂ N), which say whether σ suits the data's scale.
     """
+    with one_thread_below(X.shape[0]):
+        return _diffusion_spectral_entropy(X, sigma=sigma, t=t)
+
+
+def _diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict:
     n = X.shape[0]
     Z = X - X.mean(axis=0)
     sq = np.einsum("ij,ij->i", Z, Z)
@@ -225,6 +231,14 @@ class SequenceEntropy:
     def update(self, X: np.ndarray, boundaries: np.ndarray) -> None:
         """Rows X hold whole sequences; ``boundaries`` (k+1,) are their starts and end within X."""
         vectors = []
+        with one_thread_below(min(int(np.diff(boundaries).max(initial=0)), X.shape[1])):  # the Grams' side
+            self._prompts(X, boundaries, vectors)
+        if vectors:
+            V = np.asarray(vectors)
+            self.vector_scatter += V.T @ V
+
+    def _prompts(self, X: np.ndarray, boundaries: np.ndarray, vectors: list) -> None:
+        """Each sequence's prompt entropy; its vector appended to ``vectors``."""
         for a, b in zip(boundaries[:-1], boundaries[1:]):
             if b - a < 2:
                 self.n_single += 1
@@ -240,9 +254,6 @@ class SequenceEntropy:
             self.prompt_sum += renyi_entropy(np.linalg.eigvalsh(gram), self.alpha)
             self.n_sequences += 1
             vectors.append(Z.mean(axis=0))
-        if vectors:
-            V = np.asarray(vectors)
-            self.vector_scatter += V.T @ V
 
     def merge(self, other: "SequenceEntropy") -> None:
         for name in ("prompt_sum", "n_sequences", "n_single", "n_nonfinite", "vector_scatter"):

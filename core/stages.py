@@ -17,6 +17,8 @@ from contextvars import ContextVar
 
 import numpy as np
 
+from actgeom.core.threads import SMALL_MATRIX, one_thread_below
+
 # listener(text, seconds): the step under way and its estimated duration (None: unknown)
 Listener = Callable[[str, "float | None"], None]
 
@@ -50,12 +52,14 @@ def eigensolve_seconds(n: int) -> float | None:
     if n < _ESTIMATE_FROM:
         return None
     m = min(n // 4, _CALIBRATION_MAX)
-    return _eigensolve_time(m) * (n / m) ** 3
+    with one_thread_below(n):  # timed on the threads the n×n solve will have
+        return _eigensolve_time(m, n < SMALL_MATRIX) * (n / m) ** 3
 
 
 @functools.cache
-def _eigensolve_time(m: int) -> float:
-    """Seconds of an m×m solve: the better of two, after a small one that wakes the BLAS threads."""
+def _eigensolve_time(m: int, one_thread: bool) -> float:
+    """Seconds of an m×m solve (on one BLAS thread or all: the cache key): the better of two,
+    after a small one that wakes the BLAS threads."""
     from scipy import linalg
 
     symmetric = np.random.default_rng(0).standard_normal((m, m))

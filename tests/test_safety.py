@@ -752,7 +752,7 @@ def test_pairwise_tiles_announce_their_estimate_after_the_first_tile(rng):
 def test_eigensolve_estimate_scales_a_timed_small_solve_by_n_cubed(monkeypatch):
     from actgeom.core import stages
 
-    monkeypatch.setattr(stages, "_eigensolve_time", lambda m: {1000: 0.5, 1500: 2.0}[m])
+    monkeypatch.setattr(stages, "_eigensolve_time", lambda m, one_thread: {1000: 0.5, 1500: 2.0}[m])
     assert stages.eigensolve_seconds(1999) is None
     assert stages.eigensolve_seconds(4000) == pytest.approx(0.5 * 64)
     assert stages.eigensolve_seconds(12000) == pytest.approx(2.0 * 8**3)
