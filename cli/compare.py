@@ -75,11 +75,10 @@ def compare(
 
         actgeom compare sample_data/*.h5 -l hidden3 --backend dask --workers 2 --format table   # tasks on a LocalCluster
     """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
-
     inputs = [*dumps, *([reference] if reference else [])]
     check_outputs({"-o": output}, inputs)
-    with run_backend(backend, scheduler, workers, save_stats, quiet) as executor, row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.compare(dumps, layers=layers, layers_b=layers_b, reference=reference, ids=ids,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), max_memory=max_memory,
                                alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
