@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, _short_names, emit
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.options import CompareOptions
 from actgeom.core.outputs import check_outputs
 
@@ -56,7 +56,8 @@ def compare(
     units: Annotated[Optional[bool], typer.Option(
         "--units", rich_help_panel=METRIC, metavar="", show_default=_default("units"),
         help="List each unit of A with its best-correlated unit of B (JSON).")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Similarity between layers, checkpoints and models, in one pass over aligned rows.
 
@@ -71,16 +72,17 @@ def compare(
         actgeom compare sample_data/*.h5 -l hidden3 --format json -o drift.json
 
         actgeom compare sample_data/*.h5 -l hidden3 --reference sample_data/digits_mlp_epoch1500.h5 --format jsonl
-    """
-    from actgeom.core import api  # numpy, scipy, h5py: imported when the command runs, not for --help
 
+        actgeom compare sample_data/*.h5 -l hidden3 --backend dask --workers 2 --format table   # tasks on a LocalCluster
+    """
     inputs = [*dumps, *([reference] if reference else [])]
     check_outputs({"-o": output}, inputs)
-    with row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.compare(dumps, layers=layers, layers_b=layers_b, reference=reference, ids=ids,
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), max_memory=max_memory,
                                alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
-                               unit_threshold=unit_threshold, units=units, progress=progress)
+                               unit_threshold=unit_threshold, units=units, progress=progress, backend=executor)
     emit(matrix_view(analysis), fmt, output, inputs)
 
 

@@ -446,18 +446,20 @@ def _float64(values) -> np.ndarray:
 
 
 def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allow_incomplete=False, nonfinite="error",
-            max_memory="4GiB", block_rows=None, progress: Progress | None = None,
+            max_memory="4GiB", block_rows=None, progress: Progress | None = None, backend=None,
             **options) -> compare_family.CompareResult:
     """Similarity between layers of two files, or one layer across files (docs/metrics.md), in one
     pass over their aligned rows; ``options`` are CompareOptions fields (alpha, svcca_keep,
     subsample, seed, knn_k, unit_threshold, units; None = default). ``result.matrix("cka_linear")``:
-    rows = A, columns = B."""
+    rows = A, columns = B. ``backend``: as :func:`run`'s (the pass as tasks over row ranges)."""
     unknown = set(options) - set(CompareOptions.__dataclass_fields__)
     if unknown:
         raise OptionError(sorted(unknown)[0], options[sorted(unknown)[0]],
                           f"is not a compare option; they are: {', '.join(CompareOptions.__dataclass_fields__)}")
     chosen = family_options("compare", options)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
-    return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
-                              ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
-                              max_memory=max_memory, block_rows=block_rows, progress=progress)
+    opened = open_backend(backend) if isinstance(backend, BackendOptions) else contextlib.nullcontext(backend)
+    with opened as executor:
+        return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
+                                  ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
+                                  max_memory=max_memory, block_rows=block_rows, progress=progress, backend=executor)

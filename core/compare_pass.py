@@ -7,11 +7,14 @@ stream is in (A's L layers × B's M layers: L + M side updates and L·M cross GE
 A row that is NaN/inf in any stream is dropped from all of them, so every pair uses the same rows.
 The seeded row sample (RSA, mutual k-NN) is a :class:`~actgeom.core.stats.Reservoir` per stream:
 its keys depend only on the row number and the seed, so every stream keeps the same rows.
+:func:`accumulate_rows` runs the pass over one row range into :class:`CompareMoments`, which merge
+(and travel as plain arrays): ranges run elsewhere (core/backends/dask.py) give one pass's moments.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.stats import Reservoir
 from actgeom.core.stream import iter_blocks
 
+MOMENTS_FORMAT = "actgeom-compare-moments"  # the header of a row range's moments as plain arrays
 _ID_BLOCK = 1 << 20  # ids compared a million at a time: memory independent of N
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -114,26 +118,39 @@ class PassResult:
 
 
 def compare_pass(streams: list[Stream], pairs: list[tuple[int, int]], *, block_rows: int, subsample: int = 0,
-                 seed: int = 0, nonfinite: str = "error", progress: Progress | None = None) -> PassResult:
+                 seed: int = 0, nonfinite: str = "error", progress: Progress | None = None, backend=None) -> PassResult:
     """One pass over every stream (same row bounds), feeding each stream's moments once per block
-    and each pair's cross-moments once per block. ``pairs`` are unordered (i ≠ j)."""
-    n_rows = streams[0].dump.n_rows
-    sides = [SideMoments(s.layer.n_units) for s in streams]
-    crosses = {(i, j): CrossMoments(streams[i].layer.n_units, streams[j].layer.n_units) for i, j in pairs}
-    reservoirs = [Reservoir(subsample, s.layer.n_units, np.float64, seed) if subsample else None for s in streams]
+    and each pair's cross-moments once per block. ``pairs`` are unordered (i ≠ j). ``backend``:
+    None (this process), or a core.backends executor running :func:`accumulate_rows` over row
+    ranges and merging the results."""
+    if backend is None:
+        moments = accumulate_rows(streams, pairs, block_rows=block_rows, subsample=subsample, seed=seed,
+                                  progress=progress)
+    else:
+        moments = backend.compare(streams, pairs, block_rows=block_rows, subsample=subsample, seed=seed,
+                                  progress=progress)
+    return moments.result(streams, nonfinite)
+
+
+def accumulate_rows(streams: list[Stream], pairs: list[tuple[int, int]], *, block_rows: int, subsample: int = 0,
+                    seed: int = 0, rows: tuple[int, int] | None = None, progress: Progress | None = None) -> CompareMoments:
+    """The pass's moments over ``rows`` (default: every row); blocks start at ``rows[0]`` and the
+    sample's keys are global row numbers, so ranges merge into the moments of one pass."""
+    start, stop = rows or (0, streams[0].dump.n_rows)
+    moments = CompareMoments.empty([s.layer.n_units for s in streams], pairs, subsample=subsample, seed=seed)
+    sides, crosses, reservoirs = moments.sides, moments.crosses, moments.reservoirs
     partners = {i: [j for pair in pairs if i in pair for j in pair if j != i] for i in range(len(streams))}
-    n_nonfinite = 0
     with contextlib.ExitStack() as stack:
-        readers = [stack.enter_context(contextlib.closing(iter_blocks(s.dump, s.layer, 0, n_rows, block_rows)))
+        readers = [stack.enter_context(contextlib.closing(iter_blocks(s.dump, s.layer, start, stop, block_rows)))
                    for s in streams]
         for blocks in zip(*readers):
             Xs = [block.X for block in blocks]
-            start = blocks[0].start
-            index = np.arange(start, start + Xs[0].shape[0])
+            first = blocks[0].start
+            index = np.arange(first, first + Xs[0].shape[0])
             shifted = [side.shift(X, index=i) for i, (side, X) in enumerate(zip(sides, Xs))]
             finite = _finite_rows(shifted)
             if finite is not None:
-                n_nonfinite += int((~finite).sum())
+                moments.n_nonfinite += int((~finite).sum())
                 Xs, index = [X[finite] for X in Xs], index[finite]
                 shifted = [block.select(finite) for block in shifted]
             for block in shifted:
@@ -146,15 +163,78 @@ def compare_pass(streams: list[Stream], pairs: list[tuple[int, int]], *, block_r
                 if reservoir is not None:
                     reservoir.update(X, np.zeros(X.shape[0], dtype=np.int64), index)
             if progress is not None:
-                progress("the compared layers", start + blocks[0].X.shape[0], n_rows)
-    if n_nonfinite and nonfinite == "error":
-        raise InvalidInputError(f"{n_nonfinite} rows have NaN or inf values in a compared layer "
-                                f"({', '.join(sorted({str(s.dump.path) for s in streams}))}); "
-                                "pass --nonfinite drop to leave them out of every layer")
-    samples = [None if r is None else r.sample()[2] for r in reservoirs]
-    return PassResult(sides=[side.finalize() for side in sides],
-                      crosses={pair: cross.finalize() for pair, cross in crosses.items()},
-                      samples=samples, n_rows=sides[0].n, n_nonfinite=n_nonfinite)
+                progress("the compared layers", first + blocks[0].X.shape[0] - start, stop - start)
+    return moments
+
+
+@dataclass
+class CompareMoments:
+    """The pass's state over some rows, mergeable: every stream's moments, every pair's
+    cross-moments, every stream's sample (None: --subsample 0), the rows dropped as non-finite."""
+
+    sides: list[SideMoments]
+    crosses: dict[tuple[int, int], CrossMoments]
+    reservoirs: list[Reservoir | None]
+    n_nonfinite: int = 0
+
+    @classmethod
+    def empty(cls, widths: list[int], pairs: list[tuple[int, int]], *, subsample: int, seed: int) -> "CompareMoments":
+        return cls(sides=[SideMoments(d) for d in widths],
+                   crosses={(i, j): CrossMoments(widths[i], widths[j]) for i, j in pairs},
+                   reservoirs=[Reservoir(subsample, d, np.float64, seed) if subsample else None for d in widths])
+
+    def merge(self, other: "CompareMoments") -> None:
+        """Add another row range's moments (the same streams and pairs)."""
+        for mine, theirs in zip(self.sides, other.sides):
+            mine.merge(theirs)
+        for pair, cross in self.crosses.items():
+            cross.merge(other.crosses[pair])
+        for mine, theirs in zip(self.reservoirs, other.reservoirs):
+            if mine is not None:
+                mine.merge(theirs)
+        self.n_nonfinite += other.n_nonfinite
+
+    def result(self, streams: list[Stream], nonfinite: str) -> PassResult:
+        """The finalised moments, or the error of --nonfinite error when rows were NaN/inf."""
+        if self.n_nonfinite and nonfinite == "error":
+            raise InvalidInputError(f"{self.n_nonfinite} rows have NaN or inf values in a compared layer "
+                                    f"({', '.join(sorted({str(s.dump.path) for s in streams}))}); "
+                                    "pass --nonfinite drop to leave them out of every layer")
+        return PassResult(sides=[side.finalize() for side in self.sides],
+                          crosses={pair: cross.finalize() for pair, cross in self.crosses.items()},
+                          samples=[None if r is None else r.sample()[2] for r in self.reservoirs],
+                          n_rows=self.sides[0].n, n_nonfinite=self.n_nonfinite)
+
+    def to_arrays(self, meta: dict | None = None) -> dict[str, np.ndarray]:
+        """Plain arrays (an .npz's content, no pickles) with a JSON header holding ``meta``."""
+        arrays = {"n_nonfinite": np.array(self.n_nonfinite)}
+        for i, side in enumerate(self.sides):
+            arrays |= {f"side/{i}/{key}": value for key, value in side.to_arrays().items()}
+        for (i, j), cross in self.crosses.items():
+            arrays |= {f"cross/{i}-{j}/{key}": value for key, value in cross.to_arrays().items()}
+        for i, reservoir in enumerate(self.reservoirs):
+            if reservoir is not None:
+                arrays |= {f"sample/{i}/{key}": value for key, value in reservoir.to_arrays().items()}
+        header = {"format": MOMENTS_FORMAT, "streams": len(self.sides), "pairs": [list(p) for p in self.crosses],
+                  "meta": meta or {}}
+        arrays["header"] = np.array(json.dumps(header))
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> tuple["CompareMoments", dict]:
+        """The inverse of :meth:`to_arrays` → (moments, meta)."""
+        header = json.loads(str(arrays["header"]))
+
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+
+        n = header["streams"]
+        moments = cls(sides=[SideMoments.from_arrays(part(f"side/{i}/")) for i in range(n)],
+                      crosses={(i, j): CrossMoments.from_arrays(part(f"cross/{i}-{j}/")) for i, j in header["pairs"]},
+                      reservoirs=[Reservoir.from_arrays(part(f"sample/{i}/")) if f"sample/{i}/keys" in arrays else None
+                                  for i in range(n)],
+                      n_nonfinite=int(arrays["n_nonfinite"]))
+        return moments, header["meta"]
 
 
 def _finite_rows(blocks: list) -> np.ndarray | None:

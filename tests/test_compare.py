@@ -377,3 +377,42 @@ def test_constant_layers_give_reasons_not_numbers(tmp_path, rng):
     assert pairs[1]["metrics"] == {} and set(pairs[1]["unavailable"]) == set(REGISTRY)
     assert pairs[1]["unavailable"]["cka_linear"] == "a layer is constant over the rows"
     assert pairs[1]["unavailable"]["mutual_knn"] == "every sampled row of a layer is zero"
+
+
+# Row ranges merged vs one pass: the same float64 sums in another order (rounding only).
+SPLIT_RTOL = 1e-12
+
+
+@pytest.mark.parametrize("cuts", [(0, 40, 41, 150), (0, 75, 150), (0, 13, 90, 120, 150)])
+def test_row_ranges_merged_through_plain_arrays_equal_one_pass(tmp_path, rng, cuts):
+    """What a Dask task returns: each range's moments as plain arrays, merged in any order →
+    one pass's moments (sample identical, NaN rows counted) — without dask installed."""
+    from actgeom.core.compare_pass import CompareMoments, Stream, accumulate_rows
+
+    X, Y = _correlated(rng)
+    X[[5, 77]] = np.nan  # dropped from both streams, counted once each
+    a, b = _pair(tmp_path, X + 100.0, Y)
+    with Dump(a) as da, Dump(b) as db:
+        streams = [Stream(da, da.layers[0]), Stream(db, db.layers[0])]
+        settings = {"block_rows": 16, "subsample": 60, "seed": 4}
+        whole = accumulate_rows(streams, [(0, 1)], **settings).result(streams, "drop")
+        parts = [CompareMoments.from_arrays(accumulate_rows(streams, [(0, 1)], rows=(lo, hi), **settings).to_arrays())[0]
+                 for lo, hi in zip(cuts, cuts[1:])]
+        merged = parts.pop()  # the last range first: merging needs no order
+        for part in parts:
+            merged.merge(part)
+        split = merged.result(streams, "drop")
+        with pytest.raises(actgeom.InvalidInputError, match="^2 rows have NaN or inf values in a compared layer"):
+            merged.result(streams, "error")
+    assert (split.n_rows, split.n_nonfinite) == (whole.n_rows, whole.n_nonfinite) == (148, 2)
+    for mine, theirs in zip(whole.samples, split.samples):
+        np.testing.assert_array_equal(mine, theirs)
+    for got, want in zip(split.sides, whole.sides):
+        np.testing.assert_allclose(got.mean, want.mean, rtol=SPLIT_RTOL)
+        np.testing.assert_allclose(got.scatter, want.scatter, rtol=SPLIT_RTOL, atol=SPLIT_RTOL * np.abs(want.scatter).max())
+        assert got.q2 == pytest.approx(want.q2, rel=SPLIT_RTOL)
+    got, want = split.crosses[(0, 1)], whole.crosses[(0, 1)]
+    for field in ("scatter", "kxy", "kyx"):
+        value = getattr(want, field)
+        np.testing.assert_allclose(getattr(got, field), value, rtol=SPLIT_RTOL, atol=SPLIT_RTOL * np.abs(value).max())
+    assert got.kk == pytest.approx(want.kk, rel=SPLIT_RTOL)

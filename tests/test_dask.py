@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import class_data
+from conftest import class_data, write_dump
 
 from actgeom.core import api
 from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
 from actgeom.core.backends import DASK_MISSING, BackendOptions, open_backend
-from actgeom.core.dump import Dump, DumpWriter
+from actgeom.core.dump import Dump, DumpSpec, DumpWriter
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import UsageError
 
@@ -191,17 +191,164 @@ def test_cli_prints_the_dashboard_and_the_same_numbers(cluster, dumps, cli):
     assert assert_same_numbers(local, json.loads(out)) > 20
 
 
+# -- compare: one pass over aligned files, as tasks over row ranges -----------------------------------
+
+COMPARE_ROWS = 230  # 8 chunks of 32 rows: RANGES ranges of whole chunks
+COMPARE_SAMPLE = {"subsample": 120, "seed": 5}  # RSA and mutual k-NN on: the sample must be the same rows
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """Three checkpoints of the same 230 inputs (row ids, 3 layers each, chunks of 32 rows) and a
+    copy of the first with two NaN rows."""
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("compare")
+    X = rng.standard_normal((COMPARE_ROWS, 6))
+    ids = np.arange(COMPARE_ROWS) * 3
+    paths = []
+    for step in range(3):  # well-conditioned layers (covariance condition < 1e3): CCA's whitening keeps rounding small
+        inputs = X + 0.3 * step * rng.standard_normal(X.shape)
+        hidden = np.tanh(inputs @ rng.standard_normal((6, 7)) * (0.2 + 0.1 * step))
+        last = hidden @ rng.standard_normal((7, 4)) + 0.1 * (1 + step) * rng.standard_normal((COMPARE_ROWS, 4))
+        paths.append(write_dump(root / f"step{step}.h5", {"in": inputs + 2.0, "hidden": hidden, "last": last},
+                                chunk_rows=CHUNK_ROWS, sample_id=ids))
+    bad = {"in": X + 2.0, "hidden": np.tanh(0.3 * X @ rng.standard_normal((6, 7))), "last": X[:, :4] ** 2}
+    bad["hidden"][[40, 200]] = np.nan
+    return {"steps": paths, "nan": write_dump(root / "nan.h5", bad, chunk_rows=CHUNK_ROWS, sample_id=ids)}
+
+
+def assert_same_comparison(local: dict, dask: dict) -> int:
+    """Every matrix cell and every per-pair field equal to DASK_RTOL; returns how many numbers were compared."""
+    assert (local["rows"], local["columns"], local["mode"]) == (dask["rows"], dask["columns"], dask["mode"])
+    assert {k: v for k, v in local["pass"].items()} == dask["pass"]  # rows used, dropped, block rows: exact
+    assert len(local["pairs"]) == len(dask["pairs"])
+    cells = [(local["matrices"], dask["matrices"])] + [(a, b) for a, b in zip(local["pairs"], dask["pairs"])]
+    return sum(_same(a, b, "") for a, b in cells)
+
+
+# shape/procrustes distance of a layer with itself (the diagonal of checkpoint × checkpoint): arccos
+# and √(2 − 2c) at c = 1 turn the float64 rounding of c (~1e-16) into ~√(2e-16) ≈ 1.5e-8 absolute,
+# in a local run as on Dask; elsewhere the distances are held to DASK_RTOL.
+SELF_DISTANCE_ATOL = 1e-7
+SELF_DISTANCE_BELOW = 1e-6  # a distance this small is a layer against itself (the test data has no other)
+
+
+def _same(a, b, where: str) -> int:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        return sum(_same(a[k], b[k], f"{where}/{k}") for k in a)
+    if isinstance(a, list):
+        assert len(a) == len(b), where
+        return sum(_same(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+    if isinstance(a, float) and not isinstance(a, bool):
+        if math.isnan(a):
+            assert math.isnan(b), where
+        elif "distance" in where and abs(a) < SELF_DISTANCE_BELOW:
+            assert b == pytest.approx(a, abs=SELF_DISTANCE_ATOL), where
+        else:
+            assert b == pytest.approx(a, rel=DASK_RTOL, abs=DASK_ATOL), where
+        return 1
+    assert a == b, where
+    return 0
+
+
+@needs_dask
+@pytest.mark.parametrize("plan", ["layers", "files", "reference"])
+def test_compare_equals_a_local_run(cluster, aligned, plan):
+    """Two files × 3 layers (3 × 3 cells), 3 checkpoints × 1 layer, and layers × files against a
+    reference: every matrix and per-pair number of a local run, from RANGES ranges."""
+    steps = aligned["steps"]
+    given = {"layers": ([steps[0], steps[2]], {}), "files": (steps, {"layers": "hidden"}),
+             "reference": (steps, {"reference": steps[1], "layers": ["in", "last"]})}
+    paths, where = given[plan]
+    local = api.compare(paths, **where, **COMPARE_SAMPLE, units=True).to_dict()
+    with open_backend(_dask(cluster)) as backend:
+        dask = api.compare(paths, **where, **COMPARE_SAMPLE, units=True, backend=backend).to_dict()
+        assert backend.timings["ranges"] >= 3  # whole chunks of every compared layer
+    assert local["pairs"][0]["compare"]["sample_rows"] == COMPARE_SAMPLE["subsample"]
+    assert not any(cell["unavailable"] for cell in local["pairs"])  # every measure, the sample-based ones too
+    assert assert_same_comparison(local, dask) > 100
+
+
+@needs_dask
+def test_compare_sample_and_counts_are_identical(cluster, aligned):
+    from actgeom.core.compare_pass import Stream, accumulate_rows
+
+    with Dump(aligned["steps"][0]) as a, Dump(aligned["steps"][1], DumpSpec(layers=("last",))) as b, \
+            open_backend(_dask(cluster)) as backend:
+        streams = [Stream(a, layer) for layer in a.layers] + [Stream(b, b.layers[0])]
+        pairs = [(0, 3), (1, 3), (2, 3), (0, 1)]
+        settings = {"block_rows": 20, "subsample": 90, "seed": 3}
+        local = accumulate_rows(streams, pairs, **settings).result(streams, "error")
+        dask = backend.compare(streams, pairs, **settings, progress=None).result(streams, "error")
+        assert backend.timings["ranges"] >= 3
+    assert (local.n_rows, local.n_nonfinite) == (dask.n_rows, dask.n_nonfinite) == (COMPARE_ROWS, 0)
+    for mine, theirs in zip(local.samples, dask.samples):
+        np.testing.assert_array_equal(mine, theirs)  # the same rows, in the same (row) order, bit for bit
+    for pair in pairs:
+        np.testing.assert_allclose(dask.crosses[pair].scatter, local.crosses[pair].scatter, rtol=DASK_RTOL, atol=DASK_ATOL)
+
+
+@needs_dask
+def test_compare_nan_rows_are_the_local_error_or_dropped_alike(cluster, aligned, cli):
+    files = [aligned["steps"][0], aligned["nan"]]
+    scheduler = ("--backend", "dask", "--scheduler", cluster.scheduler_address)
+    local = cli("compare", *files, "--quiet")
+    dask = cli("compare", *files, *scheduler, "--quiet")
+    assert local[0] == 3 and local[2].startswith("Error: 2 rows have NaN or inf values in a compared layer (")
+    assert dask == local
+    local = api.compare(files, nonfinite="drop", **COMPARE_SAMPLE).to_dict()
+    dask = api.compare(files, nonfinite="drop", **COMPARE_SAMPLE, backend=_dask(cluster)).to_dict()
+    assert dask["pass"]["n_nonfinite_dropped"] == 2
+    assert assert_same_comparison(local, dask) > 100
+
+
+@needs_dask
+def test_compare_cli_on_dask_writes_the_same_numbers(cluster, aligned, cli, tmp_path):
+    import json
+
+    paths = aligned["steps"]
+    code, out, err = cli("compare", *paths, "-l", "last", "--backend", "dask", "--scheduler", cluster.scheduler_address,
+                         "--save-stats", tmp_path / "tasks", "--format", "json")
+    assert code == 0, err
+    assert "actgeom: Dask dashboard: http" in err
+    local = cli.json("compare", *paths, "-l", "last", "--quiet")
+    assert assert_same_comparison(local, json.loads(out)) > 50
+    saved = sorted((tmp_path / "tasks").iterdir())
+    assert len(saved) >= 3 and all(f.name.startswith("compare-") and ".rows" in f.name for f in saved)
+
+
+@needs_dask
+def test_compare_saved_task_moments_are_reused_and_checked(cluster, aligned, tmp_path):
+    saved, paths = tmp_path / "tasks", aligned["steps"][:2]
+    first = api.compare(paths, **COMPARE_SAMPLE, backend=_dask(cluster, save_stats=saved)).to_dict()
+    files = sorted(saved.iterdir())
+    assert len(files) >= 3 and all(f.suffix == ".npz" for f in files)
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    gone, tampered = files[0], files[-1]
+    gone.unlink()  # a crash before this task finished
+    tampered.write_bytes(files[1].read_bytes())  # another range's moments under this range's name
+    again = api.compare(paths, **COMPARE_SAMPLE, backend=_dask(cluster, save_stats=saved)).to_dict()
+    assert assert_same_comparison(first, again) > 100
+    now = {f.name: f.stat().st_mtime_ns for f in saved.iterdir()}
+    assert now.keys() == stamps.keys()  # the missing one made again
+    assert {name for name in now if now[name] != stamps[name]} == {gone.name, tampered.name}  # the others reused
+    other = api.compare(paths, subsample=0, backend=_dask(cluster, save_stats=saved)).to_dict()  # other settings
+    assert len(list(saved.iterdir())) == 2 * len(files) and other["pairs"][0]["compare"]["sample_rows"] == 0
+
+
 # -- failures --------------------------------------------------------------------------------------
 
-def _kill_worker(marker: str, rows: str = "", once: bool = True):
-    """A worker plugin: the worker process dies when it starts a first-wave task whose key ends with
-    ``rows`` (once: a marker file remembers it; or every time). Defined here, so that cloudpickle
-    ships the class itself to the workers (they cannot import the tests)."""
+def _kill_worker(marker: str, rows: str = "", once: bool = True, tasks: str = "actgeom-rows"):
+    """A worker plugin: the worker process dies when it starts a task whose key has ``tasks`` (first
+    wave: actgeom-rows; compare: actgeom-compare) and ends with ``rows`` (once: a marker file
+    remembers it; or every time). Defined here, so that cloudpickle ships the class itself to the
+    workers (they cannot import the tests)."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class KillWorker(WorkerPlugin):
         def transition(self, key, start, finish, **kwargs):
-            if finish == "executing" and "actgeom-rows" in str(key) and str(key).endswith(rows):
+            if finish == "executing" and tasks in str(key) and str(key).endswith(rows):
                 if once and os.path.exists(marker):
                     return
                 open(marker, "w").close()
@@ -264,6 +411,36 @@ def test_a_task_that_keeps_failing_is_one_error_naming_file_and_rows(fragile_clu
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: rows {a}:{b} of {dumps['samples'][0]} failed"), err
+
+
+@needs_dask
+def test_a_compare_task_that_keeps_failing_is_one_error_naming_files_and_rows(fragile_cluster, aligned, tmp_path, cli):
+    import re
+
+    from actgeom.core.backends.dask import _common_chunk_rows
+
+    paths = aligned["steps"][:2]
+    # the last range dies every time (its start depends on the workers up after earlier kills); a range
+    # queued on the same worker may die with it and be the one named: any range of the command will do
+    plugin = _kill_worker(str(tmp_path / "k"), rows=f"-{COMPARE_ROWS}", once=False, tasks="actgeom-compare")
+    client = _with_plugin(fragile_cluster, plugin, "kill-compare")
+    try:
+        client.wait_for_workers(2, timeout=60)
+        code, out, err = cli("compare", *paths, "--backend", "dask", "--scheduler", fragile_cluster.scheduler_address,
+                             "--quiet")
+    finally:
+        client.unregister_worker_plugin("kill-compare")
+        client.close()
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    named = re.match(rf"Error: rows (\d+):(\d+) of {re.escape(paths[0])}, {re.escape(paths[1])} failed on the "
+                     "Dask workers, retried in vain: ", lines[0])
+    assert named, err
+    with Dump(paths[0]) as dump:  # the ranges' cuts: whole chunks of every compared layer
+        chunk = _common_chunk_rows(dump.layers, dump.n_rows)
+    a, b = int(named[1]), int(named[2])
+    assert 0 <= a < b <= COMPARE_ROWS and a % chunk == 0 and (b % chunk == 0 or b == COMPARE_ROWS), err
 
 
 # -- --save-stats DIR ------------------------------------------------------------------------------

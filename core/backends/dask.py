@@ -11,6 +11,11 @@ little is left when the last one ends. A layer whose families need a second pass
 probe's test rows) gets a second wave over the same ranges, with the finalised statistics it
 needs broadcast; each task returns its consumers' parts, merged here in row order.
 
+``compare`` runs its own pass over aligned files: a task is (the files with their dump specs, the
+compared layers and pairs, the pass settings, a row range of whole chunks of every compared
+layer) → core/compare_pass.py's moments of those rows as plain arrays; they merge in the same tree
+and are finalised on the client as in a local run.
+
 Failures: a task whose worker dies is run again by Dask; one that keeps failing (``retries``)
 becomes one error naming the file and the row range. User errors found by a task (NaN rows, bad
 labels) are returned, not raised, so they are not retried, and surface as in a local run.
@@ -18,7 +23,9 @@ labels) are returned, not raised, so they are not retried, and surface as in a l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -30,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core.api import FAMILIES, facts_of, layer_context, second_pass_consumers
+from actgeom.core.compare_pass import CompareMoments, Stream, accumulate_rows
 from actgeom.core.dump import Dump
 from actgeom.core.dump.reader import safe_name
 from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, check_rows, second_pass
@@ -62,12 +70,17 @@ def task_ranges(dump: Dump, n_ranges: int) -> list[tuple[int, int]]:
 
 
 def _chunk_rows(dump: Dump) -> int:
-    """Rows of a whole chunk in every layer (their least common multiple; the largest chunk when that
-    exceeds the rows), 1 when contiguous."""
+    """Rows of a whole chunk in every layer of the dump (see :func:`_common_chunk_rows`)."""
+    return _common_chunk_rows(dump.layers, dump.n_rows)
+
+
+def _common_chunk_rows(layers, n_rows: int) -> int:
+    """Rows of a whole chunk in every one of ``layers`` (their least common multiple; the largest
+    chunk when that exceeds the rows), 1 when contiguous."""
     rows = 1
-    for layer in dump.layers:
+    for layer in layers:
         rows = math.lcm(rows, layer.chunk_rows or 1)
-    return rows if rows <= max(dump.n_rows, 1) else max(layer.chunk_rows or 1 for layer in dump.layers)
+    return rows if rows <= max(n_rows, 1) else max(layer.chunk_rows or 1 for layer in layers)
 
 
 # -- the tasks (run on the workers) ----------------------------------------------------------------
@@ -105,6 +118,28 @@ def second_wave(path: str, spec, layer: str, families: dict, layer_arrays: dict,
             return {"parts": {name: consumer.partial() for name, consumer in consumers.items()}}
     except ActgeomError as exc:
         return _error(exc)
+
+
+def compare_rows(files: list, layers: list, pairs: list, settings: dict, meta: dict) -> dict:
+    """The compare pass over one row range (``meta["rows"]``) of aligned files → its moments as plain
+    arrays. ``files``: (path, dump spec); ``layers``: (file index, dataset path) of each stream."""
+    try:
+        with contextlib.ExitStack() as stack:
+            dumps = [stack.enter_context(Dump(path, spec)) for path, spec in files]
+            streams = [Stream(dumps[f], dumps[f].layer(name)) for f, name in layers]
+            moments = accumulate_rows(streams, [tuple(p) for p in pairs], rows=tuple(meta["rows"][0]), **settings)
+            return moments.to_arrays(meta)
+    except ActgeomError as exc:
+        return _error(exc)
+
+
+def merge_compare(a: dict, b: dict) -> dict:
+    """Two row ranges' compare moments → those of both (their rows joined in the header)."""
+    if "error" in a or "error" in b:
+        return a if "error" in a else b
+    (moments, meta), (other, other_meta) = CompareMoments.from_arrays(a), CompareMoments.from_arrays(b)
+    moments.merge(other)
+    return moments.to_arrays(meta | {"rows": sorted(meta["rows"] + other_meta["rows"])})
 
 
 class TaskFailed(ActgeomError):
@@ -160,9 +195,12 @@ class DaskBackend:
     def n_workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))
 
+    def _n_ranges(self, n_rows: int) -> int:
+        """--ranges, else two per worker and at most ROWS_PER_TASK rows each."""
+        return self.options.ranges or max(2 * self.n_workers, math.ceil(n_rows / ROWS_PER_TASK))
+
     def ranges(self, dump: Dump) -> list[tuple[int, int]]:
-        n_ranges = self.options.ranges or max(2 * self.n_workers, math.ceil(dump.n_rows / ROWS_PER_TASK))
-        return task_ranges(dump, n_ranges)
+        return task_ranges(dump, self._n_ranges(dump.n_rows))
 
     def _ranges_of(self, dump: Dump, options: PassOptions) -> list[tuple[int, int]]:
         """The task ranges inside the pass's own row range (e.g. a shard's --rows)."""
@@ -194,8 +232,6 @@ class DaskBackend:
     def accumulate(self, dump: Dump, specs: dict, options: PassOptions, progress: Progress | None) -> dict[str, LayerStats]:
         """Every layer's statistics of ``dump``, from one task per row range (started now, or by
         :meth:`submit`), merged in a tree."""
-        from distributed import as_completed
-
         pending = self._pending.pop(_wave_key(dump, specs, options), None)
         started, ranges, futures, saved = pending or (time.perf_counter(), *self._submit(dump, specs, options))
         label = f"{dump.path.name} ({len(dump.layers)} layers, {len(ranges)} row range{'s' if len(ranges) > 1 else ''})"
@@ -203,26 +239,16 @@ class DaskBackend:
         done = sum(b - a for a, b in saved)
         if progress is not None:
             progress(label, done, total)
-        where = {future.key: rows for rows, future in futures.items()}
-        pool, ready = as_completed(), list(saved.values())  # ready: results (futures) not yet merged
-        for future in futures.values():
-            pool.add(future)
-        tasks_done = time.perf_counter()
-        self._pair(ready, pool)
-        for future in pool:  # the tree grows as results come: merges overlap the tasks still running
-            rows = where.get(future.key)
-            if future.status != "finished":
-                raise self._failure(dump, rows, future)
-            if rows is not None:
-                if self.options.save_stats is not None:
-                    self._save(dump, rows, future.result())
-                done += rows[1] - rows[0]
-                tasks_done = time.perf_counter()
-                if progress is not None:
-                    progress(label, done, total)
-            ready.append(future)
-            self._pair(ready, pool)
-        result = ready[0].result()
+
+        def finished(rows: tuple[int, int], future) -> None:
+            nonlocal done
+            if self.options.save_stats is not None:
+                self._save(self._partial_path(dump, rows), [dump.path], future.result())
+            done += rows[1] - rows[0]
+            if progress is not None:
+                progress(label, done, total)
+
+        result, tasks_done = self._tree(futures, saved, merge_pair, str(dump.path), finished)
         self.timings = {"ranges": len(ranges), "tasks_s": tasks_done - started, "merge_s": time.perf_counter() - tasks_done}
         _raise_if_error(result)
         stats, _ = stats_from_arrays(result)
@@ -230,19 +256,43 @@ class DaskBackend:
             check_rows(layer_stats, dump.path, options)
         return stats
 
-    def _pair(self, ready: list, pool) -> None:
+    def _tree(self, futures: dict, saved: dict, merge, files: str, finished) -> tuple[dict, float]:
+        """Every range's result (``futures`` by rows, and ``saved`` results already here) merged
+        pairwise by ``merge`` tasks as they come → (the merged result, when the last range ended).
+        ``finished(rows, future)`` is called as each range's task ends; ``files`` names the input in
+        the error of a task that kept failing."""
+        from distributed import as_completed
+
+        where = {future.key: rows for rows, future in futures.items()}
+        pool, ready = as_completed(), list(saved.values())  # ready: results (futures) not yet merged
+        for future in futures.values():
+            pool.add(future)
+        tasks_done = time.perf_counter()
+        self._pair(ready, pool, merge)
+        for future in pool:  # the tree grows as results come: merges overlap the tasks still running
+            rows = where.get(future.key)
+            if future.status != "finished":
+                raise self._failure(files, rows, future)
+            if rows is not None:
+                finished(rows, future)
+                tasks_done = time.perf_counter()
+            ready.append(future)
+            self._pair(ready, pool, merge)
+        return ready[0].result(), tasks_done
+
+    def _pair(self, ready: list, pool, merge) -> None:
         """Merge the results that are ready two by two, as tasks whose results join the pool."""
         while len(ready) >= 2:  # before any range still queued: the tree keeps up with the tasks
-            pool.add(self.client.submit(merge_pair, ready.pop(0), ready.pop(0), retries=self.options.retries,
+            pool.add(self.client.submit(merge, ready.pop(0), ready.pop(0), retries=self.options.retries,
                                         pure=False, priority=MERGE_PRIORITY, key=f"actgeom-merge-{uuid.uuid4().hex}"))
 
-    def _failure(self, dump: Dump, rows: tuple[int, int] | None, future) -> ActgeomError:
-        """A task that kept failing: one error naming the file and its rows (None: a merge task)."""
+    def _failure(self, files: str, rows: tuple[int, int] | None, future) -> ActgeomError:
+        """A task that kept failing: one error naming the file(s) and its rows (None: a merge task)."""
         try:
             reason = str(future.exception()) or type(future.exception()).__name__
         except Exception as exc:  # the exception itself could not come back
             reason = type(exc).__name__
-        what = f"rows {rows[0]}:{rows[1]} of {dump.path}" if rows is not None else f"a merge of statistics of {dump.path}"
+        what = f"rows {rows[0]}:{rows[1]} of {files}" if rows is not None else f"a merge of statistics of {files}"
         return TaskFailed(f"{what} failed on the Dask workers, retried in vain: {reason.splitlines()[0]}")
 
     # -- --save-stats DIR: one partial-statistics file per task ------------------------------------
@@ -267,12 +317,11 @@ class DaskBackend:
             return None
         return stats_arrays(stats, meta)
 
-    def _save(self, dump: Dump, rows: tuple[int, int], arrays: dict) -> None:
+    def _save(self, path: Path, inputs: list, arrays: dict) -> None:
         if "error" in arrays:
             return
-        directory = Path(self.options.save_stats)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self._partial_path(dump, rows), [dump.path], option="--save-stats") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path, inputs, option="--save-stats") as handle:
             np.savez(handle, **arrays)
 
     # -- second wave: the consumers of the shared second pass ---------------------------------------
@@ -297,7 +346,7 @@ class DaskBackend:
         where = {future.key: rows for rows, future in zip(ranges, futures)}
         for future in as_completed(futures):
             if future.status != "finished":
-                raise self._failure(dump, where[future.key], future)
+                raise self._failure(str(dump.path), where[future.key], future)
             a, b = where[future.key]
             done += b - a
             if progress is not None:
@@ -307,6 +356,66 @@ class DaskBackend:
             _raise_if_error(result)
             for name, part in result["parts"].items():
                 consumers[name].merge(part)
+
+    # -- compare: one pass over aligned files --------------------------------------------------------
+    def compare(self, streams: list[Stream], pairs: list[tuple[int, int]], *, block_rows: int, subsample: int,
+                seed: int, progress: Progress | None) -> CompareMoments:
+        """core/compare_pass.py's moments from one task per row range (whole chunks of every
+        compared layer), each opening the files itself, merged in a tree. The caller finalises."""
+        dumps = list({id(s.dump): s.dump for s in streams}.values())
+        number = {id(d): f for f, d in enumerate(dumps)}
+        files = [(str(d.path), d.spec) for d in dumps]
+        layers = [[number[id(s.dump)], s.layer.path] for s in streams]
+        settings = {"block_rows": block_rows, "subsample": subsample, "seed": seed}
+        identity = {"files": [[path, dump_fingerprint(d)] for (path, _), d in zip(files, dumps)], "layers": layers,
+                    "pairs": [list(p) for p in pairs], **settings}
+        n_rows = dumps[0].n_rows
+        ranges = row_ranges(n_rows, self._n_ranges(n_rows), _common_chunk_rows([s.layer for s in streams], n_rows))
+        named = ", ".join(dict.fromkeys(path for path, _ in files))
+        run, started = _run_id(named), time.perf_counter()
+        futures, saved = {}, {}
+        for a, b in ranges:
+            meta = identity | {"rows": [[a, b]]}
+            arrays = self._reuse_compare(identity, meta)
+            if arrays is not None:
+                saved[(a, b)] = self.client.scatter([arrays])[0]
+            else:
+                futures[(a, b)] = self.client.submit(compare_rows, files, layers, identity["pairs"], settings, meta,
+                                                     retries=self.options.retries, pure=False,
+                                                     key=f"actgeom-compare-{run}-{a}-{b}")
+        done, total = sum(b - a for a, b in saved), n_rows
+        if progress is not None:
+            progress("the compared layers", done, total)
+
+        def finished(rows: tuple[int, int], future) -> None:
+            nonlocal done
+            if self.options.save_stats is not None:
+                self._save(self._compare_path(identity, rows), [d.path for d in dumps], future.result())
+            done += rows[1] - rows[0]
+            if progress is not None:
+                progress("the compared layers", done, total)
+
+        result, tasks_done = self._tree(futures, saved, merge_compare, named, finished)
+        self.timings = {"ranges": len(ranges), "tasks_s": tasks_done - started, "merge_s": time.perf_counter() - tasks_done}
+        _raise_if_error(result)
+        return CompareMoments.from_arrays(result)[0]
+
+    def _compare_path(self, identity: dict, rows: tuple[int, int]) -> Path:
+        return Path(self.options.save_stats) / f"compare-{_task_id(json.dumps(identity))}.rows{rows[0]}-{rows[1]}.npz"
+
+    def _reuse_compare(self, identity: dict, meta: dict) -> dict | None:
+        """A saved compare task's arrays when their header holds exactly this task (files and their
+        fingerprints, layers, pairs, pass settings, rows); else None (made again)."""
+        if self.options.save_stats is None:
+            return None
+        path = self._compare_path(identity, meta["rows"][0])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            held = json.loads(str(arrays["header"]))["meta"]
+        except (OSError, ValueError, KeyError):  # absent, unreadable or not ours
+            return None
+        return arrays if held == meta else None
 
 
 def _raise_if_error(result: dict) -> None:

@@ -132,8 +132,10 @@ def plan_reference(ref: Dump, others: list[Dump]) -> Plan:
 
 def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), reference=None, ids: str | None = None,
         options: CompareOptions = CompareOptions(), allow_incomplete: bool = False, nonfinite: str = "error",
-        max_memory="4GiB", block_rows: int | None = None, progress: Progress | None = None) -> CompareResult:
-    """Compare the files' layers (module docstring) in one pass → :class:`CompareResult`."""
+        max_memory="4GiB", block_rows: int | None = None, progress: Progress | None = None,
+        backend=None) -> CompareResult:
+    """Compare the files' layers (module docstring) in one pass → :class:`CompareResult`.
+    ``backend``: None (this process), or an opened core.backends executor (tasks over row ranges)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     reference = None if reference is None else Path(reference)
     if not paths:
@@ -173,7 +175,7 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
                               "+ read buffers and samples); select fewer layers or raise --max-memory")
         alignment = check_alignment(opened, ids)
         found = compare_pass(streams, pairs, block_rows=rows_per_block, subsample=options.subsample,
-                             seed=options.seed, nonfinite=nonfinite, progress=progress)
+                             seed=options.seed, nonfinite=nonfinite, progress=progress, backend=backend)
         dtypes = [s.layer.logical_dtype for s in streams]
         views = [None if rows is None else SampleView(rows) for rows in found.samples]
         cells = []
