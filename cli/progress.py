@@ -77,6 +77,11 @@ class Bars:
         if line is not None:
             self.stage_task = self.bar.add_task(line, total=None)
 
+    def step(self, text: str) -> None:
+        """A step of unknown length after the passes (e.g. the report's figures): a pulsing bar."""
+        self._end_stage()
+        self.stage_task = self.bar.add_task(escape(text), total=None)
+
     def _end_stage(self) -> None:
         if self.stage_task is not None:
             self.bar.remove_task(self.stage_task)
@@ -110,6 +115,12 @@ class PlainLines:
         line = _stage_line(layer, text, seconds)
         if line is not None:
             self.stream.write(f"actgeom: {line}\n")
+            self.stream.flush()
+
+    def step(self, text: str) -> None:
+        """A step of unknown length after the passes: a line, once the command has run PLAIN_START."""
+        if self.clock() >= self.quiet_until:
+            self.stream.write(f"actgeom: {escape(text)}\n")
             self.stream.flush()
 
 

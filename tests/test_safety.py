@@ -689,6 +689,32 @@ def test_a_terminal_shows_a_long_stage_as_a_bar_until_the_next_pass():
         assert [task.description for task in bar.tasks] == ["rows of h2"]
 
 
+def test_a_step_after_the_passes_is_shown_in_logs_and_on_a_terminal():
+    """The report's figures (a step of unknown length): a line in a log once the command has run
+    PLAIN_START seconds, a pulsing bar on a terminal."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from actgeom.cli.progress import Bars, PlainLines
+
+    now = [0.0]
+    log = io.StringIO()
+    lines = PlainLines(log, interval=10.0, start=2.0, clock=lambda: now[0])
+    lines.step("drawing the figures")
+    assert log.getvalue() == ""  # a quick command leaves nothing in a log
+    now[0] = 3.0
+    lines.step("drawing the figures")
+    assert log.getvalue() == "actgeom: drawing the figures\n"
+    with Progress(console=Console(file=io.StringIO(), force_terminal=True), transient=True) as bar:
+        bars = Bars(bar)
+        bars.step("drawing the figures")
+        assert [task.description for task in bar.tasks] == ["drawing the figures"]
+        bars("h", 1, 2)  # anything after it ends it
+        assert [task.description for task in bar.tasks] == ["rows of h"]
+
+
 def test_a_terminal_shows_starting_at_once_then_the_layers_bar(tmp_path, rng):
     """On a terminal the display opens before numpy and the files load ("starting"), then the
     layer's bar replaces it; the command's result is unchanged."""

@@ -172,9 +172,11 @@ def report(
                         offsets=offsets, attention=attention, allow_incomplete=allow_incomplete)
         with run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
             document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor))
-    from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
+        if progress is not None:
+            progress.step("drawing the figures")
+        from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
 
-    page = render_page(document, figures, inputs=dumps)
+        page = render_page(document, figures, inputs=dumps)
     if results is not None:
         write_output(results, results_text(document, results), dumps, option="--results")
     write_output(output, page, dumps)
