@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import WORKDIR, make_dump, peak_rss_mib, run_child  # noqa: E402
+from bench_engine import WORKDIR, benchmark_dump, peak_rss_mib, run_child  # noqa: E402
 
 FAST = "+f32"  # a kind ending so runs with --products float32
 
@@ -131,8 +131,7 @@ def rss_scaling(n_rows: int, n_units: int, classes: int) -> None:
     """Peak RSS of every command at N and 4N rows: memory must not grow with the rows."""
     paths = {}
     for n in (n_rows, 4 * n_rows):
-        paths[n] = WORKDIR / f"synthetic_{n_units}u_{classes}c_float16_{n}.h5"
-        make_dump(paths[n], n, n_units, classes, "float16")
+        paths[n] = benchmark_dump(n, n_units, classes, "float16")
     print(f"\npeak RSS at N={n_rows} and 4N, D={n_units} float16 (entropy: its defaults but DSE on 2 000 rows)")
     for kind in RSS_KINDS:
         rss = {n: run_child(kind if kind != "entropy" else "entropy-rss", path, __file__)["peak_rss_mib"]
@@ -164,8 +163,7 @@ def main() -> None:
         return
     for shape in args.shapes.split(","):
         rows, units = (int(v) for v in shape.split("x"))
-        path = WORKDIR / f"synthetic_{units}u_{args.classes}c_float16_{rows}.h5"
-        make_dump(path, rows, units, args.classes, "float16")
+        path = benchmark_dump(rows, units, args.classes, "float16")
         print(f"\nN={rows} D={units} C={args.classes} float16", flush=True)
         measure(path, args.repeat)
     for n in () if args.skip_dse else (2000, 5000, 10000):

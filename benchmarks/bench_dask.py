@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import WORKDIR, make_dump  # noqa: E402  (the engine benchmark's dump)
+from bench_engine import benchmark_dump, dump_arguments  # noqa: E402  (the engine benchmark's dump)
 
 
 def child_local(path: str, families: list[str], repeat: int) -> dict:
@@ -65,10 +65,7 @@ def run_child(*args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--units", type=int, default=1024)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--dtype", default="float16")
+    dump_arguments(parser)
     parser.add_argument("--families", default="collapse,rank", help="comma-separated families of one pass")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
@@ -84,11 +81,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    WORKDIR.mkdir(exist_ok=True)
-    path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_{args.dtype}_{args.rows}.h5"
     print(f"N={args.rows} D={args.units} C={args.classes} dtype={args.dtype} families={args.families}; "
           f"cpus={os.cpu_count()} workers={args.workers}", flush=True)
-    make_dump(path, args.rows, args.units, args.classes, args.dtype)
+    path = benchmark_dump(args.rows, args.units, args.classes, args.dtype)
     common = ["--families", args.families, "--workers", str(args.workers), "--repeat", str(args.repeat)]
     run_child("local", str(path), "--families", args.families, "--repeat", "1")  # warm the page cache
     local = run_child("local", str(path), *common)

@@ -46,6 +46,22 @@ def make_dump(path: Path, n_rows: int, n_units: int, n_classes: int, dtype: str,
             writer.append({"layer": X}, labels=y)
 
 
+def benchmark_dump(n_rows: int, n_units: int, n_classes: int, dtype: str) -> Path:
+    """The synthetic dump of that shape (made once, kept in benchmarks/_work)."""
+    WORKDIR.mkdir(exist_ok=True)
+    path = WORKDIR / f"synthetic_{n_units}u_{n_classes}c_{dtype}_{n_rows}.h5"
+    make_dump(path, n_rows, n_units, n_classes, dtype)
+    return path
+
+
+def dump_arguments(parser: argparse.ArgumentParser) -> None:
+    """--rows, --units, --classes, --dtype: the shape of the benchmark dump (the issue's D = 1024 one)."""
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--units", type=int, default=1024)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--dtype", default="float16")
+
+
 def child_floor(path: str, chunks_per_read: int, products: int = 1) -> dict:
     """The floor; ``products`` = 2: two D×D products per block (what a pass whose metrics need two
     different D×D sums — collapse's class scatter and the dataset entropy's Σ uuᵀ — cannot go below)."""
@@ -97,10 +113,7 @@ def run_child(kind: str, path: Path, script: str | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--units", type=int, default=1024)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--dtype", default="float16")
+    dump_arguments(parser)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -112,13 +125,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    WORKDIR.mkdir(exist_ok=True)
-    stem = f"synthetic_{args.units}u_{args.classes}c_{args.dtype}"
-    small = WORKDIR / f"{stem}_{args.rows}.h5"
-    large = WORKDIR / f"{stem}_{4 * args.rows}.h5"
     print(f"N={args.rows} D={args.units} C={args.classes} dtype={args.dtype}; cpus={os.cpu_count()}", flush=True)
-    make_dump(small, args.rows, args.units, args.classes, args.dtype)
-    make_dump(large, 4 * args.rows, args.units, args.classes, args.dtype)
+    small = benchmark_dump(args.rows, args.units, args.classes, args.dtype)
+    large = benchmark_dump(4 * args.rows, args.units, args.classes, args.dtype)
     run_child("floor1", small)  # warm the page cache
     runs: dict[str, list[dict]] = {"floor1": [], "floor4": [], "engine": []}
     for _ in range(args.repeat):

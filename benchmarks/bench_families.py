@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import WORKDIR, make_dump, run_child  # noqa: E402
+from bench_engine import benchmark_dump, run_child  # noqa: E402
 
 COMMANDS = str(Path(__file__).with_name("bench_commands.py"))
 
@@ -24,9 +24,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    WORKDIR.mkdir(exist_ok=True)
-    path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_float16_{args.rows}.h5"
-    make_dump(path, args.rows, args.units, args.classes, "float16")
+    path = benchmark_dump(args.rows, args.units, args.classes, "float16")
     run_child("floor1", path)  # warm the page cache
     runs: dict[str, list[dict]] = {"floor1": [], "neurons": [], "probe": []}
     for _ in range(args.repeat):

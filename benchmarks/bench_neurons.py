@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import WORKDIR, child_floor, make_dump, run_child  # noqa: E402
+from bench_engine import WORKDIR, benchmark_dump, child_floor, run_child  # noqa: E402
 
 
 def child(kind: str, path: str) -> dict:
@@ -61,9 +61,7 @@ def main() -> None:
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
-    WORKDIR.mkdir(exist_ok=True)
-    path = WORKDIR / f"synthetic_{args.units}u_{args.classes}c_float16_{args.rows}.h5"
-    make_dump(path, args.rows, args.units, args.classes, "float16")
+    path = benchmark_dump(args.rows, args.units, args.classes, "float16")
     run_child("floor", path, __file__)  # warm the page cache
     runs: dict[str, list[dict]] = {"floor": [], "neurons": [], "rank": []}
     for _ in range(args.repeat):
