@@ -44,7 +44,7 @@ def row_progress(quiet: bool = False) -> Iterator[ProgressCallback | None]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         bars = Bars(bar)
-        bars.stage_task = bar.add_task("starting", total=None)  # shown at once; the first pass replaces it
+        bars.step("starting")  # shown at once; the first pass replaces it
         yield bars
 
 
