@@ -9,7 +9,6 @@ Keyword names are the command-line options in snake_case (``--fit-range`` → ``
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -24,7 +23,7 @@ import numpy as np
 
 from actgeom.core import __version__, stages
 from actgeom.core.accumulators import Spec, union
-from actgeom.core.backends import BackendOptions, open_backend
+from actgeom.core.backends import open_backend
 from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.compare import CompareOptions
 from actgeom.core.dump import Dump, DumpSpec
@@ -188,8 +187,7 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
         precomputed, provenance = load_partial(stats)
     started = time.perf_counter()
     files = []
-    opened = open_backend(backend) if isinstance(backend, BackendOptions) else contextlib.nullcontext(backend)
-    with opened as executor:
+    with open_backend(backend) as executor:
         if executor is not None and precomputed is None:  # every file's tasks queued before the first is awaited
             for path in paths:
                 with Dump(path, spec) as dump:
@@ -458,8 +456,7 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
                           f"is not a compare option; they are: {', '.join(CompareOptions.__dataclass_fields__)}")
     chosen = family_options("compare", options)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
-    opened = open_backend(backend) if isinstance(backend, BackendOptions) else contextlib.nullcontext(backend)
-    with opened as executor:
+    with open_backend(backend) as executor:
         return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
                                   ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
                                   max_memory=max_memory, block_rows=block_rows, progress=progress, backend=executor)

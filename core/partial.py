@@ -32,8 +32,13 @@ def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | No
                  option: str = "--save-stats") -> None:
     """Write partial statistics (an .npz, no pickles) by the output rules of core/outputs.py (never
     one of ``inputs``, atomic, umask), for a later :func:`merge_partials`."""
+    save_arrays(path, stats_arrays(stats, meta), inputs=inputs, option=option)
+
+
+def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], *, inputs=(), option: str = "--save-stats") -> None:
+    """Write plain arrays (a partial-statistics file's content) as an .npz by the output rules."""
     with atomic_output(path, inputs, option=option) as handle:
-        np.savez(handle, **stats_arrays(stats, meta))
+        np.savez(handle, **arrays)
 
 
 def stats_arrays(stats: dict[str, LayerStats], meta: dict | None = None) -> dict[str, np.ndarray]:

@@ -49,8 +49,12 @@ class BackendOptions:
 
 
 @contextlib.contextmanager
-def open_backend(options: BackendOptions | None) -> Iterator[object | None]:
-    """The backend for ``core.api.run``: None for local, else a started Dask backend (closed on exit)."""
+def open_backend(options) -> Iterator[object | None]:
+    """The backend for ``core.api.run``: None for local, else a started Dask backend (closed on exit);
+    a backend already opened (not :class:`BackendOptions`) is used as it is."""
+    if options is not None and not isinstance(options, BackendOptions):
+        yield options
+        return
     if options is None or options.name == "local":
         yield None
         return

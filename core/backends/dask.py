@@ -42,8 +42,15 @@ from actgeom.core.dump import Dump
 from actgeom.core.dump.reader import safe_name
 from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, check_rows, second_pass
 from actgeom.core.errors import ActgeomError, InvalidInputError, UsageError
-from actgeom.core.outputs import atomic_output
-from actgeom.core.partial import dump_fingerprint, load_partial, merge_partials, provenance, stats_arrays, stats_from_arrays
+from actgeom.core.partial import (
+    dump_fingerprint,
+    load_partial,
+    merge_partials,
+    provenance,
+    save_arrays,
+    stats_arrays,
+    stats_from_arrays,
+)
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
 MERGE_PRIORITY = 1  # merges run before the first-wave tasks still queued (Dask's default priority: 0)
@@ -311,7 +318,7 @@ class DaskBackend:
         except InvalidInputError:
             return None  # unreadable (e.g. written by another version): made again
         wanted = provenance(dump, options)
-        if (meta.get("fingerprint") != dump_fingerprint(dump) or meta.get("rows") != wanted["rows"]
+        if (meta.get("fingerprint") != wanted["fingerprint"] or meta.get("rows") != wanted["rows"]
                 or meta.get("pass") != wanted["pass"] or set(stats) != {layer.name for layer in dump.layers}
                 or any(layer_stats.specs != specs for layer_stats in stats.values())):
             return None
@@ -321,8 +328,7 @@ class DaskBackend:
         if "error" in arrays:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path, inputs, option="--save-stats") as handle:
-            np.savez(handle, **arrays)
+        save_arrays(path, arrays, inputs=inputs)
 
     # -- second wave: the consumers of the shared second pass ---------------------------------------
     def second_pass(self, dump: Dump, layer, families: dict, layer_stats: LayerStats, consumers: dict,
