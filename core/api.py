@@ -188,12 +188,18 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
     started = time.perf_counter()
     files = []
     with open_backend(backend) as executor:
+        cached = {}  # path → its cache entry, when read while queueing the tasks
         if executor is not None and precomputed is None:  # every file's tasks queued before the first is awaited
             for path in paths:
                 with Dump(path, spec) as dump:
-                    if cache is None or _cached(Path(cache), _cache_key(dump, spec, families, pass_options, details)) is None:
+                    key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
+                    cached[path] = None if key is None else _cached(Path(cache), key)
+                    if cached[path] is None:
                         executor.submit(dump, specs_for(families, facts_of(dump)), pass_options)
         for path in paths:
+            if cached.get(path) is not None:  # a cache hit: no need to open the file again
+                files.append(cached[path])
+                continue
             with Dump(path, spec) as dump:
                 if provenance is not None:
                     used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok)
