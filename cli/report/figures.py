@@ -95,6 +95,12 @@ def _title(ax, name: str, info: dict | None) -> None:
                  fontsize=9)
 
 
+def _layer_ticks(ax, positions, names: list[str], **options) -> None:
+    """Layer names under ``positions``, slanted when long or many (so they do not overlap)."""
+    crowded = sum(map(len, names)) > 24
+    ax.set_xticks(positions, names, rotation=30 if crowded else 0, ha="right" if crowded else "center", **options)
+
+
 def _empty(ax, name: str, reason: str) -> None:
     ax.set_title(LABELS.get(name, name), fontsize=9)
     ax.text(0.5, 0.5, "not available:\n" + _wrap(reason, 38), ha="center", va="center", fontsize=7.5,
@@ -207,8 +213,7 @@ def fig_depth(document: dict) -> Figure | str:
             _separation_law(ax, files, depth, values, colours)
         _ideal(ax, info)
         _title(ax, name, info)
-        crowded = sum(map(len, layers)) > 24  # long or many layer names: slanted, so they do not overlap
-        ax.set_xticks(depth, layers, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        _layer_ticks(ax, depth, layers)
         ax.set_xlabel("layer (depth)", fontsize=8)
         ax.set_ylabel(_unit(name), fontsize=8)
         ax.tick_params(labelsize=7)
@@ -360,7 +365,7 @@ def fig_activity(document: dict) -> Figure | str:
         values = [metric(last, layer, name) for layer in layers]
         axes[0].bar(x + (offset - 0.5) * 0.38, np.nan_to_num(values), width=0.38, color=colour,
                     label=name.replace("_", " "))
-    axes[0].set_xticks(x, layers, rotation=30 if sum(map(len, layers)) > 24 else 0, fontsize=7)
+    _layer_ticks(axes[0], x, layers, fontsize=7)
     axes[0].set_ylim(0, 1)
     axes[0].set_ylabel("fraction of units", fontsize=8)
     axes[0].set_xlabel("layer", fontsize=8)

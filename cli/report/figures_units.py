@@ -19,6 +19,7 @@ from actgeom.cli.report.figures import (
     MARKERS,
     _empty,
     _grid,
+    _layer_ticks,
     _top_legend,
     _training_x,
     checkpoint_colours,
@@ -67,8 +68,7 @@ def fig_probe_depth(document: dict) -> Figure | str:
                 handles.append(line)
         _chance_line(ax, depth, np.array([metric(files[-1], layer, "chance") for layer in layers]))
         _accuracy_axes(ax, name)
-        crowded = sum(map(len, layers)) > 24
-        ax.set_xticks(depth, layers, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        _layer_ticks(ax, depth, layers)
         ax.set_xlabel("layer (depth)", fontsize=8)
     if not handles:
         return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
@@ -154,7 +154,7 @@ def fig_neurons(document: dict) -> Figure | str:
         for body, colour in zip(parts["bodies"], layer_colours(len(layers))):
             body.set_facecolor(colour)
             body.set_alpha(0.55)
-        ax.set_xticks(range(1, len(drawn) + 1), drawn, fontsize=7, rotation=30 if sum(map(len, drawn)) > 24 else 0)
+        _layer_ticks(ax, range(1, len(drawn) + 1), drawn, fontsize=7)
         ax.set_xlabel("layer", fontsize=8)
         ax.set_ylabel(f"{score} of each unit", fontsize=8)
         ax.tick_params(labelsize=7)
