@@ -49,9 +49,20 @@ def _record(row: dict) -> list:
     return [*where, row["metric"], row["value"], row["note"]]
 
 
+def environment() -> dict:
+    """The numerical libraries the values come from: another BLAS build rounds differently."""
+    import numpy
+    import scipy
+
+    def blas(module) -> str:
+        return module.show_config(mode="dicts")["Build Dependencies"]["blas"].get("version", "?")
+
+    return {"numpy": f"{numpy.__version__} (BLAS {blas(numpy)})", "scipy": f"{scipy.__version__} (BLAS {blas(scipy)})"}
+
+
 def main() -> None:
     document = {"note": "recorded by tests/sample_metrics.py; compared by tests/test_sample_metrics.py",
-                "version": actgeom.__version__, "runs": runs()}
+                "version": actgeom.__version__, "environment": environment(), "runs": runs()}
     RECORDED.parent.mkdir(exist_ok=True)
     # allow_nan=False: a non-finite value is recorded as None with its note, never as NaN
     RECORDED.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
