@@ -16,9 +16,11 @@ from actgeom.core.errors import OptionError
 
 ROOT = Path(__file__).parent.parent
 # Combined vs separate passes: the same statistics, except that rank's total moments come from
-# class moments plus the unlabelled rest instead of one class; eigenvalues then agree to ~1e-15
-# relative and the metrics to ~1e-13.
-COMBINED_RTOL = 1e-12
+# class moments plus the unlabelled rest instead of one class. The eigenvalues agree to ~3e-16·λ_max
+# (what a float64 eigensolver promises), but rankme and erank take √λ: on the smallest kept eigenvalue
+# of a rank-deficient layer that is ~4e-8 relative (sample_data epoch 30, hidden3: 50 of 64 non-zero),
+# and rankme moved by 1.3e-12 with OpenBLAS 0.3.31. Everything else agrees to ~1e-13.
+COMBINED_RTOL = 1e-11
 
 
 def _synthetic(tmp_path, rng, *, predictions: bool):

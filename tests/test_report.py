@@ -27,9 +27,10 @@ PROMISED = ("fig-training", "fig-depth", "fig-spectra", "fig-class-cosine", "fig
 FAMILY_COMMANDS = (("collapse",), ("rank",), ("entropy", "--subsample", "2000"),  # the report's DSE sample
                    ("neurons",), ("probe",))
 # The report's rank metrics come from the class moments it shares with collapse (Σ_T = Σ_W + Σ_B),
-# the rank command's from total moments: the same eigenvalues up to float64 rounding (measured on
-# sample_data: ≤ 7e-13 relative). Every other family's numbers are bit-identical.
-COMMAND_RTOL = {"collapse": 0.0, "rank": 1e-12, "entropy": 0.0, "neurons": 0.0, "probe": 0.0}
+# the rank command's from total moments: the same eigenvalues up to float64 rounding, which √λ turns
+# into ≤ 1.3e-12 relative in rankme on sample_data (tests/test_api.py's COMBINED_RTOL says why). Every
+# other family's numbers are bit-identical.
+COMMAND_RTOL = {"collapse": 0.0, "rank": 1e-11, "entropy": 0.0, "neurons": 0.0, "probe": 0.0}
 
 
 class Page(HTMLParser):
