@@ -301,8 +301,9 @@ class SampleSpec(Spec):
         return self.seed == other.seed and self.size >= other.size
 
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Sample":
-        # float32 holds every float16, bfloat16 and float32 value exactly
-        dtype = np.float64 if storage_dtype == "float64" else np.float32
+        # The rows as stored (bfloat16 as float32, which holds it exactly): half the memory of float32
+        # for float16 layers, and what a Dask task ships. Consumers compute in float64.
+        dtype = {"float16": np.float16, "float64": np.float64}.get(storage_dtype, np.float32)
         return Sample(Reservoir(self.size, n_units, dtype, self.seed))
 
 
@@ -573,7 +574,7 @@ class Split:
 
     @classmethod
     def from_arrays(cls, spec: SplitSpec, arrays: dict[str, np.ndarray]) -> "Split":
-        acc = cls(arrays["train/scatter"].shape[0], spec)
+        acc = cls(arrays["train/ref"].shape[1], spec)
         acc.train = ClassMoments.from_arrays(_prefixed(arrays, "train/"))
         acc.n_test = int(arrays["n_test"])
         if acc.groups is not None:

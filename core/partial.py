@@ -25,7 +25,7 @@ from actgeom.core.errors import InvalidInputError, UsageError
 from actgeom.core.outputs import atomic_output
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
-PARTIAL_VERSION = 2  # 2: accumulators named by slot with their specs
+PARTIAL_VERSION = 3  # 2: accumulators named by slot with their specs; 3: D×D scatters packed (upper triangle)
 
 
 def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | None = None, *, inputs=(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from scipy.linalg import blas
+from scipy.linalg import blas, lapack
 
 _SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
@@ -195,9 +195,8 @@ class ClassMoments:
         arrays = {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c], "sumsq": self.sumsq[:c]}
         if self.scatter is None:
             return arrays
-        # The upper triangle in Fortran order, like the live one (the tril of the C-ordered transpose);
-        # (0, 0) when no row was added (e.g. no unlabelled row): nothing to ship or store.
-        return arrays | {"scatter": np.tril(self.scatter.T).T if c else np.zeros((0, 0))}
+        # The upper triangle packed; empty when no row was added (e.g. no unlabelled row).
+        return arrays | {"scatter": pack_upper(self.scatter) if c else np.zeros(0)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassMoments":
@@ -205,8 +204,22 @@ class ClassMoments:
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
         if "scatter" in arrays:
             scatter = arrays["scatter"]
-            acc.scatter = np.array(scatter, dtype=np.float64, order="F") if scatter.size else acc.scatter
+            acc.scatter = unpack_upper(scatter) if scatter.size else acc.scatter
         return acc
+
+
+def pack_upper(matrix: np.ndarray) -> np.ndarray:
+    """The upper triangle of a square float64 matrix, column by column (LAPACK's packed form):
+    half the bytes of the matrix to store, ship between workers or merge."""
+    packed, _ = lapack.dtrttp(matrix)
+    return packed
+
+
+def unpack_upper(packed: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`pack_upper`: a Fortran-ordered matrix, its lower triangle zero."""
+    n = int(round((np.sqrt(8 * packed.size + 1) - 1) / 2))
+    matrix, _ = lapack.dtpttr(n, np.asarray(packed, dtype=np.float64))
+    return matrix
 
 
 def _symmetric(upper: np.ndarray) -> np.ndarray:
@@ -331,12 +344,13 @@ class DirectionScatter:
         return total
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"scatter": np.triu(self.matrix()), "n_rows": np.array(self.n_rows)}
+        return {"scatter": pack_upper(self.matrix()), "n_rows": np.array(self.n_rows)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "DirectionScatter":
-        acc = cls(arrays["scatter"].shape[0])
-        acc.scatter = np.asfortranarray(arrays["scatter"], dtype=np.float64)
+        scatter = unpack_upper(arrays["scatter"])
+        acc = cls(scatter.shape[0])
+        acc.scatter = scatter
         acc.n_rows = int(arrays["n_rows"])
         return acc
 
