@@ -13,27 +13,27 @@ import fnmatch
 import functools
 import json
 import os
-import re
 import signal
 import stat
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from actgeom.core.dump.layout import (
+    BIAS_PATHS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LABEL_PATHS,
+    OFFSET_PATHS,
+    PREDICTION_PATHS,
+    WEIGHT_PATHS,
+    DumpSpec,
+    LayerInfo,
+    natural_key,
+)
 from actgeom.core.errors import DataWarning, InvalidInputError
-
-FORMAT_NAME = "actgeom-dump"
-FORMAT_VERSION = 1
-
-# Conventional dataset paths, tried in order when the user names none.
-LABEL_PATHS = ("rows/label", "label", "labels", "y", "targets")
-WEIGHT_PATHS = ("classifier/weight",)
-BIAS_PATHS = ("classifier/bias",)
-PREDICTION_PATHS = ("rows/prediction",)
-OFFSET_PATHS = ("sequences/offsets",)
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 # Root attributes of the actgeom layout that must be scalars (a huge array there is a hostile file).
@@ -63,41 +63,6 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 METADATA_TIME_LIMIT_S = 60
 _VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
 _ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
-
-
-def natural_key(name: str) -> list:
-    """Sort key that puts layer_2 before layer_10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-@dataclass(frozen=True)
-class DumpSpec:
-    """Where the data lives in a dump; every field left empty is discovered by convention."""
-
-    layers: tuple[str, ...] = ()
-    describe_only: bool = False  # `info`: no pass will run, so no memory check of the D×D statistics
-    labels: str | None = None
-    weight: str | None = None
-    bias: str | None = None
-    predictions: str | None = None
-    offsets: str | None = None
-    attention: str | None = None
-    allow_incomplete: bool = False
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer: a 2-D dataset of shape (n_rows, n_units)."""
-
-    name: str
-    path: str
-    n_rows: int
-    n_units: int
-    storage_dtype: str
-    logical_dtype: str
-    chunk_rows: int | None
-    compression: str | None
-    attrs: dict = field(default_factory=dict)
 
 
 def _plain(value):
