@@ -7,20 +7,36 @@ where a conventional name exists and is unambiguous it is found without options 
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import fnmatch
 import functools
 import json
 import os
-import signal
-import stat
 import warnings
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from actgeom.core.dump.hdf5 import (
+    _H5_ERRORS,
+    MAX_WHOLE_READ_BYTES,
+    _attrs,
+    _check_regular_file,
+    _check_whole_read,
+    _first_line,
+    _gib,
+    _is_bfloat16,
+    _is_float_like,
+    _listing,
+    _missing_on_disk,
+    _name,
+    _read,
+    check_metadata,
+    decode_bfloat16,
+    safe_name,
+)
+from actgeom.core.dump.hdf5 import _plain as _plain  # (imported from here: writer.py)
+from actgeom.core.dump.hdf5 import list_datasets as list_datasets  # (imported from here: the CLI's info)
 from actgeom.core.dump.layout import (
     BIAS_PATHS,
     FORMAT_NAME,
@@ -35,13 +51,8 @@ from actgeom.core.dump.layout import (
 )
 from actgeom.core.errors import DataWarning, InvalidInputError
 
-FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 # Root attributes of the actgeom layout that must be scalars (a huge array there is a hostile file).
 SCALAR_ATTRS = ("format", "format_version", "complete", "n_rows", "model", "checkpoint", "step", "level", "created_by")
-MAX_SHOWN_ATTR_ELEMENTS = 1024  # a larger attribute array is described (shape, dtype), not read
-# Datasets read whole (offsets, classifier, one attention sequence) must fit in this; more is
-# not a real dump but a hostile or broken file, refused before the allocation.
-MAX_WHOLE_READ_BYTES = 4 << 30
 # The metrics keep D×D float64 matrices (scatter, covariance, eigendecomposition): about this
 # many copies at once. A layer whose D×D matrices cannot fit in memory is refused up front.
 D2_COPIES = 4
@@ -56,170 +67,12 @@ MAX_ABS_VALUE = float(np.finfo(np.float32).max)
 # 4.9e-4, bfloat16 3.9e-3); ATTENTION_SUM_SLACK covers the writer's own float32 softmax.
 ATTENTION_SUM_SLACK = 1e-5
 BFLOAT16_EPS = 2.0**-7  # 8 significant bits
-# What h5py raises on a damaged file (bad addresses, broken B-trees, undecodable messages).
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
-# Reading a dump's metadata takes milliseconds; a minute allows for slow network storage. A child
-# process that reads it for longer is spinning inside HDF5 on damaged metadata.
-METADATA_TIME_LIMIT_S = 60
 _VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
 _ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
 
 
-def _plain(value):
-    """An HDF5 attribute value as plain Python (for JSON and display)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _attrs(obj) -> dict:
-    """Attributes as plain values; an array too large to show is described, not read."""
-    out = {}
-    for key in obj.attrs:
-        attr = obj.attrs.get_id(key)
-        size = int(np.prod(attr.shape)) if attr.shape else 1
-        if size > MAX_SHOWN_ATTR_ELEMENTS:
-            out[key] = f"<array of shape {tuple(attr.shape)}, dtype {attr.dtype}>"
-            continue
-        try:
-            out[key] = _plain(obj.attrs[key])
-        except (OSError, TypeError, ValueError) as exc:  # a type h5py cannot read
-            out[key] = f"<unreadable: {_first_line(exc)}>"
-    return out
-
-
-def _missing_on_disk(ds: h5py.Dataset) -> bool:
-    """True when the file does not hold what the dataset declares (sparse chunks, a truncated or
-    never-written contiguous block): reading it would yield fill values, not data."""
-    if ds.size == 0:
-        return False
-    if ds.chunks is None:
-        if ds.id.get_offset() is None:  # never written (or a virtual/external layout)
-            return ds.external is None and not ds.is_virtual
-        return ds.id.get_storage_size() < ds.size * ds.dtype.itemsize
-    expected = 1
-    for extent, chunk in zip(ds.shape, ds.chunks):
-        expected *= -(-extent // chunk)
-    return ds.id.get_num_chunks() < expected
-
-
-def _is_bfloat16(ds: h5py.Dataset) -> bool:
-    return ds.dtype == np.uint16 and _plain(ds.attrs.get("logical_dtype", "")) == "bfloat16"
-
-
-def _is_float_like(ds: h5py.Dataset) -> bool:
-    return ds.dtype in FLOAT_DTYPES or _is_bfloat16(ds)
-
-
-def decode_bfloat16(bits: np.ndarray) -> np.ndarray:
-    """Exact bfloat16 → float32: the 16 stored bits are the high half of a float32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 class NoLayersError(InvalidInputError):
     """A foreign file in which no dataset (or no unambiguous set of datasets) can be the layers."""
-
-
-def safe_name(text: str) -> str:
-    """A name from a file, with control characters escaped, for messages (they may reach a terminal)."""
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7F <= ord(c) < 0xA0 else c for c in str(text))
-
-
-def _check_regular_file(path: Path) -> None:
-    """Refuse what h5py would hang on or misread: a FIFO, a device, a socket, a directory."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise InvalidInputError(f"no such file: {path}") from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot open {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise InvalidInputError(f"{path} is a directory; give an HDF5 file")
-    if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-        raise InvalidInputError(f"{path} is {kind}, not a regular file; actgeom reads dumps from regular files "
-                                "(copy the stream to a file first)")
-
-
-def check_metadata(path: Path) -> None:
-    """Read every object header and attribute of the file in a child process first.
-
-    Damaged HDF5 metadata can make the HDF5 library itself crash (a segfault) or spin for ever,
-    below anything Python can catch; in a child, that becomes one clear error here instead of the
-    death or hang of the command. Costs a fork and a metadata walk (milliseconds). Only where
-    ``os.fork`` exists (not on Windows, where the file is opened unguarded).
-    """
-    if not hasattr(os, "fork"):
-        return
-    with getattr(h5py._objects, "phil", contextlib.nullcontext()):  # no thread of ours inside HDF5 at the fork
-        pid = os.fork()
-    if pid == 0:  # the child: walk, then leave without running the parent's exit handlers or flushing its buffers
-        try:
-            faulthandler.disable()  # a crash here is reported by the parent, not dumped on stderr
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(METADATA_TIME_LIMIT_S)
-            _walk_metadata(path)
-        finally:
-            os._exit(0)  # a Python-level error is the parent's to meet again, and report
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        why = (f"reading its metadata did not finish within {METADATA_TIME_LIMIT_S} s"
-               if number == signal.SIGALRM else
-               f"the HDF5 library crashed reading its metadata ({signal.Signals(number).name})")
-        raise InvalidInputError(f"cannot read {path}: the file is damaged ({why})")
-
-
-def _walk_metadata(path: Path) -> None:
-    """Every object header, attribute and chunk index of the file: what opening a dump reads."""
-    with h5py.File(path, "r") as f:
-        _attrs(f)
-
-        def visit(_, obj):
-            _attrs(obj)
-            if isinstance(obj, h5py.Dataset):
-                _missing_on_disk(obj)
-        f.visititems(visit)
-
-
-@contextlib.contextmanager
-def _damaged(path: Path):
-    """h5py's errors on damaged metadata as one clear error."""
-    try:
-        yield
-    except _H5_ERRORS as exc:
-        raise InvalidInputError(f"cannot read {path}: the file is damaged ({_first_line(exc)})") from None
-
-
-def list_datasets(path: str | Path) -> list[dict]:
-    """Every dataset of an HDF5 file (path, shape, dtype) and whether it could be a layer (why not).
-
-    Metadata only: no dataset is read. For ``actgeom info`` on a file whose layers are unclear.
-    """
-    path = Path(path)
-    _check_regular_file(path)
-    check_metadata(path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidInputError(f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
-    found = []
-    with handle, _damaged(path):
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                name = _name(name)
-                why = None if obj.ndim == 2 and _is_float_like(obj) else (
-                    f"{obj.ndim}-D" if obj.ndim != 2 else f"dtype {obj.dtype}")
-                found.append({"path": name, "shape": list(obj.shape), "dtype": str(obj.dtype),
-                              "could_be_layer": why is None, "why_not": why})
-        handle.visititems(visit)
-    return found
 
 
 class Dump:
@@ -513,7 +366,7 @@ class Dump:
         eps = BFLOAT16_EPS if _is_bfloat16(ds) else float(np.finfo(ds.dtype).eps)
         tolerance = eps / 2 + ATTENTION_SUM_SLACK
         for start in range(0, ds.shape[0], step):
-            block = self._read(ds, np.s_[start : start + step], f"attention '{path}'", start)
+            block = _read(ds, np.s_[start : start + step], f"attention '{path}'", self.path, start)
             block = decode_bfloat16(block) if _is_bfloat16(ds) else block
             _check_attention(block, start, tolerance, f"attention '{path}' in {self.path}")
             yield block
@@ -528,7 +381,7 @@ class Dump:
                 f"boundaries (S+1,); found shape {off.shape}, dtype {off.dtype}"
             )
         _check_whole_read(off, f"offsets '{self.offsets_path}' in {self.path}")
-        values = self._read(off, np.s_[()], f"offsets '{self.offsets_path}'")
+        values = _read(off, np.s_[()], f"offsets '{self.offsets_path}'", self.path)
         if values[0] != 0 or values[-1] != self.n_rows or np.any(np.diff(values) < 0):
             raise InvalidInputError(
                 f"offsets '{self.offsets_path}' in {self.path} must rise from 0 to n_rows={self.n_rows}; "
@@ -613,14 +466,6 @@ class Dump:
                     )
         return view
 
-    def _read(self, ds: h5py.Dataset, selection, what: str, start: int | None = None):
-        """ds[selection], with a read failure (corrupt bytes) as one clear error."""
-        try:
-            return ds[selection]
-        except _H5_ERRORS as exc:
-            rows = "" if start is None else f"from row {start} "
-            raise InvalidInputError(f"cannot read {what} {rows}in {self.path}: {_first_line(exc)}") from None
-
     def decode(self, layer: LayerInfo, raw: np.ndarray) -> np.ndarray:
         """Stored values → floating point, exactly (bfloat16 bits become float32)."""
         return decode_bfloat16(raw) if layer.logical_dtype == "bfloat16" else raw
@@ -637,22 +482,22 @@ class Dump:
         if self.labels_path is None:
             return None
         stop = self.n_rows if stop is None else stop
-        return np.asarray(self._read(self._file[self.labels_path], np.s_[start:stop], f"labels '{self.labels_path}'",
-                                     start), dtype=np.int64)
+        return np.asarray(_read(self._file[self.labels_path], np.s_[start:stop], f"labels '{self.labels_path}'",
+                                self.path, start), dtype=np.int64)
 
     def predictions(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
         if self.predictions_path is None:
             return None
         stop = self.n_rows if stop is None else stop
-        return np.asarray(self._read(self._file[self.predictions_path], np.s_[start:stop],
-                                     f"predictions '{self.predictions_path}'", start), dtype=np.int64)
+        return np.asarray(_read(self._file[self.predictions_path], np.s_[start:stop],
+                                f"predictions '{self.predictions_path}'", self.path, start), dtype=np.int64)
 
     def positions(self, start: int, stop: int) -> np.ndarray | None:
         """Token positions of rows [start, stop) from /rows/position, or None."""
         if self.positions_path is None:
             return None
-        return np.asarray(self._read(self._file[self.positions_path], np.s_[start:stop], "positions 'rows/position'",
-                                     start), dtype=np.int64)
+        return np.asarray(_read(self._file[self.positions_path], np.s_[start:stop], "positions 'rows/position'",
+                                self.path, start), dtype=np.int64)
 
     def structure(self) -> list[tuple[str, list[int], str]]:
         """Every dataset's path, shape without its first axis, and dtype: what a file holds,
@@ -670,7 +515,7 @@ class Dump:
             return rows - offsets[np.searchsorted(offsets, rows, side="right") - 1]
         if path is None:
             raise InvalidInputError(f"this analysis needs /rows/{name} in {self.path}, which has none")
-        return np.asarray(self._read(self._file[path], np.s_[start:stop], f"'{path}'", start), dtype=np.int64)
+        return np.asarray(_read(self._file[path], np.s_[start:stop], f"'{path}'", self.path, start), dtype=np.int64)
 
     def row_vector_names(self) -> frozenset[str]:
         """The per-row vectors :meth:`row_vector` can read: /rows/<name>, and "position" also
@@ -696,7 +541,7 @@ class Dump:
     def offsets(self) -> np.ndarray | None:
         if self.offsets_path is None:
             return None
-        return np.asarray(self._read(self._file[self.offsets_path], np.s_[()], f"offsets '{self.offsets_path}'"),
+        return np.asarray(_read(self._file[self.offsets_path], np.s_[()], f"offsets '{self.offsets_path}'", self.path),
                           dtype=np.int64)
 
     def classifier(self) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -704,10 +549,10 @@ class Dump:
         if self.weight_path is None:
             return None
         w = self._file[self.weight_path]
-        raw = self._read(w, np.s_[()], f"classifier weight '{self.weight_path}'")
+        raw = _read(w, np.s_[()], f"classifier weight '{self.weight_path}'", self.path)
         weight = decode_bfloat16(raw) if _is_bfloat16(w) else raw
         bias = None if self.bias_path is None else np.asarray(
-            self._read(self._file[self.bias_path], np.s_[()], f"classifier bias '{self.bias_path}'"), dtype=np.float64)
+            _read(self._file[self.bias_path], np.s_[()], f"classifier bias '{self.bias_path}'", self.path), dtype=np.float64)
         return np.asarray(weight, dtype=np.float64), bias
 
     def label_names(self) -> list[str] | None:
@@ -727,31 +572,9 @@ class Dump:
         return {"path": path, "shape": list(ds.shape), "dtype": str(ds.dtype)}
 
 
-def _listing(names: list[str], limit: int = 20) -> str:
-    if not names:
-        return "(none)"
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _name(name: str | bytes) -> str:
-    """An object name from the file; h5py gives bytes when they are not UTF-8 (a damaged file)."""
-    if isinstance(name, bytes):
-        raise InvalidInputError(f"an object name in the file is not UTF-8 ({name[:40]!r}): the file is damaged")
-    return name
-
-
 def _within(values: np.ndarray, bound: float) -> bool:
     """Every value in [-bound, bound]: two reductions, no temporary (False with a NaN or inf: look closer)."""
     return bool(max(abs(float(values.max())), abs(float(values.min()))) <= bound)
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.3g} GiB"
 
 
 def _memory_bytes() -> int:
@@ -760,15 +583,6 @@ def _memory_bytes() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not POSIX: no bound known
         return 1 << 62
-
-
-def _check_whole_read(ds: h5py.Dataset, what: str) -> None:
-    """A dataset read whole must be on disk and small enough to hold in memory."""
-    if ds.size * ds.dtype.itemsize > MAX_WHOLE_READ_BYTES:
-        raise InvalidInputError(f"{what} declares shape {ds.shape} ({_gib(ds.size * ds.dtype.itemsize)}); "
-                                f"more than {_gib(MAX_WHOLE_READ_BYTES)} is not a plausible {what.split(' ')[0]}")
-    if _missing_on_disk(ds):
-        raise InvalidInputError(f"{what} declares shape {ds.shape} but the file does not hold that data")
 
 
 def _check_attention(block: np.ndarray, start: int, tolerance: float, what: str) -> None:
