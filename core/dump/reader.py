@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -19,28 +18,23 @@ import numpy as np
 
 from actgeom.core.dump.hdf5 import (
     _H5_ERRORS,
-    MAX_WHOLE_READ_BYTES,
     _attrs,
     _check_regular_file,
-    _check_whole_read,
     _first_line,
-    _gib,
     _is_bfloat16,
     _is_float_like,
     _listing,
-    _missing_on_disk,
     _name,
     _read,
     check_metadata,
     decode_bfloat16,
     safe_name,
 )
-from actgeom.core.dump.hdf5 import _plain as _plain  # (imported from here: writer.py)
-from actgeom.core.dump.hdf5 import list_datasets as list_datasets  # (imported from here: the CLI's info)
+from actgeom.core.dump.hdf5 import _plain as _plain  # re-exported: writer.py imports it from here
+from actgeom.core.dump.hdf5 import list_datasets as list_datasets  # re-exported: the CLI's info imports it from here
 from actgeom.core.dump.layout import (
     BIAS_PATHS,
     FORMAT_NAME,
-    FORMAT_VERSION,
     LABEL_PATHS,
     OFFSET_PATHS,
     PREDICTION_PATHS,
@@ -49,26 +43,25 @@ from actgeom.core.dump.layout import (
     LayerInfo,
     natural_key,
 )
+from actgeom.core.dump.layout import FORMAT_VERSION as FORMAT_VERSION  # re-exported: writer.py imports it from here
+from actgeom.core.dump.validate import (
+    attention_tolerance,
+    check_attention,
+    check_attention_block,
+    check_layer,
+    check_offsets,
+    check_root_attrs,
+    classifier_layer,
+    label_range_problem,
+    prediction_range_problem,
+    row_vector_problem,
+)
 from actgeom.core.errors import DataWarning, InvalidInputError
 
-# Root attributes of the actgeom layout that must be scalars (a huge array there is a hostile file).
-SCALAR_ATTRS = ("format", "format_version", "complete", "n_rows", "model", "checkpoint", "step", "level", "created_by")
-# The metrics keep D×D float64 matrices (scatter, covariance, eigendecomposition): about this
-# many copies at once. A layer whose D×D matrices cannot fit in memory is refused up front.
-D2_COPIES = 4
-# Class statistics keep C×D float64 tables (references, shifted sums, means): about this many. A
-# label C-1 whose tables cannot fit in memory is refused at open, before any allocation.
-CLASS_COPIES = 3
 # Finite float64 values beyond the float32 range are refused: no activation is that large, and
 # the metrics' fourth-order terms (Σ x⁴ over rows × units) would overflow float64.
 MAX_ABS_VALUE = float(np.finfo(np.float32).max)
-# Attention rows: each stored probability is within ε/2 (relative) of the true one and the
-# probabilities sum to 1, so a stored row sums to 1 within ε/2 of its storage dtype (float16
-# 4.9e-4, bfloat16 3.9e-3); ATTENTION_SUM_SLACK covers the writer's own float32 softmax.
-ATTENTION_SUM_SLACK = 1e-5
-BFLOAT16_EPS = 2.0**-7  # 8 significant bits
 _VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
-_ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
 
 
 class NoLayersError(InvalidInputError):
@@ -117,7 +110,7 @@ class Dump:
         self.attrs = _attrs(f)
         self.is_actgeom = self.attrs.get("format") == FORMAT_NAME
         if self.is_actgeom:
-            self._validate_root_attrs()
+            check_root_attrs(f, self.attrs, self.path)
         if self.is_actgeom and self.attrs.get("complete") is False and not self.spec.allow_incomplete:
             raise InvalidInputError(
                 f"{self.path} is an incomplete dump (attribute complete=false: the writer did not "
@@ -136,33 +129,11 @@ class Dump:
         self.predictions_path = self._row_vector(self.spec.predictions, PREDICTION_PATHS, "predictions", "--predictions")
         self.positions_path = self._row_vector(None, ("rows/position",), "positions", None)
         self.offsets_path = self._find(self.spec.offsets, OFFSET_PATHS, "--offsets")
-        self._validate_offsets()
-        self.classifier_layer = self._validate_classifier()
+        if self.offsets_path is not None:
+            check_offsets(f[self.offsets_path], self.offsets_path, self.path, self.n_rows)
+        self.classifier_layer = classifier_layer(f, self.weight_path, self.bias_path, self.layers, self.path)
         self._validate_class_ranges()
         self.attention_paths = self._resolve_attention()
-
-    def _validate_root_attrs(self) -> None:
-        """The actgeom layout's root attributes: scalars of the right kind, a version this code reads."""
-        for key in SCALAR_ATTRS:
-            if key in self._file.attrs and self._file.attrs.get_id(key).shape not in ((), None):
-                raise InvalidInputError(
-                    f"{self.path}: root attribute '{key}' holds an array of shape "
-                    f"{self._file.attrs.get_id(key).shape}; it must be a single value (the dump is damaged)"
-                )
-        version = self.attrs.get("format_version", FORMAT_VERSION)  # hand-made files may leave it out
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidInputError(f"{self.path}: format_version {version!r} is not a positive whole number")
-        if version > FORMAT_VERSION:
-            raise InvalidInputError(
-                f"{self.path} is an actgeom dump of format_version {version}, written by a newer actgeom; "
-                f"this version reads format_version ≤ {FORMAT_VERSION} (upgrade actgeom)"
-            )
-        n_rows = self.attrs.get("n_rows")
-        if n_rows is not None and (not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows < 0):
-            raise InvalidInputError(f"{self.path}: root attribute n_rows={n_rows!r} is not a row count")
-        complete = self.attrs.get("complete")
-        if complete is not None and not isinstance(complete, bool):
-            raise InvalidInputError(f"{self.path}: root attribute complete={complete!r} is not true or false")
 
     @functools.cached_property
     def _datasets(self) -> list[str]:
@@ -213,31 +184,7 @@ class Dump:
 
     def _layer_info(self, path: str) -> LayerInfo:
         ds = self._file[path]
-        if ds.ndim != 2:
-            raise InvalidInputError(
-                f"layer '{path}' in {self.path} has shape {ds.shape}; a layer must be 2-D (rows, units)"
-            )
-        if not _is_float_like(ds):
-            raise InvalidInputError(
-                f"layer '{path}' in {self.path} has dtype {ds.dtype}; a layer must be float16, float32, "
-                "float64, or bfloat16 stored as uint16 with attribute logical_dtype='bfloat16'"
-            )
-        where = f"layer '{safe_name(path)}' in {self.path}"
-        if ds.shape[0] == 0 or ds.shape[1] == 0:
-            raise InvalidInputError(f"{where} has shape {ds.shape}: no {'rows' if ds.shape[0] == 0 else 'units'}, "
-                                    "nothing to measure")
-        if _missing_on_disk(ds):
-            raise InvalidInputError(
-                f"{where} declares shape {ds.shape} ({_gib(ds.size * ds.dtype.itemsize)}) but the file does not hold "
-                "that data (unwritten or missing chunks); it is truncated or was never filled"
-            )
-        if not self.spec.describe_only:
-            need = D2_COPIES * 8 * ds.shape[1] ** 2
-            if need > _memory_bytes():
-                raise InvalidInputError(
-                    f"{where} has {ds.shape[1]} units: its {ds.shape[1]}×{ds.shape[1]} statistics need about "
-                    f"{_gib(need)}, more than this machine's {_gib(_memory_bytes())} of memory"
-                )
+        check_layer(ds, path, self.path, describe_only=self.spec.describe_only)
         name = path[len("activations/"):] if path.startswith("activations/") else path
         return LayerInfo(
             name=name,
@@ -268,7 +215,8 @@ class Dump:
         DataWarning (a command that needs labels then says it has none).
         """
         path = self._find(given, conventional, option)
-        problem = None if path is None else self._row_vector_problem(path, what)
+        problem = None if path is None else row_vector_problem(self._file[path], path, what, self.path, self.n_rows,
+                                                               allow_incomplete=self.spec.allow_incomplete)
         if problem is not None:
             self._refuse_unless_guessed(what, problem + (f"; name another dataset with {option}" if option else ""))
             return None
@@ -279,19 +227,6 @@ class Dump:
         if given is not None or self.is_actgeom or what == "positions":
             raise InvalidInputError(problem)
         warnings.warn(DataWarning(f"ignoring {problem} (found by its name only)"), stacklevel=3)
-
-    def _row_vector_problem(self, path: str, what: str) -> str | None:
-        ds = self._file[path]
-        where = f"{what} '{safe_name(path)}' in {self.path}"
-        if ds.ndim != 1:
-            return f"{where}: shape {ds.shape}, expected 1-D ({self.n_rows},)"
-        if ds.dtype.kind not in "iu":
-            return f"{where}: dtype {ds.dtype}, {what} must be integers ({_ROW_VECTOR_MEANING[what]})"
-        if ds.shape[0] < self.n_rows or (ds.shape[0] != self.n_rows and not self.spec.allow_incomplete):
-            return f"{where}: {ds.shape[0]} rows but the layers have {self.n_rows}"
-        if _missing_on_disk(ds):
-            return f"{where}: declares {ds.shape[0]} rows but the file does not hold them"
-        return None
 
     def _validate_class_ranges(self) -> None:
         """Labels ≥ -1 and, with a classifier, below its number of rows; predictions name a class.
@@ -312,30 +247,20 @@ class Dump:
             if p is not None and p.size:
                 pred_lo = int(p.min()) if pred_lo is None else min(pred_lo, int(p.min()))
                 pred_hi = int(p.max()) if pred_hi is None else max(pred_hi, int(p.max()))
-        if lo is not None and lo < -1:
-            self._refuse_unless_guessed("labels", f"labels '{safe_name(self.labels_path)}' in {self.path} hold label {lo}; "
-                                    "labels are class indices ≥ 0, or -1 for none")
-            self.labels_path, hi = None, None
-        if hi is not None and n_weight_rows is not None and hi >= n_weight_rows:
-            self._refuse_unless_guessed(
-                "labels", f"labels '{safe_name(self.labels_path)}' in {self.path} go up to {hi} but the classifier "
-                f"'{safe_name(self.weight_path)}' has {n_weight_rows} rows (classes 0..{n_weight_rows - 1})")
-            self.labels_path, hi = None, None
-        widest = max((layer.n_units for layer in self.layers), default=1)
-        if hi is not None and not self.spec.describe_only and CLASS_COPIES * 8 * (hi + 1) * widest > _memory_bytes():
-            self._refuse_unless_guessed(
-                "labels", f"labels '{safe_name(self.labels_path)}' in {self.path} go up to {hi}: class statistics of "
-                f"{hi + 1} classes × {widest} units need about {_gib(CLASS_COPIES * 8 * (hi + 1) * widest)}, more than "
-                f"this machine's {_gib(_memory_bytes())} of memory (labels are class indices 0..C-1)")
-            self.labels_path, hi = None, None
+        if lo is not None:
+            widest = max((layer.n_units for layer in self.layers), default=1)
+            problem = label_range_problem(lo, hi, self.labels_path, self.path, weight_path=self.weight_path,
+                                          n_weight_rows=n_weight_rows, widest=widest, describe_only=self.spec.describe_only)
+            if problem is not None:
+                self._refuse_unless_guessed("labels", problem)
+                self.labels_path, hi = None, None
         n_classes = n_weight_rows if n_weight_rows is not None else max(
             (hi + 1) if self.labels_path is not None and hi is not None else 0, len(names or []))
-        if pred_lo is not None and (pred_lo < 0 or (n_classes and pred_hi >= n_classes)):
-            bad = pred_lo if pred_lo < 0 else pred_hi
-            self._refuse_unless_guessed(
-                "predictions", f"predictions '{safe_name(self.predictions_path)}' in {self.path} hold {bad}, "
-                f"outside the classes 0..{n_classes - 1}")
-            self.predictions_path = None
+        if pred_lo is not None:
+            problem = prediction_range_problem(pred_lo, pred_hi, self.predictions_path, self.path, n_classes)
+            if problem is not None:
+                self._refuse_unless_guessed("predictions", problem)
+                self.predictions_path = None
 
     def _resolve_attention(self) -> list[str]:
         """Attention probability datasets (S, H, T, T): --attention, else everything under /attention."""
@@ -344,18 +269,7 @@ class Dump:
         else:
             paths = sorted((d for d in self._datasets if d.startswith("attention/")), key=natural_key)
         for path in paths:
-            ds = self._file[path]
-            if ds.ndim != 4 or ds.shape[2] != ds.shape[3] or not _is_float_like(ds):
-                raise InvalidInputError(
-                    f"attention '{path}' in {self.path} must be float probabilities of shape (sequences, heads, T, T); "
-                    f"found shape {ds.shape}, dtype {ds.dtype}"
-                )
-            if _missing_on_disk(ds):
-                raise InvalidInputError(f"attention '{path}' in {self.path} declares shape {ds.shape} but the file "
-                                        "does not hold that data")
-            if int(np.prod(ds.shape[1:])) * ds.dtype.itemsize > MAX_WHOLE_READ_BYTES:
-                raise InvalidInputError(f"attention '{path}' in {self.path}: one sequence ({ds.shape[1:]}) is more than "
-                                        f"{_gib(MAX_WHOLE_READ_BYTES)}")
+            check_attention(self._file[path], path, self.path)
         return paths
 
     def attention_blocks(self, path: str, max_bytes: int = 64 << 20):
@@ -363,69 +277,12 @@ class Dump:
         ds = self._file[path]
         per_sequence = max(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, 1)
         step = max(1, max_bytes // per_sequence)
-        eps = BFLOAT16_EPS if _is_bfloat16(ds) else float(np.finfo(ds.dtype).eps)
-        tolerance = eps / 2 + ATTENTION_SUM_SLACK
+        tolerance = attention_tolerance(ds)
         for start in range(0, ds.shape[0], step):
             block = _read(ds, np.s_[start : start + step], f"attention '{path}'", self.path, start)
             block = decode_bfloat16(block) if _is_bfloat16(ds) else block
-            _check_attention(block, start, tolerance, f"attention '{path}' in {self.path}")
+            check_attention_block(block, start, tolerance, f"attention '{path}' in {self.path}")
             yield block
-
-    def _validate_offsets(self) -> None:
-        if self.offsets_path is None:
-            return
-        off = self._file[self.offsets_path]
-        if off.ndim != 1 or off.dtype.kind not in "iu" or off.shape[0] < 1:
-            raise InvalidInputError(
-                f"offsets '{self.offsets_path}' in {self.path} must be a 1-D integer array of sequence "
-                f"boundaries (S+1,); found shape {off.shape}, dtype {off.dtype}"
-            )
-        _check_whole_read(off, f"offsets '{self.offsets_path}' in {self.path}")
-        values = _read(off, np.s_[()], f"offsets '{self.offsets_path}'", self.path)
-        if values[0] != 0 or values[-1] != self.n_rows or np.any(np.diff(values) < 0):
-            raise InvalidInputError(
-                f"offsets '{self.offsets_path}' in {self.path} must rise from 0 to n_rows={self.n_rows}; "
-                f"found {values[0]} .. {values[-1]}"
-            )
-
-    def _validate_classifier(self) -> str | None:
-        """Check W (C, D) and b (C,); return the name of the layer the classifier reads."""
-        if self.weight_path is None:
-            if self.spec.bias is not None:
-                raise InvalidInputError("--bias needs --weight (a bias alone is not a classifier)")
-            return None
-        w = self._file[self.weight_path]
-        _check_whole_read(w, f"classifier weight '{self.weight_path}' in {self.path}")
-        if w.ndim != 2 or not _is_float_like(w):
-            raise InvalidInputError(
-                f"classifier weight '{self.weight_path}' in {self.path} must be a 2-D float array "
-                f"(classes, units); found shape {w.shape}, dtype {w.dtype}"
-            )
-        if self.bias_path is not None:
-            b = self._file[self.bias_path]
-            if b.shape != (w.shape[0],) or not _is_float_like(b):
-                raise InvalidInputError(
-                    f"classifier bias '{self.bias_path}' in {self.path} has shape {b.shape}, dtype {b.dtype}; "
-                    f"the weight has {w.shape[0]} classes, so expected floats of shape ({w.shape[0]},)"
-                )
-        fed = _attrs(w).get("layer", _attrs(w.parent).get("layer", ""))
-        if not isinstance(fed, str):
-            raise InvalidInputError(
-                f"classifier '{self.weight_path}' in {self.path}: attribute layer={str(fed):.60} is not a layer name"
-            )
-        by_name = {layer.name: layer for layer in self.layers} | {layer.path: layer for layer in self.layers}
-        if fed:
-            layer = by_name.get(fed)
-            if layer is None:  # the classifier reads a layer that is not selected
-                return None
-        else:
-            layer = self.layers[-1]
-        if layer.n_units != w.shape[1]:
-            raise InvalidInputError(
-                f"classifier weight '{self.weight_path}' in {self.path} has {w.shape[1]} units but "
-                f"layer '{layer.name}' has {layer.n_units}"
-            )
-        return layer.name
 
     # -- reading ---------------------------------------------------------------------------
     def layer(self, name: str) -> LayerInfo:
@@ -575,26 +432,3 @@ class Dump:
 def _within(values: np.ndarray, bound: float) -> bool:
     """Every value in [-bound, bound]: two reductions, no temporary (False with a NaN or inf: look closer)."""
     return bool(max(abs(float(values.max())), abs(float(values.min()))) <= bound)
-
-
-def _memory_bytes() -> int:
-    """Physical memory of this machine (the bound for the D×D statistics)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no bound known
-        return 1 << 62
-
-
-def _check_attention(block: np.ndarray, start: int, tolerance: float, what: str) -> None:
-    """Probabilities: ≥ 0, each query row summing to 1 within ``tolerance`` (or all 0: masked)."""
-    bad = ~np.isfinite(block) | (block < 0)
-    if bad.any():
-        s, h, q, k = np.argwhere(bad)[0]
-        raise InvalidInputError(f"{what} holds {block[s, h, q, k]} at sequence {start + s}, head {h}, query {q}; "
-                                "attention probabilities are finite and ≥ 0")
-    sums = block.sum(axis=-1, dtype=np.float64)
-    bad = (np.abs(sums - 1) > tolerance) & (sums != 0)
-    if bad.any():
-        s, h, q = np.argwhere(bad)[0]
-        raise InvalidInputError(f"{what}: the row of sequence {start + s}, head {h}, query {q} sums to {sums[s, h, q]:.6g}; "
-                                f"attention rows sum to 1 (±{tolerance:.2g}) or are all 0 (masked queries)")
