@@ -101,18 +101,23 @@ def _damaged(path: Path):
         raise InvalidInputError(f"cannot read {path}: the file is damaged ({_first_line(exc)})") from None
 
 
+def _open(path: Path) -> h5py.File:
+    """The file opened for reading, once it is known to be a regular file whose metadata HDF5 can walk."""
+    _check_regular_file(path)
+    check_metadata(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InvalidInputError(f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
+
+
 def list_datasets(path: str | Path) -> list[dict]:
     """Every dataset of an HDF5 file (path, shape, dtype) and whether it could be a layer (why not).
 
     Metadata only: no dataset is read. For ``actgeom info`` on a file whose layers are unclear.
     """
     path = Path(path)
-    _check_regular_file(path)
-    check_metadata(path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidInputError(f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
+    handle = _open(path)
     found = []
     with handle, _damaged(path):
         def visit(name, obj):

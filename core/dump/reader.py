@@ -19,18 +19,19 @@ import numpy as np
 from actgeom.core.dump.hdf5 import (
     _H5_ERRORS,
     _attrs,
-    _check_regular_file,
+    _damaged,
     _first_line,
     _is_bfloat16,
     _is_float_like,
     _listing,
     _name,
+    _open,
     _read,
-    check_metadata,
     decode_bfloat16,
     safe_name,
 )
 from actgeom.core.dump.hdf5 import _plain as _plain  # re-exported: writer.py imports it from here
+from actgeom.core.dump.hdf5 import check_metadata as check_metadata  # re-exported: sources.py imports it from here
 from actgeom.core.dump.hdf5 import list_datasets as list_datasets  # re-exported: the CLI's info imports it from here
 from actgeom.core.dump.layout import (
     BIAS_PATHS,
@@ -79,17 +80,10 @@ class Dump:
     def __init__(self, path: str | Path, spec: DumpSpec | None = None):
         self.path = Path(path)
         self.spec = spec or DumpSpec()
-        _check_regular_file(self.path)
-        check_metadata(self.path)
+        self._file = _open(self.path)
         try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InvalidInputError(f"{self.path} is not a readable HDF5 file ({_first_line(exc)})") from None
-        try:
-            self._resolve()
-        except _H5_ERRORS as exc:  # h5py on damaged metadata (a bad address, a broken B-tree)
-            self._file.close()
-            raise InvalidInputError(f"cannot read {self.path}: the file is damaged ({_first_line(exc)})") from None
+            with _damaged(self.path):  # h5py on damaged metadata (a bad address, a broken B-tree)
+                self._resolve()
         except BaseException:
             self._file.close()
             raise
