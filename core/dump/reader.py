@@ -3,6 +3,9 @@
 The actgeom layout (README: "The dump format") is found without options. Foreign files name their datasets
 with a :class:`DumpSpec` (the CLI's ``--layers/--labels/--weight/--bias/--predictions/--offsets``);
 where a conventional name exists and is unambiguous it is found without options too.
+
+:class:`Dump` finds the datasets, runs the checks once and reads; the pieces live beside it: the names
+and conventions in ``layout``, the checks in ``validate``, safe access to an untrusted HDF5 file in ``hdf5``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from actgeom.core.dump import validate
 from actgeom.core.dump.hdf5 import (
     _H5_ERRORS,
     _attrs,
@@ -45,24 +49,11 @@ from actgeom.core.dump.layout import (
     natural_key,
 )
 from actgeom.core.dump.layout import FORMAT_VERSION as FORMAT_VERSION  # re-exported: writer.py imports it from here
-from actgeom.core.dump.validate import (
-    attention_tolerance,
-    check_attention,
-    check_attention_block,
-    check_layer,
-    check_offsets,
-    check_root_attrs,
-    classifier_layer,
-    label_range_problem,
-    prediction_range_problem,
-    row_vector_problem,
-)
 from actgeom.core.errors import DataWarning, InvalidInputError
 
 # Finite float64 values beyond the float32 range are refused: no activation is that large, and
 # the metrics' fourth-order terms (Σ x⁴ over rows × units) would overflow float64.
 MAX_ABS_VALUE = float(np.finfo(np.float32).max)
-_VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
 
 
 class NoLayersError(InvalidInputError):
@@ -104,16 +95,11 @@ class Dump:
         self.attrs = _attrs(f)
         self.is_actgeom = self.attrs.get("format") == FORMAT_NAME
         if self.is_actgeom:
-            check_root_attrs(f, self.attrs, self.path)
-        if self.is_actgeom and self.attrs.get("complete") is False and not self.spec.allow_incomplete:
-            raise InvalidInputError(
-                f"{self.path} is an incomplete dump (attribute complete=false: the writer did not "
-                "finish); pass --allow-incomplete to read the rows it has"
-            )
+            validate.check_root_attrs(f, self.attrs, self.path, allow_incomplete=self.spec.allow_incomplete)
         self.weight_path = self._find(self.spec.weight, WEIGHT_PATHS, "--weight")
         self.bias_path = self._find(self.spec.bias, BIAS_PATHS if self.weight_path else (), "--bias")
         self.layers = self._resolve_layers()
-        self.n_rows = self._common_rows()
+        self.n_rows = validate.common_rows(self.layers, self.path, allow_incomplete=self.spec.allow_incomplete)
         if self.is_actgeom and self.attrs.get("complete") is True and self.attrs.get("n_rows") != self.n_rows:
             raise InvalidInputError(
                 f"{self.path}: root attribute n_rows={self.attrs.get('n_rows')} contradicts the layers, which have "
@@ -124,8 +110,8 @@ class Dump:
         self.positions_path = self._row_vector(None, ("rows/position",), "positions", None)
         self.offsets_path = self._find(self.spec.offsets, OFFSET_PATHS, "--offsets")
         if self.offsets_path is not None:
-            check_offsets(f[self.offsets_path], self.offsets_path, self.path, self.n_rows)
-        self.classifier_layer = classifier_layer(f, self.weight_path, self.bias_path, self.layers, self.path)
+            validate.check_offsets(f[self.offsets_path], self.offsets_path, self.path, self.n_rows)
+        self.classifier_layer = validate.classifier_layer(f, self.weight_path, self.bias_path, self.layers, self.path)
         self._validate_class_ranges()
         self.attention_paths = self._resolve_attention()
 
@@ -178,7 +164,7 @@ class Dump:
 
     def _layer_info(self, path: str) -> LayerInfo:
         ds = self._file[path]
-        check_layer(ds, path, self.path, describe_only=self.spec.describe_only)
+        validate.check_layer(ds, path, self.path, describe_only=self.spec.describe_only)
         name = path[len("activations/"):] if path.startswith("activations/") else path
         return LayerInfo(
             name=name,
@@ -192,15 +178,6 @@ class Dump:
             attrs=_attrs(ds),
         )
 
-    def _common_rows(self) -> int:
-        counts = {layer.n_rows for layer in self.layers}
-        if len(counts) == 1:
-            return counts.pop()
-        if self.spec.allow_incomplete:
-            return min(counts)  # an interrupted writer may have grown some layers further
-        shapes = ", ".join(f"{layer.path} {layer.n_rows}" for layer in self.layers)
-        raise InvalidInputError(f"layers in {self.path} have different numbers of rows ({shapes})")
-
     def _row_vector(self, given: str | None, conventional: tuple[str, ...], what: str, option: str | None) -> str | None:
         """A row-vector dataset (named, or found by its conventional name), validated.
 
@@ -209,8 +186,8 @@ class Dump:
         DataWarning (a command that needs labels then says it has none).
         """
         path = self._find(given, conventional, option)
-        problem = None if path is None else row_vector_problem(self._file[path], path, what, self.path, self.n_rows,
-                                                               allow_incomplete=self.spec.allow_incomplete)
+        problem = None if path is None else validate.row_vector_problem(
+            self._file[path], path, what, self.path, self.n_rows, allow_incomplete=self.spec.allow_incomplete)
         if problem is not None:
             self._refuse_unless_guessed(what, problem + (f"; name another dataset with {option}" if option else ""))
             return None
@@ -231,27 +208,19 @@ class Dump:
             return
         n_weight_rows = None if self.weight_path is None else self._file[self.weight_path].shape[0]
         names = self.label_names()
-        lo = hi = pred_lo = pred_hi = None
-        for start in range(0, self.n_rows, _VECTOR_BLOCK):
-            stop = min(start + _VECTOR_BLOCK, self.n_rows)
-            y, p = self.labels(start, stop), self.predictions(start, stop)
-            if y is not None and y.size:
-                lo = int(y.min()) if lo is None else min(lo, int(y.min()))
-                hi = int(y.max()) if hi is None else max(hi, int(y.max()))
-            if p is not None and p.size:
-                pred_lo = int(p.min()) if pred_lo is None else min(pred_lo, int(p.min()))
-                pred_hi = int(p.max()) if pred_hi is None else max(pred_hi, int(p.max()))
-        if lo is not None:
+        label_range, prediction_range = validate.class_ranges(self.labels, self.predictions, self.n_rows)
+        if label_range is not None:
             widest = max((layer.n_units for layer in self.layers), default=1)
-            problem = label_range_problem(lo, hi, self.labels_path, self.path, weight_path=self.weight_path,
-                                          n_weight_rows=n_weight_rows, widest=widest, describe_only=self.spec.describe_only)
+            problem = validate.label_range_problem(*label_range, self.labels_path, self.path, weight_path=self.weight_path,
+                                                   n_weight_rows=n_weight_rows, widest=widest,
+                                                   describe_only=self.spec.describe_only)
             if problem is not None:
                 self._refuse_unless_guessed("labels", problem)
-                self.labels_path, hi = None, None
+                self.labels_path, label_range = None, None
         n_classes = n_weight_rows if n_weight_rows is not None else max(
-            (hi + 1) if self.labels_path is not None and hi is not None else 0, len(names or []))
-        if pred_lo is not None:
-            problem = prediction_range_problem(pred_lo, pred_hi, self.predictions_path, self.path, n_classes)
+            (label_range[1] + 1) if self.labels_path is not None and label_range is not None else 0, len(names or []))
+        if prediction_range is not None:
+            problem = validate.prediction_range_problem(*prediction_range, self.predictions_path, self.path, n_classes)
             if problem is not None:
                 self._refuse_unless_guessed("predictions", problem)
                 self.predictions_path = None
@@ -263,7 +232,7 @@ class Dump:
         else:
             paths = sorted((d for d in self._datasets if d.startswith("attention/")), key=natural_key)
         for path in paths:
-            check_attention(self._file[path], path, self.path)
+            validate.check_attention(self._file[path], path, self.path)
         return paths
 
     def attention_blocks(self, path: str, max_bytes: int = 64 << 20):
@@ -271,11 +240,11 @@ class Dump:
         ds = self._file[path]
         per_sequence = max(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, 1)
         step = max(1, max_bytes // per_sequence)
-        tolerance = attention_tolerance(ds)
+        tolerance = validate.attention_tolerance(ds)
         for start in range(0, ds.shape[0], step):
             block = _read(ds, np.s_[start : start + step], f"attention '{path}'", self.path, start)
             block = decode_bfloat16(block) if _is_bfloat16(ds) else block
-            check_attention_block(block, start, tolerance, f"attention '{path}' in {self.path}")
+            validate.check_attention_block(block, start, tolerance, f"attention '{path}' in {self.path}")
             yield block
 
     # -- reading ---------------------------------------------------------------------------

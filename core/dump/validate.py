@@ -10,6 +10,7 @@ decides whether to refuse it or set the vector aside (a foreign dataset found by
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -42,11 +43,13 @@ CLASS_COPIES = 3
 # 4.9e-4, bfloat16 3.9e-3); ATTENTION_SUM_SLACK covers the writer's own float32 softmax.
 ATTENTION_SUM_SLACK = 1e-5
 BFLOAT16_EPS = 2.0**-7  # 8 significant bits
+_VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
 _ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
 
 
-def check_root_attrs(f: h5py.File, attrs: dict, file: Path) -> None:
-    """The actgeom layout's root attributes: scalars of the right kind, a version this code reads."""
+def check_root_attrs(f: h5py.File, attrs: dict, file: Path, *, allow_incomplete: bool) -> None:
+    """The actgeom layout's root attributes: scalars of the right kind, a version this code reads,
+    and a dump the writer finished (unless an incomplete one is allowed)."""
     for key in SCALAR_ATTRS:
         if key in f.attrs and f.attrs.get_id(key).shape not in ((), None):
             raise InvalidInputError(
@@ -67,6 +70,11 @@ def check_root_attrs(f: h5py.File, attrs: dict, file: Path) -> None:
     complete = attrs.get("complete")
     if complete is not None and not isinstance(complete, bool):
         raise InvalidInputError(f"{file}: root attribute complete={complete!r} is not true or false")
+    if complete is False and not allow_incomplete:
+        raise InvalidInputError(
+            f"{file} is an incomplete dump (attribute complete=false: the writer did not "
+            "finish); pass --allow-incomplete to read the rows it has"
+        )
 
 
 def check_layer(ds: h5py.Dataset, path: str, file: Path, *, describe_only: bool) -> None:
@@ -99,6 +107,17 @@ def check_layer(ds: h5py.Dataset, path: str, file: Path, *, describe_only: bool)
             )
 
 
+def common_rows(layers: list[LayerInfo], file: Path, *, allow_incomplete: bool) -> int:
+    """The layers' number of rows: one for all, or (an incomplete dump allowed) the fewest."""
+    counts = {layer.n_rows for layer in layers}
+    if len(counts) == 1:
+        return counts.pop()
+    if allow_incomplete:
+        return min(counts)  # an interrupted writer may have grown some layers further
+    shapes = ", ".join(f"{layer.path} {layer.n_rows}" for layer in layers)
+    raise InvalidInputError(f"layers in {file} have different numbers of rows ({shapes})")
+
+
 # -- row vectors: problems, which the Dump refuses or sets aside ---------------------------
 def row_vector_problem(ds: h5py.Dataset, path: str, what: str, file: Path, n_rows: int, *,
                        allow_incomplete: bool) -> str | None:
@@ -114,6 +133,24 @@ def row_vector_problem(ds: h5py.Dataset, path: str, what: str, file: Path, n_row
     if _missing_on_disk(ds):
         return f"{where}: declares {ds.shape[0]} rows but the file does not hold them"
     return None
+
+
+def class_ranges(labels: Callable[[int, int], np.ndarray | None], predictions: Callable[[int, int], np.ndarray | None],
+                 n_rows: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(lowest, highest) of the labels and of the predictions of rows [0, n_rows), None for a vector
+    the dump lacks; each callable reads rows [start, stop) of its vector, or gives None. One read of
+    both vectors in blocks (memory O(block))."""
+    lo = hi = pred_lo = pred_hi = None
+    for start in range(0, n_rows, _VECTOR_BLOCK):
+        stop = min(start + _VECTOR_BLOCK, n_rows)
+        y, p = labels(start, stop), predictions(start, stop)
+        if y is not None and y.size:
+            lo = int(y.min()) if lo is None else min(lo, int(y.min()))
+            hi = int(y.max()) if hi is None else max(hi, int(y.max()))
+        if p is not None and p.size:
+            pred_lo = int(p.min()) if pred_lo is None else min(pred_lo, int(p.min()))
+            pred_hi = int(p.max()) if pred_hi is None else max(pred_hi, int(p.max()))
+    return (None if lo is None else (lo, hi)), (None if pred_lo is None else (pred_lo, pred_hi))
 
 
 def label_range_problem(lo: int, hi: int, path: str, file: Path, *, weight_path: str | None,
