@@ -1,6 +1,7 @@
 """The checks a dump's datasets pass when it is opened, each a function of the h5py objects and of
-what they must agree with: the actgeom root attributes, each layer, the row vectors (labels,
-predictions, positions) and the classes they name, sequence offsets, the classifier, attention.
+what they must agree with: the actgeom root attributes, each layer and the rows they share, the row
+vectors (labels, predictions, positions) and the classes they name, sequence offsets, the
+classifier, attention.
 
 A failed check raises :class:`InvalidInputError` naming the dataset and the bad value. Row vectors
 are the exception: their checks return the problem, and the :class:`~actgeom.core.dump.reader.Dump`
