@@ -239,10 +239,10 @@ def _spin(_path):
 def test_metadata_that_crashes_or_hangs_hdf5_is_one_line(cli, dump, tmp_path, monkeypatch, command, walk, why):
     """Damaged metadata can segfault or spin inside the HDF5 library (found by the long fuzz run);
     it is read in a child process first, so the command survives to say so."""
-    from actgeom.core.dump import reader
+    from actgeom.core.dump import hdf5
 
-    monkeypatch.setattr(reader, "_walk_metadata", walk)
-    monkeypatch.setattr(reader, "METADATA_TIME_LIMIT_S", 1)
+    monkeypatch.setattr(hdf5, "_walk_metadata", walk)
+    monkeypatch.setattr(hdf5, "METADATA_TIME_LIMIT_S", 1)
     before = digest(dump)
     code, out, err = cli(command, dump, "-o", tmp_path / "out.json")
     assert code == 3 and out == "" and one_error_line(err), err
@@ -255,9 +255,9 @@ def test_a_real_file_on_which_hdf5_spins_is_one_line(cli, tmp_path, monkeypatch)
     HDF5 spins for ever reading an attribute (h5py 3.16 / HDF5 2.0): refused after the limit."""
     import gzip
 
-    from actgeom.core.dump import reader
+    from actgeom.core.dump import hdf5
 
-    monkeypatch.setattr(reader, "METADATA_TIME_LIMIT_S", 2)
+    monkeypatch.setattr(hdf5, "METADATA_TIME_LIMIT_S", 2)
     path = tmp_path / "spin.h5"
     path.write_bytes(gzip.decompress((Path(__file__).parent / "data" / "hdf5_metadata_spin.h5.gz").read_bytes()))
     code, out, err = cli("stats", path)
@@ -267,11 +267,11 @@ def test_a_real_file_on_which_hdf5_spins_is_one_line(cli, tmp_path, monkeypatch)
 
 def test_the_metadata_check_walks_every_attribute(dump, monkeypatch):
     """The child reads what opening the dump reads: every object's attributes."""
-    from actgeom.core.dump import reader
+    from actgeom.core.dump import hdf5
 
     seen = []
-    monkeypatch.setattr(reader, "_attrs", lambda obj: seen.append(obj.name) or {})
-    reader._walk_metadata(dump)
+    monkeypatch.setattr(hdf5, "_attrs", lambda obj: seen.append(obj.name) or {})
+    hdf5._walk_metadata(dump)
     with h5py.File(dump, "r") as f:
         names = ["/"]
         f.visit(lambda name: names.append("/" + name))

@@ -3,258 +3,61 @@
 The actgeom layout (README: "The dump format") is found without options. Foreign files name their datasets
 with a :class:`DumpSpec` (the CLI's ``--layers/--labels/--weight/--bias/--predictions/--offsets``);
 where a conventional name exists and is unambiguous it is found without options too.
+
+:class:`Dump` finds the datasets, runs the checks once and reads; the pieces live beside it: the names
+and conventions in ``layout``, the checks in ``validate``, safe access to an untrusted HDF5 file in ``hdf5``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import fnmatch
 import functools
 import json
-import os
-import re
-import signal
-import stat
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from actgeom.core.dump import validate
+from actgeom.core.dump.hdf5 import (
+    _H5_ERRORS,
+    _attrs,
+    _damaged,
+    _first_line,
+    _is_bfloat16,
+    _is_float_like,
+    _listing,
+    _name,
+    _open,
+    _read,
+    decode_bfloat16,
+    safe_name,
+)
+from actgeom.core.dump.hdf5 import _plain as _plain  # re-exported: writer.py imports it from here
+from actgeom.core.dump.hdf5 import check_metadata as check_metadata  # re-exported: sources.py imports it from here
+from actgeom.core.dump.hdf5 import list_datasets as list_datasets  # re-exported: the CLI's info imports it from here
+from actgeom.core.dump.layout import (
+    BIAS_PATHS,
+    FORMAT_NAME,
+    LABEL_PATHS,
+    OFFSET_PATHS,
+    PREDICTION_PATHS,
+    WEIGHT_PATHS,
+    DumpSpec,
+    LayerInfo,
+    natural_key,
+)
+from actgeom.core.dump.layout import FORMAT_VERSION as FORMAT_VERSION  # re-exported: writer.py imports it from here
 from actgeom.core.errors import DataWarning, InvalidInputError
 
-FORMAT_NAME = "actgeom-dump"
-FORMAT_VERSION = 1
-
-# Conventional dataset paths, tried in order when the user names none.
-LABEL_PATHS = ("rows/label", "label", "labels", "y", "targets")
-WEIGHT_PATHS = ("classifier/weight",)
-BIAS_PATHS = ("classifier/bias",)
-PREDICTION_PATHS = ("rows/prediction",)
-OFFSET_PATHS = ("sequences/offsets",)
-
-FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-# Root attributes of the actgeom layout that must be scalars (a huge array there is a hostile file).
-SCALAR_ATTRS = ("format", "format_version", "complete", "n_rows", "model", "checkpoint", "step", "level", "created_by")
-MAX_SHOWN_ATTR_ELEMENTS = 1024  # a larger attribute array is described (shape, dtype), not read
-# Datasets read whole (offsets, classifier, one attention sequence) must fit in this; more is
-# not a real dump but a hostile or broken file, refused before the allocation.
-MAX_WHOLE_READ_BYTES = 4 << 30
-# The metrics keep D×D float64 matrices (scatter, covariance, eigendecomposition): about this
-# many copies at once. A layer whose D×D matrices cannot fit in memory is refused up front.
-D2_COPIES = 4
-# Class statistics keep C×D float64 tables (references, shifted sums, means): about this many. A
-# label C-1 whose tables cannot fit in memory is refused at open, before any allocation.
-CLASS_COPIES = 3
 # Finite float64 values beyond the float32 range are refused: no activation is that large, and
 # the metrics' fourth-order terms (Σ x⁴ over rows × units) would overflow float64.
 MAX_ABS_VALUE = float(np.finfo(np.float32).max)
-# Attention rows: each stored probability is within ε/2 (relative) of the true one and the
-# probabilities sum to 1, so a stored row sums to 1 within ε/2 of its storage dtype (float16
-# 4.9e-4, bfloat16 3.9e-3); ATTENTION_SUM_SLACK covers the writer's own float32 softmax.
-ATTENTION_SUM_SLACK = 1e-5
-BFLOAT16_EPS = 2.0**-7  # 8 significant bits
-# What h5py raises on a damaged file (bad addresses, broken B-trees, undecodable messages).
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
-# Reading a dump's metadata takes milliseconds; a minute allows for slow network storage. A child
-# process that reads it for longer is spinning inside HDF5 on damaged metadata.
-METADATA_TIME_LIMIT_S = 60
-_VECTOR_BLOCK = 1 << 20  # label/prediction vectors are checked in blocks: memory O(block), not O(rows)
-_ROW_VECTOR_MEANING = {"labels": "class indices, -1 = none", "predictions": "class indices", "positions": "token positions"}
-
-
-def natural_key(name: str) -> list:
-    """Sort key that puts layer_2 before layer_10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-@dataclass(frozen=True)
-class DumpSpec:
-    """Where the data lives in a dump; every field left empty is discovered by convention."""
-
-    layers: tuple[str, ...] = ()
-    describe_only: bool = False  # `info`: no pass will run, so no memory check of the D×D statistics
-    labels: str | None = None
-    weight: str | None = None
-    bias: str | None = None
-    predictions: str | None = None
-    offsets: str | None = None
-    attention: str | None = None
-    allow_incomplete: bool = False
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer: a 2-D dataset of shape (n_rows, n_units)."""
-
-    name: str
-    path: str
-    n_rows: int
-    n_units: int
-    storage_dtype: str
-    logical_dtype: str
-    chunk_rows: int | None
-    compression: str | None
-    attrs: dict = field(default_factory=dict)
-
-
-def _plain(value):
-    """An HDF5 attribute value as plain Python (for JSON and display)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _attrs(obj) -> dict:
-    """Attributes as plain values; an array too large to show is described, not read."""
-    out = {}
-    for key in obj.attrs:
-        attr = obj.attrs.get_id(key)
-        size = int(np.prod(attr.shape)) if attr.shape else 1
-        if size > MAX_SHOWN_ATTR_ELEMENTS:
-            out[key] = f"<array of shape {tuple(attr.shape)}, dtype {attr.dtype}>"
-            continue
-        try:
-            out[key] = _plain(obj.attrs[key])
-        except (OSError, TypeError, ValueError) as exc:  # a type h5py cannot read
-            out[key] = f"<unreadable: {_first_line(exc)}>"
-    return out
-
-
-def _missing_on_disk(ds: h5py.Dataset) -> bool:
-    """True when the file does not hold what the dataset declares (sparse chunks, a truncated or
-    never-written contiguous block): reading it would yield fill values, not data."""
-    if ds.size == 0:
-        return False
-    if ds.chunks is None:
-        if ds.id.get_offset() is None:  # never written (or a virtual/external layout)
-            return ds.external is None and not ds.is_virtual
-        return ds.id.get_storage_size() < ds.size * ds.dtype.itemsize
-    expected = 1
-    for extent, chunk in zip(ds.shape, ds.chunks):
-        expected *= -(-extent // chunk)
-    return ds.id.get_num_chunks() < expected
-
-
-def _is_bfloat16(ds: h5py.Dataset) -> bool:
-    return ds.dtype == np.uint16 and _plain(ds.attrs.get("logical_dtype", "")) == "bfloat16"
-
-
-def _is_float_like(ds: h5py.Dataset) -> bool:
-    return ds.dtype in FLOAT_DTYPES or _is_bfloat16(ds)
-
-
-def decode_bfloat16(bits: np.ndarray) -> np.ndarray:
-    """Exact bfloat16 → float32: the 16 stored bits are the high half of a float32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class NoLayersError(InvalidInputError):
     """A foreign file in which no dataset (or no unambiguous set of datasets) can be the layers."""
-
-
-def safe_name(text: str) -> str:
-    """A name from a file, with control characters escaped, for messages (they may reach a terminal)."""
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7F <= ord(c) < 0xA0 else c for c in str(text))
-
-
-def _check_regular_file(path: Path) -> None:
-    """Refuse what h5py would hang on or misread: a FIFO, a device, a socket, a directory."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise InvalidInputError(f"no such file: {path}") from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot open {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise InvalidInputError(f"{path} is a directory; give an HDF5 file")
-    if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-        raise InvalidInputError(f"{path} is {kind}, not a regular file; actgeom reads dumps from regular files "
-                                "(copy the stream to a file first)")
-
-
-def check_metadata(path: Path) -> None:
-    """Read every object header and attribute of the file in a child process first.
-
-    Damaged HDF5 metadata can make the HDF5 library itself crash (a segfault) or spin for ever,
-    below anything Python can catch; in a child, that becomes one clear error here instead of the
-    death or hang of the command. Costs a fork and a metadata walk (milliseconds). Only where
-    ``os.fork`` exists (not on Windows, where the file is opened unguarded).
-    """
-    if not hasattr(os, "fork"):
-        return
-    with getattr(h5py._objects, "phil", contextlib.nullcontext()):  # no thread of ours inside HDF5 at the fork
-        pid = os.fork()
-    if pid == 0:  # the child: walk, then leave without running the parent's exit handlers or flushing its buffers
-        try:
-            faulthandler.disable()  # a crash here is reported by the parent, not dumped on stderr
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(METADATA_TIME_LIMIT_S)
-            _walk_metadata(path)
-        finally:
-            os._exit(0)  # a Python-level error is the parent's to meet again, and report
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        why = (f"reading its metadata did not finish within {METADATA_TIME_LIMIT_S} s"
-               if number == signal.SIGALRM else
-               f"the HDF5 library crashed reading its metadata ({signal.Signals(number).name})")
-        raise InvalidInputError(f"cannot read {path}: the file is damaged ({why})")
-
-
-def _walk_metadata(path: Path) -> None:
-    """Every object header, attribute and chunk index of the file: what opening a dump reads."""
-    with h5py.File(path, "r") as f:
-        _attrs(f)
-
-        def visit(_, obj):
-            _attrs(obj)
-            if isinstance(obj, h5py.Dataset):
-                _missing_on_disk(obj)
-        f.visititems(visit)
-
-
-@contextlib.contextmanager
-def _damaged(path: Path):
-    """h5py's errors on damaged metadata as one clear error."""
-    try:
-        yield
-    except _H5_ERRORS as exc:
-        raise InvalidInputError(f"cannot read {path}: the file is damaged ({_first_line(exc)})") from None
-
-
-def list_datasets(path: str | Path) -> list[dict]:
-    """Every dataset of an HDF5 file (path, shape, dtype) and whether it could be a layer (why not).
-
-    Metadata only: no dataset is read. For ``actgeom info`` on a file whose layers are unclear.
-    """
-    path = Path(path)
-    _check_regular_file(path)
-    check_metadata(path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidInputError(f"{path} is not a readable HDF5 file ({_first_line(exc)})") from None
-    found = []
-    with handle, _damaged(path):
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                name = _name(name)
-                why = None if obj.ndim == 2 and _is_float_like(obj) else (
-                    f"{obj.ndim}-D" if obj.ndim != 2 else f"dtype {obj.dtype}")
-                found.append({"path": name, "shape": list(obj.shape), "dtype": str(obj.dtype),
-                              "could_be_layer": why is None, "why_not": why})
-        handle.visititems(visit)
-    return found
 
 
 class Dump:
@@ -268,17 +71,10 @@ class Dump:
     def __init__(self, path: str | Path, spec: DumpSpec | None = None):
         self.path = Path(path)
         self.spec = spec or DumpSpec()
-        _check_regular_file(self.path)
-        check_metadata(self.path)
+        self._file = _open(self.path)
         try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InvalidInputError(f"{self.path} is not a readable HDF5 file ({_first_line(exc)})") from None
-        try:
-            self._resolve()
-        except _H5_ERRORS as exc:  # h5py on damaged metadata (a bad address, a broken B-tree)
-            self._file.close()
-            raise InvalidInputError(f"cannot read {self.path}: the file is damaged ({_first_line(exc)})") from None
+            with _damaged(self.path):  # h5py on damaged metadata (a bad address, a broken B-tree)
+                self._resolve()
         except BaseException:
             self._file.close()
             raise
@@ -299,16 +95,11 @@ class Dump:
         self.attrs = _attrs(f)
         self.is_actgeom = self.attrs.get("format") == FORMAT_NAME
         if self.is_actgeom:
-            self._validate_root_attrs()
-        if self.is_actgeom and self.attrs.get("complete") is False and not self.spec.allow_incomplete:
-            raise InvalidInputError(
-                f"{self.path} is an incomplete dump (attribute complete=false: the writer did not "
-                "finish); pass --allow-incomplete to read the rows it has"
-            )
+            validate.check_root_attrs(f, self.attrs, self.path, allow_incomplete=self.spec.allow_incomplete)
         self.weight_path = self._find(self.spec.weight, WEIGHT_PATHS, "--weight")
         self.bias_path = self._find(self.spec.bias, BIAS_PATHS if self.weight_path else (), "--bias")
         self.layers = self._resolve_layers()
-        self.n_rows = self._common_rows()
+        self.n_rows = validate.common_rows(self.layers, self.path, allow_incomplete=self.spec.allow_incomplete)
         if self.is_actgeom and self.attrs.get("complete") is True and self.attrs.get("n_rows") != self.n_rows:
             raise InvalidInputError(
                 f"{self.path}: root attribute n_rows={self.attrs.get('n_rows')} contradicts the layers, which have "
@@ -318,33 +109,11 @@ class Dump:
         self.predictions_path = self._row_vector(self.spec.predictions, PREDICTION_PATHS, "predictions", "--predictions")
         self.positions_path = self._row_vector(None, ("rows/position",), "positions", None)
         self.offsets_path = self._find(self.spec.offsets, OFFSET_PATHS, "--offsets")
-        self._validate_offsets()
-        self.classifier_layer = self._validate_classifier()
+        if self.offsets_path is not None:
+            validate.check_offsets(f[self.offsets_path], self.offsets_path, self.path, self.n_rows)
+        self.classifier_layer = validate.classifier_layer(f, self.weight_path, self.bias_path, self.layers, self.path)
         self._validate_class_ranges()
         self.attention_paths = self._resolve_attention()
-
-    def _validate_root_attrs(self) -> None:
-        """The actgeom layout's root attributes: scalars of the right kind, a version this code reads."""
-        for key in SCALAR_ATTRS:
-            if key in self._file.attrs and self._file.attrs.get_id(key).shape not in ((), None):
-                raise InvalidInputError(
-                    f"{self.path}: root attribute '{key}' holds an array of shape "
-                    f"{self._file.attrs.get_id(key).shape}; it must be a single value (the dump is damaged)"
-                )
-        version = self.attrs.get("format_version", FORMAT_VERSION)  # hand-made files may leave it out
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidInputError(f"{self.path}: format_version {version!r} is not a positive whole number")
-        if version > FORMAT_VERSION:
-            raise InvalidInputError(
-                f"{self.path} is an actgeom dump of format_version {version}, written by a newer actgeom; "
-                f"this version reads format_version ≤ {FORMAT_VERSION} (upgrade actgeom)"
-            )
-        n_rows = self.attrs.get("n_rows")
-        if n_rows is not None and (not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows < 0):
-            raise InvalidInputError(f"{self.path}: root attribute n_rows={n_rows!r} is not a row count")
-        complete = self.attrs.get("complete")
-        if complete is not None and not isinstance(complete, bool):
-            raise InvalidInputError(f"{self.path}: root attribute complete={complete!r} is not true or false")
 
     @functools.cached_property
     def _datasets(self) -> list[str]:
@@ -395,31 +164,7 @@ class Dump:
 
     def _layer_info(self, path: str) -> LayerInfo:
         ds = self._file[path]
-        if ds.ndim != 2:
-            raise InvalidInputError(
-                f"layer '{path}' in {self.path} has shape {ds.shape}; a layer must be 2-D (rows, units)"
-            )
-        if not _is_float_like(ds):
-            raise InvalidInputError(
-                f"layer '{path}' in {self.path} has dtype {ds.dtype}; a layer must be float16, float32, "
-                "float64, or bfloat16 stored as uint16 with attribute logical_dtype='bfloat16'"
-            )
-        where = f"layer '{safe_name(path)}' in {self.path}"
-        if ds.shape[0] == 0 or ds.shape[1] == 0:
-            raise InvalidInputError(f"{where} has shape {ds.shape}: no {'rows' if ds.shape[0] == 0 else 'units'}, "
-                                    "nothing to measure")
-        if _missing_on_disk(ds):
-            raise InvalidInputError(
-                f"{where} declares shape {ds.shape} ({_gib(ds.size * ds.dtype.itemsize)}) but the file does not hold "
-                "that data (unwritten or missing chunks); it is truncated or was never filled"
-            )
-        if not self.spec.describe_only:
-            need = D2_COPIES * 8 * ds.shape[1] ** 2
-            if need > _memory_bytes():
-                raise InvalidInputError(
-                    f"{where} has {ds.shape[1]} units: its {ds.shape[1]}×{ds.shape[1]} statistics need about "
-                    f"{_gib(need)}, more than this machine's {_gib(_memory_bytes())} of memory"
-                )
+        validate.check_layer(ds, path, self.path, describe_only=self.spec.describe_only)
         name = path[len("activations/"):] if path.startswith("activations/") else path
         return LayerInfo(
             name=name,
@@ -433,15 +178,6 @@ class Dump:
             attrs=_attrs(ds),
         )
 
-    def _common_rows(self) -> int:
-        counts = {layer.n_rows for layer in self.layers}
-        if len(counts) == 1:
-            return counts.pop()
-        if self.spec.allow_incomplete:
-            return min(counts)  # an interrupted writer may have grown some layers further
-        shapes = ", ".join(f"{layer.path} {layer.n_rows}" for layer in self.layers)
-        raise InvalidInputError(f"layers in {self.path} have different numbers of rows ({shapes})")
-
     def _row_vector(self, given: str | None, conventional: tuple[str, ...], what: str, option: str | None) -> str | None:
         """A row-vector dataset (named, or found by its conventional name), validated.
 
@@ -450,7 +186,8 @@ class Dump:
         DataWarning (a command that needs labels then says it has none).
         """
         path = self._find(given, conventional, option)
-        problem = None if path is None else self._row_vector_problem(path, what)
+        problem = None if path is None else validate.row_vector_problem(
+            self._file[path], path, what, self.path, self.n_rows, allow_incomplete=self.spec.allow_incomplete)
         if problem is not None:
             self._refuse_unless_guessed(what, problem + (f"; name another dataset with {option}" if option else ""))
             return None
@@ -462,19 +199,6 @@ class Dump:
             raise InvalidInputError(problem)
         warnings.warn(DataWarning(f"ignoring {problem} (found by its name only)"), stacklevel=3)
 
-    def _row_vector_problem(self, path: str, what: str) -> str | None:
-        ds = self._file[path]
-        where = f"{what} '{safe_name(path)}' in {self.path}"
-        if ds.ndim != 1:
-            return f"{where}: shape {ds.shape}, expected 1-D ({self.n_rows},)"
-        if ds.dtype.kind not in "iu":
-            return f"{where}: dtype {ds.dtype}, {what} must be integers ({_ROW_VECTOR_MEANING[what]})"
-        if ds.shape[0] < self.n_rows or (ds.shape[0] != self.n_rows and not self.spec.allow_incomplete):
-            return f"{where}: {ds.shape[0]} rows but the layers have {self.n_rows}"
-        if _missing_on_disk(ds):
-            return f"{where}: declares {ds.shape[0]} rows but the file does not hold them"
-        return None
-
     def _validate_class_ranges(self) -> None:
         """Labels ≥ -1 and, with a classifier, below its number of rows; predictions name a class.
 
@@ -484,40 +208,22 @@ class Dump:
             return
         n_weight_rows = None if self.weight_path is None else self._file[self.weight_path].shape[0]
         names = self.label_names()
-        lo = hi = pred_lo = pred_hi = None
-        for start in range(0, self.n_rows, _VECTOR_BLOCK):
-            stop = min(start + _VECTOR_BLOCK, self.n_rows)
-            y, p = self.labels(start, stop), self.predictions(start, stop)
-            if y is not None and y.size:
-                lo = int(y.min()) if lo is None else min(lo, int(y.min()))
-                hi = int(y.max()) if hi is None else max(hi, int(y.max()))
-            if p is not None and p.size:
-                pred_lo = int(p.min()) if pred_lo is None else min(pred_lo, int(p.min()))
-                pred_hi = int(p.max()) if pred_hi is None else max(pred_hi, int(p.max()))
-        if lo is not None and lo < -1:
-            self._refuse_unless_guessed("labels", f"labels '{safe_name(self.labels_path)}' in {self.path} hold label {lo}; "
-                                    "labels are class indices ≥ 0, or -1 for none")
-            self.labels_path, hi = None, None
-        if hi is not None and n_weight_rows is not None and hi >= n_weight_rows:
-            self._refuse_unless_guessed(
-                "labels", f"labels '{safe_name(self.labels_path)}' in {self.path} go up to {hi} but the classifier "
-                f"'{safe_name(self.weight_path)}' has {n_weight_rows} rows (classes 0..{n_weight_rows - 1})")
-            self.labels_path, hi = None, None
-        widest = max((layer.n_units for layer in self.layers), default=1)
-        if hi is not None and not self.spec.describe_only and CLASS_COPIES * 8 * (hi + 1) * widest > _memory_bytes():
-            self._refuse_unless_guessed(
-                "labels", f"labels '{safe_name(self.labels_path)}' in {self.path} go up to {hi}: class statistics of "
-                f"{hi + 1} classes × {widest} units need about {_gib(CLASS_COPIES * 8 * (hi + 1) * widest)}, more than "
-                f"this machine's {_gib(_memory_bytes())} of memory (labels are class indices 0..C-1)")
-            self.labels_path, hi = None, None
+        label_range, prediction_range = validate.class_ranges(self.labels, self.predictions, self.n_rows)
+        if label_range is not None:
+            widest = max((layer.n_units for layer in self.layers), default=1)
+            problem = validate.label_range_problem(*label_range, self.labels_path, self.path, weight_path=self.weight_path,
+                                                   n_weight_rows=n_weight_rows, widest=widest,
+                                                   describe_only=self.spec.describe_only)
+            if problem is not None:
+                self._refuse_unless_guessed("labels", problem)
+                self.labels_path, label_range = None, None
         n_classes = n_weight_rows if n_weight_rows is not None else max(
-            (hi + 1) if self.labels_path is not None and hi is not None else 0, len(names or []))
-        if pred_lo is not None and (pred_lo < 0 or (n_classes and pred_hi >= n_classes)):
-            bad = pred_lo if pred_lo < 0 else pred_hi
-            self._refuse_unless_guessed(
-                "predictions", f"predictions '{safe_name(self.predictions_path)}' in {self.path} hold {bad}, "
-                f"outside the classes 0..{n_classes - 1}")
-            self.predictions_path = None
+            (label_range[1] + 1) if self.labels_path is not None and label_range is not None else 0, len(names or []))
+        if prediction_range is not None:
+            problem = validate.prediction_range_problem(*prediction_range, self.predictions_path, self.path, n_classes)
+            if problem is not None:
+                self._refuse_unless_guessed("predictions", problem)
+                self.predictions_path = None
 
     def _resolve_attention(self) -> list[str]:
         """Attention probability datasets (S, H, T, T): --attention, else everything under /attention."""
@@ -526,18 +232,7 @@ class Dump:
         else:
             paths = sorted((d for d in self._datasets if d.startswith("attention/")), key=natural_key)
         for path in paths:
-            ds = self._file[path]
-            if ds.ndim != 4 or ds.shape[2] != ds.shape[3] or not _is_float_like(ds):
-                raise InvalidInputError(
-                    f"attention '{path}' in {self.path} must be float probabilities of shape (sequences, heads, T, T); "
-                    f"found shape {ds.shape}, dtype {ds.dtype}"
-                )
-            if _missing_on_disk(ds):
-                raise InvalidInputError(f"attention '{path}' in {self.path} declares shape {ds.shape} but the file "
-                                        "does not hold that data")
-            if int(np.prod(ds.shape[1:])) * ds.dtype.itemsize > MAX_WHOLE_READ_BYTES:
-                raise InvalidInputError(f"attention '{path}' in {self.path}: one sequence ({ds.shape[1:]}) is more than "
-                                        f"{_gib(MAX_WHOLE_READ_BYTES)}")
+            validate.check_attention(self._file[path], path, self.path)
         return paths
 
     def attention_blocks(self, path: str, max_bytes: int = 64 << 20):
@@ -545,69 +240,12 @@ class Dump:
         ds = self._file[path]
         per_sequence = max(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, 1)
         step = max(1, max_bytes // per_sequence)
-        eps = BFLOAT16_EPS if _is_bfloat16(ds) else float(np.finfo(ds.dtype).eps)
-        tolerance = eps / 2 + ATTENTION_SUM_SLACK
+        tolerance = validate.attention_tolerance(ds)
         for start in range(0, ds.shape[0], step):
-            block = self._read(ds, np.s_[start : start + step], f"attention '{path}'", start)
+            block = _read(ds, np.s_[start : start + step], f"attention '{path}'", self.path, start)
             block = decode_bfloat16(block) if _is_bfloat16(ds) else block
-            _check_attention(block, start, tolerance, f"attention '{path}' in {self.path}")
+            validate.check_attention_block(block, start, tolerance, f"attention '{path}' in {self.path}")
             yield block
-
-    def _validate_offsets(self) -> None:
-        if self.offsets_path is None:
-            return
-        off = self._file[self.offsets_path]
-        if off.ndim != 1 or off.dtype.kind not in "iu" or off.shape[0] < 1:
-            raise InvalidInputError(
-                f"offsets '{self.offsets_path}' in {self.path} must be a 1-D integer array of sequence "
-                f"boundaries (S+1,); found shape {off.shape}, dtype {off.dtype}"
-            )
-        _check_whole_read(off, f"offsets '{self.offsets_path}' in {self.path}")
-        values = self._read(off, np.s_[()], f"offsets '{self.offsets_path}'")
-        if values[0] != 0 or values[-1] != self.n_rows or np.any(np.diff(values) < 0):
-            raise InvalidInputError(
-                f"offsets '{self.offsets_path}' in {self.path} must rise from 0 to n_rows={self.n_rows}; "
-                f"found {values[0]} .. {values[-1]}"
-            )
-
-    def _validate_classifier(self) -> str | None:
-        """Check W (C, D) and b (C,); return the name of the layer the classifier reads."""
-        if self.weight_path is None:
-            if self.spec.bias is not None:
-                raise InvalidInputError("--bias needs --weight (a bias alone is not a classifier)")
-            return None
-        w = self._file[self.weight_path]
-        _check_whole_read(w, f"classifier weight '{self.weight_path}' in {self.path}")
-        if w.ndim != 2 or not _is_float_like(w):
-            raise InvalidInputError(
-                f"classifier weight '{self.weight_path}' in {self.path} must be a 2-D float array "
-                f"(classes, units); found shape {w.shape}, dtype {w.dtype}"
-            )
-        if self.bias_path is not None:
-            b = self._file[self.bias_path]
-            if b.shape != (w.shape[0],) or not _is_float_like(b):
-                raise InvalidInputError(
-                    f"classifier bias '{self.bias_path}' in {self.path} has shape {b.shape}, dtype {b.dtype}; "
-                    f"the weight has {w.shape[0]} classes, so expected floats of shape ({w.shape[0]},)"
-                )
-        fed = _attrs(w).get("layer", _attrs(w.parent).get("layer", ""))
-        if not isinstance(fed, str):
-            raise InvalidInputError(
-                f"classifier '{self.weight_path}' in {self.path}: attribute layer={str(fed):.60} is not a layer name"
-            )
-        by_name = {layer.name: layer for layer in self.layers} | {layer.path: layer for layer in self.layers}
-        if fed:
-            layer = by_name.get(fed)
-            if layer is None:  # the classifier reads a layer that is not selected
-                return None
-        else:
-            layer = self.layers[-1]
-        if layer.n_units != w.shape[1]:
-            raise InvalidInputError(
-                f"classifier weight '{self.weight_path}' in {self.path} has {w.shape[1]} units but "
-                f"layer '{layer.name}' has {layer.n_units}"
-            )
-        return layer.name
 
     # -- reading ---------------------------------------------------------------------------
     def layer(self, name: str) -> LayerInfo:
@@ -648,14 +286,6 @@ class Dump:
                     )
         return view
 
-    def _read(self, ds: h5py.Dataset, selection, what: str, start: int | None = None):
-        """ds[selection], with a read failure (corrupt bytes) as one clear error."""
-        try:
-            return ds[selection]
-        except _H5_ERRORS as exc:
-            rows = "" if start is None else f"from row {start} "
-            raise InvalidInputError(f"cannot read {what} {rows}in {self.path}: {_first_line(exc)}") from None
-
     def decode(self, layer: LayerInfo, raw: np.ndarray) -> np.ndarray:
         """Stored values → floating point, exactly (bfloat16 bits become float32)."""
         return decode_bfloat16(raw) if layer.logical_dtype == "bfloat16" else raw
@@ -672,22 +302,22 @@ class Dump:
         if self.labels_path is None:
             return None
         stop = self.n_rows if stop is None else stop
-        return np.asarray(self._read(self._file[self.labels_path], np.s_[start:stop], f"labels '{self.labels_path}'",
-                                     start), dtype=np.int64)
+        return np.asarray(_read(self._file[self.labels_path], np.s_[start:stop], f"labels '{self.labels_path}'",
+                                self.path, start), dtype=np.int64)
 
     def predictions(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
         if self.predictions_path is None:
             return None
         stop = self.n_rows if stop is None else stop
-        return np.asarray(self._read(self._file[self.predictions_path], np.s_[start:stop],
-                                     f"predictions '{self.predictions_path}'", start), dtype=np.int64)
+        return np.asarray(_read(self._file[self.predictions_path], np.s_[start:stop],
+                                f"predictions '{self.predictions_path}'", self.path, start), dtype=np.int64)
 
     def positions(self, start: int, stop: int) -> np.ndarray | None:
         """Token positions of rows [start, stop) from /rows/position, or None."""
         if self.positions_path is None:
             return None
-        return np.asarray(self._read(self._file[self.positions_path], np.s_[start:stop], "positions 'rows/position'",
-                                     start), dtype=np.int64)
+        return np.asarray(_read(self._file[self.positions_path], np.s_[start:stop], "positions 'rows/position'",
+                                self.path, start), dtype=np.int64)
 
     def structure(self) -> list[tuple[str, list[int], str]]:
         """Every dataset's path, shape without its first axis, and dtype: what a file holds,
@@ -705,7 +335,7 @@ class Dump:
             return rows - offsets[np.searchsorted(offsets, rows, side="right") - 1]
         if path is None:
             raise InvalidInputError(f"this analysis needs /rows/{name} in {self.path}, which has none")
-        return np.asarray(self._read(self._file[path], np.s_[start:stop], f"'{path}'", start), dtype=np.int64)
+        return np.asarray(_read(self._file[path], np.s_[start:stop], f"'{path}'", self.path, start), dtype=np.int64)
 
     def row_vector_names(self) -> frozenset[str]:
         """The per-row vectors :meth:`row_vector` can read: /rows/<name>, and "position" also
@@ -731,7 +361,7 @@ class Dump:
     def offsets(self) -> np.ndarray | None:
         if self.offsets_path is None:
             return None
-        return np.asarray(self._read(self._file[self.offsets_path], np.s_[()], f"offsets '{self.offsets_path}'"),
+        return np.asarray(_read(self._file[self.offsets_path], np.s_[()], f"offsets '{self.offsets_path}'", self.path),
                           dtype=np.int64)
 
     def classifier(self) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -739,10 +369,10 @@ class Dump:
         if self.weight_path is None:
             return None
         w = self._file[self.weight_path]
-        raw = self._read(w, np.s_[()], f"classifier weight '{self.weight_path}'")
+        raw = _read(w, np.s_[()], f"classifier weight '{self.weight_path}'", self.path)
         weight = decode_bfloat16(raw) if _is_bfloat16(w) else raw
         bias = None if self.bias_path is None else np.asarray(
-            self._read(self._file[self.bias_path], np.s_[()], f"classifier bias '{self.bias_path}'"), dtype=np.float64)
+            _read(self._file[self.bias_path], np.s_[()], f"classifier bias '{self.bias_path}'", self.path), dtype=np.float64)
         return np.asarray(weight, dtype=np.float64), bias
 
     def label_names(self) -> list[str] | None:
@@ -762,60 +392,6 @@ class Dump:
         return {"path": path, "shape": list(ds.shape), "dtype": str(ds.dtype)}
 
 
-def _listing(names: list[str], limit: int = 20) -> str:
-    if not names:
-        return "(none)"
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _name(name: str | bytes) -> str:
-    """An object name from the file; h5py gives bytes when they are not UTF-8 (a damaged file)."""
-    if isinstance(name, bytes):
-        raise InvalidInputError(f"an object name in the file is not UTF-8 ({name[:40]!r}): the file is damaged")
-    return name
-
-
 def _within(values: np.ndarray, bound: float) -> bool:
     """Every value in [-bound, bound]: two reductions, no temporary (False with a NaN or inf: look closer)."""
     return bool(max(abs(float(values.max())), abs(float(values.min()))) <= bound)
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.3g} GiB"
-
-
-def _memory_bytes() -> int:
-    """Physical memory of this machine (the bound for the D×D statistics)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no bound known
-        return 1 << 62
-
-
-def _check_whole_read(ds: h5py.Dataset, what: str) -> None:
-    """A dataset read whole must be on disk and small enough to hold in memory."""
-    if ds.size * ds.dtype.itemsize > MAX_WHOLE_READ_BYTES:
-        raise InvalidInputError(f"{what} declares shape {ds.shape} ({_gib(ds.size * ds.dtype.itemsize)}); "
-                                f"more than {_gib(MAX_WHOLE_READ_BYTES)} is not a plausible {what.split(' ')[0]}")
-    if _missing_on_disk(ds):
-        raise InvalidInputError(f"{what} declares shape {ds.shape} but the file does not hold that data")
-
-
-def _check_attention(block: np.ndarray, start: int, tolerance: float, what: str) -> None:
-    """Probabilities: ≥ 0, each query row summing to 1 within ``tolerance`` (or all 0: masked)."""
-    bad = ~np.isfinite(block) | (block < 0)
-    if bad.any():
-        s, h, q, k = np.argwhere(bad)[0]
-        raise InvalidInputError(f"{what} holds {block[s, h, q, k]} at sequence {start + s}, head {h}, query {q}; "
-                                "attention probabilities are finite and ≥ 0")
-    sums = block.sum(axis=-1, dtype=np.float64)
-    bad = (np.abs(sums - 1) > tolerance) & (sums != 0)
-    if bad.any():
-        s, h, q = np.argwhere(bad)[0]
-        raise InvalidInputError(f"{what}: the row of sequence {start + s}, head {h}, query {q} sums to {sums[s, h, q]:.6g}; "
-                                f"attention rows sum to 1 (±{tolerance:.2g}) or are all 0 (masked queries)")
