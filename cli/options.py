@@ -112,8 +112,9 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
     help="With --backend dask and no --scheduler: worker processes of the LocalCluster.")]
 TaskStatsOpt = Annotated[Optional[Path], typer.Option(
     "--save-stats", rich_help_panel=SCALE, show_default=False,
-    help="With --backend dask: a directory keeping each task's partial statistics (one .npz per file, or compared files, and row "
-         "range); a re-run after a crash computes only the missing ones (each reused file's provenance checked).")]
+    help="With --backend dask: a directory keeping each task's result (one .npz per file, or compared files, and row range; "
+         "and per range of a second pass); a re-run after a crash computes only the missing ones (each reused file's "
+         "provenance checked).")]
 
 
 def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, **more):

@@ -114,11 +114,22 @@ def dump_fingerprint(dump) -> str:
 
 
 def provenance(dump, options: PassOptions) -> dict:
-    """Where statistics of one pass come from: the dump, the global rows, the pass options."""
+    """Where statistics of one pass come from: the dump, the datasets its rows are grouped by, the
+    global rows, the pass options."""
     start, stop = options.row_range or (0, dump.n_rows)
-    return {"dumps": [str(dump.path)], "fingerprint": dump_fingerprint(dump),
+    return {"dumps": [str(dump.path)], "fingerprint": dump_fingerprint(dump), "sources": data_sources(dump),
             "rows": [[start + options.row_offset, stop + options.row_offset]],
             "pass": {name: getattr(options, name) for name in PROVENANCE_PASS}}
+
+
+def data_sources(dump) -> dict:
+    """The datasets beside the layers that shape statistics: class labels (--labels), sequence
+    offsets (--offsets) and token positions. Two label sets of one dump give other statistics."""
+    return {"labels": dump.labels_path, "offsets": dump.offsets_path, "positions": dump.positions_path}
+
+
+def _sources_text(sources: dict) -> str:
+    return ", ".join(f"{name} {path or '(none)'}" for name, path in sources.items())
 
 
 def _recorded(meta: dict, name: str):
@@ -133,6 +144,9 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
         if meta.get("fingerprint") != first.get("fingerprint"):
             raise InvalidInputError(f"{path} holds statistics of another dump ({', '.join(meta.get('dumps', []))}) "
                                     f"than {first_path} ({', '.join(first.get('dumps', []))})")
+        if meta.get("sources") != first.get("sources"):
+            raise InvalidInputError(f"{path} was made with {_sources_text(meta.get('sources', {}))}, {first_path} with "
+                                    f"{_sources_text(first.get('sources', {}))}")
         for name in PROVENANCE_PASS:
             if _recorded(meta, name) != _recorded(first, name):
                 raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}, {first_path} with "
@@ -143,7 +157,7 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
             raise InvalidInputError(f"{p1} (rows {a1}:{b1}) and {p2} (rows {a2}:{b2}) overlap: rows would count twice")
     merged = merge_stats([stats for _, stats, _ in loaded])
     meta = {"dumps": sorted({d for _, _, m in loaded for d in m["dumps"]}), "fingerprint": first["fingerprint"],
-            "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
+            "sources": first.get("sources"), "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
     return merged, meta
 
 
@@ -163,6 +177,9 @@ def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok
     if meta.get("fingerprint") != dump_fingerprint(dump):
         raise InvalidInputError(f"{path} holds statistics of {', '.join(meta.get('dumps', ['another dump']))}, "
                                 f"not of {dump.path} (their attributes or layers differ)")
+    if meta.get("sources") != data_sources(dump):
+        raise InvalidInputError(f"{path} was made with {_sources_text(meta.get('sources', {}))}; this command reads "
+                                f"{_sources_text(data_sources(dump))} (give the same --labels / --offsets)")
     for name in PROVENANCE_PASS:
         if _recorded(meta, name) != getattr(options, name):
             raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}; this command uses "

@@ -147,6 +147,16 @@ class Confusion:
             size = max(mine.size, theirs.size)
             setattr(self, name, np.pad(mine, (0, size - mine.size)) + np.pad(theirs, (0, size - theirs.size)))
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"true": self.true, "predicted": self.predicted, "correct": self.correct}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Confusion":
+        confusion = cls()
+        confusion.true, confusion.predicted, confusion.correct = (np.asarray(arrays[name], dtype=np.int64)
+                                                                  for name in ("true", "predicted", "correct"))
+        return confusion
+
     @property
     def n(self) -> int:
         return int(self.true.sum())

@@ -108,7 +108,7 @@ def assert_same_numbers(local: dict, dask: dict) -> int:
 
 @needs_dask
 def test_ranges_are_whole_chunks_and_whole_sequences():
-    from actgeom.core.backends.dask import row_ranges
+    from actgeom.core.backends.tasks import row_ranges
 
     ranges = row_ranges(1000, 4, chunk_rows=64)
     assert ranges == [(0, 256), (256, 512), (512, 768), (768, 1000)]
@@ -397,7 +397,7 @@ def test_a_killed_worker_changes_no_number(fragile_cluster, dumps, tmp_path):
 
 @needs_dask
 def test_a_task_that_keeps_failing_is_one_error_naming_file_and_rows(fragile_cluster, dumps, tmp_path, cli):
-    from actgeom.core.backends.dask import task_ranges
+    from actgeom.core.backends.tasks import task_ranges
 
     with Dump(dumps["samples"][0]) as dump:
         ranges = task_ranges(dump, 2 * 2)  # the command's ranges: two per worker (both up: waited for below)
@@ -421,7 +421,7 @@ def test_a_task_that_keeps_failing_is_one_error_naming_file_and_rows(fragile_clu
 def test_a_compare_task_that_keeps_failing_is_one_error_naming_files_and_rows(fragile_cluster, aligned, tmp_path, cli):
     import re
 
-    from actgeom.core.backends.dask import _common_chunk_rows
+    from actgeom.core.backends.tasks import common_chunk_rows
 
     paths = aligned["steps"][:2]
     # the last range dies every time (its start depends on the workers up after earlier kills); a range
@@ -442,7 +442,7 @@ def test_a_compare_task_that_keeps_failing_is_one_error_naming_files_and_rows(fr
                      "Dask workers, retried in vain: ", lines[0])
     assert named, err
     with Dump(paths[0]) as dump:  # the ranges' cuts: whole chunks of every compared layer
-        chunk = _common_chunk_rows(dump.layers, dump.n_rows)
+        chunk = common_chunk_rows(dump.layers, dump.n_rows)
     a, b = int(named[1]), int(named[2])
     assert 0 <= a < b <= COMPARE_ROWS and a % chunk == 0 and (b % chunk == 0 or b == COMPARE_ROWS), err
 
@@ -467,6 +467,29 @@ def test_saved_task_statistics_are_reused_and_checked(cluster, dumps, tmp_path):
     rewritten = {name for name in now if now[name] != stamps[name]}
     assert tampered.name in rewritten and gone.name in now
     assert not (rewritten - {tampered.name, gone.name})  # the others were reused, not recomputed
+
+
+@needs_dask
+def test_saved_second_pass_parts_are_reused_and_checked(cluster, dumps, tmp_path):
+    """NC4's and the probe's second wave keep one file per range too: a re-run after a crash makes
+    only the missing and the wrong ones, with the same numbers."""
+    saved = tmp_path / "tasks"
+    families = ("collapse", "probe")
+    local = api.analyze(dumps["samples"], families=families).to_dict()
+    first = api.analyze(dumps["samples"], families=families, backend=_dask(cluster, save_stats=saved)).to_dict()
+    assert assert_same_numbers(local, first) > 40
+    files = sorted(saved.iterdir())
+    parts = [f for f in files if ".second-" in f.name]
+    assert len(parts) == 2 * 3 * RANGES  # two files × three layers (the probe's test rows) × the ranges
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    gone, tampered = parts[0], parts[-1]
+    gone.unlink()  # a crash before this range's second pass ended
+    tampered.write_bytes(parts[-2].read_bytes())  # another range's parts under this range's name
+    again = api.analyze(dumps["samples"], families=families, backend=_dask(cluster, save_stats=saved)).to_dict()
+    assert assert_same_numbers(first, again) > 40
+    now = {f.name: f.stat().st_mtime_ns for f in saved.iterdir()}
+    assert now.keys() == stamps.keys()
+    assert {name for name in now if now[name] != stamps[name]} == {gone.name, tampered.name}  # the others reused
 
 
 @needs_dask

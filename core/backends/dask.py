@@ -18,14 +18,13 @@ and are finalised on the client as in a local run.
 
 Failures: a task whose worker dies is run again by Dask; one that keeps failing (``retries``)
 becomes one error naming the file and the row range. User errors found by a task (NaN rows, bad
-labels) are returned, not raised, so they are not retried, and surface as in a local run.
+labels) are returned, not raised, so they are not retried, and surface as in a local run. With
+``--save-stats DIR`` every finished task's result is kept (core/backends/saved.py) and a re-run
+submits only the tasks whose result is missing. The tasks themselves are in core/backends/tasks.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
@@ -34,119 +33,27 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from actgeom.core.api import FAMILIES, facts_of, layer_context, second_pass_consumers
-from actgeom.core.compare_pass import CompareMoments, Stream, accumulate_rows
-from actgeom.core.dump import Dump
-from actgeom.core.dump.reader import safe_name
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, check_rows, second_pass
-from actgeom.core.errors import ActgeomError, InvalidInputError, UsageError
-from actgeom.core.partial import (
-    dump_fingerprint,
-    load_partial,
-    merge_partials,
-    provenance,
-    save_arrays,
-    stats_arrays,
-    stats_from_arrays,
+from actgeom.core.api import FAMILIES, facts_of
+from actgeom.core.backends.saved import SavedTasks, task_id
+from actgeom.core.backends.tasks import (
+    common_chunk_rows,
+    compare_rows,
+    first_wave,
+    merge_compare,
+    merge_pair,
+    row_ranges,
+    second_wave,
+    task_ranges,
 )
+from actgeom.core.compare_pass import CompareMoments, Stream
+from actgeom.core.dump import Dump
+from actgeom.core.engine import LayerStats, PassOptions, Progress, check_rows
+from actgeom.core.errors import ActgeomError, UsageError
+from actgeom.core.partial import dump_fingerprint, stats_arrays, stats_from_arrays
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
 MERGE_PRIORITY = 1  # merges run before the first-wave tasks still queued (Dask's default priority: 0)
 ROWS_PER_TASK = 1 << 20  # at most this many rows per first-wave task by default: a failure costs little to redo
-
-
-def row_ranges(n_rows: int, n_ranges: int, chunk_rows: int = 1, offsets: np.ndarray | None = None) -> list[tuple[int, int]]:
-    """About ``n_ranges`` consecutive ranges covering rows [0, n_rows): each cut on a multiple of
-    ``chunk_rows`` (whole HDF5 chunks), moved to the next sequence boundary of ``offsets`` when
-    given (token-level dumps: no sequence is cut)."""
-    step = max(1, math.ceil(n_rows / max(n_ranges, 1)))
-    step = math.ceil(step / chunk_rows) * chunk_rows
-    cuts = np.arange(step, n_rows, step)
-    if offsets is not None and cuts.size:
-        cuts = np.unique(offsets[np.minimum(np.searchsorted(offsets, cuts), offsets.size - 1)])
-        cuts = cuts[(cuts > 0) & (cuts < n_rows)]
-    bounds = [0, *map(int, cuts), n_rows]
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a] or [(0, 0)]
-
-
-def task_ranges(dump: Dump, n_ranges: int) -> list[tuple[int, int]]:
-    """The first-wave ranges of a dump: :func:`row_ranges` on its chunks and sequence offsets."""
-    return row_ranges(dump.n_rows, n_ranges, _chunk_rows(dump), dump.offsets())
-
-
-def _chunk_rows(dump: Dump) -> int:
-    """Rows of a whole chunk in every layer of the dump (see :func:`_common_chunk_rows`)."""
-    return _common_chunk_rows(dump.layers, dump.n_rows)
-
-
-def _common_chunk_rows(layers, n_rows: int) -> int:
-    """Rows of a whole chunk in every one of ``layers`` (their least common multiple; the largest
-    chunk when that exceeds the rows), 1 when contiguous."""
-    rows = 1
-    for layer in layers:
-        rows = math.lcm(rows, layer.chunk_rows or 1)
-    return rows if rows <= max(n_rows, 1) else max(layer.chunk_rows or 1 for layer in layers)
-
-
-# -- the tasks (run on the workers) ----------------------------------------------------------------
-
-def _error(exc: ActgeomError) -> dict:
-    return {"error": [exc.exit_code, exc.for_cli() if hasattr(exc, "for_cli") else str(exc)]}
-
-
-def first_wave(path: str, spec, specs: dict, options: PassOptions) -> dict:
-    """Statistics of one row range of one file, as plain arrays with their provenance."""
-    try:
-        with Dump(path, spec) as dump:
-            stats = accumulate(dump, specs=specs, options=options, check=False)
-            return stats_arrays(stats, provenance(dump, options))
-    except ActgeomError as exc:
-        return _error(exc)
-
-
-def merge_pair(a: dict, b: dict) -> dict:
-    """Two adjacent ranges' statistics → those of both (provenance checked and joined)."""
-    if "error" in a or "error" in b:
-        return a if "error" in a else b
-    merged, meta = merge_partials([("a range", *stats_from_arrays(a)), ("the next range", *stats_from_arrays(b))])
-    return stats_arrays(merged, meta)
-
-
-def second_wave(path: str, spec, layer: str, families: dict, layer_arrays: dict, options: PassOptions) -> dict:
-    """One row range of a layer's second pass → each consumer's part (plain values), by family."""
-    try:
-        with Dump(path, spec) as dump:
-            stats, _ = stats_from_arrays(layer_arrays)
-            ctx = layer_context(dump, layer, stats, options, dump.classifier())
-            consumers = second_pass_consumers(ctx, families)
-            second_pass(dump, dump.layer(layer), list(consumers.values()), options)
-            return {"parts": {name: consumer.partial() for name, consumer in consumers.items()}}
-    except ActgeomError as exc:
-        return _error(exc)
-
-
-def compare_rows(files: list, layers: list, pairs: list, settings: dict, meta: dict) -> dict:
-    """The compare pass over one row range (``meta["rows"]``) of aligned files → its moments as plain
-    arrays. ``files``: (path, dump spec); ``layers``: (file index, dataset path) of each stream."""
-    try:
-        with contextlib.ExitStack() as stack:
-            dumps = [stack.enter_context(Dump(path, spec)) for path, spec in files]
-            streams = [Stream(dumps[f], dumps[f].layer(name)) for f, name in layers]
-            moments = accumulate_rows(streams, [tuple(p) for p in pairs], rows=tuple(meta["rows"][0]), **settings)
-            return moments.to_arrays(meta)
-    except ActgeomError as exc:
-        return _error(exc)
-
-
-def merge_compare(a: dict, b: dict) -> dict:
-    """Two row ranges' compare moments → those of both (their rows joined in the header)."""
-    if "error" in a or "error" in b:
-        return a if "error" in a else b
-    (moments, meta), (other, other_meta) = CompareMoments.from_arrays(a), CompareMoments.from_arrays(b)
-    moments.merge(other)
-    return moments.to_arrays(meta | {"rows": sorted(meta["rows"] + other_meta["rows"])})
 
 
 class TaskFailed(ActgeomError):
@@ -175,6 +82,7 @@ class DaskBackend:
         self.cluster = None
         self.timings: dict = {}  # of the last first wave: ranges, seconds of the tasks and of the merge
         self._pending: dict = {}  # first waves started by submit(), by file, statistics and pass options
+        self.saved = SavedTasks(options.save_stats)  # --save-stats DIR: each task's result, reused by a re-run
         if options.save_stats is not None and Path(options.save_stats).exists() and not Path(options.save_stats).is_dir():
             raise UsageError(f"--save-stats {options.save_stats} is a file; with --backend dask it names a directory "
                              "that keeps one partial-statistics file per task")
@@ -227,7 +135,7 @@ class DaskBackend:
         futures, saved = {}, {}
         for a, b in ranges:
             task_options = replace(options, row_range=(a, b))
-            arrays = self._reuse(dump, specs, task_options)
+            arrays = self.saved.first_wave(dump, specs, task_options)
             if arrays is not None:
                 saved[(a, b)] = self.client.scatter([arrays])[0]  # a list: a dict would scatter its items
             else:
@@ -250,7 +158,7 @@ class DaskBackend:
         def finished(rows: tuple[int, int], future) -> None:
             nonlocal done
             if self.options.save_stats is not None:
-                self._save(self._partial_path(dump, rows), [dump.path], future.result())
+                self.saved.save_first_wave(dump, rows, future.result())
             done += rows[1] - rows[0]
             if progress is not None:
                 progress(label, done, total)
@@ -302,34 +210,6 @@ class DaskBackend:
         what = f"rows {rows[0]}:{rows[1]} of {files}" if rows is not None else f"a merge of statistics of {files}"
         return TaskFailed(f"{what} failed on the Dask workers, retried in vain: {reason.splitlines()[0]}")
 
-    # -- --save-stats DIR: one partial-statistics file per task ------------------------------------
-    def _partial_path(self, dump: Dump, rows: tuple[int, int]) -> Path:
-        return Path(self.options.save_stats) / f"{safe_name(dump.path.stem)}-{_task_id(dump.path)}.rows{rows[0]}-{rows[1]}.npz"
-
-    def _reuse(self, dump: Dump, specs: dict, options: PassOptions) -> dict | None:
-        """A saved task's arrays when they hold exactly this task: same dump, rows, pass and statistics."""
-        if self.options.save_stats is None:
-            return None
-        path = self._partial_path(dump, options.row_range)
-        if not path.exists():
-            return None
-        try:
-            stats, meta = load_partial(path)
-        except InvalidInputError:
-            return None  # unreadable (e.g. written by another version): made again
-        wanted = provenance(dump, options)
-        if (meta.get("fingerprint") != wanted["fingerprint"] or meta.get("rows") != wanted["rows"]
-                or meta.get("pass") != wanted["pass"] or set(stats) != {layer.name for layer in dump.layers}
-                or any(layer_stats.specs != specs for layer_stats in stats.values())):
-            return None
-        return stats_arrays(stats, meta)
-
-    def _save(self, path: Path, inputs: list, arrays: dict) -> None:
-        if "error" in arrays:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_arrays(path, arrays, inputs=inputs)
-
     # -- second wave: the consumers of the shared second pass ---------------------------------------
     def second_pass(self, dump: Dump, layer, families: dict, layer_stats: LayerStats, consumers: dict,
                     options: PassOptions, progress: Progress | None) -> None:
@@ -340,27 +220,34 @@ class DaskBackend:
         slots = {spec.slot for name in consumers for spec in FAMILIES[name].needs(families[name], facts)}
         needed = replace(layer_stats, specs={s: layer_stats.specs[s] for s in slots},
                          accumulators={s: layer_stats.accumulators[s] for s in slots})
-        shared = self.client.scatter([stats_arrays({layer.name: needed})], broadcast=True)[0]
         chosen = {name: families[name] for name in consumers}
+        identity = self.saved.second_identity(dump, needed, chosen, options)
         ranges = self._ranges_of(dump, options)
-        run = _run_id(dump.path)
-        futures = [self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
-                                      replace(options, row_range=rows), retries=self.options.retries, pure=False,
-                                      key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}")
-                   for rows in ranges]
-        label, total, done = f"{layer.name} (second pass)", sum(b - a for a, b in ranges), 0
-        where = {future.key: rows for rows, future in zip(ranges, futures)}
-        for future in as_completed(futures):
-            if future.status != "finished":
-                raise self._failure(str(dump.path), where[future.key], future)
-            a, b = where[future.key]
-            done += b - a
-            if progress is not None:
-                progress(label, done, total)
-        for future in futures:  # in row order: the parts join as one pass would have made them
-            result = future.result()
-            _raise_if_error(result)
-            for name, part in result["parts"].items():
+        parts = {rows: self.saved.second_wave(dump, identity, rows) for rows in ranges}  # saved by an earlier run
+        missing = [rows for rows in ranges if parts[rows] is None]
+        label, total = f"{layer.name} (second pass)", sum(b - a for a, b in ranges)
+        done = total - sum(b - a for a, b in missing)
+        if progress is not None:
+            progress(label, done, total)
+        if missing:
+            shared = self.client.scatter([stats_arrays({layer.name: needed})], broadcast=True)[0]
+            run = _run_id(dump.path)
+            futures = {self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
+                                          replace(options, row_range=rows), retries=self.options.retries, pure=False,
+                                          key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}"): rows for rows in missing}
+            for future in as_completed(futures):
+                rows = futures[future]
+                if future.status != "finished":
+                    raise self._failure(str(dump.path), rows, future)
+                result = future.result()
+                _raise_if_error(result)
+                parts[rows] = result["parts"]
+                self.saved.save_second_wave(dump, identity, rows, parts[rows])
+                done += rows[1] - rows[0]
+                if progress is not None:
+                    progress(label, done, total)
+        for rows in ranges:  # in row order: the parts join as one pass would have made them
+            for name, part in parts[rows].items():
                 consumers[name].merge(part)
 
     # -- compare: one pass over aligned files --------------------------------------------------------
@@ -376,13 +263,13 @@ class DaskBackend:
         identity = {"files": [[path, dump_fingerprint(d)] for (path, _), d in zip(files, dumps)], "layers": layers,
                     "pairs": [list(p) for p in pairs], **settings}
         n_rows = dumps[0].n_rows
-        ranges = row_ranges(n_rows, self._n_ranges(n_rows), _common_chunk_rows([s.layer for s in streams], n_rows))
+        ranges = row_ranges(n_rows, self._n_ranges(n_rows), common_chunk_rows([s.layer for s in streams], n_rows))
         named = ", ".join(dict.fromkeys(path for path, _ in files))
         run, started = _run_id(named), time.perf_counter()
         futures, saved = {}, {}
         for a, b in ranges:
             meta = identity | {"rows": [[a, b]]}
-            arrays = self._reuse_compare(identity, meta)
+            arrays = self.saved.compare(identity, meta)
             if arrays is not None:
                 saved[(a, b)] = self.client.scatter([arrays])[0]
             else:
@@ -396,7 +283,7 @@ class DaskBackend:
         def finished(rows: tuple[int, int], future) -> None:
             nonlocal done
             if self.options.save_stats is not None:
-                self._save(self._compare_path(identity, rows), [d.path for d in dumps], future.result())
+                self.saved.save_compare(identity, rows, [d.path for d in dumps], future.result())
             done += rows[1] - rows[0]
             if progress is not None:
                 progress("the compared layers", done, total)
@@ -405,23 +292,6 @@ class DaskBackend:
         self.timings = {"ranges": len(ranges), "tasks_s": tasks_done - started, "merge_s": time.perf_counter() - tasks_done}
         _raise_if_error(result)
         return CompareMoments.from_arrays(result)[0]
-
-    def _compare_path(self, identity: dict, rows: tuple[int, int]) -> Path:
-        return Path(self.options.save_stats) / f"compare-{_task_id(json.dumps(identity))}.rows{rows[0]}-{rows[1]}.npz"
-
-    def _reuse_compare(self, identity: dict, meta: dict) -> dict | None:
-        """A saved compare task's arrays when their header holds exactly this task (files and their
-        fingerprints, layers, pairs, pass settings, rows); else None (made again)."""
-        if self.options.save_stats is None:
-            return None
-        path = self._compare_path(identity, meta["rows"][0])
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-            held = json.loads(str(arrays["header"]))["meta"]
-        except (OSError, ValueError, KeyError):  # absent, unreadable or not ours
-            return None
-        return arrays if held == meta else None
 
 
 def _raise_if_error(result: dict) -> None:
@@ -436,9 +306,4 @@ def _wave_key(dump: Dump, specs: dict, options: PassOptions) -> tuple:
 def _run_id(path: Path) -> str:
     """Task keys of one wave: the file's id and a fresh part (a re-run with other options never
     meets the tasks of an earlier one still held by the scheduler)."""
-    return f"{_task_id(path)}-{uuid.uuid4().hex[:8]}"
-
-
-def _task_id(text) -> str:
-    """A short stable id of a file path or layer name (task keys, saved partials' names)."""
-    return hashlib.sha256(str(Path(text).resolve() if isinstance(text, Path) else text).encode()).hexdigest()[:8]
+    return f"{task_id(path)}-{uuid.uuid4().hex[:8]}"

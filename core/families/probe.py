@@ -116,7 +116,8 @@ class ProbePass:
     def partial(self) -> dict:
         """What the rows seen so far added (plain values): a row range's part, for :meth:`merge`."""
         return {"validation_correct": self.validation_correct, "n_validation": self.n_validation,
-                "lda": self.lda_confusions, "control": self.control_confusions, "others": self.other_confusions,
+                "lda": [c.to_arrays() for c in self.lda_confusions], "control": [c.to_arrays() for c in self.control_confusions],
+                "others": {name: c.to_arrays() for name, c in self.other_confusions.items()},
                 "scores": self._scores, "positive": self._positive}
 
     def merge(self, part: dict) -> None:
@@ -125,9 +126,9 @@ class ProbePass:
         self.validation_correct = self.validation_correct + part["validation_correct"]
         self.n_validation += part["n_validation"]
         for mine, theirs in zip(self.lda_confusions + self.control_confusions, part["lda"] + part["control"]):
-            mine.merge(theirs)
+            mine.merge(Confusion.from_arrays(theirs))
         for name, confusion in self.other_confusions.items():
-            confusion.merge(part["others"][name])
+            confusion.merge(Confusion.from_arrays(part["others"][name]))
         for mine, theirs in zip(self._scores, part["scores"]):
             mine.extend(theirs)
         self._positive.extend(part["positive"])
