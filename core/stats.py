@@ -109,9 +109,12 @@ class ClassMoments:
         self.ref = np.zeros((0, n_units))
         self.sums = np.zeros((0, n_units))
         self.sumsq = np.zeros(0)
-        # Fortran order: dsyrk updates it in place. Only the upper triangle is maintained. None: class
-        # means only (no D×D product per block).
-        self.scatter = np.zeros((n_units, n_units), order="F") if scatter else None
+        # keeps_scatter False: class means only (no D×D product per block). The scatter is allocated
+        # with the first rows (an accumulator that never sees any, e.g. of unlabelled rows, or one
+        # about to be loaded from arrays, costs no D×D zeros); Fortran order: dsyrk updates it in
+        # place. Only the upper triangle is maintained.
+        self.keeps_scatter = scatter
+        self.scatter: np.ndarray | None = None
         self._products = BlockProducts(n_units, products) if scatter else None
         self._z = np.empty((0, n_units))  # reused block buffer of shifted rows
 
@@ -151,7 +154,9 @@ class ClassMoments:
         self.counts[present] += block_counts
         self.sums[present] += block_sums
         self.sumsq[present] += np.bincount(inverse, weights=np.einsum("ij,ij->i", z, z), minlength=present.size)
-        if self.scatter is not None:
+        if self.keeps_scatter:
+            if self.scatter is None:
+                self.scatter = np.zeros((self.n_units, self.n_units), order="F")
             self._products.add(self.scatter, z)
 
     def merge(self, other: "ClassMoments") -> None:
@@ -167,8 +172,11 @@ class ClassMoments:
         delta = other.ref[shared] - self.ref[shared]
         n_shared = other.counts[shared].astype(np.float64)
         their_sums = other.sums[shared]
-        if self.scatter is not None:
-            self.scatter += other.scatter  # only the upper triangles are read
+        if self.keeps_scatter:
+            if self.scatter is None:  # no rows of ours yet: theirs as they are (nothing shared)
+                self.scatter = np.array(other.scatter, order="F")
+            else:
+                self.scatter += other.scatter  # only the upper triangles are read
             if shared.size:  # + Σ_c S_c δ_cᵀ + δ_c S_cᵀ + n_c δ_c δ_cᵀ = Aᵀδ + δᵀA, A = S + n δ / 2: one dsyr2k
                 half = their_sums + 0.5 * n_shared[:, None] * delta
                 self.scatter = blas.dsyr2k(1.0, half, delta, beta=1.0, c=self.scatter, trans=1, overwrite_c=1)
@@ -186,17 +194,20 @@ class ClassMoments:
         sums = self.sums[:c]
         means = np.where(counts[:, None] > 0, self.ref[:c] + sums / n[:, None], 0.0)
         scaled = sums / np.sqrt(n)[:, None]
-        within = None if self.scatter is None else _symmetric(self.scatter) - scaled.T @ scaled
+        within = None
+        if self.keeps_scatter:
+            total = np.zeros((self.n_units, self.n_units)) if self.scatter is None else _symmetric(self.scatter)
+            within = total - scaled.T @ scaled
         sq_dev = self.sumsq[:c] - np.einsum("ij,ij->i", sums, sums) / n
         return ClassStats(counts=counts, means=means, within_scatter=within, sq_dev=np.maximum(sq_dev, 0.0))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         c = self.n_classes
         arrays = {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c], "sumsq": self.sumsq[:c]}
-        if self.scatter is None:
+        if not self.keeps_scatter:
             return arrays
         # The upper triangle packed; empty when no row was added (e.g. no unlabelled row).
-        return arrays | {"scatter": pack_upper(self.scatter) if c else np.zeros(0)}
+        return arrays | {"scatter": np.zeros(0) if self.scatter is None else pack_upper(self.scatter)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassMoments":
@@ -204,7 +215,7 @@ class ClassMoments:
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
         if "scatter" in arrays:
             scatter = arrays["scatter"]
-            acc.scatter = unpack_upper(scatter) if scatter.size else acc.scatter
+            acc.scatter = unpack_upper(scatter) if scatter.size else None
         return acc
 
 

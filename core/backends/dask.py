@@ -53,6 +53,9 @@ from actgeom.core.partial import dump_fingerprint, stats_arrays, stats_from_arra
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
 MERGE_PRIORITY = 1  # merges run before the first-wave tasks still queued (Dask's default priority: 0)
+# A LocalCluster's worker has a thread for the merges beside the one for row ranges: a range task
+# holds this resource (one per worker), a merge does not, so it never waits behind a running range.
+RANGE_SLOT = "actgeom-range"
 ROWS_PER_TASK = 1 << 20  # at most this many rows per first-wave task by default: a failure costs little to redo
 
 
@@ -90,12 +93,19 @@ class DaskBackend:
             if options.scheduler is not None:
                 self.client = Client(options.scheduler, timeout=SCHEDULER_TIMEOUT)
             else:
-                self.cluster = LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1,
-                                            processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+                self.cluster = LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=2,
+                                            resources={RANGE_SLOT: 1}, processes=True, dashboard_address=":0",
+                                            silence_logs=logging.ERROR)
                 self.client = Client(self.cluster)
         except (OSError, ValueError) as exc:  # no scheduler there (a timeout is an OSError), or not an address
             raise UsageError(f"--scheduler {options.scheduler}: cannot reach a Dask scheduler ({exc})") from None
-        services = self.client.scheduler_info().get("services", {})
+        info = self.client.scheduler_info()
+        # On another scheduler's cluster, only when every worker declares the slot (else tasks that
+        # ask for it could wait for ever)
+        workers = info.get("workers", {}).values()
+        self._range = {"resources": {RANGE_SLOT: 1}} if workers and all(
+            RANGE_SLOT in w.get("resources", {}) for w in workers) else {}
+        services = info.get("services", {})
         self.dashboard_link = self.client.dashboard_link if "dashboard" in services else None
 
     def __enter__(self) -> "DaskBackend":
@@ -141,7 +151,7 @@ class DaskBackend:
             else:
                 futures[(a, b)] = self.client.submit(first_wave, str(dump.path), dump.spec, specs, task_options,
                                                      retries=self.options.retries, pure=False,
-                                                     key=f"actgeom-rows-{run}-{a}-{b}")
+                                                     key=f"actgeom-rows-{run}-{a}-{b}", **self._range)
         return ranges, futures, saved
 
     def accumulate(self, dump: Dump, specs: dict, options: PassOptions, progress: Progress | None) -> dict[str, LayerStats]:
@@ -234,7 +244,8 @@ class DaskBackend:
             run = _run_id(dump.path)
             futures = {self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
                                           replace(options, row_range=rows), retries=self.options.retries, pure=False,
-                                          key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}"): rows for rows in missing}
+                                          key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}", **self._range): rows
+                       for rows in missing}
             for future in as_completed(futures):
                 rows = futures[future]
                 if future.status != "finished":
@@ -275,7 +286,7 @@ class DaskBackend:
             else:
                 futures[(a, b)] = self.client.submit(compare_rows, files, layers, identity["pairs"], settings, meta,
                                                      retries=self.options.retries, pure=False,
-                                                     key=f"actgeom-compare-{run}-{a}-{b}")
+                                                     key=f"actgeom-compare-{run}-{a}-{b}", **self._range)
         done, total = sum(b - a for a, b in saved), n_rows
         if progress is not None:
             progress("the compared layers", done, total)
