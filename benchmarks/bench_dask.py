@@ -3,8 +3,8 @@ cost of the tree merge of a 16-range run.
 
 local  = core.api.analyze(dump, families) in this process (the engine: one pass, BLAS threads);
 dask   = the same call with a LocalCluster of --workers processes (one row range at a time each, a
-         second thread for merges; two ranges per worker): the cluster's start-up is reported apart, the run is timed with the cluster up
-         (its first run, cold workers, and the best of --repeat);
+         second thread for merges; two ranges per worker): the cluster's start-up is reported apart,
+         the run is timed with the cluster up (its first run, cold workers, and the best of --repeat);
 dask16 = 16 row ranges on the same workers (a simulated 16-worker run): the seconds until every
          range's task is done, and those of the merge tree after that (merge tasks + fetching the
          root), as a share of the whole pass — every run's, with the median and the largest share
