@@ -68,15 +68,18 @@ def dumps(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One LocalCluster of 2 single-threaded worker processes for the module."""
+    """One LocalCluster of 2 worker processes for the module, made as `--workers 2` makes it: a row
+    range at a time per worker, a second thread for merges (the fault tests' cluster has neither)."""
     if not HAS_DASK:
         pytest.skip("the dask extra is not installed (pip install '.[dask]')")
     import logging
 
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as running:
+    from actgeom.core.backends.dask import RANGE_SLOT
+
+    with LocalCluster(n_workers=2, threads_per_worker=2, resources={RANGE_SLOT: 1}, processes=True,
+                      dashboard_address=":0", silence_logs=logging.ERROR) as running:
         yield running
 
 
@@ -189,6 +192,18 @@ def test_cli_prints_the_dashboard_and_the_same_numbers(cluster, dumps, cli):
 
     local = cli.json("collapse", path, "--quiet")
     assert assert_same_numbers(local, json.loads(out)) > 20
+
+
+@needs_dask
+def test_ranges_take_the_slot_only_where_every_worker_has_it(cluster, fragile_cluster):
+    """A row range holds a worker's range slot (merges then run beside it, never behind it); on a
+    cluster whose workers do not declare the slot, tasks ask for no resource (they would wait for ever)."""
+    from actgeom.core.backends.dask import RANGE_SLOT
+
+    with open_backend(_dask(cluster)) as backend:
+        assert backend._range == {"resources": {RANGE_SLOT: 1}}
+    with open_backend(_dask(fragile_cluster)) as backend:
+        assert backend._range == {}
 
 
 # -- compare: one pass over aligned files, as tasks over row ranges -----------------------------------
