@@ -340,6 +340,18 @@ def test_corrupt_gzip_chunk_names_rows_layer_and_file(cli, tmp_path, rng, comman
     assert re.search(rf"cannot read rows 0–\d+ of layer 'feats' in {re.escape(str(path))}: ", err), err
 
 
+def test_corrupt_sample_ids_are_one_line(cli, tmp_path, rng):
+    """compare reads /rows/sample_id to align rows: a corrupt chunk there is a one-line error too."""
+    path = tmp_path / "ids.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("feats", data=rng.standard_normal((64, 8)))
+        f.create_dataset("rows/sample_id", data=np.arange(64), chunks=(16,), compression="gzip")
+    _corrupt_first_chunk(path, "rows/sample_id")
+    code, out, err = cli("compare", path, path)
+    assert code == 3 and out == "" and one_error_line(err), err
+    assert f"cannot read 'rows/sample_id' from row 0 in {path}: " in err, err
+
+
 # -- hangs --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["info", "stats", *METRIC_COMMANDS])
 def test_fifo_input_is_refused_at_once(cli, tmp_path, command):

@@ -353,7 +353,7 @@ class Dump:
 
     def row_ids(self, path: str, start: int, stop: int) -> np.ndarray:
         """Ids of rows [start, stop) from ``path`` (integers, or strings decoded from UTF-8)."""
-        values = self._file[path][start:stop]
+        values = _read(self._file[path], np.s_[start:stop], f"'{path}'", self.path, start)
         if values.dtype.kind in "SO":
             return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
         return values
