@@ -43,7 +43,8 @@ def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 file
 
 def _describe(path: Path, spec, *, listing_ok: bool) -> Result:
     from actgeom.core.dump import Dump  # h5py: imported when the command runs, not for --help
-    from actgeom.core.dump.reader import NoLayersError, list_datasets
+    from actgeom.core.dump.hdf5 import list_datasets
+    from actgeom.core.dump.reader import NoLayersError
     from actgeom.core.info import describe
 
     try:

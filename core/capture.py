@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core.dump.reader import decode_bfloat16, natural_key
+from actgeom.core.dump.hdf5 import decode_bfloat16
+from actgeom.core.dump.layout import natural_key
 from actgeom.core.dump.writer import DumpWriter, as_rows
 from actgeom.core.errors import UsageError
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import write_dump, write_h5
 
 from actgeom.core.dump import Dump, DumpSpec, DumpWriter
-from actgeom.core.dump.reader import decode_bfloat16
+from actgeom.core.dump.hdf5 import decode_bfloat16
 from actgeom.core.dump.writer import encode_bfloat16
 from actgeom.core.errors import InvalidInputError, UsageError
 

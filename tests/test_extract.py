@@ -17,7 +17,7 @@ import pytest
 
 import actgeom.core.extract as extract_module
 from actgeom.core.dump import Dump, DumpWriter
-from actgeom.core.dump.reader import decode_bfloat16
+from actgeom.core.dump.hdf5 import decode_bfloat16
 from actgeom.core.dump.writer import encode_bfloat16
 
 try:

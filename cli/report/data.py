@@ -16,7 +16,7 @@ from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
 from actgeom.core.collapse import CollapseOptions
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.dump.reader import natural_key
+from actgeom.core.dump.layout import natural_key
 from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.entropy import EntropyOptions
 from actgeom.core.errors import OptionError

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core.dump import Dump
-from actgeom.core.dump.reader import safe_name
+from actgeom.core.dump.hdf5 import safe_name
 from actgeom.core.engine import LayerStats, PassOptions
 from actgeom.core.errors import InvalidInputError
 from actgeom.core.partial import load_partial, provenance, save_arrays, stats_arrays

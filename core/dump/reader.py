@@ -34,9 +34,6 @@ from actgeom.core.dump.hdf5 import (
     decode_bfloat16,
     safe_name,
 )
-from actgeom.core.dump.hdf5 import _plain as _plain  # re-exported: writer.py imports it from here
-from actgeom.core.dump.hdf5 import check_metadata as check_metadata  # re-exported: sources.py imports it from here
-from actgeom.core.dump.hdf5 import list_datasets as list_datasets  # re-exported: the CLI's info imports it from here
 from actgeom.core.dump.layout import (
     BIAS_PATHS,
     FORMAT_NAME,
@@ -48,7 +45,6 @@ from actgeom.core.dump.layout import (
     LayerInfo,
     natural_key,
 )
-from actgeom.core.dump.layout import FORMAT_VERSION as FORMAT_VERSION  # re-exported: writer.py imports it from here
 from actgeom.core.errors import DataWarning, InvalidInputError
 
 # Finite float64 values beyond the float32 range are refused: no activation is that large, and

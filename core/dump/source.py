@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core.dump.reader import DumpSpec, decode_bfloat16, natural_key
+from actgeom.core.dump.hdf5 import decode_bfloat16
+from actgeom.core.dump.layout import DumpSpec, natural_key
 from actgeom.core.errors import InvalidInputError
 
 # Row vectors by conventional name (in files that are not HDF5 dumps).

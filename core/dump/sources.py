@@ -18,7 +18,9 @@ import h5py
 import numpy as np
 
 from actgeom.core.dump.caches import read_arrow, read_neurox
-from actgeom.core.dump.reader import Dump, DumpSpec, check_metadata
+from actgeom.core.dump.hdf5 import check_metadata
+from actgeom.core.dump.layout import DumpSpec
+from actgeom.core.dump.reader import Dump
 from actgeom.core.dump.source import Arrays, RowView, Source, first_line, from_arrays
 from actgeom.core.dump.writer import as_rows
 from actgeom.core.errors import InvalidInputError

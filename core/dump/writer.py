@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 
 from actgeom.core import __version__
-from actgeom.core.dump.reader import FORMAT_NAME, FORMAT_VERSION, _plain, decode_bfloat16
+from actgeom.core.dump.hdf5 import _plain, decode_bfloat16
+from actgeom.core.dump.layout import FORMAT_NAME, FORMAT_VERSION
 from actgeom.core.errors import InvalidInputError, UsageError
 from actgeom.core.options import COMPRESSION, STORAGE_DTYPES
 
