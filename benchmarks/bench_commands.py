@@ -1,7 +1,8 @@
 """Time every metric command against the floor on the engine benchmark's dumps — at both shapes
 of issue #14 (N = 400 000 × D = 512 and N = 200 000 × D = 1024, float16, C = 100) — each in a
 fresh process, with and without `--products float32`; DSE alone at N = 2 000 … 10 000; and
-`collapse` at language-model scale (C = 50 000 classes > D = 256 units, N = 500 000 rows).
+`collapse` at language-model scale (C = 50 000 classes > D = 256 units, N = 500 000 rows); and DSE
+at N = 10 000 against dse-dsmi and one eigensolve (benchmarks/bench_dse.py, run from here).
 floor1/floor4: reads + one float64 XᵀX per block of 1/4 chunks (benchmarks/bench_engine.py); floor1x2:
 reads + two D×D products per block, the least for `all` (the report's pass: collapse's class scatter
 and the dataset entropy's Σ uuᵀ of the L2-normalised rows are two different D×D sums).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +54,7 @@ def child(kind: str, path: str) -> dict:
         actgeom.analyze(path, options={"entropy": {"subsample": 2000, "threshold": 0.0}}, products=products)
     elif kind == "compare":  # the dump against itself: every similarity of every layer pair
         actgeom.compare([path, path])
-    elif kind in ("report", "stats"):  # through the CLI, as users run them
+    elif kind in ("report", "report3", "stats"):  # through the CLI, as users run them (report3: issue #9's three families)
         import tempfile
 
         from typer.testing import CliRunner
@@ -60,8 +62,9 @@ def child(kind: str, path: str) -> dict:
         from actgeom.cli.app import app
 
         with tempfile.TemporaryDirectory() as scratch:
-            out = str(Path(scratch) / ("r.html" if kind == "report" else "s.npz"))
-            args = ["report", path, "-o", out] if kind == "report" else ["stats", path, "--save-stats", out, "-o", out + ".json"]
+            out = str(Path(scratch) / ("s.npz" if kind == "stats" else "r.html"))
+            args = ["stats", path, "--save-stats", out, "-o", out + ".json"] if kind == "stats" else ["report", path, "-o", out]
+            args += ["--families", "collapse,rank,entropy"] if kind == "report3" else []
             result = CliRunner().invoke(app, [*args, "--quiet"])
             assert result.exit_code == 0, result.output
     elif kind.startswith("dse:"):  # DSE alone on N random rows of D = 512
@@ -98,13 +101,14 @@ def make_lm_dump(path: Path, n_rows: int, n_units: int, n_classes: int, seed: in
             writer.append({"layer": means[y] + rng.standard_normal((n, n_units), dtype=np.float32)}, labels=y)
 
 
-COMMANDS = ("collapse", "rank", "entropy", "neurons", "all")
+COMMANDS = ("collapse", "rank", "entropy", "neurons", "all", "report3")
 
 
 def measure(path: Path, repeat: int) -> None:
     """Every command (and its --products float32 run) against the floors, best of ``repeat``."""
     run_child("floor1", path)  # warm the page cache
-    kinds = ["floor1", "floor4", "floor1x2", "eigvalsh", *COMMANDS, *(kind + FAST for kind in COMMANDS if kind != "neurons")]
+    kinds = ["floor1", "floor4", "floor1x2", "eigvalsh", *COMMANDS,
+             *(kind + FAST for kind in COMMANDS if kind not in ("neurons", "report3"))]
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for _ in range(repeat):
         for kind, results in runs.items():
@@ -120,6 +124,8 @@ def measure(path: Path, repeat: int) -> None:
     print(f"rank / (floor1 + one eigvalsh): {best['rank']['seconds'] / (floor1 + best['eigvalsh']['seconds']):.3f}")
     print(f"all / floor1x2 (reads + the two D×D products per block its metrics need): "
           f"{best['all']['seconds'] / best['floor1x2']['seconds']:.3f}")
+    print(f"report3 (the page of collapse + rank + entropy, figures included) / floor1x2: "
+          f"{best['report3']['seconds'] / best['floor1x2']['seconds']:.3f}")
     separate = sum(best[kind]["seconds"] for kind in ("collapse", "rank", "entropy"))
     print(f"one pass for three families ('all') / three separate commands: {best['all']['seconds'] / separate:.3f}")
 
@@ -170,6 +176,10 @@ def main() -> None:
         result = run_child(f"dse:{n}", path, __file__)
         print(f"DSE N={n} D=512: {result['seconds']:.2f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
               f"(one {n}×{n} float64 matrix = {n * n * 8 / 2**20:.0f} MiB)")
+    if not args.skip_dse:  # against dse-dsmi (its own venv) and one in-place eigensolve: benchmarks/bench_dse.py
+        print(flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).parent / "bench_dse.py"), "--sizes", "10000", "--skip-command"],
+                       check=True)
     if not args.skip_lm:
         lm = WORKDIR / "synthetic_lm_256u_50000c_500000.h5"
         make_lm_dump(lm, 500_000, 256, 50_000)
