@@ -26,7 +26,8 @@ import numpy as np
 from actgeom.core.entropy import SequenceEntropy
 from actgeom.core.errors import InvalidInputError, OptionError, UsageError
 from actgeom.core.probesplit import ControlSums, control_groups, is_test, is_validation, split_keys
-from actgeom.core.stats import ClassMoments, ClassStats, DirectionScatter, Reservoir, UnitStats
+from actgeom.core.sample import Reservoir
+from actgeom.core.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats
 from actgeom.core.unitstats import ExpSums, GroupSums, UnitMoments
 
 

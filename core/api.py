@@ -202,7 +202,8 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
                 continue
             with Dump(path, spec) as dump:
                 if provenance is not None:
-                    used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok)
+                    used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok,
+                                            by_label=set(families) != {"rank"})
                 key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
                 entry = None if key is None else _cached(Path(cache), key)
                 if entry is None:

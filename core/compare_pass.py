@@ -24,7 +24,7 @@ from actgeom.core.compare_moments import CentredCross, CentredSide, CrossMoments
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.engine import Progress
 from actgeom.core.errors import InvalidInputError, OptionError
-from actgeom.core.stats import Reservoir
+from actgeom.core.sample import Reservoir
 from actgeom.core.stream import iter_blocks
 
 MOMENTS_FORMAT = "actgeom-compare-moments"  # the header of a row range's moments as plain arrays

@@ -10,7 +10,7 @@ by the number of rows. The pipeline, in order:
 2. **rows** ``A:B``: candidates A ≤ i < B.
 3. **classes**: candidates whose label is one of these.
 4. **sample** N (seed S): the N candidates left with the smallest splitmix keys of their candidate
-   number (:func:`row_keys`), so the sample is reproducible and independent of block sizes; with
+   number (:func:`hash_keys` of core/sample.py), so the sample is reproducible and independent of block sizes; with
    ``stratify`` the N are split over classes in proportion to their counts (largest remainders).
 
 Rows keep their order. A pooled sequence (``mean``) has the label its rows share, or -1 when they
@@ -35,7 +35,7 @@ from actgeom.core import __version__
 from actgeom.core.dump.source import Source
 from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
 from actgeom.core.errors import InvalidInputError, UsageError
-from actgeom.core.stats import row_keys
+from actgeom.core.sample import hash_keys
 
 TOKEN_CHOICES = "all, first, last, mean, from:K"
 BLOCK_BYTES = 8 << 20  # rows per block: about this many bytes per layer as float64
@@ -241,7 +241,7 @@ def _sample(plan: _Plan, selection: Selection, eligible) -> np.ndarray | None:
     if not selection.stratify:
         keys, kept = np.zeros(0, np.uint64), np.zeros(0, np.int64)
         for index, _ in eligible():
-            keys, kept = _smallest(np.concatenate([keys, _keys(index, selection.seed)]), np.concatenate([kept, index]), n)
+            keys, kept = _smallest(np.concatenate([keys, hash_keys(index, selection.seed)]), np.concatenate([kept, index]), n)
         return np.sort(kept)
     counts: dict[int, int] = {}
     for _, labels in eligible():
@@ -255,7 +255,7 @@ def _sample(plan: _Plan, selection: Selection, eligible) -> np.ndarray | None:
                 continue
             mine = index[labels == label]
             keys, rows = kept[int(label)]
-            kept[int(label)] = _smallest(np.concatenate([keys, _keys(mine, selection.seed)]),
+            kept[int(label)] = _smallest(np.concatenate([keys, hash_keys(mine, selection.seed)]),
                                          np.concatenate([rows, mine]), quota[int(label)])
     return np.sort(np.concatenate([rows for _, rows in kept.values()] + [np.zeros(0, np.int64)]))
 
@@ -276,14 +276,6 @@ def stratified_quota(counts: dict[int, int], n: int) -> dict[int, int]:
     for c in rest[: n - sum(quota.values())]:
         quota[c] += 1
     return quota
-
-
-def _keys(index: np.ndarray, seed: int) -> np.ndarray:
-    """row_keys of arbitrary candidate numbers (row_keys takes a range: take the span, then pick)."""
-    if index.size == 0:
-        return np.zeros(0, np.uint64)
-    low = int(index.min())
-    return row_keys(low, int(index.max()) + 1, seed)[index - low]
 
 
 def _smallest(keys: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

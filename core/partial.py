@@ -5,16 +5,19 @@ JSON header. Merging is exact up to float64 rounding, in any order and any split
 
 Provenance: the header records which dump the statistics describe (a fingerprint of its
 attributes, layer names, widths and dtypes, so shard files of one checkpoint share it while two
-checkpoints do not), the global row ranges they cover, and the pass options that shape them.
-`merge` refuses statistics of different dumps, overlapping rows and different pass options;
-`--stats` refuses statistics of another dump, of other pass options, or of only part of the rows
-(unless the caller accepts a partial view, which the output then records).
+checkpoints do not), the label and offset datasets its rows were grouped by, the global row ranges
+they cover, and the pass options that shape them. `merge` refuses statistics of different dumps or
+datasets, overlapping rows and different pass options; `--stats` refuses statistics of another
+dump, of other labels or offsets (labels only where a family groups rows by class), of other pass
+options, or of only part of the rows (unless the caller accepts a partial view, which the output
+then records).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from actgeom.core.errors import InvalidInputError, UsageError
 from actgeom.core.outputs import atomic_output
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
-PARTIAL_VERSION = 3  # 2: accumulators named by slot with their specs; 3: D×D scatters packed (upper triangle)
+PARTIAL_VERSION = 4  # 2: accumulators named by slot with their specs; 3: D×D scatters packed; 4: label/offset datasets
 
 
 def save_partial(path: str | Path, stats: dict[str, LayerStats], meta: dict | None = None, *, inputs=(),
@@ -74,7 +77,7 @@ def load_partial(path: str | Path) -> tuple[dict[str, LayerStats], dict]:
             arrays = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise InvalidInputError(f"no such file: {path}") from None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # not an .npz, or a truncated one
         raise InvalidInputError(f"{path} is not an actgeom partial-statistics file") from None
     return stats_from_arrays(arrays, path)
 
@@ -123,9 +126,9 @@ def provenance(dump, options: PassOptions) -> dict:
 
 
 def data_sources(dump) -> dict:
-    """The datasets beside the layers that shape statistics: class labels (--labels), sequence
-    offsets (--offsets) and token positions. Two label sets of one dump give other statistics."""
-    return {"labels": dump.labels_path, "offsets": dump.offsets_path, "positions": dump.positions_path}
+    """The datasets beside the layers that shape statistics: class labels (--labels) and sequence
+    offsets (--offsets). Two label sets of one dump give other statistics."""
+    return {"labels": dump.labels_path, "offsets": dump.offsets_path}
 
 
 def _sources_text(sources: dict) -> str:
@@ -144,9 +147,9 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
         if meta.get("fingerprint") != first.get("fingerprint"):
             raise InvalidInputError(f"{path} holds statistics of another dump ({', '.join(meta.get('dumps', []))}) "
                                     f"than {first_path} ({', '.join(first.get('dumps', []))})")
-        if meta.get("sources") != first.get("sources"):
-            raise InvalidInputError(f"{path} was made with {_sources_text(meta.get('sources', {}))}, {first_path} with "
-                                    f"{_sources_text(first.get('sources', {}))}")
+        if meta["sources"] != first["sources"]:
+            raise InvalidInputError(f"{path} was made with {_sources_text(meta['sources'])}, {first_path} with "
+                                    f"{_sources_text(first['sources'])}")
         for name in PROVENANCE_PASS:
             if _recorded(meta, name) != _recorded(first, name):
                 raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}, {first_path} with "
@@ -157,7 +160,7 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
             raise InvalidInputError(f"{p1} (rows {a1}:{b1}) and {p2} (rows {a2}:{b2}) overlap: rows would count twice")
     merged = merge_stats([stats for _, stats, _ in loaded])
     meta = {"dumps": sorted({d for _, _, m in loaded for d in m["dumps"]}), "fingerprint": first["fingerprint"],
-            "sources": first.get("sources"), "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
+            "sources": first["sources"], "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
     return merged, meta
 
 
@@ -171,15 +174,20 @@ def _union(ranges: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok: bool = False) -> dict:
+def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok: bool = False,
+                     by_label: bool = True) -> dict:
     """Refuse statistics that do not describe this dump's rows as this pass would read them;
-    return what the output records about them."""
+    return what the output records about them. ``by_label`` False: the families do not group rows
+    by class (rank), so statistics made with any labels serve them."""
     if meta.get("fingerprint") != dump_fingerprint(dump):
         raise InvalidInputError(f"{path} holds statistics of {', '.join(meta.get('dumps', ['another dump']))}, "
                                 f"not of {dump.path} (their attributes or layers differ)")
-    if meta.get("sources") != data_sources(dump):
-        raise InvalidInputError(f"{path} was made with {_sources_text(meta.get('sources', {}))}; this command reads "
-                                f"{_sources_text(data_sources(dump))} (give the same --labels / --offsets)")
+    made, wanted = meta["sources"], data_sources(dump)
+    if not by_label:
+        made, wanted = {"offsets": made["offsets"]}, {"offsets": wanted["offsets"]}
+    if made != wanted:
+        raise InvalidInputError(f"{path} was made with {_sources_text(made)}; this command reads {_sources_text(wanted)} "
+                                "(give the same --labels / --offsets)")
     for name in PROVENANCE_PASS:
         if _recorded(meta, name) != getattr(options, name):
             raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}; this command uses "

@@ -1,7 +1,7 @@
 """The probe's train/test split and control task (METRICS.md §7), keyed by seeded hashes.
 
-A row is a test row when its key — splitmix64 of its global row number (:func:`row_keys` of
-core/stats.py) or of its ``/rows/sample_id``, with the seed — is below ``test_fraction``·2⁶⁴.
+A row is a test row when its key — splitmix64 of its global row number (:func:`hash_keys` of
+core/sample.py) or of its ``/rows/sample_id``, with the seed — is below ``test_fraction``·2⁶⁴.
 The key depends only on (seed, row number or id), so the split is the same in every layer, every
 chunking, every shard and every run, and the second pass finds the test rows again without
 keeping a list of them.
@@ -25,32 +25,17 @@ import numpy as np
 from scipy import sparse
 
 from actgeom.core.errors import InvalidInputError
-from actgeom.core.stats import ClassStats, row_keys
+from actgeom.core.sample import hash_keys
+from actgeom.core.stats import ClassStats
 
 VALIDATION_FRACTION = 0.25  # --shrinkage auto: share of the train rows that choose s
 CONTROL_BUCKETS = 1024  # row control: class frequencies kept to 1/1024; memory 1024×D floats
 _BUCKET_SHIFT = np.uint64(64 - 10)  # 2¹⁰ = CONTROL_BUCKETS
-_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-
-
-def hash_keys(values: np.ndarray, seed: int) -> np.ndarray:
-    """:func:`row_keys` of arbitrary integers (sample ids, token ids): the same splitmix64 of
-    value and seed, so ``hash_keys(np.arange(a, b), s) == row_keys(a, b, s)``."""
-    with np.errstate(over="ignore"):
-        x = np.asarray(values, dtype=np.int64).view(np.uint64) + np.uint64(seed) * _SPLITMIX_GAMMA + _SPLITMIX_GAMMA
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 def split_keys(index: np.ndarray, sample_ids: np.ndarray | None, seed: int) -> np.ndarray:
     """The split key of each row: of its sample id when given, else of its global row number."""
-    if sample_ids is not None:
-        return hash_keys(sample_ids, seed)
-    if index.size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    lo, hi = int(index.min()), int(index.max()) + 1
-    return row_keys(lo, hi, seed)[index - lo]
+    return hash_keys(index if sample_ids is None else sample_ids, seed)
 
 
 def is_test(keys: np.ndarray, test_fraction: float) -> np.ndarray:

@@ -19,8 +19,6 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import blas, lapack
 
-_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-
 
 def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Σ_i w_i A[i, :] for a C-ordered float64 block, as one float64 BLAS gemv.
@@ -109,10 +107,10 @@ class ClassMoments:
         self.ref = np.zeros((0, n_units))
         self.sums = np.zeros((0, n_units))
         self.sumsq = np.zeros(0)
-        # keeps_scatter False: class means only (no D×D product per block). The scatter is allocated
-        # with the first rows (an accumulator that never sees any, e.g. of unlabelled rows, or one
-        # about to be loaded from arrays, costs no D×D zeros); Fortran order: dsyrk updates it in
-        # place. Only the upper triangle is maintained.
+        # keeps_scatter False: class means only (no D×D product per block). The float64 scatter is
+        # allocated with the first rows (an accumulator that never sees any, e.g. of unlabelled rows,
+        # or one about to be loaded from arrays, costs no D×D float64 zeros); Fortran order: dsyrk
+        # updates it in place. Only the upper triangle is maintained.
         self.keeps_scatter = scatter
         self.scatter: np.ndarray | None = None
         self._products = BlockProducts(n_units, products) if scatter else None
@@ -364,100 +362,3 @@ class DirectionScatter:
         acc.scatter = scatter
         acc.n_rows = int(arrays["n_rows"])
         return acc
-
-
-def row_keys(start: int, stop: int, seed: int) -> np.ndarray:
-    """A pseudo-random uint64 key per global row index (splitmix64 of index and seed).
-
-    The key depends only on (seed, row index), so a reservoir keeping the smallest keys holds the
-    same rows for every layer of a dump, every chunking, every shard split, every run.
-    """
-    with np.errstate(over="ignore"):
-        x = np.arange(start, stop, dtype=np.uint64) + np.uint64(seed) * _SPLITMIX_GAMMA + _SPLITMIX_GAMMA
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-class Reservoir:
-    """A seeded uniform sample of ``size`` rows (with labels and row indices), order-free.
-
-    The sample is the ``size`` rows with the smallest keys (:func:`row_keys`). Offered rows
-    that beat the largest kept key replace the rows they push out, in place: no copy of the
-    sample per block.
-    """
-
-    def __init__(self, size: int, n_units: int, dtype, seed: int = 0):
-        self.size, self.seed = int(size), int(seed)
-        self._keys = np.zeros(0, dtype=np.uint64)
-        self._index = np.zeros(0, dtype=np.int64)
-        self._labels = np.zeros(0, dtype=np.int64)
-        self._rows = np.zeros((0, n_units), dtype=dtype)
-        self.n_rows = 0
-
-    keys = property(lambda self: self._keys[: self.n_rows])
-    index = property(lambda self: self._index[: self.n_rows])
-    labels = property(lambda self: self._labels[: self.n_rows])
-    rows = property(lambda self: self._rows[: self.n_rows])
-
-    def update(self, X: np.ndarray, y: np.ndarray, index: np.ndarray) -> None:
-        """Offer rows X with labels y and global row indices ``index``."""
-        if self.size == 0 or X.shape[0] == 0:
-            return
-        keys = _keys_of(index, self.seed)
-        if self.n_rows == self.size:  # only rows that beat the largest kept key can enter
-            take = np.flatnonzero(keys < self.keys.max())
-            keys, index, y, X = keys[take], index[take], y[take], X[take]
-        self._absorb(keys, index, y, X)
-
-    def _absorb(self, keys, index, labels, rows) -> None:
-        if keys.size == 0:
-            return
-        if self._keys.size < self.size:  # the first offer: room for the whole sample
-            self._keys, self._index, self._labels, self._rows = (
-                np.empty((self.size,) + a.shape[1:], dtype=a.dtype) for a in (self._keys, self._index, self._labels, self._rows))
-        fill = min(self.size - self.n_rows, keys.size)
-        if fill:  # still filling up
-            put = slice(self.n_rows, self.n_rows + fill)
-            self._keys[put], self._index[put], self._labels[put] = keys[:fill], index[:fill], labels[:fill]
-            self._rows[put] = rows[:fill]
-            self.n_rows += fill
-            keys, index, labels, rows = keys[fill:], index[fill:], labels[fill:], rows[fill:]
-            if keys.size == 0:
-                return
-        everything = np.concatenate([self._keys, keys])
-        kept = np.zeros(everything.size, dtype=bool)
-        kept[np.argpartition(everything, self.size - 1)[: self.size]] = True
-        out = np.flatnonzero(~kept[: self.size])  # slots of kept rows pushed out ...
-        into = np.flatnonzero(kept[self.size :])  # ... by these offered rows
-        self._keys[out], self._index[out], self._labels[out] = keys[into], index[into], labels[into]
-        self._rows[out] = rows[into]
-
-    def merge(self, other: "Reservoir") -> None:
-        self._absorb(other.keys, other.index, other.labels, other.rows)
-
-    def sample(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row indices ascending, labels, rows) of the sample, or of its first ``size`` rows by
-        key: exactly the sample a reservoir of that size would hold (same seed)."""
-        chosen = np.arange(self.n_rows)
-        if size is not None and size < self.n_rows:
-            chosen = np.argpartition(self.keys, size - 1)[:size] if size > 0 else chosen[:0]
-        order = chosen[np.argsort(self.index[chosen])]
-        return self.index[order], self.labels[order], self.rows[order]
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"keys": self.keys, "index": self.index, "labels": self.labels, "rows": self.rows,
-                "params": np.array([self.size, self.seed], dtype=np.int64)}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Reservoir":
-        size, seed = (int(v) for v in arrays["params"])
-        acc = cls(size, arrays["rows"].shape[1], arrays["rows"].dtype, seed)
-        acc._absorb(arrays["keys"], arrays["index"], arrays["labels"], arrays["rows"])
-        return acc
-
-
-def _keys_of(index: np.ndarray, seed: int) -> np.ndarray:
-    """row_keys for arbitrary (not necessarily contiguous) row indices."""
-    lo, hi = int(index.min()), int(index.max()) + 1
-    return row_keys(lo, hi, seed)[index - lo]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.stats import row_keys
+from actgeom.core.sample import row_keys
 
 
 def held_out(n_rows: int, seed: int, test_fraction: float, keys_of=None) -> np.ndarray:

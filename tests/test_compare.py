@@ -14,7 +14,7 @@ import actgeom
 from actgeom.core.compare import REGISTRY
 from actgeom.core.compare_moments import CrossMoments, SideMoments
 from actgeom.core.dump import Dump
-from actgeom.core.stats import row_keys
+from actgeom.core.sample import row_keys
 
 # Streamed moments vs the reference's N × N Grams / QR: both float64, agreeing to ~1e-12 on
 # well-conditioned data; 1e-8 is the acceptance bar.

@@ -18,8 +18,7 @@ from actgeom.core.accumulators import SplitSpec
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.probe import REGISTRY, SHRINKAGE_GRID, ProbeOptions, lda_probe, ridge_probe
-from actgeom.core.probesplit import hash_keys
-from actgeom.core.stats import row_keys
+from actgeom.core.sample import hash_keys, row_keys
 
 SEEDS = [0, 1, 2]
 COEF_RTOL = 1e-8  # the acceptance bound: two float64 solves of a well-conditioned D×D system (cond ≲ 10²)

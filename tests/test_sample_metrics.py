@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 from sample_metrics import RECORDED, environment, runs
@@ -40,8 +41,11 @@ def test_the_same_runs_and_metrics_as_recorded(recorded, today):
 
 
 def test_every_value_as_recorded(recorded, today):
-    same_libraries = json.loads(RECORDED.read_text()).get("environment") == environment()
-    rtol = RTOL if same_libraries else RTOL_OTHER_LIBRARIES
+    recorded_with = json.loads(RECORDED.read_text()).get("environment")
+    rtol = RTOL if recorded_with == environment() else RTOL_OTHER_LIBRARIES
+    if rtol != RTOL:
+        warnings.warn(f"sample_data metrics recorded with {recorded_with}, compared under {environment()}: to "
+                      f"{RTOL_OTHER_LIBRARIES:g}, not {RTOL:g} (re-record: python tests/sample_metrics.py)", stacklevel=1)
     moved = []
     for name in recorded:
         for now, then in zip(today[name], recorded[name]):

@@ -268,3 +268,35 @@ def test_class_means_without_the_scatter_equal_the_full_moments(rng):
     np.testing.assert_array_equal(a.sq_dev, b.sq_dev)
     np.testing.assert_allclose(c.means, a.means, rtol=1e-14)
     np.testing.assert_allclose(c.sq_dev, a.sq_dev, rtol=1e-10)
+
+
+def test_packed_scatters_round_trip_and_an_empty_side_merges_either_way(rng):
+    """The upper triangle packed and unpacked is the same matrix (lower triangle zero); accumulators
+    that saw no rows (their scatter not even allocated) merge into full ones and full ones into
+    them, directly or through their arrays, to exactly the moments of one pass."""
+    from actgeom.core.stats import ClassMoments, pack_upper, unpack_upper
+
+    A = np.asfortranarray(rng.standard_normal((7, 7)))
+    packed = pack_upper(A)
+    assert packed.shape == (7 * 8 // 2,)
+    np.testing.assert_array_equal(unpack_upper(packed), np.triu(A))
+
+    X, y = class_data(rng, [30, 20, 10], 5, offset=100.0)
+    one = ClassMoments(5)
+    one.update(X, y)
+    expected = one.finalize()
+    for empty_first in (True, False):
+        for through_arrays in (False, True):
+            empty, full = ClassMoments(5), ClassMoments(5)
+            full.update(X, y)
+            if through_arrays:
+                empty, full = ClassMoments.from_arrays(empty.to_arrays()), ClassMoments.from_arrays(full.to_arrays())
+            target, other = (empty, full) if empty_first else (full, empty)
+            target.merge(other)
+            got = target.finalize()
+            np.testing.assert_array_equal(got.counts, expected.counts)
+            np.testing.assert_allclose(got.means, expected.means, rtol=1e-15)
+            np.testing.assert_allclose(got.within_scatter, expected.within_scatter, rtol=1e-13, atol=1e-12)
+            assert target.scatter is not other.scatter  # merged in, not shared: a later update must not reach `other`
+    nothing = ClassMoments(5).finalize()
+    assert nothing.within_scatter.shape == (0, 0) or not nothing.within_scatter.any()

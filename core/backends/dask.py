@@ -1,10 +1,9 @@
 """The Dask backend: the same pass as tasks over row ranges on a dask.distributed cluster.
 
-A first-wave task is (file, dump spec, accumulator specs, pass options with a row range): it
-opens the file itself, runs the engine over its rows and returns the statistics as plain arrays
-(core/partial.py's file format, never h5py objects). Ranges are whole HDF5 chunks and, in
-token-level dumps, whole sequences; the seeded sample is keyed by global row numbers, so the
-merged statistics are those of one pass. Results merge pairwise in a tree of tasks that grows as
+Each file is cut into row ranges of whole HDF5 chunks (in token-level dumps, whole sequences),
+one task each (core/backends/tasks.py: the task opens the file itself and returns plain arrays);
+the seeded sample is keyed by global row numbers, so the merged statistics are those of one
+pass. Results merge pairwise in a tree of tasks that grows as
 they come (the merge is associative and, up to float64 rounding, commutative; the sample keeps the
 rows with the smallest keys whatever the order), so merging overlaps the tasks still running and
 little is left when the last one ends. A layer whose families need a second pass (NC4, the
@@ -20,7 +19,7 @@ Failures: a task whose worker dies is run again by Dask; one that keeps failing 
 becomes one error naming the file and the row range. User errors found by a task (NaN rows, bad
 labels) are returned, not raised, so they are not retried, and surface as in a local run. With
 ``--save-stats DIR`` every finished task's result is kept (core/backends/saved.py) and a re-run
-submits only the tasks whose result is missing. The tasks themselves are in core/backends/tasks.py.
+submits only the tasks whose result is missing.
 """
 
 from __future__ import annotations
@@ -100,11 +99,11 @@ class DaskBackend:
         except (OSError, ValueError) as exc:  # no scheduler there (a timeout is an OSError), or not an address
             raise UsageError(f"--scheduler {options.scheduler}: cannot reach a Dask scheduler ({exc})") from None
         info = self.client.scheduler_info()
-        # On another scheduler's cluster, only when every worker declares the slot (else tasks that
-        # ask for it could wait for ever)
+        # Another scheduler's cluster: the slot only when every worker there at connection declares
+        # it (tasks asking for a slot no worker has would wait for ever)
         workers = info.get("workers", {}).values()
-        self._range = {"resources": {RANGE_SLOT: 1}} if workers and all(
-            RANGE_SLOT in w.get("resources", {}) for w in workers) else {}
+        declared = bool(workers) and all(RANGE_SLOT in w.get("resources", {}) for w in workers)
+        self._range = {"resources": {RANGE_SLOT: 1}} if self.cluster is not None or declared else {}
         services = info.get("services", {})
         self.dashboard_link = self.client.dashboard_link if "dashboard" in services else None
 
@@ -231,7 +230,8 @@ class DaskBackend:
         needed = replace(layer_stats, specs={s: layer_stats.specs[s] for s in slots},
                          accumulators={s: layer_stats.accumulators[s] for s in slots})
         chosen = {name: families[name] for name in consumers}
-        identity = self.saved.second_identity(dump, needed, chosen, options)
+        statistics = stats_arrays({layer.name: needed})
+        identity = self.saved.second_identity(dump, needed, statistics, chosen, options)
         ranges = self._ranges_of(dump, options)
         parts = {rows: self.saved.second_wave(dump, identity, rows) for rows in ranges}  # saved by an earlier run
         missing = [rows for rows in ranges if parts[rows] is None]
@@ -240,7 +240,7 @@ class DaskBackend:
         if progress is not None:
             progress(label, done, total)
         if missing:
-            shared = self.client.scatter([stats_arrays({layer.name: needed})], broadcast=True)[0]
+            shared = self.client.scatter([statistics], broadcast=True)[0]
             run = _run_id(dump.path)
             futures = {self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
                                           replace(options, row_range=rows), retries=self.options.retries, pure=False,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from actgeom.core.dump.hdf5 import safe_name
 from actgeom.core.engine import LayerStats, PassOptions
 from actgeom.core.errors import InvalidInputError
 from actgeom.core.partial import load_partial, provenance, save_arrays, stats_arrays
+
+PARTS_FORMAT = "actgeom-second-pass-parts/1"  # the layout of the consumers' partial(): a new one is never reused
 
 
 class SavedTasks:
@@ -60,14 +63,19 @@ class SavedTasks:
 
     # -- second wave ---------------------------------------------------------------------------------
     @staticmethod
-    def second_identity(dump: Dump, layer: LayerStats, families: dict, options: PassOptions) -> dict:
-        """What a second-wave part depends on, but its rows (as JSON gives it back): the statistics it
-        was sent (by what made them: the dump, its label and offset datasets, the pass options, which
-        accumulators over how many rows — not their bits, which the order of the merges moves by a
-        rounding), the decision sources (NC4), the families' options and the dump options."""
+    def second_identity(dump: Dump, layer: LayerStats, statistics: dict, families: dict, options: PassOptions) -> dict:
+        """What a second-wave part depends on, but its range (as JSON gives it back): the statistics it
+        was sent — by what made them (the dump, its label and offset datasets, the pass options and
+        rows, which accumulators) and a digest of their class counts (integers, the same whatever the
+        order of the merges, which moves the float sums by a rounding) —, the decision sources (NC4),
+        the families' and dump options, and the layout of the parts."""
         made = provenance(dump, options)
-        identity = {key: made[key] for key in ("fingerprint", "sources", "pass")} | {
-            "layer": layer.layer, "n_rows": layer.n_rows, "specs": {slot: spec.record() for slot, spec in layer.specs.items()},
+        counts = hashlib.sha256()
+        for key in sorted(k for k in statistics if k.endswith("/counts")):
+            counts.update(key.encode() + np.ascontiguousarray(statistics[key], dtype=np.int64).tobytes())
+        identity = {key: made[key] for key in ("fingerprint", "sources", "pass", "rows")} | {
+            "format": PARTS_FORMAT, "layer": layer.layer, "n_rows": layer.n_rows, "counts": counts.hexdigest(),
+            "specs": {slot: spec.record() for slot, spec in layer.specs.items()},
             "decisions": [dump.predictions_path, dump.weight_path, dump.bias_path], "dump": dataclasses.asdict(dump.spec),
             "families": {name: dataclasses.asdict(opts) for name, opts in families.items()}}
         return json.loads(json.dumps(identity, default=str, sort_keys=True))
@@ -75,16 +83,20 @@ class SavedTasks:
     def second_wave(self, dump: Dump, identity: dict, rows: tuple[int, int]) -> dict | None:
         """The saved consumers' parts of these rows, or None."""
         arrays = self._load(self._second_path(dump, identity, rows))
+        if arrays is None:
+            return None
         try:
             header = json.loads(str(arrays.pop("header")))
-            return _unflatten(header["skeleton"], arrays) if header["meta"] == identity | {"rows": list(rows)} else None
-        except (AttributeError, ValueError, KeyError, TypeError):  # none, or not a part file of ours
+            return _unflatten(header["skeleton"], arrays) if header["meta"] == identity | {"range": list(rows)} else None
+        except (ValueError, KeyError, TypeError):  # not a part file of ours
             return None
 
     def save_second_wave(self, dump: Dump, identity: dict, rows: tuple[int, int], parts: dict) -> None:
+        if self.directory is None:
+            return
         arrays: dict[str, np.ndarray] = {}
         skeleton = _flatten(parts, "parts", arrays)
-        header = {"format": "actgeom-second-pass-parts", "meta": identity | {"rows": list(rows)}, "skeleton": skeleton}
+        header = {"meta": identity | {"range": list(rows)}, "skeleton": skeleton}
         self._save(self._second_path(dump, identity, rows), [dump.path], arrays | {"header": np.array(json.dumps(header))})
 
     def _second_path(self, dump: Dump, identity: dict, rows: tuple[int, int]) -> Path | None:
@@ -116,7 +128,7 @@ class SavedTasks:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
-        except (OSError, ValueError):  # absent, or not an .npz of ours
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # absent, not an .npz, or a truncated one
             return None
 
     @staticmethod
