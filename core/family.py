@@ -117,7 +117,7 @@ class Family:
     name: str
     options_class: type
     metrics: dict[str, Metric]
-    needs: Callable[..., list]  # of accumulator specs (core/accumulators.py)
+    needs: Callable[..., list]  # of accumulator specs (core/accumulators/)
     layer: Callable[..., LayerRecord]
     second_pass: Callable | None = None
     file_record: Callable | None = None

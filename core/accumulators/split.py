@@ -1,0 +1,116 @@
+"""The accumulator of ``probe``: class moments of the train rows (and the validation rows), control
+groups, the test rows counted, by a seeded split that the second pass finds again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from actgeom.core.accumulators.base import Rows, Spec, prefixed
+from actgeom.core.errors import InvalidInputError
+from actgeom.core.probesplit import ControlSums, control_groups, is_test, is_validation, split_keys
+from actgeom.core.stats import ClassMoments, ClassStats
+
+
+@dataclass(frozen=True)
+class SplitSpec(Spec):
+    """Class moments of the *train* rows of a seeded split (core/probesplit.py): a labelled row is
+    a test row when its key (of the row number, or of /rows/sample_id with ``split_by``) is below
+    ``test_fraction``·2⁶⁴; test rows are only counted. ``control``: also the count and Σx of the
+    train rows per control group (token id, or hash bucket of the row). ``validation``: the
+    validation rows of the train rows (--shrinkage auto) in class moments of their own."""
+
+    slot: ClassVar[str] = "split"
+    test_fraction: float = 0.2
+    seed: int = 0
+    split_by: str = "row"
+    control: str | None = None
+    validation: bool = False
+
+    @property
+    def row_vectors(self) -> tuple[str, ...]:
+        return (("sample_id",) if self.split_by == "sample_id" else ()) + (("token_id",) if self.control == "token" else ())
+
+    def describe(self) -> str:
+        return f"train-row class moments of a split with test fraction {self.test_fraction}, seed {self.seed}"
+
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Split":
+        return Split(n_units, self, products)
+
+
+@dataclass
+class SplitStats:
+    """Finalised split: the train rows' class statistics, the number of labelled test rows, the
+    control groups' sums (None without a control task) and, with validation rows, the class
+    statistics of the other train rows (``fit``) and the number of validation rows."""
+
+    train: ClassStats
+    n_test: int
+    groups: ControlSums | None
+    fit: ClassStats | None = None
+    n_validation: int = 0
+
+
+class Split:
+    kind = "split"
+
+    def __init__(self, n_units: int, spec: SplitSpec, products: str = "float64"):
+        self.spec = spec
+        self.train = ClassMoments(n_units, products=products)  # without the validation rows, when they are kept apart
+        self.validation = ClassMoments(n_units, products=products) if spec.validation else None
+        self.n_test = 0
+        self.groups = ControlSums(n_units) if spec.control else None
+
+    def update(self, rows: Rows) -> None:
+        ids = rows.vectors.get("sample_id")
+        if ids is None and self.spec.split_by == "sample_id":
+            raise InvalidInputError("--split-by sample_id needs /rows/sample_id; rows fed from memory have none")
+        test = is_test(split_keys(rows.index, ids, self.spec.seed), self.spec.test_fraction)
+        labelled = rows.labels >= 0
+        train = labelled & ~test
+        self.n_test += int((labelled & test).sum())
+        if self.groups is not None:
+            groups = control_groups(self.spec.control, rows.index, ids, rows.vectors.get("token_id"), self.spec.seed)
+            self.groups.update(groups[train], rows.X[train])
+        if self.validation is not None:
+            validation = train & is_validation(rows.index, ids, self.spec.seed)
+            self.validation.update(rows.X[validation], rows.labels[validation])
+            train &= ~validation
+        self.train.update(rows.X if train.all() else rows.X[train], rows.labels[train])
+
+    def merge(self, other: "Split") -> None:
+        self.train.merge(other.train)
+        self.n_test += other.n_test
+        if self.groups is not None:
+            self.groups.merge(other.groups)
+        if self.validation is not None:
+            self.validation.merge(other.validation)
+
+    def finalize(self) -> SplitStats:
+        if self.validation is None:
+            return SplitStats(train=self.train.finalize(), n_test=self.n_test, groups=self.groups)
+        whole = ClassMoments.from_arrays(self.train.to_arrays())  # a copy: the fit rows stay apart
+        whole.merge(self.validation)
+        return SplitStats(train=whole.finalize(), n_test=self.n_test, groups=self.groups, fit=self.train.finalize(),
+                          n_validation=int(self.validation.counts.sum()))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"train/{k}": v for k, v in self.train.to_arrays().items()} | {"n_test": np.array(self.n_test)}
+        if self.groups is not None:
+            arrays |= {f"groups/{k}": v for k, v in self.groups.to_arrays().items()}
+        if self.validation is not None:
+            arrays |= {f"validation/{k}": v for k, v in self.validation.to_arrays().items()}
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, spec: SplitSpec, arrays: dict[str, np.ndarray]) -> "Split":
+        acc = cls(arrays["train/ref"].shape[1], spec)
+        acc.train = ClassMoments.from_arrays(prefixed(arrays, "train/"))
+        acc.n_test = int(arrays["n_test"])
+        if acc.groups is not None:
+            acc.groups = ControlSums.from_arrays(prefixed(arrays, "groups/"))
+        if acc.validation is not None:
+            acc.validation = ClassMoments.from_arrays(prefixed(arrays, "validation/"))
+        return acc
