@@ -194,6 +194,24 @@ def test_cli_prints_the_dashboard_and_the_same_numbers(cluster, dumps, cli):
     assert assert_same_numbers(local, json.loads(out)) > 20
 
 
+def test_a_task_opens_its_dump_without_scanning_labels_again(dumps, monkeypatch):
+    """The client scans the label and prediction vectors once; a task's dump takes the ranges from
+    its spec (a scan per task would read O(rows) for every range) and decides the same."""
+    from actgeom.core.backends.dask import task_spec
+    from actgeom.core.dump import validate
+
+    with Dump(dumps["samples"][0]) as dump:
+        spec, client_view = task_spec(dump), (dump.labels_path, dump.predictions_path, dump.class_ranges)
+    assert spec.class_ranges == (client_view[2]) and spec.class_ranges[0] == (0, 3)
+
+    def scanned(*args, **kwargs):
+        raise AssertionError("the labels were scanned again")
+
+    monkeypatch.setattr(validate, "class_ranges", scanned)
+    with Dump(dumps["samples"][0], spec) as dump:
+        assert (dump.labels_path, dump.predictions_path, dump.class_ranges) == client_view
+
+
 @needs_dask
 def test_ranges_take_the_slot_only_where_every_worker_has_it(cluster, fragile_cluster):
     """A row range holds a worker's range slot (merges then run beside it, never behind it); on a

@@ -148,7 +148,7 @@ class DaskBackend:
             if arrays is not None:
                 saved[(a, b)] = self.client.scatter([arrays])[0]  # a list: a dict would scatter its items
             else:
-                futures[(a, b)] = self.client.submit(first_wave, str(dump.path), dump.spec, specs, task_options,
+                futures[(a, b)] = self.client.submit(first_wave, str(dump.path), task_spec(dump), specs, task_options,
                                                      retries=self.options.retries, pure=False,
                                                      key=f"actgeom-rows-{run}-{a}-{b}", **self._range)
         return ranges, futures, saved
@@ -242,7 +242,7 @@ class DaskBackend:
         if missing:
             shared = self.client.scatter([statistics], broadcast=True)[0]
             run = _run_id(dump.path)
-            futures = {self.client.submit(second_wave, str(dump.path), dump.spec, layer.name, chosen, shared,
+            futures = {self.client.submit(second_wave, str(dump.path), task_spec(dump), layer.name, chosen, shared,
                                           replace(options, row_range=rows), retries=self.options.retries, pure=False,
                                           key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}", **self._range): rows
                        for rows in missing}
@@ -268,7 +268,7 @@ class DaskBackend:
         compared layer), each opening the files itself, merged in a tree. The caller finalises."""
         dumps = list({id(s.dump): s.dump for s in streams}.values())
         number = {id(d): f for f, d in enumerate(dumps)}
-        files = [(str(d.path), d.spec) for d in dumps]
+        files = [(str(d.path), task_spec(d)) for d in dumps]
         layers = [[number[id(s.dump)], s.layer.path] for s in streams]
         settings = {"block_rows": block_rows, "subsample": subsample, "seed": seed}
         identity = {"files": [[path, dump_fingerprint(d)] for (path, _), d in zip(files, dumps)], "layers": layers,
@@ -303,6 +303,12 @@ class DaskBackend:
         self.timings = {"ranges": len(ranges), "tasks_s": tasks_done - started, "merge_s": time.perf_counter() - tasks_done}
         _raise_if_error(result)
         return CompareMoments.from_arrays(result)[0]
+
+
+def task_spec(dump: Dump):
+    """The dump spec a task opens ``dump`` with: the user's, and the label and prediction ranges
+    this client found (a task does not scan those vectors again: O(rows) per task)."""
+    return replace(dump.spec, class_ranges=dump.class_ranges)
 
 
 def _raise_if_error(result: dict) -> None:

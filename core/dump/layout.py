@@ -37,6 +37,9 @@ class DumpSpec:
     offsets: str | None = None
     attention: str | None = None
     allow_incomplete: bool = False
+    # (lowest, highest) of the labels and of the predictions, as the client that opened the dump
+    # first found them (Dask tasks): taken as they are instead of scanning both vectors again
+    class_ranges: tuple | None = None
 
 
 @dataclass(frozen=True)

@@ -198,13 +198,16 @@ class Dump:
     def _validate_class_ranges(self) -> None:
         """Labels ≥ -1 and, with a classifier, below its number of rows; predictions name a class.
 
-        One read of the label and prediction vectors in blocks (memory O(block)), at open.
+        One read of the label and prediction vectors in blocks (memory O(block)), at open — unless
+        the spec brings the ranges (``class_ranges``: found by the client of a Dask task's dump).
         """
+        self.class_ranges = None
         if self.labels_path is None and self.predictions_path is None:
             return
         n_weight_rows = None if self.weight_path is None else self._file[self.weight_path].shape[0]
         names = self.label_names()
-        label_range, prediction_range = validate.class_ranges(self.labels, self.predictions, self.n_rows)
+        self.class_ranges = self.spec.class_ranges or validate.class_ranges(self.labels, self.predictions, self.n_rows)
+        label_range, prediction_range = self.class_ranges
         if label_range is not None:
             widest = max((layer.n_units for layer in self.layers), default=1)
             problem = validate.label_range_problem(*label_range, self.labels_path, self.path, weight_path=self.weight_path,
