@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -501,6 +502,28 @@ def test_saved_task_statistics_are_reused_and_checked(cluster, dumps, tmp_path):
     rewritten = {name for name in now if now[name] != stamps[name]}
     assert tampered.name in rewritten and gone.name in now
     assert not (rewritten - {tampered.name, gone.name})  # the others were reused, not recomputed
+
+
+@needs_dask
+def test_saved_ranges_are_reused_by_a_rerun_with_another_number_of_ranges(cluster, dumps, tmp_path):
+    """A re-run on another cluster size cuts the rows otherwise, yet keeps every saved range whole
+    and computes only the rows no saved file covers."""
+    saved = tmp_path / "tasks"
+    path = dumps["samples"][0]
+    first = api.rank(path, backend=_dask(cluster, save_stats=saved)).to_dict()
+    files = sorted(saved.iterdir())
+    assert len(files) == RANGES
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    files[1].unlink()  # a crash: that range's rows are missing
+    other = BackendOptions("dask", scheduler=cluster.scheduler_address, ranges=2, save_stats=saved)
+    again = api.rank(path, backend=other).to_dict()
+    assert assert_same_numbers(first, again) > 10
+    now = {f.name: f.stat().st_mtime_ns for f in saved.iterdir()}
+    kept = {name: stamp for name, stamp in stamps.items() if name != files[1].name}
+    assert {name: now.get(name) for name in kept} == kept  # every saved range reused, none cut anew
+    made = [re.search(r"rows(\d+)-(\d+)", name).groups() for name in now.keys() - kept.keys()]
+    lost = re.search(r"rows(\d+)-(\d+)", files[1].name).groups()
+    assert sorted(made)[0][0] == lost[0] and sorted(made)[-1][1] == lost[1]  # the missing rows, and only them
 
 
 @needs_dask

@@ -127,10 +127,17 @@ class DaskBackend:
         return task_ranges(dump, self._n_ranges(dump.n_rows))
 
     def _ranges_of(self, dump: Dump, options: PassOptions) -> list[tuple[int, int]]:
-        """The task ranges inside the pass's own row range (e.g. a shard's --rows)."""
+        """The task ranges inside the pass's own row range (e.g. a shard's --rows). With
+        --save-stats, the ranges saved by an earlier run are kept whole (whatever number of workers
+        cut them) and only the rows between them are cut anew: a re-run on another cluster size
+        still reuses every saved range."""
         start, stop = options.row_range or (0, dump.n_rows)
-        inside = [(max(a, start), min(b, stop)) for a, b in self.ranges(dump)]
-        return [(a, b) for a, b in inside if b > a] or [(start, stop)]
+        cuts = {a for a, _ in self.ranges(dump)}
+        for a, b in self.saved.first_wave_ranges(dump):
+            if start <= a < b <= stop:
+                cuts = {c for c in cuts if not a < c < b} | {a, b}
+        bounds = sorted({start, stop} | {c for c in cuts if start < c < stop})
+        return list(zip(bounds, bounds[1:])) or [(start, stop)]
 
     # -- first wave: the statistics --------------------------------------------------------------
     def submit(self, dump: Dump, specs: dict, options: PassOptions) -> None:

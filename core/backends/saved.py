@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -54,6 +55,20 @@ class SavedTasks:
                 or any(layer_stats.specs != specs for layer_stats in stats.values())):
             return None
         return stats_arrays(stats, meta)
+
+    def first_wave_ranges(self, dump: Dump) -> list[tuple[int, int]]:
+        """The row ranges of the first-wave files of ``dump`` in the directory (by their names; a
+        file is still checked when used), without overlaps (of two that overlap, the earlier, longer)."""
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        prefix = f"{safe_name(dump.path.stem)}-{task_id(dump.path)}.rows"
+        found = sorted((int(m[1]), -int(m[2])) for f in self.directory.iterdir()
+                       if f.name.startswith(prefix) and (m := re.fullmatch(r"(\d+)-(\d+)\.npz", f.name[len(prefix):])))
+        kept: list[tuple[int, int]] = []
+        for a, minus_b in found:
+            if not kept or a >= kept[-1][1]:
+                kept.append((a, -minus_b))
+        return kept
 
     def save_first_wave(self, dump: Dump, rows: tuple[int, int], arrays: dict) -> None:
         self._save(self._first_path(dump, rows), [dump.path], arrays)
