@@ -27,7 +27,7 @@ from actgeom.core.backends import open_backend
 from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.compare import CompareOptions
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, feed, new_layer_stats, options_record, second_pass
+from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
 from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import compare as compare_family
@@ -89,7 +89,7 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
         ctx.second = consumers
         stage = getattr(progress, "stage", None)  # long steps after the pass (DSE, pairwise tiles), announced
         with stages.listening(None if stage is None else functools.partial(stage, layer.name)):
-            layers.append(_layer_entry(ctx, families, records))
+            layers.append(layer_entry(ctx, families, records))
     entry = {"file": str(dump.path), "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
              "model": dump.attrs.get("model"), "layers": layers}
     for name, options in families.items():
@@ -125,7 +125,7 @@ def second_pass_consumers(ctx: LayerContext, families: dict) -> dict:
     return consumers
 
 
-def _layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
+def layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
     """One layer's entry: what every family found, in one metrics/unavailable/notes block, and
     each family's own fields under its name."""
     stats = ctx.stats
@@ -371,80 +371,6 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
             if details and kept.get("direction") is not None:
                 layer["details"] = {"direction": kept["direction"].tolist()}
     return result
-
-
-class Statistics:
-    """One-pass statistics fed from memory, batch by batch (numpy arrays, or anything with
-    ``__array__`` such as torch tensors), for any family's metrics without a dump — e.g. during
-    training.
-
-    >>> import numpy as np, actgeom
-    >>> stats = actgeom.Statistics({"h": 3}, families=("rank",))
-    >>> stats.update({"h": np.eye(3)})
-    >>> stats.update({"h": np.eye(3)})
-    >>> round(stats.metrics().metric("participation_ratio"), 6)
-    2.0
-    """
-
-    def __init__(self, layers: dict[str, int], *, families=("collapse", "rank", "entropy"), options: dict | None = None,
-                 weight=None, bias=None):
-        self.families = {name: family_options(name, (options or {}).get(name)) for name in families}
-        self.specs = specs_for(self.families, DumpFacts(has_labels=True))
-        self.specs.pop("sequences", None)  # whole sequences come only from dumps with offsets
-        self.stats = {name: _memory_layer(name, int(width), self.specs) for name, width in layers.items()}
-        self.classifier = None if weight is None else (_float64(weight), None if bias is None else _float64(bias))
-        self.n_rows = 0
-
-    def update(self, activations: dict, labels=None) -> None:
-        """Add one batch: {layer: (n, D) array}, labels (n,) class indices (-1 = none) or None."""
-        unknown = set(activations) - set(self.stats)
-        if unknown:
-            raise OptionError("activations", sorted(unknown)[0], f"is not a layer; layers: {', '.join(self.stats)}")
-        batch = None
-        for name, values in activations.items():
-            X = _float64(values)
-            if X.ndim != 2 or X.shape[1] != self.stats[name].n_units or (batch is not None and X.shape[0] != batch):
-                raise OptionError("activations", name, f"must be (n, {self.stats[name].n_units}) like every layer of "
-                                                       f"the batch; got {X.shape}")
-            batch = X.shape[0]
-            y = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-            if y is not None and y.shape[0] != batch:
-                raise OptionError("labels", y.shape[0], f"must have one label per row ({batch})")
-            feed(self.stats[name], X, y, np.arange(self.n_rows, self.n_rows + batch))
-        self.n_rows += batch or 0
-
-    def metrics(self, families: Iterable[str] | None = None) -> Result:
-        """The metrics of every layer from the rows fed so far."""
-        chosen = {name: self.families[name] for name in (families or self.families)}
-        layers, records = [], {name: [] for name in chosen}
-        for name, stats in self.stats.items():
-            ctx = LayerContext(name=name, n_units=stats.n_units, dtype="float64", attrs={}, stats=stats,
-                               pass_options=PassOptions(), classifier=self.classifier, layers=self.stats)
-            layers.append(_layer_entry(ctx, chosen, records))
-        entry = {"file": None, "checkpoint": None, "step": None, "model": None, "layers": layers}
-        for name, options in chosen.items():
-            if FAMILIES[name].file_record is not None:
-                entry |= FAMILIES[name].file_record(records[name], options)
-        return Result({"tool": "actgeom", "version": __version__, "command": "statistics",
-                       "options": {name: asdict(options) for name, options in chosen.items()}, "pass": {},
-                       "statistics": None, "metrics_info": metrics_info(chosen), "files": [entry]})
-
-
-def _memory_layer(name: str, width: int, specs: dict) -> LayerStats:
-    from actgeom.core.dump import LayerInfo
-
-    info = LayerInfo(name=name, path=name, n_rows=0, n_units=width, storage_dtype="float64", logical_dtype="float64",
-                     chunk_rows=None, compression=None)
-    return new_layer_stats(info, specs)
-
-
-def _float64(values) -> np.ndarray:
-    """float64 rows from numpy arrays or tensors (torch bfloat16 has no numpy dtype: widen it first)."""
-    if hasattr(values, "detach"):  # a torch tensor
-        values = values.detach().cpu()
-        if str(values.dtype) == "torch.bfloat16":
-            values = values.float()
-    return np.asarray(values, dtype=np.float64)
 
 
 # -- compare: two or more files at once (its own pass over aligned rows) ----------------------------

@@ -22,7 +22,8 @@ from actgeom.core import __version__
 from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 
 _WHERE = {  # name → the module that defines it
-    **dict.fromkeys(["Statistics", "analyze", "collapse", "compare", "entropy", "neurons", "probe", "rank"], "actgeom.core.api"),
+    **dict.fromkeys(["analyze", "collapse", "compare", "entropy", "neurons", "probe", "rank"], "actgeom.core.api"),
+    "Statistics": "actgeom.core.statistics",
     "capture": "actgeom.core.capture", "Dump": "actgeom.core.dump", "DumpWriter": "actgeom.core.dump",
     "Result": "actgeom.core.result",
 }
