@@ -131,7 +131,9 @@ def data_sources(dump) -> dict:
     return {"labels": dump.labels_path, "offsets": dump.offsets_path}
 
 
-def _sources_text(sources: dict) -> str:
+def _sources_text(sources: dict | None) -> str:
+    if sources is None:
+        return "no record of its label and offset datasets"
     return ", ".join(f"{name} {path or '(none)'}" for name, path in sources.items())
 
 
@@ -147,9 +149,9 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
         if meta.get("fingerprint") != first.get("fingerprint"):
             raise InvalidInputError(f"{path} holds statistics of another dump ({', '.join(meta.get('dumps', []))}) "
                                     f"than {first_path} ({', '.join(first.get('dumps', []))})")
-        if meta["sources"] != first["sources"]:
-            raise InvalidInputError(f"{path} was made with {_sources_text(meta['sources'])}, {first_path} with "
-                                    f"{_sources_text(first['sources'])}")
+        if meta.get("sources") != first.get("sources"):  # (none: statistics saved from memory by the Python API)
+            raise InvalidInputError(f"{path} was made with {_sources_text(meta.get('sources'))}, {first_path} with "
+                                    f"{_sources_text(first.get('sources'))}")
         for name in PROVENANCE_PASS:
             if _recorded(meta, name) != _recorded(first, name):
                 raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}, {first_path} with "
@@ -160,7 +162,7 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
             raise InvalidInputError(f"{p1} (rows {a1}:{b1}) and {p2} (rows {a2}:{b2}) overlap: rows would count twice")
     merged = merge_stats([stats for _, stats, _ in loaded])
     meta = {"dumps": sorted({d for _, _, m in loaded for d in m["dumps"]}), "fingerprint": first["fingerprint"],
-            "sources": first["sources"], "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
+            "sources": first.get("sources"), "rows": _union([[a, b] for a, b, _ in ranges]), "pass": first["pass"]}
     return merged, meta
 
 
