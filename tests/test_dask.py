@@ -527,6 +527,24 @@ def test_saved_ranges_are_reused_by_a_rerun_with_another_number_of_ranges(cluste
 
 
 @needs_dask
+def test_saved_results_of_a_dump_rewritten_since_are_not_used(cluster, dumps, tmp_path):
+    """A dump written again under the same name (same attributes and shapes, so the same fingerprint)
+    after the saved files: every one of them is made again, none reused."""
+    import shutil
+
+    path = tmp_path / "run.h5"
+    shutil.copy(dumps["samples"][0], path)
+    saved = tmp_path / "tasks"
+    api.collapse(path, backend=_dask(cluster, save_stats=saved))
+    stamps = {f.name: f.stat().st_mtime_ns for f in saved.iterdir()}
+    assert len(stamps) == 2 * RANGES  # first wave and NC4's second wave
+    later = max(stamps.values()) + 10**9
+    os.utime(path, ns=(later, later))  # as if the dump had been written again now
+    api.collapse(path, backend=_dask(cluster, save_stats=saved))
+    assert all(f.stat().st_mtime_ns != stamps[f.name] for f in saved.iterdir())
+
+
+@needs_dask
 def test_saved_second_pass_parts_are_reused_and_checked(cluster, dumps, tmp_path):
     """NC4's and the probe's second wave keep one file per range too: a re-run after a crash makes
     only the missing and the wrong ones, with the same numbers."""

@@ -1,8 +1,9 @@
 """``--save-stats DIR`` of the Dask backend: one file per finished task, reused by a re-run.
 
 A re-run after a crash recomputes only the tasks whose file is missing: a saved file is used only
-when its header holds exactly the task asked for, anything else (absent, unreadable, written by
-another version, of other data or options) is made again, never used.
+when its header holds exactly the task asked for and it is newer than the input files; anything
+else (absent, unreadable, written by another version, of other data or options, older than a dump
+rewritten since) is made again, never used.
 
 - first wave: a partial-statistics file (core/partial.py) of one row range, checked by the dump's
   fingerprint, the rows, the pass options and the statistics' specs;
@@ -43,7 +44,7 @@ class SavedTasks:
     def first_wave(self, dump: Dump, specs: dict, options: PassOptions) -> dict | None:
         """A saved range's arrays when they hold exactly this task: same dump, rows, pass and statistics."""
         path = self._first_path(dump, options.row_range)
-        if path is None or not path.exists():
+        if path is None or not _newer_than(path, [dump.path]):
             return None
         try:
             stats, meta = load_partial(path)
@@ -97,7 +98,7 @@ class SavedTasks:
 
     def second_wave(self, dump: Dump, identity: dict, rows: tuple[int, int]) -> dict | None:
         """The saved consumers' parts of these rows, or None."""
-        arrays = self._load(self._second_path(dump, identity, rows))
+        arrays = self._load(self._second_path(dump, identity, rows), [dump.path])
         if arrays is None:
             return None
         try:
@@ -120,7 +121,7 @@ class SavedTasks:
     # -- compare -------------------------------------------------------------------------------------
     def compare(self, identity: dict, meta: dict) -> dict | None:
         """A saved compare task's arrays when their header holds exactly this task."""
-        arrays = self._load(self._compare_path(identity, meta["rows"][0]))
+        arrays = self._load(self._compare_path(identity, meta["rows"][0]), [Path(p) for p, _ in identity["files"]])
         try:
             return arrays if arrays is not None and json.loads(str(arrays["header"]))["meta"] == meta else None
         except (ValueError, KeyError):
@@ -137,8 +138,8 @@ class SavedTasks:
         return None if self.directory is None else self.directory / f"{stem}.rows{rows[0]}-{rows[1]}.npz"
 
     @staticmethod
-    def _load(path: Path | None) -> dict | None:
-        if path is None:
+    def _load(path: Path | None, inputs: list[Path]) -> dict | None:
+        if path is None or not _newer_than(path, inputs):
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -152,6 +153,15 @@ class SavedTasks:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         save_arrays(path, arrays, inputs=inputs)
+
+
+def _newer_than(path: Path, inputs: list[Path]) -> bool:
+    """Whether the saved file exists and was written after every input was last modified: a dump
+    rewritten since (same name, attributes and shapes, other rows) has no results here."""
+    try:
+        return path.stat().st_mtime_ns >= max(Path(p).stat().st_mtime_ns for p in inputs)
+    except OSError:
+        return False
 
 
 def task_id(text) -> str:
