@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from actgeom.core.accumulators import ACCUMULATORS, spec_from_record
 from actgeom.core.engine import LayerStats, PassOptions
-from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.errors import DataWarning, InvalidInputError, UsageError
 from actgeom.core.outputs import atomic_output
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
@@ -194,6 +195,9 @@ def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok
         if _recorded(meta, name) != getattr(options, name):
             raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}; this command uses "
                                     f"--{name} {getattr(options, name)}")
+    if Path(path).stat().st_mtime_ns < dump.path.stat().st_mtime_ns:  # same fingerprint, maybe other rows
+        warnings.warn(DataWarning(f"{path} was written before {dump.path} was last modified: if the dump was written "
+                                  "again since, make the statistics again"), stacklevel=2)
     covered = _union(meta["rows"])
     whole = covered == [[0, dump.n_rows]]
     if not whole and not partial_ok:

@@ -90,3 +90,20 @@ def test_statistics_grouped_by_other_labels_are_refused(cli, tmp_path):
     assert code == 3 and err == (f"Error: {tmp_path / 'b.npz'} was made with labels rows/coarse, offsets (none), "
                                  f"{tmp_path / 'a.npz'} with labels rows/label, offsets (none)\n")
     assert not (tmp_path / "ab.npz").exists()
+
+
+def test_statistics_older_than_their_dump_come_with_a_warning(cli, tmp_path):
+    """A dump written again under its name keeps its fingerprint: statistics made before say so."""
+    import os
+    import shutil
+
+    dump = tmp_path / "run.h5"
+    shutil.copy(LATE, dump)
+    assert cli("stats", dump, "--save-stats", tmp_path / "s.npz")[0] == 0
+    code, _, err = cli("collapse", dump, "--stats", tmp_path / "s.npz")
+    assert code == 0 and "Warning" not in err
+    later = (tmp_path / "s.npz").stat().st_mtime_ns + 10**9
+    os.utime(dump, ns=(later, later))  # as if written again after the statistics
+    code, _, err = cli("collapse", dump, "--stats", tmp_path / "s.npz")
+    assert code == 0 and f"Warning: {tmp_path / 's.npz'} was written before {dump} was last modified: if the dump was " \
+                         "written again since, make the statistics again\n" in err
