@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from actgeom.core.accumulators.base import Rows, Spec, prefixed
+from actgeom.core.accumulators.base import Rows, Spec, Wrapper, prefixed
 from actgeom.core.unitstats import ExpSums, GroupSums, UnitMoments
 
 
@@ -84,31 +84,19 @@ class TokenSumsSpec(Spec):
         return TokenSums(GroupSums(n_units, shifted=False))
 
 
-class TokenSums:
+class TokenSums(Wrapper):
     kind = "token_sums"
+    inner_class = GroupSums
 
     def __init__(self, sums: GroupSums):
-        self.sums = sums
+        super().__init__(sums)
         self._positive = np.empty((0, sums.n_units))  # reused block buffer
 
     def update(self, rows: Rows) -> None:
         if self._positive.shape[0] < rows.X.shape[0]:
             self._positive = np.empty(rows.X.shape)
         positive = np.maximum(rows.X, 0.0, out=self._positive[: rows.X.shape[0]])
-        self.sums.update(positive, rows.vectors["token_id"], "token id", "/rows/token_id")
-
-    def merge(self, other: "TokenSums") -> None:
-        self.sums.merge(other.sums)
-
-    def finalize(self) -> GroupSums:
-        return self.sums
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.sums.to_arrays()
-
-    @classmethod
-    def from_arrays(cls, spec: TokenSumsSpec, arrays: dict[str, np.ndarray]) -> "TokenSums":
-        return cls(GroupSums.from_arrays(arrays))
+        self.inner.update(positive, rows.vectors["token_id"], "token id", "/rows/token_id")
 
 
 @dataclass(frozen=True)
@@ -127,23 +115,16 @@ class PositionSumsSpec(Spec):
         return PositionSums(GroupSums(n_units, shifted=True), self.max_position)
 
 
-class PositionSums:
+class PositionSums(Wrapper):
     kind = "position_sums"
+    inner_class = GroupSums
 
     def __init__(self, sums: GroupSums, max_position: int):
-        self.sums, self.max_position = sums, max_position
+        super().__init__(sums)
+        self.max_position = max_position
 
     def update(self, rows: Rows) -> None:
-        self.sums.update(rows.X, np.minimum(rows.vectors["position"], self.max_position), "position", "/rows/position")
-
-    def merge(self, other: "PositionSums") -> None:
-        self.sums.merge(other.sums)
-
-    def finalize(self) -> GroupSums:
-        return self.sums
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.sums.to_arrays()
+        self.inner.update(rows.X, np.minimum(rows.vectors["position"], self.max_position), "position", "/rows/position")
 
     @classmethod
     def from_arrays(cls, spec: PositionSumsSpec, arrays: dict[str, np.ndarray]) -> "PositionSums":
