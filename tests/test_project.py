@@ -85,3 +85,13 @@ def test_help_and_version_import_no_numerical_library():
     assert "numpy" in found.pop("control")
     assert found == dict.fromkeys(found, []), {step: modules for step, modules in found.items() if modules}
     assert len(found) == 2 + len(argvs)
+
+
+def test_readme_names_the_command_that_runs_everything_ci_runs():
+    """A user's `pytest` without extras skips the extras' tests: the README must say how to run them all."""
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash .ci/run" in readme
+    extras = re.search(r"pip install '\.\[test,([a-z,]+)\]'", ci).group(1).split(",")
+    assert f"`{','.join(extras)}`" in readme, f"README does not list the extras CI installs: {extras}"
+    assert re.search(r"^pytest\b", ci, re.M), "CI must run the README's test command"
