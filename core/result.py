@@ -57,12 +57,24 @@ class Result:
         return pd.DataFrame(self.records(), columns=list(self.columns))
 
     def metric(self, name: str, *, layer: str | None = None, file: int = 0):
-        """One metric's value (of the only or the named layer of the file-th file)."""
+        """One metric's value (of the only or the named layer of the file-th file).
+
+        None when the metric is unavailable on this layer (the reason is in the layer's
+        ``unavailable``, and in ``records()``' ``note``); a non-finite value is the float. A name that is
+        neither a value nor an unavailable metric of the layer (a typo, or a metric of a family
+        this result did not compute) raises :class:`UsageError` listing the layer's metrics.
+        """
         layers = [entry for entry in self.document["files"][file]["layers"] if layer is None or entry["layer"] == layer]
         if len(layers) != 1:
             names = [entry["layer"] for entry in self.document["files"][file]["layers"]]
             raise UsageError(f"layer={layer!r} does not name one layer; layers: {', '.join(names)}")
-        return layers[0]["metrics"].get(name)
+        found = layers[0]
+        if name in found["metrics"]:
+            return found["metrics"][name]
+        if name in found.get("unavailable", {}):
+            return None
+        known = sorted(set(found["metrics"]) | set(found.get("unavailable", {})))
+        raise UsageError(f"metric {name!r} is not one of layer {found['layer']!r}'s metrics: {', '.join(known)}")
 
     def __repr__(self) -> str:
         files = self.document["files"]

@@ -12,7 +12,7 @@ from conftest import class_data, write_dump
 
 import actgeom
 from actgeom.core.dump import Dump
-from actgeom.core.errors import OptionError
+from actgeom.core.errors import OptionError, UsageError
 
 ROOT = Path(__file__).parent.parent
 # Combined vs separate passes: the same statistics, except that rank's total moments come from
@@ -161,3 +161,17 @@ def test_cache_reads_only_new_or_changed_dumps(tmp_path, rng, count_reads):
     reads.clear()
     assert actgeom.analyze(paths[1:2], cache=cache).files()[0]["layers"][0]["metrics"] == first[1]["layers"][0]["metrics"]
     assert set(reads) == {"ckpt1.h5"}
+
+
+def test_metric_refuses_a_name_that_is_no_metric_and_gives_none_for_an_unavailable_one():
+    """A typo raises naming the valid metrics (it used to give None, like a missing value); a
+    metric that has no value on this layer is None, its reason in the layer's ``unavailable``."""
+    result = actgeom.collapse(ROOT / "sample_data" / "digits_mlp_epoch1500.h5", layers="hidden1")
+    layer = result.files()[0]["layers"][0]
+    assert result.metric("nc1") == layer["metrics"]["nc1"] and isinstance(result.metric("nc1"), float)
+    with pytest.raises(UsageError, match=r"^metric 'nc_1' is not one of layer 'hidden1''s metrics: .*\bnc1\b"):
+        result.metric("nc_1", layer="hidden1")
+    with pytest.raises(UsageError, match=r"^metric 'rankme' is not one of"):
+        result.metric("rankme")  # a metric, but of a family this result did not compute
+    assert "nc3_self_duality" in layer["unavailable"]  # the classifier reads hidden3
+    assert result.metric("nc3_self_duality") is None
