@@ -57,6 +57,21 @@ def _stage_line(layer: str, text: str, seconds: float | None) -> str | None:
     return f"layer {escape(layer)}: {escape(text)}, about {about}"
 
 
+def per_second(rate: float) -> str:
+    """A rate for a log line: `950`, `9999`, `31.2 k`, `1.98 M` (three significant digits from 10 000 on).
+
+    >>> [per_second(r) for r in (0.5, 950.4, 9999, 31_234, 999_950, 1_980_000)]
+    ['0.5', '950', '9999', '31.2 k', '1 M', '1.98 M']
+    """
+    if rate < 10:
+        return f"{rate:.3g}"
+    if rate < 10_000:
+        return f"{round(rate)}"
+    rounded = float(f"{rate:.3g}")
+    prefix, scale = next((p, s) for p, s in (("G", 1e9), ("M", 1e6), ("k", 1e3)) if rounded >= s)
+    return f"{rounded / scale:.3g} {prefix}"
+
+
 class Bars:
     """callback(layer, done, total) on a terminal: a bar per layer's pass, a pulsing one for a long stage."""
 
@@ -89,7 +104,8 @@ class Bars:
 
 
 class PlainLines:
-    """callback(layer, done, total) writing `actgeom: layer L: 1200/5000 rows (24%), 3.1e+04 rows/s`."""
+    """callback(label, done, total) writing `actgeom: rows of L: 1200/5000 (24%), 31.2 k rows/s`; the label
+    is a layer's name or what the pass reads ("the compared layers", "hidden3 (second pass)")."""
 
     def __init__(self, stream: TextIO, interval: float = PLAIN_INTERVAL, start: float = PLAIN_START,
                  clock=time.monotonic):
@@ -106,9 +122,9 @@ class PlainLines:
         self.done = done
         if now >= self.quiet_until and (done >= total or now - self.last >= self.interval):
             self.last = now
-            rate = f", {done / (now - self.started):.3g} rows/s" if now > self.started else ""  # none yet: no rate
+            rate = f", {per_second(done / (now - self.started))} rows/s" if now > self.started else ""  # none yet
             share = f" ({100 * done / total:.0f}%)" if total else ""
-            self.stream.write(f"actgeom: layer {escape(layer)}: {done}/{total} rows{share}{rate}\n")
+            self.stream.write(f"actgeom: rows of {escape(layer)}: {done}/{total}{share}{rate}\n")
             self.stream.flush()
 
     def stage(self, layer: str, text: str, seconds: float | None) -> None:
