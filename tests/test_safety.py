@@ -652,8 +652,23 @@ def test_plain_progress_lines_every_interval_and_at_each_layer_end():
         clock.now += 1.0
     lines("h2", 500, 500)
     got = stream.getvalue().splitlines()
-    assert got == ["actgeom: layer h1: 1000/1000 rows (100%), 100 rows/s",
-                   "actgeom: layer h2: 500/500 rows (100%)"]
+    assert got == ["actgeom: rows of h1: 1000/1000 (100%), 100 rows/s",
+                   "actgeom: rows of h2: 500/500 (100%)"]
+
+
+def test_plain_progress_reads_well_for_any_label_and_rate():
+    """Not "layer the compared layers" nor "1.98e+06 rows/s" (#22 item 16)."""
+    import io
+
+    from actgeom.cli.progress import PlainLines
+    clock, stream = FakeClock(), io.StringIO()
+    lines = PlainLines(stream, interval=1.0, start=0.0, clock=clock)
+    for done, seconds in ((0, 0.0), (1_980_000, 1.0), (2_031_250, 3.25), (2_100_000, 2100.0)):
+        clock.now = seconds
+        lines("the compared layers", done, 2_100_000)
+    assert stream.getvalue().splitlines() == ["actgeom: rows of the compared layers: 1980000/2100000 (94%), 1.98 M rows/s",
+                                              "actgeom: rows of the compared layers: 2031250/2100000 (97%), 625 k rows/s",
+                                              "actgeom: rows of the compared layers: 2100000/2100000 (100%), 1000 rows/s"]
 
 
 def test_plain_progress_is_silent_for_a_quick_command_and_escapes_names():
@@ -666,7 +681,7 @@ def test_plain_progress_is_silent_for_a_quick_command_and_escapes_names():
     assert stream.getvalue() == ""
     clock.now = 30.0
     lines("evil\x1b[2J", 10, 10)
-    assert stream.getvalue() == "actgeom: layer evil\\x1b[2J: 10/10 rows (100%)\n"
+    assert stream.getvalue() == "actgeom: rows of evil\\x1b[2J: 10/10 (100%)\n"
 
 
 def test_long_stages_after_the_pass_are_announced_with_an_estimate(cli, tmp_path, rng, monkeypatch):
