@@ -533,7 +533,7 @@ def test_info_takes_several_files(cli, dump):
     doc = cli.json("info", SAMPLE, dump)
     assert [f["file"] for f in doc["files"]] == [str(SAMPLE), dump]
     code, out, _ = cli("info", SAMPLE, dump, "--format", "csv")
-    assert code == 0 and out.startswith("file,name") and out.count("\n") == 1 + 3 + 2
+    assert code == 0 and out.startswith("file,layer") and out.count("\n") == 1 + 3 + 2
 
 
 def test_rank_ignores_an_auto_detected_label_dataset_of_the_wrong_length(cli, tmp_path, rng):
