@@ -16,7 +16,8 @@ from actgeom.core.outputs import check_outputs
 def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 files.", show_default=False)],
          layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
          bias: o.BiasOpt = None, predictions: o.PredictionsOpt = None, offsets: o.OffsetsOpt = None,
-         allow_incomplete: o.AllowIncompleteOpt = False, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
+         allow_incomplete: o.AllowIncompleteOpt = False, fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+         quiet: o.QuietOpt = False) -> None:  # --quiet: accepted as by every command; info has no progress
     """What is in a dump: layers, rows, labels, classifier, sequences.
 
     A foreign file whose layers cannot be told without --layers is listed dataset by dataset,
@@ -42,24 +43,15 @@ def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 file
 
 
 def _describe(path: Path, spec, *, listing_ok: bool) -> Result:
-    from actgeom.core.dump import Dump  # h5py: imported when the command runs, not for --help
-    from actgeom.core.dump.hdf5 import list_datasets
-    from actgeom.core.dump.reader import NoLayersError
-    from actgeom.core.info import describe
+    from actgeom.core.info import info_document  # h5py: imported when the command runs, not for --help
 
-    try:
-        with Dump(path, spec) as opened:
-            return _result(describe(opened))
-    except NoLayersError as exc:
-        if not listing_ok:
-            raise
-        datasets = list_datasets(path)
-        document = {"file": str(path), "format": "foreign", "n_rows": None, "layers": [], "datasets": datasets,
-                    "layers_unclear": str(exc)}
-        candidates = [d["path"] for d in datasets if d["could_be_layer"]]
-        summary = {"format": "foreign", "layers": f"not told apart: {exc}",
-                   "could be layers": ", ".join(candidates) or "none (a layer is a 2-D float dataset)"}
-        return Result(title=f"actgeom info: {path}", document=document, records=datasets, summary=summary)
+    document = info_document(path, spec, listing_ok=listing_ok)
+    if "datasets" not in document:  # layers told apart: the dump described
+        return _result(document)
+    candidates = [d["path"] for d in document["datasets"] if d["could_be_layer"]]
+    summary = {"format": "foreign", "layers": f"not told apart: {document['layers_unclear']}",
+               "could be layers": ", ".join(candidates) or "none (a layer is a 2-D float dataset)"}
+    return Result(title=f"actgeom info: {path}", document=document, records=document["datasets"], summary=summary)
 
 
 def _result(document: dict) -> Result:
@@ -78,4 +70,7 @@ def _result(document: dict) -> Result:
     if document["sequences"]:
         seq = document["sequences"]
         summary["sequences"] = f"{seq['n_sequences']} (length {seq['length_min']}..{seq['length_max']})"
+    if document["attention"]:
+        summary["attention"] = ", ".join(f"{a['path']} ({'×'.join(map(str, a['shape']))}, {a['dtype']})"
+                                         for a in document["attention"])
     return Result(title=f"actgeom info: {document['file']}", document=document, records=document["layers"], summary=summary)

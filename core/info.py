@@ -1,12 +1,31 @@
-"""What is in a dump: layers, rows, labels, classifier, predictions, sequences (no activations read)."""
+"""What is in a dump: layers, rows, labels, classifier, predictions, sequences, attention (no
+activations read); in a foreign file whose layers cannot be told apart, which datasets could be layers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from actgeom.core.dump import Dump
+from actgeom.core.dump import Dump, DumpSpec
+from actgeom.core.dump.hdf5 import list_datasets
+from actgeom.core.dump.reader import NoLayersError
 
 _LABEL_BLOCK = 1 << 20  # labels are counted in blocks: memory O(classes), not O(rows)
+
+
+def info_document(path: str | Path, spec: DumpSpec = DumpSpec(), *, listing_ok: bool = True) -> dict:
+    """What `actgeom info` prints for one file: :func:`describe` of the dump, or, when its layers
+    cannot be told apart and ``listing_ok`` (no --layers given), every dataset and whether it could
+    be a layer (``format`` "foreign", ``layers_unclear`` saying why)."""
+    try:
+        with Dump(path, spec) as opened:
+            return describe(opened)
+    except NoLayersError as exc:
+        if not listing_ok:
+            raise
+        return {"file": str(path), "format": "foreign", "n_rows": None, "layers": [], "datasets": list_datasets(path),
+                "layers_unclear": str(exc)}
 
 
 def describe(dump: Dump) -> dict:
@@ -17,7 +36,7 @@ def describe(dump: Dump) -> dict:
         "n_rows": dump.n_rows,
         "attrs": dump.attrs,
         "layers": [
-            {"name": layer.name, "path": layer.path, "n_rows": layer.n_rows, "n_units": layer.n_units,
+            {"layer": layer.name, "path": layer.path, "n_rows": layer.n_rows, "n_units": layer.n_units,
              "dtype": layer.logical_dtype, "storage_dtype": layer.storage_dtype, "chunk_rows": layer.chunk_rows,
              "compression": layer.compression,
              "size_mib": round(layer.n_rows * layer.n_units * np.dtype(layer.storage_dtype).itemsize / 2**20, 3),
@@ -28,6 +47,7 @@ def describe(dump: Dump) -> dict:
         "classifier": _classifier(dump),
         "predictions": None if dump.predictions_path is None else {"path": dump.predictions_path},
         "sequences": _sequences(dump),
+        "attention": [dump.dataset_summary(path) for path in dump.attention_paths],  # path, shape (S, H, T, T), dtype
     }
 
 

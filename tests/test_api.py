@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import class_data, write_dump
 
 import actgeom
-from actgeom.core.dump import Dump
+from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.errors import OptionError, UsageError
 
 ROOT = Path(__file__).parent.parent
@@ -175,3 +176,26 @@ def test_metric_refuses_a_name_that_is_no_metric_and_gives_none_for_an_unavailab
         result.metric("rankme")  # a metric, but of a family this result did not compute
     assert "nc3_self_duality" in layer["unavailable"]  # the classifier reads hidden3
     assert result.metric("nc3_self_duality") is None
+
+
+# -- info: the same key as every other document, attention listed, -q accepted (#22 item 16) ------
+
+def _with_attention(tmp_path, rng) -> str:
+    path = write_dump(tmp_path / "a.h5", {"h": rng.standard_normal((6, 3))}, labels=np.arange(6) % 2)
+    probabilities = np.full((2, 2, 3, 3), 1 / 3, dtype=np.float32)
+    with DumpWriter(path, layers={"h": 3}, append=True, dtype="float64") as writer:
+        writer.append_attention("enc.0", probabilities)
+    return path
+
+
+def test_info_names_layers_layer_lists_attention_and_takes_quiet(cli, tmp_path, rng):
+    path = _with_attention(tmp_path, rng)
+    code, out, err = cli("info", path, "-q", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [layer["layer"] for layer in doc["layers"]] == ["h"] and "name" not in doc["layers"][0]
+    assert doc["attention"] == [{"path": "attention/enc.0", "shape": [2, 2, 3, 3], "dtype": "float64"}]
+    code, out, _ = cli("info", path, "--format", "table", "--quiet")
+    assert code == 0 and "attention/enc.0 (2×2×3×3, float64)" in out
+    code, out, _ = cli("info", path, "--format", "csv")
+    assert out.startswith("layer,path")

@@ -33,7 +33,7 @@ def test_sample_data_is_real_and_complete():
 def test_info_on_sample_data(cli, path):
     doc = cli.json("info", path)
     assert doc["format"] == "actgeom-dump v1" and doc["n_rows"] == 1797
-    assert [layer["name"] for layer in doc["layers"]] == ["hidden1", "hidden2", "hidden3"]
+    assert [layer["layer"] for layer in doc["layers"]] == ["hidden1", "hidden2", "hidden3"]
     assert doc["labels"]["n_classes"] == 10 and doc["labels"]["count_min"] == 174
     assert doc["classifier"] == {"weight": "classifier/weight", "bias": "classifier/bias", "n_classes": 10,
                                  "n_units": 64, "layer": "hidden3"}
@@ -43,11 +43,11 @@ def test_info_every_format(cli, dump):
     code, table, _ = cli("info", dump, "--format", "table")
     assert code == 0 and "h1" in table and "3 classes" in table
     _, jsonl, _ = cli("info", dump, "--format", "jsonl")
-    assert [json.loads(line)["name"] for line in jsonl.splitlines()] == ["h1", "h2"]
+    assert [json.loads(line)["layer"] for line in jsonl.splitlines()] == ["h1", "h2"]
     _, text, _ = cli("info", dump, "--format", "csv")
     assert [row["n_units"] for row in csv.DictReader(io.StringIO(text))] == ["5", "3"]
     _, md, _ = cli("info", dump, "--format", "md")
-    assert "| name |" in md and "| h2 |" in md
+    assert "| layer |" in md and "| h2 |" in md
 
 
 def test_piped_default_is_json(cli, dump):
@@ -58,7 +58,7 @@ def test_piped_default_is_json(cli, dump):
 def test_output_file_is_written_atomically(cli, dump, tmp_path):
     code, out, _ = cli("info", dump, "-o", tmp_path / "info.csv")
     assert code == 0 and out == ""
-    assert (tmp_path / "info.csv").read_text().startswith("name,path")
+    assert (tmp_path / "info.csv").read_text().startswith("layer,path")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "info.csv"]
 
 
