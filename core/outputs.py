@@ -61,7 +61,7 @@ def check_output(path: PathLike, inputs: Iterable[PathLike] = (), *, option: str
     if not directory.is_dir():
         raise UsageError(f"cannot write {path}: directory {directory} does not exist")
     try:  # the honest test of writability: create (and remove) a file where the temporary file will be
-        fd, probe = _create_temp(directory, target.name)
+        fd, probe = create_temp(directory, target.name)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -93,7 +93,7 @@ def atomic_path(path: PathLike, inputs: Iterable[PathLike] = (), *, option: str 
     special = target.exists() and not target.is_file()
     directory = Path(tempfile.gettempdir()) if special else target.parent
     try:
-        fd, tmp = _create_temp(directory, target.name)
+        fd, tmp = create_temp(directory, target.name)
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
@@ -161,7 +161,7 @@ def _mode(path: Path) -> int | None:
         return None
 
 
-def _create_temp(directory: Path, name: str) -> tuple[int, Path]:
+def create_temp(directory: Path, name: str) -> tuple[int, Path]:
     """A new file ``.NAME.XXXX.tmp`` in ``directory``, mode 0666 & ~umask (the kernel applies it)."""
     for _ in range(100):
         tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"

@@ -829,3 +829,97 @@ def test_object_name_that_is_not_utf8_is_one_line(cli, tmp_path, rng):  # found 
     for command in ("info", "collapse"):
         code, _, err = cli(command, path)
         assert code == 3 and one_error_line(err) and "is not UTF-8" in err, err
+
+
+# -- issue #22: a full disk ---------------------------------------------------------------------
+CLI_SCRIPT = "import sys; from actgeom.cli.app import main; sys.argv[0] = 'actgeom'; main()"
+SUBPROCESS_TIMEOUT_S = 60
+
+
+def _run(args: list, **kwargs):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", CLI_SCRIPT, *map(str, args)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S, **kwargs)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 300 KiB (a tmpfs): writing more gives ENOSPC, as on a full disk.
+
+    Mounting needs root (CI runs as root). Without it this fails rather than skips: a full disk is
+    not something to simulate by raising OSError where we think it would surface."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs to make a real full disk (run as root, as CI does): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def _fill(disk: Path) -> None:
+    """Leave no free byte on the disk."""
+    with open(disk / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+
+
+def _assert_full_disk_error(proc, path: Path) -> None:
+    assert (proc.returncode, proc.stderr) == (1, f"Error: cannot write {path}: No space left on device\n"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["fills up while writing", "full from the start"])
+def test_extract_to_a_full_disk_is_one_line_and_leaves_nothing(small_disk, full):
+    if full:
+        _fill(small_disk)
+    proc = _run(["extract", SAMPLE, "-o", small_disk / "x.h5"])
+    _assert_full_disk_error(proc, small_disk / "x.h5")
+    assert sorted(p.name for p in small_disk.iterdir()) == (["filler"] if full else [])
+
+
+DUMP_WRITER_SCRIPT = """
+import sys, numpy as np
+from actgeom import DumpWriter
+from actgeom.core.errors import OutputError
+rows = np.ones((1000, 64), dtype=np.float32)
+try:  # fails in an append (the chunk cache spills) or in close (the rest)
+    with DumpWriter(sys.argv[1], layers={"h": 64}, dtype="float32") as writer:
+        for _ in range(int(sys.argv[2])):
+            writer.append({"h": rows})
+except OutputError as exc:
+    print(exc)
+print("alive")
+"""
+
+
+@pytest.mark.parametrize("batches", [1, 30], ids=["fails at close", "fails in an append"])
+def test_dump_writer_on_a_full_disk_raises_and_the_process_exits_cleanly(small_disk, batches):
+    import subprocess
+    import sys
+    path = small_disk / "d.h5"
+    proc = subprocess.run([sys.executable, "-c", DUMP_WRITER_SCRIPT, str(path), str(batches)], capture_output=True,
+                          text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"cannot write {path}: No space left on device\nalive\n", "")
+    assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["collapse", "{d}", "-o", "{out}/c.json"], ["stats", "{d}", "--save-stats", "{out}/p.npz"],
+    ["report", "{d}", "--families", "collapse", "-o", "{out}/r.html"],
+    ["report", "{d}", "--families", "collapse", "-o", "{tmp}/r.html", "--results", "{out}/r.json"],
+    ["report", "{d}", "--families", "collapse", "-o", "{tmp}/r.html", "--figures", "{out}/figures"],
+    ["report", "{d}", "--families", "collapse", "-o", "{tmp}/r.html", "--cache", "{out}/cache"],
+], ids=["-o", "--save-stats", "report -o", "--results", "--figures", "--cache"])
+def test_every_output_on_a_full_disk_is_one_line_and_leaves_nothing(cli, dump, tmp_path, small_disk, args):
+    _fill(small_disk)
+    code, _, err = cli(*[a.format(d=dump, out=small_disk, tmp=tmp_path) for a in args])
+    assert code == 1 and one_error_line(err) and err.endswith(": No space left on device\n"), err
+    assert f"cannot write {small_disk}/" in err
+    left = sorted(str(p.relative_to(small_disk)) for p in small_disk.rglob("*"))
+    assert left in (["filler"], ["figures", "filler"], ["cache", "filler"]), left  # a directory asked for may stay
+    assert not (tmp_path / "r.html").exists()

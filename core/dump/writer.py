@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import os
 import shutil
-import uuid
+import stat
 from pathlib import Path
 
 import h5py
@@ -24,8 +27,9 @@ import numpy as np
 from actgeom.core import __version__
 from actgeom.core.dump.hdf5 import _plain, decode_bfloat16
 from actgeom.core.dump.layout import FORMAT_NAME, FORMAT_VERSION
-from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.errors import InvalidInputError, OutputError, UsageError
 from actgeom.core.options import COMPRESSION, STORAGE_DTYPES
+from actgeom.core.outputs import check_output, create_temp
 
 # the numpy dtype each storage dtype is written as (bfloat16: its raw bits)
 STORAGE = dict(zip(STORAGE_DTYPES, (np.float16, np.float32, np.float64, np.uint16), strict=True))
@@ -84,11 +88,61 @@ def _store(values: np.ndarray, bf16_bits: bool, dtype: str) -> tuple[np.ndarray,
     return stored, int(np.count_nonzero(inf & np.isfinite(values))) if inf.any() else 0
 
 
+class _DiskFile(io.FileIO):
+    """The dump's bytes on their way to disk (h5py's file-object driver); a failed write is kept, not raised.
+
+    HDF5 does not survive a write error inside its own flush or close: the file's objects are left
+    half closed and the library crashes when the interpreter exits (h5py 3.16, HDF5 2.0: a full
+    disk killed the process with SIGSEGV after the error was caught). So HDF5 never sees one: the
+    first OSError is kept in ``error``, every later write is dropped (the file is discarded
+    anyway), and :class:`DumpWriter` checks ``error`` after each of its operations.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        written = 0
+        while self.error is None and written < len(view):  # a short write is followed by the rest (or its error)
+            try:
+                written += super().write(view[written:])
+            except OSError as exc:
+                self.error = exc
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.tell() if size is None else size
+
+    def sync(self) -> None:
+        """Flush the bytes to the disk before the rename makes them visible (a delayed ENOSPC shows here)."""
+        if self.error is None:
+            try:
+                os.fsync(self.fileno())
+            except OSError as exc:
+                self.error = exc
+
+
+def _writes(method):
+    """A DumpWriter operation after which a failed write to disk ends the dump (see DumpWriter._writing)."""
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        with self._writing():
+            return method(self, *args, **kwargs)
+    return checked
+
+
 class DumpWriter:
     """Append row batches for several layers (plus labels, ids, positions) to a new dump.
 
     The file is written under a temporary name beside ``path`` and renamed on :meth:`close`;
     an exception inside the ``with`` block removes it, so ``path`` never holds a partial file.
+    A write that fails (disk full, I/O error) removes it too and raises :class:`OutputError`
+    ("cannot write PATH: No space left on device"); the writer is then closed.
     Datasets are chunked as full-width row blocks of about ``chunk_bytes`` (no more rows than
     ``expected_rows``, when given: HDF5 allocates whole chunks on disk).
     """
@@ -113,11 +167,14 @@ class DumpWriter:
         self.n_rows = 0
         self.n_overflow = dict.fromkeys(self.layer_units, 0)
         self._row_vectors: set[str] | None = None
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._target = check_output(self.path, option="path")  # symlinks resolved: written through
+        if self._target.exists() and not self._target.is_file():
+            raise UsageError(f"cannot write a dump to {self.path}: it is a device or FIFO, and an HDF5 file needs "
+                             "a regular file (give a file path)")
         if append:
             self._open_existing(level)
             return
-        self._file = h5py.File(self._tmp, "w")
+        self._open_temp(lambda tmp: None, "w")
         self._file.attrs.update({
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False, "n_rows": 0,
             "model": model, "checkpoint": checkpoint, "step": int(step), "level": level,
@@ -142,12 +199,35 @@ class DumpWriter:
                 self._check_same(f, level)
         except OSError as exc:
             raise InvalidInputError(f"--append: {self.path} is not a readable HDF5 file ({exc})") from None
-        shutil.copyfile(self.path, self._tmp)
-        self._file = h5py.File(self._tmp, "r+")
+        self._open_temp(lambda tmp: shutil.copyfile(self.path, tmp), "r+")
         self._file.attrs["complete"] = False
         self.n_rows = int(self._file.attrs["n_rows"])
         present = {key for key, path in ROW_VECTORS.items() if path in self._file}
         self._row_vectors = present if self.n_rows or present else None  # the new batches carry the same vectors
+
+    def _open_temp(self, fill, mode: str) -> None:
+        """The temporary file beside the target, ``fill(path)`` written into it, opened by h5py in ``mode``."""
+        try:
+            fd, self._tmp = create_temp(self._target.parent, self._target.name)
+            os.close(fd)
+            fill(self._tmp)
+            self._disk = _DiskFile(self._tmp, "r+b")
+        except OSError as exc:
+            if hasattr(self, "_tmp"):
+                self._tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._file = h5py.File(self._disk, mode)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Run one operation; a write to disk that failed in it removes the file and raises OutputError."""
+        try:
+            yield
+        finally:
+            error = self._disk.error
+            if error is not None:  # (an error HDF5 raised after the dropped write is a consequence of it)
+                self.abort()
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
 
     def _check_same(self, f: h5py.File, level: str) -> None:
         where = f"--append to {self.path}"
@@ -174,6 +254,7 @@ class DumpWriter:
         else:
             self.abort()
 
+    @_writes
     def append(self, activations: dict[str, np.ndarray], **rows: np.ndarray | list | None) -> None:
         """Append one batch: every layer's rows, and the same row vectors as every other batch."""
         if set(activations) != set(self.layer_units):
@@ -219,6 +300,7 @@ class DumpWriter:
     def has_classifier(self) -> bool:
         return "classifier/weight" in self._file
 
+    @_writes
     def set_classifier(self, weight: np.ndarray, bias: np.ndarray | None = None, *, layer: str) -> None:
         """Store the classifier W (C, D) and b (C,) that reads ``layer``."""
         if layer not in self.layer_units:
@@ -232,6 +314,7 @@ class DumpWriter:
         if bias is not None:
             group.create_dataset("bias", data=np.asarray(bias, dtype=np.float64).reshape(weight.shape[0]))
 
+    @_writes
     def append_attention(self, name: str, probabilities) -> None:
         """Append attention probabilities (sequences, heads, T, T) to ``/attention/<name>``."""
         values, bf16_bits = as_rows(probabilities)
@@ -250,10 +333,12 @@ class DumpWriter:
         stored, _ = _store(values, bf16_bits, self.dtype)
         self._extend(path, stored)
 
+    @_writes
     def set_offsets(self, offsets: np.ndarray) -> None:
         """Store sequence boundaries (S+1,) into the row axis (token-level dumps)."""
         self._file.create_dataset("sequences/offsets", data=np.asarray(offsets, dtype=np.int64))
 
+    @_writes
     def add_sequences(self, lengths: np.ndarray) -> None:
         """Extend the sequence boundaries by sequences of these lengths (streamed token-level writes)."""
         if "sequences/offsets" not in self._file:
@@ -263,6 +348,7 @@ class DumpWriter:
         ends = int(ds[-1]) + np.cumsum(np.asarray(lengths, dtype=np.int64))
         self._extend("sequences/offsets", ends)
 
+    @_writes
     def set_attrs(self, **attrs) -> None:
         """Root attributes (e.g. provenance), written with the dump."""
         self._file.attrs.update(attrs)
@@ -270,23 +356,32 @@ class DumpWriter:
     def get_attr(self, name: str, default=None):
         return _plain(self._file.attrs.get(name, default))
 
+    @_writes
     def set_layer_attrs(self, layer: str, **attrs) -> None:
         self._file[f"activations/{layer}"].attrs.update(attrs)
 
     def close(self) -> None:
-        """Mark the dump complete (the last write) and move it to its final path."""
-        offsets = self._file.get("sequences/offsets")
-        if offsets is not None and int(offsets[-1]) != self.n_rows:
+        """Mark the dump complete (the last write), flush it to disk and move it to its final path."""
+        with self._writing():
+            offsets = self._file.get("sequences/offsets")
+            if offsets is not None and int(offsets[-1]) != self.n_rows:
+                self.abort()
+                raise UsageError(f"sequence offsets end at {int(offsets[-1])} but the dump has {self.n_rows} rows")
+            self._file.attrs["n_rows"] = self.n_rows
+            self._file.attrs["complete"] = True
+            self._file.close()
+            self._disk.sync()
+        self._disk.close()
+        try:
+            os.replace(self._tmp, self._target)
+        except OSError as exc:
             self.abort()
-            raise UsageError(f"sequence offsets end at {int(offsets[-1])} but the dump has {self.n_rows} rows")
-        self._file.attrs["n_rows"] = self.n_rows
-        self._file.attrs["complete"] = True
-        self._file.close()
-        os.replace(self._tmp, self.path)
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def abort(self) -> None:
-        """Discard everything written: the target path is left untouched."""
+        """Discard everything written: the target path is left untouched. Safe to call again."""
         try:
             self._file.close()
         finally:
+            self._disk.close()
             self._tmp.unlink(missing_ok=True)
