@@ -188,6 +188,7 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
     started = time.perf_counter()
     files = []
     with open_backend(backend) as executor:
+        ran_by = backend_record(executor)
         cached = {}  # path → its cache entry, when read while queueing the tasks
         if executor is not None and precomputed is None:  # every file's tasks queued before the first is awaited
             for path in paths:
@@ -216,9 +217,17 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "elapsed_s": time.perf_counter() - started,
                 "options": {name: asdict(options) for name, options in families.items()},
-                "pass": options_record(pass_options), "statistics": used,
+                "pass": options_record(pass_options) | {"backend": ran_by}, "statistics": used,
                 "metrics_info": metrics_info(families), "files": files}
     return Result(document)
+
+
+def backend_record(executor) -> dict:
+    """Who ran the passes, recorded with the pass options: {"name": "local"}, or the Dask backend's
+    scheduler address (None: a cluster started on this machine) and its number of workers."""
+    if executor is None:
+        return {"name": "local"}
+    return {"name": executor.options.name, "scheduler": executor.options.scheduler, "workers": executor.n_workers}
 
 
 def _cache_key(dump: Dump, spec: DumpSpec, families: dict, pass_options: PassOptions, details: bool) -> str:
@@ -390,6 +399,8 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
     chosen = family_options("compare", options)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
     with open_backend(backend) as executor:
-        return compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
-                                  ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
-                                  max_memory=max_memory, block_rows=block_rows, progress=progress, backend=executor)
+        result = compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
+                                    ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
+                                    max_memory=max_memory, block_rows=block_rows, progress=progress, backend=executor)
+        result.document["pass"]["backend"] = backend_record(executor)
+    return result

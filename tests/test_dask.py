@@ -140,6 +140,8 @@ def test_collapse_rank_entropy_equal_a_local_run(cluster, dumps, kind):
         assert backend._pending == {}  # every file's first wave, started before any was awaited, was used
     assert started == [os.path.basename(p) for p in paths]
     assert assert_same_numbers(local, dask) > 50
+    ran_by = {"name": "dask", "scheduler": cluster.scheduler_address, "workers": 2}  # recorded (#22 item 16)
+    assert (local["pass"]["backend"], dask["pass"]["backend"]) == ({"name": "local"}, ran_by)
     if kind == "samples":  # NC4 came from the second wave
         assert all("nc4_mismatch" in layer["metrics"] for file in dask["files"] for layer in file["layers"][-1:])
 
@@ -254,7 +256,8 @@ def aligned(tmp_path_factory):
 def assert_same_comparison(local: dict, dask: dict) -> int:
     """Every matrix cell and every per-pair field equal to DASK_RTOL; returns how many numbers were compared."""
     assert (local["rows"], local["columns"], local["mode"]) == (dask["rows"], dask["columns"], dask["mode"])
-    assert {k: v for k, v in local["pass"].items()} == dask["pass"]  # rows used, dropped, block rows: exact
+    ran_by = [{k: v for k, v in document["pass"].items() if k != "backend"} for document in (local, dask)]
+    assert ran_by[0] == ran_by[1]  # rows used, dropped, block rows: exact
     assert len(local["pairs"]) == len(dask["pairs"])
     cells = [(local["matrices"], dask["matrices"])] + [(a, b) for a, b in zip(local["pairs"], dask["pairs"])]
     return sum(_same(a, b, "") for a, b in cells)
@@ -299,6 +302,7 @@ def test_compare_equals_a_local_run(cluster, aligned, plan):
     with open_backend(_dask(cluster)) as backend:
         dask = api.compare(paths, **where, **COMPARE_SAMPLE, units=True, backend=backend).to_dict()
         assert backend.timings["ranges"] >= 3  # whole chunks of every compared layer
+    assert dask["pass"]["backend"] == {"name": "dask", "scheduler": cluster.scheduler_address, "workers": 2}
     assert local["pairs"][0]["compare"]["sample_rows"] == COMPARE_SAMPLE["subsample"]
     assert not any(cell["unavailable"] for cell in local["pairs"])  # every measure, the sample-based ones too
     assert assert_same_comparison(local, dask) > 100

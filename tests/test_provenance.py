@@ -107,3 +107,13 @@ def test_statistics_older_than_their_dump_come_with_a_warning(cli, tmp_path):
     code, _, err = cli("collapse", dump, "--stats", tmp_path / "s.npz")
     assert code == 0 and f"Warning: {tmp_path / 's.npz'} was written before {dump} was last modified: if the dump was " \
                          "written again since, make the statistics again\n" in err
+
+
+def test_the_backend_is_recorded_with_the_pass_options(cli):
+    """Every document says who ran its passes, where the other pass options are (#22 item 16); the
+    Dask backend's record (scheduler, workers) is tested in tests/test_dask.py."""
+    import actgeom
+
+    assert cli.json("collapse", LATE, "--layers", "hidden3")["pass"]["backend"] == {"name": "local"}
+    compared = actgeom.compare([EARLY, LATE], layers="hidden3", subsample=100).to_dict()
+    assert compared["pass"]["backend"] == {"name": "local"}
