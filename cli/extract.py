@@ -22,7 +22,8 @@ SourcesArg = Annotated[list[Path], typer.Argument(
 
 def extract(
     sources: SourcesArg,
-    out: Annotated[Path, typer.Option("--output", "-o", show_default=False, help="The dump to write (atomically).")],
+    out: Annotated[Path, typer.Option("--output", "-o", show_default=False, help=(
+        "The dump to write, atomically; an existing file is replaced (--append adds rows to it instead)."))],
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
     allow_incomplete: o.AllowIncompleteOpt = False,
     tokens: Annotated[str, typer.Option("--tokens", rich_help_panel=SELECT, help=(

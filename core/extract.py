@@ -35,6 +35,7 @@ from actgeom.core import __version__
 from actgeom.core.dump.source import Source
 from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
 from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.outputs import check_output
 from actgeom.core.sample import hash_keys
 
 TOKEN_CHOICES = "all, first, last, mean, from:K"
@@ -320,17 +321,12 @@ def _resume_point(writer: DumpWriter, sources: list[dict], selection: Selection,
 def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *, append: bool = False) -> dict:
     """Write the selected rows of ``sources`` to the dump ``out`` (atomically); return a summary.
 
+    An existing ``out`` is replaced, as every output is (core/outputs.py); it may not be an input.
     With ``append`` the rows are added to the complete dump at ``out`` (same layers, widths and
     dtype), resuming after the candidates an earlier run of the same extract consumed.
     """
-    out = Path(out).resolve()  # a symlink is written through: the temporary file sits beside its target
-    inputs = {s.path.resolve() for s in sources}
-    if out in inputs:
-        raise UsageError(f"the output {out} is one of the inputs; write the dump to another path")
-    if out.exists() and not append:
-        raise UsageError(f"{out} exists; --append adds rows to it, or remove it first")
-    if not out.parent.is_dir():
-        raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
+    out = Path(out)
+    check_output(out, [s.path for s in sources])  # never an input, a directory, a place that cannot be written
     plan = _Plan(sources, selection.tokens)
     if (selection.classes or selection.stratify) and "labels" not in plan.vectors:
         option = "--classes" if selection.classes else "--stratify"

@@ -923,3 +923,43 @@ def test_every_output_on_a_full_disk_is_one_line_and_leaves_nothing(cli, dump, t
     left = sorted(str(p.relative_to(small_disk)) for p in small_disk.rglob("*"))
     assert left in (["filler"], ["figures", "filler"], ["cache", "filler"]), left  # a directory asked for may stay
     assert not (tmp_path / "r.html").exists()
+
+
+# -- issue #22: extract's output follows the rules of every output ------------------------------
+def test_extract_overwrites_an_existing_dump_atomically_like_every_command(cli, dump, tmp_path):
+    out = tmp_path / "x.h5"
+    out.write_bytes(b"an older file")
+    code, _, err = cli("extract", dump, "-o", out, "--layers", "h2")
+    assert code == 0, err
+    with h5py.File(out) as f:
+        assert list(f["activations"]) == ["h2"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_extract_to_a_directory_or_a_device_is_one_line_naming_what_it_is(cli, dump, tmp_path):
+    (tmp_path / "dir").mkdir()
+    code, _, err = cli("extract", dump, "-o", tmp_path / "dir")
+    assert code == 2 and one_error_line(err) and "is a directory" in err and "--append" not in err, err
+    full = _device(tmp_path, "full", 7)
+    code, _, err = cli("extract", dump, "-o", full)
+    assert code == 2 and one_error_line(err) and "device or FIFO" in err and "--append" not in err, err
+    assert stat.S_ISCHR(full.stat().st_mode)
+
+
+def test_extract_into_a_read_only_directory_is_one_line(dump, tmp_path):
+    """Root writes anywhere (CI runs as root), except into an immutable directory (chattr +i)."""
+    import shutil
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.geteuid() == 0 and (shutil.which("chattr") is None or subprocess.run(["chattr", "+i", locked]).returncode):
+        pytest.fail("running as root, and this file system cannot make a directory immutable (chattr +i)")
+    try:
+        proc = _run(["extract", dump, "-o", locked / "x.h5"])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", locked], check=True)
+    assert proc.returncode == 2 and one_error_line(proc.stderr), proc.stderr[-2000:]
+    assert re.fullmatch(f"Error: cannot write {re.escape(str(locked / 'x.h5'))}: (Permission denied|Operation not permitted)\n",
+                        proc.stderr), proc.stderr
