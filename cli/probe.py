@@ -21,10 +21,12 @@ Control = o.choices("Control", CONTROLS)
 # The options of the probe family, declared once: `probe` and `report` take them.
 TestFractionOpt = Annotated[Optional[float], typer.Option(
     "--test-fraction", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "test_fraction"),
-    help="Share of rows held out for scoring, chosen by a seeded hash of the row (0: directions only).")]
+    help="Share held out for scoring: of the rows, or of the sequences (--split-by), chosen by a seeded hash "
+         "(0: directions only).")]
 SplitByOpt = Annotated[Optional[SplitBy], typer.Option(
     "--split-by", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "split_by"),
-    help="Hash the global row number, or the integer /rows/sample_id.")]
+    help="What the split hashes: row, sequence (a sentence's tokens stay on one side; needs sequence offsets), "
+         "sample_id (/rows/sample_id); auto: sequence on token-level dumps, else row (recorded as probe.split_by).")]
 ShrinkageOpt = Annotated[Optional[str], typer.Option(
     "--shrinkage", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "shrinkage"),
     help="LDA's s in Σ_s = (1−s)Σ_W + s·(tr Σ_W/D)·I, in [0, 1], or 'auto': the best of a grid on a "
@@ -35,7 +37,7 @@ RidgeLambdaOpt = Annotated[Optional[float], typer.Option(
 ControlOpt = Annotated[Optional[Control], typer.Option(
     "--control", rich_help_panel=PROBE, show_default="none",
     help="Control task for selectivity: 'token' (Hewitt & Liang: a class per /rows/token_id) or 'row' "
-         "(a class per row: the chance baseline).")]
+         "(a class per hash bucket of the split's unit: the chance baseline).")]
 PositiveOpt = Annotated[Optional[str], typer.Option(
     "--positive", rich_help_panel=PROBE, show_default=False,
     help="The direction's positive class (index or label name); with --negative. Default: the larger of two classes.")]
@@ -88,9 +90,11 @@ def probe(
         _write_npz(save_directions, {f"{i}/{layer['layer']}": layer.pop("details")["direction"]
                                      for i, file in enumerate(document["files"]) for layer in file["layers"]
                                      if "details" in layer}, dumps)
-    across = {f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
-              for entry in document["direction_cosines_across_files"]}
-    emit(metrics_result(analysis, across), fmt, output, dumps)
+    units = dict.fromkeys(layer["probe"]["split_by"] for file in document["files"] for layer in file["layers"])
+    summary = {"split by": ", ".join(units)} | {
+        f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
+        for entry in document["direction_cosines_across_files"]}
+    emit(metrics_result(analysis, summary), fmt, output, dumps)
 
 
 def shrinkage_value(value: str | None) -> float | str | None:

@@ -138,7 +138,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     offsets = dump.offsets() if "sequences" in specs else None
     if "sequences" in specs and offsets is None:
         raise InvalidInputError(f"sequence entropies need sequence offsets (--offsets) in {dump.path}")
-    wanted = sorted({name for spec in specs.values() for name in spec.row_vectors})
+    wanted = RowVectors(dump, sorted({name for spec in specs.values() for name in spec.row_vectors}), options.row_offset)
     results = {}
     for layer in selected:
         stats = new_layer_stats(layer, specs, options.products)
@@ -153,7 +153,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             X, labels = (block.X, block.labels) if keep is None else (block.X[keep], _take(block.labels, keep))
             first = options.row_offset + block.start  # the sample is keyed by global row numbers
             index = np.arange(first, first + X.shape[0]) if keep is None else first + np.flatnonzero(keep)
-            vectors = {name: _row_vector(dump, name, block.start, end, keep) for name in wanted}
+            vectors = wanted.read(block.start, end, keep)
             feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors)
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
@@ -176,10 +176,29 @@ def check_rows(stats: LayerStats, path, options: PassOptions, shard: bool = Fals
                                 f"({stats.n_nonfinite} dropped): nothing is left to measure")
 
 
-def _row_vector(dump: Dump, name: str, start: int, stop: int, keep: np.ndarray | None) -> np.ndarray:
-    """A per-row vector (e.g. "position", "token_id") of rows [start, stop), selected like the rows."""
-    values = dump.row_vector(name, start, stop)
-    return values if keep is None else values[keep]
+class RowVectors:
+    """The per-row vectors that specs ask for (Spec.row_vectors), read block by block: /rows/<name>
+    (e.g. "position", "token_id"), and "sequence": each row's sequence, named by the global row
+    number of its first row, offsets[searchsorted(offsets, row, side="right") − 1] + row_offset —
+    the same in every block, row range and shard file."""
+
+    def __init__(self, dump: Dump, names, row_offset: int = 0):
+        self.dump, self.names, self.row_offset = dump, tuple(names), row_offset
+        self.offsets = dump.offsets() if "sequence" in self.names else None
+        if "sequence" in self.names and self.offsets is None:  # (only the probe's split asks for sequences)
+            raise InvalidInputError(f"--split-by sequence needs sequence offsets (/sequences/offsets, or --offsets) "
+                                    f"in {dump.path}, which has none")
+
+    def read(self, start: int, stop: int, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each vector of rows [start, stop), selected by ``keep`` like the rows."""
+        vectors = {name: self._read(name, start, stop) for name in self.names}
+        return vectors if keep is None else {name: values[keep] for name, values in vectors.items()}
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name != "sequence":
+            return self.dump.row_vector(name, start, stop)
+        rows = np.arange(start, stop)
+        return self.row_offset + self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
 
 
 def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.ndarray, *,

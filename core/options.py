@@ -165,7 +165,8 @@ class NeuronsOptions:
 
 # -- probe ---------------------------------------------------------------------------------------
 
-SPLIT_BY = ("row", "sample_id")
+# the sampling unit the split hashes (METRICS.md §7); auto: the sequence on token-level dumps, else the row
+SPLIT_BY = ("auto", "row", "sequence", "sample_id")
 CONTROLS = ("token", "row")
 # s = 0.1 keeps Σ_s positive definite whatever the rank of Σ_W (dead units, D > n, anisotropic
 # language-model layers) with condition number ≤ 1 + 9·D, and costs almost no accuracy on
@@ -181,12 +182,12 @@ SHRINKAGE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 class ProbeOptions:
     """Everything that changes a probe number (METRICS.md §7); recorded in the output."""
 
-    test_fraction: float = 0.2  # share of rows held out (by seeded hash); 0: directions only
+    test_fraction: float = 0.2  # share of the units (split_by) held out, by seeded hash; 0: directions only
     seed: int = 0  # of the split (and, + 1, of the control task)
-    split_by: str = "row"  # hash the global row number, or /rows/sample_id
+    split_by: str = "auto"  # the unit hashed: the row, the sequence, /rows/sample_id; auto: sequence if token-level
     shrinkage: float | str = DEFAULT_SHRINKAGE  # s of Σ_s, or "auto": chosen on a validation split of the train rows
     ridge_lambda: float = DEFAULT_RIDGE_LAMBDA  # λ relative to tr S_T / D
-    control: str | None = None  # "token" (Hewitt & Liang, /rows/token_id) or "row" (hash of the row)
+    control: str | None = None  # "token" (Hewitt & Liang, /rows/token_id) or "row" (hash bucket of the split's unit)
     positive: str | None = None  # the direction's classes: index or label name (default: the two classes)
     negative: str | None = None
 

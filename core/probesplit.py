@@ -1,19 +1,23 @@
 """The probe's train/test split and control task (METRICS.md §7), keyed by seeded hashes.
 
-A row is a test row when its key — splitmix64 of its global row number (:func:`hash_keys` of
-core/sample.py) or of its ``/rows/sample_id``, with the seed — is below ``test_fraction``·2⁶⁴.
-The key depends only on (seed, row number or id), so the split is the same in every layer, every
-chunking, every shard and every run, and the second pass finds the test rows again without
-keeping a list of them.
+The split hashes the sampling unit (``split_by``): the row (its global row number), the sequence
+(on token-level dumps: every token of a sentence on the same side — named by the global row
+number of its first row, from the sequence offsets) or ``/rows/sample_id``; "auto" is the
+sequence on token-level dumps, else the row. A row is a test row when the key of its unit —
+splitmix64 (:func:`hash_keys` of core/sample.py) of the unit's value, with the seed — is below
+``test_fraction``·2⁶⁴. The key depends only on (seed, unit), so the split is the same in every
+layer, every chunking, every shard and every run, and the second pass finds the test rows again
+without keeping a list of them.
 
 The control task (Hewitt & Liang, EMNLP 2019) gives every row a control class through a
-*group*: its token id ("token"), or a bucket of a seeded hash of the row ("row", the chance
-baseline). Each group gets a uniform u ∈ [0, 1) from a seeded hash, and its class is the inverse
-CDF of the real train class frequencies at u, so control classes keep the class frequencies
-(exactly in expectation over token types; to 1/CONTROL_BUCKETS for row buckets). The pass keeps
-Σx and the count per group of the train rows (G×D); the control class moments follow at the end.
+*group*: its token id ("token"), or a bucket of a seeded hash of its unit ("row", the chance
+baseline; the rows of one sequence share a bucket when the split is by sequence). Each group gets a
+uniform u ∈ [0, 1) from a seeded hash, and its class is the inverse CDF of the real train class
+frequencies at u, so control classes keep the class frequencies (exactly in expectation over
+token types; to 1/CONTROL_BUCKETS for row buckets). The pass keeps Σx and the count per group of
+the train rows (G×D); the control class moments follow at the end.
 
-``--shrinkage auto`` splits the train rows once more (seed + 2): the probes for each candidate s
+``--shrinkage auto`` splits the train units once more (seed + 2): the probes for each candidate s
 are fitted on the other train rows and scored on these validation rows in the second pass, where
 the test rows are scored by every candidate fitted on all train rows; the best candidate's scores
 are reported.
@@ -33,9 +37,33 @@ CONTROL_BUCKETS = 1024  # row control: class frequencies kept to 1/1024; memory 
 _BUCKET_SHIFT = np.uint64(64 - 10)  # 2¹⁰ = CONTROL_BUCKETS
 
 
-def split_keys(index: np.ndarray, sample_ids: np.ndarray | None, seed: int) -> np.ndarray:
-    """The split key of each row: of its sample id when given, else of its global row number."""
-    return hash_keys(index if sample_ids is None else sample_ids, seed)
+SPLIT_UNITS = ("row", "sequence", "sample_id")  # what a split may hash (SPLIT_BY less "auto")
+# where each unit's values come from, for messages (the row's number is always known)
+UNIT_SOURCES = {"sequence": "sequence offsets", "sample_id": "/rows/sample_id"}
+
+
+def split_unit(split_by: str, token_level: bool) -> str:
+    """The unit a split hashes: ``split_by``, with "auto" the sequence on token-level dumps (rows with
+    sequence offsets), else the row."""
+    if split_by == "auto":
+        return "sequence" if token_level else "row"
+    return split_by
+
+
+def unit_values(unit: str, index: np.ndarray, vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """What the split hashes for each row: its global row number ``index``, or the per-row vector of
+    the unit ("sequence": the first row of its sequence; "sample_id")."""
+    if unit == "row":
+        return index
+    values = vectors.get(unit)
+    if values is None:
+        raise InvalidInputError(f"--split-by {unit} needs {UNIT_SOURCES[unit]}; rows fed from memory have none")
+    return values
+
+
+def split_keys(units: np.ndarray, seed: int) -> np.ndarray:
+    """The split key of each row: splitmix64 of its unit's value (:func:`unit_values`) with the seed."""
+    return hash_keys(units, seed)
 
 
 def is_test(keys: np.ndarray, test_fraction: float) -> np.ndarray:
@@ -43,20 +71,19 @@ def is_test(keys: np.ndarray, test_fraction: float) -> np.ndarray:
     return keys < np.uint64(min(int(test_fraction * 2.0**64), 2**64 - 1))
 
 
-def is_validation(index: np.ndarray, sample_ids: np.ndarray | None, seed: int) -> np.ndarray:
-    """Whether each (train) row is a validation row for --shrinkage auto: its key with seed + 2
-    is below VALIDATION_FRACTION·2⁶⁴ (independent of the test split)."""
-    return is_test(split_keys(index, sample_ids, seed + 2), VALIDATION_FRACTION)
+def is_validation(units: np.ndarray, seed: int) -> np.ndarray:
+    """Whether each (train) row is a validation row for --shrinkage auto: its unit's key with seed + 2
+    is below VALIDATION_FRACTION·2⁶⁴ (independent of the test split; whole units, like it)."""
+    return is_test(split_keys(units, seed + 2), VALIDATION_FRACTION)
 
 
-def control_groups(control: str, index: np.ndarray, sample_ids: np.ndarray | None, token_ids: np.ndarray | None,
-                   seed: int) -> np.ndarray:
-    """Each row's control group: its token id, or a hash bucket (seed + 1) of its row number / sample id."""
+def control_groups(control: str, units: np.ndarray, token_ids: np.ndarray | None, seed: int) -> np.ndarray:
+    """Each row's control group: its token id, or a hash bucket (seed + 1) of its unit (:func:`unit_values`)."""
     if control == "token":
         if token_ids is None:
             raise InvalidInputError("--control token needs /rows/token_id; rows fed from memory have none")
         return np.asarray(token_ids, dtype=np.int64)
-    return (split_keys(index, sample_ids, seed + 1) >> _BUCKET_SHIFT).astype(np.int64)
+    return (split_keys(units, seed + 1) >> _BUCKET_SHIFT).astype(np.int64)
 
 
 def group_uniforms(control: str, groups: np.ndarray, seed: int) -> np.ndarray:

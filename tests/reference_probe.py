@@ -8,9 +8,14 @@ import numpy as np
 from actgeom.core.sample import row_keys
 
 
+def sequence_starts(offsets: np.ndarray) -> np.ndarray:
+    """Each row's sequence named by its first row: offsets[s] repeated over the rows of sequence s."""
+    return np.repeat(offsets[:-1], np.diff(offsets))
+
+
 def held_out(n_rows: int, seed: int, test_fraction: float, keys_of=None) -> np.ndarray:
     """Which rows are test rows: key < test_fraction·2⁶⁴, key = splitmix64 of the row number
-    (or of ``keys_of[i]``, e.g. sample ids, computed one value at a time)."""
+    (or of ``keys_of[i]``, e.g. sample ids or :func:`sequence_starts`, one value at a time)."""
     if keys_of is None:
         keys = row_keys(0, n_rows, seed)
     else:
@@ -72,6 +77,11 @@ def control_labels(groups: np.ndarray, y_train: np.ndarray, seed: int, mode: str
     return np.array(out)
 
 
-def row_buckets(n_rows: int, seed: int) -> np.ndarray:
-    """The control bucket of each row: the top 10 bits of its key with seed + 1."""
-    return (row_keys(0, n_rows, seed + 1) >> np.uint64(54)).astype(np.int64)
+def row_buckets(n_rows: int, seed: int, keys_of=None) -> np.ndarray:
+    """The control bucket of each row: the top 10 bits of its key with seed + 1 (the key of its row
+    number, or of ``keys_of[i]``, one value at a time)."""
+    if keys_of is None:
+        keys = row_keys(0, n_rows, seed + 1)
+    else:
+        keys = np.array([row_keys(int(v), int(v) + 1, seed + 1)[0] for v in keys_of], dtype=np.uint64)
+    return (keys >> np.uint64(54)).astype(np.int64)

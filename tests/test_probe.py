@@ -9,15 +9,18 @@ import json
 import numpy as np
 import pytest
 from conftest import class_data, run_family, write_dump
-from reference_probe import control_labels, held_out, lda, nearest_mean, predict, ridge, row_buckets
+from reference_probe import control_labels, held_out, lda, nearest_mean, predict, ridge, row_buckets, sequence_starts
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 import actgeom
 from actgeom.core.accumulators import SplitSpec
-from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate
+from actgeom.core.api import facts_of
+from actgeom.core.dump import Dump, DumpWriter
+from actgeom.core.engine import PassOptions, RowVectors, accumulate
+from actgeom.core.families import probe as probe_family
 from actgeom.core.probe import REGISTRY, SHRINKAGE_GRID, ProbeOptions, lda_probe, ridge_probe
+from actgeom.core.probesplit import is_test, split_keys
 from actgeom.core.sample import hash_keys, row_keys
 
 SEEDS = [0, 1, 2]
@@ -36,11 +39,18 @@ def _stored(path) -> np.ndarray:
         return dump.read_rows("h").astype(np.float64)
 
 
+def _token_dump(tmp_path, X, y, offsets, *, name="tok.h5", chunk_rows=37, **vectors):
+    with DumpWriter(tmp_path / name, layers={"h": X.shape[1]}, dtype="float64", level="token",
+                    chunk_bytes=chunk_rows * X.shape[1] * 8) as writer:
+        writer.append({"h": X}, labels=y, **vectors)
+        writer.set_offsets(offsets)
+    return tmp_path / name
+
+
 def _train_stats(path, options: ProbeOptions, pass_options=PassOptions()):
-    spec = SplitSpec(test_fraction=options.test_fraction, seed=options.seed, split_by=options.split_by,
-                     control=options.control)
+    """The split's statistics as the probe keeps them (its unit resolved for the dump)."""
     with Dump(path) as dump:
-        return accumulate(dump, specs=[spec], options=pass_options)["h"].get("split")
+        return accumulate(dump, specs=probe_family.needs(options, facts_of(dump)), options=pass_options)["h"].get("split")
 
 
 def _metrics(path, options: ProbeOptions, pass_options=PassOptions()) -> dict:
@@ -258,25 +268,128 @@ def test_shard_statistics_saved_and_merged_give_the_same_probe(tmp_path):
     assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-12)
 
 
-def test_tokens_last_probes_the_last_row_of_each_sequence(tmp_path):
-    """--tokens last: the split keys are the selected rows' global row numbers in both passes."""
-    from actgeom.core.dump import DumpWriter
+def _sentences(rng, n_sequences: int, n_noise: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, offsets) of token rows where a row-level split leaks: each sequence (15–44 tokens) has
+    one label for all its tokens (half the sequences per class) and a signature only it has (unit k
+    = 10 on sequence k), plus N(0, 1) noise. A fit that saw some tokens of a sequence knows the label
+    of its other tokens; a fit on other sequences knows nothing of it (chance)."""
+    lengths = rng.integers(15, 45, n_sequences)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    sequence = np.repeat(np.arange(n_sequences), lengths)
+    y = rng.permutation(np.arange(n_sequences) % 2)[sequence]
+    signature = np.hstack([10.0 * np.eye(n_sequences)[sequence], np.zeros((sequence.size, n_noise))])
+    return signature + rng.standard_normal(signature.shape), y, offsets
 
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_token_level_dumps_split_whole_sequences(tmp_path, seed):
+    """The default split of a token-level dump is by sequence: no sequence has rows on both sides,
+    and the probes equal the in-memory reference split the same way — not the leaking row split."""
+    rng = np.random.default_rng(seed)
+    X, y, offsets = _sentences(rng, 40)
+    path = _token_dump(tmp_path, X, y, offsets, chunk_rows=int(rng.integers(7, 90)))
+    with Dump(path) as dump:  # the keys themselves, as both passes compute them
+        units = RowVectors(dump, ["sequence"]).read(0, X.shape[0])["sequence"]
+    test = is_test(split_keys(units, seed), 0.2)
+    sequence = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+    on_test = np.bincount(sequence, weights=test)
+    assert np.all((on_test == 0) | (on_test == np.diff(offsets)))  # whole sequences on one side
+    assert 0 < test.sum() < X.shape[0]
+    np.testing.assert_array_equal(test, held_out(X.shape[0], seed, 0.2, keys_of=sequence_starts(offsets)))
+    layer = run_family("probe", path, ProbeOptions(seed=seed), PassOptions(block_rows=int(rng.integers(5, 200))))["layers"][0]
+    assert layer["probe"]["split_by"] == "sequence"
+    assert (layer["probe"]["n_train"], layer["probe"]["n_test"]) == ((~test).sum(), test.sum())
+    got = layer["metrics"]
+    assert got["lda_accuracy"] == accuracy_score(y[test], predict(*lda(X[~test], y[~test], 0.1), X[test]))
+    assert got["ridge_accuracy"] == accuracy_score(y[test], predict(*ridge(X[~test], y[~test], 0.1), X[test]))
+    assert got["ncc_accuracy"] == accuracy_score(y[test], nearest_mean(X[~test], y[~test], X[test]))
+    assert got["lda_accuracy"] < 0.75  # chance 0.5: nothing of a test sequence was seen
+    rows = held_out(X.shape[0], seed, 0.2)  # the row split, explicitly: the data can show a leak
+    leaked = run_family("probe", path, ProbeOptions(seed=seed, split_by="row"))["layers"][0]
+    assert leaked["probe"]["split_by"] == "row"
+    assert leaked["metrics"]["lda_accuracy"] == accuracy_score(y[rows], predict(*lda(X[~rows], y[~rows], 0.1), X[rows]))
+    assert leaked["metrics"]["lda_accuracy"] > 0.9
+
+
+def test_sequence_split_is_identical_across_chunkings_and_shards(tmp_path):
+    """Row ranges cut inside sequences, saved and merged, and shard files with --row-offset give the
+    same split (control buckets and validation rows included) as one pass."""
+    from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
+
+    rng = np.random.default_rng(8)
+    X, y, offsets = _sentences(rng, 30)
+    n = X.shape[0]
+    path = _token_dump(tmp_path, X, y, offsets, chunk_rows=23)
+    options = ProbeOptions(control="row", shrinkage="auto", seed=2)
+    direct = run_family("probe", path, options, PassOptions(block_rows=41))["layers"][0]
+    assert direct == run_family("probe", path, options, PassOptions(block_rows=173))["layers"][0]
+    parts = []
+    cuts = [0, int(offsets[7]) + 5, int(offsets[19]) - 3, n]  # inside sequences 7 and 18
+    with Dump(path) as dump:
+        specs = probe_family.needs(options, facts_of(dump))
+        for i, rows in enumerate(zip(cuts, cuts[1:])):
+            pass_options = PassOptions(row_range=rows, block_rows=29)
+            save_partial(tmp_path / f"part{i}.npz", accumulate(dump, specs=specs, options=pass_options),
+                         provenance(dump, pass_options))
+            parts.append((tmp_path / f"part{i}.npz", *load_partial(tmp_path / f"part{i}.npz")))
+    save_partial(tmp_path / "merged.npz", *merge_partials(parts))
+    keywords = {k: v for k, v in vars(options).items() if v is not None}
+    whole = actgeom.probe(path, **keywords).files()[0]["layers"][0]
+    merged = actgeom.probe(path, stats=tmp_path / "merged.npz", **keywords).files()[0]["layers"][0]
+    assert whole["probe"] == merged["probe"] == direct["probe"]
+    assert merged["metrics"] == pytest.approx(whole["metrics"], rel=1e-12)
+    cut = int(offsets[12])  # shard files hold whole sequences, numbered from their own first row
+    head = _token_dump(tmp_path, X[:cut], y[:cut], offsets[:13], name="head.h5")
+    tail = _token_dump(tmp_path, X[cut:], y[cut:], offsets[12:] - cut, name="tail.h5")
+    with Dump(head) as dump:
+        first = accumulate(dump, specs=specs)["h"]
+    with Dump(tail) as dump:
+        first.merge(accumulate(dump, specs=specs, options=PassOptions(row_offset=cut))["h"])
+    reference = _train_stats(path, options)
+    sharded = first.get("split")
+    assert sharded.n_test == reference.n_test and sharded.n_validation == reference.n_validation
+    np.testing.assert_array_equal(sharded.train.counts, reference.train.counts)
+    np.testing.assert_array_equal(sharded.groups.counts, reference.groups.counts)
+    np.testing.assert_allclose(sharded.train.means, reference.train.means, rtol=STATS_RTOL)
+
+
+def test_control_buckets_and_validation_rows_are_whole_sequences(tmp_path):
+    """The row control task hashes the sequence (its tokens share a control class) and --shrinkage
+    auto's validation rows (seed + 2) are whole sequences, as in the in-memory reference."""
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(2, 12, size=300)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    n = int(offsets[-1])
+    y = np.repeat(rng.integers(0, 3, lengths.size), lengths)
+    X = rng.standard_normal((n, 5)) + 1.2 * np.eye(5)[y]
+    path = _token_dump(tmp_path, X, y, offsets)
+    starts = sequence_starts(offsets)
+    test = held_out(n, 0, 0.2, keys_of=starts)
+    validation = held_out(n, 2, 0.25, keys_of=starts) & ~test
+    control = control_labels(row_buckets(n, 0, keys_of=starts), y[~test], 0, "row")
+    expected = accuracy_score(control[test], predict(*lda(X[~test], control[~test], 0.1), X[test]))
+    layer = run_family("probe", path, ProbeOptions(control="row"), PassOptions(block_rows=57))["layers"][0]
+    assert layer["metrics"]["control_accuracy"] == expected
+    auto = run_family("probe", path, ProbeOptions(shrinkage="auto"), PassOptions(block_rows=57))["layers"][0]
+    assert auto["probe"]["n_validation"] == validation.sum()
+
+
+@pytest.mark.parametrize("split_by", ["auto", "row"])
+def test_tokens_last_probes_the_last_row_of_each_sequence(tmp_path, split_by):
+    """--tokens last: the split keys are those of the selected rows' units in both passes — their
+    sequence (by default on a token-level dump), or their global row number."""
     rng = np.random.default_rng(11)
     lengths = rng.integers(1, 9, size=400)
     offsets = np.r_[0, np.cumsum(lengths)]
     n = int(offsets[-1])
     y = rng.integers(0, 3, n)
     X = rng.standard_normal((n, 4)) + 1.5 * np.eye(4)[y]
-    path = tmp_path / "tok.h5"
-    with DumpWriter(path, layers={"h": 4}, dtype="float64", level="token", chunk_bytes=4 * 8 * 37) as writer:
-        writer.append({"h": X}, labels=y)
-        writer.set_offsets(offsets)
+    path = _token_dump(tmp_path, X, y, offsets)
     last = offsets[1:] - 1
-    test = held_out(n, 0, 0.2)[last]
+    test = held_out(n, 0, 0.2, keys_of=sequence_starts(offsets) if split_by == "auto" else None)[last]
     rows, labels = X[last], y[last]
     expected = predict(*lda(rows[~test], labels[~test], 0.1), rows[test])
-    layer = run_family("probe", path, ProbeOptions(), PassOptions(tokens="last", block_rows=53))["layers"][0]
+    layer = run_family("probe", path, ProbeOptions(split_by=split_by), PassOptions(tokens="last", block_rows=53))["layers"][0]
     assert (layer["probe"]["n_train"], layer["probe"]["n_test"]) == ((~test).sum(), test.sum())
     assert layer["metrics"]["lda_accuracy"] == accuracy_score(labels[test], expected)
 
@@ -419,6 +532,7 @@ def test_statistics_in_memory_give_directions_but_no_scores():
 @pytest.mark.parametrize("option, message", [
     ({"split_by": "sample_id"}, "--split-by sample_id needs /rows/sample_id; rows fed from memory have none"),
     ({"control": "token"}, "--control token needs /rows/token_id; rows fed from memory have none"),
+    ({"split_by": "sequence"}, "--split-by sequence needs sequence offsets; rows fed from memory have none"),
 ])
 def test_statistics_in_memory_refuse_what_needs_row_vectors(option, message):
     stats = actgeom.Statistics({"h": 2}, families=("probe",), options={"probe": option})
@@ -488,8 +602,8 @@ def test_cli_label_names(cli, tmp_path):
     (["--shrinkage", "1.5"], 2, "Error: --shrinkage '1.5' must be a number in [0, 1] or auto\n"),
     (["--shrinkage", "big"], 2, "Error: --shrinkage 'big' must be a number in [0, 1] or auto\n"),
     (["--ridge-lambda", "-1"], 2, "Error: --ridge-lambda '-1.0' must be ≥ 0\n"),
-    (["--split-by", "token"], 2, "Error: Invalid value for '--split-by': 'token' is not one of 'row', "
-                                 "'sample_id'. (see actgeom probe --help)\n"),
+    (["--split-by", "token"], 2, "Error: Invalid value for '--split-by': 'token' is not one of 'auto', 'row', "
+                                 "'sequence', 'sample_id'. (see actgeom probe --help)\n"),
     (["--control", "yes"], 2, "Error: Invalid value for '--control': 'yes' is not one of 'token', 'row'. "
                               "(see actgeom probe --help)\n"),
     (["--positive", "1"], 2, "Error: --positive '1' needs its pair (--positive and --negative)\n"),
@@ -500,6 +614,8 @@ def test_cli_label_names(cli, tmp_path):
      "Error: --positive 'x' is not a class index or label name (the dump has no label names)\n"),
     (["--control", "token"], 3, "Error: this analysis needs /rows/token_id in {path}, which has none\n"),
     (["--split-by", "sample_id"], 3, "Error: this analysis needs /rows/sample_id in {path}, which has none\n"),
+    (["--split-by", "sequence"], 3, "Error: --split-by sequence needs sequence offsets (/sequences/offsets, or "
+                                    "--offsets) in {path}, which has none\n"),
 ])
 def test_cli_errors(cli, tmp_path, args, code, message):
     rng = np.random.default_rng(0)
@@ -507,6 +623,35 @@ def test_cli_errors(cli, tmp_path, args, code, message):
     path = _dump(tmp_path, X, y)
     got, out, err = cli("probe", path, *args)
     assert (got, err) == (code, message.format(path=path)) and out == ""
+
+
+def test_cli_records_the_unit_of_the_split(cli, tmp_path):
+    """--split-by is in --help; the unit auto resolves to (sequence on a token-level dump, row on a
+    sample-level one) is in each layer's probe block and the table's summary."""
+    code, out, _ = cli("probe", "--help")
+    assert code == 0 and "--split-by" in out and "sequence" in out
+    rng = np.random.default_rng(6)
+    X, y, offsets = _sentences(rng, 12)
+    tokens = _token_dump(tmp_path, X, y, offsets)
+    rows = _dump(tmp_path, X, y, name="rows.h5")
+    document = cli.json("probe", tokens, rows)
+    assert document["options"]["probe"]["split_by"] == "auto"
+    assert [file["layers"][0]["probe"]["split_by"] for file in document["files"]] == ["sequence", "row"]
+    code, out, _ = cli("probe", tokens, "--format", "md")
+    assert code == 0 and "split by" in out and "sequence" in out
+
+
+def test_a_token_level_dump_without_offsets_says_it_is_split_by_row(tmp_path):
+    rng = np.random.default_rng(6)
+    X, y = class_data(rng, [60, 60], 3)
+    path = tmp_path / "tok.h5"
+    with DumpWriter(path, layers={"h": 3}, dtype="float64", level="token") as writer:
+        writer.append({"h": X}, labels=y)
+    layer = run_family("probe", path)["layers"][0]
+    assert layer["probe"]["split_by"] == "row"
+    assert layer["notes"] == ["a token-level dump without sequence offsets is split by row: tokens of one sequence "
+                              "may be on both sides of the split (give --offsets, or --split-by sample_id)"]
+    assert run_family("probe", path, ProbeOptions(split_by="row"))["layers"][0]["notes"] == []  # chosen: no note
 
 
 def test_cli_refuses_to_save_directions_over_an_input(cli, tmp_path):

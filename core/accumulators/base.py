@@ -42,7 +42,7 @@ class Spec:
     spec can answer a request (for statistics loaded from a file)."""
 
     slot: ClassVar[str]
-    row_vectors: ClassVar[tuple[str, ...]] = ()  # per-row vectors the accumulator reads: "position", "token_id", ...
+    row_vectors: ClassVar[tuple[str, ...]] = ()  # per-row vectors it reads: "position", "token_id", "sequence", ...
 
     def union(self, other: "Spec") -> "Spec":
         if other != self:

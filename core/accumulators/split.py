@@ -9,18 +9,20 @@ from typing import ClassVar
 import numpy as np
 
 from actgeom.core.accumulators.base import Rows, Spec, prefixed
-from actgeom.core.errors import InvalidInputError
-from actgeom.core.probesplit import ControlSums, control_groups, is_test, is_validation, split_keys
+from actgeom.core.errors import UsageError
+from actgeom.core.probesplit import SPLIT_UNITS, ControlSums, control_groups, is_test, is_validation, split_keys, unit_values
 from actgeom.core.stats import ClassMoments, ClassStats
 
 
 @dataclass(frozen=True)
 class SplitSpec(Spec):
     """Class moments of the *train* rows of a seeded split (core/probesplit.py): a labelled row is
-    a test row when its key (of the row number, or of /rows/sample_id with ``split_by``) is below
-    ``test_fraction``·2⁶⁴; test rows are only counted. ``control``: also the count and Σx of the
-    train rows per control group (token id, or hash bucket of the row). ``validation``: the
-    validation rows of the train rows (--shrinkage auto) in class moments of their own."""
+    a test row when the key of its unit ``split_by`` — "row" (its global row number), "sequence"
+    (the row vector "sequence": the first row of its sequence) or "sample_id" (/rows/sample_id),
+    never "auto": the family resolves it — is below ``test_fraction``·2⁶⁴; test rows are only
+    counted. ``control``: also the count and Σx of the train rows per control group (token id, or
+    hash bucket of the unit). ``validation``: the validation rows of the train rows (--shrinkage
+    auto) in class moments of their own."""
 
     slot: ClassVar[str] = "split"
     test_fraction: float = 0.2
@@ -29,12 +31,18 @@ class SplitSpec(Spec):
     control: str | None = None
     validation: bool = False
 
+    def __post_init__(self) -> None:
+        if self.split_by not in SPLIT_UNITS:
+            raise UsageError(f"a split's unit is one of {', '.join(SPLIT_UNITS)}, not '{self.split_by}' "
+                             "(core/probesplit.py split_unit resolves 'auto')")
+
     @property
     def row_vectors(self) -> tuple[str, ...]:
-        return (("sample_id",) if self.split_by == "sample_id" else ()) + (("token_id",) if self.control == "token" else ())
+        return (() if self.split_by == "row" else (self.split_by,)) + (("token_id",) if self.control == "token" else ())
 
     def describe(self) -> str:
-        return f"train-row class moments of a split with test fraction {self.test_fraction}, seed {self.seed}"
+        return (f"train-row class moments of a split by {self.split_by} with test fraction {self.test_fraction}, "
+                f"seed {self.seed}")
 
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Split":
         return Split(n_units, self, products)
@@ -64,18 +72,16 @@ class Split:
         self.groups = ControlSums(n_units) if spec.control else None
 
     def update(self, rows: Rows) -> None:
-        ids = rows.vectors.get("sample_id")
-        if ids is None and self.spec.split_by == "sample_id":
-            raise InvalidInputError("--split-by sample_id needs /rows/sample_id; rows fed from memory have none")
-        test = is_test(split_keys(rows.index, ids, self.spec.seed), self.spec.test_fraction)
+        units = unit_values(self.spec.split_by, rows.index, rows.vectors)
+        test = is_test(split_keys(units, self.spec.seed), self.spec.test_fraction)
         labelled = rows.labels >= 0
         train = labelled & ~test
         self.n_test += int((labelled & test).sum())
         if self.groups is not None:
-            groups = control_groups(self.spec.control, rows.index, ids, rows.vectors.get("token_id"), self.spec.seed)
+            groups = control_groups(self.spec.control, units, rows.vectors.get("token_id"), self.spec.seed)
             self.groups.update(groups[train], rows.X[train])
         if self.validation is not None:
-            validation = train & is_validation(rows.index, ids, self.spec.seed)
+            validation = train & is_validation(units, self.spec.seed)
             self.validation.update(rows.X[validation], rows.labels[validation])
             train &= ~validation
         self.train.update(rows.X if train.all() else rows.X[train], rows.labels[train])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from actgeom.core.accumulators import SplitSpec, SplitStats
+from actgeom.core.engine import RowVectors
 from actgeom.core.errors import OptionError
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
 from actgeom.core.probe import (
@@ -28,12 +29,16 @@ from actgeom.core.probesplit import (
     is_test,
     is_validation,
     split_keys,
+    split_unit,
+    unit_values,
 )
 
 
 def needs(options: ProbeOptions, facts: DumpFacts) -> list:
-    return [SplitSpec(test_fraction=options.test_fraction, seed=options.seed, split_by=options.split_by,
-                      control=options.control, validation=options.shrinkage == "auto")]
+    """The split by its resolved unit: "auto" is the sequence on token-level dumps, else the row."""
+    return [SplitSpec(test_fraction=options.test_fraction, seed=options.seed,
+                      split_by=split_unit(options.split_by, facts.token_level), control=options.control,
+                      validation=options.shrinkage == "auto")]
 
 
 def _split(ctx: LayerContext) -> SplitStats:
@@ -45,18 +50,21 @@ def second_pass(ctx: LayerContext, options: ProbeOptions):
     split = _split(ctx)
     if ctx.dump is None or split.n_test == 0 or (split.train.counts > 0).sum() < 2:
         return None
-    return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset)
+    return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, ctx.stats.specs["split"].split_by)
 
 
 class ProbePass:
-    """Scores the test rows (found again by their keys) with every probe fitted on the train rows.
+    """Scores the test rows (found again by the keys of their ``unit``, the first pass's) with every
+    probe fitted on the train rows.
 
     LDA and the control probe are fitted for each candidate shrinkage (one, unless --shrinkage
     auto); with auto, the validation rows score the candidates fitted on the other train rows,
     and the candidate with the best validation accuracy (ties: the larger s) is reported."""
 
-    def __init__(self, dump, split: SplitStats, options: ProbeOptions, row_offset: int):
-        self.dump, self.options, self.row_offset = dump, options, row_offset
+    def __init__(self, dump, split: SplitStats, options: ProbeOptions, row_offset: int, unit: str):
+        self.options, self.unit, self.row_offset = options, unit, row_offset
+        names = (() if unit == "row" else (unit,)) + (("token_id",) if options.control == "token" else ())
+        self.vectors = RowVectors(dump, names, row_offset)
         train = split.train
         self.counts = train.counts
         self.shrinkages = options.shrinkages
@@ -82,12 +90,12 @@ class ProbePass:
 
     def update(self, start: int, X: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> None:
         n, stop = X.shape[0], start + X.shape[0]
-        index = self.row_offset + start + np.arange(n)
-        ids = self.dump.row_vector("sample_id", start, stop) if self.options.split_by == "sample_id" else None
+        vectors = self.vectors.read(start, stop)
+        units = unit_values(self.unit, self.row_offset + start + np.arange(n), vectors)
         labelled = usable & (labels >= 0)
-        test = is_test(split_keys(index, ids, self.options.seed), self.options.test_fraction)
+        test = is_test(split_keys(units, self.options.seed), self.options.test_fraction)
         if self.validate:
-            validation = labelled & ~test & is_validation(index, ids, self.options.seed)
+            validation = labelled & ~test & is_validation(units, self.options.seed)
             self.n_validation += int(validation.sum())
             for k, fit in enumerate(self.fits):
                 self.validation_correct[k] += int((fit.predict(X[validation]) == labels[validation]).sum())
@@ -106,9 +114,8 @@ class ProbePass:
         if both is not None:
             self._positive.append(y[both] == self.pair[1])
         if self.control:
-            tokens = self.dump.row_vector("token_id", start, stop)[test] if self.options.control == "token" else None
-            groups = control_groups(self.options.control, index[test], None if ids is None else ids[test], tokens,
-                                    self.options.seed)
+            tokens = vectors["token_id"][test] if self.options.control == "token" else None
+            groups = control_groups(self.options.control, units[test], tokens, self.options.seed)
             control = control_classes(group_uniforms(self.options.control, groups, self.options.seed), self.counts)
             for k, probe in enumerate(self.control):
                 self.control_confusions[k].add(control, probe.predict(X))
@@ -195,12 +202,17 @@ def layer(ctx: LayerContext, options: ProbeOptions) -> LayerRecord:
     train = split.train
     counts = train.counts
     n_classes = int((counts > 0).sum())
-    fields = {"n_train": train.n, "n_test": split.n_test, "n_classes_train": n_classes}
+    unit = ctx.stats.specs["split"].split_by
+    fields = {"split_by": unit, "n_train": train.n, "n_test": split.n_test, "n_classes_train": n_classes}
     details = {"direction_layer": ctx.name}
+    notes = []
+    if options.split_by == "auto" and unit == "row" and ctx.dump is not None and ctx.dump.attrs.get("level") == "token":
+        notes.append("a token-level dump without sequence offsets is split by row: tokens of one sequence may be "
+                     "on both sides of the split (give --offsets, or --split-by sample_id)")
     if n_classes < 2:
         reason = f"{n_classes} class(es) with train rows; probes need 2" + \
             ("" if ctx.dump is None or ctx.dump.labels_path else ": no labels (give --labels)")  # unlabelled rows: one class
-        return LayerRecord(unavailable=dict.fromkeys(REGISTRY, reason), fields=fields, details=details)
+        return LayerRecord(unavailable=dict.fromkeys(REGISTRY, reason), notes=notes, fields=fields, details=details)
     consumer = ctx.second.get("probe")
     if consumer is not None:
         fields |= consumer.fields()
@@ -217,7 +229,7 @@ def layer(ctx: LayerContext, options: ProbeOptions) -> LayerRecord:
                          binary_scores=None if consumer is None else consumer.binary_scores, direction=direction,
                          direction_problem=problem, sigma_w_trace=float(np.trace(train.within_scatter)) / train.n)
     values, unavailable = evaluate(REGISTRY, inputs, options, missing)
-    return LayerRecord(metrics=values, unavailable=unavailable, fields=fields, details=details)
+    return LayerRecord(metrics=values, unavailable=unavailable, notes=notes, fields=fields, details=details)
 
 
 def file_record(records: list[LayerRecord], options: ProbeOptions) -> dict:
