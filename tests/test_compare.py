@@ -82,6 +82,28 @@ def test_shape_distance_matches_the_reference_at_every_alpha(tmp_path, rng, alph
     assert got == pytest.approx(ref.shape_distance(X, Y, alpha), rel=REF_RTOL)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_a_layer_compared_with_itself_is_at_distance_exactly_zero(tmp_path, alpha):
+    """The nuclear-norm ratio of a layer with itself is 1 up to a few ulps; arccos(1 − ε) = √(2ε)
+    turned one ulp into 2.1e-08. Seeds 0, 1, 3 gave 1.5e-08 – 3e-08 before the ratio was clipped."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((150, 12)) * rng.uniform(0.5, 3.0, 12) + 2.0
+        result = actgeom.compare([write_dump(tmp_path / f"{seed}.h5", {"h": X})], subsample=0, alpha=alpha)
+        for name in ("shape_distance", "procrustes_distance"):
+            assert result.matrix(name)[0][0] == 0.0, (seed, name)
+
+
+def test_a_small_distance_is_not_clipped(tmp_path, rng):
+    """Y = X + 1e-6 noise: distances ~1e-6, far above the clipping tolerance (~1e-7 at D = 12)."""
+    X = rng.standard_normal((150, 12)) * rng.uniform(0.5, 3.0, 12)
+    Y = X + 1e-6 * rng.standard_normal(X.shape)
+    a, b = _pair(tmp_path, X, Y)
+    got = _values(a, b, subsample=0)
+    assert got["shape_distance"] == pytest.approx(ref.shape_distance(X, Y), rel=1e-3)
+    assert got["procrustes_distance"] == pytest.approx(ref.procrustes_distance(X, Y), rel=1e-3)
+    assert 1e-7 < got["shape_distance"] < 1e-5
+
 def test_units_list_every_unit_with_its_best_match(tmp_path, rng):
     X, Y = _correlated(rng)
     a, b = _pair(tmp_path, X, Y)
