@@ -3,14 +3,37 @@
 Exit codes: 0 ok; 1 runtime failure (an output that could not be written: one line; else a bug:
 traceback shown); 2 usage (a bad option or value); 3 invalid input (a file, dataset or value
 that actgeom cannot use); 130 interrupted (Ctrl-C).
+
+Ctrl-C always ends the command with "interrupted" and exit 130, leaving no output: while the
+`actgeom` program starts (Python imports typer, rich, ...) nothing is written yet, so it stops at
+once; once a command runs, it is a KeyboardInterrupt, so every output being written is removed on
+the way out (see :func:`_interruptible`).
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import os
+import signal
 import sys
+import threading
 import warnings
+from pathlib import Path
 
-import typer
+
+def _stop_at_once(signum, frame) -> None:
+    """Ctrl-C before a command runs: nothing is written yet. (A KeyboardInterrupt raised inside an
+    import may come out as another error — Python wraps it in "Error calling __set_name__" — or
+    as a traceback of the import.)"""
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+if Path(sys.argv[0]).name == "actgeom" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _stop_at_once)  # the `actgeom` program only: not a Python that imports us
+
+import typer  # noqa: E402 (after the handler: importing typer and rich takes a while)
 from typer.core import TyperGroup
 
 try:  # recent Typer vendors click; older Typer uses click itself
@@ -18,11 +41,11 @@ try:  # recent Typer vendors click; older Typer uses click itself
 except ImportError:
     from click import exceptions as parser_errors
 
-from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats
-from actgeom.cli.output import escape
-from actgeom.cli.report.command import report
-from actgeom.core import __version__
-from actgeom.core.errors import ActgeomError, DataWarning, OptionError
+from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats  # noqa: E402
+from actgeom.cli.output import escape  # noqa: E402
+from actgeom.cli.report.command import report  # noqa: E402
+from actgeom.core import __version__  # noqa: E402
+from actgeom.core.errors import ActgeomError, DataWarning, OptionError  # noqa: E402
 
 
 class _Group(TyperGroup):
@@ -33,7 +56,7 @@ class _Group(TyperGroup):
     """
 
     def invoke(self, ctx):
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _interruptible():
             warnings.simplefilter("always", DataWarning)
             try:
                 result = super().invoke(ctx)
@@ -52,15 +75,55 @@ class _Group(TyperGroup):
                 sys.stderr.write(f"Error: {message} (see actgeom{command} --help)\n")
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:  # Ctrl-C: outputs are atomic, so nothing partial was left
-                sys.stderr.write("interrupted\n")
-                raise typer.Exit(130) from None
+                _interrupted()
             except BrokenPipeError:  # `actgeom ... | head`: the reader left; nothing is wrong
                 sys.stderr.close()
                 raise typer.Exit(0) from None
+            except Exception as exc:
+                if _caused_by_ctrl_c(exc):  # e.g. a class made while Ctrl-C came: "Error calling __set_name__"
+                    _interrupted()
+                raise
         _show_others(caught)
         for text in _set_aside(caught):
             sys.stderr.write(f"Warning: {escape(text)}\n")
         return result
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """While a command runs, Ctrl-C is a KeyboardInterrupt (outputs being written are removed on the
+    way out), and one that a finalizer swallowed (an exception in ``__del__`` or a weakref callback
+    is only printed by Python) is raised again, so the command cannot run on to the end."""
+    if signal.getsignal(signal.SIGINT) is not _stop_at_once:
+        yield  # SIGINT ignored (nohup), or a Python that imported us: its own handler
+        return
+    hook = sys.unraisablehook
+
+    def raise_again(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):  # (raised from here, it would be swallowed again)
+            threading.Timer(0.01, _thread.interrupt_main).start()
+        else:
+            hook(unraisable)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.unraisablehook = raise_again
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, _stop_at_once)
+        sys.unraisablehook = hook
+
+
+def _caused_by_ctrl_c(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted() -> None:
+    sys.stderr.write("interrupted\n")
+    raise typer.Exit(130) from None
 
 
 def _set_aside(caught: list) -> list[str]:

@@ -816,7 +816,7 @@ def test_quiet_silences_progress(cli, dump, monkeypatch):
     monkeypatch.setattr(progress, "PLAIN_START", 0.0)
     monkeypatch.setattr(progress.PlainLines.__init__, "__defaults__", (10.0, 0.0, time.monotonic))
     code, _, err = cli("stats", dump)
-    assert code == 0 and err.count("actgeom: layer") == 2
+    assert code == 0 and err.count("actgeom: rows of") == 2
     code, _, err = cli("stats", dump, "--quiet")
     assert code == 0 and err == ""
 
@@ -963,3 +963,93 @@ def test_extract_into_a_read_only_directory_is_one_line(dump, tmp_path):
     assert proc.returncode == 2 and one_error_line(proc.stderr), proc.stderr[-2000:]
     assert re.fullmatch(f"Error: cannot write {re.escape(str(locked / 'x.h5'))}: (Permission denied|Operation not permitted)\n",
                         proc.stderr), proc.stderr
+
+
+# -- issue #22: Ctrl-C at any moment ------------------------------------------------------------
+def _actgeom_program() -> Path:
+    """The `actgeom` program a user runs (the console script beside this Python)."""
+    import sys
+    program = Path(sys.executable).parent / "actgeom"
+    assert program.exists(), f"no `actgeom` program beside {sys.executable}: pip install -e . first"
+    return program
+
+
+STOP_WITHIN_S = 1.0  # the promise: Ctrl-C stops the command within a second
+
+
+@pytest.fixture(scope="module")
+def python_start_s() -> float:
+    """How long this machine's Python takes to start before any actgeom code runs (its `site`):
+    a Ctrl-C before that is the interpreter's own business (a "Fatal Python error")."""
+    import subprocess
+    import sys
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import actgeom"], check=True, timeout=SUBPROCESS_TIMEOUT_S)
+    return 1.5 * (time.monotonic() - started)  # 1.5: the load of a busy machine varies from one start to the next
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="POSIX signals")
+@pytest.mark.parametrize("after", [0.0, 0.25, 0.6, 1.2])  # imports; the command's imports; the checks and the pass
+def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_leaves_nothing(tmp_path, python_start_s, after):
+    """Ctrl-C as a terminal sends it: to the whole process group (the metadata check's child too).
+    The report on the sample starts for seconds: typer, numpy, h5py, matplotlib, the metadata check."""
+    import subprocess
+    delay = python_start_s + after
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([_actgeom_program(), "report", SAMPLE, "-o", out / "r.html", "--families", "collapse",
+                             "--figures", out / "figures", "--results", out / "r.json", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's shell does
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        proc.kill()
+    took = time.monotonic() - sent
+    assert (proc.returncode, err) == (130, "interrupted\n"), err[-3000:]
+    assert took < STOP_WITHIN_S, f"stopped {took:.2f} s after Ctrl-C"
+    assert list(out.iterdir()) == [], "an output was left"
+
+
+def test_ctrl_c_wrapped_in_another_error_is_still_an_interruption(cli, dump, tmp_path, monkeypatch):
+    """Python wraps a KeyboardInterrupt raised while a class is made: "Error calling __set_name__"."""
+    import actgeom.core.engine as engine
+
+    def wrapped(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on '_Field' instance 'x' in 'NeuronInputs'") from exc
+    monkeypatch.setattr(engine, "iter_blocks", wrapped)
+    code, out, err = cli("collapse", dump, "-o", tmp_path / "c.json")
+    assert (code, out, err) == (130, "", "interrupted\n")
+
+
+def test_ctrl_c_swallowed_by_a_finalizer_is_raised_again(cli, dump, tmp_path, monkeypatch):
+    """Python only prints an exception raised in ``__del__``: a Ctrl-C arriving there was lost, and the
+    command ran on to the end and exited 0."""
+    import gc
+
+    import actgeom.cli.app as app
+    import actgeom.core.engine as engine
+
+    class Finalized:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    def swallowing(*args, **kwargs):
+        Finalized()
+        gc.collect()
+        time.sleep(2)  # the Ctrl-C raised again ends this
+        pytest.fail("the command went on after Ctrl-C")
+    monkeypatch.setattr(engine, "iter_blocks", swallowing)
+    previous = signal.signal(signal.SIGINT, app._stop_at_once)  # as the `actgeom` program starts
+    try:
+        code, out, err = cli("collapse", dump, "-o", tmp_path / "c.json")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (code, out) == (130, "") and err.endswith("interrupted\n"), err
+    assert list(tmp_path.iterdir()) == [Path(dump)]

@@ -9,6 +9,7 @@ from pathlib import Path
 from actgeom.cli.report import figures as f
 from actgeom.cli.report import figures_units as u
 from actgeom.cli.report.page import build_page
+from actgeom.core.errors import OutputError
 from actgeom.core.outputs import atomic_path
 
 # (id, section, caption, drawing function, the family it needs or None), in page order
@@ -82,7 +83,11 @@ def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tup
 
 
 def _save(figure, stem: Path, inputs) -> None:
-    """The figure as SVG and PDF files (each written atomically)."""
+    """The figure as SVG and PDF files (each written atomically), in a directory made for the first one."""
+    try:
+        stem.parent.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {stem.parent}: {exc.strerror or exc}") from None
     for suffix in ("svg", "pdf"):
         with atomic_path(stem.with_suffix(f".{suffix}"), inputs, option="--figures") as tmp:
             figure.savefig(tmp, format=suffix, metadata={"Creator": None})

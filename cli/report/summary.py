@@ -18,17 +18,16 @@ RESULT_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.c
 
 def check_outputs(dumps: list[Path], output: Path, results: Path | None, figures: Path | None) -> None:
     """Before any pass: every output writable and none of them an input (core.outputs' rules),
-    --results with a known suffix, --figures a directory (created when missing)."""
+    --results with a known suffix, --figures a directory (created with its first figure: Ctrl-C or an
+    error before the figures leaves nothing)."""
     if results is not None and results.suffix.lower() not in RESULT_FORMATS:
         raise UsageError(f"--results {results}: the suffix says the format; use one of {', '.join(RESULT_FORMATS)}")
     outputs.check_outputs({"-o": output, "--results": results}, dumps)
     if figures is not None:
         if figures.exists() and not figures.is_dir():
             raise UsageError(f"--figures {figures} is a file; give a directory")
-        if not figures.exists():
-            if not figures.resolve().parent.is_dir():
-                raise UsageError(f"cannot create --figures {figures}: directory {figures.parent} does not exist")
-            figures.mkdir()
+        if not figures.exists() and not figures.resolve().parent.is_dir():
+            raise UsageError(f"cannot create --figures {figures}: directory {figures.parent} does not exist")
 
 
 def records(document: dict) -> list[dict]:

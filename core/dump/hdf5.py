@@ -65,15 +65,23 @@ def check_metadata(path: Path) -> None:
         pid = os.fork()
     if pid == 0:  # the child: walk, then leave without running the parent's exit handlers or flushing its buffers
         try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C (sent to the whole group) is the parent's to meet
             faulthandler.disable()  # a crash here is reported by the parent, not dumped on stderr
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(METADATA_TIME_LIMIT_S)
             _walk_metadata(path)
         finally:
             os._exit(0)  # a Python-level error is the parent's to meet again, and report
-    _, status = os.waitpid(pid, 0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # Ctrl-C while the child walks: end the child, then go on being interrupted
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
+        if number == signal.SIGINT:  # Ctrl-C reached the child before it could ignore it
+            raise KeyboardInterrupt
         why = (f"reading its metadata did not finish within {METADATA_TIME_LIMIT_S} s"
                if number == signal.SIGALRM else
                f"the HDF5 library crashed reading its metadata ({signal.Signals(number).name})")
