@@ -91,8 +91,12 @@ a score ≥ `--cutoff` (0.5). The VAE metrics are reported on the `--mu` layer; 
     "probe": """\
 ## Linear probes and concept directions (`actgeom probe`)
 
-Rows are split by a seeded hash of the global row number (or of `/rows/sample_id`): a row is a test
-row when its key is below `--test-fraction`·2⁶⁴, the same rows in every layer, chunking and shard.
+Rows are split by a seeded hash of their sampling unit (`--split-by`, METRICS.md §7): by default the
+whole sequence on token-level dumps (each row's sequence named by the global row number of its first
+token, from the sequence offsets: the tokens of one sentence are never on both sides) and the global
+row number on sample-level dumps; or `/rows/sample_id`. A row is a test row when its unit's key is
+below `--test-fraction`·2⁶⁴, the same rows in every layer, chunking and shard; the row control task
+and `--shrinkage auto`'s validation rows hash the same unit, and each layer's `probe.split_by` records it.
 One pass keeps the class moments of the train rows only; the probes follow in closed form (LDA with
 shrinkage s, default 0.1 or `auto` on a validation quarter of the train rows; ridge on one-hot
 targets, λ relative to tr S_T/D; nearest class mean) and the shared second pass scores the test rows.
