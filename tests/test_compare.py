@@ -13,6 +13,7 @@ from conftest import assert_metrics_close, write_dump, write_h5
 import actgeom
 from actgeom.core.compare import REGISTRY
 from actgeom.core.compare_moments import CrossMoments, SideMoments
+from actgeom.core.compare_sample import SampleView, doubled_ranks
 from actgeom.core.dump import Dump
 from actgeom.core.sample import row_keys
 
@@ -438,3 +439,28 @@ def test_row_ranges_merged_through_plain_arrays_equal_one_pass(tmp_path, rng, cu
         value = getattr(want, field)
         np.testing.assert_allclose(getattr(got, field), value, rtol=SPLIT_RTOL, atol=SPLIT_RTOL * np.abs(value).max())
     assert got.kk == pytest.approx(want.kk, rel=SPLIT_RTOL)
+
+
+def test_rsa_ranks_are_exact_beyond_float32():
+    """RSA's Spearman ranks are kept exact at any sample size: 2²³ tied zeros and two tied ones
+    have the average ranks 2²² + 0.5 and 2²³ + 1.5, and float32 (spacing 1 above 2²³) cannot
+    hold the second: float32 ranks put rsa_spearman 7.7e-12 off rsatoolbox at 8 000 sampled rows."""
+    values = np.zeros(2**23 + 2, dtype=np.uint8)  # any sortable vector; one byte a value keeps the test light
+    values[-2:] = 1
+    doubled = doubled_ranks(values)
+    assert doubled[[0, -3, -2, -1]].tolist() == [2**23 + 1, 2**23 + 1, 2**24 + 3, 2**24 + 3]  # Python ints: no rounding
+
+
+def test_rsa_ranks_are_average_ranks_of_the_rdm(rng):
+    """The stored ranks, halved, are scipy's average ranks of the RDM exactly (ties included)."""
+    from scipy.stats import rankdata
+
+    rows = rng.integers(0, 3, (60, 4)).astype(float)  # few distinct rows: the RDM has many ties
+    rows[0] = 1.0  # a constant row, left out of the RDM
+    view = SampleView(rows)
+    usable = ~view.constant
+    upper, doubled = view.rdm(usable)
+    assert np.unique(upper).size < upper.size / 10
+    np.testing.assert_array_equal(doubled.astype(np.float64) / 2, rankdata(upper))
+    values = rng.standard_normal(1000).round(1)
+    np.testing.assert_array_equal(doubled_ranks(values) / 2, rankdata(values))
