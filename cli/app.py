@@ -43,6 +43,7 @@ except ImportError:
 
 from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats  # noqa: E402
 from actgeom.cli.output import escape  # noqa: E402
+from actgeom.cli.options import threads_option  # noqa: E402
 from actgeom.cli.report.command import report  # noqa: E402
 from actgeom.core import __version__  # noqa: E402
 from actgeom.core.errors import ActgeomError, DataWarning, OptionError  # noqa: E402
@@ -54,6 +55,12 @@ class _Group(TyperGroup):
     Data set aside (a DataWarning) is a `Warning: ...` line after a success, or is named at the
     end of the error line after a failure (it is often the cause: labels that did not fit).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        threads = threads_option()  # one shared option, decided before any command runs
+        for command in self.commands.values():
+            command.params.append(threads)
 
     def invoke(self, ctx):
         with warnings.catch_warnings(record=True) as caught, _interruptible():

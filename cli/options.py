@@ -123,3 +123,29 @@ def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomple
 
     return DumpSpec(layers=tuple(layers or ()), labels=labels, weight=weight, bias=bias,
                     predictions=predictions, offsets=offsets, allow_incomplete=allow_incomplete, **more)
+
+
+
+def _configure_threads(value: Optional[int]) -> None:
+    from actgeom.core.threads import configure
+
+    configure(value)
+
+
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", metavar="N", show_default=False, expose_value=False, callback=_configure_threads,
+    help="CPUs to compute on (BLAS threads), at most. Default: $ACTGEOM_THREADS, else every CPU this process may "
+         "use (its affinity, cgroup quota, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS); small eigensolves, and large "
+         "ones while other processes keep the CPUs busy, get one thread.")]
+
+
+def threads_option():
+    """``--threads N`` as the running Typer builds it, which cli/app.py adds to every command: decided
+    at start-up, before the command runs (core/threads.py)."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def command(threads: ThreadsOpt = None) -> None:
+        """Only its option is used."""
+
+    return typer.main.get_command(probe).params[0]

@@ -13,7 +13,7 @@ from actgeom.core.options import EntropyOptions
 from actgeom.core.spectrum import without_rounding
 from actgeom.core.stages import announce, eigensolve_seconds
 from actgeom.core.stats import UnitStats
-from actgeom.core.threads import one_thread_below
+from actgeom.core.threads import blas_threads
 
 KERNEL_NEAR_IDENTITY = 0.01  # off-diagonal share of K's mass below this: σ is small for the data, DSE ≈ log₂ N
 DSE_PROB_FLOOR = 2.22e-16  # added to every p before the log, as Liao et al.'s code does
@@ -39,7 +39,8 @@ def dataset_entropy(direction_scatter: np.ndarray, *, alpha: float) -> float:
     """Dataset entropy of sample-level rows (Skean et al. 2025): the Rényi entropy of K/tr K,
     K the Gram of the L2-normalised rows, computed on the D×D side Σ uuᵀ (same nonzero
     eigenvalues, and D ≪ N)."""
-    return renyi_entropy(np.linalg.eigvalsh(direction_scatter), alpha)
+    with blas_threads(direction_scatter.shape[0]):
+        return renyi_entropy(np.linalg.eigvalsh(direction_scatter), alpha)
 
 
 def diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict:
@@ -53,7 +54,7 @@ def diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict
     off-diagonal entry of K (and the off-diagonal share of K's mass: near 0 means K ≈ I, σ too
     small for the data, DSE ≈ log₂ N), which say whether σ suits the data's scale.
     """
-    with one_thread_below(X.shape[0]):
+    with blas_threads(X.shape[0]):
         return _diffusion_spectral_entropy(X, sigma=sigma, t=t)
 
 
@@ -231,7 +232,7 @@ class SequenceEntropy:
     def update(self, X: np.ndarray, boundaries: np.ndarray) -> None:
         """Rows X hold whole sequences; ``boundaries`` (k+1,) are their starts and end within X."""
         vectors = []
-        with one_thread_below(min(int(np.diff(boundaries).max(initial=0)), X.shape[1])):  # the Grams' side
+        with blas_threads(min(int(np.diff(boundaries).max(initial=0)), X.shape[1])):  # the Grams' side
             self._prompts(X, boundaries, vectors)
         if vectors:
             V = np.asarray(vectors)
@@ -261,8 +262,10 @@ class SequenceEntropy:
 
     def results(self) -> dict:
         used = self.n_sequences
+        with blas_threads(self.vector_scatter.shape[0]):
+            eigenvalues = np.linalg.eigvalsh(self.vector_scatter)
         return {"prompt_entropy": self.prompt_sum / used if used else float("nan"),
-                "dataset_entropy": renyi_entropy(np.linalg.eigvalsh(self.vector_scatter), self.alpha),
+                "dataset_entropy": renyi_entropy(eigenvalues, self.alpha),
                 "n_sequences": used, "n_single_token_sequences_skipped": self.n_single,
                 "n_nonfinite_sequences_skipped": self.n_nonfinite}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from actgeom.core.threads import blas_threads
+
 _QUERY_ROWS = 512  # distances are computed for this many rows at a time (memory: 512 × n)
 
 
@@ -26,7 +28,8 @@ def nearest_distances(X: np.ndarray, k: int) -> np.ndarray:
     out = np.empty((Z.shape[0], k))
     for start in range(0, Z.shape[0], _QUERY_ROWS):
         rows = slice(start, min(start + _QUERY_ROWS, Z.shape[0]))
-        d2 = np.maximum(sq[rows, None] + sq[None, :] - 2.0 * Z[rows] @ Z.T, 0.0)
+        with blas_threads(Z.shape[1]):  # the products' inner side
+            d2 = np.maximum(sq[rows, None] + sq[None, :] - 2.0 * Z[rows] @ Z.T, 0.0)
         d2[np.arange(d2.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # not itself
         nearest = np.partition(d2, k - 1, axis=1)[:, :k]
         out[rows] = np.sqrt(np.sort(nearest, axis=1))

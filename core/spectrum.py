@@ -17,6 +17,7 @@ from actgeom.core.options import RANK_PRESETS as PRESETS
 from actgeom.core.options import STORAGE_RTOL, RankOptions  # noqa: F401 (re-exported)
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
+from actgeom.core.threads import blas_threads
 
 
 def resolve_options(preset: str | None = None, **given) -> RankOptions:
@@ -52,7 +53,8 @@ def layer_spectra(stats: ClassStats, *, rtol: float, max_eigs: int | None = None
     mean, covariance = total_moments(stats)
     out = {}
     for name, matrix in (("centred", covariance), ("raw", covariance + np.outer(mean, mean))):
-        lam = without_rounding(np.linalg.eigvalsh(matrix)[::-1])
+        with blas_threads(matrix.shape[0]):
+            lam = without_rounding(np.linalg.eigvalsh(matrix)[::-1])
         out[name] = Spectrum(lam[:max_eigs], centred=name == "centred", n_rows=stats.n, rtol=rtol)
     return out
 

@@ -17,7 +17,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from actgeom.core.threads import SMALL_MATRIX, one_thread_below
+from actgeom.core.threads import blas_threads
 
 # listener(text, seconds): the step under way and its estimated duration (None: unknown)
 Listener = Callable[[str, "float | None"], None]
@@ -52,13 +52,13 @@ def eigensolve_seconds(n: int) -> float | None:
     if n < _ESTIMATE_FROM:
         return None
     m = min(n // 4, _CALIBRATION_MAX)
-    with one_thread_below(n):  # timed on the threads the n×n solve will have
-        return _eigensolve_time(m, n < SMALL_MATRIX) * (n / m) ** 3
+    with blas_threads(n) as threads:  # timed on the threads the n×n solve will have
+        return _eigensolve_time(m, threads) * (n / m) ** 3
 
 
 @functools.cache
-def _eigensolve_time(m: int, one_thread: bool) -> float:
-    """Seconds of an m×m solve (on one BLAS thread or all: the cache key): the better of two,
+def _eigensolve_time(m: int, threads: int) -> float:
+    """Seconds of an m×m solve (on this many BLAS threads: the cache key): the better of two,
     after a small one that wakes the BLAS threads."""
     from scipy import linalg
 

@@ -264,21 +264,3 @@ def test_median_distance_is_exact_without_a_copy(rng, n):
     squared = ((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=-1)
     expected = np.sqrt(np.median(squared[np.triu_indices(n, 1)]))
     assert _median_offdiagonal(squared) == expected
-
-
-def test_small_matrices_are_solved_on_one_blas_thread():
-    """DSE/DSMI kernels and prompt Grams below SMALL_MATRIX run on one BLAS thread (several times
-    faster on a loaded machine); larger ones keep every thread; the limit ends with the block."""
-    from threadpoolctl import threadpool_info
-
-    from actgeom.core.threads import SMALL_MATRIX, one_thread_below
-
-    def threads():
-        return {pool["filepath"]: pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-
-    before = threads()
-    with one_thread_below(SMALL_MATRIX - 1):
-        assert set(threads().values()) == {1}
-    assert threads() == before
-    with one_thread_below(SMALL_MATRIX):
-        assert threads() == before
