@@ -5,10 +5,12 @@ on the model itself writes them (one batch of rows per forward) with :class:`Dum
 nothing accumulates in memory. Token-level outputs (batch, tokens, units) keep only the real
 tokens of the attention mask the caller passes (never padding) and record sequence offsets.
 
-    with capture(model, modules=["blocks.*.mlp", "ln_f"], path="run.h5", dtype="bfloat16") as cap:
+    with capture(model, modules=["blocks.*.mlp", "ln_f"], path="run.h5", dtype="bfloat16",
+                 predictions=lambda logits: logits.argmax(-1)) as cap:
+        cap.set_classifier(model.lm_head.weight, layer="ln_f")
         for batch in loader:
             cap.next(labels=batch["label"], attention_mask=batch["attention_mask"],
-                     token_ids=batch["input_ids"])
+                     token_ids=batch["input_ids"], sample_ids=batch["id"])
             model(batch["input_ids"], attention_mask=batch["attention_mask"])
 
 Needs PyTorch (``pip install 'actgeom[torch]'``); imported only when a capture starts.
@@ -26,6 +28,11 @@ from actgeom.core.dump.hdf5 import decode_bfloat16
 from actgeom.core.dump.layout import natural_key
 from actgeom.core.dump.writer import DumpWriter, as_rows
 from actgeom.core.errors import UsageError
+
+# next()'s row data → the dump's row vectors (DumpWriter.append's keywords): given per sample (or per
+# token) for PER_SAMPLE, per token for PER_TOKEN
+PER_SAMPLE = {"labels": "labels", "predictions": "prediction", "sample_ids": "sample_id"}
+PER_TOKEN = {"token_ids": "token_id", "positions": "position"}
 
 
 def module_glob(pattern: str) -> re.Pattern:
@@ -52,19 +59,44 @@ class Capture:
     """The running capture: :meth:`next` gives the row data of the next forward."""
 
     def __init__(self, path: Path, names: list[str], dtype: str, select, writer_options: dict,
-                 attention: list[str] = (), attention_tokens: int | None = None):
+                 attention: list[str] = (), attention_tokens: int | None = None, activations: dict | None = None,
+                 predict=None, last_module: str | None = None):
         self.path, self.names, self.dtype, self.select = Path(path), names, dtype, select
         self.writer_options = writer_options
         self.attention, self.attention_tokens = list(attention), attention_tokens
+        self.activations = activations or {}  # layer → its activation function, written as the layer's attribute
+        self.predict = predict
+        self.last_module = last_module or names[-1]  # of the captured modules, in the model's order
         self.writer: DumpWriter | None = None
         self.n_forwards = 0
+        self._classifier: tuple | None = None  # (weight, bias, layer) until the dump exists
         self._outputs: dict = {}
         self._rows: dict = {}
 
-    def next(self, *, labels=None, token_ids=None, positions=None, attention_mask=None) -> None:
-        """Row data of the next forward: labels per sample (B,) or per token (B, T); token ids and
-        positions (B, T); the attention mask (B, T) whose zeros are padding (left out)."""
-        self._rows = {"labels": labels, "token_id": token_ids, "position": positions, "attention_mask": attention_mask}
+    def next(self, *, labels=None, predictions=None, sample_ids=None, token_ids=None, positions=None,
+             attention_mask=None) -> None:
+        """Row data of the next forward: labels, predictions (the network's class, when known before
+        the forward; else ``capture(predictions=...)`` takes them from its output) and sample ids
+        (stable ids of the inputs: ``compare`` aligns files by them, the probe can split by them)
+        per sample (B,) or per token (B, T); token ids and positions (B, T); the attention mask
+        (B, T) whose zeros are padding (left out). A value per sample of token-level outputs is
+        repeated over the sample's tokens."""
+        self._rows = {"labels": labels, "predictions": predictions, "sample_ids": sample_ids, "token_ids": token_ids,
+                      "positions": positions, "attention_mask": attention_mask}
+
+    def set_classifier(self, weight, bias=None, *, layer: str | None = None) -> None:
+        """The classifier W (C, D) and b (C,) that reads the captured ``layer`` (default: the last
+        captured module in the model's order), for NC3 and NC4 by logits; copied now (tensors or arrays)."""
+        layer = self.last_module if layer is None else layer
+        if layer not in self.names:
+            raise UsageError(f"the classifier's layer '{layer}' is not a captured module; captured: {', '.join(self.names)}")
+        self._classifier = (_floats(weight), None if bias is None else _floats(bias), layer)
+        if self.writer is not None:
+            self._write_classifier()
+
+    def _write_classifier(self) -> None:
+        weight, bias, layer = self._classifier
+        self.writer.set_classifier(weight, bias, layer=layer)
 
     def _module_hook(self, name: str, select):
         def hook(module, inputs, output):
@@ -86,27 +118,25 @@ class Capture:
             raise UsageError("captured outputs must all be (batch, units) or all (batch, tokens, units) with the same "
                              f"leading shape; got {[tuple(t.shape) for t in batch.values()]}")
         lead = shapes.pop()
+        if self.predict is not None and rows.get("predictions") is None:
+            rows["predictions"] = self.predict(output)
+        vectors = _row_vectors(rows, lead)
         if len(lead) == 1:
             if probabilities:
                 raise UsageError("attention needs token-level outputs (batch, tokens, units) in the captured modules")
-            self._write(batch, {"labels": _vector(rows.get("labels"))}, None, "sample")
+            self._write(batch, vectors, None, "sample")
             return
         mask = _vector(rows.get("attention_mask"))
         mask = np.ones(lead, dtype=bool) if mask is None else mask.astype(bool)
         if mask.shape != lead:
             raise UsageError(f"attention_mask has shape {mask.shape}; the outputs have (batch, tokens) = {lead}")
-        labels = _vector(rows.get("labels"))
-        if labels is not None and labels.shape == lead[:1]:
-            labels = np.repeat(labels[:, None], lead[1], axis=1)  # one label per sequence → per token
-        positions = _vector(rows.get("position"))
-        if positions is None:
-            positions = np.cumsum(mask, axis=1) - 1  # the index among the real tokens (left padding too)
-        vectors = {"labels": labels, "token_id": _vector(rows.get("token_id")), "position": positions}
+        if "position" not in vectors:
+            vectors["position"] = np.cumsum(mask, axis=1) - 1  # the index among the real tokens (left padding too)
         import torch
 
         keep = torch.as_tensor(mask)
-        self._write({n: t[keep.to(t.device)] for n, t in batch.items()},
-                    {k: None if v is None else v[mask] for k, v in vectors.items()}, mask.sum(axis=1), "token")
+        self._write({n: t[keep.to(t.device)] for n, t in batch.items()}, {k: v[mask] for k, v in vectors.items()},
+                    mask.sum(axis=1), "token")
         for name, value in probabilities.items():
             self.writer.append_attention(name, self._padded(name, value, mask))
 
@@ -134,6 +164,10 @@ class Capture:
         if self.writer is None:
             self.writer = DumpWriter(self.path, layers={n: int(a.shape[-1]) for n, a in activations.items()},
                                      dtype=self.dtype, level=level, **self.writer_options)
+            for layer, function in self.activations.items():
+                self.writer.set_layer_attrs(layer, activation=function)
+            if self._classifier is not None:
+                self._write_classifier()
         self.writer.append(activations, **vectors)
         if lengths is not None:
             self.writer.add_sequences(lengths)
@@ -149,6 +183,43 @@ def _matching(named: dict, patterns: list[str]) -> list[str]:
     return names
 
 
+def _activations(named: dict, names: list[str], given: dict | None) -> dict[str, str]:
+    """Each captured module's activation function (the layer attribute that entropy's and neurons'
+    dead_fraction read: "relu" gives threshold 0): ``given`` {glob: function} wins over the module's
+    own class when it is one of torch's activation modules (nn.ReLU → "relu", nn.GELU → "gelu")."""
+    found = {name: type(named[name]).__name__.lower() for name in names
+             if type(named[name]).__module__ == "torch.nn.modules.activation"}
+    for pattern, function in (given or {}).items():
+        matched = [name for name in names if module_glob(pattern).fullmatch(name)]
+        if not matched:
+            raise UsageError(f"activations: {pattern!r} matches no captured module; captured: {', '.join(names)}")
+        found |= dict.fromkeys(matched, str(function))
+    return found
+
+
+def _row_vectors(rows: dict, lead: tuple) -> dict[str, np.ndarray]:
+    """next()'s row data as the writer's row vectors, one value per entry of the outputs' leading
+    shape ``lead`` — (batch,) or (batch, tokens); refused naming the keyword, its shape and the
+    shapes it may have."""
+    vectors = {}
+    for keyword, key in (PER_SAMPLE | PER_TOKEN).items():
+        value = _vector(rows.get(keyword))
+        if value is None:
+            continue
+        allowed = [lead] if keyword in PER_TOKEN or len(lead) == 1 else [lead[:1], lead]
+        if value.shape not in allowed:
+            if len(lead) == 1:
+                raise UsageError(f"{keyword} has shape {value.shape}; this forward's batch has {lead[0]} rows: "
+                                 f"give shape {lead}")
+            kinds = " or ".join(f"{shape} (one per {'token' if len(shape) == 2 else 'sequence'})" for shape in allowed)
+            raise UsageError(f"{keyword} has shape {value.shape}; this forward's outputs are (batch, tokens) = {lead}: "
+                             f"give shape {kinds}")
+        if value.shape != lead:  # one per sequence → one per token
+            value = np.repeat(value[:, None], lead[1], axis=1)
+        vectors[key] = value
+    return vectors
+
+
 def _second(name: str, module, output):
     """An attention module's probabilities: the second element of its output."""
     return output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
@@ -160,6 +231,12 @@ def _tensor(value):
     return value.detach()
 
 
+def _floats(value) -> np.ndarray:
+    """Weights (a tensor of any dtype, bfloat16 too, or an array) as numpy floats."""
+    values, bf16_bits = as_rows(value)
+    return decode_bfloat16(values) if bf16_bits else values
+
+
 def _vector(value) -> np.ndarray | None:
     """Row data (labels, token ids, positions, mask) as numpy."""
     return None if value is None else as_rows(value)[0]
@@ -168,7 +245,7 @@ def _vector(value) -> np.ndarray | None:
 @contextmanager
 def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float32", select=None,
             model_name: str | None = None, attention: list[str] = (), attention_tokens: int | None = None,
-            **writer_options):
+            activations: dict[str, str] | None = None, predictions=None, classifier=None, **writer_options):
     """Hook the modules of ``model`` whose names match the globs (:func:`module_glob`) and stream
     every forward to ``path``.
 
@@ -180,11 +257,22 @@ def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float3
     every sequence padded to ``attention_tokens`` (default: the first batch's T). Its ``model`` attribute is
     ``model_name`` (default: the model's class name); ``writer_options`` go to :class:`DumpWriter`
     (checkpoint, step, compression, append, ...).
+
+    ``activations`` {glob: function}, e.g. ``{"blocks.*.mlp.act": "relu"}``: each matching layer's
+    ``activation`` attribute ("relu" makes 0 the firing threshold of dead_fraction and firing
+    entropy); a captured torch activation module (nn.ReLU, nn.GELU, ...) is marked by itself.
+    ``predictions(output)``: the network's predicted classes from the model's output of each
+    forward, e.g. ``lambda logits: logits.argmax(-1)`` (for NC4; or pass them to :meth:`Capture.next`).
+    ``classifier``: a module with ``weight`` (C, D) and ``bias`` (an ``nn.Linear``) reading the
+    last captured module in the model's order; :meth:`Capture.set_classifier` names another layer.
     """
     writer_options["model"] = model_name or type(model).__name__
     named = dict(model.named_modules())
     names, attention_names = _matching(named, modules), _matching(named, attention) if attention else []
-    run = Capture(path, names, dtype, select or first_tensor, writer_options, attention_names, attention_tokens)
+    run = Capture(path, names, dtype, select or first_tensor, writer_options, attention_names, attention_tokens,
+                  _activations(named, names, activations), predictions, [n for n in named if n in names][-1])
+    if classifier is not None:
+        run.set_classifier(classifier.weight, getattr(classifier, "bias", None))
     handles = [named[n].register_forward_hook(run._module_hook(n, run.select)) for n in names]
     handles += [named[n].register_forward_hook(run._module_hook(n, _second)) for n in attention_names]
     handles.append(model.register_forward_hook(run._model_hook))

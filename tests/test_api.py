@@ -199,3 +199,14 @@ def test_info_names_layers_layer_lists_attention_and_takes_quiet(cli, tmp_path, 
     assert code == 0 and "attention/enc.0 (2×2×3×3, float64)" in out
     code, out, _ = cli("info", path, "--format", "csv")
     assert out.startswith("layer,path")
+
+
+def test_dump_writer_names_the_row_vector_of_the_wrong_length(tmp_path):
+    """Not "layers and row vectors have different row counts: [3, 4]" (#22 item 15)."""
+    with pytest.raises(UsageError, match=r"^row vector 'labels' has 3 rows; the batch's layers have 4$"):
+        with actgeom.DumpWriter(tmp_path / "d.h5", layers={"h": 2}) as writer:
+            writer.append({"h": np.ones((4, 2))}, labels=[0, 1, 2])
+    with pytest.raises(UsageError, match=r"^the batch's layers have different row counts: \{'a': 4, 'b': 3\}$"):
+        with actgeom.DumpWriter(tmp_path / "d.h5", layers={"a": 2, "b": 2}) as writer:
+            writer.append({"a": np.ones((4, 2)), "b": np.ones((3, 2))})
+    assert list(tmp_path.iterdir()) == []

@@ -247,3 +247,120 @@ def test_attention_probabilities_captured_without_padding(tmp_path, cli):
     for layer in range(2):
         measured = found[f"attention/encoder.layer.{layer}.attention.self"]["attention_entropy_per_head"]
         np.testing.assert_allclose(measured, [np.mean(per_head[layer][h]) for h in range(2)], rtol=ENTROPY_RTOL)
+
+
+# -- what NC4, aligned compare and dead_fraction need, from a capture (#22 item 15) ----------------
+
+class MLP(torch.nn.Module):
+    """fc → ReLU (a module of its own, as in most MLPs) → classifier head."""
+
+    def __init__(self, n_in: int = 5, width: int = 6, n_classes: int = 3):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_in, width)
+        self.act = torch.nn.ReLU()
+        self.head = torch.nn.Linear(width, n_classes)
+
+    def forward(self, x):
+        return self.head(self.act(self.fc(x)))
+
+
+def _mlp_capture(path, model, data, **options):
+    with torch.no_grad(), capture(model, ["fc", "act"], path, predictions=lambda logits: logits.argmax(-1),
+                                  **options) as cap:
+        cap.set_classifier(model.head.weight, model.head.bias, layer="act")
+        for x, y, ids in data:
+            cap.next(labels=y, sample_ids=ids)
+            model(x)
+
+
+def _mlp_data(seed: int = 0, n_batches: int = 3, batch: int = 8):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 5, generator=generator), torch.randint(0, 3, (batch,), generator=generator),
+             torch.arange(i * batch, (i + 1) * batch) * 7) for i in range(n_batches)]
+
+
+def test_predictions_sample_ids_classifier_and_activation_reach_the_dump(tmp_path):
+    torch.manual_seed(0)
+    model, data = MLP().eval(), _mlp_data()
+    _mlp_capture(tmp_path / "mlp.h5", model, data, activations={"fc": "identity"})
+    with torch.no_grad():
+        predicted = np.concatenate([model(x).argmax(-1).numpy() for x, _, _ in data])
+    with Dump(tmp_path / "mlp.h5") as d:
+        np.testing.assert_array_equal(d.predictions(), predicted)
+        np.testing.assert_array_equal(d.row_ids(d.ids_path(), 0, d.n_rows), np.concatenate([ids.numpy() for *_, ids in data]))
+        weight, bias = d.classifier()
+        np.testing.assert_array_equal(weight, model.head.weight.detach().double().numpy())
+        np.testing.assert_array_equal(bias, model.head.bias.detach().double().numpy())
+        assert d.classifier_layer == "act"
+        assert d.layer("act").attrs["activation"] == "relu"  # an nn.ReLU module: marked by itself
+        assert d.layer("fc").attrs["activation"] == "identity"  # as given
+    import actgeom
+
+    result = actgeom.analyze(tmp_path / "mlp.h5", families=["collapse", "entropy"], options={"entropy": {"subsample": 20}})
+    assert result.metric("nc4_mismatch", layer="act") is not None  # the network's own predictions
+    assert result.metric("dead_fraction", layer="act") is not None  # ReLU: threshold 0, no --threshold needed
+
+
+def test_classifier_reads_the_last_captured_module_in_the_models_order(tmp_path):
+    """fc (natural order: last) runs before act: the head reads act."""
+    model = MLP()
+    with torch.no_grad(), capture(model, ["fc", "act"], tmp_path / "c.h5", classifier=model.head) as cap:
+        cap.next()
+        model(torch.randn(3, 5))
+    with Dump(tmp_path / "c.h5") as d:
+        assert d.classifier_layer == "act" and d.classifier()[0].shape == (3, 6)
+
+
+def test_two_captures_with_sample_ids_compare_aligned(tmp_path):
+    """compare's alignment check (what `actgeom compare` runs first) finds the ids of both captures."""
+    from actgeom.core.compare_pass import check_alignment
+
+    torch.manual_seed(0)
+    data = _mlp_data()
+    _mlp_capture(tmp_path / "a.h5", MLP().eval(), data)
+    _mlp_capture(tmp_path / "b.h5", MLP().eval(), data)
+    with Dump(tmp_path / "a.h5") as a, Dump(tmp_path / "b.h5") as b:
+        assert check_alignment([a, b], None)["by"] == "ids"
+
+
+def test_token_level_sample_ids_and_predictions_follow_the_real_tokens(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    data = list(batches(np.random.default_rng(3)))
+    with torch.no_grad(), capture(model, ["blocks.*"], tmp_path / "t.h5", predictions=lambda logits: logits.argmax(-1)) as cap:
+        for i, (ids, mask, labels) in enumerate(data):
+            cap.next(labels=labels, attention_mask=mask, token_ids=ids, sample_ids=torch.arange(4) + 10 * i)
+            model(ids, attention_mask=mask)
+    with torch.no_grad():
+        predicted = np.concatenate([model(ids).argmax(-1)[mask.bool()].numpy() for ids, mask, _ in data])
+    sequence_ids = np.concatenate([np.repeat(np.arange(4) + 10 * i, mask.sum(1).numpy()) for i, (_, mask, _) in enumerate(data)])
+    with Dump(tmp_path / "t.h5") as d:
+        np.testing.assert_array_equal(d.predictions(), predicted)
+        np.testing.assert_array_equal(d.row_ids(d.ids_path(), 0, d.n_rows), sequence_ids)  # a sequence's tokens share its id
+
+
+@pytest.mark.parametrize("level", ["sample", "token"])
+def test_a_wrong_length_row_vector_is_named_with_its_shape_and_the_expected_one(tmp_path, level):
+    torch.manual_seed(0)
+    if level == "sample":
+        model, inputs, modules = MLP(), (torch.randn(4, 5),), ["act"]
+        expected = r"^labels has shape \(3,\); this forward's batch has 4 rows: give shape \(4,\)$"
+    else:
+        model, inputs, modules = TinyLM(), (torch.randint(1, 50, (4, 6)),), ["blocks.0"]
+        expected = (r"^labels has shape \(3,\); this forward's outputs are \(batch, tokens\) = \(4, 6\): "
+                    r"give shape \(4,\) \(one per sequence\) or \(4, 6\) \(one per token\)$")
+    with pytest.raises(UsageError, match=expected), torch.no_grad(), capture(model, modules, tmp_path / "x.h5") as cap:
+        cap.next(labels=torch.arange(3))
+        model(*inputs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_activations_and_classifier_refuse_what_was_not_captured(tmp_path):
+    model = MLP()
+    with pytest.raises(UsageError, match=r"^activations: 'head' matches no captured module; captured: act, fc$"):
+        with capture(model, ["fc", "act"], tmp_path / "x.h5", activations={"head": "relu"}):
+            pass
+    with pytest.raises(UsageError, match=r"^the classifier's layer 'head' is not a captured module; captured: act, fc$"):
+        with capture(model, ["fc", "act"], tmp_path / "x.h5") as cap:
+            cap.set_classifier(model.head.weight, layer="head")
+    assert list(tmp_path.iterdir()) == []

@@ -268,14 +268,17 @@ class DumpWriter:
         converted = {name: as_rows(values) for name, values in activations.items()}
         activations = {name: values for name, (values, _) in converted.items()}
         given = {k: as_rows(v)[0] for k, v in given.items()}
-        counts = {a.shape[0] for a in activations.values()} | {v.shape[0] for v in given.values()}
-        if len(counts) != 1:
-            raise UsageError(f"a batch's layers and row vectors have different row counts: {sorted(counts)}")
+        counts = {name: a.shape[0] for name, a in activations.items()}
+        if len(set(counts.values())) != 1:
+            raise UsageError(f"the batch's layers have different row counts: {counts}")
+        n = next(iter(counts.values()))
+        for key, values in given.items():
+            if values.shape[0] != n:
+                raise UsageError(f"row vector '{key}' has {values.shape[0]} rows; the batch's layers have {n}")
         for name, values in activations.items():
             if values.ndim != 2 or values.shape[1] != self.layer_units[name]:
                 raise UsageError(f"layer '{name}' rows must have shape (n, {self.layer_units[name]}); got {values.shape}")
         self._row_vectors = set(given)
-        n = counts.pop()
         for name, (values, bf16_bits) in converted.items():
             stored, overflow = _store(values, bf16_bits, self.dtype)
             self.n_overflow[name] += overflow
