@@ -20,6 +20,7 @@ from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, Coll
 from actgeom.core.pairwise import pair_stats
 from actgeom.core.presets import resolve
 from actgeom.core.stats import ClassStats
+from actgeom.core.threads import blas_threads
 
 
 def resolve_options(preset: str | None = None, **given) -> CollapseOptions:
@@ -177,7 +178,8 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
     (Xu & Liu, ICML 2023). In [0, 1], ideal 0, invariant under invertible affine maps."""
     m = g.centred
     sigma_t = g.sigma_w + m.T @ m / g.n_classes
-    lam, vectors = np.linalg.eigh(sigma_t)
+    with blas_threads(sigma_t.shape[0]):
+        lam, vectors = np.linalg.eigh(sigma_t)
     lam, vectors = lam[::-1], vectors[:, ::-1]
     k = _pinv_rank(lam, g.n_units)
     projected = m @ vectors[:, :k]  # Tr(Σ_T⁺ Σ_B) = (1/C) Σ_c m_cᵀ Σ_T⁺ m_c
