@@ -50,21 +50,20 @@ def second_pass(ctx: LayerContext, options: ProbeOptions):
     split = _split(ctx)
     if ctx.dump is None or split.n_test == 0 or (split.train.counts > 0).sum() < 2:
         return None
-    return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, ctx.stats.specs["split"].split_by)
+    return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, ctx.stats.specs["split"])
 
 
 class ProbePass:
-    """Scores the test rows (found again by the keys of their ``unit``, the first pass's) with every
-    probe fitted on the train rows.
+    """Scores the test rows (found again by the keys of their unit, by the first pass's ``spec``)
+    with every probe fitted on the train rows.
 
     LDA and the control probe are fitted for each candidate shrinkage (one, unless --shrinkage
     auto); with auto, the validation rows score the candidates fitted on the other train rows,
     and the candidate with the best validation accuracy (ties: the larger s) is reported."""
 
-    def __init__(self, dump, split: SplitStats, options: ProbeOptions, row_offset: int, unit: str):
-        self.options, self.unit, self.row_offset = options, unit, row_offset
-        names = (() if unit == "row" else (unit,)) + (("token_id",) if options.control == "token" else ())
-        self.vectors = RowVectors(dump, names, row_offset)
+    def __init__(self, dump, split: SplitStats, options: ProbeOptions, row_offset: int, spec: SplitSpec):
+        self.options, self.unit, self.row_offset = options, spec.split_by, row_offset
+        self.vectors = RowVectors(dump, spec.row_vectors, row_offset)
         train = split.train
         self.counts = train.counts
         self.shrinkages = options.shrinkages
