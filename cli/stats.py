@@ -10,8 +10,8 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
 from actgeom.cli.progress import row_progress
-from actgeom.core import __version__
 from actgeom.core.errors import UsageError
+from actgeom.core.options import SEEDS
 from actgeom.core.outputs import check_outputs
 
 SaveOpt = Annotated[Optional[Path], typer.Option(
@@ -21,7 +21,7 @@ RowsOpt = Annotated[Optional[str], typer.Option(
     "--rows", show_default=False, help="Only rows START:STOP of the dump (one shard of a job array).")]
 SubsampleOpt = Annotated[int, typer.Option(
     "--subsample", help="Rows kept in the seeded sample (for TwoNN/MLE, DSE/DSMI: at least what those commands use).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the sample: same seed, same rows in every layer and run.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=SEEDS - 1, help="Seed of the sample: same seed, same rows in every layer and run.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="A unit is active on a row when its value > threshold.")]
 
 
@@ -65,26 +65,17 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
         actgeom merge part0.npz part1.npz part2.npz --save-stats all.npz
     """
-    from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec  # numpy...
-    from actgeom.core.dump import Dump  # ... scipy, h5py: imported when the command runs, not for --help
-    from actgeom.core.engine import PassOptions, accumulate, options_record
-    from actgeom.core.families.neurons import neurons_statistics
-    from actgeom.core.partial import provenance
+    from actgeom.core.api_files import partial_statistics  # numpy, scipy, h5py: when the command runs, not for --help
+    from actgeom.core.engine import PassOptions
 
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
     options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), row_range=parse_rows(rows), row_offset=row_offset)
-    with Dump(dump, spec) as opened, row_progress(quiet) as progress:
-        specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
-        specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
-        if entropy_alpha is not None:
-            specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
-        if neurons:
-            specs += neurons_statistics(opened.row_vector_names())
-        result = accumulate(opened, specs=specs, options=options, progress=progress)
-        meta = provenance(opened, options) | {"options": options_record(options)}
-    _save(save_stats, result, meta, [dump])
-    emit(_result(f"actgeom stats: {dump}", result, meta), fmt, output, [dump])
+    with row_progress(quiet) as progress:
+        found = partial_statistics(dump, spec, options, subsample=subsample, seed=seed, threshold=threshold,
+                                   entropy_alpha=entropy_alpha, neurons=neurons, progress=progress)
+    _save(save_stats, found.layers, found.meta, [dump])
+    emit(_result(f"actgeom stats: {dump}", found), fmt, output, [dump])
 
 
 def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics files from `actgeom stats --save-stats`.")],
@@ -95,13 +86,12 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 
         actgeom merge part*.npz --save-stats all.npz --format json
     """
-    from actgeom.core.partial import load_partial, merge_partials  # numpy: when the command runs
+    from actgeom.core.api_files import merge as merge_parts  # numpy: when the command runs
 
     check_outputs({"-o": output, "--save-stats": save_stats}, parts)
-    merged, meta = merge_partials([(path, *load_partial(path)) for path in parts])
-    meta["parts"] = [str(p) for p in parts]
-    _save(save_stats, merged, meta, parts)
-    emit(_result(f"actgeom merge: {len(parts)} parts", merged, meta), fmt, output, parts)
+    merged = merge_parts(parts)
+    _save(save_stats, merged.layers, merged.meta, parts)
+    emit(_result(f"actgeom merge: {len(parts)} parts", merged), fmt, output, parts)
 
 
 def _save(path: Path | None, result: dict, meta: dict, inputs: list[Path]) -> None:
@@ -112,10 +102,8 @@ def _save(path: Path | None, result: dict, meta: dict, inputs: list[Path]) -> No
         save_partial(path, result, meta, inputs=inputs)
 
 
-def _result(title: str, result: dict, meta: dict) -> Result:
-    from actgeom.core.summary import pass_summary
-
-    records = [pass_summary(layer_stats) for layer_stats in result.values()]
-    document = {"tool": "actgeom", "version": __version__, **meta, "layers": records}
-    return Result(title=title, document=document, records=records,
-                  summary={"dumps": ", ".join(meta["dumps"]), "rows": ", ".join(f"{a}:{b}" for a, b in meta["rows"])})
+def _result(title: str, found) -> Result:
+    """The table/JSON of a PartialStatistics: per layer what was read."""
+    document = found.to_dict()
+    return Result(title=title, document=document, records=document["layers"],
+                  summary={"dumps": ", ".join(found.meta["dumps"]), "rows": ", ".join(f"{a}:{b}" for a, b in found.meta["rows"])})

@@ -210,3 +210,56 @@ def test_dump_writer_names_the_row_vector_of_the_wrong_length(tmp_path):
         with actgeom.DumpWriter(tmp_path / "d.h5", layers={"a": 2, "b": 2}) as writer:
             writer.append({"a": np.ones((4, 2)), "b": np.ones((3, 2))})
     assert list(tmp_path.iterdir()) == []
+
+
+# -- every command is a function of `import actgeom` (#22 item 14) --------------------------------
+
+LATE = ROOT / "sample_data" / "digits_mlp_epoch1500.h5"
+
+
+def test_every_command_is_a_function_of_import_actgeom():
+    from actgeom.cli.app import app
+
+    commands = sorted(command.name for command in app.registered_commands)
+    assert len(commands) >= 11  # info … report when this was written: an empty list cannot pass unseen
+    assert [name for name in commands if not callable(getattr(actgeom, name, None))] == []
+    assert [name for name in commands if name not in actgeom.__all__] == []
+
+
+def test_info_function_is_the_commands_document(cli):
+    assert actgeom.info(LATE) == cli.json("info", LATE)
+    several = actgeom.info([LATE, LATE], layers="hidden3")
+    assert [len(f["layers"]) for f in several["files"]] == [1, 1] and several["version"] == actgeom.__version__
+
+
+def test_extract_function_writes_what_the_command_writes(cli, tmp_path):
+    summary = actgeom.extract(LATE, tmp_path / "api.h5", layers="hidden3", sample=100, seed=1, stratify=True)
+    assert (summary["n_rows_written"], summary["layers"]) == (100, ["hidden3"])
+    code, _, err = cli("extract", LATE, "-o", tmp_path / "cli.h5", "--layers", "hidden3", "--sample", "100", "--seed", "1",
+                       "--stratify")
+    assert code == 0, err
+    with Dump(tmp_path / "api.h5") as a, Dump(tmp_path / "cli.h5") as b:
+        np.testing.assert_array_equal(a.read_rows("hidden3"), b.read_rows("hidden3"))
+        np.testing.assert_array_equal(a.labels(), b.labels())
+
+
+def test_stats_and_merge_functions_give_the_statistics_of_one_pass(tmp_path):
+    halves = [actgeom.stats(LATE, rows=rows, layers="hidden3") for rows in ((0, 900), (900, 1797))]
+    merged = actgeom.merge(halves, save_stats=tmp_path / "all.npz")
+    assert merged.to_dict()["rows"] == [[0, 1797]] and [layer["n_rows"] for layer in merged.to_dict()["layers"]] == [1797]
+    direct = actgeom.collapse(LATE, layers="hidden3").metric("nc1")
+    assert actgeom.collapse(LATE, layers="hidden3", stats=tmp_path / "all.npz").metric("nc1") == pytest.approx(direct, rel=1e-12)
+    halves[0].save(tmp_path / "first.npz")
+    with pytest.raises(actgeom.InvalidInputError, match="overlap: rows would count twice"):
+        actgeom.merge([tmp_path / "first.npz", halves[0]])
+
+
+def test_report_function_returns_the_document_and_writes_the_page_only_when_asked(tmp_path):
+    result = actgeom.report(LATE, families=["collapse"], layers="hidden3", cache=tmp_path / "cache")
+    assert result.document["command"] == "report" and list(result.document["options"]) == ["collapse"]
+    assert result.metric("nc1", layer="hidden3") == pytest.approx(actgeom.collapse(LATE, layers="hidden3").metric("nc1"),
+                                                                   rel=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no page without output=
+    again = actgeom.report(LATE, tmp_path / "r.html", families=["collapse"], layers="hidden3", cache=tmp_path / "cache")
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "hidden3" in page and again.to_dict()["files"] == result.to_dict()["files"]

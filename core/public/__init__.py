@@ -5,12 +5,16 @@
 >>> result.metric("nc1")  # doctest: +SKIP
 0.41191...
 
-Functions: :func:`collapse`, :func:`rank`, :func:`entropy`, :func:`neurons`, :func:`probe`, :func:`analyze` (several families,
-one pass per layer) return a :class:`Result` (``to_dict()``, ``records()``, ``to_pandas()``);
+Every command is a function, its keywords the command line's options in snake_case:
+:func:`collapse`, :func:`rank`, :func:`entropy`, :func:`neurons`, :func:`probe`, :func:`analyze` (several families,
+one pass per layer) and :func:`report` (every family over checkpoints; the HTML page with ``output=``)
+return a :class:`Result` (``to_dict()``, ``records()``, ``to_pandas()``, ``metric()``);
 :func:`compare` (layers × layers of two files, or checkpoint × checkpoint, one pass over their
-aligned rows) returns one whose ``matrix(metric)`` has rows = A, columns = B;
-:class:`Statistics` takes arrays batch by batch, no dump needed. Keyword names are the command
-line's options in snake_case. This package is the directory core/public/ of the repository.
+aligned rows) returns one whose ``matrix(metric)`` has rows = A, columns = B; :func:`info` returns
+the description of a dump, :func:`extract` writes a dump and returns what it wrote, :func:`stats` and
+:func:`merge` return :class:`PartialStatistics` (``save()``, ``to_dict()``).
+:class:`Statistics` takes arrays batch by batch, no dump needed; :func:`capture` hooks a PyTorch
+model. This package is the directory core/public/ of the repository.
 
 The functions and classes are imported on first use (numpy, scipy and h5py take ~0.5 s to load),
 so that ``import actgeom`` and the command line's ``--help`` start at once.
@@ -23,13 +27,16 @@ from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, Us
 
 _WHERE = {  # name → the module that defines it
     **dict.fromkeys(["analyze", "collapse", "compare", "entropy", "neurons", "probe", "rank"], "actgeom.core.api"),
+    **dict.fromkeys(["extract", "info", "merge", "stats", "PartialStatistics"], "actgeom.core.api_files"),
+    "report": "actgeom._report",
     "Statistics": "actgeom.core.statistics",
     "capture": "actgeom.core.capture", "Dump": "actgeom.core.dump", "DumpWriter": "actgeom.core.dump",
     "Result": "actgeom.core.result",
 }
 
-__all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "Result",
-           "Statistics", "UsageError", "analyze", "capture", "collapse", "compare", "entropy", "neurons", "probe", "rank"]
+__all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "PartialStatistics",
+           "Result", "Statistics", "UsageError", "analyze", "capture", "collapse", "compare", "entropy", "extract", "info",
+           "merge", "neurons", "probe", "rank", "report", "stats"]
 
 
 def __getattr__(name: str):

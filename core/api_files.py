@@ -1,0 +1,147 @@
+"""The library face of the commands that describe, derive or summarise dumps rather than measure
+them: ``info``, ``extract``, ``stats`` and ``merge`` (the metric commands are core/api.py).
+
+>>> import actgeom
+>>> actgeom.info("sample_data/digits_mlp_epoch1500.h5")["n_rows"]  # doctest: +SKIP
+1797
+>>> halves = [actgeom.stats("sample_data/digits_mlp_epoch1500.h5", rows=rows) for rows in ((0, 900), (900, 1797))]  # doctest: +SKIP
+>>> actgeom.merge(halves).save("all.npz")  # doctest: +SKIP
+
+Keyword names are the command-line options in snake_case (``--rows 0:900`` → ``rows=(0, 900)``).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+from actgeom.core import __version__
+from actgeom.core.dump import Dump, DumpSpec
+from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, options_record
+from actgeom.core.outputs import check_outputs
+
+
+def _names(layers) -> tuple[str, ...]:
+    return tuple([layers] if isinstance(layers, str) else layers or ())
+
+
+def info(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
+         allow_incomplete=False) -> dict:
+    """What is in one dump (a path) or several (a list): the document `actgeom info --format json`
+    prints — layers (shape, dtype, chunking, compression), rows, labels, classifier, predictions,
+    sequences, attention datasets, root attributes; no activation is read. A foreign file whose
+    layers cannot be told apart (and no ``layers`` given) lists its datasets instead."""
+    from actgeom.core.info import info_document
+
+    spec = DumpSpec(layers=_names(layers), labels=labels, weight=weight, bias=bias, predictions=predictions,
+                    offsets=offsets, allow_incomplete=allow_incomplete, describe_only=True)
+    if isinstance(paths, (str, Path)):
+        return info_document(paths, spec, listing_ok=not layers)
+    return {"tool": "actgeom", "version": __version__,
+            "files": [info_document(path, spec, listing_ok=not layers) for path in paths]}
+
+
+def extract(sources, output, *, layers=None, labels=None, offsets=None, allow_incomplete=False, tokens="all",
+            rows=None, classes=(), sample=None, seed=0, stratify=False, dtype=None, compression=None,
+            append=False) -> dict:
+    """Derive the dump ``output`` from activations in any format (`actgeom extract`): select,
+    subsample, pool, convert; written atomically. ``rows=(start, stop)`` (stop None: to the end),
+    ``classes=(0, 3, 7)``; the other keywords are the command's options. Returns what was written:
+    output, n_rows_written, n_rows, n_candidates, resumed_after, layers, dtype, level, overflow_to_inf."""
+    from actgeom.core.dump.sources import open_source
+    from actgeom.core.extract import Selection, extract_dump
+
+    selection = Selection(rows=None if rows is None else tuple(rows), classes=tuple(classes), sample=sample, seed=seed,
+                          stratify=stratify, tokens=tokens, dtype=dtype, compression=compression)
+    spec = DumpSpec(layers=_names(layers), labels=labels, offsets=offsets, allow_incomplete=allow_incomplete)
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    with ExitStack() as stack:
+        opened = [stack.enter_context(open_source(path, spec)) for path in sources]
+        return extract_dump(opened, output, selection, append=append)
+
+
+class PartialStatistics:
+    """Statistics of one pass over rows of a dump (:func:`stats`) or of merged shards (:func:`merge`):
+    ``layers`` {name: LayerStats}, ``meta`` where they come from (dumps, fingerprint, rows, pass
+    options). ``save(path)`` writes the file that ``--stats`` and ``merge`` read; ``to_dict()`` is
+    the document the command prints (per layer: rows read, dropped, unlabelled, classes, variances)."""
+
+    def __init__(self, layers: dict[str, LayerStats], meta: dict, inputs=()):
+        self.layers, self.meta, self.inputs = layers, meta, list(inputs)
+
+    def save(self, path: str | Path) -> None:
+        """Write them (an .npz) by the output rules: atomically, never over one of their inputs."""
+        from actgeom.core.partial import save_partial
+
+        save_partial(path, self.layers, self.meta, inputs=self.inputs, option="save_stats")
+
+    def to_dict(self) -> dict:
+        from actgeom.core.summary import pass_summary
+
+        return {"tool": "actgeom", "version": __version__, **self.meta,
+                "layers": [pass_summary(layer_stats) for layer_stats in self.layers.values()]}
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{a}:{b}" for a, b in self.meta["rows"])
+        return f"<actgeom PartialStatistics: {len(self.layers)} layer(s), rows {rows} of {', '.join(self.meta['dumps'])}>"
+
+
+def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample: int = 0, seed: int = 0,
+                       threshold: float = 0.0, entropy_alpha: float | None = None, neurons: bool = False,
+                       progress: Progress | None = None) -> PartialStatistics:
+    """One pass per layer keeping the statistics of every metric (class moments and the unlabelled
+    rest, unit activity above ``threshold``), a seeded sample of ``subsample`` rows when > 0, what
+    `entropy --stats` needs with ``entropy_alpha`` (Σuuᵀ of the normalised rows, or per-sequence
+    entropies of that Rényi order with sequence offsets), and what `neurons --stats` needs."""
+    from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
+    from actgeom.core.families.neurons import neurons_statistics
+    from actgeom.core.partial import provenance
+
+    with Dump(path, spec) as opened:
+        specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
+        specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
+        if entropy_alpha is not None:
+            specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
+        if neurons:
+            specs += neurons_statistics(opened.row_vector_names())
+        found = accumulate(opened, specs=specs, options=options, progress=progress)
+        meta = provenance(opened, options) | {"options": options_record(options)}
+    return PartialStatistics(found, meta, inputs=[path])
+
+
+def stats(path, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
+          allow_incomplete=False, nonfinite="error", tokens="all", products="float64", rows=None, row_offset=0,
+          subsample=0, seed=0, threshold=0.0, entropy_alpha=None, neurons=False, save_stats=None,
+          progress: Progress | None = None) -> PartialStatistics:
+    """Partial statistics of one dump, or of its rows ``rows=(start, stop)`` (one shard of a job
+    array), as `actgeom stats` keeps them (see :func:`partial_statistics`); ``row_offset``: the global
+    row number of this file's first row when it is one shard file of a larger dump. ``save_stats``:
+    also written there (checked before the pass)."""
+    check_outputs({"save_stats": save_stats}, [path])
+    spec = DumpSpec(layers=_names(layers), labels=labels, weight=weight, bias=bias, predictions=predictions,
+                    offsets=offsets, allow_incomplete=allow_incomplete)
+    options = PassOptions(nonfinite=nonfinite, tokens=tokens, products=products,
+                          row_range=None if rows is None else tuple(rows), row_offset=row_offset)
+    found = partial_statistics(path, spec, options, subsample=subsample, seed=seed, threshold=threshold,
+                               entropy_alpha=entropy_alpha, neurons=neurons, progress=progress)
+    if save_stats is not None:
+        found.save(save_stats)
+    return found
+
+
+def merge(parts, *, save_stats=None) -> PartialStatistics:
+    """Merge partial statistics of disjoint rows of one dump (`actgeom merge`): files written by
+    `actgeom stats --save-stats` or :meth:`PartialStatistics.save`, or :class:`PartialStatistics`
+    objects; refused, naming both, when they describe other dumps, overlap or differ in pass options."""
+    from actgeom.core.partial import load_partial, merge_partials
+
+    files = [part for part in parts if not isinstance(part, PartialStatistics)]
+    check_outputs({"save_stats": save_stats}, files)
+    loaded = [(f"part {i + 1} (in memory)", part.layers, part.meta) if isinstance(part, PartialStatistics)
+              else (str(part), *load_partial(part)) for i, part in enumerate(parts)]
+    merged, meta = merge_partials(loaded)
+    meta["parts"] = [name for name, _, _ in loaded]
+    found = PartialStatistics(merged, meta, inputs=files)
+    if save_stats is not None:
+        found.save(save_stats)
+    return found
