@@ -28,6 +28,7 @@ def report(paths, output=None, *, families=None, options: dict | None = None, la
     from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
     from actgeom.cli.report.data import ReportOptions, gather, parse_families
     from actgeom.core.api import family_options
+    from actgeom.core.backends import open_backend
     from actgeom.core.dump import DumpSpec
     from actgeom.core.engine import PassOptions
     from actgeom.core.errors import UsageError
@@ -49,7 +50,8 @@ def report(paths, output=None, *, families=None, options: dict | None = None, la
                     allow_incomplete=allow_incomplete)
     run = ReportOptions(**chosen, passes=PassOptions(nonfinite=nonfinite, tokens=tokens, products=products),
                         families=parse_families(",".join(families or FAMILIES)))
-    document = _json_ready(gather(paths, spec, run, progress, cache, backend=backend))
+    with open_backend(backend) as executor:  # one cluster for every checkpoint
+        document = _json_ready(gather(paths, spec, run, progress, cache, backend=executor))
     if output is not None:
         from actgeom.cli.report.render import render_page  # matplotlib: only for the page
 
