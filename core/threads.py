@@ -146,15 +146,15 @@ def threads_for(side: int) -> int:
     return max(1, min(usable, (os.cpu_count() or 1) - others_running()))
 
 
-def others_running() -> int:
+def others_running(proc: Path = Path("/proc")) -> int:
     """Threads of other processes running or waiting for a CPU right now: the kernel's count of
     runnable threads less this process's own (Linux; elsewhere 0, as if the machine were ours)."""
     try:
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        running = int((proc / "loadavg").read_text().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return 0
     own = 0
-    for stat in Path("/proc/self/task").glob("*/stat"):
+    for stat in (proc / "self" / "task").glob("*/stat"):
         with contextlib.suppress(OSError):
             own += stat.read_text().rpartition(")")[2].split()[:1] == ["R"]  # comm may hold ')'
     return max(0, running - own)

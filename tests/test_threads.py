@@ -125,8 +125,13 @@ def test_small_matrices_are_solved_on_one_blas_thread_and_the_limit_ends_with_th
         assert chosen == threads.usable_cpus() and set(blas().values()) == {chosen}
 
 
-def test_the_kernel_count_of_runnable_threads_is_read():
-    assert 0 <= threads.others_running() < 100_000
+def test_other_processes_runnable_threads_leave_out_our_own(tmp_path):
+    (tmp_path / "loadavg").write_text("3.10 2.00 1.50 5/312 4242\n")
+    for tid, state in (("10", "R"), ("11", "S"), ("12", "R")):
+        (tmp_path / "self" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "self" / "task" / tid / "stat").write_text(f"{tid} (a) S (b)) {state} 1 10 10 0 -1\n")
+    assert threads.others_running(tmp_path) == 3
+    assert threads.others_running(tmp_path / "absent") == 0
 
 
 @TWO_CPUS
