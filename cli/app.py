@@ -42,7 +42,7 @@ except ImportError:
     from click import exceptions as parser_errors
 
 from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats  # noqa: E402
-from actgeom.cli.output import escape  # noqa: E402
+from actgeom.cli.output import escape, guarded_stdout  # noqa: E402
 from actgeom.cli.options import threads_option  # noqa: E402
 from actgeom.cli.report.command import report  # noqa: E402
 from actgeom.core import __version__  # noqa: E402
@@ -63,7 +63,7 @@ class _Group(TyperGroup):
             command.params.append(threads)
 
     def invoke(self, ctx):
-        with warnings.catch_warnings(record=True) as caught, _interruptible():
+        with warnings.catch_warnings(record=True) as caught, _interruptible(), guarded_stdout():
             warnings.simplefilter("always", DataWarning)
             try:
                 result = super().invoke(ctx)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import Result, _short_names, emit
+from actgeom.cli.output import Result, _short_names, emit, warn_sample_beyond_rows
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.options import CompareOptions
 from actgeom.core.outputs import check_outputs
@@ -83,7 +83,9 @@ def compare(
                                allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), max_memory=max_memory,
                                alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
                                unit_threshold=unit_threshold, units=units, progress=progress, backend=executor)
-    emit(matrix_view(analysis), fmt, output, inputs)
+    view = matrix_view(analysis)
+    warn_sample_beyond_rows(subsample, view.document["pass"]["rows_used"])
+    emit(view, fmt, output, inputs)
 
 
 def matrix_view(analysis) -> Result:

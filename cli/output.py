@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -9,12 +10,13 @@ import math
 import os
 import sys
 import unicodedata
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from actgeom.cli.options import Format
-from actgeom.core.errors import InvalidInputError
+from actgeom.core.errors import DataWarning, InvalidInputError, OutputError
 from actgeom.core.outputs import write_output
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
@@ -48,6 +50,11 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     document = analysis.to_dict()
     files = document["files"]
     _require_some_metric(files, why_none)
+    most_rows = max((layer["n_rows"] for file in files for layer in file["layers"] if layer.get("n_rows") is not None),
+                    default=None)
+    for family in document["options"].values():
+        if most_rows is not None:
+            warn_sample_beyond_rows(family.get("subsample"), most_rows)
     options = [f"{k}={v}" for family in document["options"].values() for k, v in family.items()]
     summary = {"options": ", ".join(options)} | (summary or {})
     columns, reasons = {}, {}
@@ -66,6 +73,12 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     notes = [f"({number}) {reason}" for reason, number in reasons.items()]
     return Result(title=f"actgeom {document['command']}", document=document, records=analysis.records(),
                   summary=summary, table=table, notes=notes)
+
+
+def warn_sample_beyond_rows(subsample: int | None, n_rows: int) -> None:
+    """A --subsample larger than the rows takes every row (a sample is never padded): said on stderr."""
+    if subsample and subsample > n_rows:
+        warnings.warn(f"--subsample {subsample} is more than the {n_rows} rows: every row is used", DataWarning)
 
 
 def _require_some_metric(files: list[dict], why_none) -> None:
@@ -244,3 +257,50 @@ def emit(result: Result, fmt: Format | None, output: Path | None, inputs: Iterab
         sys.stdout.flush()
         return
     write_output(output, render(result, fmt), inputs)
+
+
+class _StandardOutput:
+    """sys.stdout while a command runs: a write that fails (``> /dev/full``, a disk that fills up) is
+    one OutputError. A reader that left (``| head``: BrokenPipeError) is the caller's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed = False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text):
+        with self._failing():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with self._failing():
+            self._stream.flush()
+
+    @contextlib.contextmanager
+    def _failing(self):
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failed = True
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def guarded_stdout():
+    """Run a command with :class:`_StandardOutput` as sys.stdout. After a failed write, what is still
+    buffered goes nowhere: it would fail again, with a traceback, when Python flushes it at exit."""
+    stream = sys.stdout
+    sys.stdout = guarded = _StandardOutput(stream)
+    try:
+        yield
+    finally:
+        sys.stdout = stream
+        if guarded.failed:
+            with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+                nowhere = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(nowhere, stream.fileno())
+                os.close(nowhere)

@@ -35,6 +35,7 @@ from actgeom.core import __version__
 from actgeom.core.dump.source import Source
 from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
 from actgeom.core.errors import InvalidInputError, UsageError
+from actgeom.core.options import check_seed
 from actgeom.core.outputs import check_output
 from actgeom.core.sample import hash_keys
 
@@ -64,6 +65,7 @@ class Selection:
             raise UsageError(f"--compression '{self.compression}' is not one of lzf, gzip")
         if self.sample is not None and self.sample < 1:
             raise UsageError(f"--sample {self.sample}: the sample size must be ≥ 1")
+        check_seed(self.seed)
         if self.stratify and self.sample is None:
             raise UsageError("--stratify needs --sample N")
         if self.rows is not None and (self.rows[0] < 0 or (self.rows[1] is not None and self.rows[1] < self.rows[0])):

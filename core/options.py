@@ -16,6 +16,13 @@ PRODUCTS = ("float64", "float32")  # how the D×D product of each block is compu
 # stored dtypes of a dump (core/dump/writer.py; bfloat16 as its raw bits) and HDF5 compressions
 STORAGE_DTYPES = ("float16", "float32", "float64", "bfloat16")
 COMPRESSION = (None, "lzf", "gzip")
+SEEDS = 2**64  # a seed keys rows by splitmix64 (core/sample.py): an unsigned 64-bit integer
+
+
+def check_seed(seed: int, option: str = "seed") -> None:
+    """A seed is an integer 0 ≤ seed < 2⁶⁴ (a negative one has no unsigned 64-bit value)."""
+    if not 0 <= seed < SEEDS:
+        raise OptionError(option, seed, "must be an integer from 0 to 2⁶⁴ − 1")
 
 
 # -- collapse ----------------------------------------------------------------------------------
@@ -85,6 +92,7 @@ class RankOptions:
         for name in ("subsample", "eps"):
             if getattr(self, name) < 0:
                 raise OptionError(name, getattr(self, name), "must be ≥ 0")
+        check_seed(self.seed)
 
 
 RANK_PRESETS: dict[str, dict] = {
@@ -119,6 +127,9 @@ class EntropyOptions:
                 raise OptionError(name, getattr(self, name), "must be > 0")
         if self.subsample < 2:
             raise OptionError("subsample", self.subsample, "must be ≥ 2")
+        if self.tau < 0:
+            raise OptionError("tau", self.tau, "must be ≥ 0")
+        check_seed(self.seed)
 
 
 # -- neurons -------------------------------------------------------------------------------------
@@ -134,6 +145,7 @@ class NeuronsOptions:
 
     top: int = 10  # units in the ranked list of each layer
     score: str = "kurtosis"  # the per-unit score that ranks them (descending)
+    min_support: int | None = None  # a ranked unit fires on ≥ this many rows; None: max(10, 0.1 % of the rows)
     threshold: float | None = None  # "fires" = value > threshold; None: 0 for ReLU layers, else required
     tau: float = 0.025  # dormant when dormant_score ≤ tau (ReDo)
     cutoff: float = 0.5  # selective / token detector / positional when the score ≥ cutoff
@@ -150,6 +162,8 @@ class NeuronsOptions:
             raise OptionError("score", self.score, f"is not one of {', '.join(SCORES)}")
         if self.tau < 0:
             raise OptionError("tau", self.tau, "must be ≥ 0")
+        if self.min_support is not None and self.min_support < 0:
+            raise OptionError("min_support", self.min_support, "must be ≥ 0 (rows a ranked unit fires on)")
         if not 0 < self.cutoff <= 1:
             raise OptionError("cutoff", self.cutoff, "must be in (0, 1]: it is compared with shares and ratios")
         if self.max_position < 1:
@@ -194,6 +208,7 @@ class ProbeOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.test_fraction < 1:
             raise OptionError("test_fraction", self.test_fraction, "must be in [0, 1)")
+        check_seed(self.seed)
         if self.shrinkage != "auto" and not (isinstance(self.shrinkage, (int, float)) and 0 <= self.shrinkage <= 1):
             raise OptionError("shrinkage", self.shrinkage, "must be a number in [0, 1] or auto")
         if not self.ridge_lambda >= 0:
@@ -235,6 +250,7 @@ class CompareOptions:
             raise OptionError("svcca_keep", self.svcca_keep, "must be a fraction of variance in (0, 1]")
         if self.subsample < 0:
             raise OptionError("subsample", self.subsample, "must be ≥ 0")
+        check_seed(self.seed)
         if self.knn_k < 1:
             raise OptionError("knn_k", self.knn_k, "must be ≥ 1")
         if not -1 <= self.unit_threshold <= 1:

@@ -270,7 +270,8 @@ def test_entropy_from_merged_shard_statistics(cli, tmp_path, rng, token_level):
         assert code == 0, err
     cli("merge", tmp_path / "p0.npz", tmp_path / "p1.npz", "--save-stats", tmp_path / "all.npz")
     direct = cli.json("entropy", path, "--alpha", "2", "--threshold", "0")["files"][0]["layers"][0]["metrics"]
-    merged = cli.json("entropy", path, "--alpha", "2", "--subsample", "1000", "--stats", tmp_path / "all.npz")["files"][0]["layers"][0]["metrics"]
+    merged = cli.json("entropy", path, "--alpha", "2", "--subsample", "1000", "--threshold", "0",
+                      "--stats", tmp_path / "all.npz")["files"][0]["layers"][0]["metrics"]
     assert merged.keys() == direct.keys()
     for name, value in direct.items():
         assert merged[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
@@ -279,3 +280,49 @@ def test_entropy_from_merged_shard_statistics(cli, tmp_path, rng, token_level):
         assert code == 3 and "needs sequence entropies of order 1.0" in err
     else:
         assert code == 0  # Σuuᵀ serves every α
+
+
+# -- issue #22: one line, not a traceback -------------------------------------------------------
+SAMPLE_DUMP = Path(__file__).parent.parent / "sample_data" / "digits_mlp_epoch1500.h5"
+
+
+@pytest.mark.parametrize("args", [["info", "{d}"], ["collapse", "{d}", "-f", "json"],
+                                  ["report", "{d}", "--families", "collapse", "-o", "{tmp}/r.html"]],
+                         ids=["info", "collapse", "report"])
+def test_a_failing_standard_output_is_one_line(tmp_path, args):
+    import subprocess
+    import sys
+    script = "import sys; from actgeom.cli.app import main; sys.argv[0] = 'actgeom'; main()"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", script, *[a.format(d=SAMPLE_DUMP, tmp=tmp_path) for a in args], "-q"]
+                              if args[0] != "info" else [sys.executable, "-c", script, *[a.format(d=SAMPLE_DUMP) for a in args]],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (1, "Error: cannot write to standard output: No space left on device\n"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rank", "{d}", "--seed", "-1"], "--seed"), (["entropy", "{d}", "--seed", "-1"], "--seed"),
+    (["compare", "{d}", "{d}", "--seed", "-1"], "--seed"), (["stats", "{d}", "--seed", "-1"], "--seed"),
+    (["probe", "{d}", "--seed", "-1"], "--seed"), (["rank", "{d}", "--seed", str(2**64)], "--seed"),
+    (["extract", "{d}", "-o", "{tmp}/x.h5", "--sample", "5", "--seed", "-1"], "--seed"),
+    (["entropy", "{d}", "--tau", "-1"], "--tau"), (["entropy", "{d}", "--subsample", "1e20"], "--subsample"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_out_of_range_sizes_and_seeds_are_one_line(cli, dump, tmp_path, args, message):
+    code, out, err = cli(*[a.format(d=dump, tmp=tmp_path) for a in args])
+    assert code == 2 and out == "" and err.startswith("Error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("args", [["rank", "{d}", "--subsample", "1000000000000"],
+                                  ["entropy", "{d}", "--subsample", "1000000000000"],
+                                  ["stats", "{d}", "--subsample", "1000000000000"],
+                                  ["compare", "{d}", "{d}", "--subsample", "1000000000"],
+                                  ["report", "{d}", "--families", "entropy", "--subsample", "10000000000", "-o", "{tmp}/r.html"]],
+                         ids=["rank", "entropy", "stats", "compare", "report"])
+def test_a_subsample_beyond_the_rows_uses_every_row_and_says_so(cli, dump, tmp_path, args):
+    """It allocated the sample it was asked for (a MemoryError, 74.5 GiB) or blamed --max-memory."""
+    code, _, err = cli(*[a.format(d=dump, tmp=tmp_path) for a in args], "-q")
+    assert code == 0, err
+    if args[0] in ("rank", "entropy", "compare"):
+        assert "Warning: --subsample" in err and "is more than the 60 rows: every row is used" in err, err

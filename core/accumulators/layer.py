@@ -11,6 +11,7 @@ import numpy as np
 from actgeom.core.accumulators.base import Rows, Spec, Wrapper, prefixed
 from actgeom.core.entropy import SequenceEntropy
 from actgeom.core.errors import OptionError, UsageError
+from actgeom.core.options import check_seed
 from actgeom.core.sample import Reservoir
 from actgeom.core.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats
 
@@ -193,6 +194,7 @@ class SampleSpec(Spec):
     def __post_init__(self) -> None:
         if self.size < 0:
             raise OptionError("subsample", self.size, "must be ≥ 0")
+        check_seed(self.seed)
 
     def union(self, other: "SampleSpec") -> "SampleSpec":
         if self.seed != other.seed:

@@ -168,7 +168,7 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
         pairs = sorted({(min(i, j), max(i, j)) for i, j in the_plan.cells.values() if i != j})
         rows_per_block = block_rows or max(1, _BLOCK_BYTES // (8 * sum(s.layer.n_units for s in streams)))
         rows_per_block = min(rows_per_block, max(opened[0].n_rows, 1))  # buffers never exceed the file
-        need = memory_bytes(streams, pairs, rows_per_block, options.subsample)
+        need = memory_bytes(streams, pairs, rows_per_block, min(options.subsample, opened[0].n_rows))  # a sample ≤ the rows
         if need > limit:
             raise OptionError("max_memory", max_memory, f"is below what this comparison holds: {need / 2**30:.2f} GiB "
                               f"(8 bytes × (Σ D_a·D_b over {len(pairs)} pairs + Σ D² over {len(streams)} layers) "
