@@ -75,6 +75,10 @@ class LayerRecord:
     fields: dict = field(default_factory=dict)  # what else the family reports about the layer (counts, sizes)
     details: dict = field(default_factory=dict)  # arrays for plots (spectra, per-unit rates), on request
 
+    def __post_init__(self) -> None:
+        both = set(self.metrics) & set(self.unavailable)
+        assert not both, f"a metric is either a value or unavailable, never both: {sorted(both)}"
+
 
 def evaluate(metrics: dict[str, Metric], inputs, options, missing: dict[str, str]) -> tuple[dict, dict[str, str]]:
     """Every registered metric whose needs are met → (values, reasons for the others).
@@ -93,8 +97,19 @@ def evaluate(metrics: dict[str, Metric], inputs, options, missing: dict[str, str
             values.update(metric.compute(inputs, options))
     for name in list(values):  # a computation may find a metric undefined: it says why
         if isinstance(values[name], Unavailable):
-            unavailable[name] = values.pop(name).reason
-    return {name: values[name] for name in metrics if name in values}, unavailable
+            unavailable.setdefault(name, values.pop(name).reason)
+    # a shared computation also returns the metrics whose needs are not met: they stay unavailable
+    return {name: values[name] for name in metrics if name in values and name not in unavailable}, unavailable
+
+
+def threshold_problem(ctx: LayerContext, threshold: float | None) -> str | None:
+    """Why a layer has no firing threshold (the value a unit must exceed to be active), or None:
+    one is given, the layer is marked ReLU (its ``activation`` attribute; 0 then), or its
+    statistics were fed from memory (0 then). The one reason every family gives."""
+    if threshold is not None or ctx.dump is None or str(ctx.attrs.get("activation", "")).lower() == "relu":
+        return None
+    return (f"layer '{ctx.name}' is not marked ReLU (attribute activation); give --threshold for the value a unit "
+            "must exceed to count as active")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from actgeom.core.entropy import (
     EntropyInputs,
     EntropyOptions,
 )
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate, threshold_problem
 
 
 def needs(options: EntropyOptions, facts: DumpFacts) -> list:
@@ -38,18 +38,15 @@ def layer(ctx: LayerContext, options: EntropyOptions) -> LayerRecord:
         missing["labels"] = "needs labels (--labels)"
     if options.layer_width is None:
         missing["layer_width"] = "needs the width of the layer the SAE encodes (--layer-width)"
-    relu = str(ctx.attrs.get("activation", "")).lower() == "relu"
-    explicit = options.threshold is not None or ctx.dump is None
-    if not (explicit or relu):
-        missing["threshold"] = (f"layer '{ctx.name}' is not marked ReLU (attribute activation); give --threshold for "
-                                "the value a unit must exceed to count as active")
+    if no_threshold := threshold_problem(ctx, options.threshold):
+        missing["threshold"] = no_threshold
     values, unavailable = evaluate(LAYER_METRICS, inputs, options, missing)
     notes = []
     if values.get("dse_offdiag_fraction", 1.0) < KERNEL_NEAR_IDENTITY:
         notes.append(f"the DSE kernel is close to the identity ({values['dse_offdiag_fraction']:.2g} of its mass "
                      f"off the diagonal): σ = {options.sigma} is small next to the median distance "
                      f"{values['dse_median_distance']:.3g}, so DSE ≈ log₂ N")
-    fields = {"threshold": units.threshold if explicit or relu else None, "sample_rows": int(sample.shape[0]),
+    fields = {"threshold": None if no_threshold else units.threshold, "sample_rows": int(sample.shape[0]),
               "sample_seed": options.seed}
     if results is not None:
         fields |= {k: v for k, v in results.items() if k not in ("dataset_entropy", "prompt_entropy")}

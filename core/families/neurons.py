@@ -7,7 +7,7 @@ import numpy as np
 
 from actgeom.core.accumulators import MomentsSpec, PositionSumsSpec, TokenSumsSpec, UnitMomentsSpec, UnitsSpec
 from actgeom.core.errors import InvalidInputError, OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate, threshold_problem
 from actgeom.core.neurons import (
     REGISTRY,
     NeuronInputs,
@@ -52,10 +52,8 @@ def neurons_statistics(row_vectors) -> list:
 def _missing(ctx: LayerContext, options: NeuronsOptions) -> dict[str, str]:
     """Why a need is not met for this layer, by need."""
     missing = {}
-    relu = str(ctx.attrs.get("activation", "")).lower() == "relu"
-    if not (options.threshold is not None or ctx.dump is None or relu):
-        missing["threshold"] = (f"layer '{ctx.name}' is not marked ReLU (attribute activation); give --threshold for "
-                                "the value a unit must exceed to fire")
+    if no_threshold := threshold_problem(ctx, options.threshold):
+        missing["threshold"] = no_threshold
     if ctx.stats.get("moments") is None or ctx.stats.get("moments").classes is None:
         missing["labels"] = "needs labels (--labels)"
     if ctx.stats.get("token_sums") is None:
