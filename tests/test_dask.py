@@ -375,6 +375,58 @@ def test_compare_saved_task_moments_are_reused_and_checked(cluster, aligned, tmp
     assert len(list(saved.iterdir())) == 2 * len(files) and other["pairs"][0]["compare"]["sample_rows"] == 0
 
 
+# A command whose workers each have a heartbeat in flight when the cluster closes (the scheduler
+# answers heartbeats 5 s late once the command is closing; it closes after 1.5 s, three heartbeat
+# intervals): before the quiet shutdown, each worker logged "Failed to communicate with scheduler
+# during heartbeat" with a CommClosedError traceback, after a run that succeeded (1 run in 10 by chance).
+HEARTBEAT_IN_FLIGHT = """
+import asyncio, sys, time
+from distributed.scheduler import Scheduler
+from actgeom.cli.app import main
+from actgeom.core.backends.dask import DaskBackend
+
+closing, heartbeat, close = [], Scheduler.heartbeat_worker, DaskBackend.__exit__
+
+def late_heartbeat(self, **kwargs):  # the scheduler calls it too (sync) when a worker joins
+    if not closing:
+        return heartbeat(self, **kwargs)
+
+    async def late():  # the handler awaits it
+        await asyncio.sleep(5)
+        return heartbeat(self, **kwargs)
+
+    return late()
+
+def closing_with_heartbeats_in_flight(self, *exc):
+    closing.append(True)
+    time.sleep(1.5)
+    close(self, *exc)
+
+Scheduler.heartbeat_worker = late_heartbeat
+DaskBackend.__exit__ = closing_with_heartbeats_in_flight
+if __name__ == "__main__":
+    sys.argv[0] = "actgeom"
+    main()
+"""
+SUBPROCESS_TIMEOUT_S = 240  # a command on a LocalCluster of one worker: ~10 s, ~60 s on a loaded 2-core machine
+
+
+@needs_dask
+def test_a_successful_dask_command_closes_its_cluster_quietly(aligned, tmp_path):
+    """compare --backend dask -q, closing while each worker's heartbeat is in flight: exit 0, the
+    numbers, and nothing on stderr (no CommClosedError traceback)."""
+    import subprocess
+
+    script = tmp_path / "late_heartbeats.py"
+    script.write_text(HEARTBEAT_IN_FLIGHT)
+    run = subprocess.run([sys.executable, str(script), "compare", *aligned["steps"][:2], "-l", "last", "--backend", "dask",
+                          "--workers", "1", "-q", "--format", "json"], capture_output=True, text=True,
+                         timeout=SUBPROCESS_TIMEOUT_S, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert '"cka_linear"' in run.stdout
+    assert run.stderr == ""
+
+
 # -- failures --------------------------------------------------------------------------------------
 
 def _kill_worker(marker: str, rows: str = "", once: bool = True, tasks: str = "actgeom-rows"):

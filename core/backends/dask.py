@@ -24,6 +24,7 @@ submits only the tasks whose result is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -51,6 +52,7 @@ from actgeom.core.errors import ActgeomError, UsageError
 from actgeom.core.partial import dump_fingerprint, stats_arrays, stats_from_arrays
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
+CLOSE_TIMEOUT_S = 10  # closing the client, then our LocalCluster: the results are written, a stuck shutdown must not hold them
 MERGE_PRIORITY = 1  # merges run before the first-wave tasks still queued (Dask's default priority: 0)
 # A LocalCluster's worker has a thread for the merges beside the one for row ranges: a range task
 # holds this resource (one per worker), a merge does not, so it never waits behind a running range.
@@ -111,9 +113,23 @@ class DaskBackend:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        self.close()
+
+    def close(self) -> None:
+        """The client, then the LocalCluster we started, each within CLOSE_TIMEOUT_S. A worker's
+        heartbeat in flight when the cluster closes fails with CommClosedError, which distributed
+        logs with a traceback after a run that succeeded: such records of connections closed by
+        the shutdown are dropped, here and on our own workers, from now on only (another
+        scheduler's workers are left as they are)."""
+        with _closed_connections_dropped():
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):  # a worker already gone: nothing of it to quieten
+                    self.client.run(_drop_closed_connections)
+            with contextlib.suppress(TimeoutError):
+                self.client.close(timeout=CLOSE_TIMEOUT_S)
+            if self.cluster is not None:
+                with contextlib.suppress(TimeoutError):  # worker processes still alive die with this one
+                    self.cluster.close(timeout=CLOSE_TIMEOUT_S)
 
     @property
     def n_workers(self) -> int:
@@ -325,6 +341,42 @@ def _raise_if_error(result: dict) -> None:
 
 def _wave_key(dump: Dump, specs: dict, options: PassOptions) -> tuple:
     return str(Path(dump.path).resolve()), dump.spec, tuple(specs.items()), options
+
+
+class _ClosedConnections(logging.Filter):
+    """Drops log records whose exception is a connection closed under them (a shutdown's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from distributed.comm import CommClosedError
+        from tornado.iostream import StreamClosedError
+
+        return not (record.exc_info and isinstance(record.exc_info[1], (CommClosedError, StreamClosedError)))
+
+
+_LOG_HANDLERS_OF = ("distributed", "tornado")  # distributed's logging puts its stderr handler on these
+
+
+def _log_handlers() -> set:
+    return {handler for name in _LOG_HANDLERS_OF for handler in logging.getLogger(name).handlers}
+
+
+def _drop_closed_connections() -> None:
+    """On a worker about to be closed: its closed-connection records dropped until it ends."""
+    for handler in _log_handlers():
+        handler.addFilter(_ClosedConnections())
+
+
+@contextlib.contextmanager
+def _closed_connections_dropped():
+    """In this process (client, scheduler and nannies of a LocalCluster): for the shutdown only."""
+    dropped, handlers = _ClosedConnections(), _log_handlers()
+    for handler in handlers:
+        handler.addFilter(dropped)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(dropped)
 
 
 def _run_id(path: Path) -> str:
