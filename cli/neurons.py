@@ -15,13 +15,17 @@ from actgeom.core.outputs import check_outputs
 
 METRIC = "Neuron scores (docs/metrics.md §6)"
 VAE = "VAE latents"
-_SHOWN = ("mean", "std", "max", "firing_rate")  # columns of the ranked table besides the score
+_SHOWN = ("mean", "std", "max", "firing_rate", "firing_rows")  # columns of the ranked table besides the score
 DEFAULTS = NeuronsOptions()  # the defaults live in core
 
 # The options of the neurons family, declared once: `neurons` and `report` take them.
 TopOpt = Annotated[int, typer.Option("--top", rich_help_panel=METRIC, help="Units listed per layer.")]
 ScoreOpt = Annotated[str, typer.Option("--score", rich_help_panel=METRIC,
                                        help=f"Score that ranks the units, largest first: {', '.join(SCORES)}.")]
+MinSupportOpt = Annotated[Optional[int], typer.Option(
+    "--min-support", rich_help_panel=METRIC, show_default=False,
+    help="A ranked unit fires (value > threshold) on at least this many rows; the others are counted, not "
+         "ranked (one row gives a unit the largest kurtosis, selectivity 1). Default: max(10, 0.1 % of the rows).")]
 CutoffOpt = Annotated[float, typer.Option(
     "--cutoff", rich_help_panel=METRIC,
     help="Selective / token detector / positional unit when its selectivity / token concentration / position η² "
@@ -44,10 +48,10 @@ def neurons(
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None,
-    top: TopOpt = DEFAULTS.top, score: ScoreOpt = DEFAULTS.score,
+    top: TopOpt = DEFAULTS.top, score: ScoreOpt = DEFAULTS.score, min_support: MinSupportOpt = None,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", rich_help_panel=METRIC, show_default=False,
-        help="A unit fires when its value > threshold. [default: 0 for layers marked ReLU; required otherwise]")] = None,
+        help="A unit fires when its value > threshold. Default: 0 for layers marked ReLU; required otherwise.")] = None,
     tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant when the dormant score ≤ tau.")] = DEFAULTS.tau,
     cutoff: CutoffOpt = DEFAULTS.cutoff, max_position: MaxPositionOpt = DEFAULTS.max_position, mu: MuOpt = None,
     logvar: LogvarOpt = None, delta: DeltaOpt = DEFAULTS.delta, collapsed_kl: CollapsedKlOpt = DEFAULTS.collapsed_kl,
@@ -74,7 +78,7 @@ def neurons(
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.neurons(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                                nonfinite=nonfinite, tokens=tokens, products=o.plain(products), stats=stats, top=top, score=score,
-                               threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,
+                               min_support=min_support, threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,
                                logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress, backend=executor)
     emit(ranked_view(metrics_result(analysis), score), fmt, output, inputs)
 
@@ -90,6 +94,11 @@ def ranked_view(result: Result, score: str) -> Result:
             name = f"{stem}:{layer['layer']}" if len(files) > 1 else layer["layer"]
             summary[name] = ", ".join(f"{k} {_flat(v)}" for k, v in layer["metrics"].items())
             found = layer["neurons"]
+            if found.get("units_below_support"):
+                summary[name] += (f"; not ranked: {found['units_below_support']} units fire on < "
+                                  f"{found['min_support']} rows (--min-support)")
+            elif found.get("support_unavailable"):
+                summary[name] += f"; {found['support_unavailable']}"
             if not found["top_units"]:
                 rows.append(where | {"layer": layer["layer"], "rank": "—", "unit": found.get("top_units_unavailable")})
             for entry in found["top_units"]:

@@ -16,6 +16,10 @@ from actgeom.core.unitstats import GroupSums, UnitMoments
 
 TOP_TOKENS = 5  # k of token_concentration: a token detector puts its mass on a few token ids
 TOP_CLASSES = 3  # classes listed per unit, by class-conditional mean
+# A ranked unit fires on at least max(10, 0.1 % of the rows) rows by default: a unit seen on one row
+# has the largest kurtosis possible (≈ N), selectivity 1 and token concentration 1 from that row alone.
+MIN_SUPPORT_ROWS = 10
+MIN_SUPPORT_SHARE = 0.001
 _UNIT_TILE = 64  # units per argpartition of a V × D (or C × D) table: 64 × V int64 at a time
 
 # -- per-unit scores ------------------------------------------------------------------------------
@@ -88,9 +92,19 @@ def top_k(table: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, values
 
 
-def top_classes(means: np.ndarray, class_ids: np.ndarray, k: int = TOP_CLASSES) -> np.ndarray:
-    """(D, min(k, C)) class ids of each unit's largest class-conditional means, largest first."""
-    return class_ids[top_k(means, k)[0]]
+def top_classes(means: np.ndarray, class_ids: np.ndarray, k: int = TOP_CLASSES) -> list[list[int]]:
+    """Per unit, the ids of up to k classes of largest class-conditional mean, largest first, of
+    those above the unit's lowest class mean: the classes it responds to more than to its least
+    preferred one (a ReLU unit: the classes it fired on at all). None for a unit equal on every
+    class. ``means`` (C, D), ``class_ids`` (C,)."""
+    ids, values = top_k(means, k)
+    responds = values > means.min(axis=0)[:, None]
+    return [class_ids[row[keep]].tolist() for row, keep in zip(ids, responds)]
+
+
+def default_min_support(n_rows: int) -> int:
+    """Rows a ranked unit must fire on when --min-support is not given: max(10, ⌈0.1 % of N⌉)."""
+    return max(MIN_SUPPORT_ROWS, math.ceil(MIN_SUPPORT_SHARE * n_rows))
 
 
 def token_concentration(mass: np.ndarray, k: int = TOP_TOKENS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -87,6 +87,12 @@ offsets; positions ≥ `--max-position` pooled). Every unit's scores (moments, f
 score, class selectivity, probeless score, token concentration, position η², VAE activity and KL) are
 in the JSON; the metrics below summarise a layer. "Selective", "token detector" and "positional" mean
 a score ≥ `--cutoff` (0.5). The VAE metrics are reported on the `--mu` layer; the KL needs `--logvar`.
+The ranked units (`top_units`, by `--score`, default kurtosis) are those that fire on ≥ `--min-support`
+rows (default max(10, 0.1 % of N)), each with its `firing_rows`; the others are counted
+(`units_below_support`): one row gives any unit kurtosis ≈ N, selectivity 1 and token concentration 1.
+Without a threshold every unit is ranked (`support_unavailable` says why). `top_classes`: up to 3
+classes of largest class-conditional mean above the unit's lowest class mean (a ReLU unit: the classes
+it fired on).
 """,
     "probe": """\
 ## Linear probes and concept directions (`actgeom probe`)

@@ -344,3 +344,52 @@ def test_a_layer_without_rows_has_no_scores(tmp_path, rng):
     layer = actgeom.neurons(path, threshold=0.0, tokens="from:50").to_dict()["files"][0]["layers"][0]
     assert layer["n_rows"] == 0 and layer["metrics"] == {}
     assert set(layer["unavailable"]) == set(REGISTRY) and layer["neurons"]["top_units"] == []
+
+
+def _sparse_layer(rng, n_rows=2000):
+    """A ReLU-like layer of 6 units: 0 fires on one row (class 9), 1 on five rows, 2 is dead,
+    3–5 fire on about half the rows; 10 classes."""
+    labels = np.arange(n_rows) % 10
+    X = np.maximum(rng.standard_normal((n_rows, 6)), 0.0)
+    X[:, :3] = 0.0
+    X[9, 0] = 0.08  # row 9: class 9
+    X[[1, 11, 21, 31, 41], 1] = 0.5  # class 1 only
+    return X, labels
+
+
+def test_top_classes_are_only_classes_the_unit_responds_to(tmp_path, rng):
+    """A unit that fired once lists the one class it fired on (it listed "9 0 2": two classes of
+    mean 0); a dead unit lists none; a unit of every class lists three."""
+    X, labels = _sparse_layer(rng)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=labels)
+    units = run_family("neurons", path, NeuronsOptions(threshold=0.0))["layers"][0]["neurons"]["units"]
+    assert units["top_classes"][0] == [9] and units["top_classes"][1] == [1] and units["top_classes"][2] == []
+    assert all(len(classes) == 3 for classes in units["top_classes"][3:])
+
+
+def test_units_ranked_only_with_minimum_support(cli, tmp_path, rng):
+    """Ranked by kurtosis, units seen on one or five rows came first (kurtosis ≈ N/rows). By default
+    a ranked unit fires on ≥ max(10, 0.1 % of the rows) rows; the others are counted, not ranked."""
+    X, labels = _sparse_layer(rng)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=labels)
+    found = run_family("neurons", path, NeuronsOptions(threshold=0.0))["layers"][0]["neurons"]
+    assert [entry["unit"] for entry in found["top_units"]][:3] != [0, 1]
+    assert {entry["unit"] for entry in found["top_units"]} == {3, 4, 5}
+    assert found["min_support"] == 10 and found["units_below_support"] == 3
+    assert found["units"]["firing_rows"][:3] == [1, 5, 0]
+    everyone = run_family("neurons", path, NeuronsOptions(threshold=0.0, min_support=0))["layers"][0]["neurons"]
+    assert [entry["unit"] for entry in everyone["top_units"]][:2] == [0, 1] and everyone["units_below_support"] == 0
+    code, out, err = cli("neurons", path, "--threshold", "0", "--format", "table")
+    assert code == 0, err
+    assert "firing_rows" in out and "3 units fire on < 10 rows" in out
+    code, _, err = cli("neurons", path, "--threshold", "0", "--min-support", "-1")
+    assert code == 2 and err.startswith("Error: --min-support '-1' must be ≥ 0")
+
+
+def test_without_a_threshold_the_ranking_says_it_has_no_support(tmp_path, rng):
+    X, labels = _sparse_layer(rng, n_rows=200)
+    path = write_dump(tmp_path / "d.h5", {"h": X - 0.1})  # not marked ReLU, no --threshold: firing undefined
+    found = run_family("neurons", path, NeuronsOptions())["layers"][0]["neurons"]
+    assert len(found["top_units"]) == 6 and found["top_units"][-1]["unit"] == 2  # constant: no kurtosis, last
+    assert found["min_support"] is None and "firing_rows" not in found["units"]
+    assert "give --threshold" in found["support_unavailable"]

@@ -13,6 +13,7 @@ from actgeom.core.neurons import (
     NeuronInputs,
     NeuronsOptions,
     class_selectivity,
+    default_min_support,
     dormant_scores,
     firing_rates,
     moment_scores,
@@ -22,8 +23,6 @@ from actgeom.core.neurons import (
     top_classes,
     vae_kl,
 )
-
-_UNITS_TOO = ("top_classes", "top_tokens", "top_token_shares")  # per-unit lists, not scores
 
 
 def needs(options: NeuronsOptions, facts: DumpFacts) -> list:
@@ -97,6 +96,7 @@ def unit_scores(ctx: LayerContext, options: NeuronsOptions, missing: dict[str, s
         reasons["firing_rate"] = missing["threshold"]
     else:
         scores["firing_rate"] = firing_rates(units.n_active, units.n_rows)
+        scores["firing_rows"] = units.n_active.copy()  # the support of the unit's other scores
     _class_scores(ctx, moments, missing, scores, reasons)
     if "token_ids" in missing:
         reasons["token_concentration"] = missing["token_ids"]
@@ -157,11 +157,34 @@ def _vae_scores(ctx, options, missing, scores, reasons) -> None:
     scores["vae_collapsed"] = scores["vae_kl"] < options.collapsed_kl
 
 
-def ranking(scores: dict, options: NeuronsOptions) -> list[int]:
-    """The top units by the chosen score, largest first (NaN last, ties by unit number)."""
-    values = scores[options.score]
-    order = np.lexsort((np.arange(values.size), -np.nan_to_num(values, nan=-np.inf), np.isnan(values)))
-    return [int(u) for u in order[: options.top]]
+def ranking(scores: dict, options: NeuronsOptions, supported: np.ndarray) -> list[int]:
+    """The top units by the chosen score among the ``supported`` ones, largest first (NaN last,
+    ties by unit number)."""
+    units = np.flatnonzero(supported)
+    values = scores[options.score][units]
+    order = np.lexsort((units, -np.nan_to_num(values, nan=-np.inf), np.isnan(values)))
+    return [int(u) for u in units[order[: options.top]]]
+
+
+def ranked_units(inputs: NeuronInputs, options: NeuronsOptions, n_rows: int) -> dict:
+    """The ranked list and its support rule: units that fire on fewer than ``min_support`` rows
+    (--min-support, default max(10, 0.1 % of the rows)) are counted, not ranked — one row gives
+    any unit the largest kurtosis possible (≈ N), selectivity 1 and token concentration 1. Without
+    a threshold (firing undefined) every unit is ranked, and the output says so."""
+    scores = inputs.scores
+    if options.score not in scores:
+        return {"min_support": None, "top_units": [], "top_units_unavailable": inputs.reasons[options.score]}
+    if "firing_rows" in scores:
+        min_support = default_min_support(n_rows) if options.min_support is None else options.min_support
+        supported = scores["firing_rows"] >= min_support
+        fields = {"min_support": min_support, "units_below_support": int((~supported).sum())}
+    else:
+        supported = np.ones(scores[options.score].size, dtype=bool)
+        fields = {"min_support": None, "support_unavailable": f"ranked without a minimum support: "
+                                                              f"{inputs.reasons['firing_rate']}"}
+    fields["top_units"] = [{"rank": rank, "unit": unit} | {name: _item(v[unit]) for name, v in scores.items()}
+                           for rank, unit in enumerate(ranking(scores, options, supported), start=1)]
+    return fields
 
 
 def layer(ctx: LayerContext, options: NeuronsOptions) -> LayerRecord:
@@ -175,18 +198,13 @@ def layer(ctx: LayerContext, options: NeuronsOptions) -> LayerRecord:
     scores = inputs.scores
     values, unavailable = evaluate(REGISTRY, inputs, options, missing)
     fields = {"threshold": None if "threshold" in missing else (options.threshold or 0.0), "score": options.score,
-              "units": {"unit": list(range(ctx.n_units))} | {name: v.tolist() for name, v in scores.items()},
+              "units": {"unit": list(range(ctx.n_units))} | {name: _item(v) for name, v in scores.items()},
               "scores_unavailable": inputs.reasons}
     if "dormant_score" in scores:
         fields["units"]["dormant"] = (scores["dormant_score"] <= options.tau).tolist()
     if "firing_rate" in scores:
         fields["units"]["dead"] = (scores["firing_rate"] == 0).tolist()
-    if options.score in scores:
-        fields["top_units"] = [{"rank": rank, "unit": unit} | {name: _item(v[unit]) for name, v in scores.items()}
-                               for rank, unit in enumerate(ranking(scores, options), start=1)]
-    else:
-        fields["top_units"] = []
-        fields["top_units_unavailable"] = inputs.reasons[options.score]
+    fields |= ranked_units(inputs, options, ctx.stats.get("units").n_rows)
     tokens = ctx.stats.get("token_sums")
     if tokens is not None:
         fields["n_token_ids"] = inputs.n_tokens
@@ -204,7 +222,7 @@ def layer(ctx: LayerContext, options: NeuronsOptions) -> LayerRecord:
 
 
 def _item(value):
-    """A JSON-ready value of one unit (a score, a flag, or a list of ids)."""
+    """A JSON-ready value (a unit's score, flag or list of ids; a score of every unit)."""
     return value.tolist() if isinstance(value, np.ndarray) else value.item() if isinstance(value, np.generic) else value
 
 
