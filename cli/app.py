@@ -34,7 +34,7 @@ if Path(sys.argv[0]).name == "actgeom" and signal.getsignal(signal.SIGINT) is si
     signal.signal(signal.SIGINT, _stop_at_once)  # the `actgeom` program only: not a Python that imports us
 
 import typer  # noqa: E402 (after the handler: importing typer and rich takes a while)
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # recent Typer vendors click; older Typer uses click itself
     from typer._click import exceptions as parser_errors
@@ -47,6 +47,31 @@ from actgeom.cli.options import threads_option  # noqa: E402
 from actgeom.cli.report.command import report  # noqa: E402
 from actgeom.core import __version__  # noqa: E402
 from actgeom.core.errors import ActgeomError, DataWarning, OptionError  # noqa: E402
+
+
+class _Command(TyperCommand):
+    """A command whose --help reads plainly: a flag shows no `<bool>` type, and a default described
+    in words (presets or the data decide the value) reads "Default: X." in the option's help text,
+    not Typer's "[default: (X)]", which looks like a value in parentheses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _plain_help(param)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _plain_help(option)
+        return option
+
+
+def _plain_help(param) -> None:
+    if getattr(param, "is_flag", False):
+        param.metavar = ""
+    if isinstance(getattr(param, "show_default", None), str):
+        param.help = f"{(param.help or '').rstrip()} Default: {param.show_default}.".lstrip()
+        param.show_default = False
 
 
 class _Group(TyperGroup):
@@ -154,17 +179,17 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # arrays are huge
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command(name="info")(info.info)
-app.command(name="collapse")(collapse.collapse)
-app.command(name="rank")(rank.rank)
-app.command(name="entropy")(entropy.entropy)
-app.command(name="neurons")(neurons.neurons)
-app.command(name="compare")(compare.compare)
-app.command(name="probe")(probe.probe)
-app.command(name="stats")(stats.stats)
-app.command(name="merge")(stats.merge)
-app.command(name="extract")(extract.extract)
-app.command(name="report")(report)
+app.command(name="info", cls=_Command)(info.info)
+app.command(name="collapse", cls=_Command)(collapse.collapse)
+app.command(name="rank", cls=_Command)(rank.rank)
+app.command(name="entropy", cls=_Command)(entropy.entropy)
+app.command(name="neurons", cls=_Command)(neurons.neurons)
+app.command(name="compare", cls=_Command)(compare.compare)
+app.command(name="probe", cls=_Command)(probe.probe)
+app.command(name="stats", cls=_Command)(stats.stats)
+app.command(name="merge", cls=_Command)(stats.merge)
+app.command(name="extract", cls=_Command)(extract.extract)
+app.command(name="report", cls=_Command)(report)
 
 
 def _version(value: bool) -> None:

@@ -65,9 +65,12 @@ def collapse(
 
         actgeom collapse sample_data/*.h5 --layers hidden3 --format table
 
-        actgeom collapse sample_data/digits_mlp_epoch1500.h5 --preset papyan --format jsonl | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
+    \b    actgeom collapse sample_data/digits_mlp_epoch1500.h5 --preset papyan \\
+            --format jsonl \\
+            | jq -r 'select(.metric=="nc1") | [.layer, .value] | @tsv'
 
-        actgeom collapse sample_data/*.h5 --backend dask --workers 2 --format table   # tasks on a LocalCluster
+    \b    actgeom collapse sample_data/*.h5 --backend dask --workers 2 \\
+            --format table   # tasks on a LocalCluster
     """
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)

@@ -67,13 +67,16 @@ def compare(
 
     Example:
 
-        actgeom compare sample_data/digits_mlp_epoch0030.h5 sample_data/digits_mlp_epoch1500.h5 --format table
+    \b    actgeom compare sample_data/digits_mlp_epoch0030.h5 \\
+            sample_data/digits_mlp_epoch1500.h5 --format table
 
         actgeom compare sample_data/*.h5 -l hidden3 --format json -o drift.json
 
-        actgeom compare sample_data/*.h5 -l hidden3 --reference sample_data/digits_mlp_epoch1500.h5 --format jsonl
+    \b    actgeom compare sample_data/*.h5 -l hidden3 \\
+            --reference sample_data/digits_mlp_epoch1500.h5 --format jsonl
 
-        actgeom compare sample_data/*.h5 -l hidden3 --backend dask --workers 2 --format table   # tasks on a LocalCluster
+    \b    actgeom compare sample_data/*.h5 -l hidden3 --backend dask --workers 2 \\
+            --format table   # tasks on a LocalCluster
     """
     inputs = [*dumps, *([reference] if reference else [])]
     check_outputs({"-o": output}, inputs)

@@ -55,7 +55,8 @@ def entropy(
 
         actgeom entropy sample_data/digits_mlp_epoch1500.h5 --format table
 
-        actgeom entropy sample_data/digits_mlp_epoch1500.h5 --layers hidden1 --threshold 0 --format json
+    \b    actgeom entropy sample_data/digits_mlp_epoch1500.h5 --layers hidden1 \\
+            --threshold 0 --format json
     """
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)

@@ -53,7 +53,8 @@ def extract(
 
         actgeom extract cache.pt -o last.h5 --tokens last --dtype bfloat16
 
-        actgeom extract sample_data/digits_mlp_epoch1500.h5 -o small.h5 --layers 'hidden*' --sample 1000 --stratify --seed 1
+    \b    actgeom extract sample_data/digits_mlp_epoch1500.h5 -o small.h5 \\
+            --layers 'hidden*' --sample 1000 --stratify --seed 1
     """
     from actgeom.core.dump.sources import open_source  # numpy, h5py: imported when the command runs
     from actgeom.core.extract import Selection, extract_dump, parse_classes, parse_rows

@@ -25,9 +25,11 @@ def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 file
 
     Example:
 
-        actgeom info sample_data/digits_mlp_epoch0000.h5 sample_data/digits_mlp_epoch1500.h5
+    \b    actgeom info sample_data/digits_mlp_epoch0000.h5 \\
+            sample_data/digits_mlp_epoch1500.h5
 
-        actgeom info sample_data/digits_mlp_epoch1500.h5 --layers 'hidden*' --format json | jq '.layers[].n_units'
+    \b    actgeom info sample_data/digits_mlp_epoch1500.h5 --layers 'hidden*' \\
+            --format json | jq '.layers[].n_units'
     """
     check_outputs({"-o": output}, dumps)
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, describe_only=True)

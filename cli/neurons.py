@@ -68,9 +68,11 @@ def neurons(
 
     Example:
 
-        actgeom neurons sample_data/digits_mlp_epoch1500.h5 --score class_selectivity --top 5 --format table
+    \b    actgeom neurons sample_data/digits_mlp_epoch1500.h5 \\
+            --score class_selectivity --top 5 --format table
 
-        actgeom neurons sample_data/digits_mlp_epoch0000.h5 --score dormant_score --format json -o units.json
+    \b    actgeom neurons sample_data/digits_mlp_epoch0000.h5 \\
+            --score dormant_score --format json -o units.json
     """
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output}, inputs)

@@ -72,9 +72,12 @@ def probe(
 
     Example (is the direction of the base model kept after fine-tuning?):
 
-        actgeom probe sample_data/digits_mlp_epoch0030.h5 sample_data/digits_mlp_epoch1500.h5 --positive 3 --negative 8 --format json
+    \b    actgeom probe sample_data/digits_mlp_epoch0030.h5 \\
+            sample_data/digits_mlp_epoch1500.h5 --positive 3 --negative 8 \\
+            --format json
 
-        actgeom probe sample_data/digits_mlp_epoch1500.h5 --control row --format table
+    \b    actgeom probe sample_data/digits_mlp_epoch1500.h5 \\
+            --control row --format table
     """
     check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:

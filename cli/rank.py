@@ -68,7 +68,8 @@ def rank(
 
         actgeom rank sample_data/digits_mlp_epoch1500.h5 --format table
 
-        actgeom rank sample_data/digits_mlp_epoch1500.h5 --preset tracing --spectrum-out spectra.csv --format jsonl
+    \b    actgeom rank sample_data/digits_mlp_epoch1500.h5 --preset tracing \\
+            --spectrum-out spectra.csv --format jsonl
     """
     inputs = [*dumps, *([stats] if stats else [])]
     check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)

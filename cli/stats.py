@@ -61,7 +61,8 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
     Example (a job array of 3 shards of the 1 797 rows, i = 0, 1, 2, then one merge):
 
-        actgeom stats sample_data/digits_mlp_epoch1500.h5 --rows $((i*599)):$(((i+1)*599)) --save-stats part$i.npz
+    \b    actgeom stats sample_data/digits_mlp_epoch1500.h5 \\
+            --rows $((i*599)):$(((i+1)*599)) --save-stats part$i.npz
 
         actgeom merge part0.npz part1.npz part2.npz --save-stats all.npz
     """

@@ -326,3 +326,37 @@ def test_a_subsample_beyond_the_rows_uses_every_row_and_says_so(cli, dump, tmp_p
     assert code == 0, err
     if args[0] in ("rank", "entropy", "compare"):
         assert "Warning: --subsample" in err and "is more than the 60 rows: every row is used" in err, err
+
+
+# -- issue #22 item 16: --help reads cleanly at 80 columns --------------------------------------
+def _commands():
+    from actgeom.cli.app import app
+    return sorted(command.name for command in app.registered_commands)
+
+
+def _help_at_80_columns(command: str) -> str:
+    from typer.testing import CliRunner
+
+    from actgeom.cli.app import app
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_help_examples_do_not_wrap_and_flags_and_defaults_read_plainly(command):
+    from actgeom.cli.app import app
+    out = _help_at_80_columns(command)
+    shown = {line.strip() for line in out.splitlines()}
+    callback = next(c.callback for c in app.registered_commands if c.name == command)
+    examples, continued = [], False
+    for line in (callback.__doc__ or "").splitlines():
+        line = line.strip("\b \n")
+        if line.startswith("actgeom ") or continued:
+            examples.append(line)
+        continued = (line.startswith("actgeom ") or continued) and line.endswith("\\")
+    assert examples, f"`actgeom {command} --help` shows no example"
+    for line in examples:
+        assert line in shown, f"`actgeom {command} --help` wraps the example line {line!r} at 80 columns"
+    assert "<bool>" not in out, "a flag shows a <bool> type"
+    assert "[default: (" not in out, "a default is shown in parentheses, as if it were not the value"

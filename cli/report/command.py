@@ -135,9 +135,11 @@ def report(
 
         actgeom report sample_data/*.h5 -o report.html --results report.json
 
-        actgeom report sample_data/*.h5 --layers hidden3 -o hidden3.html --figures figures/ --format md
+    \b    actgeom report sample_data/*.h5 --layers hidden3 -o hidden3.html \\
+            --figures figures/ --format md
 
-        actgeom report sample_data/*.h5 --families collapse,probe --positive 3 --negative 8 -o probe.html
+    \b    actgeom report sample_data/*.h5 --families collapse,probe \\
+            --positive 3 --negative 8 -o probe.html
     """
     check_outputs(dumps, output, results, figures)
     with row_progress(quiet) as progress:
