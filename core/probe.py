@@ -29,6 +29,7 @@ from actgeom.core.family import Unavailable, registry
 from actgeom.core.options import CONTROLS, DEFAULT_RIDGE_LAMBDA, DEFAULT_SHRINKAGE, SHRINKAGE_GRID, SPLIT_BY, ProbeOptions  # noqa: F401 (re-exported)
 from actgeom.core.probesplit import total_scatter
 from actgeom.core.stats import ClassStats
+from actgeom.core.threads import blas_threads
 
 _TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
 
@@ -73,6 +74,11 @@ def _kept(stats: ClassStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _solve(A: np.ndarray, B: np.ndarray, regularised: bool) -> np.ndarray:
     """A⁻¹B for symmetric A: Cholesky when a regulariser made A positive definite; else the
     minimum-norm least-squares solution (what scikit-learn's lsqr solver computes)."""
+    with blas_threads(A.shape[0]):
+        return _solve_symmetric(A, B, regularised)
+
+
+def _solve_symmetric(A: np.ndarray, B: np.ndarray, regularised: bool) -> np.ndarray:
     if regularised:
         try:
             return scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, check_finite=False), B, check_finite=False)
