@@ -1053,3 +1053,30 @@ def test_ctrl_c_swallowed_by_a_finalizer_is_raised_again(cli, dump, tmp_path, mo
         signal.signal(signal.SIGINT, previous)
     assert (code, out) == (130, "") and err.endswith("interrupted\n"), err
     assert list(tmp_path.iterdir()) == [Path(dump)]
+
+
+CAPTURE_SCRIPT = """
+import sys, torch, actgeom
+from actgeom.core.errors import OutputError
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+try:  # a training run that captures its activations onto a disk that fills up
+    with torch.no_grad(), actgeom.capture(model, ["0"], sys.argv[1]) as cap:
+        for _ in range(30):
+            cap.next(labels=torch.zeros(1000, dtype=torch.long))
+            model(torch.ones(1000, 64))
+except OutputError as exc:
+    print(exc)
+print("alive")
+"""
+
+
+def test_capture_on_a_full_disk_raises_and_the_process_exits_cleanly(small_disk):
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    path = small_disk / "c.h5"
+    proc = subprocess.run([sys.executable, "-c", CAPTURE_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"cannot write {path}: No space left on device\nalive\n", ""), \
+        proc.stderr[-3000:]
+    assert list(small_disk.iterdir()) == []
