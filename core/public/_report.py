@@ -1,10 +1,10 @@
 """``actgeom.report``: the report's document from Python, and its page when asked for.
 
 The document is the data of the page — every family on every layer of every checkpoint, files in
-checkpoint order — made by the same code as `actgeom report` (``actgeom.cli.report.data``, which
-needs core only). The page is output: drawing it needs matplotlib and the page builder of
-``actgeom.cli.report``, so they are imported only when ``output`` is given. This function lives in
-the public package, not in core, because core never depends on the command line's code.
+checkpoint order — made by the same code as `actgeom report` (``actgeom.cli.report.data.gather``:
+core.api.run per checkpoint). The page is output: drawing it needs matplotlib and the page builder
+of ``actgeom.cli.report``, so they are imported only when ``output`` is given. This function lives
+in the public package, not in core, because core never depends on the command line's code.
 """
 
 from __future__ import annotations
