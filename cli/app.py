@@ -163,10 +163,11 @@ def _set_aside(caught: list) -> list[str]:
 
 
 def _show_others(caught: list) -> None:
-    """Warnings other than DataWarning, shown as Python would have shown them."""
+    """Warnings other than DataWarning, shown as Python would have shown them. Written, not given to
+    warnings.showwarning: inside catch_warnings(record=True) that appends to ``caught`` (a loop for ever)."""
     for w in caught:
         if not issubclass(w.category, DataWarning):
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
 
 
 app = typer.Typer(

@@ -427,6 +427,42 @@ def test_a_successful_dask_command_closes_its_cluster_quietly(aligned, tmp_path)
     assert run.stderr == ""
 
 
+# A Dask task that kept failing after a warning was given (distributed warns, e.g. of a large
+# graph or a lost worker): the CLI showed the other warnings inside its catch_warnings(record=True),
+# where showing one records it again in the list being shown — a loop for ever, with idle workers.
+WARNING_THEN_FAILURE = """
+import sys, warnings
+from actgeom.cli.app import main
+from actgeom.core.backends.dask import DaskBackend, TaskFailed
+
+def warned_then_failed(self, *args, **kwargs):
+    warnings.warn("a warning given during the run", UserWarning)
+    raise TaskFailed("rows 0:32 of a.h5 failed on the Dask workers, retried in vain: KilledWorker")
+
+DaskBackend.compare = warned_then_failed
+if __name__ == "__main__":
+    sys.argv[0] = "actgeom"
+    main()
+"""
+
+
+FAILURE_TIMEOUT_S = 90  # the command on a running cluster: ~5 s, ~30 s on a loaded machine
+
+
+@needs_dask
+def test_a_failure_after_a_warning_is_the_warning_and_one_error_line(cluster, aligned, tmp_path):
+    import subprocess
+
+    script = tmp_path / "warned_then_failed.py"
+    script.write_text(WARNING_THEN_FAILURE)
+    run = subprocess.run([sys.executable, str(script), "compare", *aligned["steps"][:2], "--backend", "dask",
+                          "--scheduler", cluster.scheduler_address, "-q"], capture_output=True, text=True,
+                         timeout=FAILURE_TIMEOUT_S, cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.count("UserWarning: a warning given during the run") == 1, run.stderr
+    assert run.stderr.endswith("Error: rows 0:32 of a.h5 failed on the Dask workers, retried in vain: KilledWorker\n")
+
+
 # -- failures --------------------------------------------------------------------------------------
 
 def _kill_worker(marker: str, rows: str = "", once: bool = True, tasks: str = "actgeom-rows"):
