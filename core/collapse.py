@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from actgeom.core.family import INVARIANCES, evaluate, registry
+from actgeom.core.family import INVARIANCES, Unavailable, evaluate, registry
 from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
 from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions  # noqa: F401 (re-exported)
 from actgeom.core.pairwise import pair_stats
@@ -150,6 +150,31 @@ def _var(values: np.ndarray, ddof: int) -> float:
     return float(np.var(values, ddof=ddof)) if values.size > ddof else float("nan")
 
 
+# -- degenerate layers: what a metric cannot be computed from, and why --------------------------
+
+_RESOLUTION = 8 * np.finfo(np.float64).eps  # centred means below this (relative to the means) are rounding
+
+
+def _why_no_spread(g: Geometry) -> str | None:
+    """Why the class means have no spread (Σ_B = 0 up to rounding: every m_c ≈ 0), or None."""
+    if np.abs(g.centred).max() > _RESOLUTION * np.abs(g.means).max():
+        return None
+    if not g.sigma_w.any():
+        return "all rows are identical: the class means coincide (Σ_B = 0)"
+    return "every class has the same mean: no between-class spread (Σ_B = 0)"
+
+
+def _why_no_within(g: Geometry) -> str | None:
+    """Why within-class variability is undefined (every kept class has one row), or None."""
+    if (g.counts > 1).any():
+        return None
+    return "every class has one row: within-class variability needs 2 rows in a class"
+
+
+def _unavailable(names: tuple[str, ...], why: str) -> dict:
+    return dict.fromkeys(names, Unavailable(why))
+
+
 # -- the metrics ----------------------------------------------------------------------------
 
 def nc1(g: Geometry, o: CollapseOptions) -> dict:
@@ -157,7 +182,12 @@ def nc1(g: Geometry, o: CollapseOptions) -> dict:
 
     ``topk``: Σ_B⁺ from the top k = min(C−1, D) positive eigenpairs (the Papyan notebook);
     ``pinv``: every eigenvalue above D·eps·λ_max. Without /C under ``divide_by_c=False``.
+    Unavailable (with nc1_rank_used) when every class has one row (Σ_W undefined) or the class
+    means coincide (Σ_B = 0); 0 when every class is one point (Σ_W = 0: perfect collapse).
     """
+    why = _why_no_within(g) or _why_no_spread(g)
+    if why:
+        return _unavailable(("nc1", "nc1_rank_used"), why)
     lam, vectors = _eig_of_gram(g.centred / math.sqrt(g.n_classes))
     if o.nc1_inverse == "topk":
         k = min(g.n_classes - 1, g.n_units, int((lam > 0).sum()))
@@ -168,14 +198,22 @@ def nc1(g: Geometry, o: CollapseOptions) -> dict:
 
 
 def nc1_quotient(g: Geometry, o: CollapseOptions) -> dict:
-    """Tr Σ_W / Tr Σ_B (Tirer et al. 2023). Ideal 0; scale-invariant."""
+    """Tr Σ_W / Tr Σ_B (Tirer et al. 2023). Ideal 0; scale-invariant. Unavailable as NC1 is."""
+    why = _why_no_within(g) or _why_no_spread(g)
+    if why:
+        return {"nc1_quotient": Unavailable(why)}
     trace_b = float(np.einsum("ij,ij->", g.centred, g.centred)) / g.n_classes
     return {"nc1_quotient": float(np.trace(g.sigma_w)) / trace_b if trace_b else float("nan")}
 
 
 def vci(g: Geometry, o: CollapseOptions) -> dict:
     """Variability collapse index 1 − Tr(Σ_T⁺ Σ_B)/rank(Σ_B), Σ_T = Σ_W + Σ_B, rank = min(D, C−1)
-    (Xu & Liu, ICML 2023). In [0, 1], ideal 0, invariant under invertible affine maps."""
+    (Xu & Liu, ICML 2023). In [0, 1], ideal 0, invariant under invertible affine maps.
+    Unavailable when Σ_T = 0 (all rows identical: 0/0) or every class has one row (Σ_W
+    undefined); 1 when the class means coincide but the rows vary (no class information)."""
+    why = _why_no_within(g) or (_why_no_spread(g) if not g.sigma_w.any() else None)
+    if why:
+        return {"vci": Unavailable(why)}
     m = g.centred
     sigma_t = g.sigma_w + m.T @ m / g.n_classes
     with blas_threads(sigma_t.shape[0]):
@@ -190,7 +228,11 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
 
 def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
     """Tr(SS_W SS_B⁺) (He & Su, PNAS 2023), SS_B = (1/N) Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ, x̄ the
-    sample mean, SS_W = Σ_W. Ideal 0; falls geometrically with depth in trained networks."""
+    sample mean, SS_W = Σ_W. Ideal 0; falls geometrically with depth in trained networks.
+    Unavailable as NC1 is."""
+    why = _why_no_within(g) or _why_no_spread(g)
+    if why:
+        return {"separation_fuzziness": Unavailable(why)}
     weights = np.sqrt(g.counts / g.counts.sum())[:, None]
     lam, vectors = _eig_of_gram(weights * (g.means - g.sample_mean))
     k = _pinv_rank(lam, max(g.n_units, g.n_classes))
@@ -202,31 +244,52 @@ def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
     equinorm std/mean of ‖m_c‖ (ddof=1) and var(log‖m_c‖) (ddof=1); equiangular = population
     std over pairs of cos(m_c, m_c'); max-angle = mean |cos + 1/(C−1)|; ETF error; GNC2
     (mean and population variance over pairs of log 1/‖p_c − p_c'‖). All ideal 0 but the
-    GNC2 mean."""
+    GNC2 mean.
+
+    Unavailable when the class means coincide (every m_c = 0); the log-variance, the angles and
+    GNC2 also when one m_c is 0 (no direction); GNC2 when two mean directions coincide (log 1/0)."""
     m, pairs = g.centred, g.pairs_means
+    why = _why_no_spread(g)
+    if why:
+        return _unavailable(_NC2_MEANS, why) | {"gnc2_coincident_pairs": pairs.n_coincident_directions}
     norms = np.linalg.norm(m, axis=1)
-    with np.errstate(divide="ignore"):
-        log_norms = np.log(norms)
     gram_fro = float(np.linalg.norm(m.T @ m))
     total = m.sum(axis=0)
-    return {
-        "nc2_equinorm_means": _std_over_mean(norms),
-        "nc2_equinorm_logvar_means": _var(log_norms, 1),
-        "nc2_equiangular_means": math.sqrt(pairs.cos.variance()) if pairs.n_pairs else float("nan"),
-        "nc2_maxangle_means": pairs.abs_cos_plus,
-        "nc2_etf_error_means": _etf_error(float(norms @ norms), float(total @ total), gram_fro, g.n_classes),
-        "gnc2_log_mean": float("inf") if pairs.n_coincident_directions else pairs.log_inv_dist.mean,
-        "gnc2_log_var": float("nan") if pairs.n_coincident_directions else pairs.log_inv_dist.variance(),
-        "gnc2_coincident_pairs": pairs.n_coincident_directions,
-    }
+    values = {"nc2_equinorm_means": _std_over_mean(norms),
+              "nc2_etf_error_means": _etf_error(float(norms @ norms), float(total @ total), gram_fro, g.n_classes),
+              "gnc2_coincident_pairs": pairs.n_coincident_directions}
+    at_centre = g.classes[norms == 0]
+    if at_centre.size:
+        why = f"class {at_centre[0]}'s mean is the global mean (m_c = 0): it has no norm to log, no direction"
+        return values | _unavailable(("nc2_equinorm_logvar_means", "nc2_equiangular_means", "nc2_maxangle_means",
+                                      "gnc2_log_mean", "gnc2_log_var"), why)
+    values |= {"nc2_equinorm_logvar_means": _var(np.log(norms), 1),
+               "nc2_equiangular_means": math.sqrt(pairs.cos.variance()), "nc2_maxangle_means": pairs.abs_cos_plus}
+    if pairs.n_coincident_directions:
+        why = (f"{pairs.n_coincident_directions} class pair(s) have the same mean direction: "
+               "log 1/‖p_c − p_c′‖ is infinite")
+        return values | _unavailable(("gnc2_log_mean", "gnc2_log_var"), why)
+    return values | {"gnc2_log_mean": pairs.log_inv_dist.mean, "gnc2_log_var": pairs.log_inv_dist.variance()}
+
+
+_NC2_MEANS = ("nc2_equinorm_means", "nc2_equinorm_logvar_means", "nc2_equiangular_means", "nc2_maxangle_means",
+              "nc2_etf_error_means", "gnc2_log_mean", "gnc2_log_var")
 
 
 def cdnv(g: Geometry, o: CollapseOptions) -> dict:
     """Class-distance normalised variance (Galanti et al. 2022): mean over pairs of
     (v_c + v_c')/(2‖μ_c − μ_c'‖²); cdnv_lc divides by ‖Δμ‖⁴ (Linguistic Collapse code).
-    Ideal 0; inf when two class means coincide (counted)."""
+    Ideal 0. Unavailable when two class means coincide (division by 0; the pairs are counted)
+    or every class has one row (v_c undefined)."""
     pairs = g.pairs_means
-    return {"cdnv": pairs.cdnv, "cdnv_lc": pairs.cdnv_lc, "cdnv_coincident_pairs": pairs.n_coincident_means}
+    values = {"cdnv_coincident_pairs": pairs.n_coincident_means}
+    why = _why_no_within(g)
+    if pairs.n_coincident_means:
+        why = why or (f"{pairs.n_coincident_means} of {pairs.n_pairs} class pairs have coincident means: "
+                      "CDNV divides by ‖μ_c − μ_c′‖² = 0")
+    if why:
+        return values | _unavailable(("cdnv", "cdnv_lc"), why)
+    return values | {"cdnv": pairs.cdnv, "cdnv_lc": pairs.cdnv_lc}
 
 
 def nc2_weights(g: Geometry, o: CollapseOptions) -> dict:
@@ -246,19 +309,23 @@ def nc2_weights(g: Geometry, o: CollapseOptions) -> dict:
 def nc3(g: Geometry, o: CollapseOptions) -> dict:
     """Self-duality ‖W/‖W‖_F − M̃/‖M̃‖_F‖_F² in [0, 4] (Papyan Fig. 5); ETF error of W M̃ᵀ
     (Zhu et al.); uniform duality: mean and var (ddof=1) over classes of cos(w_c, m_c), and
-    var of the dot products w_c·m_c (Linguistic Collapse). Ideal 0 (cos → 1)."""
+    var of the dot products w_c·m_c (Linguistic Collapse). Ideal 0 (cos → 1). Unavailable when
+    the class means coincide (M̃ = 0); the cosines also when one w_c or m_c is 0."""
     w, m = g.weight, g.centred
-    w_norm, m_norm = np.linalg.norm(w), np.linalg.norm(m)
+    why = _why_no_spread(g) or (None if w.any() else "every classifier row is 0")
+    if why:
+        return _unavailable(("nc3_self_duality", "nc3_wh_etf_error", "unc3_cos_mean", "unc3_cos_var", "unc3_dot_var"), why)
     dots = np.einsum("ij,ij->i", w, m)
-    cosines = dots / (np.linalg.norm(w, axis=1) * np.linalg.norm(m, axis=1))
     wm_fro = math.sqrt(max(float(np.einsum("ij,ji->", w.T @ w, m.T @ m)), 0.0))  # ‖W M̃ᵀ‖_F
-    return {
-        "nc3_self_duality": float(((w / w_norm - m / m_norm) ** 2).sum()),
-        "nc3_wh_etf_error": _etf_error(float(dots.sum()), float(w.sum(axis=0) @ m.sum(axis=0)), wm_fro, g.n_classes),
-        "unc3_cos_mean": float(cosines.mean()),
-        "unc3_cos_var": _var(cosines, 1),
-        "unc3_dot_var": _var(dots, 1),
-    }
+    values = {"nc3_self_duality": float(((w / np.linalg.norm(w) - m / np.linalg.norm(m)) ** 2).sum()),
+              "nc3_wh_etf_error": _etf_error(float(dots.sum()), float(w.sum(axis=0) @ m.sum(axis=0)), wm_fro, g.n_classes),
+              "unc3_dot_var": _var(dots, 1)}
+    lengths = np.linalg.norm(w, axis=1) * np.linalg.norm(m, axis=1)
+    if not lengths.all():
+        why = f"class {g.classes[lengths == 0][0]}'s classifier row or centred mean is 0: its cosine is undefined"
+        return values | _unavailable(("unc3_cos_mean", "unc3_cos_var"), why)
+    cosines = dots / lengths
+    return values | {"unc3_cos_mean": float(cosines.mean()), "unc3_cos_var": _var(cosines, 1)}
 
 
 def bias_collapse(g: Geometry, o: CollapseOptions) -> dict:
@@ -269,9 +336,12 @@ def bias_collapse(g: Geometry, o: CollapseOptions) -> dict:
 def _orthogonal_frame(rows: np.ndarray, suffix: str) -> dict:
     sq = np.einsum("ij,ij->i", rows, rows)
     fro = float(np.linalg.norm(rows.T @ rows))  # ‖G‖_F without the C×C matrix
+    if fro == 0:
+        why = f"every {'class mean' if suffix == 'means' else 'classifier row'} is 0: G = 0 has no shape"
+        return _unavailable((f"of_error_{suffix}", f"gof_offdiag_ratio_{suffix}"), why)
     offdiag = math.sqrt(max(fro**2 - float(sq @ sq), 0.0))
     return {f"of_error_{suffix}": _frame_error(float(sq.sum()), fro, rows.shape[0]),
-            f"gof_offdiag_ratio_{suffix}": offdiag / fro if fro else float("nan")}
+            f"gof_offdiag_ratio_{suffix}": offdiag / fro}
 
 
 def orthogonal_frame_means(g: Geometry, o: CollapseOptions) -> dict:
@@ -318,7 +388,7 @@ REGISTRY = registry(
          source="Galanti et al., ICLR 2022", test=_REF, log_scale=True),
     dict(name="cdnv_lc", formula="mean over class pairs of (v_c + v_c′) / (2‖μ_c − μ_c′‖⁴)", compute=cdnv, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_GEOMETRIC,
          source=_LC, test=_REF, log_scale=True),
-    _diag("cdnv_coincident_pairs", "class pairs with coincident means (their CDNV is infinite)", cdnv, "Galanti et al., ICLR 2022"),
+    _diag("cdnv_coincident_pairs", "class pairs with coincident means (CDNV divides by 0: unavailable)", cdnv, "Galanti et al., ICLR 2022"),
     dict(name="vci", formula="1 − Tr(Σ_T⁺ Σ_B) / min(D, C−1), Σ_T = Σ_W + Σ_B", compute=vci, needs=("labels",), ideal=0.0, range=(0, 1), invariant=frozenset(INVARIANCES),
          source="Xu & Liu, ICML 2023", test=_REF),
     dict(name="separation_fuzziness", formula="Tr(SS_W SS_B⁺), SS_B = (1/N) Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ", compute=separation_fuzziness, needs=("labels",), ideal=0.0, range=(0, math.inf),
@@ -337,7 +407,7 @@ REGISTRY = registry(
          source=_LC, test=_REF),
     dict(name="gnc2_log_var", formula="population variance over class pairs of log 1/‖p_c − p_c′‖", compute=nc2_means, needs=("labels",), ideal=0.0, range=(0, math.inf), invariant=_ALL,
          source=_LC, test=_REF),
-    _diag("gnc2_coincident_pairs", "class pairs with coincident mean directions (left out of GNC2)", nc2_means, _LC),
+    _diag("gnc2_coincident_pairs", "class pairs with coincident mean directions (GNC2 is then unavailable)", nc2_means, _LC),
     dict(name="nc2_equinorm_weights", formula="std(‖w_c‖) / mean(‖w_c‖), ddof 1", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, math.inf), invariant=_ALL,
          source=_PAPYAN, test=_REF),
     dict(name="nc2_equiangular_weights", formula="std over class pairs of cos(w_c, w_c′)", compute=nc2_weights, needs=_W, ideal=0.0, range=(0, 1), invariant=_ALL,
@@ -393,10 +463,12 @@ def per_class(g: Geometry) -> list[dict]:
 
 
 def separation_law(values: list[float]) -> dict:
-    """Fit ln D_l = a + l·ln ρ over layers l = 1..L (He & Su): ρ, and R² of the fit."""
-    y = np.log(np.asarray(values, dtype=np.float64))
-    if y.size < 2 or not np.isfinite(y).all():
-        return {"rho": float("nan"), "r2": float("nan"), "n_layers": int(y.size)}
+    """Fit ln D_l = a + l·ln ρ over layers l = 1..L (He & Su): ρ, and R² of the fit (NaN unless
+    every D_l is positive and finite)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2 or not (np.isfinite(values) & (values > 0)).all():
+        return {"rho": float("nan"), "r2": float("nan"), "n_layers": int(values.size)}
+    y = np.log(values)
     layer = np.arange(1, y.size + 1, dtype=np.float64)
     slope, intercept = np.polyfit(layer, y, 1)
     residual = y - (intercept + slope * layer)

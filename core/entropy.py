@@ -31,8 +31,8 @@ def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> float:
         return float("nan")
     p = lam[lam > 0] / total
     if alpha == 1.0:
-        return float(-(p * np.log(p)).sum())
-    return float(np.log((p**alpha).sum()) / (1.0 - alpha))
+        return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one eigenvalue gives 0, not −0.0
+    return float(np.log((p**alpha).sum()) / (1.0 - alpha)) + 0.0
 
 
 def dataset_entropy(direction_scatter: np.ndarray, *, alpha: float) -> float:
@@ -168,7 +168,8 @@ def sae_effective_features(units: UnitStats, *, layer_width: int | None = None) 
 def neuron_activity(units: UnitStats, *, tau: float) -> dict:
     """Dead fraction (no row above threshold; Voita et al. 2024), dormant fraction (s_i ≤ τ,
     s_i = mean|a_i| / mean_j mean|a_j|; Sokar et al. 2023), firing entropy (mean over units of
-    the binary entropy of P(a_i > threshold)), effective units exp(H(q)), q_i = Σ|a_i|/Σ_j Σ|a_j|."""
+    the binary entropy of P(a_i > threshold)), effective units exp(H(q)), q_i = Σ|a_i|/Σ_j Σ|a_j|.
+    Every value 0: every unit dormant (s_i = 0, as in the neurons family), effective units NaN."""
     n = units.n_rows
     mean_abs = _mean_abs(units)
     score = mean_abs / mean_abs.mean() if mean_abs.mean() > 0 else np.zeros_like(mean_abs)
@@ -217,8 +218,9 @@ class SequenceEntropy:
     Each sequence's rows are centred by the sequence mean and L2-normalised (Z). Prompt
     entropy: the Rényi entropy of Z Zᵀ (computed on its smaller side), averaged over sequences.
     Token-level dataset entropy: the Rényi entropy of the Gram of the sequence vectors
-    v_s = mean of Z's rows, accumulated on the D×D side Σ v vᵀ. Sequences of one token (zero
-    after centring) and sequences holding NaN/inf are skipped and counted.
+    v_s = mean of Z's rows, accumulated on the D×D side Σ v vᵀ. Sequences of one token or of
+    identical tokens (zero after centring; counted together) and sequences holding NaN/inf are
+    skipped and counted.
     """
 
     def __init__(self, n_units: int, alpha: float):
@@ -250,6 +252,9 @@ class SequenceEntropy:
                 continue
             Z = rows - rows.mean(axis=0)
             norms = np.linalg.norm(Z, axis=1)
+            if not norms.any():  # identical tokens: zero after centring, like one token
+                self.n_single += 1
+                continue
             Z /= np.where(norms == 0, 1.0, norms)[:, None]
             gram = Z @ Z.T if Z.shape[0] <= Z.shape[1] else Z.T @ Z
             self.prompt_sum += renyi_entropy(np.linalg.eigvalsh(gram), self.alpha)
@@ -299,14 +304,26 @@ class EntropyInputs:
 
 
 def dataset_entropy_of(e: EntropyInputs, o: EntropyOptions) -> dict:
-    """Dataset entropy (Skean et al. 2025): token-level from the sequence vectors, else from Σ uuᵀ."""
+    """Dataset entropy (Skean et al. 2025): token-level from the sequence vectors, else from Σ uuᵀ.
+    Unavailable with fewer than two nonzero rows (or sequences): one direction has no spread to
+    measure, and a zero row has no direction. Rows all pointing one way give 0."""
     if e.sequences is not None:
+        if e.sequences["n_sequences"] < 2:
+            return {"dataset_entropy": Unavailable(f"{e.sequences['n_sequences']} sequence(s) of 2 or more finite, "
+                                                   "not identical tokens; dataset entropy needs 2")}
         return {"dataset_entropy": e.sequences["dataset_entropy"]}
+    n_directions = round(float(np.trace(e.direction_scatter)))  # Σ‖u‖² over rows: 1 per nonzero row
+    if n_directions < 2:
+        return {"dataset_entropy": Unavailable("every row is zero: no direction" if n_directions == 0 else
+                                               "one nonzero row: dataset entropy needs 2")}
     return {"dataset_entropy": dataset_entropy(e.direction_scatter, alpha=o.alpha)}
 
 
 def prompt_entropy_of(e: EntropyInputs, o: EntropyOptions) -> dict:
-    """Prompt entropy (Skean et al. 2025): the mean over sequences of their Rényi entropy."""
+    """Prompt entropy (Skean et al. 2025): the mean over sequences of their Rényi entropy;
+    unavailable when no sequence has 2 or more finite, not identical tokens."""
+    if e.sequences["n_sequences"] == 0:
+        return {"prompt_entropy": Unavailable("no sequence of 2 or more finite, not identical tokens")}
     return {"prompt_entropy": e.sequences["prompt_entropy"]}
 
 
@@ -331,8 +348,14 @@ def dsmi_of(e: EntropyInputs, o: EntropyOptions) -> dict:
     return {"dsmi": dsmi(e.sample, e.sample_labels, sigma=o.sigma, t=o.t, repeats=o.dsmi_repeats, seed=o.seed)}
 
 
+_SILENT = "every value is 0: no activation mass to spread over units"
+
+
 def sae_of(e: EntropyInputs, o: EntropyOptions) -> dict:
-    """SAE effective features and, given the encoded layer's width, the superposition ratio."""
+    """SAE effective features and, given the encoded layer's width, the superposition ratio;
+    unavailable when every value is 0 (no mass: p is 0/0)."""
+    if not e.units.sum_abs.sum() > 0:
+        return dict.fromkeys(("sae_effective_features", "superposition_ratio"), Unavailable(_SILENT))
     values = sae_effective_features(e.units, layer_width=e.layer_width)
     if "superposition_ratio" not in values:
         values["superposition_ratio"] = Unavailable("needs the width of the layer the SAE encodes (--layer-width)")
@@ -340,8 +363,12 @@ def sae_of(e: EntropyInputs, o: EntropyOptions) -> dict:
 
 
 def activity_of(e: EntropyInputs, o: EntropyOptions) -> dict:
-    """Dead and dormant fractions, firing entropy, effective units (see :func:`neuron_activity`)."""
-    return neuron_activity(e.units, tau=o.tau)
+    """Dead and dormant fractions, firing entropy, effective units (see :func:`neuron_activity`);
+    effective units unavailable when every value is 0 (q is 0/0)."""
+    values = neuron_activity(e.units, tau=o.tau)
+    if not e.units.sum_abs.sum() > 0:
+        values["effective_units"] = Unavailable(_SILENT)
+    return values
 
 
 def attention_of(blocks, o: EntropyOptions) -> dict:

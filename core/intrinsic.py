@@ -38,21 +38,29 @@ def nearest_distances(X: np.ndarray, k: int) -> np.ndarray:
 
 def twonn(distances: np.ndarray, *, discard: float = 0.1) -> float:
     """TwoNN (Facco et al. 2017): μ_i = r2/r1; with the largest ``discard`` fraction of μ
-    dropped, fit −log(1 − F(μ)) = d·log μ through the origin, F the empirical CDF (i/n)."""
+    dropped, fit −log(1 − F(μ)) = d·log μ through the origin, F the empirical CDF (i/n).
+    Raises ValueError with the reason when fewer than 2 ratios are kept or every kept μ is 1
+    (each row's two nearest neighbours equally far: the fit has no slope)."""
     mu = np.sort(distances[:, 1] / distances[:, 0])
     n = mu.size
     keep = int(np.floor((1 - discard) * n))
     if keep < 2:
-        return float("nan")
+        raise ValueError(f"{n} distinct sampled rows keep {keep} distance ratio(s) after dropping the top "
+                         f"{discard:.0%}; TwoNN needs 2")
     x = np.log(mu[:keep])
+    if not x @ x > 0:
+        raise ValueError("every sampled row's two nearest neighbours are equally far (r₂ = r₁): TwoNN's fit has no slope")
     y = -np.log(1.0 - np.arange(1, keep + 1) / n)
-    return float((x @ y) / (x @ x)) if x @ x > 0 else float("nan")
+    return float((x @ y) / (x @ x))
 
 
 def mle(distances: np.ndarray, *, k: int = 20) -> float:
     """Levina–Bickel MLE with k neighbours, combined over points as MacKay & Ghahramani
-    suggest: m̂ = 1 / mean_x[(1/(k−1)) Σ_{j<k} log(T_k(x)/T_j(x))]."""
+    suggest: m̂ = 1 / mean_x[(1/(k−1)) Σ_{j<k} log(T_k(x)/T_j(x))]. Raises ValueError with the
+    reason when every row's k nearest neighbours are equally far (the mean log ratio is 0)."""
     T = distances[:, :k]
     inverse = np.log(T[:, -1:] / T[:, :-1]).sum(axis=1) / (k - 1)
     mean_inverse = float(inverse.mean())
-    return 1.0 / mean_inverse if mean_inverse > 0 else float("nan")
+    if not mean_inverse > 0:
+        raise ValueError(f"every sampled row's {k} nearest neighbours are equally far: the MLE divides by 0")
+    return 1.0 / mean_inverse

@@ -38,6 +38,17 @@ class Spectrum:
     def floor(self) -> float:
         return self.rtol * float(self.eigenvalues[0]) if self.eigenvalues.size else 0.0
 
+    def why_zero(self) -> str | None:
+        """Why every eigenvalue is 0 (the spectrum has no shape: no ratio of eigenvalues, no
+        k_p, no entropy of them), or None when one is positive."""
+        if self.eigenvalues.size and self.eigenvalues[0] > 0:
+            return None
+        if not self.centred:
+            return "every row is zero: the second-moment spectrum is 0"
+        if self.n_rows == 1:
+            return "one row: the covariance needs 2 (its spectrum is 0)"
+        return "all rows are identical: the covariance spectrum is 0"
+
 
 def total_moments(stats: ClassStats) -> tuple[np.ndarray, np.ndarray]:
     """(mean x̄, covariance Σ_T) of all rows, exactly from class moments:
@@ -171,19 +182,34 @@ class RankInputs:
 
 def rankmes(r: RankInputs, o: RankOptions) -> dict:
     """RankMe three ways (Garrido et al., ICML 2023): on σ of the raw second moment (as
-    published), on σ of the covariance, and on λ of the covariance (Li et al. 2025)."""
-    return {"rankme": rankme(np.sqrt(r.spectra["raw"].eigenvalues), eps=o.eps),
-            "rankme_centered": rankme(np.sqrt(r.spectra["centred"].eigenvalues), eps=o.eps),
-            "rankme_lambda": rankme(r.spectra["centred"].eigenvalues, eps=o.eps)}
+    published), on σ of the covariance, and on λ of the covariance (Li et al. 2025). A spectrum
+    that is 0 (all rows identical; for the raw one, all rows zero) has none: unavailable."""
+    raw, centred = r.spectra["raw"], r.spectra["centred"]
+    values = {"rankme": Unavailable(raw.why_zero()) if raw.why_zero() else rankme(np.sqrt(raw.eigenvalues), eps=o.eps)}
+    if centred.why_zero():
+        return values | dict.fromkeys(("rankme_centered", "rankme_lambda"), Unavailable(centred.why_zero()))
+    return values | {"rankme_centered": rankme(np.sqrt(centred.eigenvalues), eps=o.eps),
+                     "rankme_lambda": rankme(centred.eigenvalues, eps=o.eps)}
+
+
+_SHAPE = ("erank", "stable_rank", "participation_ratio", "k90", "k95", "k99")  # undefined on a zero spectrum
 
 
 def spectrum_shape(r: RankInputs, o: RankOptions) -> dict:
     """Effective rank, stable rank, participation ratio, numerical rank, k_p and IsoScore of the
-    chosen spectrum (see each function's formula)."""
-    chosen = r.chosen(o)
+    chosen spectrum (see each function's formula). On a spectrum that is 0 (every row the same
+    vector; one row) the numerical rank is 0 and the others, ratios of eigenvalues, are
+    unavailable with the reason; IsoScore also needs two units."""
+    chosen, centred = r.chosen(o), r.spectra["centred"]
     lam = chosen.eigenvalues
-    values = {"erank": erank(np.sqrt(lam)), "stable_rank": stable_rank(lam), "participation_ratio": participation_ratio(lam),
-              "numerical_rank": numerical_rank(lam, rtol=chosen.rtol), "isoscore": isoscore(r.spectra["centred"].eigenvalues)}
+    values = {"numerical_rank": numerical_rank(lam, rtol=chosen.rtol)}
+    if centred.why_zero() or centred.eigenvalues.size < 2:
+        values["isoscore"] = Unavailable(centred.why_zero() or "one unit: IsoScore needs 2")
+    else:
+        values["isoscore"] = isoscore(centred.eigenvalues)
+    if chosen.why_zero():
+        return values | dict.fromkeys(_SHAPE, Unavailable(chosen.why_zero()))
+    values |= {"erank": erank(np.sqrt(lam)), "stable_rank": stable_rank(lam), "participation_ratio": participation_ratio(lam)}
     for p in (90, 95, 99):
         values[f"k{p}"] = k_explained(lam, p / 100, ge=o.ge)
     return values
@@ -201,7 +227,11 @@ def alpha_req_fit(r: RankInputs, o: RankOptions) -> dict:
 
 
 def mean_cosine_of_rows(r: RankInputs, o: RankOptions) -> dict:
-    """Exact mean pairwise cosine of the rows (see :func:`mean_cosine`)."""
+    """Exact mean pairwise cosine of the rows (see :func:`mean_cosine`); unavailable with fewer
+    than two nonzero rows (a zero row has no direction)."""
+    if r.n_direction_rows < 2:
+        why = "every row is zero: no direction" if r.n_direction_rows == 0 else "one nonzero row: a cosine needs 2"
+        return {"mean_cosine": Unavailable(why)}
     return {"mean_cosine": mean_cosine(r.unit_vector_sum, r.n_direction_rows)}
 
 
@@ -209,10 +239,11 @@ def mean_energy_fraction(r: RankInputs, o: RankOptions) -> dict:
     """Share of the second moment along the mean: ‖μ‖² / E‖x‖² = ‖μ‖² / (‖μ‖² + tr Σ).
 
     In [0, 1]; 1 when every row is the same vector (rank collapse, the "mean mode" of deep
-    transformers, Dong et al. 2021; Noci et al. 2022), 0 for centred rows. Exact from one pass."""
+    transformers, Dong et al. 2021; Noci et al. 2022), 0 for centred rows. Exact from one pass.
+    Unavailable when every row is zero (0/0)."""
     energy = float(r.mean @ r.mean)
     total = energy + r.covariance_trace
-    return {"mean_energy_fraction": energy / total if total > 0 else float("nan")}
+    return {"mean_energy_fraction": energy / total if total > 0 else Unavailable("every row is zero: E‖x‖² = 0")}
 
 
 def intrinsic_dimension(r: RankInputs, o: RankOptions) -> dict:
@@ -220,7 +251,13 @@ def intrinsic_dimension(r: RankInputs, o: RankOptions) -> dict:
     if r.distances is None:
         reason = f"too few distinct sampled rows; the nearest-neighbour estimates need more than k = {o.mle_k}"
         return dict.fromkeys(("twonn_id", "mle_id"), Unavailable(reason))
-    return {"twonn_id": twonn(r.distances[:, :2]), "mle_id": mle(r.distances, k=o.mle_k)}
+    values = {}
+    for name, estimate in (("twonn_id", lambda: twonn(r.distances[:, :2])), ("mle_id", lambda: mle(r.distances, k=o.mle_k))):
+        try:
+            values[name] = estimate()
+        except ValueError as why:
+            values[name] = Unavailable(str(why))
+    return values
 
 
 _GARRIDO = "Garrido et al., ICML 2023"

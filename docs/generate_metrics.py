@@ -42,6 +42,17 @@ Conventions that hold everywhere:
   tests/test_registry.py checks every declaration over several seeds.
 - A metric that cannot be computed for a layer is listed under `unavailable` with the reason (no
   labels, no classifier, too few sampled rows, a spectrum at the noise floor, ...), never as a number.
+  A metric is either a value or unavailable, never both, and appears once per layer in every format.
+- Degenerate layers (every row the same vector, every value 0, one row, one row per class) give a
+  finite value only where the definition gives one — the numerical rank of a zero spectrum is 0, the
+  mean cosine of identical rows 1, NC1 of classes that are single points 0 (perfect collapse) — and
+  otherwise are unavailable with the reason: a zero spectrum has no ratios of eigenvalues (erank,
+  stable rank, participation ratio, k_p, IsoScore, RankMe: "all rows are identical: the covariance
+  spectrum is 0"); one row has no covariance; coincident class means (Σ_B = 0) leave NC1, its
+  quotient, separation fuzziness, NC2 and NC3 of the means undefined, VCI too when the rows are also
+  identical (Σ_T = 0); one row per class leaves within-class variability (NC1, CDNV, VCI) undefined;
+  a layer of zeros has no directions (dataset entropy, mean cosine) and no mass over units (SAE
+  effective features, effective units). Each function's docstring states its rule.
 """
 
 FAMILY_TEXT = {

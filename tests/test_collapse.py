@@ -179,12 +179,15 @@ def test_more_classes_than_units_match_the_reference(tmp_path, rng):
     assert_metrics_close(_metrics(path), collapse_reference(X, y))
 
 
-def test_coincident_means_make_cdnv_infinite_and_are_counted(rng):
+def test_coincident_means_make_cdnv_unavailable_and_are_counted(rng):
+    """Two coincident means: CDNV divides by 0 — unavailable with the reason (it was inf, shown as null)."""
     means = rng.standard_normal((4, 5))
     means[3] = means[1]
-    values, _ = collapse_metrics(_geometry_of(means, rng, spread=0.0), CollapseOptions())
-    assert values["cdnv"] == math.inf and values["cdnv_coincident_pairs"] == 1
-    assert values["gnc2_coincident_pairs"] == 1
+    values, unavailable = collapse_metrics(_geometry_of(means, rng, spread=0.0), CollapseOptions())
+    assert values["cdnv_coincident_pairs"] == 1 and values["gnc2_coincident_pairs"] == 1
+    for name in ("cdnv", "cdnv_lc", "gnc2_log_mean", "gnc2_log_var"):
+        assert name not in values and unavailable[name].startswith("1 "), name
+    assert "coincident means" in unavailable["cdnv"] and "same mean direction" in unavailable["gnc2_log_mean"]
 
 
 def test_metrics_without_a_classifier_say_why(tmp_path, rng):

@@ -125,3 +125,90 @@ def test_a_record_cannot_hold_a_metric_twice():
     with pytest.raises(AssertionError, match="dead_fraction"):
         LayerRecord(metrics={"dead_fraction": 0.1}, unavailable={"dead_fraction": "why"})
 
+
+# -- degenerate layers ------------------------------------------------------------------------------
+
+DEGENERATE_FAMILIES = ("collapse", "rank", "entropy")
+UNDEFINED_ON_A_ZERO_SPECTRUM = ("rankme_centered", "rankme_lambda", "erank", "stable_rank", "participation_ratio",
+                                "isoscore", "k90", "k95", "k99")
+
+
+@pytest.fixture
+def degenerate(tmp_path) -> dict[str, str]:
+    """Dumps with degenerate layers: every row the same vector, every value 0, each class one point
+    (zero within-class variance); one row; one row per class."""
+    y = np.repeat([0, 1, 2], [15, 10, 5])
+    collapsed = np.array([[1.0, 0, 0, 2], [0, 3, 0, 2], [0, 0, 2, 2]])[y]
+    many = write_dump(tmp_path / "many.h5", {"constant": np.full((30, 4), 2.5), "zeros": np.zeros((30, 4)),
+                                             "collapsed": collapsed}, labels=y)
+    one = write_dump(tmp_path / "one.h5", {"h": np.array([[0.5, -1.0, 2.0, 0.0]])}, labels=[0])
+    singletons = write_dump(tmp_path / "singletons.h5", {"h": np.array([[0.5, -1, 2, 0], [1, 0, 0, 3], [2, 2, 1, 0]])},
+                            labels=[0, 1, 2])
+    return {"many": many, "one": one, "singletons": singletons}
+
+
+def _layers(result) -> dict:
+    return {layer["layer"]: layer for layer in result.to_dict()["files"][0]["layers"]}
+
+
+@pytest.mark.parametrize("family", DEGENERATE_FAMILIES)
+@pytest.mark.parametrize("dump", ["many", "one", "singletons"])
+def test_degenerate_layers_give_finite_values_or_reasons(degenerate, family, dump):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning (0/0, log 0) may escape
+        result = getattr(actgeom, family)([degenerate[dump]], threshold=0.0) if family == "entropy" else \
+            getattr(actgeom, family)([degenerate[dump]])
+    for name, layer in _layers(result).items():
+        for metric, value in layer["metrics"].items():
+            assert isinstance(value, (int, float)) and math.isfinite(value), (name, metric, value)
+        assert not layer["nonfinite"], (name, layer["nonfinite"])
+        assert all(isinstance(reason, str) and reason for reason in layer["unavailable"].values()), name
+
+
+def test_a_zero_spectrum_has_no_shape(degenerate):
+    """Issue 22 item 3: k90/k95/k99 = 1 on layers whose covariance is 0; now unavailable, saying why."""
+    layers = _layers(actgeom.rank([degenerate["many"]]))
+    for name in ("constant", "zeros"):
+        for metric in UNDEFINED_ON_A_ZERO_SPECTRUM:
+            assert metric not in layers[name]["metrics"]
+            assert "identical" in layers[name]["unavailable"][metric], (name, metric)
+        assert layers[name]["metrics"]["numerical_rank"] == 0  # the rank of a zero matrix
+    assert layers["constant"]["metrics"]["rankme"] == pytest.approx(1.0, abs=1e-4)  # rank-one second moment
+    assert layers["constant"]["metrics"]["mean_cosine"] == 1.0
+    assert layers["constant"]["metrics"]["mean_energy_fraction"] == 1.0
+    for metric in ("rankme", "mean_cosine", "mean_energy_fraction"):
+        assert "every row is zero" in layers["zeros"]["unavailable"][metric], metric
+    one = _layers(actgeom.rank([degenerate["one"]]))["h"]
+    assert "one row" in one["unavailable"]["k90"]
+
+
+def test_collapse_on_coincident_means_is_unavailable_not_one(degenerate):
+    """Issue 22 item 3: VCI = 1 and NaN NC1 on a constant layer; perfect collapse stays 0."""
+    layers = _layers(actgeom.collapse([degenerate["many"]]))
+    for name in ("constant", "zeros"):
+        for metric in ("nc1", "nc1_quotient", "vci", "cdnv", "separation_fuzziness", "nc2_equinorm_means",
+                       "gnc2_log_mean"):
+            assert metric not in layers[name]["metrics"] and layers[name]["unavailable"][metric], (name, metric)
+    collapsed = layers["collapsed"]["metrics"]
+    assert collapsed["nc1"] == 0 and collapsed["cdnv"] == 0 and collapsed["vci"] == pytest.approx(0, abs=1e-12)
+    singletons = _layers(actgeom.collapse([degenerate["singletons"]]))["h"]
+    for metric in ("nc1", "cdnv", "vci"):
+        assert "one row" in singletons["unavailable"][metric], metric
+
+
+def test_entropy_of_a_silent_layer_says_why(degenerate):
+    layers = _layers(actgeom.entropy([degenerate["many"]], threshold=0.0))
+    for metric in ("dataset_entropy", "sae_effective_features", "effective_units"):
+        assert "every value is 0" in layers["zeros"]["unavailable"][metric] or \
+            "every row is zero" in layers["zeros"]["unavailable"][metric], metric
+    assert layers["constant"]["metrics"]["dataset_entropy"] == 0.0  # one direction: no spread, not −0.0
+    assert str(layers["constant"]["metrics"]["dataset_entropy"]) == "0.0"
+
+
+@pytest.mark.parametrize("family", DEGENERATE_FAMILIES)
+def test_no_runtime_warning_reaches_stderr(degenerate, family):
+    script = "import sys; from actgeom.cli.app import main; sys.argv[0] = 'actgeom'; main()"
+    done = subprocess.run([sys.executable, "-c", script, family, degenerate["many"], "-f", "csv", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning" not in done.stderr, done.stderr

@@ -264,3 +264,16 @@ def test_median_distance_is_exact_without_a_copy(rng, n):
     squared = ((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=-1)
     expected = np.sqrt(np.median(squared[np.triu_indices(n, 1)]))
     assert _median_offdiagonal(squared) == expected
+
+
+def test_sequences_of_identical_tokens_are_skipped_not_nan(tmp_path):
+    """Issue 22 item 3: a constant token-level layer gave prompt entropy NaN (null, no reason)."""
+    from actgeom.core.dump import DumpWriter
+
+    with DumpWriter(tmp_path / "t.h5", layers={"c": 4}, dtype="float64", level="token") as writer:
+        writer.append({"c": np.full((12, 4), 1.5)})
+        writer.set_offsets(np.array([0, 3, 7, 8, 12]))
+    layer = run_family("entropy", tmp_path / "t.h5")["layers"][0]
+    assert layer["entropy"]["n_single_token_sequences_skipped"] == 4
+    assert "no sequence of 2 or more finite, not identical tokens" == layer["unavailable"]["prompt_entropy"]
+    assert "dataset entropy needs 2" in layer["unavailable"]["dataset_entropy"]
