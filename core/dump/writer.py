@@ -174,7 +174,7 @@ class DumpWriter:
         if append:
             self._open_existing(level)
             return
-        self._open_temp(lambda tmp: None, "w")
+        self._open_temp()
         self._file.attrs.update({
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False, "n_rows": 0,
             "model": model, "checkpoint": checkpoint, "step": int(step), "level": level,
@@ -199,24 +199,27 @@ class DumpWriter:
                 self._check_same(f, level)
         except OSError as exc:
             raise InvalidInputError(f"--append: {self.path} is not a readable HDF5 file ({exc})") from None
-        self._open_temp(lambda tmp: shutil.copyfile(self.path, tmp), "r+")
+        self._open_temp(copy_of=self.path)
         self._file.attrs["complete"] = False
         self.n_rows = int(self._file.attrs["n_rows"])
         present = {key for key, path in ROW_VECTORS.items() if path in self._file}
         self._row_vectors = present if self.n_rows or present else None  # the new batches carry the same vectors
 
-    def _open_temp(self, fill, mode: str) -> None:
-        """The temporary file beside the target, ``fill(path)`` written into it, opened by h5py in ``mode``."""
+    def _open_temp(self, copy_of: Path | None = None) -> None:
+        """The temporary file beside the target (a copy of ``copy_of`` when given), opened by h5py."""
         try:
             fd, self._tmp = create_temp(self._target.parent, self._target.name)
-            os.close(fd)
-            fill(self._tmp)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        os.close(fd)
+        try:
+            if copy_of is not None:
+                shutil.copyfile(copy_of, self._tmp)
             self._disk = _DiskFile(self._tmp, "r+b")
         except OSError as exc:
-            if hasattr(self, "_tmp"):
-                self._tmp.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        self._file = h5py.File(self._disk, mode)
+        self._file = h5py.File(self._disk, "w" if copy_of is None else "r+")
 
     @contextlib.contextmanager
     def _writing(self):
