@@ -360,3 +360,12 @@ def test_help_examples_do_not_wrap_and_flags_and_defaults_read_plainly(command):
         assert line in shown, f"`actgeom {command} --help` wraps the example line {line!r} at 80 columns"
     assert "<bool>" not in out, "a flag shows a <bool> type"
     assert "[default: (" not in out, "a default is shown in parentheses, as if it were not the value"
+
+
+def test_a_subsample_whose_kernels_cannot_fit_in_memory_is_refused_with_the_memory_it_needs(cli, dump, monkeypatch):
+    """DSE/DSMI hold n × n kernels of the n sampled rows: a size within the rows may still not fit."""
+    import actgeom.core.families.entropy as family
+    monkeypatch.setattr(family, "machine_memory_bytes", lambda: 40_000)  # 2 × 8 × 60² = 57 600 bytes
+    code, out, err = cli("entropy", dump, "--subsample", "60", "-q")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("Error: --subsample '60' makes DSE/DSMI kernels of 60 × 60 rows: 5.76e+04 bytes"), err

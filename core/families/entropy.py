@@ -14,12 +14,28 @@ from actgeom.core.entropy import (
     EntropyInputs,
     EntropyOptions,
 )
+from actgeom.core.dump.validate import _memory_bytes as machine_memory_bytes
+from actgeom.core.errors import OptionError
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate, threshold_problem
+
+KERNEL_COPIES = 2  # DSE's n × n kernel and the eigensolver's copy of it (DSMI's per-class kernels are smaller)
 
 
 def needs(options: EntropyOptions, facts: DumpFacts) -> list:
     rows = SequencesSpec(alpha=options.alpha) if facts.token_level else DirectionsSpec()
     return [UnitsSpec(threshold=options.threshold or 0.0), SampleSpec(size=options.subsample, seed=options.seed), rows]
+
+
+def _check_kernel_memory(n_rows: int, subsample: int) -> None:
+    """Refuse a sample whose kernels (KERNEL_COPIES × 8 bytes × n²) exceed this machine's memory."""
+    need, have = KERNEL_COPIES * 8 * n_rows**2, machine_memory_bytes()
+    if need > have:
+        raise OptionError("subsample", subsample, f"makes DSE/DSMI kernels of {n_rows} × {n_rows} rows: {_size(need)} "
+                          f"({KERNEL_COPIES} × 8 bytes × n²), more than this machine's {_size(have)}; give a smaller --subsample")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB" if n_bytes >= 2**30 else f"{n_bytes:.3g} bytes"
 
 
 def layer(ctx: LayerContext, options: EntropyOptions) -> LayerRecord:
@@ -28,6 +44,7 @@ def layer(ctx: LayerContext, options: EntropyOptions) -> LayerRecord:
     results = None if sequences is None else sequences.results()
     directions = ctx.stats.get("directions")
     _, labels, sample = ctx.stats.get("sample").sample(options.subsample)
+    _check_kernel_memory(sample.shape[0], options.subsample)
     inputs = EntropyInputs(units=units, sample=sample.astype(np.float64), sample_labels=labels,
                            direction_scatter=None if directions is None else directions.matrix(),
                            sequences=results, layer_width=options.layer_width)
