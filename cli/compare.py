@@ -87,7 +87,7 @@ def compare(
                                alpha=alpha, svcca_keep=svcca_keep, subsample=subsample, seed=seed, knn_k=knn_k,
                                unit_threshold=unit_threshold, units=units, progress=progress, backend=executor)
     view = matrix_view(analysis)
-    warn_sample_beyond_rows(subsample, view.document["pass"]["rows_used"])
+    warn_sample_beyond_rows(view.document["pass"]["rows_used"])
     emit(view, fmt, output, inputs)
 
 

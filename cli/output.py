@@ -52,9 +52,8 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     _require_some_metric(files, why_none)
     most_rows = max((layer["n_rows"] for file in files for layer in file["layers"] if layer.get("n_rows") is not None),
                     default=None)
-    for family in document["options"].values():
-        if most_rows is not None:
-            warn_sample_beyond_rows(family.get("subsample"), most_rows)
+    if most_rows is not None:
+        warn_sample_beyond_rows(most_rows)
     options = [f"{k}={v}" for family in document["options"].values() for k, v in family.items()]
     summary = {"options": ", ".join(options)} | (summary or {})
     columns, reasons = {}, {}
@@ -75,10 +74,26 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
                   summary=summary, table=table, notes=notes)
 
 
-def warn_sample_beyond_rows(subsample: int | None, n_rows: int) -> None:
-    """A --subsample larger than the rows takes every row (a sample is never padded): said on stderr."""
+def warn_sample_beyond_rows(n_rows: int) -> None:
+    """A --subsample the user gave larger than the rows takes every row (a sample is never padded):
+    said on stderr. (A default larger than a small dump is not worth a warning.)"""
+    subsample = _given("subsample")
     if subsample and subsample > n_rows:
         warnings.warn(f"--subsample {subsample} is more than the {n_rows} rows: every row is used", DataWarning)
+
+
+def _given(option: str):
+    """The value of the running command's ``option`` when the user gave it (command line or
+    environment), else None."""
+    try:  # recent Typer vendors click; older Typer uses click itself
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None or option not in ctx.params:
+        return None
+    source = ctx.get_parameter_source(option)
+    return ctx.params[option] if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT") else None
 
 
 def _require_some_metric(files: list[dict], why_none) -> None:

@@ -326,6 +326,8 @@ def test_a_subsample_beyond_the_rows_uses_every_row_and_says_so(cli, dump, tmp_p
     assert code == 0, err
     if args[0] in ("rank", "entropy", "compare"):
         assert "Warning: --subsample" in err and "is more than the 60 rows: every row is used" in err, err
+        code, _, err = cli(*[a.format(d=dump, tmp=tmp_path) for a in args[:-2]], "-q")  # the default: no warning
+        assert code == 0 and "Warning" not in err, err
 
 
 # -- issue #22 item 16: --help reads cleanly at 80 columns --------------------------------------
