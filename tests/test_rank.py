@@ -192,3 +192,14 @@ def test_k_explained_strict_and_ge_at_an_exact_boundary(tmp_path):
     path = write_dump(tmp_path / "d.h5", {"h": rows})
     assert _rank(path)[0]["metrics"]["k90"] == 2
     assert _rank(path, ge=True)[0]["metrics"]["k90"] == 1
+
+
+def test_equidistant_neighbours_give_no_intrinsic_dimension_fit():
+    """Every row's neighbours equally far: log ratios are 0, TwoNN and the MLE have no fit (they were NaN)."""
+    distances = np.ones((50, 20))
+    with pytest.raises(ValueError, match="no slope"):
+        twonn(distances[:, :2])
+    with pytest.raises(ValueError, match="equally far"):
+        mle(distances, k=20)
+    with pytest.raises(ValueError, match="TwoNN needs 2"):
+        twonn(np.array([[1.0, 2.0], [1.0, 3.0]]))
