@@ -86,6 +86,14 @@ class _Group(TyperGroup):
         threads = threads_option()  # one shared option, decided before any command runs
         for command in self.commands.values():
             command.params.append(threads)
+        for param in self.params:
+            _plain_help(param)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _plain_help(option)
+        return option
 
     def invoke(self, ctx):
         with warnings.catch_warnings(record=True) as caught, _interruptible(), guarded_stdout():

@@ -371,3 +371,8 @@ def test_a_subsample_whose_kernels_cannot_fit_in_memory_is_refused_with_the_memo
     code, out, err = cli("entropy", dump, "--subsample", "60", "-q")
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith("Error: --subsample '60' makes DSE/DSMI kernels of 60 × 60 rows: 5.76e+04 bytes"), err
+
+
+def test_the_root_help_shows_no_bool_type(cli):
+    code, out, _ = cli("--help")
+    assert code == 0 and "--version" in out and "<bool>" not in out
