@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -280,13 +281,14 @@ def test_names_from_the_dump_are_escaped(cli, tmp_path, rng):
 
 
 @pytest.mark.parametrize("checkpoint", [2, 0, 1.5], ids=["int", "zero", "float"])
-def test_a_numeric_checkpoint_attribute_labels_its_checkpoint(cli, tmp_path, rng, checkpoint):  # found by fuzz_long
+def test_a_numeric_checkpoint_attribute_is_shown(cli, tmp_path, rng, checkpoint):  # found by fuzz_long
     path = _small_dump(tmp_path / "n.h5", rng, step=1)
     with h5py.File(path, "a") as f:
         f.attrs["checkpoint"] = checkpoint
     code, out, err = cli("report", path, "-o", tmp_path / "r.html", "--format", "md")
     assert code == 0, err
-    assert f"| {checkpoint} |" in out
+    assert "| n |" in out  # the label is the file's, as every command's
+    assert f"<td>{checkpoint}</td>" in (tmp_path / "r.html").read_text()
 
 
 def test_report_cache_rereads_only_a_new_checkpoint(cli, tmp_path, count_reads):
@@ -367,7 +369,7 @@ def test_spectra_figure_draws_the_spectrum_the_rank_metrics_used(tmp_path, rng):
     """--no-center: the eigenvalues of the raw second moment are drawn (and their noise floor)."""
     from actgeom.cli.output import jsonable
     from actgeom.cli.report.data import ReportOptions, gather
-    from actgeom.cli.report.figures import fig_spectra
+    from actgeom.cli.report.figures_layers import fig_spectra
     from actgeom.core.dump import DumpSpec
     from actgeom.core.spectrum import RankOptions
 
@@ -381,3 +383,170 @@ def test_spectra_figure_draws_the_spectrum_the_rank_metrics_used(tmp_path, rng):
             assert np.array_equal(ax.lines[0].get_ydata(), lam[lam > 0]), (center, layer["layer"])
         raw, centred = (np.asarray(document["files"][0]["layers"][0]["details"][k]) for k in ("spectrum_raw", "spectrum"))
         assert not np.allclose(raw, centred)  # the two differ on this data: the test can fail
+
+
+# -- issue 22: the page's figures, summary, labels and timing ----------------------------------
+
+def _document(tmp_path, rng, steps=(0, 10, 1000), families=("collapse", "entropy", "neurons", "probe"), layers=()):
+    """A report document of small dumps, one per step (made in-process: fast)."""
+    from actgeom.cli.output import jsonable
+    from actgeom.cli.report.data import ReportOptions, gather
+    from actgeom.core.dump import DumpSpec
+
+    paths = [Path(_small_dump(tmp_path / f"run_epoch{step:04d}.h5", rng, step)) for step in steps]
+    for path, step in zip(paths, steps):
+        with h5py.File(path, "a") as f:
+            f.attrs["checkpoint"] = f"epoch{step}"  # as sample_data: the attribute differs from the file name
+    options = ReportOptions(families=families)
+    return jsonable(gather(paths, DumpSpec(layers=tuple(layers)), options))
+
+
+def test_training_panels_share_x_limits_and_keep_the_end_markers_inside(tmp_path, rng):
+    """Every over-training panel has the same x range, with room left of step 0 and right of the
+    last step (panels with an ideal line used to get a gap; the last markers were clipped)."""
+    from actgeom.cli.report.figures import fig_training
+
+    figure = fig_training(_document(tmp_path, rng))
+    limits = {ax.get_xlim() for ax in figure.axes if ax.lines}
+    assert len(limits) == 1, limits
+    (left, right), = limits
+    assert left < 0 and right > 1000
+
+
+def test_probe_accuracy_axis_follows_the_accuracies(tmp_path, rng):
+    """Accuracies near 1 on a 0–1 axis hide 0.96 vs 0.99: the axis spans the accuracies."""
+    from actgeom.cli.report.figures_units import fig_probe_depth
+
+    document = _document(tmp_path, rng)
+    accuracies = [layer["metrics"]["lda_accuracy"] for entry in document["files"] for layer in entry["layers"]]
+    assert min(accuracies) > 0.6
+    ax = next(ax for ax in fig_probe_depth(document).axes if ax.get_title().startswith("LDA"))
+    bottom, top = ax.get_ylim()
+    assert bottom > 0.5 and top - bottom < 0.5
+
+
+def test_unavailable_metrics_are_a_list_not_panels(tmp_path, rng):
+    """A metric unavailable on every layer gets no panel; the page lists it with its reason."""
+    from actgeom.cli.report.figures import fig_training
+    from actgeom.cli.report.render import render_page
+
+    document = _document(tmp_path, rng, families=("entropy",), layers=("a",))  # 'a' is not ReLU: no dead fraction
+    figure = fig_training(document)
+    assert not [ax for ax in figure.axes if ax.get_title().startswith("dead fraction")]
+    page = Page(render_page(document))
+    items = [attrs for tag, attrs in page.elements if attrs.get("id") == "fig-training-unavailable"]
+    assert items and "dead fraction" in " ".join(page.text)
+
+
+def test_one_checkpoint_draws_no_over_training_panels(tmp_path, rng):
+    """One checkpoint: nothing changes over training; the across-depth figures show its values."""
+    from actgeom.cli.report.figures import fig_depth, fig_training
+    from actgeom.cli.report.figures_units import fig_probe_training
+
+    document = _document(tmp_path, rng, steps=(5,))
+    assert isinstance(fig_training(document), str) and isinstance(fig_probe_training(document), str)
+    assert not isinstance(fig_depth(document), str)
+
+
+def test_metric_table_keeps_its_names_in_view_and_reasons_are_grouped(tmp_path, rng):
+    """The metric name column is sticky; a reason shared by every checkpoint is said once, not
+    as a list of every checkpoint:layer."""
+    from actgeom.cli.report.page import build_page
+
+    document = _document(tmp_path, rng)
+    html = build_page(document, [])
+    assert re.search(r"#metrics [^{]*(td|th):first-child[^{]*\{[^}]*position: sticky", html)
+    reasons = html[html.index('id="reasons"'):]
+    reasons = reasons[:reasons.index("</ul>")]
+    labels = [entry["label"] for entry in document["files"]]
+    assert "every checkpoint" in reasons
+    assert not any(f"{label}:" in reasons for label in labels), reasons
+
+
+def test_report_labels_checkpoints_as_the_other_commands(cli, tmp_path, rng):
+    """The report's checkpoint labels are the file-name labels every other command prints
+    (epoch0000, not the `checkpoint` attribute epoch0)."""
+    paths = [_small_dump(tmp_path / f"run_epoch{step:04d}.h5", rng, step) for step in (0, 30)]
+    for path, step in zip(paths, (0, 30)):
+        with h5py.File(path, "a") as f:
+            f.attrs["checkpoint"] = f"epoch{step}"
+    code, out, err = cli("report", *paths, "-o", tmp_path / "r.html", "--families", "collapse", "-f", "md", "-q")
+    assert code == 0, err
+    code, collapse_out, err = cli("collapse", *paths, "-f", "md")
+    assert code == 0, err
+    assert "| epoch0000:a |" in collapse_out or "epoch0000:a" in collapse_out
+    assert "| epoch0000 | a |" in out and "| epoch0 |" not in out
+    assert ">epoch0030<" in (tmp_path / "r.html").read_text()
+
+
+def test_summary_off_a_terminal_is_not_wrapped_and_explains_the_dashes(cli, tmp_path, rng):
+    """stdout a file: every summary row on one line (no fold at 80 or 160 columns); "—" cells carry
+    a footnote number and the footnote says why."""
+    X, y = class_data(rng, [30, 30, 30], 12)
+    long_name = "encoder.layers.11.feed_forward.intermediate_activation_after_gelu"
+    path = write_dump(tmp_path / "d.h5", {long_name: X}, labels=y)
+    code, out, err = cli("report", path, "-o", tmp_path / "r.html", "--families", "collapse,rank,probe", "-q")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if long_name in line)
+    assert "—" in row and "(1)" in row
+    assert re.search(r"^\s*\(1\) \S", out, re.M)
+
+
+def test_elapsed_includes_the_figures(cli, tmp_path, rng):
+    path = _small_dump(tmp_path / "d.h5", rng, step=1)
+    code, _, err = cli("report", path, "-o", tmp_path / "r.html", "--results", tmp_path / "r.json",
+                       "--families", "collapse", "-q")
+    assert code == 0, err
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert 0 < results["drawing_s"] < results["elapsed_s"]
+    assert "figures" in " ".join(Page((tmp_path / "r.html").read_text()).text)
+
+
+def test_each_figure_is_drawn_once_without_mathtext(tmp_path, rng, monkeypatch):
+    """Figure time: one draw per SVG (a layout engine draws twice), no mathtext tick labels (its
+    parser costs more than the rest of a panel)."""
+    from matplotlib.figure import Figure
+
+    from actgeom.cli.report.figures import fig_training
+    from actgeom.cli.report.render import to_svg
+
+    figure = fig_training(_document(tmp_path, rng, families=("collapse",)))
+    draws = []
+    original = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda self, renderer: draws.append(1) or original(self, renderer))
+    to_svg(figure, "fig-training")
+    assert len(draws) == 1
+    labels = [label.get_text() for ax in figure.axes for label in ax.get_yticklabels() + ax.get_xticklabels()]
+    assert labels and not any("$" in label for label in labels)
+
+
+def test_unit_score_violins_have_readable_ticks_and_the_legend_covers_no_violin(tmp_path, rng):
+    """The kurtosis violin's symlog tick labels do not overlap; titles and legend stay inside the
+    figure and off the axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from actgeom.cli.output import jsonable
+    from actgeom.cli.report.data import ReportOptions, gather
+    from actgeom.core.dump import DumpSpec
+
+    X, y = class_data(rng, [100, 100, 100], 24, offset=20.0, separation=1.0)  # positive: selectivity defined
+    X[:, :4] = 0.0
+    X[rng.integers(0, 300, 4), np.arange(4)] = 5.0  # units firing once (kurtosis ≈ 300) beside ≈ 0.3 typical
+    path = write_dump(tmp_path / "d.h5", {"spiky": X, "dense": X[:, ::-1] * 2}, labels=y)
+    document = jsonable(gather([Path(path)], DumpSpec(), ReportOptions(families=("neurons",))))
+    from actgeom.cli.report.figures_units import fig_neurons
+
+    figure = fig_neurons(document)
+    assert any(ax.get_yscale() == "symlog" for ax in figure.axes)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # lays the text out
+    page = figure.bbox
+    for ax in figure.axes:
+        boxes = sorted((label.get_window_extent(renderer) for label in ax.get_yticklabels() if label.get_text()),
+                       key=lambda box: box.y0)
+        assert all(low.y1 <= high.y0 for low, high in zip(boxes, boxes[1:])), ax.get_title()
+        title = ax.title.get_window_extent(renderer)
+        assert page.x0 <= title.x0 and title.x1 <= page.x1, ax.get_title()
+        for legend in figure.legends + [ax.get_legend()]:
+            if legend is not None:
+                assert not legend.get_window_extent(renderer).overlaps(ax.bbox)

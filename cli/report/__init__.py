@@ -3,10 +3,12 @@
 The document is a plain JSON-ready dict; nothing here depends on how it was made (today
 ``data.gather``, tomorrow the one-pass engine). Its shape::
 
-    {"tool", "version", "command": "report", "created" (ISO date), "elapsed_s",
+    {"tool", "version", "command": "report", "created" (ISO date),
+     "elapsed_s" (from the command's start to the page assembled), "drawing_s" (the figures' part),
      "options": {family: {...}} for the families run (collapse, rank, entropy, neurons, probe), "pass": {...},
      "metrics_info": {name: {"family", "ideal", "range", "direction", "source", "log_scale"}},
-     "files": [{"file", "checkpoint", "step", "model", "separation_law": {"rho", "r2", "n_layers"} | None,
+     "files": [{"file", "label" (as every command labels the file), "checkpoint", "step", "model",
+                "separation_law": {"rho", "r2", "n_layers"} | None,
                 "layers": [{"layer", "kind": "layer" | "attention", "n_rows", "n_units", "dtype",
                             "metrics": {name: value}, "unavailable": {name: reason},
                             "nonfinite": {name: "inf" | "nan"}, "notes": [str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,11 +14,12 @@ from actgeom.cli import options as o
 from actgeom.cli import probe as pr
 from actgeom.cli.collapse import GlobalMean, NC1Inverse, NC4Decision
 from actgeom.cli.collapse import Preset as CollapsePreset
-from actgeom.cli.output import jsonable
+from actgeom.cli.options import Format
+from actgeom.cli.output import emit, jsonable
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.rank import Preset as RankPreset
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
-from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_text
+from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_result
 from actgeom.cli.stats import parse_rows
 from actgeom.core.options import CollapseOptions, EntropyOptions, RankOptions
 from actgeom.core.outputs import write_output
@@ -141,6 +143,7 @@ def report(
     \b    actgeom report sample_data/*.h5 --families collapse,probe \\
             --positive 3 --negative 8 -o probe.html
     """
+    started = time.perf_counter()  # the page's "elapsed": from here to the assembled page
     check_outputs(dumps, output, results, figures)
     with row_progress(quiet) as progress:
         # numpy, scipy, h5py: loaded while the progress display says "starting"
@@ -178,8 +181,8 @@ def report(
             progress.step("drawing the figures")
         from actgeom.cli.report.render import render_page  # matplotlib: imported by `report` only
 
-        page = render_page(document, figures, inputs=dumps)
+        page = render_page(document, figures, inputs=dumps, started=started)
     if results is not None:
         write_output(results, results_text(document, results), dumps, option="--results")
     write_output(output, page, dumps)
-    typer.echo(summary_text(document, fmt.value, output, results), nl=False)
+    emit(summary_result(document, output, results), Format.md if fmt is SummaryFormat.md else Format.table, None)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from actgeom.cli.output import _short_names
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
 from actgeom.core.collapse import CollapseOptions
@@ -81,8 +82,10 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
             document = one
         else:
             document["files"] += one["files"]
-    for entry in document["files"]:
+    labels = _short_names([Path(entry["file"]).stem for entry in document["files"]])  # as every command's columns
+    for entry, label in zip(document["files"], labels):
         entry["step"] = _step(entry.get("step"))
+        entry["label"] = label
     if "probe" in families:
         document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
     for entry in document["files"]:  # the direction vectors gave their cosines: D numbers per layer the page never shows

@@ -19,9 +19,9 @@ def layer_names(document: dict, kind: str = "layer") -> list[str]:
 
 
 def checkpoint_label(entry: dict) -> str:
-    """The dump's `checkpoint` attribute (whatever its type: a file may hold a number), else its file name."""
-    checkpoint = entry.get("checkpoint")
-    return Path(entry["file"]).stem if checkpoint is None or checkpoint == "" else str(checkpoint)
+    """The checkpoint's label: its file name without the prefix all the dumps share (``label``, set
+    by data.gather as every other command labels its columns: run_epoch0030.h5 → epoch0030)."""
+    return entry.get("label") or Path(entry["file"]).stem
 
 
 def metric(entry: dict, layer: str, name: str) -> float:

@@ -17,9 +17,11 @@ from actgeom.cli.report.document import checkpoint_label, layer_names, metric, t
 from actgeom.cli.report.document import layer as _layer
 from actgeom.cli.report.figures import (
     MARKERS,
-    _empty,
+    ONE_CHECKPOINT,
     _grid,
     _layer_ticks,
+    _plain_log_ticks,
+    _slant_room,
     _top_legend,
     _training_x,
     checkpoint_colours,
@@ -33,18 +35,35 @@ CHANCE = dict(color="0.35", linestyle="--", linewidth=1)
 DECADES_FOR_SYMLOG = 1.5  # a per-unit score spanning more decades than this gets a symmetric-log axis
 
 
-def _chance_line(ax, x: np.ndarray, chance: np.ndarray) -> None:
-    """Chance (1/C of the train classes) at each x; one flat dashed line when it does not change."""
+ACCURACY_PAD = 0.15  # of the accuracies' span (at least MIN_SPAN), above and below them
+MIN_SPAN = 0.02  # an accuracy axis spans at least this much: 0.96 and 0.99 stay apart, 1.0 stays readable
+
+
+def _accuracy_axes(ax, name: str, values: np.ndarray, x: np.ndarray, chance: np.ndarray) -> None:
+    """The accuracies' own range (a 0–1 axis hides 0.96 vs 0.99); chance dashed where it falls
+    in that range, else named in the title."""
+    finite = values[np.isfinite(values)]
+    pad = ACCURACY_PAD * max(float(finite.max() - finite.min()), MIN_SPAN)
+    bottom, top = float(finite.min()) - pad, float(finite.max()) + pad
+    title = PROBE_LABELS[name] + " (↑ better)"
     if np.isfinite(chance).any():
-        ax.plot(x, chance, **CHANCE)
-
-
-def _accuracy_axes(ax, name: str) -> None:
-    ax.set_title(PROBE_LABELS[name] + " (↑ better)", fontsize=9)
-    ax.set_ylim(0, 1.02)
+        if np.nanmax(chance) >= bottom:
+            ax.plot(x, chance, **CHANCE)
+            bottom = min(bottom, float(np.nanmin(chance)) - pad)
+        else:
+            title += f"\nchance {np.nanmax(chance):.3g}: below the axis"
+    ax.set_ylim(bottom, top)
+    ax.set_title(title, fontsize=9)
     ax.set_ylabel("accuracy on the test rows", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
+
+
+def _probe_series(document: dict, values_of) -> tuple[dict, dict[str, str]]:
+    """{metric: values} of the probe metrics with a finite value, and {title: reason} of the others."""
+    series = {name: values_of(name) for name in PROBE_METRICS}
+    shown = {name: values for name, values in series.items() if np.isfinite(values).any()}
+    return shown, {PROBE_LABELS[name]: unavailable_reason(document, name) for name in series if name not in shown}
 
 
 def fig_probe_depth(document: dict) -> Figure | str:
@@ -53,84 +72,95 @@ def fig_probe_depth(document: dict) -> Figure | str:
     files = document["files"]
     if not layers:
         return "the dumps hold no activation layers"
+    series, unavailable = _probe_series(document, lambda name: np.array(
+        [[metric(entry, layer, name) for layer in layers] for entry in files]))
+    if not series:
+        return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(PROBE_METRICS), columns=3)
+    fig, axes = _grid(len(series), columns=3, legend_entries=len(files) + 1, bottom=_slant_room(layers))
     handles = []
-    for ax, name in zip(axes, PROBE_METRICS):
-        values = np.array([[metric(entry, layer, name) for layer in layers] for entry in files])
-        if not np.isfinite(values).any():
-            _empty(ax, name, unavailable_reason(document, name))
-            continue
+    chance = np.array([metric(files[-1], layer, "chance") for layer in layers])
+    for ax, (name, values) in zip(axes, series.items()):
         for i in range(len(files)):
             (line,) = ax.plot(depth, values[i], color=colours[i], marker="o", markersize=4, linewidth=1.5)
             if len(handles) < len(files):
                 handles.append(line)
-        _chance_line(ax, depth, np.array([metric(files[-1], layer, "chance") for layer in layers]))
-        _accuracy_axes(ax, name)
+        _accuracy_axes(ax, name, values, depth, chance)
         _layer_ticks(ax, depth, layers)
+        ax.set_xlim(depth[0] - 0.25, depth[-1] + 0.25)
         ax.set_xlabel("layer (depth)", fontsize=8)
-    if not handles:
-        return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
     labels = [checkpoint_label(entry) for entry in files]
     _top_legend(fig, handles + [matplotlib.lines.Line2D([], [], **CHANCE)], labels + ["chance 1/C"])
+    fig.unavailable = unavailable
     return fig
 
 
 def fig_probe_training(document: dict) -> Figure | str:
     """Probe accuracy vs training step, one line per layer (chance dashed), and the cosine of each
-    layer's concept direction with the previous checkpoint's."""
+    layer's concept direction with the previous checkpoint's; none for one checkpoint."""
     layers = layer_names(document)
     files = document["files"]
     if not layers:
         return "the dumps hold no activation layers"
+    if len(files) < 2:
+        return ONE_CHECKPOINT
+    series, unavailable = _probe_series(document, lambda name: np.array(
+        [[metric(entry, layer, name) for entry in files] for layer in layers]))
+    if not series:
+        return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
+    cosines = _direction_cosines(document, layers)
+    if cosines is None:
+        unavailable[DIRECTION_TITLE] = unavailable_reason(document, "direction_norm")
     x, ticks, xlabel = training_axis(document)
     colours = layer_colours(len(layers))
-    fig, axes = _grid(len(PROBE_METRICS) + 1, columns=4)
+    fig, axes = _grid(len(series) + (cosines is not None), columns=4, legend_entries=len(layers) + 1,
+                      bottom=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
     handles = []
-    for ax, name in zip(axes, PROBE_METRICS):
-        values = np.array([[metric(entry, layer, name) for entry in files] for layer in layers])
-        if not np.isfinite(values).any():
-            _empty(ax, name, unavailable_reason(document, name))
-            continue
+    chance = np.array([metric(entry, layers[0], "chance") for entry in files])
+    for ax, (name, values) in zip(axes, series.items()):
         for i in range(len(layers)):
             (line,) = ax.plot(x, values[i], color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=4,
                               linewidth=1.5)
             if len(handles) < len(layers):
                 handles.append(line)
-        _chance_line(ax, x, np.array([metric(entry, layers[0], "chance") for entry in files]))
-        _accuracy_axes(ax, name)
+        _accuracy_axes(ax, name, values, x, chance)
         _training_x(ax, x, ticks, xlabel)
-    _direction_cosines(axes[len(PROBE_METRICS)], document, layers, colours, (x, ticks, xlabel))
-    if not handles:
-        return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
+    if cosines is not None:
+        _draw_direction_cosines(axes[-1], cosines, colours, (x, ticks, xlabel))
     _top_legend(fig, handles + [matplotlib.lines.Line2D([], [], **CHANCE)],
                 [f"layer {name}" for name in layers] + ["chance 1/C"])
+    fig.unavailable = unavailable
     return fig
 
 
-def _direction_cosines(ax, document: dict, layers: list[str], colours: list, axis) -> None:
-    """cos(direction at checkpoint k, direction at k − 1) per layer, drawn at checkpoint k."""
-    x, ticks, xlabel = axis
-    name = "direction cosine with the previous checkpoint"
+DIRECTION_TITLE = "concept direction μ₊ − μ₋: cosine with the previous checkpoint"
+
+
+def _direction_cosines(document: dict, layers: list[str]) -> dict[str, np.ndarray] | None:
+    """cos(direction at checkpoint k, direction at k − 1) per layer, at checkpoint k; None when no
+    layer has one."""
     by_layer = {layer: np.full(len(document["files"]), np.nan) for layer in layers}
     index = {entry["file"]: k for k, entry in enumerate(document["files"])}
     for pair in document.get("direction_cosines_across_files", []):
         if pair["layer"] in by_layer and pair["cosine"] is not None:
             by_layer[pair["layer"]][index[pair["files"][1]]] = pair["cosine"]
-    if not any(np.isfinite(values).any() for values in by_layer.values()):
-        reason = ("one checkpoint only" if len(document["files"]) < 2
-                  else unavailable_reason(document, "direction_norm"))
-        _empty(ax, name, reason)
-        return
-    for i, layer in enumerate(layers):
-        ax.plot(x, by_layer[layer], color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1.5)
+    return by_layer if any(np.isfinite(values).any() for values in by_layer.values()) else None
+
+
+def _draw_direction_cosines(ax, by_layer: dict[str, np.ndarray], colours: list, axis) -> None:
+    x, ticks, xlabel = axis
+    for i, values in enumerate(by_layer.values()):
+        ax.plot(x, values, color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1.5)
     ax.axhline(1.0, **CHANCE)
-    ax.set_title("concept direction μ₊ − μ₋:\ncosine with the previous checkpoint", fontsize=9)
+    ax.set_title(DIRECTION_TITLE.replace(": ", ":\n"), fontsize=9)
     ax.set_ylabel("cosine (1: same direction)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     _training_x(ax, x, ticks, xlabel)
+
+
+VIOLIN_W = 4.6  # inches per violin panel: the layers' violins and a two-line title
 
 
 def fig_neurons(document: dict) -> Figure | str:
@@ -141,16 +171,20 @@ def fig_neurons(document: dict) -> Figure | str:
     layers = [name for name in layer_names(document) if (_layer(entry, name) or {}).get("neurons", {}).get("units")]
     if not layers:
         return "no layer of the last checkpoint has per-unit scores"
-    shown = ["class_selectivity"] + ([options["score"]] if options["score"] != "class_selectivity" else [])
-    fig, axes = _grid(len(shown), columns=2)
+    scores = ["class_selectivity"] + ([options["score"]] if options["score"] != "class_selectivity" else [])
+    data = {score: {name: _finite(_layer(entry, name)["neurons"]["units"].get(score)) for name in layers}
+            for score in scores}
+    shown = [score for score in scores if any(values.size for values in data[score].values())]
+    unavailable = {score: next((reason for name in layers if (reason := _layer(entry, name)["neurons"]
+                                                              ["scores_unavailable"].get(score))), "not computed")
+                   for score in scores if score not in shown}
+    if not shown:
+        return "no unit score has a value: " + "; ".join(f"{score}: {why}" for score, why in unavailable.items())
+    cutoff = "class_selectivity" in shown
+    fig, axes = _grid(len(shown), columns=2, panel_w=VIOLIN_W, legend_entries=int(cutoff), bottom=_slant_room(layers))
     for ax, score in zip(axes, shown):
-        data = {name: _finite(_layer(entry, name)["neurons"]["units"].get(score)) for name in layers}
-        drawn = [name for name in layers if data[name].size]
-        if not drawn:
-            reasons = [_layer(entry, name)["neurons"]["scores_unavailable"].get(score) for name in layers]
-            _empty(ax, score, next((r for r in reasons if r), "not computed"))
-            continue
-        parts = ax.violinplot([data[name] for name in drawn], showmedians=True, showextrema=True)
+        drawn = [name for name in layers if data[score][name].size]
+        parts = ax.violinplot([data[score][name] for name in drawn], showmedians=True, showextrema=True)
         for body, colour in zip(parts["bodies"], layer_colours(len(layers))):
             body.set_facecolor(colour)
             body.set_alpha(0.55)
@@ -160,13 +194,16 @@ def fig_neurons(document: dict) -> Figure | str:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, axis="y")
         if score == "class_selectivity":
-            ax.axhline(options["cutoff"], label=f"cutoff {options['cutoff']:g}: selective above", **CHANCE)
+            ax.axhline(options["cutoff"], **CHANCE)
             ax.set_ylim(0, 1.05)
-            ax.legend(fontsize=7, loc="lower right")
-            ax.set_title(f"class selectivity per unit ({checkpoint_label(entry)})", fontsize=9)
+            ax.set_title(f"class selectivity per unit\nat {checkpoint_label(entry)}", fontsize=9)
         else:
-            _symlog_if_decades(ax, np.concatenate([data[name] for name in drawn]))
-            ax.set_title(f"{score} per unit, the ranking score ({checkpoint_label(entry)})", fontsize=9)
+            _symlog_if_decades(ax, np.concatenate([data[score][name] for name in drawn]))
+            ax.set_title(f"{score} per unit (the ranking score)\nat {checkpoint_label(entry)}", fontsize=9)
+    if cutoff:  # above the panels: inside one it covers a violin
+        _top_legend(fig, [matplotlib.lines.Line2D([], [], **CHANCE)],
+                    [f"class selectivity cutoff {options['cutoff']:g}: units above it are selective"])
+    fig.unavailable = unavailable
     return fig
 
 
@@ -176,6 +213,12 @@ def _finite(values) -> np.ndarray:
 
 
 def _symlog_if_decades(ax, values: np.ndarray) -> None:
+    """Symmetric log when the magnitudes span decades: linear up to the power of ten above the
+    typical unit's magnitude, so every labelled tick is a decade apart (a threshold between decades
+    put ±10⁻¹ and 0 on top of each other)."""
     magnitude = np.abs(values[values != 0])
     if magnitude.size and math.log10(magnitude.max() / magnitude.min()) > DECADES_FOR_SYMLOG:
-        ax.set_yscale("symlog", linthresh=float(np.median(magnitude)))  # linear around 0 up to the typical unit
+        linthresh = 10.0 ** math.ceil(math.log10(np.median(magnitude)))
+        ax.set_yscale("symlog", linthresh=linthresh, linscale=1.0)
+        ax.yaxis.set_major_locator(matplotlib.ticker.SymmetricalLogLocator(base=10, linthresh=linthresh, subs=[1.0]))
+        _plain_log_ticks(ax.yaxis)

@@ -31,8 +31,11 @@ figure svg { display: block; width: 100%; height: auto; }
 code { font-size: 0.86em; background: #f3f3f3; padding: 0 0.2em; }
 ul.reasons { font-size: 0.82rem; color: #444; margin-top: 0; }
 nav a { margin-right: 1rem; font-size: 0.9rem; }
-.wide { overflow-x: auto; }
-#metrics td, #metrics th { font-size: 0.74rem; padding: 0.12rem 0.3rem; }
+ul.unavailable { font-size: 0.82rem; color: #555; margin: -1rem 0 1.6rem; }
+.wide { overflow-x: auto; margin: 0 -1.8rem; }  /* the metric table may use the page's side padding */
+#metrics td, #metrics th { font-size: 0.68rem; padding: 0.1rem 0.18rem; }
+#metrics tbody td:first-child, #metrics thead th:first-child { position: sticky; left: 0; z-index: 1;
+     background: #f3f3f3; box-shadow: 1px 0 0 #ddd; }
 """
 
 
@@ -69,17 +72,19 @@ def _td(text) -> str:
     return f"<td>{esc(text)}</td>"
 
 
-def build_page(document: dict, figures: list[tuple[str, str, str, str]]) -> str:
-    """The HTML page. ``figures``: (id, section title, caption, inline SVG or "" when absent) in
-    page order; the caption of an absent figure says why it is absent."""
+def build_page(document: dict, figures: list[tuple[str, str, str, str, dict]]) -> str:
+    """The HTML page. ``figures``: (id, section title, caption, inline SVG or "" when absent,
+    {panel: why it is not drawn}) in page order; the caption of an absent figure says why it is
+    absent, and the panels not drawn are listed under their figure."""
     sections = [_header(document)]
     current = None
-    for fig_id, section, caption, svg in figures:
+    for fig_id, section, caption, svg, unavailable in figures:
         if section != current:
             sections.append(f'<h2 id="{esc(_slug(section))}">{esc(section)}</h2>')
             current = section
         if svg:
             sections.append(f'<figure id="{esc(fig_id)}">{svg}<figcaption>{esc(caption)}</figcaption></figure>')
+            sections.append(_unavailable_panels(fig_id, unavailable))
         else:
             sections.append(f'<p class="why" id="{esc(fig_id)}-absent">{esc(caption)}</p>')
     sections.append(_tables(document))
@@ -90,9 +95,19 @@ def build_page(document: dict, figures: list[tuple[str, str, str, str]]) -> str:
             f"<style>{CSS}</style></head><body><nav>{nav}</nav>" + "\n".join(sections) + "</body></html>\n")
 
 
+def _unavailable_panels(fig_id: str, unavailable: dict[str, str]) -> str:
+    """“Not drawn: a, b — reason” lines: one per reason, for the panels a figure leaves out."""
+    by_reason: dict[str, list[str]] = {}
+    for title, reason in unavailable.items():
+        by_reason.setdefault(reason, []).append(title)
+    items = "".join(f"<li>not available: <b>{esc(', '.join(titles))}</b> — {esc(reason)}</li>"
+                    for reason, titles in by_reason.items())
+    return f'<ul class="unavailable" id="{esc(fig_id)}-unavailable">{items}</ul>' if items else ""
+
+
 def _section_titles(figures) -> list[str]:
     titles: list[str] = []
-    for _, section, _, _ in figures:
+    for _, section, *_ in figures:
         if section not in titles:
             titles.append(section)
     return titles
@@ -109,14 +124,15 @@ def _models(document: dict) -> str:
 
 def _header(document: dict) -> str:
     files = document["files"]
-    elapsed = f"{document['elapsed_s']:.1f}"
     parts = [f"<h1>actgeom report — {esc(_models(document))}</h1>",
              f'<p class="lede" id="provenance">{len(files)} checkpoint(s), {len(layer_names(document))} layer(s)'
              f"{_attention_count(document)}. Made by {esc(document['tool'])} {esc(document['version'])} on "
-             f"{esc(document['created'])} in {esc(elapsed)} s. Families: {esc(', '.join(document['options']))}.</p>"]
-    rows = [[_td(checkpoint_label(e)), _num_cell(e["step"]), _td(e["file"]),
+             f"{esc(document['created'])} in {esc(_elapsed(document))}. "
+             f"Families: {esc(', '.join(document['options']))}.</p>"]
+    rows = [[_td(checkpoint_label(e)), _num_cell(e["step"]), _td(e["file"]), _td(fmt(e.get("checkpoint")) or "—"),
              _num_cell(_first_rows(e)), _td(_law(e))] for e in files]
-    parts.append(_table(["checkpoint", "step", "file", "rows", "separation law (ρ, R²)"], rows, "files"))
+    parts.append(_table(["checkpoint", "step", "file", "checkpoint attribute", "rows", "separation law (ρ, R²)"],
+                        rows, "files"))
     layer_rows = []
     for name in layer_names(document) + layer_names(document, "attention"):
         record = next(r for e in files for r in e["layers"] if r["layer"] == name)
@@ -136,6 +152,13 @@ def _header(document: dict) -> str:
         blocks.append(f"<div><h3>{esc(family)} options</h3>{_table(['option', 'value'], rows, f'options-{family}')}</div>")
     parts.append(f'<div class="options" id="options">{"".join(blocks)}</div>')
     return "\n".join(parts)
+
+
+def _elapsed(document: dict) -> str:
+    """What elapsed_s covers: from the command's start to the page assembled, figures included."""
+    total = f"{document['elapsed_s']:.1f} s"
+    drawing = document.get("drawing_s")
+    return total if drawing is None else f"{total} (reading, computing and drawing; the figures took {drawing:.1f} s)"
 
 
 def _attention_count(document: dict) -> str:
@@ -208,31 +231,43 @@ def _top_units(document: dict) -> str:
 
 
 def _reasons(files: list[dict]) -> str:
-    """Unavailable and non-finite metrics, and notes, grouped by reason."""
-    grouped: dict[str, list[str]] = {}
+    """Unavailable and non-finite metrics, and notes, grouped by reason; where each applies is
+    said once per group (“every checkpoint”, a layer at every checkpoint), not place by place."""
+    grouped: dict[str, dict[str, set]] = {}  # reason → metric → {(checkpoint, layer)}
     for entry in files:
         for record in entry["layers"]:
-            where = f"{checkpoint_label(entry)}:{record['layer']}"
+            place = (checkpoint_label(entry), record["layer"])
             for name, reason in record["unavailable"].items():
-                grouped.setdefault(reason, []).append(f"{name} ({where})")
+                grouped.setdefault(reason, {}).setdefault(name, set()).add(place)
             for name, kind in record["nonfinite"].items():
-                grouped.setdefault(f"value is {kind}", []).append(f"{name} ({where})")
+                grouped.setdefault(f"value is {kind}", {}).setdefault(name, set()).add(place)
             for note in record.get("notes", []):
-                grouped.setdefault(f"note: {note}", []).append(where)
+                grouped.setdefault(f"note: {note}", {}).setdefault("", set()).add(place)
     if not grouped:
         return ""
-    items = "".join(f"<li>{esc(reason)} — <b>{esc(_compact(names))}</b></li>" for reason, names in grouped.items())
-    return f'<ul class="reasons" id="reasons">{items}</ul>'
+    everywhere = {(checkpoint_label(entry), record["layer"]) for entry in files for record in entry["layers"]}
+    checkpoints = [checkpoint_label(entry) for entry in files]
+    items = []
+    for reason, metrics in grouped.items():
+        by_places: dict[str, list[str]] = {}
+        for name, places in metrics.items():
+            by_places.setdefault(_places(places, everywhere, checkpoints), []).append(name)
+        text = "; ".join(f"{', '.join(n for n in names if n)} ({where})" if any(names) else where
+                         for where, names in by_places.items())
+        items.append(f"<li>{esc(reason)} — <b>{esc(text)}</b></li>")
+    return f'<ul class="reasons" id="reasons">{"".join(items)}</ul>'
 
 
-def _compact(names: list[str]) -> str:
-    """“a (x), b (x), a (y)” → “a, b (x); a (y)”: metrics grouped by where they are missing."""
-    by_place: dict[str, list[str]] = {}
-    for name in names:
-        metric, _, place = name.rpartition(" (") if name.endswith(")") else ("", "", name + ")")
-        by_place.setdefault(place[:-1], []).append(metric)
-    groups: dict[str, list[str]] = {}
-    for place, metrics in by_place.items():
-        groups.setdefault(", ".join(m for m in metrics if m), []).append(place)
-    return "; ".join(f"{metrics} ({', '.join(places)})" if metrics else ", ".join(places)
-                     for metrics, places in groups.items())
+def _places(places: set, everywhere: set, checkpoints: list[str]) -> str:
+    """Where a reason applies, short: “every checkpoint and layer”, “hidden3 at every checkpoint”,
+    “hidden1 at epoch0000, epoch0030”."""
+    if places == everywhere:
+        return "every checkpoint and layer"
+    layers: dict[str, list[str]] = {}
+    for checkpoint, layer in sorted(places, key=lambda place: checkpoints.index(place[0])):
+        layers.setdefault(layer, []).append(checkpoint)
+    by_when: dict[str, list[str]] = {}
+    for layer, at in layers.items():
+        when = "every checkpoint" if len(at) == len(checkpoints) else ", ".join(at)
+        by_when.setdefault(when, []).append(layer)
+    return "; ".join(f"{', '.join(names)} at {when}" for when, names in by_when.items())

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 from actgeom.cli.report import figures as f
+from actgeom.cli.report import figures_layers as g
 from actgeom.cli.report import figures_units as u
 from actgeom.cli.report.page import build_page
 from actgeom.core.errors import OutputError
-from actgeom.core.outputs import atomic_path
+from actgeom.core.outputs import atomic_path, write_output
 
 # (id, section, caption, drawing function, the family it needs or None), in page order
 FIGURES = (
@@ -22,39 +24,44 @@ FIGURES = (
     ("fig-spectra", "Eigenspectra", "Eigenvalues of each layer's covariance (of its raw second moment with --no-center: "
      "the spectrum the rank metrics used) against their rank (log–log) at the first and last checkpoint. Shaded: the "
      "ranks of the α-ReQ power-law fit; dotted: the storage-noise floor (eigenvalues below it are indistinguishable "
-     "from the rounding of the stored activations).", f.fig_spectra, "rank"),
+     "from the rounding of the stored activations).", g.fig_spectra, "rank"),
     ("fig-class-cosine", "Classes at the last checkpoint", "Cosines between the centred class means m_c = μ_c − μ_G "
      "(the 50 most frequent classes when there are more). Collapse to a simplex ETF makes every off-diagonal "
-     "cosine −1/(C−1).", f.fig_class_cosine, "collapse"),
+     "cosine −1/(C−1).", g.fig_class_cosine, "collapse"),
     ("fig-duality", "Classes at the last checkpoint", "Classifier–mean duality (NC3): cos(w_c, m_c) for each class "
-     "(the 50 most frequent when there are more), for the layer the classifier reads.", f.fig_duality, "collapse"),
+     "(the 50 most frequent when there are more), for the layer the classifier reads.", g.fig_duality, "collapse"),
     ("fig-activity", "Neuron activity", "Dead units (never above the activity threshold) and dormant units (ReDo score "
      "≤ τ) per layer at the last checkpoint, and the distribution of per-unit firing rates at the first and last "
-     "checkpoint.", f.fig_activity, "entropy"),
+     "checkpoint.", g.fig_activity, "entropy"),
     ("fig-neurons", "Neuron activity", "The distribution over units, per layer at the last checkpoint, of the class "
      "selectivity index (μ_max − μ_rest)/(μ_max + μ_rest) over class-conditional means (dashed: --cutoff; units "
      "above it count as selective) and of the score that ranks the units (--score). The top units are listed "
      "under “Every metric”.", u.fig_neurons, "neurons"),
     ("fig-attention", "Neuron activity", "Attention entropy per head and attention layer at the last checkpoint.",
-     f.fig_attention, "entropy"),
+     g.fig_attention, "entropy"),
     ("fig-probe-depth", "Linear probes", "Test accuracy of the linear probes fitted in closed form on the train rows "
      "(LDA with shrinkage, ridge on one-hot targets, nearest class mean) layer by layer, one line per checkpoint. "
-     "Dashed: chance, 1/C.", u.fig_probe_depth, "probe"),
+     "Each axis spans its accuracies; dashed: chance, 1/C, when it falls on the axis (else the title gives it).",
+     u.fig_probe_depth, "probe"),
     ("fig-probe-training", "Linear probes", "The same accuracies against the training step, one line per layer "
      "(dashed: chance); last panel: the cosine of each layer's concept direction μ₊ − μ₋ with the previous "
      "checkpoint's (two classes, or --positive/--negative).", u.fig_probe_training, "probe"),
 )
 
 
-def to_svg(figure, salt: str) -> str:
-    """Inline SVG of a figure: no XML prolog, DOCTYPE, metadata or namespace URLs; ids unique to
-    this figure (``salt``) so several figures can share one page."""
+def figure_svg(figure, salt: str) -> str:
+    """The figure as a standalone SVG document: drawn once, text as paths, ids salted."""
     import matplotlib
 
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
         figure.savefig(buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
-    svg = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def inline_svg(svg: str, salt: str) -> str:
+    """Inline SVG of a figure's SVG document: no XML prolog, DOCTYPE, metadata or namespace URLs;
+    ids unique to this figure (``salt``) so several figures can share one page."""
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
     svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
@@ -67,32 +74,48 @@ def to_svg(figure, salt: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{salt}"', 1)
 
 
-def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tuple[str, str, str, str]]:
-    """Every figure of the page: (id, section, caption, inline SVG or "") — absent ones say why."""
+def to_svg(figure, salt: str) -> str:
+    """Inline SVG of a figure (figure_svg, then inline_svg)."""
+    return inline_svg(figure_svg(figure, salt), salt)
+
+
+def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tuple[str, str, str, str, dict]]:
+    """Every figure of the page: (id, section, caption, inline SVG or "", {panel: why it is not
+    drawn}) — absent figures say why in their caption. Each figure is drawn once: the page's SVG is
+    also the --figures SVG file."""
     drawn = []
     for fig_id, section, caption, function, family in FIGURES:
         figure = function(document) if family is None or family in document["options"] else \
             f"the {family} family was not computed (--families)"
         if isinstance(figure, str):
-            drawn.append((fig_id, section, f"{caption.split('.')[0]}: not drawn — {figure}.", ""))
+            drawn.append((fig_id, section, f"{caption.split('.')[0]}: not drawn — {figure}.", "", {}))
             continue
-        drawn.append((fig_id, section, caption, to_svg(figure, fig_id)))
+        svg = figure_svg(figure, fig_id)
+        drawn.append((fig_id, section, caption, inline_svg(svg, fig_id), getattr(figure, "unavailable", {})))
         if figures_dir is not None:
-            _save(figure, figures_dir / fig_id, inputs)
+            _save(figure, svg, figures_dir / fig_id, inputs)
     return drawn
 
 
-def _save(figure, stem: Path, inputs) -> None:
-    """The figure as SVG and PDF files (each written atomically), in a directory made for the first one."""
+def _save(figure, svg: str, stem: Path, inputs) -> None:
+    """The figure as SVG (its drawing for the page) and PDF files (each written atomically), in a
+    directory made for the first one."""
     try:
         stem.parent.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {stem.parent}: {exc.strerror or exc}") from None
-    for suffix in ("svg", "pdf"):
-        with atomic_path(stem.with_suffix(f".{suffix}"), inputs, option="--figures") as tmp:
-            figure.savefig(tmp, format=suffix, metadata={"Creator": None})
+    write_output(stem.with_suffix(".svg"), svg, inputs, option="--figures")
+    with atomic_path(stem.with_suffix(".pdf"), inputs, option="--figures") as tmp:
+        figure.savefig(tmp, format="pdf", metadata={"Creator": None})
 
 
-def render_page(document: dict, figures_dir: Path | None = None, inputs=()) -> str:
-    """The HTML page of a (JSON-ready) document; each figure also goes to ``figures_dir`` when given."""
-    return build_page(document, draw(document, figures_dir, inputs))
+def render_page(document: dict, figures_dir: Path | None = None, inputs=(), started: float | None = None) -> str:
+    """The HTML page of a (JSON-ready) document; each figure also goes to ``figures_dir`` when given.
+    Sets the document's ``drawing_s`` (the figures' time) and, given ``started`` (the command's
+    time.perf_counter() at its start), its ``elapsed_s``: everything up to the assembled page."""
+    before = time.perf_counter()
+    figures = draw(document, figures_dir, inputs)
+    document["drawing_s"] = time.perf_counter() - before
+    if started is not None:
+        document["elapsed_s"] = time.perf_counter() - started
+    return build_page(document, figures)

@@ -53,25 +53,30 @@ def results_text(document: dict, path: Path) -> str:
     return render(Result(title="actgeom report", document=document, records=records(document)), fmt)
 
 
-def _short(value) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _short(layer: dict, name: str, reasons: dict[str, int]) -> str:
+    """A headline cell: 4 significant digits, or “— (n)” where footnote n says why there is none."""
+    value = layer["metrics"].get(name)
+    if value is not None:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    reason = layer["unavailable"].get(name) or (f"value is {layer['nonfinite'][name]}" if name in layer["nonfinite"]
+                                                else "not computed for this layer")
+    return f"— ({reasons.setdefault(reason, len(reasons) + 1)})"
 
 
-def summary_text(document: dict, fmt: str, output: Path, results: Path | None) -> str:
-    """Checkpoint × layer rows, the headline metrics as columns (4 significant digits), and the paths."""
+def summary_result(document: dict, output: Path, results: Path | None) -> Result:
+    """Checkpoint × layer rows, the headline metrics as columns (4 significant digits), the paths;
+    a footnote per reason a cell is “—”."""
     headline = [name for name in HEADLINE if name in document["metrics_info"]]  # of the families run
-    rows = []
+    rows, reasons = [], {}
     for entry in document["files"]:
         label = checkpoint_label(entry)
         for layer in entry["layers"]:
             if layer["kind"] == "layer":
                 rows.append({"checkpoint": label, "layer": layer["layer"]}
-                            | {name: _short(layer["metrics"].get(name)) for name in headline})
+                            | {name: _short(layer, name, reasons) for name in headline})
     summary = {"report": str(output)} | ({"results": str(results)} if results else {})
     if "entropy" in document["options"]:
         summary["DSE/DSMI sample"] = f"≤ {document['options']['entropy']['subsample']} rows"
-    summary["elapsed"] = f"{document['elapsed_s']:.1f} s"
-    result = Result(title="actgeom report", document=document, records=rows, summary=summary, table=rows)
-    return render(result, Format.md if fmt == "md" else Format.table, width=160)
+    summary["elapsed"] = f"{document['elapsed_s']:.1f} s (figures included)"
+    notes = [f"({number}) {reason}" for reason, number in reasons.items()]
+    return Result(title="actgeom report", document=document, records=rows, summary=summary, table=rows, notes=notes)
