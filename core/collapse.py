@@ -293,17 +293,24 @@ def cdnv(g: Geometry, o: CollapseOptions) -> dict:
 
 
 def nc2_weights(g: Geometry, o: CollapseOptions) -> dict:
-    """NC2 on the classifier rows w_c (not centred): equinorm, equiangular, max-angle, ETF."""
-    w, pairs = g.weight, g.pairs_weights
+    """NC2 on the classifier rows w_c (not centred): equinorm, equiangular, max-angle, ETF.
+    Unavailable when every w_c is 0; the angles also when one w_c is 0 (no direction)."""
+    w = g.weight
+    if not w.any():
+        return _unavailable(_NC2_WEIGHTS, "every classifier row is 0")
     norms = np.linalg.norm(w, axis=1)
     total = w.sum(axis=0)
-    return {
-        "nc2_equinorm_weights": _std_over_mean(norms),
-        "nc2_equiangular_weights": math.sqrt(pairs.cos.variance()) if pairs.n_pairs else float("nan"),
-        "nc2_maxangle_weights": pairs.abs_cos_plus,
-        "nc2_etf_error_weights": _etf_error(float(norms @ norms), float(total @ total),
-                                            float(np.linalg.norm(w.T @ w)), g.n_classes),
-    }
+    values = {"nc2_equinorm_weights": _std_over_mean(norms),
+              "nc2_etf_error_weights": _etf_error(float(norms @ norms), float(total @ total),
+                                                  float(np.linalg.norm(w.T @ w)), g.n_classes)}
+    if not norms.all():
+        why = f"class {g.classes[norms == 0][0]}'s classifier row is 0: it has no direction"
+        return values | _unavailable(("nc2_equiangular_weights", "nc2_maxangle_weights"), why)
+    pairs = g.pairs_weights
+    return values | {"nc2_equiangular_weights": math.sqrt(pairs.cos.variance()), "nc2_maxangle_weights": pairs.abs_cos_plus}
+
+
+_NC2_WEIGHTS = ("nc2_equinorm_weights", "nc2_equiangular_weights", "nc2_maxangle_weights", "nc2_etf_error_weights")
 
 
 def nc3(g: Geometry, o: CollapseOptions) -> dict:

@@ -247,12 +247,17 @@ def mean_energy_fraction(r: RankInputs, o: RankOptions) -> dict:
 
 
 def intrinsic_dimension(r: RankInputs, o: RankOptions) -> dict:
-    """TwoNN and Levina–Bickel MLE intrinsic dimension of the seeded sample (core/intrinsic.py)."""
+    """TwoNN and Levina–Bickel MLE intrinsic dimension of the seeded sample (core/intrinsic.py).
+    Rows whose nearest distance rounds to 0 (distinct, but within rounding of another row) are
+    left out as duplicates are; unavailable with the reason when no fit exists."""
     if r.distances is None:
         reason = f"too few distinct sampled rows; the nearest-neighbour estimates need more than k = {o.mle_k}"
         return dict.fromkeys(("twonn_id", "mle_id"), Unavailable(reason))
+    distances = r.distances[r.distances[:, 0] > 0]  # a row within rounding of another is its duplicate: no log 0
+    if distances.shape[0] == 0:
+        return dict.fromkeys(("twonn_id", "mle_id"), Unavailable("every sampled row is within rounding of another"))
     values = {}
-    for name, estimate in (("twonn_id", lambda: twonn(r.distances[:, :2])), ("mle_id", lambda: mle(r.distances, k=o.mle_k))):
+    for name, estimate in (("twonn_id", lambda: twonn(distances[:, :2])), ("mle_id", lambda: mle(distances, k=o.mle_k))):
         try:
             values[name] = estimate()
         except ValueError as why:

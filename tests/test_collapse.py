@@ -244,3 +244,20 @@ def test_pseudo_inverse_keeps_small_eigenvalues_above_the_cutoff(rng):
     expected = sum(vectors[:, j] @ g.sigma_w @ vectors[:, j] / lam[j] for j in np.flatnonzero(keep)) / C
     # the small eigenvalue carries ~eps·λ_max/λ_small ≈ 1e-6 relative error in both computations
     assert collapse_metrics(g, options)[0]["nc1"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_zero_classifier_row_has_no_angles(rng):
+    """A class whose classifier row is 0: its cosines are 0/0 — unavailable, no RuntimeWarning."""
+    import dataclasses
+    import warnings
+
+    g = _geometry_of(rng.standard_normal((3, 5)), rng)
+    weight = rng.standard_normal((3, 5))
+    weight[1] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values, unavailable = collapse_metrics(dataclasses.replace(g, weight=weight), CollapseOptions())
+        _, silent = collapse_metrics(dataclasses.replace(g, weight=np.zeros((3, 5))), CollapseOptions())
+    assert "class 1's classifier row is 0" in unavailable["nc2_equiangular_weights"]
+    assert "class 1" in unavailable["unc3_cos_mean"] and np.isfinite(values["nc2_equinorm_weights"])
+    assert all(silent[name] == "every classifier row is 0" for name in ("nc2_equinorm_weights", "nc3_self_duality"))

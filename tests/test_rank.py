@@ -203,3 +203,19 @@ def test_equidistant_neighbours_give_no_intrinsic_dimension_fit():
         mle(distances, k=20)
     with pytest.raises(ValueError, match="TwoNN needs 2"):
         twonn(np.array([[1.0, 2.0], [1.0, 3.0]]))
+
+
+def test_rows_within_rounding_of_another_are_left_out_of_the_fits():
+    """A nearest distance that rounds to 0 (distinct rows) has no log: such rows are left out, not inf/NaN."""
+    import warnings
+
+    from actgeom.core.spectrum import RankInputs, intrinsic_dimension
+
+    distances = np.sort(np.random.default_rng(0).uniform(1.0, 2.0, (60, 20)), axis=1)
+    inputs = RankInputs(spectra={}, mean=np.zeros(3), covariance_trace=1.0, unit_vector_sum=np.zeros(3),
+                        n_direction_rows=60, distances=distances)
+    expected = intrinsic_dimension(inputs, RankOptions())
+    inputs.distances = np.vstack([np.zeros((1, 20)), distances])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert intrinsic_dimension(inputs, RankOptions()) == expected
