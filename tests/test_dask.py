@@ -493,10 +493,16 @@ def fragile_cluster():
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+    # lost-worker-timeout: a killed worker's nanny restarts it, but if it has not registered again
+    # within this time the cluster closes the nanny for good (15 s by default, exceeded on a loaded
+    # machine: the next test waited in vain for its second worker)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.deploy.lost-worker-timeout": "600s"}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                          silence_logs=logging.CRITICAL) as running:
         yield running
+
+
+WORKER_RESTART_S = 120  # a killed worker is back within seconds; a loaded 2-core machine took over 60 s
 
 
 def _with_plugin(cluster, plugin, name):
@@ -530,7 +536,7 @@ def test_a_task_that_keeps_failing_is_one_error_naming_file_and_rows(fragile_clu
     a, b = ranges[1]
     client = _with_plugin(fragile_cluster, _kill_worker(str(tmp_path / "k"), rows=f"-{a}-{b}", once=False), "kill-always")
     try:
-        client.wait_for_workers(2, timeout=60)  # earlier tests killed workers: their nannies restart them
+        client.wait_for_workers(2, timeout=WORKER_RESTART_S)  # earlier tests killed workers: their nannies restart them
         code, out, err = cli("collapse", dumps["samples"][0], "--backend", "dask", "--scheduler",
                              fragile_cluster.scheduler_address, "--quiet")
     finally:
@@ -555,7 +561,7 @@ def test_a_compare_task_that_keeps_failing_is_one_error_naming_files_and_rows(fr
     plugin = _kill_worker(str(tmp_path / "k"), rows=f"-{COMPARE_ROWS}", once=False, tasks="actgeom-compare")
     client = _with_plugin(fragile_cluster, plugin, "kill-compare")
     try:
-        client.wait_for_workers(2, timeout=60)
+        client.wait_for_workers(2, timeout=WORKER_RESTART_S)
         code, out, err = cli("compare", *paths, "--backend", "dask", "--scheduler", fragile_cluster.scheduler_address,
                              "--quiet")
     finally:
@@ -571,6 +577,47 @@ def test_a_compare_task_that_keeps_failing_is_one_error_naming_files_and_rows(fr
         chunk = common_chunk_rows(dump.layers, dump.n_rows)
     a, b = int(named[1]), int(named[2])
     assert 0 <= a < b <= COMPARE_ROWS and a % chunk == 0 and (b % chunk == 0 or b == COMPARE_ROWS), err
+
+
+# A task no worker can load (its argument's class is importable here, not on the workers, as when
+# actgeom changes under a running command): each worker closes itself and the LocalCluster does not
+# replace them. The wait lasted for ever; it now ends in an error (after WORKERS_GONE_S, 1 s here).
+TASK_NO_WORKER_CAN_LOAD = """
+import sys, types
+import dask
+from actgeom.core.backends import BackendOptions, open_backend
+from actgeom.core.backends import dask as dask_backend
+from actgeom.core.backends.tasks import merge_pair
+
+dask_backend.WORKERS_GONE_S, dask_backend.WORKERS_CHECK_S = 1, 0.5
+if __name__ == "__main__":
+    here_only = types.ModuleType("here_only")
+    exec("class Unloadable:\\n    pass", here_only.__dict__)
+    here_only.Unloadable.__module__ = "here_only"
+    sys.modules["here_only"] = here_only
+    with open_backend(BackendOptions("dask", workers=1)) as backend:
+        print(dask.config.get("distributed.deploy.lost-worker-timeout"))  # a slow restart is awaited
+        future = backend.client.submit(len, [here_only.Unloadable()], pure=False)
+        try:
+            backend._tree({(0, 1): future}, {}, merge_pair, "a.h5", lambda rows, future: None)
+        except dask_backend.TaskFailed as exc:
+            print(exc)
+    print(dask.config.get("distributed.deploy.lost-worker-timeout"))  # Dask's own again
+"""
+
+
+@needs_dask
+def test_a_local_cluster_whose_workers_all_closed_is_an_error_not_a_wait(tmp_path):
+    import subprocess
+
+    script = tmp_path / "unloadable_task.py"
+    script.write_text(TASK_NO_WORKER_CAN_LOAD)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    waited, error, default = run.stdout.splitlines()
+    assert error.startswith("every worker of the Dask LocalCluster has closed and none came back within 1 s"), run.stdout
+    assert (waited, default) == ("300s", "15s")
 
 
 # -- --save-stats DIR ------------------------------------------------------------------------------

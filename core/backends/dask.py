@@ -35,6 +35,7 @@ from pathlib import Path
 
 from actgeom.core.api import FAMILIES, facts_of
 from actgeom.core.backends.saved import SavedTasks, task_id
+from actgeom.core.backends.shutdown import closed_connections_dropped, drop_closed_connections
 from actgeom.core.backends.tasks import (
     common_chunk_rows,
     compare_rows,
@@ -57,6 +58,15 @@ MERGE_PRIORITY = 1  # merges run before the first-wave tasks still queued (Dask'
 # A LocalCluster's worker has a thread for the merges beside the one for row ranges: a range task
 # holds this resource (one per worker), a merge does not, so it never waits behind a running range.
 RANGE_SLOT = "actgeom-range"
+# Workers that cannot load a task (e.g. actgeom changed under a running command) close themselves and a
+# LocalCluster does not replace them: with none left for this long, a wait on our own cluster ends in an
+# error instead of lasting for ever (a nanny restarts a crashed worker within seconds, even under load).
+WORKERS_GONE_S = 60
+# A crashed worker's nanny starts it again; a LocalCluster closes that nanny for good when the worker
+# has not registered again within distributed.deploy.lost-worker-timeout (15 s: exceeded on a loaded
+# machine, and the cluster shrank for the rest of the run). Our own cluster waits this long instead.
+LOST_WORKER_WAIT = "300s"
+WORKERS_CHECK_S = 5  # how often a wait asks the scheduler for workers
 ROWS_PER_TASK = 1 << 20  # at most this many rows per first-wave task by default: a failure costs little to redo
 
 
@@ -80,6 +90,7 @@ class DaskBackend:
     """A dask.distributed client (to ``scheduler``, or to a LocalCluster it starts) running passes."""
 
     def __init__(self, options):
+        import dask
         from distributed import Client, LocalCluster
 
         self.options = options
@@ -94,6 +105,7 @@ class DaskBackend:
             if options.scheduler is not None:
                 self.client = Client(options.scheduler, timeout=SCHEDULER_TIMEOUT)
             else:
+                self._restarts_awaited = dask.config.set({"distributed.deploy.lost-worker-timeout": LOST_WORKER_WAIT})
                 self.cluster = LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=2,
                                             resources={RANGE_SLOT: 1}, processes=True, dashboard_address=":0",
                                             silence_logs=logging.ERROR)
@@ -121,15 +133,16 @@ class DaskBackend:
         logs with a traceback after a run that succeeded: such records of connections closed by
         the shutdown are dropped, here and on our own workers, from now on only (another
         scheduler's workers are left as they are)."""
-        with _closed_connections_dropped():
+        with closed_connections_dropped():
             if self.cluster is not None:
                 with contextlib.suppress(Exception):  # a worker already gone: nothing of it to quieten
-                    self.client.run(_drop_closed_connections)
+                    self.client.run(drop_closed_connections)
             with contextlib.suppress(TimeoutError):
                 self.client.close(timeout=CLOSE_TIMEOUT_S)
             if self.cluster is not None:
                 with contextlib.suppress(TimeoutError):  # worker processes still alive die with this one
                     self.cluster.close(timeout=CLOSE_TIMEOUT_S)
+                self._restarts_awaited.__exit__(None, None, None)
 
     @property
     def n_workers(self) -> int:
@@ -216,7 +229,7 @@ class DaskBackend:
             pool.add(future)
         tasks_done = time.perf_counter()
         self._pair(ready, pool, merge)
-        for future in pool:  # the tree grows as results come: merges overlap the tasks still running
+        for future in self._as_finished(pool):  # the tree grows as results come: merges overlap the tasks still running
             rows = where.get(future.key)
             if future.status != "finished":
                 raise self._failure(files, rows, future)
@@ -226,6 +239,30 @@ class DaskBackend:
             ready.append(future)
             self._pair(ready, pool, merge)
         return ready[0].result(), tasks_done
+
+    def _as_finished(self, pool):
+        """The futures of ``pool`` (an as_completed) as they finish. On a LocalCluster of ours, no
+        worker for WORKERS_GONE_S ends the wait with an error; another scheduler's cluster may be
+        scaling up (a batch queue), so there the wait goes on."""
+        next_check, gone_since = time.monotonic() + WORKERS_CHECK_S, None
+        while not pool.is_empty():
+            batch = pool.next_batch(block=False)
+            if batch:
+                yield from batch
+                continue
+            time.sleep(0.05)
+            now = time.monotonic()
+            if self.cluster is None or now < next_check:
+                continue
+            next_check = now + WORKERS_CHECK_S
+            if self.client.nthreads():
+                gone_since = None
+            elif gone_since is None:
+                gone_since = now
+            elif now - gone_since >= WORKERS_GONE_S:
+                raise TaskFailed(f"every worker of the Dask LocalCluster has closed and none came back within "
+                                 f"{WORKERS_GONE_S} s (their log above says why, e.g. a task they could not load "
+                                 "because actgeom changed under the running command)")
 
     def _pair(self, ready: list, pool, merge) -> None:
         """Merge the results that are ready two by two, as tasks whose results join the pool."""
@@ -269,7 +306,7 @@ class DaskBackend:
                                           replace(options, row_range=rows), retries=self.options.retries, pure=False,
                                           key=f"actgeom-second-{run}-{rows[0]}-{rows[1]}", **self._range): rows
                        for rows in missing}
-            for future in as_completed(futures):
+            for future in self._as_finished(as_completed(futures)):
                 rows = futures[future]
                 if future.status != "finished":
                     raise self._failure(str(dump.path), rows, future)
@@ -341,42 +378,6 @@ def _raise_if_error(result: dict) -> None:
 
 def _wave_key(dump: Dump, specs: dict, options: PassOptions) -> tuple:
     return str(Path(dump.path).resolve()), dump.spec, tuple(specs.items()), options
-
-
-class _ClosedConnections(logging.Filter):
-    """Drops log records whose exception is a connection closed under them (a shutdown's)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from distributed.comm import CommClosedError
-        from tornado.iostream import StreamClosedError
-
-        return not (record.exc_info and isinstance(record.exc_info[1], (CommClosedError, StreamClosedError)))
-
-
-_LOG_HANDLERS_OF = ("distributed", "tornado")  # distributed's logging puts its stderr handler on these
-
-
-def _log_handlers() -> set:
-    return {handler for name in _LOG_HANDLERS_OF for handler in logging.getLogger(name).handlers}
-
-
-def _drop_closed_connections() -> None:
-    """On a worker about to be closed: its closed-connection records dropped until it ends."""
-    for handler in _log_handlers():
-        handler.addFilter(_ClosedConnections())
-
-
-@contextlib.contextmanager
-def _closed_connections_dropped():
-    """In this process (client, scheduler and nannies of a LocalCluster): for the shutdown only."""
-    dropped, handlers = _ClosedConnections(), _log_handlers()
-    for handler in handlers:
-        handler.addFilter(dropped)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(dropped)
 
 
 def _run_id(path: Path) -> str:
