@@ -992,16 +992,19 @@ def python_start_s() -> float:
 @pytest.mark.parametrize("after", [0.0, 0.25, 0.6, 1.2])  # imports; the command's imports; the checks and the pass
 def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_leaves_nothing(tmp_path, python_start_s, after):
     """Ctrl-C as a terminal sends it: to the whole process group (the metadata check's child too).
-    The report on the sample starts for seconds: typer, numpy, h5py, matplotlib, the metadata check."""
+    The report on the five sample checkpoints runs for seconds: typer, numpy, h5py, the metadata
+    checks, the passes."""
     import subprocess
     delay = python_start_s + after
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([_actgeom_program(), "report", SAMPLE, "-o", out / "r.html", "--families", "collapse",
+    dumps = sorted(SAMPLE.parent.glob("*.h5"))
+    proc = subprocess.Popen([_actgeom_program(), "report", *dumps, "-o", out / "r.html", "--families", "collapse,rank",
                              "--figures", out / "figures", "--results", out / "r.json", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's shell does
     time.sleep(delay)
+    assert proc.poll() is None, "the report ended before Ctrl-C: give it more work"
     os.killpg(proc.pid, signal.SIGINT)
     sent = time.monotonic()
     try:
