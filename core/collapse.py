@@ -1,6 +1,6 @@
 """Neural-collapse metrics (docs/metrics.md): pure functions of finalised class statistics.
 
-Every metric takes a :class:`Geometry` (the kept classes' counts, means, within-class
+Every metric takes a :class:`Geometry` (core/collapse_geometry.py: the kept classes' counts, means, within-class
 covariance, variances, and the classifier restricted to them) and returns named floats. The
 REGISTRY lists every metric with what it needs; adding a metric is one function and one entry.
 Nothing here reads files or loops over rows.
@@ -8,171 +8,36 @@ Nothing here reads files or loops over rows.
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
+from actgeom.core.collapse_geometry import (  # noqa: F401 (Geometry, geometry, kept_classes re-exported)
+    Geometry,
+    eig_of_gram,
+    etf_error,
+    frame_error,
+    geometry,
+    kept_classes,
+    pinv_rank,
+    std_over_mean,
+    trace_against_inverse,
+    unavailable_all,
+    variance,
+    why_no_spread,
+    why_no_within,
+)
 from actgeom.core.family import INVARIANCES, Unavailable, evaluate, registry
 from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
 from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions  # noqa: F401 (re-exported)
-from actgeom.core.pairwise import pair_stats
 from actgeom.core.presets import resolve
-from actgeom.core.stats import ClassStats
 from actgeom.core.threads import blas_threads
 
 
 def resolve_options(preset: str | None = None, **given) -> CollapseOptions:
     """Defaults, then the preset's conventions, then every option given explicitly (not None)."""
     return resolve(CollapseOptions, PRESETS, preset, given)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The kept classes of one layer, everything float64.
-
-    classes: original class indices (C,); counts n_c; means μ_c (C, D); global_mean μ_G;
-    centred m_c = μ_c − μ_G; sigma_w = Σ_W (pooled over the kept rows, divided by their
-    number); variances v_c = E_{x∈c}‖x − μ_c‖²; weight W (C, D) and bias b (C,) or None.
-    """
-
-    classes: np.ndarray
-    counts: np.ndarray
-    means: np.ndarray
-    global_mean: np.ndarray
-    sigma_w: np.ndarray
-    variances: np.ndarray
-    weight: np.ndarray | None
-    bias: np.ndarray | None
-    nc4: float | None = None  # NC4 mismatch from the second pass, when there is a decision source
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.counts.size)
-
-    @property
-    def n_units(self) -> int:
-        return int(self.means.shape[1])
-
-    @property
-    def centred(self) -> np.ndarray:
-        return self.means - self.global_mean
-
-    @property
-    def sample_mean(self) -> np.ndarray:
-        return self.counts @ self.means / self.counts.sum()
-
-    @functools.cached_property
-    def pairs_means(self):
-        """Pair statistics of the centred means (cosines, distances, CDNV), computed once."""
-        return pair_stats(self.centred, self.variances)
-
-    @functools.cached_property
-    def pairs_weights(self):
-        return pair_stats(self.weight)
-
-
-def kept_classes(counts: np.ndarray, min_count: int) -> np.ndarray:
-    """Indices of the classes with at least ``min_count`` rows (and at least one)."""
-    return np.flatnonzero(counts >= max(min_count, 1))
-
-
-def geometry(stats: ClassStats, options: CollapseOptions, *, weight: np.ndarray | None = None,
-             bias: np.ndarray | None = None, dropped_scatter: np.ndarray | None = None,
-             nc4: float | None = None) -> Geometry:
-    """The kept classes' geometry. ``dropped_scatter`` = Σ over rows of dropped classes of
-    (x − μ_c)(x − μ_c)ᵀ (from a second pass), removed from the pooled scatter."""
-    kept = kept_classes(stats.counts, options.min_count)
-    counts = stats.counts[kept].astype(np.float64)
-    means = stats.means[kept]
-    scatter = stats.within_scatter if dropped_scatter is None else stats.within_scatter - dropped_scatter
-    n = counts.sum()
-    mu_g = means.mean(axis=0) if options.global_mean == "class" else counts @ means / n
-    return Geometry(classes=kept, counts=counts, means=means, global_mean=mu_g, sigma_w=scatter / n,
-                    variances=stats.sq_dev[kept] / counts,
-                    weight=None if weight is None else weight[kept],
-                    bias=None if bias is None else bias[kept], nc4=nc4)
-
-
-# -- linear algebra helpers -----------------------------------------------------------------
-
-def _eig_of_gram(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs (descending) of rowsᵀrows (D×D) through the smaller of the two Grams."""
-    C, D = rows.shape
-    if C < D:  # eigenvectors of RᵀR from those of RRᵀ: v = Rᵀu / √λ
-        lam, u = np.linalg.eigh(rows @ rows.T)
-        lam, u = lam[::-1], u[:, ::-1]
-        positive = lam > 0
-        vectors = np.zeros((D, C))
-        vectors[:, positive] = rows.T @ u[:, positive] / np.sqrt(lam[positive])
-        return np.maximum(lam, 0.0), vectors
-    lam, v = np.linalg.eigh(rows.T @ rows)
-    return np.maximum(lam[::-1], 0.0), v[:, ::-1]
-
-
-def _pinv_rank(eigenvalues: np.ndarray, size: int) -> int:
-    """How many eigenvalues a pseudo-inverse keeps: > max(size)·eps·λ_max (numpy's default)."""
-    if eigenvalues.size == 0 or eigenvalues[0] <= 0:
-        return 0
-    return int((eigenvalues > size * np.finfo(np.float64).eps * eigenvalues[0]).sum())
-
-
-def _trace_against_inverse(sigma: np.ndarray, eigenvalues: np.ndarray, vectors: np.ndarray, k: int) -> float:
-    """Tr(Σ A⁺) with A⁺ built from the first k eigenpairs of A: Σ_j v_jᵀ Σ v_j / λ_j."""
-    if k == 0:
-        return float("nan")
-    v = vectors[:, :k]
-    return float(np.einsum("ij,ij->j", v, sigma @ v) @ (1.0 / eigenvalues[:k]))
-
-
-def _etf_error(gram_trace: float, gram_sum: float, gram_fro: float, C: int) -> float:
-    """‖A/‖A‖_F − (I − 11ᵀ/C)/√(C−1)‖_F from Tr A, 1ᵀA1 and ‖A‖_F (no C×C matrix):
-    both terms have unit norm, so the squared error is 2 − 2⟨A, E⟩/‖A‖_F."""
-    if C < 2 or gram_fro == 0:
-        return float("nan")
-    inner = (gram_trace - gram_sum / C) / math.sqrt(C - 1)
-    return math.sqrt(max(2.0 - 2.0 * inner / gram_fro, 0.0))
-
-
-def _frame_error(gram_trace: float, gram_fro: float, C: int) -> float:
-    """‖G/‖G‖_F − I/√C‖_F for a Gram G (Dang et al.): √(2 − 2 Tr G/(√C ‖G‖_F))."""
-    if gram_fro == 0:
-        return float("nan")
-    return math.sqrt(max(2.0 - 2.0 * gram_trace / (math.sqrt(C) * gram_fro), 0.0))
-
-
-def _std_over_mean(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1) / np.mean(values)) if values.size > 1 else float("nan")
-
-
-def _var(values: np.ndarray, ddof: int) -> float:
-    return float(np.var(values, ddof=ddof)) if values.size > ddof else float("nan")
-
-
-# -- degenerate layers: what a metric cannot be computed from, and why --------------------------
-
-_RESOLUTION = 8 * np.finfo(np.float64).eps  # centred means below this (relative to the means) are rounding
-
-
-def _why_no_spread(g: Geometry) -> str | None:
-    """Why the class means have no spread (Σ_B = 0 up to rounding: every m_c ≈ 0), or None."""
-    if np.abs(g.centred).max() > _RESOLUTION * np.abs(g.means).max():
-        return None
-    if not g.sigma_w.any():
-        return "all rows are identical: the class means coincide (Σ_B = 0)"
-    return "every class has the same mean: no between-class spread (Σ_B = 0)"
-
-
-def _why_no_within(g: Geometry) -> str | None:
-    """Why within-class variability is undefined (every kept class has one row), or None."""
-    if (g.counts > 1).any():
-        return None
-    return "every class has one row: within-class variability needs 2 rows in a class"
-
-
-def _unavailable(names: tuple[str, ...], why: str) -> dict:
-    return dict.fromkeys(names, Unavailable(why))
 
 
 # -- the metrics ----------------------------------------------------------------------------
@@ -185,21 +50,21 @@ def nc1(g: Geometry, o: CollapseOptions) -> dict:
     Unavailable (with nc1_rank_used) when every class has one row (Σ_W undefined) or the class
     means coincide (Σ_B = 0); 0 when every class is one point (Σ_W = 0: perfect collapse).
     """
-    why = _why_no_within(g) or _why_no_spread(g)
+    why = why_no_within(g) or why_no_spread(g)
     if why:
-        return _unavailable(("nc1", "nc1_rank_used"), why)
-    lam, vectors = _eig_of_gram(g.centred / math.sqrt(g.n_classes))
+        return unavailable_all(("nc1", "nc1_rank_used"), why)
+    lam, vectors = eig_of_gram(g.centred / math.sqrt(g.n_classes))
     if o.nc1_inverse == "topk":
         k = min(g.n_classes - 1, g.n_units, int((lam > 0).sum()))
     else:
-        k = _pinv_rank(lam, max(g.n_units, g.n_classes))
-    value = _trace_against_inverse(g.sigma_w, lam, vectors, k)
+        k = pinv_rank(lam, max(g.n_units, g.n_classes))
+    value = trace_against_inverse(g.sigma_w, lam, vectors, k)
     return {"nc1": value / g.n_classes if o.divide_by_c else value, "nc1_rank_used": k}
 
 
 def nc1_quotient(g: Geometry, o: CollapseOptions) -> dict:
     """Tr Σ_W / Tr Σ_B (Tirer et al. 2023). Ideal 0; scale-invariant. Unavailable as NC1 is."""
-    why = _why_no_within(g) or _why_no_spread(g)
+    why = why_no_within(g) or why_no_spread(g)
     if why:
         return {"nc1_quotient": Unavailable(why)}
     trace_b = float(np.einsum("ij,ij->", g.centred, g.centred)) / g.n_classes
@@ -211,7 +76,7 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
     (Xu & Liu, ICML 2023). In [0, 1], ideal 0, invariant under invertible affine maps.
     Unavailable when Σ_T = 0 (all rows identical: 0/0) or every class has one row (Σ_W
     undefined); 1 when the class means coincide but the rows vary (no class information)."""
-    why = _why_no_within(g) or (_why_no_spread(g) if not g.sigma_w.any() else None)
+    why = why_no_within(g) or (why_no_spread(g) if not g.sigma_w.any() else None)
     if why:
         return {"vci": Unavailable(why)}
     m = g.centred
@@ -219,7 +84,7 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
     with blas_threads(sigma_t.shape[0]):
         lam, vectors = np.linalg.eigh(sigma_t)
     lam, vectors = lam[::-1], vectors[:, ::-1]
-    k = _pinv_rank(lam, g.n_units)
+    k = pinv_rank(lam, g.n_units)
     projected = m @ vectors[:, :k]  # Tr(Σ_T⁺ Σ_B) = (1/C) Σ_c m_cᵀ Σ_T⁺ m_c
     explained = float((projected**2 / lam[:k]).sum()) / g.n_classes
     rank_b = min(g.n_units, g.n_classes - 1)
@@ -230,13 +95,13 @@ def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
     """Tr(SS_W SS_B⁺) (He & Su, PNAS 2023), SS_B = (1/N) Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ, x̄ the
     sample mean, SS_W = Σ_W. Ideal 0; falls geometrically with depth in trained networks.
     Unavailable as NC1 is."""
-    why = _why_no_within(g) or _why_no_spread(g)
+    why = why_no_within(g) or why_no_spread(g)
     if why:
         return {"separation_fuzziness": Unavailable(why)}
     weights = np.sqrt(g.counts / g.counts.sum())[:, None]
-    lam, vectors = _eig_of_gram(weights * (g.means - g.sample_mean))
-    k = _pinv_rank(lam, max(g.n_units, g.n_classes))
-    return {"separation_fuzziness": _trace_against_inverse(g.sigma_w, lam, vectors, k)}
+    lam, vectors = eig_of_gram(weights * (g.means - g.sample_mean))
+    k = pinv_rank(lam, max(g.n_units, g.n_classes))
+    return {"separation_fuzziness": trace_against_inverse(g.sigma_w, lam, vectors, k)}
 
 
 def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
@@ -249,26 +114,26 @@ def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
     Unavailable when the class means coincide (every m_c = 0); the log-variance, the angles and
     GNC2 also when one m_c is 0 (no direction); GNC2 when two mean directions coincide (log 1/0)."""
     m, pairs = g.centred, g.pairs_means
-    why = _why_no_spread(g)
+    why = why_no_spread(g)
     if why:
-        return _unavailable(_NC2_MEANS, why) | {"gnc2_coincident_pairs": pairs.n_coincident_directions}
+        return unavailable_all(_NC2_MEANS, why) | {"gnc2_coincident_pairs": pairs.n_coincident_directions}
     norms = np.linalg.norm(m, axis=1)
     gram_fro = float(np.linalg.norm(m.T @ m))
     total = m.sum(axis=0)
-    values = {"nc2_equinorm_means": _std_over_mean(norms),
-              "nc2_etf_error_means": _etf_error(float(norms @ norms), float(total @ total), gram_fro, g.n_classes),
+    values = {"nc2_equinorm_means": std_over_mean(norms),
+              "nc2_etf_error_means": etf_error(float(norms @ norms), float(total @ total), gram_fro, g.n_classes),
               "gnc2_coincident_pairs": pairs.n_coincident_directions}
     at_centre = g.classes[norms == 0]
     if at_centre.size:
         why = f"class {at_centre[0]}'s mean is the global mean (m_c = 0): it has no norm to log, no direction"
-        return values | _unavailable(("nc2_equinorm_logvar_means", "nc2_equiangular_means", "nc2_maxangle_means",
+        return values | unavailable_all(("nc2_equinorm_logvar_means", "nc2_equiangular_means", "nc2_maxangle_means",
                                       "gnc2_log_mean", "gnc2_log_var"), why)
-    values |= {"nc2_equinorm_logvar_means": _var(np.log(norms), 1),
+    values |= {"nc2_equinorm_logvar_means": variance(np.log(norms), 1),
                "nc2_equiangular_means": math.sqrt(pairs.cos.variance()), "nc2_maxangle_means": pairs.abs_cos_plus}
     if pairs.n_coincident_directions:
         why = (f"{pairs.n_coincident_directions} class pair(s) have the same mean direction: "
                "log 1/‖p_c − p_c′‖ is infinite")
-        return values | _unavailable(("gnc2_log_mean", "gnc2_log_var"), why)
+        return values | unavailable_all(("gnc2_log_mean", "gnc2_log_var"), why)
     return values | {"gnc2_log_mean": pairs.log_inv_dist.mean, "gnc2_log_var": pairs.log_inv_dist.variance()}
 
 
@@ -283,12 +148,12 @@ def cdnv(g: Geometry, o: CollapseOptions) -> dict:
     or every class has one row (v_c undefined)."""
     pairs = g.pairs_means
     values = {"cdnv_coincident_pairs": pairs.n_coincident_means}
-    why = _why_no_within(g)
+    why = why_no_within(g)
     if pairs.n_coincident_means:
         why = why or (f"{pairs.n_coincident_means} of {pairs.n_pairs} class pairs have coincident means: "
                       "CDNV divides by ‖μ_c − μ_c′‖² = 0")
     if why:
-        return values | _unavailable(("cdnv", "cdnv_lc"), why)
+        return values | unavailable_all(("cdnv", "cdnv_lc"), why)
     return values | {"cdnv": pairs.cdnv, "cdnv_lc": pairs.cdnv_lc}
 
 
@@ -297,15 +162,15 @@ def nc2_weights(g: Geometry, o: CollapseOptions) -> dict:
     Unavailable when every w_c is 0; the angles also when one w_c is 0 (no direction)."""
     w = g.weight
     if not w.any():
-        return _unavailable(_NC2_WEIGHTS, "every classifier row is 0")
+        return unavailable_all(_NC2_WEIGHTS, "every classifier row is 0")
     norms = np.linalg.norm(w, axis=1)
     total = w.sum(axis=0)
-    values = {"nc2_equinorm_weights": _std_over_mean(norms),
-              "nc2_etf_error_weights": _etf_error(float(norms @ norms), float(total @ total),
+    values = {"nc2_equinorm_weights": std_over_mean(norms),
+              "nc2_etf_error_weights": etf_error(float(norms @ norms), float(total @ total),
                                                   float(np.linalg.norm(w.T @ w)), g.n_classes)}
     if not norms.all():
         why = f"class {g.classes[norms == 0][0]}'s classifier row is 0: it has no direction"
-        return values | _unavailable(("nc2_equiangular_weights", "nc2_maxangle_weights"), why)
+        return values | unavailable_all(("nc2_equiangular_weights", "nc2_maxangle_weights"), why)
     pairs = g.pairs_weights
     return values | {"nc2_equiangular_weights": math.sqrt(pairs.cos.variance()), "nc2_maxangle_weights": pairs.abs_cos_plus}
 
@@ -319,20 +184,20 @@ def nc3(g: Geometry, o: CollapseOptions) -> dict:
     var of the dot products w_c·m_c (Linguistic Collapse). Ideal 0 (cos → 1). Unavailable when
     the class means coincide (M̃ = 0); the cosines also when one w_c or m_c is 0."""
     w, m = g.weight, g.centred
-    why = _why_no_spread(g) or (None if w.any() else "every classifier row is 0")
+    why = why_no_spread(g) or (None if w.any() else "every classifier row is 0")
     if why:
-        return _unavailable(("nc3_self_duality", "nc3_wh_etf_error", "unc3_cos_mean", "unc3_cos_var", "unc3_dot_var"), why)
+        return unavailable_all(("nc3_self_duality", "nc3_wh_etf_error", "unc3_cos_mean", "unc3_cos_var", "unc3_dot_var"), why)
     dots = np.einsum("ij,ij->i", w, m)
     wm_fro = math.sqrt(max(float(np.einsum("ij,ji->", w.T @ w, m.T @ m)), 0.0))  # ‖W M̃ᵀ‖_F
     values = {"nc3_self_duality": float(((w / np.linalg.norm(w) - m / np.linalg.norm(m)) ** 2).sum()),
-              "nc3_wh_etf_error": _etf_error(float(dots.sum()), float(w.sum(axis=0) @ m.sum(axis=0)), wm_fro, g.n_classes),
-              "unc3_dot_var": _var(dots, 1)}
+              "nc3_wh_etf_error": etf_error(float(dots.sum()), float(w.sum(axis=0) @ m.sum(axis=0)), wm_fro, g.n_classes),
+              "unc3_dot_var": variance(dots, 1)}
     lengths = np.linalg.norm(w, axis=1) * np.linalg.norm(m, axis=1)
     if not lengths.all():
         why = f"class {g.classes[lengths == 0][0]}'s classifier row or centred mean is 0: its cosine is undefined"
-        return values | _unavailable(("unc3_cos_mean", "unc3_cos_var"), why)
+        return values | unavailable_all(("unc3_cos_mean", "unc3_cos_var"), why)
     cosines = dots / lengths
-    return values | {"unc3_cos_mean": float(cosines.mean()), "unc3_cos_var": _var(cosines, 1)}
+    return values | {"unc3_cos_mean": float(cosines.mean()), "unc3_cos_var": variance(cosines, 1)}
 
 
 def bias_collapse(g: Geometry, o: CollapseOptions) -> dict:
@@ -345,9 +210,9 @@ def _orthogonal_frame(rows: np.ndarray, suffix: str) -> dict:
     fro = float(np.linalg.norm(rows.T @ rows))  # ‖G‖_F without the C×C matrix
     if fro == 0:
         why = f"every {'class mean' if suffix == 'means' else 'classifier row'} is 0: G = 0 has no shape"
-        return _unavailable((f"of_error_{suffix}", f"gof_offdiag_ratio_{suffix}"), why)
+        return unavailable_all((f"of_error_{suffix}", f"gof_offdiag_ratio_{suffix}"), why)
     offdiag = math.sqrt(max(fro**2 - float(sq @ sq), 0.0))
-    return {f"of_error_{suffix}": _frame_error(float(sq.sum()), fro, rows.shape[0]),
+    return {f"of_error_{suffix}": frame_error(float(sq.sum()), fro, rows.shape[0]),
             f"gof_offdiag_ratio_{suffix}": offdiag / fro}
 
 

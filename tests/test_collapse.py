@@ -225,10 +225,10 @@ def test_pseudo_inverse_keeps_small_eigenvalues_above_the_cutoff(rng):
     """Σ_B with eigenvalues ~1 and ~1e-10 (and a rounding-level third): the pseudo-inverse keeps the
     second and drops the third, as an explicit eigendecomposition does; the cutoff itself is
     max(C, D)·eps·λ_max exactly (numpy's default)."""
-    from actgeom.core.collapse import _pinv_rank
+    from actgeom.core.collapse_geometry import pinv_rank
 
     eps = np.finfo(float).eps
-    assert _pinv_rank(np.array([1.0, 3 * eps * 1.01, 3 * eps * 0.99]), 3) == 2
+    assert pinv_rank(np.array([1.0, 3 * eps * 1.01, 3 * eps * 0.99]), 3) == 2
     C, D = 3, 3
     basis = np.linalg.qr(rng.standard_normal((D, D)))[0]
     means = np.array([[1.0, 1e-5, 0.0], [-1.0, 1e-5, 0.0], [0.0, -2e-5, 0.0]]) @ basis.T
