@@ -84,9 +84,14 @@ def test_a_metric_is_a_value_or_unavailable_never_both(cli, dumps, family):
     _assert_once_each(list(csv.DictReader(io.StringIO(text))), "csv")
     _, md, _ = cli(*args, "-f", "md")
     if family != "compare":  # its table is a matrix per metric
-        rows = [row for row in _md_rows(md) if row[0] in FAMILIES[family].metrics]
+        header, *body = _md_rows(md)
+        rows = [row for row in body if row[0] in FAMILIES[family].metrics]
         names = [row[0] for row in rows]
         assert len(names) == len(set(names)), f"md: metric rows repeated: {names}"
+        for row in rows:  # "—" exactly where the document says unavailable
+            for layer, cell in zip(header[1:], row[1:]):
+                state = expected.get(((dumps["a"], layer), row[0]))
+                assert state is not None and cell.startswith("—") == (state == "unavailable"), (row[0], layer, cell)
 
     result = getattr(actgeom, family)([dumps[f] for f in files])
     _assert_document(result.to_dict())
