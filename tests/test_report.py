@@ -550,3 +550,37 @@ def test_unit_score_violins_have_readable_ticks_and_the_legend_covers_no_violin(
         for legend in figure.legends + [ax.get_legend()]:
             if legend is not None:
                 assert not legend.get_window_extent(renderer).overlaps(ax.bbox)
+
+
+def test_slanted_layer_names_stay_inside_the_figure(tmp_path, rng):
+    """Long layer names are slanted; the first column's reach left of its panel (the figure keeps room)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from actgeom.cli.output import jsonable
+    from actgeom.cli.report.data import ReportOptions, gather
+    from actgeom.cli.report.figures import fig_depth
+    from actgeom.core.dump import DumpSpec
+
+    X, y = class_data(rng, [30, 30, 30], 8)
+    layers = {f"encoder.layer.{i}.output.dense": np.maximum(X * (i + 1), 0.0) for i in range(4)}
+    path = write_dump(tmp_path / "d.h5", layers, labels=y)
+    figure = fig_depth(jsonable(gather([Path(path)], DumpSpec(), ReportOptions(families=("collapse", "rank")))))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    for ax in figure.axes:
+        for label in ax.get_xticklabels():
+            box = label.get_window_extent(renderer)
+            assert figure.bbox.x0 <= box.x0 and box.y0 >= figure.bbox.y0, label.get_text()
+
+
+def test_a_flat_series_gets_no_offset_text_under_the_title():
+    """A metric equal on every layer to 1e-11 (RankMe of scaled copies) was labelled “1e-11+1.01e1”
+    at the top of its axis, over the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from actgeom.cli.report.figures import _grid
+
+    figure, (ax,) = _grid(1)
+    ax.plot([1, 2, 3], [11.0118591, 11.0118591 + 1e-11, 11.0118591])
+    figure.draw(FigureCanvasAgg(figure).get_renderer())
+    assert not ax.yaxis.get_offset_text().get_text()

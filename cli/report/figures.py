@@ -36,13 +36,15 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DECADES_FOR_LOG = 1.5  # a positive series spanning more than this many decades gets a log axis
 PANEL_W, PANEL_H = 3.4, 2.5  # inches per small multiple
 # inches around each panel's axes: left (tick labels and y label), right, top (a two-line title), bottom
-# (tick labels and x label); slanted tick labels add their height (_slant_room)
+# (tick labels and x label); slanted tick labels add room (_slant_room)
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 0.72, 0.18, 0.46, 0.5
 LEGEND_ROW = 0.26  # inches per row of a figure's legend above its panels
 LEGEND_COLUMNS = 6
 CHAR_W = 7 * 0.6 / 72  # inches per character of a 7-pt tick label (DejaVu Sans, average)
 X_PAD = 0.05  # the x range reaches this fraction of the data's span past the first and last point
-AXES_RC = {"axes.titley": 1.0}  # a fixed title height: automatic placement measures every tick label again
+# a fixed title height (automatic placement measures every tick label again); no offset text
+# ("1e-11+1.01e1" over a flat series), which would sit under the title
+AXES_RC = {"axes.titley": 1.0, "axes.formatter.useoffset": False}
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 TRAINING_METRICS = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "alpha_req", "erank", "dataset_entropy",
@@ -82,32 +84,37 @@ def checkpoint_colours(n: int) -> list:
 # -- helpers --------------------------------------------------------------------------------
 
 def _grid(n_panels: int, columns: int = 4, *, legend_entries: int = 0, panel_w: float = PANEL_W,
-          bottom: float = MARGIN_BOTTOM, right_extra: float = 0.0) -> tuple[Figure, list]:
+          room: tuple[float, float] = (MARGIN_BOTTOM, 0.0), right_extra: float = 0.0) -> tuple[Figure, list]:
     """A figure of ``n_panels`` axes in rows of ``columns``, each panel ``panel_w`` × PANEL_H inches,
-    a band above them for a legend of ``legend_entries`` and ``right_extra`` inches at the right
-    (a colour bar). No layout engine: the positions are fixed here, so a figure is drawn once."""
+    a band above them for a legend of ``legend_entries``, ``room`` for slanted tick labels
+    (_slant_room) and ``right_extra`` inches at the right (a colour bar). No layout engine: the
+    positions are fixed here, so a figure is drawn once."""
     columns = max(1, min(columns, n_panels))
     rows = math.ceil(n_panels / columns)
     band = LEGEND_ROW * math.ceil(legend_entries / LEGEND_COLUMNS) + (0.08 if legend_entries else 0.0)
+    bottom, left_extra = room
     panel_h = PANEL_H + bottom - MARGIN_BOTTOM
-    width, height = panel_w * columns + right_extra, panel_h * rows + band
+    width, height = left_extra + panel_w * columns + right_extra, panel_h * rows + band
     fig = Figure(figsize=(width, height))
     axes = []
     with matplotlib.rc_context(AXES_RC):
         for i in range(n_panels):
             row, column = divmod(i, columns)
-            left = column * panel_w + MARGIN_LEFT
+            left = left_extra + column * panel_w + MARGIN_LEFT
             low = height - band - (row + 1) * panel_h + bottom
             axes.append(fig.add_axes((left / width, low / height, (panel_w - MARGIN_LEFT - MARGIN_RIGHT) / width,
                                       (panel_h - MARGIN_TOP - bottom) / height)))
     return fig, axes
 
 
-def _slant_room(names: list[str], slanted: bool | None = None) -> float:
-    """Inches under a panel whose tick labels are ``names``, slanted by 30° when ``slanted`` (by
-    default when crowded, as _layer_ticks slants them): sin 30° of the longest name more."""
-    slanted = _crowded(names) if slanted is None else slanted
-    return MARGIN_BOTTOM + 0.5 * CHAR_W * max(map(len, names), default=0) if slanted else MARGIN_BOTTOM
+def _slant_room(names: list[str], slanted: bool | None = None) -> tuple[float, float]:
+    """(inches under each panel, inches before the first column) for tick labels ``names``,
+    slanted by 30° when ``slanted`` (by default when crowded, as _layer_ticks slants them): the
+    longest name's sin 30° under the panel, its cos 30° reaching left of the first one."""
+    if not (_crowded(names) if slanted is None else slanted):
+        return MARGIN_BOTTOM, 0.0
+    length = CHAR_W * max(map(len, names), default=0)
+    return MARGIN_BOTTOM + 0.5 * length, max(0.0, 0.87 * length - MARGIN_LEFT + 0.1)
 
 
 def _crowded(names: list[str]) -> bool:
@@ -199,7 +206,7 @@ def fig_training(document: dict) -> Figure | str:
     if not names:
         return "the families run (--families) have no metric drawn over training" + _reasons_text(unavailable)
     fig, axes = _grid(len(names), legend_entries=len(layers) + 1,
-                      bottom=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
+                      room=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
     colours = layer_colours(len(layers))
     handles = []
     for ax, name in zip(axes, names):
@@ -264,7 +271,7 @@ def fig_depth(document: dict) -> Figure | str:
         return "the families run (--families) have no metric drawn across depth" + _reasons_text(unavailable)
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(names), legend_entries=len(files) + 1, bottom=_slant_room(layers))
+    fig, axes = _grid(len(names), legend_entries=len(files) + 1, room=_slant_room(layers))
     handles, labels = [], []
     for ax, name in zip(axes, names):
         info = document["metrics_info"].get(name)

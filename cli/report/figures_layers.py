@@ -146,7 +146,7 @@ def fig_activity(document: dict) -> Figure | str:
                                                     for e in shown)]
     if not layers:
         return "the dumps hold no activation layers"
-    fig, axes = _grid(len(with_rates) + 1, columns=4, legend_entries=2 + len(shown), bottom=_slant_room(layers))
+    fig, axes = _grid(len(with_rates) + 1, columns=4, legend_entries=2 + len(shown), room=_slant_room(layers))
     last = files[-1]
     x = np.arange(len(layers))
     handles = []

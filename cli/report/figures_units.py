@@ -78,7 +78,7 @@ def fig_probe_depth(document: dict) -> Figure | str:
         return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(series), columns=3, legend_entries=len(files) + 1, bottom=_slant_room(layers))
+    fig, axes = _grid(len(series), columns=3, legend_entries=len(files) + 1, room=_slant_room(layers))
     handles = []
     chance = np.array([metric(files[-1], layer, "chance") for layer in layers])
     for ax, (name, values) in zip(axes, series.items()):
@@ -115,7 +115,7 @@ def fig_probe_training(document: dict) -> Figure | str:
     x, ticks, xlabel = training_axis(document)
     colours = layer_colours(len(layers))
     fig, axes = _grid(len(series) + (cosines is not None), columns=4, legend_entries=len(layers) + 1,
-                      bottom=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
+                      room=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
     handles = []
     chance = np.array([metric(entry, layers[0], "chance") for entry in files])
     for ax, (name, values) in zip(axes, series.items()):
@@ -181,7 +181,7 @@ def fig_neurons(document: dict) -> Figure | str:
     if not shown:
         return "no unit score has a value: " + "; ".join(f"{score}: {why}" for score, why in unavailable.items())
     cutoff = "class_selectivity" in shown
-    fig, axes = _grid(len(shown), columns=2, panel_w=VIOLIN_W, legend_entries=int(cutoff), bottom=_slant_room(layers))
+    fig, axes = _grid(len(shown), columns=2, panel_w=VIOLIN_W, legend_entries=int(cutoff), room=_slant_room(layers))
     for ax, score in zip(axes, shown):
         drawn = [name for name in layers if data[score][name].size]
         parts = ax.violinplot([data[score][name] for name in drawn], showmedians=True, showextrema=True)
