@@ -420,9 +420,12 @@ def test_probe_accuracy_axis_follows_the_accuracies(tmp_path, rng):
     document = _document(tmp_path, rng)
     accuracies = [layer["metrics"]["lda_accuracy"] for entry in document["files"] for layer in entry["layers"]]
     assert min(accuracies) > 0.6
-    ax = next(ax for ax in fig_probe_depth(document).axes if ax.get_title().startswith("LDA"))
+    figure = fig_probe_depth(document)
+    ax = next(ax for ax in figure.axes if ax.get_title().startswith("LDA"))
     bottom, top = ax.get_ylim()
     assert bottom > 0.5 and top - bottom < 0.5
+    assert "chance 0.333: below the axis" in ax.get_title()  # three classes; the legend has no dashed entry
+    assert "chance 1/C" not in [text.get_text() for text in figure.legends[0].get_texts()]
 
 
 def test_unavailable_metrics_are_a_list_not_panels(tmp_path, rng):

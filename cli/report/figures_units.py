@@ -39,24 +39,25 @@ ACCURACY_PAD = 0.15  # of the accuracies' span (at least MIN_SPAN), above and be
 MIN_SPAN = 0.02  # an accuracy axis spans at least this much: 0.96 and 0.99 stay apart, 1.0 stays readable
 
 
-def _accuracy_axes(ax, name: str, values: np.ndarray, x: np.ndarray, chance: np.ndarray) -> None:
+def _accuracy_axes(ax, name: str, values: np.ndarray, x: np.ndarray, chance: np.ndarray) -> bool:
     """The accuracies' own range (a 0–1 axis hides 0.96 vs 0.99); chance dashed where it falls
-    in that range, else named in the title."""
+    in that range, else named in the title. True when chance is drawn."""
     finite = values[np.isfinite(values)]
     pad = ACCURACY_PAD * max(float(finite.max() - finite.min()), MIN_SPAN)
     bottom, top = float(finite.min()) - pad, float(finite.max()) + pad
     title = PROBE_LABELS[name] + " (↑ better)"
-    if np.isfinite(chance).any():
-        if np.nanmax(chance) >= bottom:
-            ax.plot(x, chance, **CHANCE)
-            bottom = min(bottom, float(np.nanmin(chance)) - pad)
-        else:
-            title += f"\nchance {np.nanmax(chance):.3g}: below the axis"
+    drawn = np.isfinite(chance).any() and np.nanmax(chance) >= bottom
+    if drawn:
+        ax.plot(x, chance, **CHANCE)
+        bottom = min(bottom, float(np.nanmin(chance)) - pad)
+    elif np.isfinite(chance).any():
+        title += f"\nchance {np.nanmax(chance):.3g}: below the axis"
     ax.set_ylim(bottom, top)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("accuracy on the test rows", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
+    return bool(drawn)
 
 
 def _probe_series(document: dict, values_of) -> tuple[dict, dict[str, str]]:
@@ -79,19 +80,19 @@ def fig_probe_depth(document: dict) -> Figure | str:
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     colours = checkpoint_colours(len(files))
     fig, axes = _grid(len(series), columns=3, legend_entries=len(files) + 1, room=_slant_room(layers))
-    handles = []
+    handles, chance_drawn = [], False
     chance = np.array([metric(files[-1], layer, "chance") for layer in layers])
     for ax, (name, values) in zip(axes, series.items()):
         for i in range(len(files)):
             (line,) = ax.plot(depth, values[i], color=colours[i], marker="o", markersize=4, linewidth=1.5)
             if len(handles) < len(files):
                 handles.append(line)
-        _accuracy_axes(ax, name, values, depth, chance)
+        chance_drawn |= _accuracy_axes(ax, name, values, depth, chance)
         _layer_ticks(ax, depth, layers)
         ax.set_xlim(depth[0] - 0.25, depth[-1] + 0.25)
         ax.set_xlabel("layer (depth)", fontsize=8)
     labels = [checkpoint_label(entry) for entry in files]
-    _top_legend(fig, handles + [matplotlib.lines.Line2D([], [], **CHANCE)], labels + ["chance 1/C"])
+    _probe_legend(fig, handles, labels, chance_drawn)
     fig.unavailable = unavailable
     return fig
 
@@ -116,7 +117,7 @@ def fig_probe_training(document: dict) -> Figure | str:
     colours = layer_colours(len(layers))
     fig, axes = _grid(len(series) + (cosines is not None), columns=4, legend_entries=len(layers) + 1,
                       room=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
-    handles = []
+    handles, chance_drawn = [], False
     chance = np.array([metric(entry, layers[0], "chance") for entry in files])
     for ax, (name, values) in zip(axes, series.items()):
         for i in range(len(layers)):
@@ -124,14 +125,19 @@ def fig_probe_training(document: dict) -> Figure | str:
                               linewidth=1.5)
             if len(handles) < len(layers):
                 handles.append(line)
-        _accuracy_axes(ax, name, values, x, chance)
+        chance_drawn |= _accuracy_axes(ax, name, values, x, chance)
         _training_x(ax, x, ticks, xlabel)
     if cosines is not None:
         _draw_direction_cosines(axes[-1], cosines, colours, (x, ticks, xlabel))
-    _top_legend(fig, handles + [matplotlib.lines.Line2D([], [], **CHANCE)],
-                [f"layer {name}" for name in layers] + ["chance 1/C"])
+    _probe_legend(fig, handles, [f"layer {name}" for name in layers], chance_drawn)
     fig.unavailable = unavailable
     return fig
+
+
+def _probe_legend(fig: Figure, handles: list, labels: list[str], chance_drawn: bool) -> None:
+    """The series, and the dashed chance line when a panel draws it."""
+    dashed = [matplotlib.lines.Line2D([], [], **CHANCE)] if chance_drawn else []
+    _top_legend(fig, handles + dashed, labels + ["chance 1/C"] * bool(dashed))
 
 
 DIRECTION_TITLE = "concept direction μ₊ − μ₋: cosine with the previous checkpoint"
