@@ -211,7 +211,7 @@ def _tables(document: dict) -> str:
     return "\n".join(parts)
 
 
-TOP_UNIT_COLUMNS = ("firing_rate", "class_selectivity", "top_classes")  # beside the ranking score, when computed
+TOP_UNIT_COLUMNS = ("firing_rows", "firing_rate", "class_selectivity", "top_classes")  # beside the ranking score, when computed
 
 
 def _top_units(document: dict) -> str:
@@ -226,7 +226,9 @@ def _top_units(document: dict) -> str:
     rows = [[_td(record["layer"]), _num_cell(unit["rank"]), _num_cell(unit["unit"]), _num_cell(unit.get(score))]
             + [_num_cell(unit.get(name)) for name in columns]
             for record in records for unit in record["neurons"]["top_units"]]
-    return (f'<h3 id="top-units-title">Top units by {esc(score)} at {esc(checkpoint_label(entry))}</h3>'
+    support = sorted({record["neurons"]["min_support"] for record in records} - {None})
+    rule = f" among units firing on ≥ {' / '.join(map(str, support))} rows (--min-support)" if support else ""
+    return (f'<h3 id="top-units-title">Top units by {esc(score)} at {esc(checkpoint_label(entry))}{esc(rule)}</h3>'
             + _table(["layer", "rank", "unit", score, *columns], rows, "top-units"))
 
 
