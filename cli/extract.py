@@ -46,6 +46,7 @@ def extract(
     append: Annotated[bool, typer.Option("--append", rich_help_panel=STORE, metavar="", help=(
         "Add the rows to the existing dump OUT (same layers, widths, dtype); resumes after the rows an earlier "
         "extract with the same options and sources already wrote."))] = False,
+    quiet: o.QuietOpt = False,
 ) -> None:
     """Derive an actgeom dump from activations in any format: select, subsample, pool, convert.
 
@@ -65,8 +66,9 @@ def extract(
     with ExitStack() as stack:
         opened = [stack.enter_context(open_source(path, spec)) for path in sources]
         summary = extract_dump(opened, out, selection, append=append)
-    typer.echo(f"wrote {summary['n_rows_written']} rows × {len(summary['layers'])} layers ({summary['dtype']}, "
-               f"{summary['level']}-level) to {out}; it has {summary['n_rows']} rows", err=True)
+    if not quiet:
+        typer.echo(f"wrote {summary['n_rows_written']} rows × {len(summary['layers'])} layers ({summary['dtype']}, "
+                   f"{summary['level']}-level) to {out}; it has {summary['n_rows']} rows", err=True)
     for layer, count in summary["overflow_to_inf"].items():
         if count:
             typer.echo(f"warning: {count} values of layer '{layer}' overflowed to inf in {summary['dtype']}", err=True)

@@ -80,7 +80,8 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
 
 def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics files from `actgeom stats --save-stats`.")],
-          save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None) -> None:
+          save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None,
+          quiet: o.QuietOpt = False) -> None:  # --quiet: accepted as by every command; merge has no progress
     """Merge partial statistics of disjoint rows (shards, row ranges) of the same layers.
 
     Example:

@@ -821,6 +821,17 @@ def test_quiet_silences_progress(cli, dump, monkeypatch):
     assert code == 0 and err == ""
 
 
+
+def test_every_command_accepts_quiet():
+    """-q/--quiet is accepted by every command (a batch script passes it to all of them)."""
+    import typer.main
+
+    from actgeom.cli.app import app
+
+    refusing = [name for name, command in typer.main.get_command(app).commands.items()
+                if not any("-q" in getattr(param, "opts", []) for param in command.params)]
+    assert not refusing, f"commands without -q/--quiet: {refusing}"
+
 def test_object_name_that_is_not_utf8_is_one_line(cli, tmp_path, rng):  # found by benchmarks/fuzz_long.py
     path = tmp_path / "n.h5"
     with h5py.File(path, "w") as f:
