@@ -111,7 +111,7 @@ def main() -> None:
 def show(times: dict[str, list[float]], args) -> None:
     quiet = statistics.median(times["quiet"])
     goals = {**GOALS, "loaded": LOADED_RATIO * quiet}
-    print(f"\ncondition  runs  median s   min s   max s   goal s")
+    print("\ncondition  runs  median s   min s   max s   goal s")
     for name, values in times.items():
         median = statistics.median(values)
         verdict = "ok" if median <= goals[name] else "MISSED"

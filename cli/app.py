@@ -42,8 +42,8 @@ except ImportError:
     from click import exceptions as parser_errors
 
 from actgeom.cli import collapse, compare, entropy, extract, info, neurons, probe, rank, stats  # noqa: E402
-from actgeom.cli.output import escape, guarded_stdout  # noqa: E402
 from actgeom.cli.options import threads_option  # noqa: E402
+from actgeom.cli.output import escape, guarded_stdout  # noqa: E402
 from actgeom.cli.report.command import report  # noqa: E402
 from actgeom.core import __version__  # noqa: E402
 from actgeom.core.errors import ActgeomError, DataWarning, OptionError  # noqa: E402

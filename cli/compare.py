@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import Result, _short_names, emit, warn_sample_beyond_rows
+from actgeom.cli.output import Result, emit, warn_sample_beyond_rows
 from actgeom.cli.progress import row_progress, run_backend
+from actgeom.core.labels import file_labels
 from actgeom.core.options import CompareOptions
 from actgeom.core.outputs import check_outputs
 
@@ -109,4 +110,4 @@ def _labels(entries: list[dict]) -> list[str]:
     """Layer names, or file stems without their shared prefix."""
     if all("layer" in e and e["label"] == e["layer"] for e in entries):
         return [e["label"] for e in entries]
-    return _short_names([Path(e["label"]).stem for e in entries])
+    return file_labels([e["label"] for e in entries])

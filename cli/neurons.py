@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import Result, _flat, _short_names, emit, metrics_result
+from actgeom.cli.output import Result, _flat, emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
+from actgeom.core.labels import file_labels
 from actgeom.core.options import SCORES, NeuronsOptions
 from actgeom.core.outputs import check_outputs
 
@@ -88,7 +89,7 @@ def neurons(
 def ranked_view(result: Result, score: str) -> Result:
     """The table view: a row per top unit of each layer; each layer's summary metrics above it."""
     files = result.document["files"]
-    stems = _short_names([Path(file["file"]).stem for file in files])
+    stems = file_labels([file["file"] for file in files])
     rows, summary = [], {"options": result.summary["options"]}
     for file, stem in zip(files, stems):
         for layer in file["layers"]:

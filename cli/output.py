@@ -17,6 +17,7 @@ from pathlib import Path
 
 from actgeom.cli.options import Format
 from actgeom.core.errors import DataWarning, InvalidInputError, OutputError
+from actgeom.core.labels import file_labels
 from actgeom.core.outputs import write_output
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
@@ -58,7 +59,7 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     summary = {"options": ", ".join(options)} | (summary or {})
     columns, reasons = {}, {}
     one_layer = all(len(file["layers"]) == 1 for file in files)
-    short = _short_names([Path(file["file"]).stem for file in files])
+    short = file_labels([file["file"] for file in files])
     for file, stem in zip(files, short):
         for layer in file["layers"]:
             column = layer["layer"] if len(files) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
@@ -79,7 +80,7 @@ def warn_sample_beyond_rows(n_rows: int) -> None:
     said on stderr. (A default larger than a small dump is not worth a warning.)"""
     subsample = _given("subsample")
     if subsample and subsample > n_rows:
-        warnings.warn(f"--subsample {subsample} is more than the {n_rows} rows: every row is used", DataWarning)
+        warnings.warn(f"--subsample {subsample} is more than the {n_rows} rows: every row is used", DataWarning, stacklevel=2)
 
 
 def _given(option: str):
@@ -119,15 +120,6 @@ def escape(text: str) -> str:
 
 def _escaped(c: str) -> str:
     return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-
-
-def _short_names(stems: list[str]) -> list[str]:
-    """File stems without their shared prefix up to a separator: ckpt_epoch10 → epoch10."""
-    if len(stems) < 2:
-        return stems
-    prefix = os.path.commonprefix(stems)
-    cut = max(prefix.rfind("_"), prefix.rfind("-"), prefix.rfind("."))
-    return [stem[cut + 1:] or stem for stem in stems] if cut >= 0 else stems
 
 
 def jsonable(value):

@@ -33,7 +33,7 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(cli, comman
 
 
 @pytest.mark.parametrize("module", ["actgeom.core.engine", "actgeom.core.dump.writer", "actgeom.core.outputs",
-                                    "actgeom.core.statistics", "actgeom.cli.output"])
+                                    "actgeom.core.statistics", "actgeom.cli.output", "actgeom.core.labels"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actgeom.cli.output import _short_names
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
 from actgeom.core.collapse import CollapseOptions
@@ -22,6 +21,7 @@ from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.entropy import EntropyOptions
 from actgeom.core.errors import OptionError
 from actgeom.core.families import probe as probe_family
+from actgeom.core.labels import file_labels
 from actgeom.core.options import NeuronsOptions, ProbeOptions
 from actgeom.core.spectrum import RankOptions
 
@@ -82,7 +82,7 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
             document = one
         else:
             document["files"] += one["files"]
-    labels = _short_names([Path(entry["file"]).stem for entry in document["files"]])  # as every command's columns
+    labels = file_labels([entry["file"] for entry in document["files"]])  # as every command's columns
     for entry, label in zip(document["files"], labels):
         entry["step"] = _step(entry.get("step"))
         entry["label"] = label

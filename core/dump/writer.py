@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import stat
 from pathlib import Path
 
 import h5py

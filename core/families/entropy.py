@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from actgeom.core.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
+from actgeom.core.dump.validate import _memory_bytes as machine_memory_bytes
 from actgeom.core.entropy import (
     ATTENTION_METRICS,
     KERNEL_NEAR_IDENTITY,
@@ -14,7 +15,6 @@ from actgeom.core.entropy import (
     EntropyInputs,
     EntropyOptions,
 )
-from actgeom.core.dump.validate import _memory_bytes as machine_memory_bytes
 from actgeom.core.errors import OptionError
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate, threshold_problem
 
