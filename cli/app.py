@@ -49,10 +49,10 @@ from actgeom.core import __version__  # noqa: E402
 from actgeom.core.errors import ActgeomError, DataWarning, OptionError  # noqa: E402
 
 
-class _Command(TyperCommand):
-    """A command whose --help reads plainly: a flag shows no `<bool>` type, and a default described
-    in words (presets or the data decide the value) reads "Default: X." in the option's help text,
-    not Typer's "[default: (X)]", which looks like a value in parentheses."""
+class _PlainHelp:
+    """--help that reads plainly: a flag shows no `<bool>` type, and a default described in words
+    (presets or the data decide the value) reads "Default: X." in the option's help text, not
+    Typer's "[default: (X)]", which looks like a value in parentheses."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -66,6 +66,10 @@ class _Command(TyperCommand):
         return option
 
 
+class _Command(_PlainHelp, TyperCommand):
+    """A command with plain --help."""
+
+
 def _plain_help(param) -> None:
     if getattr(param, "is_flag", False):
         param.metavar = ""
@@ -74,7 +78,7 @@ def _plain_help(param) -> None:
         param.show_default = False
 
 
-class _Group(TyperGroup):
+class _Group(_PlainHelp, TyperGroup):
     """Turns every ActgeomError into one line on stderr and its exit code; no traceback.
 
     Data set aside (a DataWarning) is a `Warning: ...` line after a success, or is named at the
@@ -86,14 +90,6 @@ class _Group(TyperGroup):
         threads = threads_option()  # one shared option, decided before any command runs
         for command in self.commands.values():
             command.params.append(threads)
-        for param in self.params:
-            _plain_help(param)
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            _plain_help(option)
-        return option
 
     def invoke(self, ctx):
         with warnings.catch_warnings(record=True) as caught, _interruptible(), guarded_stdout():
