@@ -28,10 +28,10 @@ from actgeom.core.collapse_geometry import (  # noqa: F401 (Geometry, geometry, 
     why_no_spread,
     why_no_within,
 )
-from actgeom.core.family import INVARIANCES, Unavailable, evaluate, registry
 from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
 from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions  # noqa: F401 (re-exported)
 from actgeom.core.presets import resolve
+from actgeom.core.registry import INVARIANCES, Unavailable, evaluate, registry
 from actgeom.core.threads import blas_threads
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actgeom.core.family import Unavailable
 from actgeom.core.options import CollapseOptions
 from actgeom.core.pairwise import pair_stats
+from actgeom.core.registry import Unavailable
 from actgeom.core.stats import ClassStats
 
 

@@ -1,4 +1,5 @@
-"""Similarity between two representations of the same inputs (METRICS.md §5): pure functions.
+"""Similarity between two representations of the same inputs: pure functions (docs/metrics.md,
+"Similarity between representations").
 
 X (N × D_a) and Y (N × D_b) are aligned rows (row i of both is the same input); x̃, ỹ their rows
 centred by the column means. Every measure but RSA and mutual k-NN is a function of the moments
@@ -21,8 +22,8 @@ import numpy as np
 
 from actgeom.core.compare_moments import CentredCross, CentredSide
 from actgeom.core.compare_sample import SampleView, mutual_knn, rsa
-from actgeom.core.family import Unavailable, registry
 from actgeom.core.options import CompareOptions
+from actgeom.core.registry import Unavailable, registry
 from actgeom.core.spectrum import STORAGE_RTOL
 
 

@@ -1,4 +1,5 @@
-"""The sample-based compare measures (METRICS.md §5): RSA and mutual k-NN on a seeded row sample.
+"""The sample-based compare measures: RSA and mutual k-NN on a seeded row sample (docs/metrics.md,
+"Similarity between representations").
 
 The sample is the same rows in every file (keys of the row number and the seed, core/stats.py
 ``row_keys``). What each layer's rows give — the RDM, its ranks, each row's nearest neighbours —
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from actgeom.core.family import Unavailable
+from actgeom.core.registry import Unavailable
 
 if TYPE_CHECKING:
     from actgeom.core.compare import CompareOptions, PairInputs

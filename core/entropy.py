@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from actgeom.core.family import Unavailable, registry
 from actgeom.core.options import EntropyOptions
+from actgeom.core.registry import Unavailable, registry
 from actgeom.core.spectrum import without_rounding
 from actgeom.core.stages import announce, eigensolve_seconds
 from actgeom.core.stats import UnitStats

@@ -1,4 +1,4 @@
-"""Unit-level metrics (METRICS.md §6): one pure function per per-unit score, and the layer
+"""Unit-level metrics (docs/metrics.md, "Units"): one pure function per per-unit score, and the layer
 summaries (fractions of dead, dormant, selective, token-detector, positional units; VAE active
 units and collapsed latents) in a registry. All float64; every score of every unit is a vector
 of length D (NaN where a unit has no value, e.g. the kurtosis of a constant unit)."""
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from actgeom.core.family import Unavailable, registry
 from actgeom.core.options import SCORES, NeuronsOptions  # noqa: F401 (re-exported)
+from actgeom.core.registry import Unavailable, registry
 from actgeom.core.unitstats import GroupSums, UnitMoments
 
 TOP_TOKENS = 5  # k of token_concentration: a token detector puts its mass on a few token ids

@@ -1,4 +1,5 @@
-"""Linear probes and concept directions (METRICS.md §7), in closed form from class moments.
+"""Linear probes and concept directions, in closed form from class moments (docs/metrics.md,
+"Linear probes and concept directions").
 
 The probes are fitted from the class moments of the train rows (core/probesplit.py: the seeded
 split) — no gradient descent, no copy of the rows — and evaluated on the test rows in the shared
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from actgeom.core.family import Unavailable, registry
 from actgeom.core.options import CONTROLS, DEFAULT_RIDGE_LAMBDA, DEFAULT_SHRINKAGE, SHRINKAGE_GRID, SPLIT_BY, ProbeOptions  # noqa: F401 (re-exported)
 from actgeom.core.probesplit import total_scatter
+from actgeom.core.registry import Unavailable, registry
 from actgeom.core.stats import ClassStats
 from actgeom.core.threads import blas_threads
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actgeom.core.family import Unavailable, registry
 from actgeom.core.intrinsic import mle, twonn
 from actgeom.core.options import RANK_PRESETS as PRESETS
 from actgeom.core.options import STORAGE_RTOL, RankOptions  # noqa: F401 (re-exported)
 from actgeom.core.presets import resolve
+from actgeom.core.registry import Unavailable, registry
 from actgeom.core.stats import ClassStats
 from actgeom.core.threads import blas_threads
 

@@ -17,9 +17,9 @@ from conftest import run_family, write_dump
 from actgeom.core.compare import PairInputs, cca, svcca, unit_best_corr
 from actgeom.core.compare_moments import CentredCross, CentredSide
 from actgeom.core.compare_sample import SampleView, rsa
-from actgeom.core.family import Unavailable
 from actgeom.core.options import STORAGE_RTOL, CompareOptions, NeuronsOptions
 from actgeom.core.probe import Confusion
+from actgeom.core.registry import Unavailable
 
 
 def _side(variances) -> CentredSide:

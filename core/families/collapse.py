@@ -15,7 +15,8 @@ from actgeom.core.collapse import (
     per_class,
     separation_law,
 )
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.registry import evaluate
 from actgeom.core.stats import ClassStats
 
 _TILE_BYTES = 32 << 20  # scores of a row block against a tile of classes

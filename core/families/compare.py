@@ -25,7 +25,8 @@ from actgeom.core.compare_pass import Stream, check_alignment, compare_pass, mem
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.engine import Progress
 from actgeom.core.errors import OptionError, UsageError
-from actgeom.core.family import Family, LayerRecord, evaluate
+from actgeom.core.family import Family, LayerRecord
+from actgeom.core.registry import evaluate
 from actgeom.core.result import Result, nonfinite_notes
 
 RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")

@@ -16,7 +16,8 @@ from actgeom.core.entropy import (
     EntropyOptions,
 )
 from actgeom.core.errors import OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate, threshold_problem
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
+from actgeom.core.registry import evaluate
 
 KERNEL_COPIES = 2  # DSE's n × n kernel and the eigensolver's copy of it (DSMI's per-class kernels are smaller)
 

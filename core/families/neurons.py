@@ -7,7 +7,7 @@ import numpy as np
 
 from actgeom.core.accumulators import MomentsSpec, PositionSumsSpec, TokenSumsSpec, UnitMomentsSpec, UnitsSpec
 from actgeom.core.errors import InvalidInputError, OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate, threshold_problem
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
 from actgeom.core.neurons import (
     REGISTRY,
     NeuronInputs,
@@ -23,6 +23,7 @@ from actgeom.core.neurons import (
     top_classes,
     vae_kl,
 )
+from actgeom.core.registry import evaluate
 
 
 def needs(options: NeuronsOptions, facts: DumpFacts) -> list:

@@ -9,7 +9,7 @@ import numpy as np
 from actgeom.core.accumulators import SplitSpec, SplitStats
 from actgeom.core.engine import RowVectors
 from actgeom.core.errors import OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
 from actgeom.core.probe import (
     DEFAULT_SHRINKAGE,
     REGISTRY,
@@ -32,6 +32,7 @@ from actgeom.core.probesplit import (
     split_unit,
     unit_values,
 )
+from actgeom.core.registry import evaluate
 
 
 def needs(options: ProbeOptions, facts: DumpFacts) -> list:

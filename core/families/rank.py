@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, evaluate
+from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
 from actgeom.core.intrinsic import distinct_rows, nearest_distances
+from actgeom.core.registry import evaluate
 from actgeom.core.spectrum import REGISTRY, STORAGE_RTOL, RankInputs, RankOptions, layer_spectra, total_moments
 
 
