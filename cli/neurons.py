@@ -14,7 +14,7 @@ from actgeom.core.labels import file_labels
 from actgeom.core.options import SCORES, NeuronsOptions
 from actgeom.core.outputs import check_outputs
 
-METRIC = "Neuron scores (docs/metrics.md §6)"
+METRIC = "Neuron scores (docs/metrics.md, Units)"
 VAE = "VAE latents"
 _SHOWN = ("mean", "std", "max", "firing_rate", "firing_rows")  # columns of the ranked table besides the score
 DEFAULTS = NeuronsOptions()  # the defaults live in core

@@ -53,7 +53,7 @@ class CollapseOptions:
             raise OptionError("min_count", self.min_count, "must be ≥ 1")
 
 
-# Each preset reproduces one publication's conventions (docs/metrics.md, "Presets").
+# Each preset reproduces one publication's conventions (docs/metrics.md, "Neural collapse": presets).
 COLLAPSE_PRESETS: dict[str, dict] = {
     "papyan": {"global_mean": "class", "nc1_inverse": "topk", "divide_by_c": False},
     "zhu": {"global_mean": "sample", "nc1_inverse": "pinv", "divide_by_c": True},
@@ -179,7 +179,8 @@ class NeuronsOptions:
 
 # -- probe ---------------------------------------------------------------------------------------
 
-# the sampling unit the split hashes (METRICS.md §7); auto: the sequence on token-level dumps, else the row
+# the sampling unit the split hashes (docs/metrics.md, "Linear probes and concept directions");
+# auto: the sequence on token-level dumps, else the row
 SPLIT_BY = ("auto", "row", "sequence", "sample_id")
 CONTROLS = ("token", "row")
 # s = 0.1 keeps Σ_s positive definite whatever the rank of Σ_W (dead units, D > n, anisotropic
@@ -194,7 +195,8 @@ SHRINKAGE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """Everything that changes a probe number (METRICS.md §7); recorded in the output."""
+    """Everything that changes a probe number (docs/metrics.md, "Linear probes and concept
+    directions"); recorded in the output."""
 
     test_fraction: float = 0.2  # share of the units (split_by) held out, by seeded hash; 0: directions only
     seed: int = 0  # of the split (and, + 1, of the control task)

@@ -1,4 +1,5 @@
-"""The probe's train/test split and control task (METRICS.md §7), keyed by seeded hashes.
+"""The probe's train/test split and control task, keyed by seeded hashes (docs/metrics.md, "Linear
+probes and concept directions").
 
 The split hashes the sampling unit (``split_by``): the row (its global row number), the sequence
 (on token-level dumps: every token of a sentence on the same side — named by the global row

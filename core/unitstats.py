@@ -1,4 +1,4 @@
-"""Per-unit one-pass statistics for unit-level analyses (METRICS.md §6), exact in float64.
+"""Per-unit one-pass statistics for unit-level analyses (docs/metrics.md, "Units"), exact in float64.
 
 - :class:`UnitMoments`: count, mean, the central sums M_k = Σ(x − mean)^k for k = 2, 3, 4, min
   and max of every unit. Each block's central sums are computed about the block mean (shifted

@@ -1,7 +1,7 @@
 """`actgeom report`: rendering (page, figures, summary, results) of one report document.
 
-The document is a plain JSON-ready dict; nothing here depends on how it was made (today
-``data.gather``, tomorrow the one-pass engine). Its shape::
+The document is a plain JSON-ready dict made by ``data.gather`` (every family of each file in
+the engine's one pass, as ``actgeom.core.api.run``); rendering depends only on its shape::
 
     {"tool", "version", "command": "report", "created" (ISO date),
      "elapsed_s" (from the command's start to the page assembled), "drawing_s" (the figures' part),
