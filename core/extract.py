@@ -6,7 +6,7 @@ by the number of rows. The pipeline, in order:
 
 1. **tokens**: ``all`` rows; ``first``/``last`` row of each sequence; ``mean`` of each sequence
    (float64 sums); ``from:K`` the rows at position ≥ K. The result is the *candidate* rows,
-   numbered 0, 1, … across the sources in order.
+   numbered 0, 1, … across the sources in order (core/candidates.py).
 2. **rows** ``A:B``: candidates A ≤ i < B.
 3. **classes**: candidates whose label is one of these.
 4. **sample** N (seed S): the N candidates left with the smallest splitmix keys of their candidate
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core import __version__
+from actgeom.core.candidates import Block, CandidateStream, first_position
 from actgeom.core.dump.source import Source
 from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
 from actgeom.core.errors import InvalidInputError, UsageError
@@ -39,8 +40,6 @@ from actgeom.core.options import check_seed
 from actgeom.core.outputs import check_output
 from actgeom.core.sample import hash_keys
 
-TOKEN_CHOICES = "all, first, last, mean, from:K"
-BLOCK_BYTES = 8 << 20  # rows per block: about this many bytes per layer as float64
 PROVENANCE_ATTR = "extract_runs"
 
 
@@ -103,140 +102,7 @@ def parse_rows(text: str | None) -> tuple[int, int | None] | None:
         raise UsageError(f"--rows '{text}' is not a row range A:B (e.g. 0:100000, 5000:, :1000)") from None
 
 
-def first_position(tokens: str) -> int | None:
-    """K of ``from:K``; None for the other choices (validating them)."""
-    if tokens in ("all", "first", "last", "mean"):
-        return None
-    head, _, k = tokens.partition(":")
-    if head != "from" or not k.isdigit():
-        raise UsageError(f"--tokens '{tokens}' is not one of {TOKEN_CHOICES} (e.g. from:1 skips BOS rows)")
-    return int(k)
-
-
-@dataclass
-class _Block:
-    """Input rows [start, stop) of one source, and which candidates they give."""
-
-    source: Source
-    start: int  # in the source
-    stop: int
-    first: int  # candidate number of the block's first candidate
-    take: np.ndarray | None  # local row of each candidate (None: every row, or pooled)
-    pool: np.ndarray | None  # mean: local start row of each pooled sequence
-    sequence: np.ndarray | None  # local sequence of each candidate (token-level output with offsets)
-    n_candidates: int
-
-
-class _Plan:
-    """The sources as one candidate stream, in blocks, from metadata (offsets, positions) only."""
-
-    def __init__(self, sources: list[Source], tokens: str):
-        self.sources, self.tokens, self.k = sources, tokens, first_position(tokens)
-        first = sources[0]
-        self.layers = first.layers
-        for source in sources[1:]:
-            if [(l.name, l.n_units) for l in source.layers] != [(l.name, l.n_units) for l in self.layers]:
-                raise InvalidInputError(
-                    f"{source.path} has layers {_shapes(source)} but {first.path} has {_shapes(first)}; "
-                    "sources are concatenated along rows, so they need the same layers and widths")
-        self.vectors = set.intersection(*(s.vector_kinds for s in sources))
-        unlabelled = [s for s in sources if "labels" not in s.vector_kinds]
-        if unlabelled and len(unlabelled) < len(sources):
-            labelled = next(s for s in sources if "labels" in s.vector_kinds)
-            raise InvalidInputError(f"{labelled.path} has labels but {unlabelled[0].path} has none; concatenated "
-                                    "sources need labels in all or none (name them with --labels)")
-        self.has_offsets = all(s.offsets is not None for s in sources)
-        for source in sources:
-            if tokens != "all" and source.offsets is None and not (self.k is not None and "position" in source.vector_kinds):
-                raise InvalidInputError(
-                    f"--tokens {tokens} needs sequence offsets in {source.path} (/sequences/offsets or --offsets, "
-                    "an offsets array, or a 3-D (sequences, tokens, units) array)"
-                    + ("" if self.k is None else ", or token positions"))
-        self.pooled = tokens in ("first", "last", "mean")
-        self.level = "sample" if self.pooled or not (self.has_offsets or "position" in self.vectors) else "token"
-        self.block_rows = max(1, BLOCK_BYTES // (8 * max(l.n_units for l in self.layers)))
-
-    def blocks(self):
-        first = 0
-        for source in self.sources:
-            for block in self._source_blocks(source, first):
-                yield block
-                first += block.n_candidates
-
-    def _source_blocks(self, source: Source, first: int):
-        offsets = source.offsets
-        if offsets is None or (self.tokens == "all" and not self.has_offsets):
-            for start in range(0, source.n_rows, self.block_rows):
-                stop = min(start + self.block_rows, source.n_rows)
-                take = None
-                if self.k is not None:
-                    take = np.flatnonzero(source.vector("position", start, stop) >= self.k)
-                n = stop - start if take is None else take.size
-                yield _Block(source, start, stop, first, take, None, None, n)
-                first += n
-            return
-        s = 0
-        n_sequences = offsets.size - 1
-        while s < n_sequences:  # whole sequences, about block_rows rows (at least one sequence)
-            end = int(np.searchsorted(offsets, offsets[s] + self.block_rows, side="right")) - 1
-            end = min(max(end, s + 1), n_sequences)
-            block = self._sequence_block(source, offsets[s : end + 1], first)
-            yield block
-            first += block.n_candidates
-            s = end
-
-    def _sequence_block(self, source: Source, bounds: np.ndarray, first: int) -> _Block:
-        start, stop = int(bounds[0]), int(bounds[-1])
-        local = bounds - start
-        lengths = np.diff(local)
-        nonempty = lengths > 0
-        take = pool = sequence = None
-        if self.tokens == "first":
-            take = local[:-1][nonempty]
-        elif self.tokens == "last":
-            take = local[1:][nonempty] - 1
-        elif self.tokens == "mean":
-            pool = local[:-1][nonempty]
-        else:
-            sequence = np.repeat(np.arange(lengths.size), lengths)
-            if self.k is not None:
-                position = np.arange(stop - start) - np.repeat(local[:-1], lengths)
-                take = np.flatnonzero(position >= self.k)
-                sequence = sequence[take]
-        n = int(nonempty.sum()) if self.pooled else (stop - start if take is None else take.size)
-        return _Block(source, start, stop, first, take, pool, sequence, n)
-
-    def labels(self, block: _Block) -> np.ndarray | None:
-        """Labels of a block's candidates (a pooled sequence: the shared label, else -1)."""
-        if "labels" not in self.vectors:
-            return None
-        labels = block.source.vector("labels", block.start, block.stop)
-        if block.pool is not None:
-            low, high = np.minimum.reduceat(labels, block.pool), np.maximum.reduceat(labels, block.pool)
-            return np.where(low == high, low, -1)
-        return labels if block.take is None else labels[block.take]
-
-    def rows(self, block: _Block, layer: str) -> np.ndarray:
-        x = block.source.rows(layer, block.start, block.stop)
-        if block.pool is not None:  # float64 sums: the mean of float16 rows is not rounded per row
-            lengths = np.diff(np.append(block.pool, block.stop - block.start))
-            return np.add.reduceat(x.astype(np.float64), block.pool, axis=0) / lengths[:, None]
-        return x if block.take is None else x[block.take]
-
-    def vector(self, block: _Block, kind: str) -> np.ndarray | None:
-        if kind not in self.vectors or (kind != "labels" and block.pool is not None):
-            return None
-        if kind == "labels":
-            return self.labels(block)
-        values = block.source.vector(kind, block.start, block.stop)
-        return values if block.take is None else values[block.take]
-
-
-def _shapes(source: Source) -> str:
-    return ", ".join(f"{l.name} ({l.n_units})" for l in source.layers)
-
-
-def _sample(plan: _Plan, selection: Selection, eligible) -> np.ndarray | None:
+def _sample(stream: CandidateStream, selection: Selection, eligible) -> np.ndarray | None:
     """Sorted candidate numbers of the seeded sample (None: no sampling)."""
     if selection.sample is None:
         return None
@@ -293,8 +159,8 @@ def _fingerprint(source: Source) -> dict:
     return {"path": str(source.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
-def _default_dtype(plan: _Plan) -> str:
-    dtypes = {l.dtype for s in plan.sources for l in s.layers}
+def _default_dtype(stream: CandidateStream) -> str:
+    dtypes = {l.dtype for s in stream.sources for l in s.layers}
     if len(dtypes) == 1:
         return dtypes.pop()
     return "float64" if "float64" in dtypes else "float32"  # float32 holds float16 and bfloat16 exactly
@@ -329,29 +195,29 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
     """
     out = Path(out)
     check_output(out, [s.path for s in sources])  # never an input, a directory, a place that cannot be written
-    plan = _Plan(sources, selection.tokens)
-    if (selection.classes or selection.stratify) and "labels" not in plan.vectors:
+    stream = CandidateStream(sources, selection.tokens)
+    if (selection.classes or selection.stratify) and "labels" not in stream.vectors:
         option = "--classes" if selection.classes else "--stratify"
         raise InvalidInputError(f"{option} needs labels in every source (e.g. /rows/label, --labels, a labels array)")
-    dtype = selection.dtype or _default_dtype(plan)
+    dtype = selection.dtype or _default_dtype(stream)
     fingerprints = [_fingerprint(s) for s in sources]
-    with DumpWriter(out, layers={l.name: l.n_units for l in plan.layers}, dtype=dtype, level=plan.level,
+    with DumpWriter(out, layers={l.name: l.n_units for l in stream.layers}, dtype=dtype, level=stream.level,
                     compression=selection.compression, append=append, **_identity(sources),
                     expected_rows=_most_rows(selection), label_names=sources[0].label_names) as writer:
         _carry_classifier(writer, sources[0])
         skip = _resume_point(writer, fingerprints, selection, out) if append else 0
         before = writer.n_rows
-        chosen = _sample(plan, selection, lambda: _eligible(plan, selection))
+        chosen = _sample(stream, selection, lambda: _eligible(stream, selection))
         n_candidates = 0
-        for block in plan.blocks():
+        for block in stream.blocks():
             n_candidates = block.first + block.n_candidates
-            keep = _keep(plan, selection, block, chosen, skip)
+            keep = _keep(stream, selection, block, chosen, skip)
             if keep is None:
                 continue
-            batch = {l.name: plan.rows(block, l.name)[keep] for l in plan.layers}
-            vectors = {kind: plan.vector(block, kind) for kind in ("labels", "token_id", "position", "prediction")}
+            batch = {l.name: stream.rows(block, l.name)[keep] for l in stream.layers}
+            vectors = {kind: stream.vector(block, kind) for kind in ("labels", "token_id", "position", "prediction")}
             writer.append(batch, **{k: None if v is None else v[keep] for k, v in vectors.items()})
-            if block.sequence is not None and plan.level == "token" and plan.has_offsets:
+            if block.sequence is not None and stream.level == "token" and stream.has_offsets:
                 lengths = np.bincount(block.sequence[keep])
                 writer.add_sequences(lengths[lengths > 0])
         run = {"tool": f"actgeom {__version__}", "sources": fingerprints, "selection": selection.record(),
@@ -360,7 +226,7 @@ def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *
         runs = json.loads(writer.get_attr(PROVENANCE_ATTR) or "[]") + [run]
         writer.set_attrs(**{PROVENANCE_ATTR: json.dumps(runs)})
     return {"output": str(out), "n_rows_written": run["rows_written"], "n_rows": writer.n_rows, "n_candidates": n_candidates,
-            "resumed_after": skip, "layers": [l.name for l in plan.layers], "dtype": dtype, "level": plan.level,
+            "resumed_after": skip, "layers": [l.name for l in stream.layers], "dtype": dtype, "level": stream.level,
             "overflow_to_inf": writer.n_overflow}
 
 
@@ -386,7 +252,7 @@ def _identity(sources: list[Source]) -> dict:
     return sources[0].identity or {"model": ", ".join(dict.fromkeys(s.path.name for s in sources))}
 
 
-def _filter(plan: _Plan, selection: Selection, block: _Block) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _filter(stream: CandidateStream, selection: Selection, block: Block) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Candidate numbers of a block, the mask of those passing --rows and --classes, and their labels."""
     index = block.first + np.arange(block.n_candidates)
     mask = np.ones(block.n_candidates, dtype=bool)
@@ -395,22 +261,22 @@ def _filter(plan: _Plan, selection: Selection, block: _Block) -> tuple[np.ndarra
         mask &= index >= low
         if high is not None:
             mask &= index < high
-    labels = plan.labels(block) if selection.classes or selection.stratify else None
+    labels = stream.labels(block) if selection.classes or selection.stratify else None
     if selection.classes:  # labels exist: checked before the pass
         mask &= np.isin(labels, selection.classes)
     return index, mask, labels
 
 
-def _eligible(plan: _Plan, selection: Selection):
+def _eligible(stream: CandidateStream, selection: Selection):
     """(candidate numbers, labels) of the candidates passing --rows/--classes, block by block."""
-    for block in plan.blocks():
+    for block in stream.blocks():
         if selection.rows is not None and selection.rows[1] is not None and block.first >= selection.rows[1]:
             return
-        index, mask, labels = _filter(plan, selection, block)
+        index, mask, labels = _filter(stream, selection, block)
         yield index[mask], (None if labels is None else labels[mask])
 
 
-def _keep(plan: _Plan, selection: Selection, block: _Block, chosen: np.ndarray | None, skip: int) -> np.ndarray | None:
+def _keep(stream: CandidateStream, selection: Selection, block: Block, chosen: np.ndarray | None, skip: int) -> np.ndarray | None:
     """Local candidates of a block to write (None: nothing), cheapest tests first."""
     end = block.first + block.n_candidates
     if block.n_candidates == 0 or end <= skip:
@@ -422,7 +288,7 @@ def _keep(plan: _Plan, selection: Selection, block: _Block, chosen: np.ndarray |
         lo, hi = np.searchsorted(chosen, [block.first, end])
         if lo == hi:
             return None
-    index, mask, _ = _filter(plan, selection, block)
+    index, mask, _ = _filter(stream, selection, block)
     mask &= index >= skip
     if chosen is not None:
         mask &= np.isin(index, chosen[lo:hi])

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+import actgeom.core.candidates as candidates_module
 import actgeom.core.extract as extract_module
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.dump.hdf5 import decode_bfloat16
@@ -289,7 +290,7 @@ def reference_tokens(X, lengths, tokens):
 @pytest.mark.parametrize("tokens", ["first", "last", "mean", "from:1", "from:3"])
 def test_token_selections_equal_the_numpy_reference(cli, tmp_path, tokens, monkeypatch, block_bytes):
     data = tokens_data()
-    monkeypatch.setattr(extract_module, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(candidates_module, "BLOCK_BYTES", block_bytes)
     np.savez(tmp_path / "t.npz", a=data["a"], labels=data["labels"], offsets=data["offsets"])
     code, _, err = cli("extract", tmp_path / "t.npz", "-o", tmp_path / "out.h5", "--tokens", tokens,
                        "--dtype", "float64")
@@ -362,7 +363,7 @@ def test_sample_is_seeded_reproducible_ordered_and_block_size_free(cli, tmp_path
     first = sampled_rows(cli, tmp_path, "s1.h5", "--sample", "100", "--seed", "3")["activations/x"]
     again = sampled_rows(cli, tmp_path, "s2.h5", "--sample", "100", "--seed", "3")["activations/x"]
     other = sampled_rows(cli, tmp_path, "s3.h5", "--sample", "100", "--seed", "4")["activations/x"]
-    monkeypatch.setattr(extract_module, "BLOCK_BYTES", 16 * 37)  # blocks of 37 rows
+    monkeypatch.setattr(candidates_module, "BLOCK_BYTES", 16 * 37)  # blocks of 37 rows
     small_blocks = sampled_rows(cli, tmp_path, "s4.h5", "--sample", "100", "--seed", "3")["activations/x"]
     assert first.shape == (100, 2)
     np.testing.assert_array_equal(first, again)
@@ -397,7 +398,7 @@ def test_extract_doctests():
 # -- failures leave nothing; --append resumes --------------------------------------------------------
 def test_an_exception_mid_write_leaves_nothing(cli, tmp_path, rng, monkeypatch):
     np.save(tmp_path / "x.npy", rng.standard_normal((1000, 8)))
-    monkeypatch.setattr(extract_module, "BLOCK_BYTES", 8 * 8 * 100)
+    monkeypatch.setattr(candidates_module, "BLOCK_BYTES", 8 * 8 * 100)
     calls = []
     original = DumpWriter.append
 
@@ -415,9 +416,9 @@ def test_an_exception_mid_write_leaves_nothing(cli, tmp_path, rng, monkeypatch):
 
 KILLED_RUN = """
 import sys, time, pathlib
-import actgeom.core.extract as extract_module
+import actgeom.core.candidates as candidates_module
 from actgeom.core.dump import DumpWriter
-extract_module.BLOCK_BYTES = 8 * 8 * 50
+candidates_module.BLOCK_BYTES = 8 * 8 * 50
 original = DumpWriter.append
 def slow(self, *args, **kwargs):
     original(self, *args, **kwargs)
