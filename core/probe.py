@@ -26,10 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from actgeom.core.options import CONTROLS, DEFAULT_RIDGE_LAMBDA, DEFAULT_SHRINKAGE, SHRINKAGE_GRID, SPLIT_BY, ProbeOptions  # noqa: F401 (re-exported)
-from actgeom.core.probesplit import total_scatter
+from actgeom.core.options import (  # noqa: F401 (re-exported)
+    CONTROLS,
+    DEFAULT_RIDGE_LAMBDA,
+    DEFAULT_SHRINKAGE,
+    SHRINKAGE_GRID,
+    SPLIT_BY,
+    ProbeOptions,
+)
 from actgeom.core.registry import Unavailable, registry
-from actgeom.core.stats import ClassStats
+from actgeom.core.stats import ClassStats, pooled
 from actgeom.core.threads import blas_threads
 
 _TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
@@ -111,8 +117,8 @@ def lda_probe(stats: ClassStats, shrinkage: float) -> LinearProbe:
 def ridge_probe(stats: ClassStats, ridge_lambda: float) -> LinearProbe:
     """Ridge on one-hot targets: W = (S_T + λ·(tr S_T/D)·I)⁻¹[n_c(μ_c − x̄)], intercept π_c on x − x̄."""
     kept, counts, means = _kept(stats)
-    n, centre, scatter = total_scatter(ClassStats(counts=counts, means=means, within_scatter=stats.within_scatter,
-                                                  sq_dev=np.zeros(counts.size)))
+    total = pooled(ClassStats(counts=counts, means=means, within_scatter=stats.within_scatter, sq_dev=np.zeros(counts.size)))
+    n, centre, scatter = total.n, total.means[0], total.within_scatter
     d = scatter.shape[0]
     A = scatter + ridge_lambda * (np.trace(scatter) / d) * np.eye(d)
     weight = _solve(A, (means - centre).T * counts, ridge_lambda > 0).T
@@ -178,7 +184,8 @@ class Confusion:
         true, predicted, correct = (np.pad(a, (0, size - a.size)) for a in (self.true, self.predicted, self.correct))
         present = true > 0
         either = present | (predicted > 0)
-        return {"accuracy": float(correct.sum() / true.sum()), "balanced_accuracy": float(np.mean(correct[present] / true[present])),
+        return {"accuracy": float(correct.sum() / true.sum()),
+                "balanced_accuracy": float(np.mean(correct[present] / true[present])),
                 "macro_f1": float(np.mean(2 * correct[either] / (true[either] + predicted[either])))}
 
 
@@ -267,33 +274,53 @@ _ACC = dict(compute=probe_scores, needs=_EVAL, ideal=1.0, range=(0, 1), directio
 
 REGISTRY = registry(
     "probe",
-    dict(name="lda_accuracy", formula="share of test rows with argmax_c w_cᵀx + b_c = y, w_c = Σ_s⁻¹μ_c, b_c = −½μ_cᵀΣ_s⁻¹μ_c + log π_c, Σ_s = (1−s)Σ_W + s·(tr Σ_W/D)·I (train rows)", source="Friedman, JASA 1989; Alain & Bengio, ICLR 2017 (probes)",
+    dict(name="lda_accuracy",
+         formula="share of test rows with argmax_c w_cᵀx + b_c = y, w_c = Σ_s⁻¹μ_c, b_c = −½μ_cᵀΣ_s⁻¹μ_c + log π_c, "
+                 "Σ_s = (1−s)Σ_W + s·(tr Σ_W/D)·I (train rows)", source="Friedman, JASA 1989; Alain & Bengio, ICLR 2017 (probes)",
          test=_TEST + "test_lda_equals_scikit_learn", **_ACC),
-    dict(name="lda_balanced_accuracy", formula="mean over the test classes of the LDA probe's recall", source="Brodersen et al., ICPR 2010", test=_TEST + "test_scores_equal_scikit_learn",
+    dict(name="lda_balanced_accuracy", formula="mean over the test classes of the LDA probe's recall",
+         source="Brodersen et al., ICPR 2010", test=_TEST + "test_scores_equal_scikit_learn",
          **_ACC),
-    dict(name="lda_macro_f1", formula="mean over true or predicted test classes of 2·TP_c/(2·TP_c + FP_c + FN_c), LDA probe", source="scikit-learn f1_score(average='macro')", test=_TEST + "test_scores_equal_scikit_learn",
+    dict(name="lda_macro_f1", formula="mean over true or predicted test classes of 2·TP_c/(2·TP_c + FP_c + FN_c), LDA probe",
+         source="scikit-learn f1_score(average='macro')", test=_TEST + "test_scores_equal_scikit_learn",
          **_ACC),
-    dict(name="lda_auroc", formula="two classes: P(s(x₊) > s(x₋)) + ½P(=) over test rows, s = LDA score difference (exact, from ranks)", source="Hanley & McNeil, Radiology 1982", test=_TEST + "test_scores_equal_scikit_learn", **_ACC),
-    dict(name="ridge_accuracy", formula="share of test rows with argmax_c of W(x − x̄) + π = y, W = [(S_T + λ·(tr S_T/D)·I)⁻¹ n_c(μ_c − x̄)]ᵀ (train rows)", source="Hoerl & Kennard, Technometrics 1970", test=_TEST + "test_ridge_equals_a_direct_solve",
+    dict(name="lda_auroc",
+         formula="two classes: P(s(x₊) > s(x₋)) + ½P(=) over test rows, s = LDA score difference (exact, from ranks)",
+         source="Hanley & McNeil, Radiology 1982", test=_TEST + "test_scores_equal_scikit_learn", **_ACC),
+    dict(name="ridge_accuracy",
+         formula="share of test rows with argmax_c of W(x − x̄) + π = y, W = [(S_T + λ·(tr S_T/D)·I)⁻¹ n_c(μ_c − x̄)]ᵀ "
+                 "(train rows)",
+         source="Hoerl & Kennard, Technometrics 1970", test=_TEST + "test_ridge_equals_a_direct_solve",
          **_ACC),
-    dict(name="ridge_balanced_accuracy", formula="mean over the test classes of the ridge probe's recall", source="Brodersen et al., ICPR 2010",
+    dict(name="ridge_balanced_accuracy", formula="mean over the test classes of the ridge probe's recall",
+         source="Brodersen et al., ICPR 2010",
          test=_TEST + "test_ridge_equals_a_direct_solve", **_ACC),
-    dict(name="ridge_macro_f1", formula="mean over true or predicted test classes of the ridge probe's F1", source="scikit-learn f1_score(average='macro')",
+    dict(name="ridge_macro_f1", formula="mean over true or predicted test classes of the ridge probe's F1",
+         source="scikit-learn f1_score(average='macro')",
          test=_TEST + "test_ridge_equals_a_direct_solve", **_ACC),
-    dict(name="ncc_accuracy", formula="share of test rows whose nearest train class mean is their class", source="Papyan, Han & Donoho, PNAS 2020 (NC4)", test=_TEST + "test_ncc_is_nearest_train_mean",
+    dict(name="ncc_accuracy", formula="share of test rows whose nearest train class mean is their class",
+         source="Papyan, Han & Donoho, PNAS 2020 (NC4)", test=_TEST + "test_ncc_is_nearest_train_mean",
          **_ACC),
-    dict(name="chance", formula="1/C, C = classes with train rows", compute=baselines, needs=("labels",), direction="neither", range=(0, 1),
+    dict(name="chance", formula="1/C, C = classes with train rows", compute=baselines, needs=("labels",), direction="neither",
+         range=(0, 1),
          invariant=frozenset({"scale", "rotation", "shift", "affine"}), source="1/C", test=_TEST + "test_baselines"),
-    dict(name="majority", formula="max_c n_c / n over the train rows", compute=baselines, needs=("labels",), direction="neither", range=(0, 1),
+    dict(name="majority", formula="max_c n_c / n over the train rows", compute=baselines, needs=("labels",), direction="neither",
+         range=(0, 1),
          invariant=frozenset({"scale", "rotation", "shift", "affine"}), source="largest train class share",
          test=_TEST + "test_baselines"),
-    dict(name="control_accuracy", formula="the LDA probe's test accuracy on control labels (a class per token id or row bucket by seeded hash, real class frequencies)", compute=control_scores, needs=_EVAL, direction="neither", range=(0, 1), invariant=_SRT,
+    dict(name="control_accuracy",
+         formula="the LDA probe's test accuracy on control labels (a class per token id or row bucket by seeded hash, "
+                 "real class frequencies)", compute=control_scores, needs=_EVAL, direction="neither", range=(0, 1),
+         invariant=_SRT,
          source=_HL, test=_TEST + "test_control_task"),
-    dict(name="selectivity", formula="lda_accuracy − control_accuracy", compute=control_scores, needs=_EVAL, ideal=1.0, range=(-1, 1), direction="higher",
+    dict(name="selectivity", formula="lda_accuracy − control_accuracy", compute=control_scores, needs=_EVAL, ideal=1.0,
+         range=(-1, 1), direction="higher",
          invariant=_SRT, source=_HL, test=_TEST + "test_control_task"),
-    dict(name="direction_norm", formula="‖μ₊ − μ₋‖ (train rows)", compute=direction_scores, needs=("labels",), direction="neither", range=(0, math.inf),
+    dict(name="direction_norm", formula="‖μ₊ − μ₋‖ (train rows)", compute=direction_scores, needs=("labels",),
+         direction="neither", range=(0, math.inf),
          invariant=frozenset({"rotation", "shift"}), source="difference of means (Marks & Tegmark, 2023)",
          test=_TEST + "test_planted_direction"),
-    dict(name="fisher_ratio", formula="‖μ₊ − μ₋‖² / tr Σ_W (train rows, Σ_W pooled over every class)", compute=direction_scores, needs=("labels",), direction="higher", range=(0, math.inf),
+    dict(name="fisher_ratio", formula="‖μ₊ − μ₋‖² / tr Σ_W (train rows, Σ_W pooled over every class)", compute=direction_scores,
+         needs=("labels",), direction="higher", range=(0, math.inf),
          invariant=_SRT, source="Fisher, Ann. Eugenics 1936", test=_TEST + "test_planted_direction", log_scale=True),
 )

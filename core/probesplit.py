@@ -31,7 +31,7 @@ from scipy import sparse
 
 from actgeom.core.errors import InvalidInputError
 from actgeom.core.sample import hash_keys
-from actgeom.core.stats import ClassStats
+from actgeom.core.stats import ClassStats, pooled
 
 VALIDATION_FRACTION = 0.25  # --shrinkage auto: share of the train rows that choose s
 CONTROL_BUCKETS = 1024  # row control: class frequencies kept to 1/1024; memory 1024×D floats
@@ -143,20 +143,12 @@ class ControlSums:
         return acc
 
 
-def total_scatter(stats: ClassStats) -> tuple[float, np.ndarray, np.ndarray]:
-    """(n, x̄, S_T) of the classes' rows: S_T = S_W + Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ, exact from class moments."""
-    counts = stats.counts.astype(np.float64)
-    n = counts.sum()
-    mean = counts @ stats.means / n
-    centred = (stats.means - mean) * np.sqrt(counts)[:, None]
-    return n, mean, stats.within_scatter + centred.T @ centred
-
-
 def control_stats(train: ClassStats, groups: ControlSums, classes: np.ndarray) -> ClassStats:
     """Class moments of the train rows under the control labels (group g → class ``classes[g]``):
     n_k and μ_k from the group sums, S_W = S_T − Σ_k n_k (μ_k − x̄)(μ_k − x̄)ᵀ with S_T of the
     real classes. sq_dev is not kept (zeros): no probe uses it."""
-    n, mean, scatter = total_scatter(train)
+    total = pooled(train)
+    mean, scatter = total.means[0], total.within_scatter
     k = train.counts.size
     counts = np.bincount(classes, weights=groups.counts, minlength=k)
     sums = np.zeros((k, train.means.shape[1]))

@@ -16,7 +16,7 @@ from actgeom.core.options import RANK_PRESETS as PRESETS
 from actgeom.core.options import STORAGE_RTOL, RankOptions  # noqa: F401 (re-exported)
 from actgeom.core.presets import resolve
 from actgeom.core.registry import Unavailable, registry
-from actgeom.core.stats import ClassStats
+from actgeom.core.stats import ClassStats, pooled
 from actgeom.core.threads import blas_threads
 
 
@@ -53,10 +53,8 @@ class Spectrum:
 def total_moments(stats: ClassStats) -> tuple[np.ndarray, np.ndarray]:
     """(mean x̄, covariance Σ_T) of all rows, exactly from class moments:
     N Σ_T = within scatter + Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ."""
-    n = stats.counts.astype(np.float64)
-    mean = n @ stats.means / n.sum()
-    centred = (stats.means - mean) * np.sqrt(n)[:, None]
-    return mean, (stats.within_scatter + centred.T @ centred) / n.sum()
+    total = pooled(stats)
+    return total.means[0], total.within_scatter / total.n
 
 
 def layer_spectra(stats: ClassStats, *, rtol: float, max_eigs: int | None = None) -> dict[str, Spectrum]:
@@ -272,41 +270,59 @@ _CENTRED = frozenset({"scale", "rotation", "shift"})
 
 REGISTRY = registry(
     "rank",
-    dict(name="rankme", formula="exp(−Σ p_k log p_k), p_k = σ_k/Σσ + ε, σ of the raw second moment", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_SIMILARITY,
+    dict(name="rankme", formula="exp(−Σ p_k log p_k), p_k = σ_k/Σσ + ε, σ of the raw second moment", compute=rankmes,
+         direction="neither", range=(1, math.inf), invariant=_SIMILARITY,
          source=_GARRIDO, test=_REF),
-    dict(name="rankme_centered", formula="the same on σ of the covariance", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="rankme_centered", formula="the same on σ of the covariance", compute=rankmes, direction="neither",
+         range=(1, math.inf), invariant=_CENTRED,
          source=_GARRIDO, test=_REF),
-    dict(name="rankme_lambda", formula="the same on λ of the covariance", compute=rankmes, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="rankme_lambda", formula="the same on λ of the covariance", compute=rankmes, direction="neither",
+         range=(1, math.inf), invariant=_CENTRED,
          source="Li et al. 2025 (Tracing the representation geometry of LMs)", test=_REF),
-    dict(name="erank", formula="exp(H(σ/Σσ)) of the chosen spectrum, no ε", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="erank", formula="exp(H(σ/Σσ)) of the chosen spectrum, no ε", compute=spectrum_shape, direction="neither",
+         range=(1, math.inf), invariant=_CENTRED,
          source="Roy & Vetterli 2007", test=_REF),
-    dict(name="stable_rank", formula="Σλ / λ_1", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="stable_rank", formula="Σλ / λ_1", compute=spectrum_shape, direction="neither", range=(1, math.inf),
+         invariant=_CENTRED,
          source="Rudelson & Vershynin 2007", test=_REF),
     dict(name="participation_ratio", formula="(Σλ)² / Σλ²", compute=spectrum_shape, direction="neither", range=(1, math.inf),
          invariant=_CENTRED, source="Gao et al. 2017", test=_REF),
-    dict(name="numerical_rank", formula="#{λ_i > rtol·λ_1}, rtol by storage dtype", compute=spectrum_shape, direction="neither", range=(0, math.inf), invariant=_CENTRED,
+    dict(name="numerical_rank", formula="#{λ_i > rtol·λ_1}, rtol by storage dtype", compute=spectrum_shape, direction="neither",
+         range=(0, math.inf), invariant=_CENTRED,
          source="Golub & Van Loan", test=_REF),
-    dict(name="isoscore", formula="(nφ − 1)/(n − 1) from the covariance eigenvalues scaled to norm √n", compute=spectrum_shape, ideal=1.0, direction="higher", range=(0, 1), invariant=_CENTRED,
+    dict(name="isoscore", formula="(nφ − 1)/(n − 1) from the covariance eigenvalues scaled to norm √n", compute=spectrum_shape,
+         ideal=1.0, direction="higher", range=(0, 1), invariant=_CENTRED,
          source="Rudman et al. 2022", test=_REF),
-    dict(name="k90", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.90", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="k90", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.90", compute=spectrum_shape, direction="neither",
+         range=(1, math.inf), invariant=_CENTRED,
          source="PCA explained variance (scikit-learn's convention)", test=_REF),
-    dict(name="k95", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.95", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="k95", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.95", compute=spectrum_shape, direction="neither",
+         range=(1, math.inf), invariant=_CENTRED,
          source="PCA explained variance (scikit-learn's convention)", test=_REF),
-    dict(name="k99", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.99", compute=spectrum_shape, direction="neither", range=(1, math.inf), invariant=_CENTRED,
+    dict(name="k99", formula="smallest k with Σ_{i≤k} λ_i / Σλ > 0.99", compute=spectrum_shape, direction="neither",
+         range=(1, math.inf), invariant=_CENTRED,
          source="PCA explained variance (scikit-learn's convention)", test=_REF),
-    dict(name="alpha_req", formula="−slope of the 1/r-weighted least-squares fit log λ_r = c − α log r over the fit range", compute=alpha_req_fit, direction="neither", range=(-math.inf, math.inf),
-         invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022", test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent"),
-    dict(name="alpha_req_r2", formula="weighted R² of that fit", compute=alpha_req_fit, direction="higher", ideal=1.0, range=(-math.inf, 1),
-         invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022", test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent",
+    dict(name="alpha_req", formula="−slope of the 1/r-weighted least-squares fit log λ_r = c − α log r over the fit range",
+         compute=alpha_req_fit, direction="neither", range=(-math.inf, math.inf),
+         invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022",
+         test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent"),
+    dict(name="alpha_req_r2", formula="weighted R² of that fit", compute=alpha_req_fit, direction="higher", ideal=1.0,
+         range=(-math.inf, 1),
+         invariant=_CENTRED, source="Agrawal et al., NeurIPS 2022",
+         test="tests/test_rank.py::test_power_law_spectrum_gives_its_exponent",
          diagnostic=True),
-    dict(name="mean_cosine", formula="(‖Σ_i u_i‖² − N) / (N(N−1)), u_i = x_i/‖x_i‖", compute=mean_cosine_of_rows, ideal=0.0, range=(-1, 1), invariant=_SIMILARITY,
+    dict(name="mean_cosine", formula="(‖Σ_i u_i‖² − N) / (N(N−1)), u_i = x_i/‖x_i‖", compute=mean_cosine_of_rows, ideal=0.0,
+         range=(-1, 1), invariant=_SIMILARITY,
          source="Ethayarajh 2019", test=_REF),
-    dict(name="mean_energy_fraction", formula="‖μ‖² / (‖μ‖² + tr Σ) = ‖μ‖² / E‖x‖²", compute=mean_energy_fraction, ideal=0.0, range=(0, 1), invariant=_SIMILARITY,
+    dict(name="mean_energy_fraction", formula="‖μ‖² / (‖μ‖² + tr Σ) = ‖μ‖² / E‖x‖²", compute=mean_energy_fraction, ideal=0.0,
+         range=(0, 1), invariant=_SIMILARITY,
          source="Dong, Cordonnier & Loukas 2021; Noci et al. 2022",
          test="tests/test_rank.py::test_mean_energy_fraction_closed_forms"),
-    dict(name="twonn_id", formula="slope through the origin of −log(1 − F(μ)) against log μ, μ = r₂/r₁, top 10 % of μ dropped", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
+    dict(name="twonn_id", formula="slope through the origin of −log(1 − F(μ)) against log μ, μ = r₂/r₁, top 10 % of μ dropped",
+         compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
          invariant=_CENTRED, source="Facco et al. 2017", test="tests/test_rank.py::test_twonn_and_mle_match_slow_formulas"),
-    dict(name="mle_id", formula="1 / mean_x[(1/(k−1)) Σ_{j<k} log(T_k(x)/T_j(x))], k = 20", compute=intrinsic_dimension, needs=("sample",), direction="neither", range=(0, math.inf),
+    dict(name="mle_id", formula="1 / mean_x[(1/(k−1)) Σ_{j<k} log(T_k(x)/T_j(x))], k = 20", compute=intrinsic_dimension,
+         needs=("sample",), direction="neither", range=(0, math.inf),
          invariant=_CENTRED, source="Levina & Bickel 2005; MacKay & Ghahramani 2005",
          test="tests/test_rank.py::test_twonn_and_mle_match_slow_formulas"),
 )

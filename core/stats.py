@@ -73,6 +73,24 @@ class ClassStats:
         return int(self.counts.sum())
 
 
+def pooled(*groups: ClassStats) -> ClassStats:
+    """Every row of the groups as one class, exactly from their class moments: with N = Σ_g n_g and
+    x̄ = Σ_g n_g μ_g / N (0 when N = 0), the total scatter S_T = Σ_g S_W,g + Σ_g n_g (μ_g − x̄)(μ_g − x̄)ᵀ
+    and sq_dev = Σ_g sq_dev_g + Σ_g n_g ‖μ_g − x̄‖². The groups are the classes of one ClassStats
+    (its total), or those of several (labelled and unlabelled rows)."""
+    counts = np.concatenate([group.counts for group in groups]).astype(np.float64)
+    means = np.concatenate([group.means for group in groups])
+    n = counts.sum()
+    mean = counts @ means / n if n else np.zeros(means.shape[1])
+    centred = (means - mean) * np.sqrt(counts)[:, None]
+    within = groups[0].within_scatter
+    for group in groups[1:]:
+        within = within + group.within_scatter
+    sq_dev = float(sum(group.sq_dev.sum() for group in groups) + (centred**2).sum())
+    return ClassStats(counts=np.array([int(n)]), means=mean[None, :], within_scatter=within + centred.T @ centred,
+                      sq_dev=np.array([sq_dev]))
+
+
 class BlockProducts:
     """Adds Σ_i z_i z_iᵀ of a block of float64 rows to a float64 upper triangle (Fortran order).
 

@@ -31,7 +31,6 @@ from actgeom.core.accumulators.layer import (
     SequencesSpec,
     Units,
     UnitsSpec,
-    total_of,
 )
 from actgeom.core.accumulators.neurons import (
     PositionSums,
@@ -47,7 +46,7 @@ from actgeom.core.errors import InvalidInputError
 __all__ = ["ACCUMULATORS", "SPECS", "Directions", "DirectionsSpec", "MomentStats", "Moments", "MomentsSpec", "PositionSums",
            "PositionSumsSpec", "Rows", "Sample", "SampleSpec", "Sequences", "SequencesSpec", "Spec", "Split", "SplitSpec",
            "SplitStats", "TokenSums", "TokenSumsSpec", "UnitMomentsAccumulator", "UnitMomentsSpec", "Units", "UnitsSpec",
-           "spec_from_record", "total_of", "union"]
+           "spec_from_record", "union"]
 
 _PAIRS = ((MomentsSpec, Moments), (UnitsSpec, Units), (DirectionsSpec, Directions), (SampleSpec, Sample),
           (SequencesSpec, Sequences), (UnitMomentsSpec, UnitMomentsAccumulator), (TokenSumsSpec, TokenSums),

@@ -13,7 +13,7 @@ from actgeom.core.entropy import SequenceEntropy
 from actgeom.core.errors import OptionError, UsageError
 from actgeom.core.options import check_seed
 from actgeom.core.sample import Reservoir
-from actgeom.core.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats
+from actgeom.core.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats, pooled
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Moments:
             return MomentStats(classes=None, total=classes)
         if self.rest is None:
             return MomentStats(classes=classes, total=None)
-        return MomentStats(classes=classes, total=total_of(classes, self.rest.finalize()))
+        return MomentStats(classes=classes, total=pooled(classes, self.rest.finalize()))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"classes/{k}": v for k, v in self.classes.to_arrays().items()}
@@ -108,19 +108,6 @@ class Moments:
         if acc.rest is not None:
             acc.rest = ClassMoments.from_arrays(prefixed(arrays, "rest/"))
         return acc
-
-
-def total_of(classes: ClassStats, rest: ClassStats) -> ClassStats:
-    """Every row as one class, exactly from class statistics and those of the unlabelled rows:
-    N Σ_T = Σ of within scatters + Σ_g n_g (μ_g − x̄)(μ_g − x̄)ᵀ over the groups g."""
-    counts = np.concatenate([classes.counts, rest.counts]).astype(np.float64)
-    means = np.concatenate([classes.means, rest.means])
-    n = counts.sum()
-    mean = counts @ means / n if n else np.zeros(means.shape[1])
-    centred = (means - mean) * np.sqrt(counts)[:, None]
-    scatter = classes.within_scatter + rest.within_scatter + centred.T @ centred
-    sq_dev = float(classes.sq_dev.sum() + rest.sq_dev.sum() + (centred**2).sum())
-    return ClassStats(counts=np.array([int(n)]), means=mean[None, :], within_scatter=scatter, sq_dev=np.array([sq_dev]))
 
 
 # -- unit statistics ------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""Issue 23, "one of each": logic the core needs in several places is written once, and each copy's
+callers get the numbers the one definition gives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actgeom.core.stats import ClassStats, pooled
+
+
+def _class_stats(X: np.ndarray, y: np.ndarray, k: int) -> ClassStats:
+    counts = np.bincount(y, minlength=k)
+    means = np.stack([X[y == c].mean(axis=0) for c in range(k)])
+    dev = X - means[y]
+    return ClassStats(counts=counts, means=means, within_scatter=dev.T @ dev,
+                      sq_dev=np.bincount(y, weights=(dev**2).sum(axis=1), minlength=k))
+
+
+def test_pooled_is_the_total_of_every_row_of_every_group(rng):
+    """Total moments from class moments (rank's spectrum, the accumulators' total with the unlabelled
+    rows, the probe's S_T): one function, equal to the moments of the rows."""
+    X, y = rng.normal(size=(60, 4)) + 100.0, rng.integers(0, 3, 60)
+    labelled = _class_stats(X[:40], y[:40], 3)
+    rest = _class_stats(X[40:], np.zeros(20, dtype=np.int64), 1)
+    total = pooled(labelled, rest)
+    dev = X - X.mean(axis=0)
+    assert total.counts.tolist() == [60]
+    np.testing.assert_allclose(total.means[0], X.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(total.within_scatter, dev.T @ dev, rtol=1e-10)
+    np.testing.assert_allclose(total.sq_dev, [(dev**2).sum()], rtol=1e-10)
+    np.testing.assert_allclose(pooled(labelled).within_scatter, _scatter(X[:40]), rtol=1e-10)
+
+
+def _scatter(X: np.ndarray) -> np.ndarray:
+    dev = X - X.mean(axis=0)
+    return dev.T @ dev
+
+
+def test_one_total_moments_function():
+    import actgeom.core.accumulators as accumulators
+    import actgeom.core.probesplit as probesplit
+    assert not hasattr(accumulators, "total_of") and not hasattr(probesplit, "total_scatter")
