@@ -35,11 +35,8 @@ from actgeom.core.options import (  # noqa: F401 (re-exported)
     ProbeOptions,
 )
 from actgeom.core.registry import Unavailable, registry
-from actgeom.core.stats import ClassStats, pooled
+from actgeom.core.stats import ClassStats, argmax_tiled, pooled
 from actgeom.core.threads import blas_threads
-
-_TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
-
 
 # -- fitting ------------------------------------------------------------------------------------
 
@@ -57,16 +54,7 @@ class LinearProbe:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The predicted class of each row, over tiles of classes (memory bounded for large C)."""
-        Z = X - self.centre
-        tile = max(1, _TILE_BYTES // max(8 * X.shape[0], 1))
-        best, arg = np.full(X.shape[0], -np.inf), np.zeros(X.shape[0], dtype=np.int64)
-        for start in range(0, self.weight.shape[0], tile):
-            scores = Z @ self.weight[start : start + tile].T + self.offsets[start : start + tile]
-            local = scores.argmax(axis=1)
-            value = scores[np.arange(X.shape[0]), local]
-            better = value > best
-            best[better], arg[better] = value[better], local[better] + start
-        return self.classes[arg]
+        return self.classes[argmax_tiled(X - self.centre, self.weight, self.offsets)]
 
     def uncentred(self) -> tuple[np.ndarray, np.ndarray]:
         """(W, b) with scores x·w_k + b_k: the same decisions, for comparison with other tools."""

@@ -19,6 +19,8 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import blas, lapack
 
+_TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
+
 
 def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Σ_i w_i A[i, :] for a C-ordered float64 block, as one float64 BLAS gemv.
@@ -71,6 +73,21 @@ class ClassStats:
     @property
     def n(self) -> int:
         return int(self.counts.sum())
+
+
+def argmax_tiled(X: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """argmax_c (x·rows_c + offsets_c) for each row x of X (the first c on ties), over tiles of
+    classes small enough to bound the memory of the scores (NC4's nearest class mean, the probes)."""
+    tile = max(1, _TILE_BYTES // max(8 * X.shape[0], 1))
+    best = np.full(X.shape[0], -np.inf)
+    arg = np.zeros(X.shape[0], dtype=np.int64)
+    for start in range(0, rows.shape[0], tile):
+        scores = X @ rows[start : start + tile].T + offsets[start : start + tile]
+        local = scores.argmax(axis=1)
+        value = scores[np.arange(X.shape[0]), local]
+        better = value > best
+        best[better], arg[better] = value[better], local[better] + start
+    return arg
 
 
 def pooled(*groups: ClassStats) -> ClassStats:

@@ -17,9 +17,8 @@ from actgeom.core.collapse import (
 )
 from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
 from actgeom.core.registry import evaluate
-from actgeom.core.stats import ClassStats
+from actgeom.core.stats import ClassStats, argmax_tiled
 
-_TILE_BYTES = 32 << 20  # scores of a row block against a tile of classes
 DETAIL_CLASSES = 50  # class-mean cosines for plots: the most frequent classes
 
 
@@ -106,11 +105,11 @@ class NC4Pass:
             return
         rows = labelled & self.is_kept[y]
         chosen = X[rows]
-        ncc = self.kept[_argmax_tiled(chosen - self.centre, self.m, self.half_sq)]
+        ncc = self.kept[argmax_tiled(chosen - self.centre, self.m, self.half_sq)]
         if self.mode == "predictions":
             network = self.dump.predictions(start, start + X.shape[0])[rows]
         else:
-            network = _argmax_tiled(chosen, self.weight, self.offsets)
+            network = argmax_tiled(chosen, self.weight, self.offsets)
         self.mismatches += int((network != ncc).sum())
         self.considered += int(rows.sum())
 
@@ -130,20 +129,6 @@ class NC4Pass:
         if self.mode is None:
             return None
         return self.mismatches / self.considered if self.considered else float("nan")
-
-
-def _argmax_tiled(X: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """argmax_c (X rows_cᵀ + offsets_c), over class tiles small enough to keep memory bounded."""
-    tile = max(1, _TILE_BYTES // max(8 * X.shape[0], 1))
-    best = np.full(X.shape[0], -np.inf)
-    arg = np.zeros(X.shape[0], dtype=np.int64)
-    for start in range(0, rows.shape[0], tile):
-        scores = X @ rows[start : start + tile].T + offsets[start : start + tile]
-        local = scores.argmax(axis=1)
-        value = scores[np.arange(X.shape[0]), local]
-        better = value > best
-        best[better], arg[better] = value[better], local[better] + start
-    return arg
 
 
 def layer(ctx: LayerContext, options: CollapseOptions) -> LayerRecord:
