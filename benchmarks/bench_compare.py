@@ -36,7 +36,8 @@ def make_pair(stem: Path, n_rows: int, n_units: int, dtype: str) -> tuple[Path, 
         return paths
     rng = np.random.default_rng(0)
     mix = (rng.standard_normal((n_units, n_units)) / np.sqrt(n_units)).astype(np.float32)
-    with DumpWriter(paths[0], layers={"h": n_units}, dtype=dtype) as wa, DumpWriter(paths[1], layers={"h": n_units}, dtype=dtype) as wb:
+    with DumpWriter(paths[0], layers={"h": n_units}, dtype=dtype) as wa, DumpWriter(paths[1], layers={"h": n_units},
+                                                                                    dtype=dtype) as wb:
         for start in range(0, n_rows, 20_000):
             n = min(20_000, n_rows - start)
             X = rng.standard_normal((n, n_units), dtype=np.float32) + 3.0

@@ -147,7 +147,8 @@ def main() -> None:
          lambda: first_line_terminal([actgeom, args.command, str(args.dump)], "rows of")),
         (f"first progress, log (no 2 s delay): actgeom {args.command} {args.dump.name}",
          lambda: first_line_piped([python, "-c", NO_PLAIN_DELAY, args.command, str(args.dump)], "actgeom: layer")),
-        (f"whole command: actgeom {args.command} {args.dump.name} -q", lambda: wall([actgeom, args.command, str(args.dump), "-q"])),
+        (f"whole command: actgeom {args.command} {args.dump.name} -q",
+         lambda: wall([actgeom, args.command, str(args.dump), "-q"])),
     ]
     print(f"median of {args.runs} fresh processes; load average {os.getloadavg()[0]:.2f}")
     for name, measure in rows:

@@ -78,7 +78,8 @@ def collapse(
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.collapse(
             dumps, layers=layers, labels=labels, weight=weight, bias=bias, predictions=predictions, offsets=offsets,
-            allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats,
+            allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products),
+                                stats=stats,
             partial_ok=partial_ok,
             preset=o.plain(preset), min_count=min_count, global_mean=o.plain(global_mean),
             nc1_inverse=o.plain(nc1_inverse), divide_by_c=divide_by_c, nc4_decision=o.plain(nc4_decision),

@@ -53,7 +53,8 @@ def neurons(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", rich_help_panel=METRIC, show_default=False,
         help="A unit fires when its value > threshold. Default: 0 for layers marked ReLU; required otherwise.")] = None,
-    tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant when the dormant score ≤ tau.")] = DEFAULTS.tau,
+    tau: Annotated[float,
+                   typer.Option("--tau", rich_help_panel=METRIC, help="Dormant when the dormant score ≤ tau.")] = DEFAULTS.tau,
     cutoff: CutoffOpt = DEFAULTS.cutoff, max_position: MaxPositionOpt = DEFAULTS.max_position, mu: MuOpt = None,
     logvar: LogvarOpt = None, delta: DeltaOpt = DEFAULTS.delta, collapsed_kl: CollapsedKlOpt = DEFAULTS.collapsed_kl,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
@@ -81,7 +82,8 @@ def neurons(
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.neurons(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
                                nonfinite=nonfinite, tokens=tokens, products=o.plain(products), stats=stats, top=top, score=score,
-                               min_support=min_support, threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position, mu=mu,
+                               min_support=min_support, threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position,
+                               mu=mu,
                                logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress, backend=executor)
     emit(ranked_view(metrics_result(analysis), score), fmt, output, inputs)
 

@@ -83,7 +83,8 @@ def probe(
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
-                             nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), test_fraction=test_fraction, seed=seed,
+                             nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), test_fraction=test_fraction,
+                             seed=seed,
                              split_by=o.plain(split_by), shrinkage=shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
                              control=o.plain(control),
                              positive=positive, negative=negative, details=save_directions is not None,

@@ -76,7 +76,8 @@ def rank(
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.rank(dumps, layers=layers, offsets=offsets, allow_incomplete=allow_incomplete,
-                            nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats, partial_ok=partial_ok,
+                            nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats,
+                            partial_ok=partial_ok,
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
                             fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"), ge=ge,
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,

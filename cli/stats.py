@@ -21,7 +21,9 @@ RowsOpt = Annotated[Optional[str], typer.Option(
     "--rows", show_default=False, help="Only rows START:STOP of the dump (one shard of a job array).")]
 SubsampleOpt = Annotated[int, typer.Option(
     "--subsample", help="Rows kept in the seeded sample (for TwoNN/MLE, DSE/DSMI: at least what those commands use).")]
-SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=SEEDS - 1, help="Seed of the sample: same seed, same rows in every layer and run.")]
+SeedOpt = Annotated[int,
+                    typer.Option("--seed", min=0, max=SEEDS - 1,
+                                 help="Seed of the sample: same seed, same rows in every layer and run.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="A unit is active on a row when its value > threshold.")]
 
 
@@ -71,7 +73,8 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
 
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
-    options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), row_range=parse_rows(rows), row_offset=row_offset)
+    options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), row_range=parse_rows(rows),
+                          row_offset=row_offset)
     with row_progress(quiet) as progress:
         found = partial_statistics(dump, spec, options, subsample=subsample, seed=seed, threshold=threshold,
                                    entropy_alpha=entropy_alpha, neurons=neurons, progress=progress)

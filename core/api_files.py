@@ -4,7 +4,8 @@ them: ``info``, ``extract``, ``stats`` and ``merge`` (the metric commands are co
 >>> import actgeom
 >>> actgeom.info("sample_data/digits_mlp_epoch1500.h5")["n_rows"]  # doctest: +SKIP
 1797
->>> halves = [actgeom.stats("sample_data/digits_mlp_epoch1500.h5", rows=rows) for rows in ((0, 900), (900, 1797))]  # doctest: +SKIP
+>>> dump = "sample_data/digits_mlp_epoch1500.h5"
+>>> halves = [actgeom.stats(dump, rows=rows) for rows in ((0, 900), (900, 1797))]  # doctest: +SKIP
 >>> actgeom.merge(halves).save("all.npz")  # doctest: +SKIP
 
 Keyword names are the command-line options in snake_case (``--rows 0:900`` → ``rows=(0, 900)``).

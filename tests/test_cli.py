@@ -201,7 +201,8 @@ def test_collapse_tidy_records_and_unavailable_metrics(cli, dump):
 @pytest.mark.parametrize("args, message", [
     (["--global-mean", "median"], "Invalid value for '--global-mean': 'median' is not one of 'class', 'sample'."),
     (["--nc1-inverse", "svd"], "Invalid value for '--nc1-inverse': 'svd' is not one of 'topk', 'pinv'."),
-    (["--nc4-decision", "vote"], "Invalid value for '--nc4-decision': 'vote' is not one of 'auto', 'predictions', 'logits', 'logits-nobias'."),
+    (["--nc4-decision", "vote"],
+     "Invalid value for '--nc4-decision': 'vote' is not one of 'auto', 'predictions', 'logits', 'logits-nobias'."),
     (["--min-count", "0"], "--min-count '0' must be ≥ 1"),
     (["--preset", "smith"], "Invalid value for '--preset': 'smith' is not one of 'papyan', 'zhu', 'linguistic'."),
 ])
@@ -297,7 +298,8 @@ def test_a_failing_standard_output_is_one_line(tmp_path, args):
         proc = subprocess.run([sys.executable, "-c", script, *[a.format(d=SAMPLE_DUMP, tmp=tmp_path) for a in args], "-q"]
                               if args[0] != "info" else [sys.executable, "-c", script, *[a.format(d=SAMPLE_DUMP) for a in args]],
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert (proc.returncode, proc.stderr) == (1, "Error: cannot write to standard output: No space left on device\n"), proc.stderr[-2000:]
+    full_disk = "Error: cannot write to standard output: No space left on device\n"
+    assert (proc.returncode, proc.stderr) == (1, full_disk), proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("args, message", [

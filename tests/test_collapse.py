@@ -131,7 +131,8 @@ def test_invariances(tmp_path, seed):
         path = write_dump(tmp_path / f"{name}.h5", {"h": data}, labels=labels, chunk_rows=int(rng.integers(3, 50)))
         got[name] = _metrics(path)
     with Dump(tmp_path / "base.h5") as dump:  # three shards, merged
-        parts = [accumulate(dump, specs=every(), options=PassOptions(row_range=r, block_rows=11)) for r in ((0, 40), (40, 41), (41, 170))]
+        parts = [accumulate(dump, specs=every(), options=PassOptions(row_range=r, block_rows=11)) for r in ((0, 40), (40, 41),
+                                                                                                            (41, 170))]
     merged = collapse_metrics(geometry(merge_stats(parts)["h"].get("moments").classes, CollapseOptions()), CollapseOptions())[0]
     for name, value in got["base"].items():
         assert got["shuffled"][name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-12), name

@@ -98,7 +98,8 @@ def test_a_metric_is_a_value_or_unavailable_never_both(cli, dumps, family):
     records = result.records()
     _assert_once_each(records, "records")
     for row in records:
-        where = tuple(row[c] for c in ("file_a", "layer_a", "file_b", "layer_b")) if "file_a" in row else (row["file"], row["layer"])
+        where = tuple(row[c] for c in ("file_a", "layer_a", "file_b", "layer_b")) if "file_a" in row else (row["file"],
+                                                                                                           row["layer"])
         if expected.get((where, row["metric"])) == "unavailable":
             assert row["value"] is None and row["note"], row
     frame = result.to_pandas()

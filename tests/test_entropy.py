@@ -61,7 +61,8 @@ def test_attention_entropy_closed_forms():
     one_hot = np.zeros((2, 3, T, T))
     one_hot[..., 0] = 1.0
     u = attention_entropy(iter([uniform]), eps=0.0, normalized=False)
-    assert u["attention_entropy"] == pytest.approx(math.log(T)) and u["attention_entropy_per_head"] == pytest.approx([math.log(T)] * 3)
+    assert u["attention_entropy"] == pytest.approx(math.log(T))
+    assert u["attention_entropy_per_head"] == pytest.approx([math.log(T)] * 3)
     assert attention_entropy(iter([one_hot]), eps=0.0, normalized=False)["attention_entropy"] == 0.0
     assert attention_entropy(iter([uniform]), eps=0.0, normalized=True)["attention_entropy"] == pytest.approx(1.0)
     causal = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]  # uniform over the allowed keys
@@ -174,7 +175,8 @@ def test_entropy_needs_a_threshold_for_layers_not_marked_relu(tmp_path, rng):
     path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((50, 4))})
     layer = run_family("entropy", path, options=EntropyOptions(subsample=50))["layers"][0]
     assert "--threshold" in layer["unavailable"]["dead_fraction"]
-    assert "dead_fraction" in run_family("entropy", path, options=EntropyOptions(subsample=50, threshold=0.1))["layers"][0]["metrics"]
+    assert "dead_fraction" in run_family("entropy", path,
+                                         options=EntropyOptions(subsample=50, threshold=0.1))["layers"][0]["metrics"]
 
 
 def test_entropy_cli_on_sample_data(cli):

@@ -37,7 +37,8 @@ def test_statistics_of_another_checkpoint_are_refused(cli, tmp_path, shards):
     cli("merge", *shards, "--save-stats", tmp_path / "all.npz")
     code, out, err = cli("collapse", EARLY, "--stats", tmp_path / "all.npz")
     assert code == 3 and out == ""
-    assert err == f"Error: {tmp_path / 'all.npz'} holds statistics of {LATE}, not of {EARLY} (their attributes or layers differ)\n"
+    assert err == (f"Error: {tmp_path / 'all.npz'} holds statistics of {LATE}, not of {EARLY} "
+                   "(their attributes or layers differ)\n")
 
 
 def test_a_shard_is_not_the_whole_dump(cli, shards):
@@ -54,13 +55,15 @@ def test_overlapping_shards_and_other_dumps_do_not_merge(cli, tmp_path, shards):
     assert not (tmp_path / "twice.npz").exists()
     cli("stats", EARLY, "--rows", "900:1797", "--save-stats", tmp_path / "early.npz")
     code, _, err = cli("merge", shards[0], tmp_path / "early.npz")
-    assert code == 3 and err == f"Error: {tmp_path / 'early.npz'} holds statistics of another dump ({EARLY}) than {shards[0]} ({LATE})\n"
+    assert code == 3
+    assert err == f"Error: {tmp_path / 'early.npz'} holds statistics of another dump ({EARLY}) than {shards[0]} ({LATE})\n"
 
 
 def test_pass_options_must_match(cli, tmp_path):
     cli("stats", LATE, "--nonfinite", "drop", "--save-stats", tmp_path / "drop.npz")
     code, _, err = cli("rank", LATE, "--stats", tmp_path / "drop.npz", "--subsample", "0")
-    assert code == 3 and err == f"Error: {tmp_path / 'drop.npz'} was made with --nonfinite drop; this command uses --nonfinite error\n"
+    assert code == 3
+    assert err == f"Error: {tmp_path / 'drop.npz'} was made with --nonfinite drop; this command uses --nonfinite error\n"
     cli("stats", LATE, "--nonfinite", "drop", "--save-stats", tmp_path / "drop2.npz")
     cli("stats", LATE, "--save-stats", tmp_path / "error.npz")
     code, _, err = cli("merge", tmp_path / "drop2.npz", tmp_path / "error.npz")

@@ -40,7 +40,8 @@ def dump(tmp_path, rng):
 # -- destroys inputs --------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["collapse", "{d}", "-o", "{d}"], ["rank", "{d}", "-o", "{d}"], ["entropy", "{d}", "-o", "{d}"],
-    ["neurons", "{d}", "-o", "{d}"], ["compare", "{d}", "{d}", "-o", "{d}"], ["probe", "{d}", "-o", "{d}"], ["probe", "{d}", "--save-directions", "{d}"],
+    ["neurons", "{d}", "-o", "{d}"], ["compare", "{d}", "{d}", "-o", "{d}"], ["probe", "{d}", "-o", "{d}"],
+                                  ["probe", "{d}", "--save-directions", "{d}"],
     ["info", "{d}", "-o", "{d}"], ["stats", "{d}", "-o", "{d}"],
     ["stats", "{d}", "--save-stats", "{d}"], ["rank", "{d}", "--spectrum-out", "{d}"],
     ["collapse", "{d}", "-o", "{dot}"],  # the same file by another spelling
@@ -711,7 +712,8 @@ def test_a_terminal_shows_a_long_stage_as_a_bar_until_the_next_pass():
         bars.stage("h1", "DSE: eigenvalues of a 10000×10000 kernel", 0.5)  # short: not shown
         assert [task.description for task in bar.tasks] == []
         bars.stage("h1", "DSE: eigenvalues of a 10000×10000 kernel", 80.0)
-        assert [task.description for task in bar.tasks] == ["layer h1: DSE: eigenvalues of a 10000×10000 kernel, about 1 min 20 s"]
+        expected = "layer h1: DSE: eigenvalues of a 10000×10000 kernel, about 1 min 20 s"
+        assert [task.description for task in bar.tasks] == [expected]
         bars("h2", 10, 100)  # the next pass ends the stage
         assert [task.description for task in bar.tasks] == ["rows of h2"]
 

@@ -77,7 +77,8 @@ def test_shards_merged_in_every_order(tmp_path, seed):
     cuts = sorted(rng.choice(np.arange(1, y.size), size=2, replace=False))
     ranges = [(0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], y.size)]
     with Dump(path) as dump:
-        shards = [accumulate(dump, specs=every(reservoir=50), options=PassOptions(row_range=r, block_rows=int(rng.integers(1, 500))))
+        shards = [accumulate(dump, specs=every(reservoir=50),
+                             options=PassOptions(row_range=r, block_rows=int(rng.integers(1, 500))))
                   for r in ranges]
     for i, part in enumerate(shards):  # through files, as separate jobs would hand them over
         save_partial(tmp_path / f"part{i}.npz", part, meta={"rows": list(ranges[i])})
@@ -245,7 +246,8 @@ def test_shard_files_with_row_offsets_merge_like_one_dump(tmp_path, rng):
         reference = accumulate(a, specs=every(reservoir=80, seed=4), options=options)["h"]
     with Dump(first) as a, Dump(second) as b:
         merged = merge_stats([accumulate(a, specs=every(reservoir=80, seed=4), options=options),
-                              accumulate(b, specs=every(reservoir=80, seed=4), options=PassOptions(block_rows=50, row_offset=300))])["h"]
+                              accumulate(b, specs=every(reservoir=80, seed=4),
+                                         options=PassOptions(block_rows=50, row_offset=300))])["h"]
     np.testing.assert_array_equal(merged.get("sample").sample()[0], reference.get("sample").sample()[0])
     assert_matches_reference(merged, X, y)
 

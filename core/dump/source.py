@@ -95,7 +95,8 @@ class Source:
                 raise InvalidInputError(f"3-D layers in {self.path} have different sequence lengths")
             T = lengths.pop()
             offsets = np.arange(0, self.n_rows + 1, T, dtype=np.int64)
-        if offsets is not None and "labels" in self._vectors and self._vectors["labels"].shape[0] == len(offsets) - 1 != self.n_rows:
+        if (offsets is not None and "labels" in self._vectors
+                and self._vectors["labels"].shape[0] == len(offsets) - 1 != self.n_rows):
             self._vectors["labels"] = np.repeat(whole(self._vectors["labels"]), np.diff(offsets))  # one per sequence
         for key, values in self._vectors.items():
             if values.shape[0] != self.n_rows:
