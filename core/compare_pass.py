@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actgeom.core.accumulators.base import prefixed
 from actgeom.core.compare_moments import CentredCross, CentredSide, CrossMoments, SideMoments
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.engine import Progress
@@ -225,14 +226,12 @@ class CompareMoments:
         """The inverse of :meth:`to_arrays` → (moments, meta)."""
         header = json.loads(str(arrays["header"]))
 
-        def part(prefix: str) -> dict[str, np.ndarray]:
-            return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
-
         n = header["streams"]
-        moments = cls(sides=[SideMoments.from_arrays(part(f"side/{i}/")) for i in range(n)],
-                      crosses={(i, j): CrossMoments.from_arrays(part(f"cross/{i}-{j}/")) for i, j in header["pairs"]},
-                      reservoirs=[Reservoir.from_arrays(part(f"sample/{i}/")) if f"sample/{i}/keys" in arrays else None
-                                  for i in range(n)],
+        moments = cls(sides=[SideMoments.from_arrays(prefixed(arrays, f"side/{i}/")) for i in range(n)],
+                      crosses={(i, j): CrossMoments.from_arrays(prefixed(arrays, f"cross/{i}-{j}/"))
+                               for i, j in header["pairs"]},
+                      reservoirs=[Reservoir.from_arrays(prefixed(arrays, f"sample/{i}/"))
+                                  if f"sample/{i}/keys" in arrays else None for i in range(n)],
                       n_nonfinite=int(arrays["n_nonfinite"]))
         return moments, header["meta"]
 

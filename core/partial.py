@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core.accumulators import ACCUMULATORS, spec_from_record
+from actgeom.core.accumulators.base import prefixed
 from actgeom.core.engine import LayerStats, PassOptions
 from actgeom.core.errors import DataWarning, InvalidInputError, UsageError
 from actgeom.core.outputs import atomic_output
@@ -94,9 +95,7 @@ def stats_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "the sta
         specs = {slot: spec_from_record(slot, record) for slot, record in entry["specs"].items()}
         accumulators = {}
         for slot, spec in specs.items():
-            prefix = f"{i}/{slot}/"
-            own = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
-            accumulators[slot] = ACCUMULATORS[slot].from_arrays(spec, own)
+            accumulators[slot] = ACCUMULATORS[slot].from_arrays(spec, prefixed(arrays, f"{i}/{slot}/"))
         stats[entry["name"]] = LayerStats(
             layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], n_rows=entry["n_rows"],
             n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"], specs=specs, accumulators=accumulators)

@@ -55,3 +55,12 @@ def test_one_tiled_argmax_for_nc4_and_the_probes(rng, monkeypatch):
     for tile_bytes in (1, 8 * 50 * 3, 1 << 20):
         monkeypatch.setattr(stats, "_TILE_BYTES", tile_bytes)
         np.testing.assert_array_equal(stats.argmax_tiled(X, rows, offsets), expected)
+
+
+def test_one_prefixed():
+    """The arrays of one part of a saved whole (partial statistics, compare moments) are picked by one
+    function, accumulators.base.prefixed."""
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    copies = [str(p.relative_to(root)) for p in sorted((root / "core").rglob("*.py")) if "key[len(" in p.read_text()]
+    assert copies == ["core/accumulators/base.py"]

@@ -91,4 +91,6 @@ class Wrapper:
 
 
 def prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays whose key starts with ``prefix``, keyed without it: one part of a saved whole
+    (``{"classes/sums": a}`` with prefix ``"classes/"`` → ``{"sums": a}``)."""
     return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
