@@ -603,3 +603,72 @@ def test_top_units_follow_the_minimum_support_and_show_it(cli, tmp_path, rng):
     assert all(unit["firing_rows"] >= 40 for unit in ranked["top_units"])
     page = (tmp_path / "r.html").read_text()
     assert "among units firing on ≥ 40 rows (--min-support)" in page and "<th>firing_rows</th>" in page
+
+
+# where names clash, (family, its command's name) of the report's option (README: `actgeom report`)
+PREFIXED = {"collapse_preset": ("collapse", "preset"), "rank_preset": ("rank", "preset"), "rank_eps": ("rank", "eps"),
+            "rank_subsample": ("rank", "subsample"), "entropy_eps": ("entropy", "eps"),
+            "subsample": ("entropy", "subsample")}
+# one value for several families, so declared by the report: rank's, entropy's and probe's --seed;
+# entropy's and neurons' --threshold and --tau
+SHARED_BY_FAMILIES = {"seed", "threshold", "tau"}
+
+
+def test_report_options_are_the_family_commands_own():
+    """Every family option of `report` is its command's declaration: the same names, help text, shown
+    default and default (but the DSE sample: 2 000 rows, not 10 000), so that the two cannot drift apart.
+    Options of every command (--layers, --format, ...) are the report's own."""
+    import typer.main
+
+    from actgeom.cli.app import app
+    from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
+
+    commands = typer.main.get_command(app).commands
+    params = {name: {param.name: param for param in commands[name].params} for name in ("report", *FAMILIES)}
+    compared = {}
+    for name, param in params["report"].items():
+        family, own = PREFIXED.get(name, (None, name))
+        owners = [family] if family else [f for f in FAMILIES if own in params[f]]
+        if not owners or len(owners) == len(FAMILIES) or name in SHARED_BY_FAMILIES:
+            continue
+        for theirs in (params[owner][own] for owner in owners):
+            assert (param.help, param.show_default) == (theirs.help, theirs.show_default), name
+            assert param.secondary_opts == theirs.secondary_opts, name
+            assert param.default == theirs.default or name == "subsample", name
+        compared[name] = owners
+    assert params["report"]["subsample"].default == REPORT_SUBSAMPLE
+    assert set(PREFIXED) <= set(compared) and {"min_count", "center", "alpha", "top", "split_by"} <= set(compared)
+
+
+def test_figures_drawn_in_two_processes_equal_those_drawn_in_one(tmp_path, rng, monkeypatch):
+    """With two usable CPUs a forked child draws every other figure: the same page, in the same order."""
+    from actgeom.cli.report import render
+
+    document = _document(tmp_path, rng)
+    monkeypatch.setattr(render, "usable_cpus", lambda: 1)
+    alone = render.draw(document)
+    monkeypatch.setattr(render, "usable_cpus", lambda: 2)
+    assert render.draw(document) == alone and len(alone) == len(render.FIGURES)
+
+
+@pytest.mark.parametrize("failing", [0, 1], ids=["in the parent", "in the child"])
+def test_a_figure_that_fails_in_either_process_is_its_error(tmp_path, rng, monkeypatch, failing):
+    """An actgeom error keeps its kind and message across the fork; a bug in the child shows the child's traceback."""
+    from actgeom.cli.report import render
+    from actgeom.core.errors import OutputError
+
+    def full_disk(document):
+        raise OutputError("cannot write figures/x.svg: No space left on device")
+
+    def bug(document):
+        return 1 / 0
+
+    document = _document(tmp_path, rng)
+    monkeypatch.setattr(render, "usable_cpus", lambda: 2)
+    for function, expected, message in ((full_disk, OutputError, "No space left"), (bug, (ZeroDivisionError, RuntimeError),
+                                                                                   "division by zero")):
+        figures = list(render.FIGURES)
+        figures[failing] = (*figures[failing][:3], function, None)
+        monkeypatch.setattr(render, "FIGURES", tuple(figures))
+        with pytest.raises(expected, match=message):
+            render.draw(document)
