@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import doctest
 import importlib
 import re
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from actgeom.cli.app import app
+from actgeom.core.accumulators import ACCUMULATORS, SPECS, Spec
+from actgeom.core.api import FAMILIES
+from actgeom.core.family import Family
 
 ROOT = Path(__file__).parent.parent
 CORE = sorted((ROOT / "core").rglob("*.py"))
@@ -128,3 +132,56 @@ def test_the_size_check_can_fail(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     (tmp_path / "long.py").write_text(f"def short():\n    pass\n\n\n@decorated\ndef long():\n{body}\n")
     assert _long_functions(tmp_path / "long.py") == [f"long ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def _missing_steps(family) -> list[str]:
+    """The steps of CONTRIBUTING.md ("A family") that ``family`` skipped, in its order."""
+    name, options = family.name, family.options_class
+    readme, reference = (ROOT / "README.md").read_text(), (ROOT / "docs" / "metrics.md").read_text()
+    checks = {
+        "1. its options: a frozen dataclass in core/options.py": options.__module__ == "actgeom.core.options"
+        and dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen,
+        "2. its metrics: pure functions outside the glue, in a registry naming the family": bool(family.metrics)
+        and all(m.family == name and not m.compute.__module__.startswith("actgeom.core.families.")
+                for m in family.metrics.values()),
+        f"3. its glue: FAMILY in core/families/{name}.py": family.layer.__module__.startswith(f"actgeom.core.families.{name}"),
+        f"5. its command: cli/{name}.py, registered in cli/app.py": name in COMMANDS and (ROOT / "cli" / f"{name}.py").exists(),
+        f"6. the README shows `actgeom {name}`": f"`actgeom {name}" in readme,
+        "7. its section of docs/metrics.md (docs/generate_metrics.py FAMILY_TEXT)": f"(`actgeom {name}`)\n" in reference,
+        f"8. its tests: tests/test_{name}.py": (ROOT / "tests" / f"test_{name}.py").exists(),
+    }
+    return [step for step, done in checks.items() if not done]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_took_every_step_of_contributing(name):
+    """CONTRIBUTING.md lists the files a new family touches; a family that skipped one fails here
+    (every metric's docs/metrics.md row and README mention: tests/test_registry.py)."""
+    assert _missing_steps(FAMILIES[name]) == []
+
+
+def test_a_family_that_skipped_the_steps_is_caught():
+    """The check above can fail: a family declared only in a test misses every step."""
+
+    @dataclasses.dataclass
+    class LooseOptions:  # not frozen, not in core/options.py
+        size: int = 1
+
+    family = Family(name="sketch", options_class=LooseOptions, metrics={}, needs=lambda options, facts: [],
+                    layer=lambda ctx, options: None)
+    assert [step[0] for step in _missing_steps(family)] == ["1", "2", "3", "5", "6", "7", "8"]
+
+
+def test_every_statistic_is_registered_with_its_accumulator():
+    """CONTRIBUTING.md, "A statistic": every spec in core/accumulators/ has its slot in SPECS, and its
+    accumulator merges, serialises and finalises (what partial statistics and shards rely on)."""
+    specs, todo = [], [Spec]
+    while todo:
+        spec = todo.pop()
+        todo.extend(spec.__subclasses__())
+        if spec is not Spec and spec.__module__.startswith("actgeom.core."):
+            specs.append(spec)
+    assert specs and all(SPECS.get(spec.slot) is spec for spec in specs), [s.__name__ for s in specs]
+    for slot, accumulator in ACCUMULATORS.items():
+        missing = [m for m in ("update", "merge", "finalize", "to_arrays", "from_arrays") if not hasattr(accumulator, m)]
+        assert not missing, f"the {slot} accumulator ({accumulator.__name__}) has no {missing}"
