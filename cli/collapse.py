@@ -22,6 +22,29 @@ NC4Decision = o.choices("NC4Decision", NC4_DECISIONS)
 DumpsArg = Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps (e.g. one per checkpoint).",
                                                 show_default=False)]
 
+# The options of the collapse family, declared once: `collapse` and `report` take them.
+PresetOpt = Annotated[Optional[Preset], typer.Option(
+    "--preset", rich_help_panel=METRIC, show_default="none",
+    help="A publication's conventions: papyan (μ_G class, top-k Σ_B⁺, no /C), zhu (μ_G sample, pinv, /C), "
+         "linguistic (NC4 = argmax Wx, no bias). Explicit options win.")]
+MinCountOpt = Annotated[Optional[int], typer.Option(
+    "--min-count", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "min_count"),
+    help="Drop classes with fewer rows from every metric (counted in the output).")]
+GlobalMeanOpt = Annotated[Optional[GlobalMean], typer.Option(
+    "--global-mean", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "global_mean"),
+    help="μ_G: the mean of class means (class) or of rows (sample).")]
+NC1InverseOpt = Annotated[Optional[NC1Inverse], typer.Option(
+    "--nc1-inverse", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "nc1_inverse"),
+    help="Σ_B⁺ in NC1: the top min(C−1, D) eigenpairs (topk) or a pseudo-inverse (pinv).")]
+DivideByCOpt = Annotated[Optional[bool], typer.Option(
+    "--divide-by-c/--no-divide-by-c", rich_help_panel=METRIC, metavar="",
+    show_default=o.default(CollapseOptions, "divide_by_c"),
+    help="NC1 = Tr(Σ_W Σ_B⁺)/C, or without /C (the Papyan notebook form).")]
+NC4DecisionOpt = Annotated[Optional[NC4Decision], typer.Option(
+    "--nc4-decision", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "nc4_decision"),
+    help="The network's decision for NC4: predictions, logits (argmax Wx+b), logits-nobias, or auto (the first "
+         "the dump has).")]
+
 
 def collapse(
     dumps: DumpsArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None,
@@ -29,27 +52,8 @@ def collapse(
     offsets: o.OffsetsOpt = None, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None, partial_ok: o.PartialOkOpt = False,
-    preset: Annotated[Optional[Preset], typer.Option(
-        "--preset", rich_help_panel=METRIC, show_default="none",
-        help="A publication's conventions: papyan (μ_G class, top-k Σ_B⁺, no /C), zhu (μ_G sample, pinv, /C), "
-             "linguistic (NC4 = argmax Wx, no bias). Explicit options win.")] = None,
-    min_count: Annotated[Optional[int], typer.Option(
-        "--min-count", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "min_count"),
-        help="Drop classes with fewer rows from every metric (counted in the output).")] = None,
-    global_mean: Annotated[Optional[GlobalMean], typer.Option(
-        "--global-mean", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "global_mean"),
-        help="μ_G: the mean of class means (class) or of rows (sample).")] = None,
-    nc1_inverse: Annotated[Optional[NC1Inverse], typer.Option(
-        "--nc1-inverse", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "nc1_inverse"),
-        help="Σ_B⁺ in NC1: the top min(C−1, D) eigenpairs (topk) or a pseudo-inverse (pinv).")] = None,
-    divide_by_c: Annotated[Optional[bool], typer.Option(
-        "--divide-by-c/--no-divide-by-c", rich_help_panel=METRIC, metavar="",
-        show_default=o.default(CollapseOptions, "divide_by_c"),
-        help="NC1 = Tr(Σ_W Σ_B⁺)/C, or without /C (the Papyan notebook form).")] = None,
-    nc4_decision: Annotated[Optional[NC4Decision], typer.Option(
-        "--nc4-decision", rich_help_panel=METRIC, show_default=o.default(CollapseOptions, "nc4_decision"),
-        help="The network's decision for NC4: predictions, logits (argmax Wx+b), logits-nobias, or auto (the first "
-             "the dump has).")] = None,
+    preset: PresetOpt = None, min_count: MinCountOpt = None, global_mean: GlobalMeanOpt = None,
+    nc1_inverse: NC1InverseOpt = None, divide_by_c: DivideByCOpt = None, nc4_decision: NC4DecisionOpt = None,
     per_class: Annotated[bool, typer.Option("--per-class", rich_help_panel=METRIC, metavar="",
                                             help="Also report n_c, ‖m_c‖, ‖w_c‖, v_c of every class (JSON).")] = False,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,

@@ -16,32 +16,41 @@ from actgeom.core.outputs import check_outputs
 METRIC = "Metric conventions (docs/metrics.md)"
 DEFAULTS = EntropyOptions()  # the defaults live in core
 
+# The options of the entropy family, declared once: `entropy` and `report` take them (the report's
+# --seed, --threshold and --tau are shared with other families: it declares its own).
+AttentionOpt = Annotated[Optional[str], typer.Option(
+    "--attention", rich_help_panel=o.DATA, show_default=False,
+    help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")]
+SigmaOpt = Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")]
+TOpt = Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")]
+SubsampleOpt = Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC, help="Rows for DSE / DSMI (cost N³).")]
+LayerWidthOpt = Annotated[Optional[int], typer.Option(
+    "--layer-width", rich_help_panel=METRIC, show_default=False,
+    help="For SAE latents: the width of the layer the SAE encodes (superposition ratio F/width).")]
+EpsOpt = Annotated[float, typer.Option(
+    "--eps", rich_help_panel=METRIC, help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")]
+NormalizedOpt = Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC, metavar="",
+                                             help="Attention entropy divided by log(#valid keys).")]
+
 
 def entropy(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
-    attention: Annotated[Optional[str], typer.Option(
-        "--attention", rich_help_panel=o.DATA, show_default=False,
-        help="Attention probabilities (S, H, T, T). Default: every dataset under /attention.")] = None,
+    attention: AttentionOpt = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     products: o.ProductsOpt = "float64",
     stats: o.StatsOpt = None, partial_ok: o.PartialOkOpt = False,
-    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=METRIC, help="Rényi order of the dataset entropy.")] = DEFAULTS.alpha,
-    sigma: Annotated[float, typer.Option("--sigma", rich_help_panel=METRIC, help="DSE kernel width (absolute).")] = DEFAULTS.sigma,
-    t: Annotated[float, typer.Option("--t", rich_help_panel=METRIC, help="DSE diffusion time.")] = DEFAULTS.t,
-    subsample: Annotated[int, typer.Option("--subsample", rich_help_panel=METRIC, help="Rows for DSE / DSMI.")] = DEFAULTS.subsample,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=METRIC, help="Seed of the sample and of DSMI's subsets.")] = DEFAULTS.seed,
+    alpha: AlphaOpt = DEFAULTS.alpha, sigma: SigmaOpt = DEFAULTS.sigma, t: TOpt = DEFAULTS.t,
+    subsample: SubsampleOpt = DEFAULTS.subsample,
+    seed: Annotated[int,
+                    typer.Option("--seed", rich_help_panel=METRIC,
+                                 help="Seed of the sample and of DSMI's subsets.")] = DEFAULTS.seed,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", rich_help_panel=METRIC, show_default="0 for layers marked ReLU; required otherwise",
         help="A unit is active when its value > threshold.")] = None,
     tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant threshold (ReDo).")] = DEFAULTS.tau,
-    layer_width: Annotated[Optional[int], typer.Option(
-        "--layer-width", rich_help_panel=METRIC, show_default=False,
-        help="For SAE latents: the width of the layer the SAE encodes (superposition ratio F/width).")] = None,
-    eps: Annotated[float, typer.Option("--eps", rich_help_panel=METRIC,
-                                       help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")] = DEFAULTS.eps,
-    normalized: Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC, metavar="",
-                                             help="Attention entropy divided by log(#valid keys).")] = False,
+    layer_width: LayerWidthOpt = None, eps: EpsOpt = DEFAULTS.eps, normalized: NormalizedOpt = False,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
@@ -67,7 +76,8 @@ def entropy(
                                products=o.plain(products), stats=stats,
                                partial_ok=partial_ok,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
-                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress, backend=executor)
+                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress,
+                               backend=executor)
     summary = {}
     for file in analysis.to_dict()["files"]:
         for layer in file["layers"]:

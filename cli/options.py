@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import copy
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +31,22 @@ def default(options_class, field: str) -> str:
     if isinstance(value, tuple):
         return ":".join(map(str, value))
     return "none" if value is None else str(value)
+
+
+def retitled(option, panel: str, *names: str):
+    """A family's option (its ``Annotated`` alias) in another command's help panel, under ``names``
+    where its own would clash there (`report`'s --rank-eps for rank's --eps): its help text, shown
+    default and choices stay those of the one declaration."""
+    info = copy(option.__metadata__[0])
+    info.rich_help_panel = panel
+    if names:  # in an Annotated alias, Typer reads the first name from `default` (typer/utils.py)
+        info.default, info.param_decls = names[0], names[1:]
+    return Annotated[option.__origin__, info]
+
+
+def given(**values) -> dict:
+    """Command-line values as a family's keywords (``core.api.family_options``): choices as their values."""
+    return {name: plain(value) for name, value in values.items()}
 
 
 def plain(value):

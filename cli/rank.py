@@ -20,6 +20,36 @@ from actgeom.core.outputs import check_outputs, write_output
 METRIC = "Metric conventions (docs/metrics.md)"
 Preset = o.choices("Preset", PRESETS)
 
+# The options of the rank family, declared once: `rank` and `report` take them.
+PresetOpt = Annotated[Optional[Preset], typer.Option(
+    "--preset", rich_help_panel=METRIC, show_default="none",
+    help="garrido (raw, uncentred spectrum) or tracing (centred λ, top 2048). Explicit options win.")]
+CenterOpt = Annotated[Optional[bool], typer.Option(
+    "--center/--no-center", rich_help_panel=METRIC, metavar="", show_default=o.default(RankOptions, "center"),
+    help="Spectrum of the covariance, or of the raw second moment.")]
+MaxEigsOpt = Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=METRIC, show_default="all",
+                                                   help="Keep only the largest eigenvalues.")]
+EpsOpt = Annotated[Optional[float], typer.Option("--eps", rich_help_panel=METRIC, show_default=o.default(RankOptions, "eps"),
+                                                 help="RankMe's ε.")]
+FitRangeOpt = Annotated[Optional[str], typer.Option(
+    "--fit-range", rich_help_panel=METRIC, show_default=o.default(RankOptions, "fit_range"),
+    help="α-ReQ ranks START:STOP, 1-based, inclusive.")]
+GeOpt = Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=METRIC, metavar="",
+                                               show_default=o.default(RankOptions, "ge"),
+                                               help="k90/k95/k99 with ≥ p instead of > p.")]
+RtolOpt = Annotated[Optional[float], typer.Option(
+    "--rtol", rich_help_panel=METRIC,
+    show_default="by dtype: " + ", ".join(f"{k} {v:g}" for k, v in STORAGE_RTOL.items()),
+    help="Numerical-rank tolerance relative to λ_1.")]
+SubsampleOpt = Annotated[Optional[int], typer.Option("--subsample", rich_help_panel=METRIC,
+                                                     show_default=o.default(RankOptions, "subsample"),
+                                                     help="Rows sampled for TwoNN and MLE.")]
+
+
+def fit_range_value(text: str | None) -> tuple[int, int] | None:
+    """--fit-range 'START:STOP' → (start, stop)."""
+    return None if text is None else parse_rows(text, "--fit-range")
+
 
 def rank(
     dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 activation dumps.", show_default=False)],
@@ -27,29 +57,8 @@ def rank(
     nonfinite: o.NonfiniteOpt = "error", tokens: o.TokensOpt = "all",
     products: o.ProductsOpt = "float64", stats: o.StatsOpt = None,
     partial_ok: o.PartialOkOpt = False,
-    preset: Annotated[Optional[Preset], typer.Option(
-        "--preset", rich_help_panel=METRIC, show_default="none",
-        help="garrido (raw, uncentred spectrum) or tracing (centred λ, top 2048). Explicit options win.")] = None,
-    center: Annotated[Optional[bool], typer.Option(
-        "--center/--no-center", rich_help_panel=METRIC, metavar="", show_default=o.default(RankOptions, "center"),
-        help="Spectrum of the covariance, or of the raw second moment.")] = None,
-    max_eigs: Annotated[Optional[int], typer.Option("--max-eigs", rich_help_panel=METRIC, show_default="all",
-                                                    help="Keep only the largest eigenvalues.")] = None,
-    eps: Annotated[Optional[float], typer.Option("--eps", rich_help_panel=METRIC, show_default=o.default(RankOptions, "eps"),
-                                                 help="RankMe's ε.")] = None,
-    fit_range: Annotated[Optional[str], typer.Option(
-        "--fit-range", rich_help_panel=METRIC, show_default=o.default(RankOptions, "fit_range"),
-        help="α-ReQ ranks START:STOP, 1-based, inclusive.")] = None,
-    ge: Annotated[Optional[bool], typer.Option("--ge", rich_help_panel=METRIC, metavar="",
-                                               show_default=o.default(RankOptions, "ge"),
-                                               help="k90/k95/k99 with ≥ p instead of > p.")] = None,
-    rtol: Annotated[Optional[float], typer.Option(
-        "--rtol", rich_help_panel=METRIC,
-        show_default="by dtype: " + ", ".join(f"{k} {v:g}" for k, v in STORAGE_RTOL.items()),
-        help="Numerical-rank tolerance relative to λ_1.")] = None,
-    subsample: Annotated[Optional[int], typer.Option("--subsample", rich_help_panel=METRIC,
-                                                     show_default=o.default(RankOptions, "subsample"),
-                                                     help="Rows sampled for TwoNN and MLE.")] = None,
+    preset: PresetOpt = None, center: CenterOpt = None, max_eigs: MaxEigsOpt = None, eps: EpsOpt = None,
+    fit_range: FitRangeOpt = None, ge: GeOpt = None, rtol: RtolOpt = None, subsample: SubsampleOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=METRIC, show_default=o.default(RankOptions, "seed"),
                                                 help="Seed of the sample (same rows in every layer).")] = None,
     spectrum_out: Annotated[Optional[Path], typer.Option(
@@ -79,7 +88,7 @@ def rank(
                             nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), stats=stats,
                             partial_ok=partial_ok,
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
-                            fit_range=None if fit_range is None else parse_rows(fit_range, "--fit-range"), ge=ge,
+                            fit_range=fit_range_value(fit_range), ge=ge,
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,
                             progress=progress, backend=executor)
     if spectrum_out is not None:
