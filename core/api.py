@@ -9,169 +9,28 @@ Keyword names are the command-line options in snake_case (``--fit-range`` → ``
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
-import time
 from collections.abc import Iterable
-from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from actgeom.core import __version__, stages
-from actgeom.core.accumulators import Spec, union
+from actgeom.core import analysis
+from actgeom.core.analysis import FAMILIES, family_options
 from actgeom.core.backends import open_backend
 from actgeom.core.collapse import resolve_options as collapse_options
-from actgeom.core.compare import CompareOptions
-from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
-from actgeom.core.errors import InvalidInputError, OptionError
-from actgeom.core.families import collapse as collapse_family
+from actgeom.core.dump import DumpSpec
+from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.families import compare as compare_family
-from actgeom.core.families import entropy as entropy_family
-from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import probe as probe_family
-from actgeom.core.families import rank as rank_family
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.outputs import atomic_output
-from actgeom.core.partial import check_provenance, load_partial
-from actgeom.core.result import Result, nonfinite_notes
+from actgeom.core.result import Result
 from actgeom.core.spectrum import resolve_options as rank_options
 
-FAMILIES: dict[str, Family] = {family.name: family for family in
-                               (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,
-                                neurons_family.FAMILY, probe_family.FAMILY,
-                                compare_family.FAMILY)}  # compare runs its own pass over aligned files: compare()
-
-
-def metrics_info(families: Iterable[str]) -> dict:
-    """Every metric of the families: family, ideal, range, direction, invariances, source."""
-    return {name: metric.info() for family in families for name, metric in FAMILIES[family].metrics.items()}
-
-
-def facts_of(dump: Dump) -> DumpFacts:
-    return DumpFacts(token_level=dump.offsets_path is not None, has_labels=dump.labels_path is not None,
-                     has_predictions=dump.predictions_path is not None, row_vectors=dump.row_vector_names())
-
-
-def specs_for(families: dict, facts: DumpFacts) -> dict[str, Spec]:
-    """The union of what the families need: one accumulator per statistic."""
-    return union(spec for name, options in families.items() for spec in FAMILIES[name].needs(options, facts))
-
-
-def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = PassOptions(),
-                 progress: Progress | None = None, precomputed: dict[str, LayerStats] | None = None,
-                 details: bool = False, backend=None) -> dict:
-    """The file record of one dump for the families {name: options}: one pass per layer (or the
-    ``precomputed`` statistics, checked to hold what the families need), then one shared second
-    pass for the layers whose families need one (NC4). ``backend``: who runs the passes (None: this
-    process; a core.backends executor: tasks over row ranges, e.g. on a Dask cluster)."""
-    specs = specs_for(families, facts_of(dump))
-    if precomputed is not None:
-        stats = _checked(dump, precomputed, specs)
-    elif backend is not None:
-        stats = backend.accumulate(dump, specs, pass_options, progress)
-    else:
-        stats = accumulate(dump, specs=specs, options=pass_options, progress=progress)
-    classifier = dump.classifier()
-    layers = []
-    records: dict[str, list[LayerRecord]] = {name: [] for name in families}
-    for layer in dump.layers:
-        ctx = layer_context(dump, layer.name, stats, pass_options, classifier, details=details)
-        consumers = second_pass_consumers(ctx, families)
-        if consumers and backend is not None:
-            backend.second_pass(dump, layer, families, stats[layer.name], consumers, pass_options, progress)
-        elif consumers:
-            second_pass(dump, layer, list(consumers.values()), pass_options, progress)
-        ctx.second = consumers
-        stage = getattr(progress, "stage", None)  # long steps after the pass (DSE, pairwise tiles), announced
-        with stages.listening(None if stage is None else functools.partial(stage, layer.name)):
-            layers.append(layer_entry(ctx, families, records))
-    entry = {"file": str(dump.path), "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
-             "model": dump.attrs.get("model"), "layers": layers}
-    for name, options in families.items():
-        if FAMILIES[name].file_record is not None:
-            entry |= FAMILIES[name].file_record(records[name], options)
-    if "entropy" in families:
-        layers += [a | {"nonfinite": nonfinite_notes(a["metrics"])} for a in entropy_family.attention(dump, families["entropy"])]
-    return entry
-
-
-def layer_context(dump: Dump, name: str, stats: dict[str, LayerStats], pass_options: PassOptions, classifier,
-                  details: bool = False) -> LayerContext:
-    """What the families see of one layer: its statistics, the dump, the classifier when it reads this layer."""
-    layer = dump.layer(name)
-    ctx = LayerContext(name=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, attrs=layer.attrs,
-                       stats=stats[layer.name], pass_options=pass_options, dump=dump, details=details, layers=stats)
-    if classifier is not None and dump.classifier_layer == layer.name:
-        ctx.classifier = classifier
-    elif classifier is not None:
-        reads = f"layer '{dump.classifier_layer}'" if dump.classifier_layer else "a layer not selected by --layers"
-        ctx.classifier_problem = f"the classifier ({dump.weight_path}) reads {reads}, not this one"
-    return ctx
-
-
-def second_pass_consumers(ctx: LayerContext, families: dict) -> dict:
-    """The consumers of a layer's shared second pass, by family (empty: no second pass)."""
-    consumers = {}
-    for name, options in families.items():
-        if FAMILIES[name].second_pass is not None:
-            consumer = FAMILIES[name].second_pass(ctx, options)
-            if consumer is not None:
-                consumers[name] = consumer
-    return consumers
-
-
-def layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
-    """One layer's entry: what every family found, in one metrics/unavailable/notes block, and
-    each family's own fields under its name."""
-    stats = ctx.stats
-    entry = {"layer": ctx.name, "kind": "layer", "n_rows": stats.n_rows, "n_units": ctx.n_units, "dtype": ctx.dtype,
-             "n_nonfinite_dropped": stats.n_nonfinite, "metrics": {}, "unavailable": {}, "notes": []}
-    details = {}
-    for name, options in families.items():
-        record = FAMILIES[name].layer(ctx, options)
-        records[name].append(record)
-        entry["metrics"] |= record.metrics
-        entry["unavailable"] |= record.unavailable
-        entry["notes"] += record.notes
-        entry[name] = record.fields
-        details |= record.details
-    entry["nonfinite"] = nonfinite_notes(entry["metrics"])
-    if ctx.details:
-        entry["details"] = details
-    return entry
-
-
-def _checked(dump: Dump, precomputed: dict[str, LayerStats], specs: dict[str, Spec]) -> dict[str, LayerStats]:
-    """Statistics from a file, refused unless they hold every layer with what the families need."""
-    missing = [layer.name for layer in dump.layers if layer.name not in precomputed]
-    if missing:
-        raise InvalidInputError(f"the statistics file has no layer '{missing[0]}' of {dump.path}; "
-                                f"it has: {', '.join(precomputed) or '(none)'}")
-    chosen = {}
-    for layer in dump.layers:
-        stats = precomputed[layer.name]
-        if stats.n_units != layer.n_units:
-            raise InvalidInputError(f"layer '{layer.name}' has {layer.n_units} units in {dump.path} but "
-                                    f"{stats.n_units} in the statistics file")
-        for slot, spec in specs.items():
-            have = stats.specs.get(slot)
-            if have is None or not have.covers(spec):
-                kept = "no such statistic" if have is None else have.describe()
-                raise InvalidInputError(f"the statistics of layer '{layer.name}' hold {kept}; this analysis needs "
-                                        f"{spec.describe()}: make them with `actgeom stats` and matching options")
-        chosen[layer.name] = stats
-    return chosen
+__all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_options", "neurons", "probe", "rank", "run"]
 
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
         pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
         details: bool = False, cache: str | Path | None = None, partial_ok: bool = False, backend=None) -> Result:
-    """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders.
+    """Analyse every dump of ``paths`` with ``families`` ({name: options object}) → the :class:`Result`
+    every command renders (core/analysis.py's ``run``).
 
     ``cache``: a directory keeping each file's results under a key made of the file's identity
     (absolute path, size, modification time, a hash of its attributes, layer shapes and dtypes)
@@ -179,87 +38,9 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
 
     ``backend``: None (this process), :class:`BackendOptions` (e.g. ``BackendOptions("dask",
     workers=4)``: opened for this run), or a backend opened by :func:`open_backend`."""
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    precomputed, provenance, used = None, None, None
-    if stats is not None:
-        if len(paths) != 1:
-            raise OptionError("stats", None, f"describes one dump; {len(paths)} were given")
-        precomputed, provenance = load_partial(stats)
-    started = time.perf_counter()
-    files = []
     with open_backend(backend) as executor:
-        ran_by = backend_record(executor)
-        cached = {}  # path → its cache entry, when read while queueing the tasks
-        if executor is not None and precomputed is None:  # every file's tasks queued before the first is awaited
-            for path in paths:
-                with Dump(path, spec) as dump:
-                    key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
-                    cached[path] = None if key is None else _cached(Path(cache), key)
-                    if cached[path] is None:
-                        executor.submit(dump, specs_for(families, facts_of(dump)), pass_options)
-        for path in paths:
-            if cached.get(path) is not None:  # a cache hit: no need to open the file again
-                files.append(cached[path])
-                continue
-            with Dump(path, spec) as dump:
-                if provenance is not None:
-                    used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok,
-                                            by_label=set(families) != {"rank"})
-                key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
-                entry = None if key is None else _cached(Path(cache), key)
-                if entry is None:
-                    entry = analyze_dump(dump, families, pass_options=pass_options, progress=progress,
-                                         precomputed=precomputed, details=details, backend=executor)
-                    if key is not None:
-                        _store(Path(cache), key, entry)
-                files.append(entry)
-    document = {"tool": "actgeom", "version": __version__, "command": command,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "elapsed_s": time.perf_counter() - started,
-                "options": {name: asdict(options) for name, options in families.items()},
-                "pass": options_record(pass_options) | {"backend": ran_by}, "statistics": used,
-                "metrics_info": metrics_info(families), "files": files}
-    return Result(document)
-
-
-def backend_record(executor) -> dict:
-    """Who ran the passes, recorded with the pass options: {"name": "local"}, or the Dask backend's
-    scheduler address (None: a cluster started on this machine) and its number of workers."""
-    if executor is None:
-        return {"name": "local"}
-    return {"name": executor.options.name, "scheduler": executor.options.scheduler, "workers": executor.n_workers}
-
-
-def _cache_key(dump: Dump, spec: DumpSpec, families: dict, pass_options: PassOptions, details: bool) -> str:
-    status = os.stat(dump.path)
-    identity = {"path": str(Path(dump.path).resolve()), "size": status.st_size, "mtime_ns": status.st_mtime_ns,
-                "attrs": dump.attrs, "layers": [(layer.path, layer.n_rows, layer.n_units, layer.storage_dtype) for layer in dump.layers],
-                "spec": asdict(spec), "families": {name: asdict(o) for name, o in families.items()},
-                "pass": options_record(pass_options), "details": details, "version": __version__}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _cached(directory: Path, key: str) -> dict | None:
-    """The cached file record under ``key``, or None when absent, stale or unreadable."""
-    try:
-        held = json.loads((directory / f"{key}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return held.get("entry") if isinstance(held, dict) and held.get("key") == key else None
-
-
-def _store(directory: Path, key: str, entry: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_output(directory / f"{key}.json", text=True, option="cache") as handle:
-        json.dump({"key": key, "entry": entry}, handle, default=_plain)
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+        return analysis.run(command, paths, families, spec=spec, pass_options=pass_options, stats=stats,
+                            progress=progress, details=details, cache=cache, partial_ok=partial_ok, backend=executor)
 
 
 # -- the public functions ------------------------------------------------------------------------------
@@ -276,7 +57,7 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, preset=None, min_count=None,
              global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
              progress: Progress | None = None, backend=None) -> Result:
-    """Neural-collapse metrics (docs/metrics.md §1) of every selected layer of every dump."""
+    """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
@@ -287,7 +68,8 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None,
          partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
          seed=None, details=False, progress: Progress | None = None, backend=None) -> Result:
-    """Spectrum and effective-dimension metrics (docs/metrics.md §2) of every selected layer."""
+    """Spectrum and effective-dimension metrics of every selected layer (docs/metrics.md, "Spectrum and
+    effective dimension")."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
@@ -298,7 +80,8 @@ def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite=
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
             tokens="all", products="float64", stats=None, partial_ok=False, progress: Progress | None = None, backend=None,
             **options) -> Result:
-    """Entropies and neuron activity (docs/metrics.md §3); ``options`` are EntropyOptions fields
+    """Entropies and neuron activity (docs/metrics.md, "Entropy and neuron activity"); ``options`` are
+    EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens, products)
     return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend, pass_options=pass_options,
@@ -318,31 +101,9 @@ def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | 
                details=details, cache=cache, partial_ok=partial_ok)
 
 
-def family_options(name: str, given=None):
-    """A family's options object from None (defaults), a dict of keywords, or an options object."""
-    if name not in FAMILIES:
-        raise OptionError("families", name, f"is not one of {', '.join(FAMILIES)}")
-    if given is None or isinstance(given, dict):
-        given = {key: value for key, value in (given or {}).items() if value is not None}
-        if name in ("collapse", "rank"):  # presets: explicit options win over them
-            resolve = collapse_options if name == "collapse" else rank_options
-            return resolve(given.pop("preset", None), **_known(FAMILIES[name].options_class, name, given))
-        return FAMILIES[name].options_class(**_known(FAMILIES[name].options_class, name, given))
-    return given
-
-
-def _known(options_class, family: str, given: dict) -> dict:
-    """``given``, refused with one line when a keyword is not an option of the family."""
-    fields = [name for name in options_class.__dataclass_fields__ if name != "preset"]
-    unknown = sorted(set(given) - set(fields))
-    if unknown:
-        raise OptionError(unknown[0], given[unknown[0]], f"is not a {family} option; they are: {', '.join(fields)}")
-    return given
-
-
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
             stats=None, details=False, progress: Progress | None = None, backend=None, **options) -> Result:
-    """Unit-level scores and summaries (docs/metrics.md §6) of every selected layer: every unit's
+    """Unit-level scores and summaries (docs/metrics.md, "Units") of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
     NeuronsOptions fields (top, score, threshold, tau, cutoff, max_position, mu, logvar, delta,
@@ -359,7 +120,8 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
           test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None, positive=None,
           negative=None, details=False, stats=None, progress: Progress | None = None, backend=None) -> Result:
-    """Linear probes and concept directions (docs/metrics.md §7) of every selected layer.
+    """Linear probes and concept directions of every selected layer (docs/metrics.md, "Linear probes
+    and concept directions").
 
     Beside the per-layer metrics, each file has ``direction_cosines`` (consecutive layers) and the
     document ``direction_cosines_across_files``: per layer, the cosine between the directions of
@@ -392,15 +154,11 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
     pass over their aligned rows; ``options`` are CompareOptions fields (alpha, svcca_keep,
     subsample, seed, knn_k, unit_threshold, units; None = default). ``result.matrix("cka_linear")``:
     rows = A, columns = B. ``backend``: as :func:`run`'s (the pass as tasks over row ranges)."""
-    unknown = set(options) - set(CompareOptions.__dataclass_fields__)
-    if unknown:
-        raise OptionError(sorted(unknown)[0], options[sorted(unknown)[0]],
-                          f"is not a compare option; they are: {', '.join(CompareOptions.__dataclass_fields__)}")
     chosen = family_options("compare", options)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
     with open_backend(backend) as executor:
         result = compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
                                     ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
                                     max_memory=max_memory, block_rows=block_rows, progress=progress, backend=executor)
-        result.document["pass"]["backend"] = backend_record(executor)
+        result.document["pass"]["backend"] = analysis.backend_record(executor)
     return result

@@ -16,10 +16,10 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from actgeom.core import __version__
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, options_record
 from actgeom.core.outputs import check_outputs
+from actgeom.core.result import document_header
 
 
 def _names(layers) -> tuple[str, ...]:
@@ -38,8 +38,7 @@ def info(paths, *, layers=None, labels=None, weight=None, bias=None, predictions
                     offsets=offsets, allow_incomplete=allow_incomplete, describe_only=True)
     if isinstance(paths, (str, Path)):
         return info_document(paths, spec, listing_ok=not layers)
-    return {"tool": "actgeom", "version": __version__,
-            "files": [info_document(path, spec, listing_ok=not layers) for path in paths]}
+    return document_header() | {"files": [info_document(path, spec, listing_ok=not layers) for path in paths]}
 
 
 def extract(sources, output, *, layers=None, labels=None, offsets=None, allow_incomplete=False, tokens="all",
@@ -79,7 +78,7 @@ class PartialStatistics:
     def to_dict(self) -> dict:
         from actgeom.core.summary import pass_summary
 
-        return {"tool": "actgeom", "version": __version__, **self.meta,
+        return document_header() | {**self.meta,
                 "layers": [pass_summary(layer_stats) for layer_stats in self.layers.values()]}
 
     def __repr__(self) -> str:

@@ -8,9 +8,13 @@ document = {tool, version, command, options (by family), pass, statistics_file,
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
 
 import numpy as np
 
+from actgeom.core import __version__
 from actgeom.core.errors import UsageError
 
 RECORD_KEYS = ("file", "checkpoint", "step", "layer", "family", "metric", "value", "note")
@@ -80,6 +84,25 @@ class Result:
         files = self.document["files"]
         n_layers = sum(len(f["layers"]) for f in files)
         return f"<actgeom Result: {self.document['command']}, {len(files)} file(s), {n_layers} layer(s)>"
+
+
+def document_header(command: str | None = None, *, started: float | None = None, options: dict | None = None,
+                    pass_record: dict | None = None) -> dict:
+    """The head of every document, in this order: tool, version; the ``command``; when ``started``
+    (a ``time.perf_counter()`` reading) is given, when the document was created (UTC, ISO) and the
+    seconds since; the ``options`` by family (dataclasses, as dicts); the ``pass`` record. A part
+    left None is left out (`info` has neither command nor options)."""
+    header = {"tool": "actgeom", "version": __version__}
+    if command is not None:
+        header["command"] = command
+    if started is not None:
+        header |= {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "elapsed_s": time.perf_counter() - started}
+    if options is not None:
+        header["options"] = {name: asdict(chosen) for name, chosen in options.items()}
+    if pass_record is not None:
+        header["pass"] = pass_record
+    return header
 
 
 def nonfinite_notes(values: dict) -> dict[str, str]:

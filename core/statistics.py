@@ -4,16 +4,14 @@ from them: the same accumulators and metric functions as a pass over a dump, wit
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
 
 import numpy as np
 
-from actgeom.core import __version__
-from actgeom.core.api import FAMILIES, family_options, layer_entry, metrics_info, specs_for
+from actgeom.core.analysis import FAMILIES, family_options, layer_entry, metrics_info, specs_for
 from actgeom.core.engine import LayerStats, PassOptions, feed, new_layer_stats
 from actgeom.core.errors import OptionError
 from actgeom.core.family import DumpFacts, LayerContext
-from actgeom.core.result import Result
+from actgeom.core.result import Result, document_header
 
 
 class Statistics:
@@ -68,9 +66,8 @@ class Statistics:
         for name, options in chosen.items():
             if FAMILIES[name].file_record is not None:
                 entry |= FAMILIES[name].file_record(records[name], options)
-        return Result({"tool": "actgeom", "version": __version__, "command": "statistics",
-                       "options": {name: asdict(options) for name, options in chosen.items()}, "pass": {},
-                       "statistics": None, "metrics_info": metrics_info(chosen), "files": [entry]})
+        document = document_header("statistics", options=chosen, pass_record={})
+        return Result(document | {"statistics": None, "metrics_info": metrics_info(chosen), "files": [entry]})
 
 
 def _memory_layer(name: str, width: int, specs: dict) -> LayerStats:

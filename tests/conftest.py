@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from actgeom.cli.app import app
 from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
-from actgeom.core.api import analyze_dump, family_options
+from actgeom.core.analysis import analyze_dump, family_options
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.engine import PassOptions
 

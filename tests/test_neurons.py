@@ -12,7 +12,7 @@ from conftest import run_family, write_dump
 from reference_neurons import neurons_reference, vae_kl_reference
 
 import actgeom
-from actgeom.core.api import facts_of, specs_for
+from actgeom.core.analysis import facts_of, specs_for
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.neurons import REGISTRY, NeuronsOptions, top_k

@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 
 import actgeom
 from actgeom.core.accumulators import SplitSpec
-from actgeom.core.api import facts_of
+from actgeom.core.analysis import facts_of
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.engine import PassOptions, RowVectors, accumulate
 from actgeom.core.families import probe as probe_family

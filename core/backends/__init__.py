@@ -1,6 +1,6 @@
 """Who runs the passes: this process (``local``), or tasks over row ranges on a Dask cluster (``dask``).
 
-A backend is opened once per command (:func:`open_backend`) and handed to ``core.api.run``; the
+A backend is opened once per command (:func:`open_backend`) and handed to ``core.analysis.run``; the
 local backend is ``None`` (the engine runs in this process). The Dask backend lives in
 core/backends/dask.py and is imported only when chosen, so dask is an optional extra.
 """
@@ -50,7 +50,7 @@ class BackendOptions:
 
 @contextlib.contextmanager
 def open_backend(options) -> Iterator[object | None]:
-    """The backend for ``core.api.run``: None for local, else a started Dask backend (closed on exit);
+    """The backend for ``core.analysis.run``: None for local, else a started Dask backend (closed on exit);
     a backend already opened (not :class:`BackendOptions`) is used as it is."""
     if options is not None and not isinstance(options, BackendOptions):
         yield options

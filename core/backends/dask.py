@@ -33,7 +33,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from actgeom.core.api import FAMILIES, facts_of
+from actgeom.core.analysis import FAMILIES, facts_of
 from actgeom.core.backends.saved import SavedTasks, task_id
 from actgeom.core.backends.shutdown import closed_connections_dropped, drop_closed_connections
 from actgeom.core.backends.tasks import (
@@ -170,7 +170,7 @@ class DaskBackend:
 
     # -- first wave: the statistics --------------------------------------------------------------
     def submit(self, dump: Dump, specs: dict, options: PassOptions) -> None:
-        """Start the first wave of ``dump`` without waiting for it (core.api.run starts every file's
+        """Start the first wave of ``dump`` without waiting for it (core.analysis.run starts every file's
         before it waits for the first: the workers then always have tasks, even with one range per file)."""
         self._pending[_wave_key(dump, specs, options)] = (time.perf_counter(), *self._submit(dump, specs, options))
 

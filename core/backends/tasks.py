@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from actgeom.core.api import layer_context, second_pass_consumers
+from actgeom.core.analysis import layer_context, second_pass_consumers
 from actgeom.core.compare_pass import CompareMoments, Stream, accumulate_rows
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate, second_pass

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-from actgeom.core import __version__
 from actgeom.core.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
 from actgeom.core.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
 from actgeom.core.dump import Dump, DumpSpec
@@ -27,7 +25,7 @@ from actgeom.core.engine import Progress
 from actgeom.core.errors import OptionError, UsageError
 from actgeom.core.family import Family, LayerRecord
 from actgeom.core.registry import evaluate
-from actgeom.core.result import Result, nonfinite_notes
+from actgeom.core.result import Result, document_header, nonfinite_notes
 
 RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")
 _BLOCK_BYTES = 16 << 20  # rows per block: about 16 MiB of float64 over all compared layers together
@@ -197,15 +195,13 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
         files = [{"file": str(d.path), "checkpoint": d.attrs.get("checkpoint"), "step": d.attrs.get("step"),
                   "model": d.attrs.get("model"), "n_rows": d.n_rows, "layers": [layer.name for layer in d.layers]}
                  for d in opened]
-    document = {"tool": "actgeom", "version": __version__, "command": "compare",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "elapsed_s": time.perf_counter() - started, "options": {"compare": asdict(options)},
-                "pass": {"nonfinite": nonfinite, "block_rows": rows_per_block, "rows_used": found.n_rows,
-                         "n_nonfinite_dropped": found.n_nonfinite, "memory_bytes": need},
-                "metrics_info": {name: metric.info() for name, metric in REGISTRY.items()},
-                "mode": the_plan.mode, "orientation": the_plan.orientation, "alignment": alignment,
-                "files": files, "rows": the_plan.rows, "columns": the_plan.columns,
-                "matrices": matrices, "pairs": cells}
+    document = document_header("compare", started=started, options={"compare": options}, pass_record={
+        "nonfinite": nonfinite, "block_rows": rows_per_block, "rows_used": found.n_rows,
+        "n_nonfinite_dropped": found.n_nonfinite, "memory_bytes": need})
+    document |= {"metrics_info": {name: metric.info() for name, metric in REGISTRY.items()},
+                 "mode": the_plan.mode, "orientation": the_plan.orientation, "alignment": alignment,
+                 "files": files, "rows": the_plan.rows, "columns": the_plan.columns,
+                 "matrices": matrices, "pairs": cells}
     return CompareResult(document)
 
 
