@@ -635,6 +635,8 @@ def test_report_options_are_the_family_commands_own():
             assert (param.help, param.show_default) == (theirs.help, theirs.show_default), name
             assert param.secondary_opts == theirs.secondary_opts, name
             assert param.default == theirs.default or name == "subsample", name
+            mine = [f"--{name}".replace("_", "-")] if name in PREFIXED else theirs.opts
+            assert (param.opts, theirs.opts[0]) == (mine, f"--{own}".replace("_", "-")), name  # retitled, not renamed
         compared[name] = owners
     assert params["report"]["subsample"].default == REPORT_SUBSAMPLE
     assert set(PREFIXED) <= set(compared) and {"min_count", "center", "alpha", "top", "split_by"} <= set(compared)
