@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
+from actgeom.core.neurons import dead_fraction, dormant_fraction, dormant_scores, firing_rates
 from actgeom.core.options import EntropyOptions
 from actgeom.core.registry import Unavailable, registry
 from actgeom.core.spectrum import without_rounding
@@ -166,20 +167,16 @@ def sae_effective_features(units: UnitStats, *, layer_width: int | None = None) 
 
 
 def neuron_activity(units: UnitStats, *, tau: float) -> dict:
-    """Dead fraction (no row above threshold; Voita et al. 2024), dormant fraction (s_i ≤ τ,
-    s_i = mean|a_i| / mean_j mean|a_j|; Sokar et al. 2023), firing entropy (mean over units of
-    the binary entropy of P(a_i > threshold)), effective units exp(H(q)), q_i = Σ|a_i|/Σ_j Σ|a_j|.
-    Every value 0: every unit dormant (s_i = 0, as in the neurons family), effective units NaN."""
-    n = units.n_rows
-    mean_abs = _mean_abs(units)
-    score = mean_abs / mean_abs.mean() if mean_abs.mean() > 0 else np.zeros_like(mean_abs)
-    fire = units.n_active / max(n, 1)
+    """Dead and dormant fractions (core/neurons.py: :func:`dead_fraction`, :func:`dormant_fraction`),
+    firing entropy (mean over units of the binary entropy of P(a_i > threshold)), effective units
+    exp(H(q)), q_i = Σ|a_i|/Σ_j Σ|a_j|. Every value 0: every unit dormant, effective units NaN."""
+    fire = firing_rates(units.n_active, units.n_rows)
     with np.errstate(divide="ignore", invalid="ignore"):
         binary = -(np.where(fire > 0, fire * np.log(fire), 0.0) + np.where(fire < 1, (1 - fire) * np.log1p(-fire), 0.0))
     q = units.sum_abs / units.sum_abs.sum() if units.sum_abs.sum() > 0 else None
     return {
-        "dead_fraction": float((units.n_active == 0).mean()),
-        "dormant_fraction": float((score <= tau).mean()),
+        "dead_fraction": dead_fraction(fire),
+        "dormant_fraction": dormant_fraction(dormant_scores(units.sum_abs, units.n_rows), tau),
         "firing_entropy": float(binary.mean()),
         "effective_units": float(np.exp(-(q[q > 0] * np.log(q[q > 0])).sum())) if q is not None else float("nan"),
     }

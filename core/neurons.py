@@ -51,6 +51,28 @@ def dormant_scores(sum_abs: np.ndarray, n_rows: int) -> np.ndarray:
     return mean_abs / average if average > 0 else np.zeros_like(mean_abs)
 
 
+def dead_units(firing_rate: np.ndarray) -> np.ndarray:
+    """Dead: firing rate 0, never above the threshold on any row (Voita et al. 2024)."""
+    return firing_rate == 0
+
+
+def dormant_units(dormant_score: np.ndarray, tau: float) -> np.ndarray:
+    """Dormant: s_u ≤ τ (:func:`dormant_scores`; Sokar et al. 2023, ReDo)."""
+    return dormant_score <= tau
+
+
+def dead_fraction(firing_rate: np.ndarray) -> float:
+    """Share of :func:`dead_units`: the entropy family's dead_fraction, the neurons family's
+    dead_unit_fraction."""
+    return float(dead_units(firing_rate).mean())
+
+
+def dormant_fraction(dormant_score: np.ndarray, tau: float) -> float:
+    """Share of :func:`dormant_units`: the entropy family's dormant_fraction, the neurons family's
+    dormant_unit_fraction."""
+    return float(dormant_units(dormant_score, tau).mean())
+
+
 def class_selectivity(means: np.ndarray) -> np.ndarray:
     """Selectivity index (Morcos et al. 2018): (μ_max − μ_rest)/(μ_max + μ_rest), μ_max the
     largest class-conditional mean of the unit, μ_rest the mean of the other classes' means.
@@ -157,13 +179,13 @@ class NeuronInputs:
 
 
 def dead_of(e: NeuronInputs, o: NeuronsOptions) -> dict:
-    """Fraction of dead units: never above the threshold on any row."""
-    return {"dead_unit_fraction": float((e.scores["firing_rate"] == 0).mean())}
+    """:func:`dead_fraction` of the units."""
+    return {"dead_unit_fraction": dead_fraction(e.scores["firing_rate"])}
 
 
 def dormant_of(e: NeuronInputs, o: NeuronsOptions) -> dict:
-    """Fraction of dormant units: dormant_score ≤ τ."""
-    return {"dormant_unit_fraction": float((e.scores["dormant_score"] <= o.tau).mean())}
+    """:func:`dormant_fraction` of the units."""
+    return {"dormant_unit_fraction": dormant_fraction(e.scores["dormant_score"], o.tau)}
 
 
 def kurtosis_of(e: NeuronInputs, o: NeuronsOptions) -> dict:

@@ -64,3 +64,20 @@ def test_one_prefixed():
     root = Path(__file__).parent.parent
     copies = [str(p.relative_to(root)) for p in sorted((root / "core").rglob("*.py")) if "key[len(" in p.read_text()]
     assert copies == ["core/accumulators/base.py"]
+
+
+def test_dead_and_dormant_fractions_are_computed_once(rng):
+    """entropy's dead_fraction/dormant_fraction and neurons' dead_unit_fraction/dormant_unit_fraction:
+    two families' names for one computation (core/neurons.py), equal numbers."""
+    import actgeom.core.entropy as entropy
+    import actgeom.core.neurons as neurons
+    from actgeom.core.stats import UnitStats
+    assert entropy.dead_fraction is neurons.dead_fraction and entropy.dormant_fraction is neurons.dormant_fraction
+    units = UnitStats(3, threshold=0.0)
+    X = np.abs(rng.normal(size=(20, 3))) * [1.0, 0.01, 1.0]
+    X[:, 2] = -1.0  # never above 0: dead
+    units.update(X)
+    activity = entropy.neuron_activity(units, tau=0.05)
+    scores = neurons.dormant_scores(units.sum_abs, units.n_rows)
+    assert activity["dead_fraction"] == neurons.dead_fraction(neurons.firing_rates(units.n_active, units.n_rows)) == 1 / 3
+    assert activity["dormant_fraction"] == neurons.dormant_fraction(scores, 0.05) == 1 / 3

@@ -13,8 +13,10 @@ from actgeom.core.neurons import (
     NeuronInputs,
     NeuronsOptions,
     class_selectivity,
+    dead_units,
     default_min_support,
     dormant_scores,
+    dormant_units,
     firing_rates,
     moment_scores,
     position_eta2,
@@ -202,9 +204,9 @@ def layer(ctx: LayerContext, options: NeuronsOptions) -> LayerRecord:
               "units": {"unit": list(range(ctx.n_units))} | {name: _item(v) for name, v in scores.items()},
               "scores_unavailable": inputs.reasons}
     if "dormant_score" in scores:
-        fields["units"]["dormant"] = (scores["dormant_score"] <= options.tau).tolist()
+        fields["units"]["dormant"] = dormant_units(scores["dormant_score"], options.tau).tolist()
     if "firing_rate" in scores:
-        fields["units"]["dead"] = (scores["firing_rate"] == 0).tolist()
+        fields["units"]["dead"] = dead_units(scores["firing_rate"]).tolist()
     fields |= ranked_units(inputs, options, ctx.stats.get("units").n_rows)
     tokens = ctx.stats.get("token_sums")
     if tokens is not None:
