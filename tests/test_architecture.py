@@ -160,3 +160,12 @@ def test_core_imports_only_its_own_floor_and_those_below():
 
 def test_no_import_cycle_in_core():
     assert cycles(import_graph()) == []
+
+
+def test_one_document_header():
+    """Every document's head (tool, version, command, created, options, pass) is written by
+    core/result.document_header alone: no other module of core/ or cli/ spells it out."""
+    root = CORE.parent
+    spelled = [str(path.relative_to(root)) for folder in ("core", "cli") for path in sorted((root / folder).rglob("*.py"))
+               if '"tool": "actgeom"' in path.read_text(encoding="utf-8") and path != CORE / "result.py"]
+    assert spelled == []
