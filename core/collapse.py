@@ -9,7 +9,6 @@ Nothing here reads files or loops over rows.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import numpy as np
 
@@ -31,7 +30,7 @@ from actgeom.core.collapse_geometry import (  # noqa: F401 (Geometry, geometry, 
 from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
 from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions  # noqa: F401 (re-exported)
 from actgeom.core.presets import resolve
-from actgeom.core.registry import INVARIANCES, Unavailable, evaluate, registry
+from actgeom.core.registry import INVARIANCES, Unavailable, registry
 from actgeom.core.threads import blas_threads
 
 
@@ -347,13 +346,6 @@ UNAVAILABLE = {
 }
 
 
-def collapse_metrics(g: Geometry, options: CollapseOptions) -> tuple[dict[str, float], dict[str, str]]:
-    """Every registered metric that the geometry allows → (values, reasons for the others)."""
-    missing = {need: UNAVAILABLE[need] for need, present in (("weight", g.weight is not None),
-               ("bias", g.bias is not None), ("decision", g.nc4 is not None)) if not present}
-    return evaluate(REGISTRY, g, options, missing)
-
-
 def per_class(g: Geometry) -> list[dict]:
     """n_c, ‖m_c‖, ‖w_c‖ and v_c of every kept class (for imbalance / minority collapse)."""
     norms = np.linalg.norm(g.centred, axis=1)
@@ -375,7 +367,3 @@ def separation_law(values: list[float]) -> dict:
     spread = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((residual**2).sum()) / spread if spread else float("nan")
     return {"rho": float(np.exp(slope)), "r2": r2, "n_layers": int(y.size)}
-
-
-def options_record(options: CollapseOptions) -> dict:
-    return asdict(options)

@@ -10,10 +10,11 @@ import pytest
 from conftest import METRIC_RTOL, assert_metrics_close, class_data, every, run_family, write_dump
 from reference import collapse_reference
 
-from actgeom.core.collapse import REGISTRY, CollapseOptions, collapse_metrics, geometry, resolve_options
+from actgeom.core.collapse import REGISTRY, CollapseOptions, geometry, resolve_options
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.errors import UsageError
+from actgeom.core.families import collapse as collapse_family
 from actgeom.core.pairwise import pair_stats
 from actgeom.core.partial import merge_stats
 
@@ -103,7 +104,7 @@ def test_orthogonal_frame_has_zero_of_error(rng):
     basis = np.linalg.qr(rng.standard_normal((D, D)))[0][:C]
     for lengths, of_zero in ((np.full(C, 3.0), True), (np.arange(1.0, C + 1), False)):
         means = lengths[:, None] * basis
-        values, _ = collapse_metrics(_geometry_of(means, rng, spread=0.0), CollapseOptions())
+        values, _ = collapse_family.metrics(_geometry_of(means, rng, spread=0.0), CollapseOptions())
         assert values["gof_offdiag_ratio_means"] < 1e-12
         assert (values["of_error_means"] < 1e-7) == of_zero
 
@@ -133,7 +134,8 @@ def test_invariances(tmp_path, seed):
     with Dump(tmp_path / "base.h5") as dump:  # three shards, merged
         parts = [accumulate(dump, specs=every(), options=PassOptions(row_range=r, block_rows=11)) for r in ((0, 40), (40, 41),
                                                                                                             (41, 170))]
-    merged = collapse_metrics(geometry(merge_stats(parts)["h"].get("moments").classes, CollapseOptions()), CollapseOptions())[0]
+    merged_geometry = geometry(merge_stats(parts)["h"].get("moments").classes, CollapseOptions())
+    merged = collapse_family.metrics(merged_geometry, CollapseOptions())[0]
     for name, value in got["base"].items():
         assert got["shuffled"][name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-12), name
         if name != "nc4_mismatch":
@@ -184,7 +186,7 @@ def test_coincident_means_make_cdnv_unavailable_and_are_counted(rng):
     """Two coincident means: CDNV divides by 0 — unavailable with the reason (it was inf, shown as null)."""
     means = rng.standard_normal((4, 5))
     means[3] = means[1]
-    values, unavailable = collapse_metrics(_geometry_of(means, rng, spread=0.0), CollapseOptions())
+    values, unavailable = collapse_family.metrics(_geometry_of(means, rng, spread=0.0), CollapseOptions())
     assert values["cdnv_coincident_pairs"] == 1 and values["gnc2_coincident_pairs"] == 1
     for name in ("cdnv", "cdnv_lc", "gnc2_log_mean", "gnc2_log_var"):
         assert name not in values and unavailable[name].startswith("1 "), name
@@ -244,7 +246,7 @@ def test_pseudo_inverse_keeps_small_eigenvalues_above_the_cutoff(rng):
     assert keep.sum() == 2 and lam[keep].min() / lam.max() < 1e-9  # the second eigenvalue is tiny but kept
     expected = sum(vectors[:, j] @ g.sigma_w @ vectors[:, j] / lam[j] for j in np.flatnonzero(keep)) / C
     # the small eigenvalue carries ~eps·λ_max/λ_small ≈ 1e-6 relative error in both computations
-    assert collapse_metrics(g, options)[0]["nc1"] == pytest.approx(expected, rel=1e-4)
+    assert collapse_family.metrics(g, options)[0]["nc1"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_zero_classifier_row_has_no_angles(rng):
@@ -257,8 +259,8 @@ def test_a_zero_classifier_row_has_no_angles(rng):
     weight[1] = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        values, unavailable = collapse_metrics(dataclasses.replace(g, weight=weight), CollapseOptions())
-        _, silent = collapse_metrics(dataclasses.replace(g, weight=np.zeros((3, 5))), CollapseOptions())
+        values, unavailable = collapse_family.metrics(dataclasses.replace(g, weight=weight), CollapseOptions())
+        _, silent = collapse_family.metrics(dataclasses.replace(g, weight=np.zeros((3, 5))), CollapseOptions())
     assert "class 1's classifier row is 0" in unavailable["nc2_equiangular_weights"]
     assert "class 1" in unavailable["unc3_cos_mean"] and np.isfinite(values["nc2_equinorm_weights"])
     assert all(silent[name] == "every classifier row is 0" for name in ("nc2_equinorm_weights", "nc3_self_duality"))

@@ -10,6 +10,7 @@ from actgeom.core.collapse import (
     REGISTRY,
     UNAVAILABLE,
     CollapseOptions,
+    Geometry,
     geometry,
     kept_classes,
     per_class,
@@ -149,17 +150,25 @@ def layer(ctx: LayerContext, options: CollapseOptions) -> LayerRecord:
     g = geometry(stats, options, weight=weight, bias=bias,
                  dropped_scatter=None if nc4 is None else nc4.dropped_scatter,
                  nc4=None if nc4 is None else nc4.mismatch)
-    missing = {"weight": problem or UNAVAILABLE["weight"], "bias": problem or UNAVAILABLE["bias"]}
-    missing = {need: reason for need, reason in missing.items() if getattr(g, need) is None}
-    if g.nc4 is None:
-        missing["decision"] = no_decision or "NC4 needs a second pass over the dump's rows"
-    values, unavailable = evaluate(REGISTRY, g, options, missing)
+    values, unavailable = metrics(g, options, classifier_problem=problem, no_decision=no_decision)
     if mode is not None and g.nc4 is not None:
         fields["nc4_decision"] = mode
     if options.per_class:
         fields["per_class"] = per_class(g)
     details = _details(g) if ctx.details else {}
     return LayerRecord(metrics=values, unavailable=unavailable, fields=fields, details=details)
+
+
+def metrics(g: Geometry, options: CollapseOptions, *, classifier_problem: str | None = None,
+            no_decision: str | None = None) -> tuple[dict, dict]:
+    """Every registered metric the geometry allows → (values, reasons for the others): W-metrics
+    need a classifier (``classifier_problem``: why the dump's cannot be used), NC4 the second
+    pass's mismatch (``no_decision``: why there is no network decision)."""
+    missing = {"weight": classifier_problem or UNAVAILABLE["weight"], "bias": classifier_problem or UNAVAILABLE["bias"]}
+    missing = {need: reason for need, reason in missing.items() if getattr(g, need) is None}
+    if g.nc4 is None:
+        missing["decision"] = no_decision or "NC4 needs a second pass over the dump's rows"
+    return evaluate(REGISTRY, g, options, missing)
 
 
 def _details(g) -> dict:
