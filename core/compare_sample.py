@@ -9,15 +9,12 @@ is computed once per layer (:class:`SampleView`), not once per pair.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from actgeom.core.options import CompareOptions
 from actgeom.core.registry import Unavailable
-
-if TYPE_CHECKING:
-    from actgeom.core.compare import CompareOptions, PairInputs
-
 
 _ROW_BLOCK = 256  # sampled rows per product of the RDM: 256 × m float64 at a time (16 MB at m = 8 000)
 _CHUNK = 1 << 20  # pairs per step of a correlation: three 8 MB float64 buffers, whatever the sample
@@ -115,7 +112,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return ab / math.sqrt(aa * bb)
 
 
-def rsa(p: PairInputs, o: CompareOptions) -> dict:
+class SampledPair(Protocol):
+    """What the sample measures read of a pair (core/compare.py's ``PairInputs``): each side's
+    sampled rows, and ``found`` for what they report besides metrics."""
+
+    sample_x: SampleView
+    sample_y: SampleView
+    found: dict
+
+
+def rsa(p: SampledPair, o: CompareOptions) -> dict:
     """Representational similarity analysis (Kriegeskorte et al. 2008): the Spearman and Pearson
     correlations of the upper triangles of the RDMs 1 − corr(x_i, x_j) of A and of B, on the
     seeded row sample shared by both files.
@@ -133,7 +139,7 @@ def rsa(p: PairInputs, o: CompareOptions) -> dict:
     return {"rsa_spearman": _pearson(rank_a, rank_b), "rsa_pearson": _pearson(a, b)}
 
 
-def mutual_knn(p: PairInputs, o: CompareOptions) -> dict:
+def mutual_knn(p: SampledPair, o: CompareOptions) -> dict:
     """Mutual k-NN alignment (Huh et al., ICML 2024): mean over sampled rows i of
     |N_A(i) ∩ N_B(i)| / k, N the k = ``--knn-k`` (10) nearest other rows by cosine similarity.
 

@@ -15,7 +15,7 @@ FLOORS = {
     "base": ("", "errors", "labels", "options", "outputs", "presets", "registry", "result", "sample", "stages",
              "stats", "threads"),
     "dump": ("dump",),
-    "numerics": ("collapse", "collapse_geometry", "compare", "compare_moments", "compare_sample", "entropy",
+    "numerics": ("collapse", "collapse_geometry", "compare", "compare_moments", "compare_sample", "diffusion", "entropy",
                  "intrinsic", "neurons", "pairwise", "probe", "probesplit", "spectrum", "unitstats"),
     "state": ("accumulators", "compare_pass", "engine", "partial", "stream", "summary"),
     "families": ("family", "families"),
@@ -49,28 +49,16 @@ def core_modules(root: Path = CORE) -> dict[str, Path]:
     return modules
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (annotations only)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            stack.extend(node.orelse)
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
 def import_graph(root: Path = CORE) -> dict[str, set[str]]:
     """{core module: the core modules it imports}, from every import statement at any depth (a
-    function's lazy import counts as much as a top-level one). ``from package import name``
-    points at the submodule when ``name`` is one, else at the package."""
+    function's lazy import and one under ``if TYPE_CHECKING:`` count as much as a top-level one).
+    ``from package import name`` points at the submodule when ``name`` is one, else at the package."""
     modules = core_modules(root)
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
-        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
@@ -142,7 +130,7 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path):
     (tmp_path / "pkg" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                            "    from actgeom.core.b import y\nfrom .. import a\n")
     graph = import_graph(tmp_path)
-    assert graph["a"] == {"b"} and graph["b"] == {"pkg.c"} and graph["pkg.c"] == {"a"}
+    assert graph["a"] == {"b"} and graph["b"] == {"pkg.c"} and graph["pkg.c"] == {"a", "b"}
     assert cycles(graph) == [["a", "b", "pkg.c"]]
 
 
