@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import assert_metrics_close, class_data, every, run_family, write_dump
 
+from actgeom.core.diffusion import diffusion_spectral_entropy
 from actgeom.core.dump import Dump
 from actgeom.core.engine import PassOptions, accumulate
 from actgeom.core.entropy import (
     EntropyOptions,
     attention_entropy,
     dataset_entropy,
-    diffusion_spectral_entropy,
     neuron_activity,
     renyi_entropy,
     sae_effective_features,
@@ -260,7 +260,7 @@ def test_a_unit_exactly_at_tau_is_dormant(rng):
 @pytest.mark.parametrize("n", [2, 3, 4, 57, 600, 700])  # 700: above the sampled bracket's threshold
 def test_median_distance_is_exact_without_a_copy(rng, n):
     """The bracketed selection equals the median of the upper triangle (ties included)."""
-    from actgeom.core.entropy import _median_offdiagonal
+    from actgeom.core.diffusion import _median_offdiagonal
 
     X = np.round(rng.standard_normal((n, 3)), 1)  # rounded: many equal distances
     squared = ((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=-1)

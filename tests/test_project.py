@@ -105,7 +105,7 @@ def test_readme_names_the_command_that_runs_everything_ci_runs():
 MAX_MODULE_LINES = 400  # STYLE.md: a module longer than this holds more than one idea
 MAX_FUNCTION_LINES = 80  # STYLE.md: a function longer than this does more than one thing
 # Modules still over the limit while issue #23 splits them, at their size then: they may only shrink.
-LONG_MODULES_BEING_SPLIT = {"core/entropy.py": 428}
+LONG_MODULES_BEING_SPLIT: dict[str, int] = {}  # core/entropy.py (428) was split: core/diffusion.py, accumulators/sequences.py
 SIZED = sorted(path for folder in ("core", "cli") for path in (ROOT / folder).rglob("*.py"))
 
 

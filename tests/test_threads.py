@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from actgeom.core import entropy, threads
+from actgeom.core import diffusion, threads
 
 DUMP = Path(__file__).resolve().parents[1] / "sample_data" / "digits_mlp_epoch0000.h5"
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
@@ -148,7 +148,7 @@ def test_dse_solves_its_kernel_on_the_threads_decided(monkeypatch, others, expec
         seen.append(sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}))
         return np.ones(kernel.shape[0])
 
-    monkeypatch.setattr(entropy.linalg, "eigh", spy)
+    monkeypatch.setattr(diffusion.linalg, "eigh", spy)
     X = np.random.default_rng(0).standard_normal((threads.SMALL_MATRIX, 3))
-    entropy.diffusion_spectral_entropy(X, sigma=1.0, t=1.0)
+    diffusion.diffusion_spectral_entropy(X, sigma=1.0, t=1.0)
     assert seen == [[expected]]

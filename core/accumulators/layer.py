@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from actgeom.core.accumulators.base import Rows, Spec, Wrapper, prefixed
-from actgeom.core.entropy import SequenceEntropy
+from actgeom.core.accumulators.sequences import SequenceEntropy
 from actgeom.core.errors import OptionError, UsageError
 from actgeom.core.options import check_seed
 from actgeom.core.sample import Reservoir

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from actgeom.core.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
+from actgeom.core.diffusion import KERNEL_NEAR_IDENTITY
 from actgeom.core.dump.validate import _memory_bytes as machine_memory_bytes
 from actgeom.core.entropy import (
     ATTENTION_METRICS,
-    KERNEL_NEAR_IDENTITY,
     LAYER_METRICS,
     REGISTRY,
     EntropyInputs,
