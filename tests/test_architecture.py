@@ -17,7 +17,7 @@ FLOORS = {
     "dump": ("dump",),
     "numerics": ("collapse", "collapse_geometry", "compare", "compare_moments", "compare_sample", "diffusion", "entropy",
                  "intrinsic", "neurons", "pairwise", "probe", "probesplit", "spectrum", "unitstats"),
-    "state": ("accumulators", "compare_pass", "engine", "partial", "stream", "summary"),
+    "state": ("accumulators", "collapse_pass", "compare_pass", "engine", "partial", "probe_pass", "stream", "summary"),
     "families": ("family", "families"),
     "analysis": ("analysis",),
     "backends": ("backends",),

@@ -45,10 +45,10 @@ def test_one_total_moments_function():
 def test_one_tiled_argmax_for_nc4_and_the_probes(rng, monkeypatch):
     """NC4's nearest class mean and the probes' predictions use one tiled argmax: the argmax of the
     full score matrix (the first class on ties), whatever the tile size."""
-    import actgeom.core.families.collapse as collapse_family
+    import actgeom.core.collapse_pass as collapse_pass
     import actgeom.core.probe as probe
     import actgeom.core.stats as stats
-    assert collapse_family.argmax_tiled is stats.argmax_tiled and probe.argmax_tiled is stats.argmax_tiled
+    assert collapse_pass.argmax_tiled is stats.argmax_tiled and probe.argmax_tiled is stats.argmax_tiled
     X, rows, offsets = rng.normal(size=(50, 3)), rng.normal(size=(7, 3)), rng.normal(size=7)
     rows[5], offsets[5] = rows[2], offsets[2]  # a tie: class 2 wins
     expected = np.argmax(X @ rows.T + offsets, axis=1)
