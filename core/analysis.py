@@ -212,6 +212,20 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
     return Result(document)
 
 
+def directions_across_files(result: Result, *, keep: bool) -> Result:
+    """A probe run made with ``details`` → its document with ``direction_cosines_across_files`` (per
+    layer, the cosine between the concept directions of consecutive files) and each layer's
+    direction kept, as a list, only when ``keep`` (the other details dropped)."""
+    document = result.to_dict()
+    document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
+    for file in document["files"]:
+        for layer in file["layers"]:
+            kept = layer.pop("details")
+            if keep and kept.get("direction") is not None:
+                layer["details"] = {"direction": kept["direction"].tolist()}
+    return result
+
+
 def backend_record(executor) -> dict:
     """Who ran the passes, recorded with the pass options: {"name": "local"}, or the Dask backend's
     scheduler address (None: a cluster started on this machine) and its number of workers."""
@@ -223,7 +237,8 @@ def backend_record(executor) -> dict:
 def _cache_key(dump: Dump, spec: DumpSpec, families: dict, pass_options: PassOptions, details: bool) -> str:
     status = os.stat(dump.path)
     identity = {"path": str(Path(dump.path).resolve()), "size": status.st_size, "mtime_ns": status.st_mtime_ns,
-                "attrs": dump.attrs, "layers": [(layer.path, layer.n_rows, layer.n_units, layer.storage_dtype) for layer in dump.layers],
+                "attrs": dump.attrs,
+                "layers": [(layer.path, layer.n_rows, layer.n_units, layer.storage_dtype) for layer in dump.layers],
                 "spec": asdict(spec), "families": {name: asdict(o) for name, o in families.items()},
                 "pass": options_record(pass_options), "details": details, "version": __version__}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

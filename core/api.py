@@ -19,7 +19,6 @@ from actgeom.core.collapse import resolve_options as collapse_options
 from actgeom.core.dump import DumpSpec
 from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.families import compare as compare_family
-from actgeom.core.families import probe as probe_family
 from actgeom.core.result import Result
 from actgeom.core.spectrum import resolve_options as rank_options
 
@@ -54,27 +53,28 @@ def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, of
 
 
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
-             allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, preset=None, min_count=None,
-             global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
+             allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False,
+             preset=None, min_count=None, global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
              progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
-    spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens, products)
+    spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens,
+                               products)
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
     return run("collapse", paths, {"collapse": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                partial_ok=partial_ok, progress=progress)
 
 
-def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None,
-         partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None, subsample=None,
-         seed=None, details=False, progress: Progress | None = None, backend=None) -> Result:
+def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
+         stats=None, partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None,
+         subsample=None, seed=None, details=False, progress: Progress | None = None, backend=None) -> Result:
     """Spectrum and effective-dimension metrics of every selected layer (docs/metrics.md, "Spectrum and
     effective dimension")."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
-    return run("rank", paths, {"rank": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats, progress=progress,
-               details=details, partial_ok=partial_ok)
+    return run("rank", paths, {"rank": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
+               progress=progress, details=details, partial_ok=partial_ok)
 
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
@@ -83,9 +83,10 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
     """Entropies and neuron activity (docs/metrics.md, "Entropy and neuron activity"); ``options`` are
     EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
-    spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens, products)
-    return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend, pass_options=pass_options,
-               stats=stats, partial_ok=partial_ok, progress=progress)
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens,
+                               products)
+    return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend,
+               pass_options=pass_options, stats=stats, partial_ok=partial_ok, progress=progress)
 
 
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
@@ -101,8 +102,8 @@ def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | 
                details=details, cache=cache, partial_ok=partial_ok)
 
 
-def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
-            stats=None, details=False, progress: Progress | None = None, backend=None, **options) -> Result:
+def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
+            products="float64", stats=None, details=False, progress: Progress | None = None, backend=None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md, "Units") of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
@@ -117,9 +118,9 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
                progress=progress, details=details)
 
 
-def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
-          test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None, positive=None,
-          negative=None, details=False, stats=None, progress: Progress | None = None, backend=None) -> Result:
+def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
+          products="float64", test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None,
+          positive=None, negative=None, details=False, stats=None, progress: Progress | None = None, backend=None) -> Result:
     """Linear probes and concept directions of every selected layer (docs/metrics.md, "Linear probes
     and concept directions").
 
@@ -134,14 +135,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                  progress=progress, details=True)
-    document = result.to_dict()
-    document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
-    for file in document["files"]:
-        for layer in file["layers"]:
-            kept = layer.pop("details")
-            if details and kept.get("direction") is not None:
-                layer["details"] = {"direction": kept["direction"].tolist()}
-    return result
+    return analysis.directions_across_files(result, keep=details)
 
 
 # -- compare: two or more files at once (its own pass over aligned rows) ----------------------------
