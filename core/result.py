@@ -43,13 +43,7 @@ class Result:
         for file in self.document["files"]:
             base = {"file": file["file"], "checkpoint": file.get("checkpoint"), "step": file.get("step")}
             for layer in file["layers"]:
-                where = base | {"layer": layer["layer"]}
-                notes = layer.get("nonfinite", {})
-                for name, value in layer.get("metrics", {}).items():
-                    rows.append(where | {"family": families.get(name), "metric": name, "value": value,
-                                         "note": notes.get(name)})
-                for name, reason in layer.get("unavailable", {}).items():
-                    rows.append(where | {"family": families.get(name), "metric": name, "value": None, "note": reason})
+                rows += tidy_rows(base | {"layer": layer["layer"]}, layer, families)
         return rows
 
     def to_pandas(self):
@@ -84,6 +78,19 @@ class Result:
         files = self.document["files"]
         n_layers = sum(len(f["layers"]) for f in files)
         return f"<actgeom Result: {self.document['command']}, {len(files)} file(s), {n_layers} layer(s)>"
+
+
+def tidy_rows(where: dict, record: dict, families: dict[str, str] | None = None) -> list[dict]:
+    """One row per metric of a ``record`` (a layer, or a compare cell): ``where`` | (its family, when
+    ``families`` maps names to them) | metric, value, note — the note says why a value is
+    not finite; an unavailable metric's value is None and its note the reason."""
+    notes = record.get("nonfinite", {})
+    rows = []
+    for name, value, note in ([(name, value, notes.get(name)) for name, value in record.get("metrics", {}).items()]
+                              + [(name, None, reason) for name, reason in record.get("unavailable", {}).items()]):
+        family = {} if families is None else {"family": families.get(name)}
+        rows.append(where | family | {"metric": name, "value": value, "note": note})
+    return rows
 
 
 def document_header(command: str | None = None, *, started: float | None = None, options: dict | None = None,

@@ -81,3 +81,21 @@ def test_dead_and_dormant_fractions_are_computed_once(rng):
     scores = neurons.dormant_scores(units.sum_abs, units.n_rows)
     assert activity["dead_fraction"] == neurons.dead_fraction(neurons.firing_rates(units.n_active, units.n_rows)) == 1 / 3
     assert activity["dormant_fraction"] == neurons.dormant_fraction(scores, 0.05) == 1 / 3
+
+
+def test_tidy_records_of_a_layer_and_of_a_compare_cell_are_built_once():
+    """Result.records (file × layer × metric) and CompareResult.records (cell × metric) both call
+    result.tidy_rows: values, then unavailable metrics (value None, the reason as note), non-finite
+    values noted."""
+    from actgeom.core.families.compare import CompareResult
+    from actgeom.core.result import Result
+    record = {"metrics": {"a": 1.0, "b": float("nan")}, "unavailable": {"c": "why"}, "nonfinite": {"b": "nan"}}
+    document = {"command": "x", "metrics_info": {"a": {"family": "f"}, "b": {"family": "f"}, "c": {"family": "g"}},
+                "files": [{"file": "d.h5", "checkpoint": None, "step": 3, "layers": [{"layer": "h"} | record]}]}
+    rows = Result(document).records()
+    assert [(r["family"], r["metric"], r["note"]) for r in rows] == [("f", "a", None), ("f", "b", "nan"), ("g", "c", "why")]
+    assert rows[2]["value"] is None and list(rows[0]) == ["file", "checkpoint", "step", "layer", "family", "metric", "value", "note"]
+    cell = {"file_a": "a.h5", "layer_a": "h", "file_b": "b.h5", "layer_b": "h"} | record
+    rows = CompareResult({"pairs": [cell]}).records()
+    assert [list(r) for r in rows] == [list(CompareResult.columns)] * 3
+    assert [(r["metric"], r["value"] == 1.0, r["note"]) for r in rows] == [("a", True, None), ("b", False, "nan"), ("c", False, "why")]

@@ -25,7 +25,7 @@ from actgeom.core.engine import Progress
 from actgeom.core.errors import OptionError, UsageError
 from actgeom.core.family import Family, LayerRecord
 from actgeom.core.registry import evaluate
-from actgeom.core.result import Result, document_header, nonfinite_notes
+from actgeom.core.result import Result, document_header, nonfinite_notes, tidy_rows
 
 RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")
 _BLOCK_BYTES = 16 << 20  # rows per block: about 16 MiB of float64 over all compared layers together
@@ -51,15 +51,7 @@ class CompareResult(Result):
     columns = RECORD_KEYS
 
     def records(self) -> list[dict]:
-        rows = []
-        for cell in self.document["pairs"]:
-            where = {key: cell[key] for key in RECORD_KEYS[:4]}
-            notes = cell.get("nonfinite", {})
-            for name, value in cell["metrics"].items():
-                rows.append(where | {"metric": name, "value": value, "note": notes.get(name)})
-            for name, reason in cell["unavailable"].items():
-                rows.append(where | {"metric": name, "value": None, "note": reason})
-        return rows
+        return [row for cell in self.document["pairs"] for row in tidy_rows({key: cell[key] for key in RECORD_KEYS[:4]}, cell)]
 
     def matrix(self, name: str) -> list[list]:
         """The metric's matrix: [row][column], rows = A (see ``document['orientation']``)."""
