@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (docs/metrics.md): pure functions of finalised class statistics.
+"""Neural-collapse metrics (docs/metrics.md, "Neural collapse"): pure functions of finalised class statistics.
 
 Every metric takes a :class:`Geometry` (core/collapse_geometry.py: the kept classes' counts, means, within-class
 covariance, variances, and the classifier restricted to them) and returns named floats. The

@@ -1,4 +1,5 @@
-"""Spectrum and effective-dimension metrics (docs/metrics.md): pure functions of eigenvalues.
+"""Spectrum and effective-dimension metrics (docs/metrics.md, "Spectrum and effective dimension"): pure
+functions of eigenvalues.
 
 The eigenvalues of a layer are computed once (:func:`layer_spectra`) and shared by every
 metric; each metric is a function of a :class:`Spectrum` and keyword-only options.
