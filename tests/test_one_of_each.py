@@ -94,8 +94,10 @@ def test_tidy_records_of_a_layer_and_of_a_compare_cell_are_built_once():
                 "files": [{"file": "d.h5", "checkpoint": None, "step": 3, "layers": [{"layer": "h"} | record]}]}
     rows = Result(document).records()
     assert [(r["family"], r["metric"], r["note"]) for r in rows] == [("f", "a", None), ("f", "b", "nan"), ("g", "c", "why")]
-    assert rows[2]["value"] is None and list(rows[0]) == ["file", "checkpoint", "step", "layer", "family", "metric", "value", "note"]
+    assert rows[2]["value"] is None
+    assert list(rows[0]) == ["file", "checkpoint", "step", "layer", "family", "metric", "value", "note"]
     cell = {"file_a": "a.h5", "layer_a": "h", "file_b": "b.h5", "layer_b": "h"} | record
     rows = CompareResult({"pairs": [cell]}).records()
     assert [list(r) for r in rows] == [list(CompareResult.columns)] * 3
-    assert [(r["metric"], r["value"] == 1.0, r["note"]) for r in rows] == [("a", True, None), ("b", False, "nan"), ("c", False, "why")]
+    assert [(r["metric"], r["value"] == 1.0, r["note"]) for r in rows] == [("a", True, None), ("b", False, "nan"),
+                                                                         ("c", False, "why")]
