@@ -3,7 +3,7 @@
 A family says which accumulators it needs for given options (:class:`~actgeom.core.accumulators.Spec`),
 lists its metrics in a registry (core/registry.py), and turns one layer's finalised statistics into a
 record: metrics, unavailable metrics with the reason, notes. Running several families runs the union
-of their accumulators in one pass per layer (core/api.py); a family that needs a second pass (NC4
+of their accumulators in one pass per layer (core/analysis.py); a family that needs a second pass (NC4
 needs the final class means) returns a consumer for one shared second pass.
 """
 
@@ -47,7 +47,7 @@ class Family:
     needs(options, facts) → specs; layer(context, options) → LayerRecord;
     second_pass(context, options) → a consumer of the shared second pass, or None;
     file_record(layer_records, options) → extra per-file entries (e.g. the separation law).
-    ``facts`` is a :class:`DumpFacts`; ``context`` a :class:`LayerContext` (core/api.py).
+    ``facts`` is a :class:`DumpFacts`, ``context`` a :class:`LayerContext` (both below).
     """
 
     name: str
