@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -643,34 +644,68 @@ def test_report_options_are_the_family_commands_own():
 
 
 def test_figures_drawn_in_two_processes_equal_those_drawn_in_one(tmp_path, rng, monkeypatch):
-    """With two usable CPUs a forked child draws every other figure: the same page, in the same order."""
+    """With two usable CPUs a forked child draws every other figure: the same page, in the same order,
+    the same --figures files."""
     from actgeom.cli.report import render
 
     document = _document(tmp_path, rng)
-    monkeypatch.setattr(render, "usable_cpus", lambda: 1)
-    alone = render.draw(document)
-    monkeypatch.setattr(render, "usable_cpus", lambda: 2)
-    assert render.draw(document) == alone and len(alone) == len(render.FIGURES)
+    monkeypatch.setattr(render, "_may_fork", lambda: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    alone = render.draw(document, out / "alone")
+    drawn_by = tmp_path / "pids"
+    drawn_by.mkdir()
+    figures = list(render.FIGURES)
+    for index, (fig_id, section, caption, function, family) in enumerate(figures):
+        def noting(document, function=function, index=index):
+            (drawn_by / f"{index}.{os.getpid()}").touch()
+            return function(document)
+        figures[index] = (fig_id, section, caption, noting, family)
+    monkeypatch.setattr(render, "FIGURES", tuple(figures))
+    monkeypatch.setattr(render, "_may_fork", lambda: True)
+    assert render.draw(document, out / "forked") == alone and len(alone) == len(figures)
+    pids = {int(index): int(pid) for index, pid in (name.split(".") for name in os.listdir(drawn_by))}
+    assert {pid for index, pid in pids.items() if index % 2 == 0} == {os.getpid()}
+    assert os.getpid() not in {pid for index, pid in pids.items() if index % 2 == 1}
+    assert sorted(os.listdir(out / "forked")) == sorted(os.listdir(out / "alone"))
+    assert sorted(os.listdir(out)) == ["alone", "forked"]  # no staging directory left
+
+
+def _failing_figures(render, monkeypatch, failing: int, function):
+    figures = list(render.FIGURES)
+    figures[failing] = (*figures[failing][:3], function, None)
+    monkeypatch.setattr(render, "FIGURES", tuple(figures))
+    monkeypatch.setattr(render, "_may_fork", lambda: True)
 
 
 @pytest.mark.parametrize("failing", [0, 1], ids=["in the parent", "in the child"])
-def test_a_figure_that_fails_in_either_process_is_its_error(tmp_path, rng, monkeypatch, failing):
-    """An actgeom error keeps its kind and message across the fork; a bug in the child shows the child's traceback."""
+def test_a_figure_that_fails_in_either_process_is_its_error_and_leaves_no_figure(tmp_path, rng, monkeypatch, failing):
+    """An actgeom error keeps its kind, message and fields across the fork; a bug in the child
+    shows the child's traceback; Ctrl-C in either is an interruption; no --figures file is left."""
     from actgeom.cli.report import render
-    from actgeom.core.errors import OutputError
+    from actgeom.core.errors import OptionError, OutputError
 
     def full_disk(document):
         raise OutputError("cannot write figures/x.svg: No space left on device")
 
+    def bad_option(document):
+        raise OptionError("cutoff", 2.0, "must be in [0, 1]")
+
     def bug(document):
         return 1 / 0
 
+    def ctrl_c(document):
+        raise KeyboardInterrupt
+
     document = _document(tmp_path, rng)
-    monkeypatch.setattr(render, "usable_cpus", lambda: 2)
-    for function, expected, message in ((full_disk, OutputError, "No space left"), (bug, (ZeroDivisionError, RuntimeError),
-                                                                                   "division by zero")):
-        figures = list(render.FIGURES)
-        figures[failing] = (*figures[failing][:3], function, None)
-        monkeypatch.setattr(render, "FIGURES", tuple(figures))
-        with pytest.raises(expected, match=message):
-            render.draw(document)
+    out = tmp_path / "out"
+    out.mkdir()
+    for function, expected, message in ((full_disk, OutputError, "No space left"), (bad_option, OptionError, "cutoff"),
+                                        (bug, (ZeroDivisionError, RuntimeError), "division by zero"),
+                                        (ctrl_c, KeyboardInterrupt, None)):
+        _failing_figures(render, monkeypatch, failing, function)
+        with pytest.raises(expected, match=message) as raised:
+            render.draw(document, out / "figures")
+        if function is bad_option:
+            assert raised.value.for_cli() == "--cutoff '2.0' must be in [0, 1]"
+        assert os.listdir(out) == [], "a figure or the staging directory was left"

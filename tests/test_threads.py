@@ -51,8 +51,12 @@ def test_affinity_slurm_the_environment_and_the_option_limit_every_blas():
     cases = [{}, {"affinity": [sorted(os.sched_getaffinity(0))[0]]}, {"env": {"SLURM_CPUS_PER_TASK": "1"}},
              {"env": {"ACTGEOM_THREADS": "1"}}, {"args": ["--threads", "1"]},
              {"args": ["--threads", "1"], "env": {"ACTGEOM_THREADS": "2"}}, {"env": {"OMP_NUM_THREADS": "1"}}]
+    # the child starts as a user's shell would: no thread limit inherited (Dask's nannies set OMP_NUM_THREADS=1
+    # and the like in the process that starts a LocalCluster, and test_dask.py runs before this file)
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("SLURM_CPUS_PER_TASK", threads.THREADS_ENV, *threads.BLAS_ENVS)}
     done = subprocess.run([sys.executable, "-c", _CHILD, str(DUMP), json.dumps(cases)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     unlimited, *limited = json.loads(done.stdout.strip().splitlines()[-1])
     assert unlimited["usable"] == len(os.sched_getaffinity(0)) and unlimited["blas"] != [1]

@@ -7,7 +7,9 @@ import io
 import os
 import pickle
 import re
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -19,7 +21,7 @@ from actgeom.cli.report import figures_layers as g
 from actgeom.cli.report import figures_units as u
 from actgeom.cli.report.page import build_page
 from actgeom.core.errors import ActgeomError, OutputError
-from actgeom.core.outputs import atomic_path, write_output
+from actgeom.core.outputs import check_output
 from actgeom.core.threads import usable_cpus
 
 # (id, section, caption, drawing function, the family it needs or None), in page order
@@ -90,95 +92,151 @@ def to_svg(figure, salt: str) -> str:
 def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tuple[str, str, str, str, dict]]:
     """Every figure of the page: (id, section, caption, inline SVG or "", {panel: why it is not
     drawn}) — absent figures say why in their caption. Each figure is drawn once: the page's SVG is
-    also the --figures SVG file. With two usable CPUs, a forked child draws every other figure
-    (drawing is pure-Python matplotlib, one CPU per process: the figures take about half the time)."""
+    also the --figures SVG file. The --figures files are drawn into a hidden directory beside
+    ``figures_dir`` and moved into it only once every figure is drawn: a run that fails or is
+    interrupted leaves none of its figures."""
+    staged = None if figures_dir is None else _Staged(figures_dir, inputs)
+    try:
+        drawn = _draw_all(document, staged)
+        if staged is not None:
+            staged.publish()
+    finally:
+        if staged is not None:
+            staged.discard()
+    return drawn
+
+
+def _draw_all(document: dict, staged: "_Staged | None") -> list[tuple[str, str, str, str, dict]]:
+    """With two usable CPUs, a forked child draws every other figure (drawing is pure-Python
+    matplotlib, one CPU per process: the figures take about half the time)."""
     def one(index: int) -> tuple[str, str, str, str, dict]:
-        return _draw_one(FIGURES[index], document, figures_dir, inputs)
+        return _draw_one(FIGURES[index], document, staged)
 
     indices = range(len(FIGURES))
-    if usable_cpus() < 2 or threading.active_count() > 1:  # fork only a single-threaded process (no Dask client)
+    if not _may_fork():
         return [one(index) for index in indices]
-    child = _Forked(lambda: [one(index) for index in indices[1::2]])
-    try:
+    with _Forked(lambda: [one(index) for index in indices[1::2]]) as child:
         mine = [one(index) for index in indices[::2]]
         theirs = child.result()
-    finally:
-        child.stop()
     return [figure for pair in zip_longest(mine, theirs) for figure in pair if figure is not None]
 
 
-def _draw_one(entry, document: dict, figures_dir: Path | None, inputs) -> tuple[str, str, str, str, dict]:
+def _may_fork() -> bool:
+    """A second CPU, and no thread but this one (a Dask client's threads are not forked)."""
+    return usable_cpus() >= 2 and threading.active_count() == 1
+
+
+def _draw_one(entry, document: dict, staged: "_Staged | None") -> tuple[str, str, str, str, dict]:
     fig_id, section, caption, function, family = entry
     figure = function(document) if family is None or family in document["options"] else \
         f"the {family} family was not computed (--families)"
     if isinstance(figure, str):
         return fig_id, section, f"{caption.split('.')[0]}: not drawn — {figure}.", "", {}
     svg = figure_svg(figure, fig_id)
-    if figures_dir is not None:
-        _save(figure, svg, figures_dir / fig_id, inputs)
+    if staged is not None:
+        try:
+            (staged.directory / f"{fig_id}.svg").write_text(svg, encoding="utf-8")
+            figure.savefig(staged.directory / f"{fig_id}.pdf", format="pdf", metadata={"Creator": None})
+        except OSError as exc:
+            raise OutputError(f"cannot write {staged.final / fig_id}.svg/.pdf: {exc.strerror or exc}") from None
     return fig_id, section, caption, inline_svg(svg, fig_id), getattr(figure, "unavailable", {})
 
 
+class _Staged:
+    """The --figures files of one run: drawn into ``.DIR.XXXX.tmp`` beside DIR, moved into DIR
+    (made if it does not exist) by :meth:`publish`, removed with the hidden directory otherwise."""
+
+    def __init__(self, final: Path, inputs):
+        self.final, self.inputs = Path(final), inputs
+        try:
+            self.directory = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.final}: {exc.strerror or exc}") from None
+
+    def publish(self) -> None:
+        try:
+            self.final.mkdir(exist_ok=True)
+            for staged in sorted(self.directory.iterdir()):
+                os.replace(staged, check_output(self.final / staged.name, self.inputs, option="--figures"))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.final}: {exc.strerror or exc}") from None
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class _Forked:
-    """``work()`` run in a forked child; its result (or its error) comes back pickled through a pipe."""
+    """``work()`` run in a forked child, as a context: its result (or its error) comes back
+    pickled through a pipe; leaving the context stops and reaps the child whatever happened."""
 
     def __init__(self, work):
         read, write = os.pipe()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # no Ctrl-C between fork and owning the child
         self.pid = os.fork()
-        if self.pid == 0:  # the child: never returns into the caller's code
+        if self.pid == 0:
+            self._child(work, read, write, mask)  # never returns
+        os.close(write)
+        self.pipe, self.received = os.fdopen(read, "rb"), False
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C that came meanwhile is raised here
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _child(work, read: int, write: int, mask) -> None:
+        status = 1
+        try:
             os.close(read)
-            status = 1
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             try:
                 payload = ("ok", work())
                 status = 0
-            except ActgeomError as exc:  # re-raised by the parent as the same kind of error, same message
-                payload = ("error", type(exc), str(exc))
             except KeyboardInterrupt:
                 payload = ("interrupted",)
+            except ActgeomError as exc:  # the same kind of error, message and fields in the parent
+                payload = ("error", type(exc), str(exc), vars(exc))
             except BaseException:  # a bug: the parent shows the child's traceback
                 payload = ("bug", traceback.format_exc())
-            try:
-                with os.fdopen(write, "wb") as pipe:
-                    pickle.dump(payload, pipe)
-            finally:
-                os._exit(status)
-        os.close(write)
-        self.pipe = os.fdopen(read, "rb")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the result is sent whole, or not at all
+            with os.fdopen(write, "wb") as pipe:
+                pickle.dump(payload, pipe)
+        finally:
+            os._exit(status)  # never into the caller's code: no second "interrupted", no exit handlers
+
+    def __enter__(self) -> "_Forked":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def result(self):
         try:
             outcome = pickle.load(self.pipe)
         except EOFError:
             raise RuntimeError("the child process drawing figures ended without a result") from None
+        self.received = True
         if outcome[0] == "interrupted":
             raise KeyboardInterrupt
-        if outcome[0] == "ok":
-            return outcome[1]
         if outcome[0] == "error":
-            error = outcome[1].__new__(outcome[1])
-            Exception.__init__(error, outcome[2])
+            kind, message, fields = outcome[1:]
+            error = kind.__new__(kind)
+            Exception.__init__(error, message)
+            error.__dict__.update(fields)
             raise error
-        raise RuntimeError(f"drawing figures in a child process failed:\n{outcome[1]}")
+        if outcome[0] == "bug":
+            raise RuntimeError(f"drawing figures in a child process failed:\n{outcome[1]}")
+        return outcome[1]
 
     def stop(self) -> None:
-        """Wait for the child; interrupt it first if it has not sent its result (the parent failed or was interrupted)."""
-        self.pipe.close()
-        with contextlib.suppress(ProcessLookupError):
-            if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+        """Interrupt the child unless it sent its result; close the pipe (a child still writing
+        gets EPIPE and exits); reap it."""
+        if not self.received:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGINT)
-                os.waitpid(self.pid, 0)
-
-
-def _save(figure, svg: str, stem: Path, inputs) -> None:
-    """The figure as SVG (its drawing for the page) and PDF files (each written atomically), in a
-    directory made for the first one."""
-    try:
-        stem.parent.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write {stem.parent}: {exc.strerror or exc}") from None
-    write_output(stem.with_suffix(".svg"), svg, inputs, option="--figures")
-    with atomic_path(stem.with_suffix(".pdf"), inputs, option="--figures") as tmp:
-        figure.savefig(tmp, format="pdf", metadata={"Creator": None})
+        self.pipe.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
 
 def render_page(document: dict, figures_dir: Path | None = None, inputs=(), started: float | None = None) -> str:
