@@ -73,6 +73,8 @@ class _Command(_PlainHelp, TyperCommand):
 def _plain_help(param) -> None:
     if getattr(param, "is_flag", False):
         param.metavar = ""
+    elif param.metavar is None and getattr(param, "multiple", False):
+        param.metavar = "TEXT"  # a repeatable option: not Typer's <list[str]>
     if isinstance(getattr(param, "show_default", None), str):
         param.help = f"{(param.help or '').rstrip()} Default: {param.show_default}.".lstrip()
         param.show_default = False

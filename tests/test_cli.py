@@ -363,6 +363,7 @@ def test_help_examples_do_not_wrap_and_flags_and_defaults_read_plainly(command):
     for line in examples:
         assert line in shown, f"`actgeom {command} --help` wraps the example line {line!r} at 80 columns"
     assert "<bool>" not in out, "a flag shows a <bool> type"
+    assert "<list[str]>" not in out, "a repeatable option shows a <list[str]> type"
     assert "[default: (" not in out, "a default is shown in parentheses, as if it were not the value"
 
 
