@@ -27,7 +27,7 @@ def diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict
         return _diffusion_spectral_entropy(X, sigma=sigma, t=t)
 
 
-def _diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dict:
+def _diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float, diagnostics: bool = True) -> dict:
     n = X.shape[0]
     Z = X - X.mean(axis=0)
     sq = np.einsum("ij,ij->i", Z, Z)
@@ -37,7 +37,7 @@ def _diffusion_spectral_entropy(X: np.ndarray, *, sigma: float, t: float) -> dic
     kernel += sq[None, :]
     np.maximum(kernel, 0.0, out=kernel)
     np.fill_diagonal(kernel, 0.0)
-    median_distance = _median_offdiagonal(kernel) if n > 1 else float("nan")
+    median_distance = _median_offdiagonal(kernel) if n > 1 and diagnostics else float("nan")
     kernel *= -1.0 / (2.0 * sigma**2)
     np.exp(kernel, out=kernel)
     root = 1.0 / np.sqrt(kernel.sum(axis=1))
@@ -110,7 +110,13 @@ def dsmi(X: np.ndarray, y: np.ndarray, *, sigma: float, t: float, repeats: int, 
         rows = np.flatnonzero(y == c)
         if rows.size < 2:
             continue
-        random = np.mean([diffusion_spectral_entropy(X[rng.choice(y.size, rows.size, replace=False)], sigma=sigma,
-                                                     t=t)["dse"] for _ in range(repeats)])
-        total += rows.size / y.size * (random - diffusion_spectral_entropy(X[rows], sigma=sigma, t=t)["dse"])
+        random = np.mean([_dse_bits(X[rng.choice(y.size, rows.size, replace=False)], sigma=sigma, t=t)
+                          for _ in range(repeats)])
+        total += rows.size / y.size * (random - _dse_bits(X[rows], sigma=sigma, t=t))
     return float(total)
+
+
+def _dse_bits(X: np.ndarray, *, sigma: float, t: float) -> float:
+    """DSE alone, without the diagnostics (DSMI's many kernels need no median distance)."""
+    with blas_threads(X.shape[0]):
+        return _diffusion_spectral_entropy(X, sigma=sigma, t=t, diagnostics=False)["dse"]
