@@ -90,6 +90,13 @@ class Wrapper:
 
 
 
+def nested(**parts) -> dict[str, np.ndarray]:
+    """The arrays of several parts as one whole, each key under its part's name (parts that are None
+    are left out); :func:`prefixed` takes a part back out."""
+    return {f"{name}/{key}": value for name, part in parts.items() if part is not None
+            for key, value in part.to_arrays().items()}
+
+
 def prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """The arrays whose key starts with ``prefix``, keyed without it: one part of a saved whole
     (``{"classes/sums": a}`` with prefix ``"classes/"`` → ``{"sums": a}``)."""

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from actgeom.core.accumulators.base import Rows, Spec, Wrapper, prefixed
+from actgeom.core.accumulators.base import Rows, Spec, Wrapper, nested, prefixed
 from actgeom.core.accumulators.sequences import SequenceEntropy
 from actgeom.core.errors import OptionError, UsageError
 from actgeom.core.options import check_seed
@@ -96,10 +96,7 @@ class Moments:
         return MomentStats(classes=classes, total=pooled(classes, self.rest.finalize()))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {f"classes/{k}": v for k, v in self.classes.to_arrays().items()}
-        if self.rest is not None:
-            arrays |= {f"rest/{k}": v for k, v in self.rest.to_arrays().items()}
-        return arrays
+        return nested(classes=self.classes, rest=self.rest)
 
     @classmethod
     def from_arrays(cls, spec: MomentsSpec, arrays: dict[str, np.ndarray]) -> "Moments":

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from actgeom.core.accumulators.base import Rows, Spec, Wrapper, prefixed
+from actgeom.core.accumulators.base import Rows, Spec, Wrapper, nested, prefixed
 from actgeom.core.unitstats import ExpSums, GroupSums, UnitMoments
 
 
@@ -58,10 +58,7 @@ class UnitMomentsAccumulator:
         return UnitMomentStats(self.moments, self.exp_sums)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {f"moments/{k}": v for k, v in self.moments.to_arrays().items()}
-        if self.exp_sums is not None:
-            arrays |= {f"exp/{k}": v for k, v in self.exp_sums.to_arrays().items()}
-        return arrays
+        return nested(moments=self.moments, exp=self.exp_sums)
 
     @classmethod
     def from_arrays(cls, spec: UnitMomentsSpec, arrays: dict[str, np.ndarray]) -> "UnitMomentsAccumulator":

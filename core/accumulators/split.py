@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from actgeom.core.accumulators.base import Rows, Spec, prefixed
+from actgeom.core.accumulators.base import Rows, Spec, nested, prefixed
 from actgeom.core.errors import UsageError
 from actgeom.core.probesplit import SPLIT_UNITS, ControlSums, control_groups, is_test, is_validation, split_keys, unit_values
 from actgeom.core.stats import ClassMoments, ClassStats
@@ -103,12 +103,7 @@ class Split:
                           n_validation=int(self.validation.counts.sum()))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {f"train/{k}": v for k, v in self.train.to_arrays().items()} | {"n_test": np.array(self.n_test)}
-        if self.groups is not None:
-            arrays |= {f"groups/{k}": v for k, v in self.groups.to_arrays().items()}
-        if self.validation is not None:
-            arrays |= {f"validation/{k}": v for k, v in self.validation.to_arrays().items()}
-        return arrays
+        return nested(train=self.train, groups=self.groups, validation=self.validation) | {"n_test": np.array(self.n_test)}
 
     @classmethod
     def from_arrays(cls, spec: SplitSpec, arrays: dict[str, np.ndarray]) -> "Split":
