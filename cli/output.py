@@ -51,10 +51,7 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     document = analysis.to_dict()
     files = document["files"]
     _require_some_metric(files, why_none)
-    most_rows = max((layer["n_rows"] for file in files for layer in file["layers"] if layer.get("n_rows") is not None),
-                    default=None)
-    if most_rows is not None:
-        warn_sample_beyond_rows(most_rows)
+    warn_sample_beyond_layer_rows(files)
     options = [f"{k}={v}" for family in document["options"].values() for k, v in family.items()]
     summary = {"options": ", ".join(options)} | (summary or {})
     columns, reasons = {}, {}
@@ -81,6 +78,14 @@ def warn_sample_beyond_rows(n_rows: int) -> None:
     subsample = _given("subsample")
     if subsample and subsample > n_rows:
         warnings.warn(f"--subsample {subsample} is more than the {n_rows} rows: every row is used", DataWarning, stacklevel=2)
+
+
+def warn_sample_beyond_layer_rows(files: list[dict]) -> None:
+    """:func:`warn_sample_beyond_rows` against the most rows of any layer of the document's files."""
+    most_rows = max((layer["n_rows"] for file in files for layer in file["layers"] if layer.get("n_rows") is not None),
+                    default=None)
+    if most_rows is not None:
+        warn_sample_beyond_rows(most_rows)
 
 
 def _given(option: str):

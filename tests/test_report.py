@@ -709,3 +709,13 @@ def test_a_figure_that_fails_in_either_process_is_its_error_and_leaves_no_figure
         if function is bad_option:
             assert raised.value.for_cli() == "--cutoff '2.0' must be in [0, 1]"
         assert os.listdir(out) == [], "a figure or the staging directory was left"
+
+
+def test_a_subsample_beyond_the_rows_is_said_as_entropy_says_it(cli, tmp_path, rng):
+    """report --subsample (DSE/DSMI's) larger than the rows uses every row and says so, as `entropy` does."""
+    path = _small_dump(tmp_path / "d.h5", rng, step=1)
+    code, _, err = cli("report", path, "-o", tmp_path / "r.html", "--families", "entropy", "--subsample", "5000", "-q")
+    assert code == 0, err
+    assert "--subsample 5000 is more than the 90 rows: every row is used" in err
+    code, _, err = cli("report", path, "-o", tmp_path / "r.html", "--families", "entropy", "-q")
+    assert code == 0 and "--subsample" not in err, err  # the default is not the user's

@@ -16,7 +16,7 @@ from actgeom.cli import options as o
 from actgeom.cli import probe as pr
 from actgeom.cli import rank as rk
 from actgeom.cli.options import Format
-from actgeom.cli.output import emit, jsonable
+from actgeom.cli.output import emit, jsonable, warn_sample_beyond_layer_rows
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_result
@@ -158,6 +158,7 @@ def report(
         spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, attention=attention)
         with run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
             document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor))
+        warn_sample_beyond_layer_rows(document["files"])  # DSE/DSMI's --subsample, as entropy says it
         page = _page(document, figures, dumps, started, progress)
     if results is not None:
         write_output(results, results_text(document, results), dumps, option="--results")
