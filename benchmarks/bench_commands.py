@@ -74,7 +74,7 @@ def child(kind: str, path: str) -> dict:
             result = CliRunner().invoke(app, [*args, "--quiet"])
             assert result.exit_code == 0, result.output
     elif kind.startswith("dse:"):  # DSE alone on N random rows of D = 512
-        from actgeom.core.diffusion import diffusion_spectral_entropy
+        from actgeom.core.metrics.diffusion import diffusion_spectral_entropy
 
         X = np.random.default_rng(0).standard_normal((int(kind[4:]), 512))
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ eigensolve = scipy.linalg.eigh(A, eigvals_only=True, overwrite_a=True, check_fin
              its lower triangle, so it solves the symmetric matrix that triangle defines; its
              cost is the O(N³) reduction to tridiagonal form, whatever the spectrum): the
              floor of any exact DSE, since DSE needs every eigenvalue of an N×N kernel;
-actgeom    = actgeom.core.diffusion.diffusion_spectral_entropy on the rows;
+actgeom    = actgeom.core.metrics.diffusion.diffusion_spectral_entropy on the rows;
 command    = actgeom.entropy() end to end on a float16 dump holding exactly those rows, with
              subsample = N (so its sample is every row): the pass, the sample, DSE and the other
              entropies (no labels, so no DSMI). --skip-command leaves it out;
@@ -115,7 +115,7 @@ def child_eigensolve(n: int) -> dict:
 
 
 def child_actgeom(rows: str, sigma: float, t: float) -> dict:
-    from actgeom.core.diffusion import diffusion_spectral_entropy
+    from actgeom.core.metrics.diffusion import diffusion_spectral_entropy
 
     X = np.load(rows)
     t0 = time.perf_counter()

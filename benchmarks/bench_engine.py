@@ -4,7 +4,7 @@ floor  = plain h5py reads of whole HDF5 chunks into a reused buffer + one float6
          (numpy) per read: the least any exact second-moment pass must do. Measured reading one
          chunk per GEMM (the engine's block, and the definition in the issue) and four chunks
          per GEMM (numpy's GEMM is faster on taller blocks: the stricter floor);
-engine = actgeom.core.engine.accumulate with every accumulator on (class moments with labels,
+engine = actgeom.core.state.engine.accumulate with every accumulator on (class moments with labels,
          unit statistics, Σ x/‖x‖, a 10 000-row seeded sample).
 Each measurement runs in a fresh process (so peak RSS is its own); floor and engine alternate,
 and the best of --repeat runs is kept. The dump is read from the page cache after the first run.
@@ -85,9 +85,9 @@ def child_floor(path: str, chunks_per_read: int, products: int = 1) -> dict:
 
 
 def child_engine(path: str) -> dict:
-    from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
     from actgeom.core.dump import Dump
-    from actgeom.core.engine import accumulate
+    from actgeom.core.state.accumulators import MomentsSpec, SampleSpec, UnitsSpec
+    from actgeom.core.state.engine import accumulate
 
     t0 = time.perf_counter()
     with Dump(path) as dump:

@@ -46,7 +46,7 @@ from actgeom.cli.options import threads_option  # noqa: E402
 from actgeom.cli.output import escape, guarded_stdout  # noqa: E402
 from actgeom.cli.report.command import report  # noqa: E402
 from actgeom.core import __version__  # noqa: E402
-from actgeom.core.errors import ActgeomError, DataWarning, OptionError  # noqa: E402
+from actgeom.core.base.errors import ActgeomError, DataWarning, OptionError  # noqa: E402
 
 
 class _PlainHelp:

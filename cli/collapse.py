@@ -10,9 +10,9 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.options import COLLAPSE_PRESETS as PRESETS
-from actgeom.core.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions
-from actgeom.core.outputs import check_outputs
+from actgeom.core.base.options import COLLAPSE_PRESETS as PRESETS
+from actgeom.core.base.options import GLOBAL_MEANS, NC1_INVERSES, NC4_DECISIONS, CollapseOptions
+from actgeom.core.base.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
 Preset = o.choices("Preset", PRESETS)

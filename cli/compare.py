@@ -10,9 +10,9 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit, warn_sample_beyond_rows
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.labels import file_labels
-from actgeom.core.options import CompareOptions
-from actgeom.core.outputs import check_outputs
+from actgeom.core.base.labels import file_labels
+from actgeom.core.base.options import CompareOptions
+from actgeom.core.base.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
 

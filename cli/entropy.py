@@ -10,8 +10,8 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.options import EntropyOptions
-from actgeom.core.outputs import check_outputs
+from actgeom.core.base.options import EntropyOptions
+from actgeom.core.base.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
 DEFAULTS = EntropyOptions()  # the defaults live in core

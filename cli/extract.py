@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.core.options import COMPRESSION, STORAGE_DTYPES
+from actgeom.core.base.options import COMPRESSION, STORAGE_DTYPES
 
 DType = o.choices("DType", STORAGE_DTYPES)
 Compression = o.choices("Compression", [c for c in COMPRESSION if c])

@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
-from actgeom.core.outputs import check_outputs
+from actgeom.core.base.outputs import check_outputs
 
 
 def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 files.", show_default=False)],
@@ -38,7 +38,7 @@ def info(dumps: Annotated[list[Path], typer.Argument(help="One or more HDF5 file
         return
     records = [{"file": result.document["file"]} | record for result in results for record in result.records]
     summary = {result.document["file"]: ", ".join(f"{k} {v}" for k, v in result.summary.items()) for result in results}
-    from actgeom.core.result import document_header  # numpy: when the command runs, not for --help
+    from actgeom.core.base.result import document_header  # numpy: when the command runs, not for --help
 
     document = document_header() | {"files": [result.document for result in results]}
     emit(Result(title=f"actgeom info: {len(results)} files", document=document, records=records, summary=summary),

@@ -10,9 +10,9 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, _flat, emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.labels import file_labels
-from actgeom.core.options import SCORES, NeuronsOptions
-from actgeom.core.outputs import check_outputs
+from actgeom.core.base.labels import file_labels
+from actgeom.core.base.options import SCORES, NeuronsOptions
+from actgeom.core.base.outputs import check_outputs
 
 METRIC = "Neuron scores (docs/metrics.md, Units)"
 VAE = "VAE latents"

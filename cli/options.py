@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.core.backends import BACKENDS
-from actgeom.core.options import NONFINITE_POLICIES, PRODUCTS
+from actgeom.core.base.options import NONFINITE_POLICIES, PRODUCTS
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
@@ -144,7 +144,7 @@ def dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomple
 
 
 def _configure_threads(value: Optional[int]) -> None:
-    from actgeom.core.threads import configure
+    from actgeom.core.base.threads import configure
 
     configure(value)
 
@@ -158,7 +158,7 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
 
 def threads_option():
     """``--threads N`` as the running Typer builds it, which cli/app.py adds to every command: decided
-    at start-up, before the command runs (core/threads.py)."""
+    at start-up, before the command runs (core/base/threads.py)."""
     probe = typer.Typer()
 
     @probe.command()

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actgeom.cli.options import Format
-from actgeom.core.errors import DataWarning, InvalidInputError, OutputError
-from actgeom.core.labels import file_labels
-from actgeom.core.outputs import write_output
+from actgeom.core.base.errors import DataWarning, InvalidInputError, OutputError
+from actgeom.core.base.labels import file_labels
+from actgeom.core.base.outputs import write_output
 
 SUFFIX_FORMATS = {".json": Format.json, ".jsonl": Format.jsonl, ".csv": Format.csv, ".md": Format.md,
                   ".txt": Format.table}
@@ -37,7 +37,7 @@ class Result:
 
 
 def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> Result:
-    """The view of an analysis (actgeom.core.result.Result) over files × layers.
+    """The view of an analysis (actgeom.core.base.result.Result) over files × layers.
 
     JSON: the whole document; jsonl/csv: its tidy records (one per file × layer × metric, null
     value + note when unavailable or not finite); table/md: a row per metric, a column per layer
@@ -258,7 +258,7 @@ def _terminal_width() -> int:
 
 
 def emit(result: Result, fmt: Format | None, output: Path | None, inputs: Iterable[Path] = ()) -> None:
-    """Print the result to stdout, or write it to ``output`` by the rules of core/outputs.py
+    """Print the result to stdout, or write it to ``output`` by the rules of core/base/outputs.py
     (never an input, never a partial file)."""
     fmt = resolve_format(fmt, output)
     if output is None:

@@ -10,9 +10,9 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.errors import OptionError
-from actgeom.core.options import CONTROLS, SPLIT_BY, ProbeOptions
-from actgeom.core.outputs import atomic_output, check_outputs
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.options import CONTROLS, SPLIT_BY, ProbeOptions
+from actgeom.core.base.outputs import atomic_output, check_outputs
 
 PROBE = "Probes (docs/metrics.md)"
 SplitBy = o.choices("SplitBy", SPLIT_BY)
@@ -111,7 +111,7 @@ def shrinkage_value(value: str | None) -> float | str | None:
 
 
 def _write_npz(path: Path, arrays: dict, inputs) -> None:
-    """--save-directions by the output rules (core/outputs.py): atomic, never an input."""
+    """--save-directions by the output rules (core/base/outputs.py): atomic, never an input."""
     import numpy as np
 
     with atomic_output(path, inputs, option="--save-directions") as handle:

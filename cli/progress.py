@@ -21,11 +21,11 @@ from actgeom.cli.output import escape
 if TYPE_CHECKING:  # core.engine imports numpy, rich takes time: neither is needed to start
     from rich.progress import Progress
 
-    from actgeom.core.engine import Progress as ProgressCallback
+    from actgeom.core.state.engine import Progress as ProgressCallback
 
 PLAIN_INTERVAL = 10.0  # seconds between plain lines: readable in a log, cheap to write
 PLAIN_START = 2.0  # seconds before the first line: a quick command leaves no progress in a log
-STAGE_SHOWN_FROM = 2.0  # seconds: a shorter step after the pass (core/stages.py) is not announced
+STAGE_SHOWN_FROM = 2.0  # seconds: a shorter step after the pass (core/base/stages.py) is not announced
 
 
 @contextlib.contextmanager

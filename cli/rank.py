@@ -13,9 +13,9 @@ from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.stats import parse_rows
-from actgeom.core.options import RANK_PRESETS as PRESETS
-from actgeom.core.options import STORAGE_RTOL, RankOptions
-from actgeom.core.outputs import check_outputs, write_output
+from actgeom.core.base.options import RANK_PRESETS as PRESETS
+from actgeom.core.base.options import STORAGE_RTOL, RankOptions
+from actgeom.core.base.outputs import check_outputs, write_output
 
 METRIC = "Metric conventions (docs/metrics.md)"
 Preset = o.choices("Preset", PRESETS)

@@ -10,9 +10,9 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import Result, emit
 from actgeom.cli.progress import row_progress
-from actgeom.core.errors import UsageError
-from actgeom.core.options import SEEDS
-from actgeom.core.outputs import check_outputs
+from actgeom.core.base.errors import UsageError
+from actgeom.core.base.options import SEEDS
+from actgeom.core.base.outputs import check_outputs
 
 SaveOpt = Annotated[Optional[Path], typer.Option(
     "--save-stats", rich_help_panel=o.OUTPUT, show_default=False,
@@ -69,7 +69,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
         actgeom merge part0.npz part1.npz part2.npz --save-stats all.npz
     """
     from actgeom.core.api_files import partial_statistics  # numpy, scipy, h5py: when the command runs, not for --help
-    from actgeom.core.engine import PassOptions
+    from actgeom.core.state.engine import PassOptions
 
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
@@ -100,9 +100,9 @@ def merge(parts: Annotated[list[Path], typer.Argument(help="Partial-statistics f
 
 
 def _save(path: Path | None, result: dict, meta: dict, inputs: list[Path]) -> None:
-    """--save-stats by the output rules (core/outputs.py)."""
+    """--save-stats by the output rules (core/base/outputs.py)."""
     if path is not None:
-        from actgeom.core.partial import save_partial
+        from actgeom.core.state.partial import save_partial
 
         save_partial(path, result, meta, inputs=inputs)
 

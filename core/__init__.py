@@ -1,6 +1,6 @@
 """actgeom.core: reading dumps and computing statistics; no printing, no CLI imports."""
 
-from actgeom.core.errors import ActgeomError, InvalidInputError, UsageError
+from actgeom.core.base.errors import ActgeomError, InvalidInputError, UsageError
 
 # The one place the version is written: pyproject.toml reads it from here (tool.setuptools.dynamic),
 # so that no start-up pays for importlib.metadata (~30 ms).

@@ -19,23 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core import __version__, stages
-from actgeom.core.accumulators import Spec, union
-from actgeom.core.collapse import resolve_options as collapse_options
+from actgeom.core import __version__
+from actgeom.core.base import stages
+from actgeom.core.base.errors import InvalidInputError, OptionError
+from actgeom.core.base.outputs import atomic_output
+from actgeom.core.base.result import Result, document_header, nonfinite_notes
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
-from actgeom.core.errors import InvalidInputError, OptionError
 from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import compare as compare_family
 from actgeom.core.families import entropy as entropy_family
 from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.outputs import atomic_output
-from actgeom.core.partial import check_provenance, load_partial
-from actgeom.core.result import Result, document_header, nonfinite_notes
-from actgeom.core.spectrum import resolve_options as rank_options
+from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.metrics.collapse import resolve_options as collapse_options
+from actgeom.core.metrics.spectrum import resolve_options as rank_options
+from actgeom.core.state.accumulators import Spec, union
+from actgeom.core.state.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
+from actgeom.core.state.partial import check_provenance, load_partial
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
                                (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,

@@ -15,12 +15,12 @@ from pathlib import Path
 from actgeom.core import analysis
 from actgeom.core.analysis import FAMILIES, family_options
 from actgeom.core.backends import open_backend
-from actgeom.core.collapse import resolve_options as collapse_options
+from actgeom.core.base.result import Result
 from actgeom.core.dump import DumpSpec
-from actgeom.core.engine import PassOptions, Progress
 from actgeom.core.families import compare as compare_family
-from actgeom.core.result import Result
-from actgeom.core.spectrum import resolve_options as rank_options
+from actgeom.core.metrics.collapse import resolve_options as collapse_options
+from actgeom.core.metrics.spectrum import resolve_options as rank_options
+from actgeom.core.state.engine import PassOptions, Progress
 
 __all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_options", "neurons", "probe", "rank", "run"]
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
+from actgeom.core.base.outputs import check_outputs
+from actgeom.core.base.result import document_header
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import LayerStats, PassOptions, Progress, accumulate, options_record
-from actgeom.core.outputs import check_outputs
-from actgeom.core.result import document_header
+from actgeom.core.state.engine import LayerStats, PassOptions, Progress, accumulate, options_record
 
 
 def _names(layers) -> tuple[str, ...]:
@@ -71,12 +71,12 @@ class PartialStatistics:
 
     def save(self, path: str | Path) -> None:
         """Write them (an .npz) by the output rules: atomically, never over one of their inputs."""
-        from actgeom.core.partial import save_partial
+        from actgeom.core.state.partial import save_partial
 
         save_partial(path, self.layers, self.meta, inputs=self.inputs, option="save_stats")
 
     def to_dict(self) -> dict:
-        from actgeom.core.summary import pass_summary
+        from actgeom.core.state.summary import pass_summary
 
         return document_header() | {**self.meta,
                 "layers": [pass_summary(layer_stats) for layer_stats in self.layers.values()]}
@@ -93,9 +93,9 @@ def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample:
     rest, unit activity above ``threshold``), a seeded sample of ``subsample`` rows when > 0, what
     `entropy --stats` needs with ``entropy_alpha`` (Σuuᵀ of the normalised rows, or per-sequence
     entropies of that Rényi order with sequence offsets), and what `neurons --stats` needs."""
-    from actgeom.core.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
     from actgeom.core.families.neurons import neurons_statistics
-    from actgeom.core.partial import provenance
+    from actgeom.core.state.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
+    from actgeom.core.state.partial import provenance
 
     with Dump(path, spec) as opened:
         specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
@@ -133,7 +133,7 @@ def merge(parts, *, save_stats=None) -> PartialStatistics:
     """Merge partial statistics of disjoint rows of one dump (`actgeom merge`): files written by
     `actgeom stats --save-stats` or :meth:`PartialStatistics.save`, or :class:`PartialStatistics`
     objects; refused, naming both, when they describe other dumps, overlap or differ in pass options."""
-    from actgeom.core.partial import load_partial, merge_partials
+    from actgeom.core.state.partial import load_partial, merge_partials
 
     files = [part for part in parts if not isinstance(part, PartialStatistics)]
     check_outputs({"save_stats": save_stats}, files)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actgeom.core.base.errors import InvalidInputError, UsageError
 from actgeom.core.dump.source import Source
-from actgeom.core.errors import InvalidInputError, UsageError
 
 TOKEN_CHOICES = "all, first, last, mean, from:K"
 BLOCK_BYTES = 8 << 20  # rows per block: about this many bytes per layer as float64

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from actgeom.core.base.errors import UsageError
 from actgeom.core.dump.hdf5 import decode_bfloat16
 from actgeom.core.dump.layout import natural_key
 from actgeom.core.dump.writer import DumpWriter, as_rows
-from actgeom.core.errors import UsageError
 
 # next()'s row data → the dump's row vectors (DumpWriter.append's keywords): given per sample (or per
 # token) for PER_SAMPLE, per token for PER_TOKEN

@@ -10,7 +10,7 @@ by the number of rows. The pipeline, in order:
 2. **rows** ``A:B``: candidates A ≤ i < B.
 3. **classes**: candidates whose label is one of these.
 4. **sample** N (seed S): the N candidates left with the smallest splitmix keys of their candidate
-   number (:func:`hash_keys` of core/sample.py), so the sample is reproducible and independent of block sizes; with
+   number (:func:`hash_keys` of core/base/sample.py), so the sample is reproducible and independent of block sizes; with
    ``stratify`` the N are split over classes in proportion to their counts (largest remainders).
 
 Rows keep their order. A pooled sequence (``mean``) has the label its rows share, or -1 when they
@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core import __version__
+from actgeom.core.base.errors import InvalidInputError, UsageError
+from actgeom.core.base.options import check_seed
+from actgeom.core.base.outputs import check_output
+from actgeom.core.base.sample import hash_keys
 from actgeom.core.candidates import Block, CandidateStream, first_position
 from actgeom.core.dump.source import Source
 from actgeom.core.dump.writer import COMPRESSION, STORAGE, DumpWriter
-from actgeom.core.errors import InvalidInputError, UsageError
-from actgeom.core.options import check_seed
-from actgeom.core.outputs import check_output
-from actgeom.core.sample import hash_keys
 
 PROVENANCE_ATTR = "extract_runs"
 
@@ -189,7 +189,7 @@ def _resume_point(writer: DumpWriter, sources: list[dict], selection: Selection,
 def extract_dump(sources: list[Source], out: str | Path, selection: Selection, *, append: bool = False) -> dict:
     """Write the selected rows of ``sources`` to the dump ``out`` (atomically); return a summary.
 
-    An existing ``out`` is replaced, as every output is (core/outputs.py); it may not be an input.
+    An existing ``out`` is replaced, as every output is (core/base/outputs.py); it may not be an input.
     With ``append`` the rows are added to the complete dump at ``out`` (same layers, widths and
     dtype), resuming after the candidates an earlier run of the same extract consumed.
     """

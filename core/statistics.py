@@ -8,10 +8,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from actgeom.core.analysis import FAMILIES, family_options, layer_entry, metrics_info, specs_for
-from actgeom.core.engine import LayerStats, PassOptions, feed, new_layer_stats
-from actgeom.core.errors import OptionError
-from actgeom.core.family import DumpFacts, LayerContext
-from actgeom.core.result import Result, document_header
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.result import Result, document_header
+from actgeom.core.families.protocol import DumpFacts, LayerContext
+from actgeom.core.state.engine import LayerStats, PassOptions, feed, new_layer_stats
 
 
 class Statistics:

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from actgeom.cli.app import app
-from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
 from actgeom.core.analysis import analyze_dump, family_options
 from actgeom.core.dump import Dump, DumpWriter
-from actgeom.core.engine import PassOptions
+from actgeom.core.state.accumulators import MomentsSpec, SampleSpec, UnitsSpec
+from actgeom.core.state.engine import PassOptions
 
 # Streamed vs in-memory float64: both exact to ~1e-13 in well-conditioned metrics; 1e-8 leaves room
 # for ill-conditioned ones (pseudo-inverses, small eigenvalues of offset data).

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from actgeom.core.sample import row_keys
+from actgeom.core.base.sample import row_keys
 
 
 def centred(X: np.ndarray) -> np.ndarray:

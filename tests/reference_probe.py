@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.sample import row_keys
+from actgeom.core.base.sample import row_keys
 
 
 def sequence_starts(offsets: np.ndarray) -> np.ndarray:

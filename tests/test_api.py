@@ -12,8 +12,8 @@ import pytest
 from conftest import class_data, write_dump
 
 import actgeom
+from actgeom.core.base.errors import OptionError, UsageError
 from actgeom.core.dump import Dump, DumpWriter
-from actgeom.core.errors import OptionError, UsageError
 
 ROOT = Path(__file__).parent.parent
 # Combined vs separate passes: the same statistics, except that rank's total moments come from

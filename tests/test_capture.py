@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actgeom.core.base.errors import UsageError
 from actgeom.core.dump import Dump
-from actgeom.core.errors import UsageError
 
 torch = pytest.importorskip("torch", reason="capture needs the torch extra (CI installs it)")
 from actgeom.core.capture import capture  # noqa: E402
@@ -313,7 +313,7 @@ def test_classifier_reads_the_last_captured_module_in_the_models_order(tmp_path)
 
 def test_two_captures_with_sample_ids_compare_aligned(tmp_path):
     """compare's alignment check (what `actgeom compare` runs first) finds the ids of both captures."""
-    from actgeom.core.compare_pass import check_alignment
+    from actgeom.core.state.compare_pass import check_alignment
 
     torch.manual_seed(0)
     data = _mlp_data()

@@ -10,13 +10,13 @@ import pytest
 from conftest import METRIC_RTOL, assert_metrics_close, class_data, every, run_family, write_dump
 from reference import collapse_reference
 
-from actgeom.core.collapse import REGISTRY, CollapseOptions, geometry, resolve_options
+from actgeom.core.base.errors import UsageError
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate
-from actgeom.core.errors import UsageError
 from actgeom.core.families import collapse as collapse_family
-from actgeom.core.pairwise import pair_stats
-from actgeom.core.partial import merge_stats
+from actgeom.core.metrics.collapse import REGISTRY, CollapseOptions, geometry, resolve_options
+from actgeom.core.metrics.pairwise import pair_stats
+from actgeom.core.state.engine import PassOptions, accumulate
+from actgeom.core.state.partial import merge_stats
 
 SEEDS = [0, 1, 2]
 # Imbalanced; class 2 is empty, class 4 has a single row.
@@ -110,7 +110,7 @@ def test_orthogonal_frame_has_zero_of_error(rng):
 
 
 def _geometry_of(means, rng, per_class=20, spread=0.1):
-    from actgeom.core.stats import ClassMoments
+    from actgeom.core.base.stats import ClassMoments
 
     y = np.repeat(np.arange(means.shape[0]), per_class)
     acc = ClassMoments(means.shape[1])
@@ -223,12 +223,12 @@ def test_token_selection_reaches_both_passes(tmp_path, rng):
 
 
 def test_pseudo_inverse_keeps_small_eigenvalues_above_the_cutoff(rng):
-    from actgeom.core.stats import ClassMoments
+    from actgeom.core.base.stats import ClassMoments
 
     """Σ_B with eigenvalues ~1 and ~1e-10 (and a rounding-level third): the pseudo-inverse keeps the
     second and drops the third, as an explicit eigendecomposition does; the cutoff itself is
     max(C, D)·eps·λ_max exactly (numpy's default)."""
-    from actgeom.core.collapse_geometry import pinv_rank
+    from actgeom.core.metrics.collapse_geometry import pinv_rank
 
     eps = np.finfo(float).eps
     assert pinv_rank(np.array([1.0, 3 * eps * 1.01, 3 * eps * 0.99]), 3) == 2

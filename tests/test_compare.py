@@ -11,11 +11,11 @@ import reference_compare as ref
 from conftest import assert_metrics_close, write_dump, write_h5
 
 import actgeom
-from actgeom.core.compare import REGISTRY
-from actgeom.core.compare_moments import CrossMoments, SideMoments
-from actgeom.core.compare_sample import SampleView, doubled_ranks
+from actgeom.core.base.sample import row_keys
 from actgeom.core.dump import Dump
-from actgeom.core.sample import row_keys
+from actgeom.core.metrics.compare import REGISTRY
+from actgeom.core.metrics.compare_moments import CrossMoments, SideMoments
+from actgeom.core.metrics.compare_sample import SampleView, doubled_ranks
 
 # Streamed moments vs the reference's N × N Grams / QR: both float64, agreeing to ~1e-12 on
 # well-conditioned data; 1e-8 is the acceptance bar.
@@ -359,7 +359,7 @@ def test_sample_data_gives_finite_values_for_every_measure():
 
 def test_one_read_of_each_layer_whatever_the_number_of_pairs(tmp_path, rng, monkeypatch):
     """2 × 3 layers: five streams read once each (not six pairs × two reads)."""
-    import actgeom.core.compare_pass as compare_pass
+    import actgeom.core.state.compare_pass as compare_pass
 
     reads = []
     original = compare_pass.iter_blocks
@@ -410,7 +410,7 @@ SPLIT_RTOL = 1e-12
 def test_row_ranges_merged_through_plain_arrays_equal_one_pass(tmp_path, rng, cuts):
     """What a Dask task returns: each range's moments as plain arrays, merged in any order →
     one pass's moments (sample identical, NaN rows counted) — without dask installed."""
-    from actgeom.core.compare_pass import CompareMoments, Stream, accumulate_rows
+    from actgeom.core.state.compare_pass import CompareMoments, Stream, accumulate_rows
 
     X, Y = _correlated(rng)
     X[[5, 77]] = np.nan  # dropped from both streams, counted once each

@@ -126,7 +126,7 @@ def test_entropy_and_neurons_share_the_not_relu_reason(dumps):
 
 
 def test_a_record_cannot_hold_a_metric_twice():
-    from actgeom.core.family import LayerRecord
+    from actgeom.core.families.protocol import LayerRecord
 
     with pytest.raises(AssertionError, match="dead_fraction"):
         LayerRecord(metrics={"dead_fraction": 0.1}, unavailable={"dead_fraction": "why"})

@@ -14,11 +14,11 @@ import pytest
 from conftest import class_data, write_dump
 
 from actgeom.core import api
-from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
 from actgeom.core.backends import DASK_MISSING, BackendOptions, open_backend
+from actgeom.core.base.errors import UsageError
 from actgeom.core.dump import Dump, DumpSpec, DumpWriter
-from actgeom.core.engine import PassOptions, accumulate
-from actgeom.core.errors import UsageError
+from actgeom.core.state.accumulators import MomentsSpec, SampleSpec, UnitsSpec
+from actgeom.core.state.engine import PassOptions, accumulate
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None
 needs_dask = pytest.mark.skipif(not HAS_DASK, reason="the dask extra is not installed (pip install '.[dask]'); "
@@ -176,7 +176,7 @@ def test_probe_and_neurons_equal_a_local_run(cluster, dumps):
 def test_report_numbers_equal_a_local_run(cluster, dumps):
     from actgeom.cli.report.data import ReportOptions, gather
     from actgeom.core.dump import DumpSpec
-    from actgeom.core.entropy import EntropyOptions
+    from actgeom.core.metrics.entropy import EntropyOptions
 
     options = ReportOptions(entropy=EntropyOptions(**ENTROPY))
     local = gather(dumps["samples"], DumpSpec(), options)
@@ -310,7 +310,7 @@ def test_compare_equals_a_local_run(cluster, aligned, plan):
 
 @needs_dask
 def test_compare_sample_and_counts_are_identical(cluster, aligned):
-    from actgeom.core.compare_pass import Stream, accumulate_rows
+    from actgeom.core.state.compare_pass import Stream, accumulate_rows
 
     with Dump(aligned["steps"][0]) as a, Dump(aligned["steps"][1], DumpSpec(layers=("last",))) as b, \
             open_backend(_dask(cluster)) as backend:

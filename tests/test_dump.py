@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import write_dump, write_h5
 
+from actgeom.core.base.errors import InvalidInputError, UsageError
 from actgeom.core.dump import Dump, DumpSpec, DumpWriter
 from actgeom.core.dump.hdf5 import decode_bfloat16
 from actgeom.core.dump.writer import encode_bfloat16
-from actgeom.core.errors import InvalidInputError, UsageError
 
 
 def test_bfloat16_decodes_exactly(tmp_path):

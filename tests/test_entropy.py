@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import assert_metrics_close, class_data, every, run_family, write_dump
 
-from actgeom.core.diffusion import diffusion_spectral_entropy
+from actgeom.core.base.stats import UnitStats
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate
-from actgeom.core.entropy import (
+from actgeom.core.metrics.diffusion import diffusion_spectral_entropy
+from actgeom.core.metrics.entropy import (
     EntropyOptions,
     attention_entropy,
     dataset_entropy,
@@ -20,7 +20,7 @@ from actgeom.core.entropy import (
     renyi_entropy,
     sae_effective_features,
 )
-from actgeom.core.stats import UnitStats
+from actgeom.core.state.engine import PassOptions, accumulate
 
 # The streamed statistics are float64 sums; the entropies are smooth functions of them.
 ENTROPY_RTOL = 1e-8
@@ -229,7 +229,7 @@ def test_sequence_entropies_match_the_reference(tmp_path, rng, dtype, alpha):
 
 
 def test_sequence_blocks_end_at_boundaries():
-    from actgeom.core.engine import sequence_blocks
+    from actgeom.core.state.engine import sequence_blocks
 
     offsets = np.array([0, 3, 5, 30, 31, 40])
     bounds = sequence_blocks(offsets, 0, 40, 8)
@@ -260,7 +260,7 @@ def test_a_unit_exactly_at_tau_is_dormant(rng):
 @pytest.mark.parametrize("n", [2, 3, 4, 57, 600, 700])  # 700: above the sampled bracket's threshold
 def test_median_distance_is_exact_without_a_copy(rng, n):
     """The bracketed selection equals the median of the upper triangle (ties included)."""
-    from actgeom.core.diffusion import _median_offdiagonal
+    from actgeom.core.metrics.diffusion import _median_offdiagonal
 
     X = np.round(rng.standard_normal((n, 3)), 1)  # rounded: many equal distances
     squared = ((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=-1)

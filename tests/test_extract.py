@@ -372,7 +372,7 @@ def test_sample_is_seeded_reproducible_ordered_and_block_size_free(cli, tmp_path
     rows = first[:, 0].astype(int)
     assert np.all(np.diff(rows) > 0)  # input order
     np.testing.assert_array_equal(first, X[rows])
-    from actgeom.core.sample import row_keys  # the sample is the 100 smallest keys
+    from actgeom.core.base.sample import row_keys  # the sample is the 100 smallest keys
     np.testing.assert_array_equal(rows, np.sort(np.argsort(row_keys(0, 1000, 3))[:100]))
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 from conftest import run_family, write_dump
 
-from actgeom.core.compare import PairInputs, cca, svcca, unit_best_corr
-from actgeom.core.compare_moments import CentredCross, CentredSide
-from actgeom.core.compare_sample import SampleView, rsa
-from actgeom.core.options import STORAGE_RTOL, CompareOptions, NeuronsOptions
-from actgeom.core.probe import Confusion
-from actgeom.core.registry import Unavailable
+from actgeom.core.base.options import STORAGE_RTOL, CompareOptions, NeuronsOptions
+from actgeom.core.base.registry import Unavailable
+from actgeom.core.metrics.compare import PairInputs, cca, svcca, unit_best_corr
+from actgeom.core.metrics.compare_moments import CentredCross, CentredSide
+from actgeom.core.metrics.compare_sample import SampleView, rsa
+from actgeom.core.metrics.probe import Confusion
 
 
 def _side(variances) -> CentredSide:

@@ -14,10 +14,10 @@ from reference_neurons import neurons_reference, vae_kl_reference
 import actgeom
 from actgeom.core.analysis import facts_of, specs_for
 from actgeom.core.dump import Dump, DumpWriter
-from actgeom.core.engine import PassOptions, accumulate
-from actgeom.core.neurons import REGISTRY, NeuronsOptions, top_k
-from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
-from actgeom.core.unitstats import ExpSums, GroupSums, UnitMoments
+from actgeom.core.metrics.neurons import REGISTRY, NeuronsOptions, top_k
+from actgeom.core.metrics.unitstats import ExpSums, GroupSums, UnitMoments
+from actgeom.core.state.engine import PassOptions, accumulate
+from actgeom.core.state.partial import load_partial, merge_partials, provenance, save_partial
 
 # Streamed (blocks, Pébay merges, shifted group sums) vs two-pass fsum references: both float64,
 # agreeing to ~1e-13 relative; 1e-8 is the acceptance bar.

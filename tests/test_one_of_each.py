@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.stats import ClassStats, pooled
+from actgeom.core.base.stats import ClassStats, pooled
 
 
 def _class_stats(X: np.ndarray, y: np.ndarray, k: int) -> ClassStats:
@@ -37,17 +37,17 @@ def _scatter(X: np.ndarray) -> np.ndarray:
 
 
 def test_one_total_moments_function():
-    import actgeom.core.accumulators as accumulators
-    import actgeom.core.probesplit as probesplit
+    import actgeom.core.metrics.probesplit as probesplit
+    import actgeom.core.state.accumulators as accumulators
     assert not hasattr(accumulators, "total_of") and not hasattr(probesplit, "total_scatter")
 
 
 def test_one_tiled_argmax_for_nc4_and_the_probes(rng, monkeypatch):
     """NC4's nearest class mean and the probes' predictions use one tiled argmax: the argmax of the
     full score matrix (the first class on ties), whatever the tile size."""
-    import actgeom.core.collapse_pass as collapse_pass
-    import actgeom.core.probe as probe
-    import actgeom.core.stats as stats
+    import actgeom.core.base.stats as stats
+    import actgeom.core.metrics.probe as probe
+    import actgeom.core.state.collapse_pass as collapse_pass
     assert collapse_pass.argmax_tiled is stats.argmax_tiled and probe.argmax_tiled is stats.argmax_tiled
     X, rows, offsets = rng.normal(size=(50, 3)), rng.normal(size=(7, 3)), rng.normal(size=7)
     rows[5], offsets[5] = rows[2], offsets[2]  # a tie: class 2 wins
@@ -63,15 +63,15 @@ def test_one_prefixed():
     from pathlib import Path
     root = Path(__file__).parent.parent
     copies = [str(p.relative_to(root)) for p in sorted((root / "core").rglob("*.py")) if "key[len(" in p.read_text()]
-    assert copies == ["core/accumulators/base.py"]
+    assert copies == ["core/state/accumulators/base.py"]
 
 
 def test_dead_and_dormant_fractions_are_computed_once(rng):
     """entropy's dead_fraction/dormant_fraction and neurons' dead_unit_fraction/dormant_unit_fraction:
-    two families' names for one computation (core/neurons.py), equal numbers."""
-    import actgeom.core.entropy as entropy
-    import actgeom.core.neurons as neurons
-    from actgeom.core.stats import UnitStats
+    two families' names for one computation (core/metrics/neurons.py), equal numbers."""
+    import actgeom.core.metrics.entropy as entropy
+    import actgeom.core.metrics.neurons as neurons
+    from actgeom.core.base.stats import UnitStats
     assert entropy.dead_fraction is neurons.dead_fraction and entropy.dormant_fraction is neurons.dormant_fraction
     units = UnitStats(3, threshold=0.0)
     X = np.abs(rng.normal(size=(20, 3))) * [1.0, 0.01, 1.0]
@@ -87,8 +87,8 @@ def test_tidy_records_of_a_layer_and_of_a_compare_cell_are_built_once():
     """Result.records (file × layer × metric) and CompareResult.records (cell × metric) both call
     result.tidy_rows: values, then unavailable metrics (value None, the reason as note), non-finite
     values noted."""
+    from actgeom.core.base.result import Result
     from actgeom.core.families.compare import CompareResult
-    from actgeom.core.result import Result
     record = {"metrics": {"a": 1.0, "b": float("nan")}, "unavailable": {"c": "why"}, "nonfinite": {"b": "nan"}}
     document = {"command": "x", "metrics_info": {"a": {"family": "f"}, "b": {"family": "f"}, "c": {"family": "g"}},
                 "files": [{"file": "d.h5", "checkpoint": None, "step": 3, "layers": [{"layer": "h"} | record]}]}

@@ -14,14 +14,14 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 import actgeom
-from actgeom.core.accumulators import SplitSpec
 from actgeom.core.analysis import facts_of
+from actgeom.core.base.sample import hash_keys, row_keys
 from actgeom.core.dump import Dump, DumpWriter
-from actgeom.core.engine import PassOptions, RowVectors, accumulate
 from actgeom.core.families import probe as probe_family
-from actgeom.core.probe import REGISTRY, SHRINKAGE_GRID, ProbeOptions, lda_probe, ridge_probe
-from actgeom.core.probesplit import is_test, split_keys
-from actgeom.core.sample import hash_keys, row_keys
+from actgeom.core.metrics.probe import REGISTRY, SHRINKAGE_GRID, ProbeOptions, lda_probe, ridge_probe
+from actgeom.core.metrics.probesplit import is_test, split_keys
+from actgeom.core.state.accumulators import SplitSpec
+from actgeom.core.state.engine import PassOptions, RowVectors, accumulate
 
 SEEDS = [0, 1, 2]
 COEF_RTOL = 1e-8  # the acceptance bound: two float64 solves of a well-conditioned D×D system (cond ≲ 10²)
@@ -174,7 +174,7 @@ def test_scores_equal_scikit_learn(tmp_path, seed, counts):
 
 
 def test_auroc_counts_ties_as_half():
-    from actgeom.core.probe import auroc
+    from actgeom.core.metrics.probe import auroc
 
     assert auroc(np.array([1.0, 1.0, 0.0, 2.0]), np.array([True, False, False, True])) == pytest.approx((2 + 0.5 + 1) / 4)
 
@@ -246,7 +246,7 @@ def test_shard_files_with_row_offset_split_like_the_whole_dump(tmp_path):
 def test_shard_statistics_saved_and_merged_give_the_same_probe(tmp_path):
     """The cluster workflow: shards accumulate the split (with control groups and validation rows),
     save, merge; the probe from the merged file equals the probe from one pass."""
-    from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
+    from actgeom.core.state.partial import load_partial, merge_partials, provenance, save_partial
 
     rng = np.random.default_rng(9)
     X, y = class_data(rng, [150, 120, 90], 4, separation=0.7)
@@ -314,7 +314,7 @@ def test_token_level_dumps_split_whole_sequences(tmp_path, seed):
 def test_sequence_split_is_identical_across_chunkings_and_shards(tmp_path):
     """Row ranges cut inside sequences, saved and merged, and shard files with --row-offset give the
     same split (control buckets and validation rows included) as one pass."""
-    from actgeom.core.partial import load_partial, merge_partials, provenance, save_partial
+    from actgeom.core.state.partial import load_partial, merge_partials, provenance, save_partial
 
     rng = np.random.default_rng(8)
     X, y, offsets = _sentences(rng, 30)

@@ -15,8 +15,8 @@ from conftest import class_data, write_dump
 from scipy.linalg import blas
 
 import actgeom
-from actgeom.core.errors import OptionError
-from actgeom.core.stats import BlockProducts
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.stats import BlockProducts
 
 # Measured worst relative difference to the float64 path: 9e-7 (sample_data/, VCI), 1e-6
 # (dataset entropy of rows 50 σ from the origin). The bound leaves a decade of room and stays

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from actgeom.cli.app import app
-from actgeom.core.accumulators import ACCUMULATORS, SPECS, Spec
 from actgeom.core.api import FAMILIES
-from actgeom.core.family import Family
+from actgeom.core.families.protocol import Family
+from actgeom.core.state.accumulators import ACCUMULATORS, SPECS, Spec
 
 ROOT = Path(__file__).parent.parent
 CORE = sorted((ROOT / "core").rglob("*.py"))
@@ -37,8 +37,8 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(cli, comman
     assert re.search(rf"`actgeom {command}\b", (ROOT / "README.md").read_text()), f"README does not show `actgeom {command}`"
 
 
-@pytest.mark.parametrize("module", ["actgeom.core.engine", "actgeom.core.dump.writer", "actgeom.core.outputs",
-                                    "actgeom.core.statistics", "actgeom.cli.output", "actgeom.core.labels"])
+@pytest.mark.parametrize("module", ["actgeom.core.state.engine", "actgeom.core.dump.writer", "actgeom.core.base.outputs",
+                                    "actgeom.core.statistics", "actgeom.cli.output", "actgeom.core.base.labels"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
@@ -137,7 +137,7 @@ def _missing_steps(family) -> list[str]:
     name, options = family.name, family.options_class
     readme, reference = (ROOT / "README.md").read_text(), (ROOT / "docs" / "metrics.md").read_text()
     checks = {
-        "1. its options: a frozen dataclass in core/options.py": options.__module__ == "actgeom.core.options"
+        "1. its options: a frozen dataclass in core/base/options.py": options.__module__ == "actgeom.core.base.options"
         and dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen,
         "2. its metrics: pure functions outside the glue, in a registry naming the family": bool(family.metrics)
         and all(m.family == name and not m.compute.__module__.startswith("actgeom.core.families.")
@@ -162,7 +162,7 @@ def test_a_family_that_skipped_the_steps_is_caught():
     """The check above can fail: a family declared only in a test misses every step."""
 
     @dataclasses.dataclass
-    class LooseOptions:  # not frozen, not in core/options.py
+    class LooseOptions:  # not frozen, not in core/base/options.py
         size: int = 1
 
     family = Family(name="sketch", options_class=LooseOptions, metrics={}, needs=lambda options, facts: [],
@@ -171,7 +171,7 @@ def test_a_family_that_skipped_the_steps_is_caught():
 
 
 def test_every_statistic_is_registered_with_its_accumulator():
-    """CONTRIBUTING.md, "A statistic": every spec in core/accumulators/ has its slot in SPECS, and its
+    """CONTRIBUTING.md, "A statistic": every spec in core/state/accumulators/ has its slot in SPECS, and its
     accumulator merges, serialises and finalises (what partial statistics and shards rely on)."""
     specs, todo = [], [Spec]
     while todo:

@@ -7,11 +7,11 @@ import pytest
 from conftest import assert_metrics_close, run_family, write_dump
 from reference import rank_reference
 
+from actgeom.core.base.errors import UsageError
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions
-from actgeom.core.errors import UsageError
-from actgeom.core.intrinsic import distinct_rows, mle, nearest_distances, twonn
-from actgeom.core.spectrum import RankOptions, alpha_req, isoscore, resolve_options
+from actgeom.core.metrics.intrinsic import distinct_rows, mle, nearest_distances, twonn
+from actgeom.core.metrics.spectrum import RankOptions, alpha_req, isoscore, resolve_options
+from actgeom.core.state.engine import PassOptions
 
 # Streamed covariance vs SVD of the data: both are float64-exact to ~1e-13 relative in the
 # leading eigenvalues; 1e-8 is the acceptance bar and leaves room for the small eigenvalues of
@@ -209,7 +209,7 @@ def test_rows_within_rounding_of_another_are_left_out_of_the_fits():
     """A nearest distance that rounds to 0 (distinct rows) has no log: such rows are left out, not inf/NaN."""
     import warnings
 
-    from actgeom.core.spectrum import RankInputs, intrinsic_dimension
+    from actgeom.core.metrics.spectrum import RankInputs, intrinsic_dimension
 
     distances = np.sort(np.random.default_rng(0).uniform(1.0, 2.0, (60, 20)), axis=1)
     inputs = RankInputs(spectra={}, mean=np.zeros(3), covariance_trace=1.0, unit_vector_sum=np.zeros(3),

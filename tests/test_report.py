@@ -32,7 +32,7 @@ FAMILY_COMMANDS = (("collapse",), ("rank",), ("entropy", "--subsample", "2000"),
 # the rank command's from total moments: the same eigenvalues up to float64 rounding, which √λ turns
 # into ≤ 1.3e-12 relative in rankme on sample_data (tests/test_api.py's COMBINED_RTOL says why). Every
 # other family's numbers are bit-identical, but for entropy's DSE/DSMI: their kernel of ≥ 1 024 rows is
-# solved on as many BLAS threads as there are idle CPUs at that moment (core/threads.py), and LAPACK's
+# solved on as many BLAS threads as there are idle CPUs at that moment (core/base/threads.py), and LAPACK's
 # eigenvalues differ in the last bits between thread counts (4e-15 relative measured on sample_data).
 COMMAND_RTOL = {"collapse": 0.0, "rank": 1e-11, "entropy": 1e-12, "neurons": 0.0, "probe": 0.0}
 
@@ -374,7 +374,7 @@ def test_spectra_figure_draws_the_spectrum_the_rank_metrics_used(tmp_path, rng):
     from actgeom.cli.report.data import ReportOptions, gather
     from actgeom.cli.report.figures_layers import fig_spectra
     from actgeom.core.dump import DumpSpec
-    from actgeom.core.spectrum import RankOptions
+    from actgeom.core.metrics.spectrum import RankOptions
 
     path = _small_dump(tmp_path / "d.h5", rng, step=1)
     for center, key in ((True, "spectrum"), (False, "spectrum_raw")):
@@ -683,7 +683,7 @@ def test_a_figure_that_fails_in_either_process_is_its_error_and_leaves_no_figure
     """An actgeom error keeps its kind, message and fields across the fork; a bug in the child
     shows the child's traceback; Ctrl-C in either is an interruption; no --figures file is left."""
     from actgeom.cli.report import render
-    from actgeom.core.errors import OptionError, OutputError
+    from actgeom.core.base.errors import OptionError, OutputError
 
     def full_disk(document):
         raise OutputError("cannot write figures/x.svg: No space left on device")

@@ -161,7 +161,7 @@ def test_output_file_mode_follows_the_umask(cli, dump, tmp_path):
 
 
 def test_missing_output_directory_is_refused_before_the_pass(cli, dump, tmp_path, monkeypatch):
-    import actgeom.core.engine as engine
+    import actgeom.core.state.engine as engine
     monkeypatch.setattr(engine, "iter_blocks", lambda *a, **k: pytest.fail("the pass ran before the output check"))
     for args in (["-o", tmp_path / "no" / "x.json"], ["--save-stats", tmp_path / "no" / "p.npz"]):
         code, _, err = cli("stats", dump, *args)
@@ -175,7 +175,7 @@ def test_unwritable_directory_is_refused_before_the_pass(cli, dump, tmp_path, mo
     import shutil
     import subprocess
 
-    import actgeom.core.engine as engine
+    import actgeom.core.state.engine as engine
 
     monkeypatch.setattr(engine, "iter_blocks", lambda *a, **k: pytest.fail("the pass ran before the output check"))
     locked = tmp_path / "locked"
@@ -194,7 +194,7 @@ def test_unwritable_directory_is_refused_before_the_pass(cli, dump, tmp_path, mo
 
 
 def test_a_failed_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path):
-    from actgeom.core.outputs import atomic_output
+    from actgeom.core.base.outputs import atomic_output
     target = tmp_path / "r.json"
     target.write_text("old")
     with pytest.raises(RuntimeError), atomic_output(target, text=True) as handle:
@@ -204,8 +204,8 @@ def test_a_failed_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path):
 
 
 def test_a_write_error_is_an_output_error_naming_the_path(tmp_path, monkeypatch):
-    from actgeom.core.errors import OutputError
-    from actgeom.core.outputs import write_output
+    from actgeom.core.base.errors import OutputError
+    from actgeom.core.base.outputs import write_output
     def full(*args):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "replace", full)
@@ -603,7 +603,7 @@ def test_help_examples_name_files_that_exist(cli, command):
 
 
 def test_ctrl_c_says_interrupted_and_exits_130(cli, dump, tmp_path, monkeypatch):
-    import actgeom.core.engine as engine
+    import actgeom.core.state.engine as engine
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -619,7 +619,7 @@ def test_ctrl_c_in_a_real_process(tmp_path, dump):
     import sys
     # A job started in the background by a shell without job control inherits SIGINT ignored; a
     # user at a terminal does not: restore the default, as their shell would.
-    script = ("import signal, sys, time, actgeom.core.engine as e\n"
+    script = ("import signal, sys, time, actgeom.core.state.engine as e\n"
               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "def slow(*a, **k):\n    sys.stderr.write('pass started\\n'); sys.stderr.flush(); time.sleep(30)\n"
               "    yield from ()\n"
@@ -687,7 +687,7 @@ def test_plain_progress_is_silent_for_a_quick_command_and_escapes_names():
 
 def test_long_stages_after_the_pass_are_announced_with_an_estimate(cli, tmp_path, rng, monkeypatch):
     """DSE's eigensolve (N³) shows a stage line with its estimated duration in batch logs."""
-    import actgeom.core.entropy as entropy
+    import actgeom.core.metrics.entropy as entropy
 
     monkeypatch.setattr(entropy, "eigensolve_seconds", lambda n: 95.0 if n == 60 else None)
     path = write_dump(tmp_path / "d.h5", {"h": rng.standard_normal((80, 4))}, labels=np.arange(80) % 2)
@@ -794,8 +794,8 @@ def test_stage_estimates_reach_a_progress_object_of_the_api(tmp_path, rng):
 
 
 def test_pairwise_tiles_announce_their_estimate_after_the_first_tile(rng):
-    from actgeom.core import stages
-    from actgeom.core.pairwise import pair_stats
+    from actgeom.core.base import stages
+    from actgeom.core.metrics.pairwise import pair_stats
 
     heard = []
     with stages.listening(lambda text, seconds: heard.append((text, seconds))):
@@ -805,7 +805,7 @@ def test_pairwise_tiles_announce_their_estimate_after_the_first_tile(rng):
 
 
 def test_eigensolve_estimate_scales_a_timed_small_solve_by_n_cubed(monkeypatch):
-    from actgeom.core import stages
+    from actgeom.core.base import stages
 
     monkeypatch.setattr(stages, "_eigensolve_time", lambda m, one_thread: {1000: 0.5, 1500: 2.0}[m])
     assert stages.eigensolve_seconds(1999) is None
@@ -898,7 +898,7 @@ def test_extract_to_a_full_disk_is_one_line_and_leaves_nothing(small_disk, full)
 DUMP_WRITER_SCRIPT = """
 import sys, numpy as np
 from actgeom import DumpWriter
-from actgeom.core.errors import OutputError
+from actgeom.core.base.errors import OutputError
 rows = np.ones((1000, 64), dtype=np.float32)
 try:  # fails in an append (the chunk cache spills) or in close (the rest)
     with DumpWriter(sys.argv[1], layers={"h": 64}, dtype="float32") as writer:
@@ -1032,7 +1032,7 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_leaves_nothing(tmp_p
 
 def test_ctrl_c_wrapped_in_another_error_is_still_an_interruption(cli, dump, tmp_path, monkeypatch):
     """Python wraps a KeyboardInterrupt raised while a class is made: "Error calling __set_name__"."""
-    import actgeom.core.engine as engine
+    import actgeom.core.state.engine as engine
 
     def wrapped(*args, **kwargs):
         try:
@@ -1050,7 +1050,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_is_raised_again(cli, dump, tmp_path, mo
     import gc
 
     import actgeom.cli.app as app
-    import actgeom.core.engine as engine
+    import actgeom.core.state.engine as engine
 
     class Finalized:
         def __del__(self):
@@ -1073,7 +1073,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_is_raised_again(cli, dump, tmp_path, mo
 
 CAPTURE_SCRIPT = """
 import sys, torch, actgeom
-from actgeom.core.errors import OutputError
+from actgeom.core.base.errors import OutputError
 model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
 try:  # a training run that captures its activations onto a disk that fills up
     with torch.no_grad(), actgeom.capture(model, ["0"], sys.argv[1]) as cap:

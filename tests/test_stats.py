@@ -10,10 +10,10 @@ import pytest
 from conftest import class_data, every, write_dump
 from reference import class_statistics, relative_error, unit_statistics
 
+from actgeom.core.base.errors import InvalidInputError, UsageError
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate
-from actgeom.core.errors import InvalidInputError, UsageError
-from actgeom.core.partial import load_partial, merge_stats, save_partial
+from actgeom.core.state.engine import PassOptions, accumulate
+from actgeom.core.state.partial import load_partial, merge_stats, save_partial
 
 # float64 sums of ~10^4 shifted, well-conditioned terms keep ~1e-13 relative accuracy; 1e-10 is
 # the acceptance bar and leaves three orders of margin. A raw-moment float32 method misses it by
@@ -255,7 +255,7 @@ def test_shard_files_with_row_offsets_merge_like_one_dump(tmp_path, rng):
 def test_class_means_without_the_scatter_equal_the_full_moments(rng):
     """ClassMoments(scatter=False) keeps counts, means and squared deviations exactly as the full
     accumulator does, merges and round-trips through arrays, and holds no D×D matrix."""
-    from actgeom.core.stats import ClassMoments
+    from actgeom.core.base.stats import ClassMoments
 
     X, y = class_data(rng, [40, 25, 60], 6, offset=1e3)
     full, light, halves = ClassMoments(6), ClassMoments(6, scatter=False), [ClassMoments(6, scatter=False) for _ in range(2)]
@@ -276,7 +276,7 @@ def test_packed_scatters_round_trip_and_an_empty_side_merges_either_way(rng):
     """The upper triangle packed and unpacked is the same matrix (lower triangle zero); accumulators
     that saw no rows (their scatter not even allocated) merge into full ones and full ones into
     them, directly or through their arrays, to exactly the moments of one pass."""
-    from actgeom.core.stats import ClassMoments, pack_upper, unpack_upper
+    from actgeom.core.base.stats import ClassMoments, pack_upper, unpack_upper
 
     A = np.asfortranarray(rng.standard_normal((7, 7)))
     packed = pack_upper(A)

@@ -1,6 +1,6 @@
 """The CPUs actgeom may use (affinity, cgroup quota, SLURM, --threads / ACTGEOM_THREADS) and the
-BLAS threads each operation gets (core/threads.py). No timing here: the numbers behind the choices
-are in core/threads.py and benchmarks/RESULTS.md."""
+BLAS threads each operation gets (core/base/threads.py). No timing here: the numbers behind the choices
+are in core/base/threads.py and benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from actgeom.core import diffusion, threads
+from actgeom.core.base import threads
+from actgeom.core.metrics import diffusion
 
 DUMP = Path(__file__).resolve().parents[1] / "sample_data" / "digits_mlp_epoch0000.h5"
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
@@ -27,7 +28,7 @@ import json, os, sys
 from threadpoolctl import ThreadpoolController
 import scipy.linalg
 from actgeom.cli.app import app
-from actgeom.core import threads
+from actgeom.core.base import threads
 controller, everyone, dump, seen = ThreadpoolController(), os.sched_getaffinity(0), sys.argv[1], []
 default = {lib.num_threads for lib in controller.lib_controllers}.pop()
 for case in json.loads(sys.argv[2]):

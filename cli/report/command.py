@@ -20,8 +20,8 @@ from actgeom.cli.output import emit, jsonable, warn_sample_beyond_layer_rows
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.cli.report.summary import RESULT_FORMATS, check_outputs, results_text, summary_result
-from actgeom.core.options import EntropyOptions
-from actgeom.core.outputs import write_output
+from actgeom.core.base.options import EntropyOptions
+from actgeom.core.base.outputs import write_output
 
 COLLAPSE = "Collapse options (as `actgeom collapse`)"
 RANK = "Rank options (as `actgeom rank`)"
@@ -136,7 +136,7 @@ def report(
         # numpy, scipy, h5py: loaded while the progress display says "starting"
         from actgeom.cli.report.data import ReportOptions, gather, parse_families
         from actgeom.core import api
-        from actgeom.core.engine import PassOptions
+        from actgeom.core.state.engine import PassOptions
 
         given = {"collapse": o.given(preset=collapse_preset, min_count=min_count, global_mean=global_mean,
                                      nc1_inverse=nc1_inverse, divide_by_c=divide_by_c, nc4_decision=nc4_decision),

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
-from actgeom.core.collapse import CollapseOptions
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.labels import file_labels
+from actgeom.core.base.options import NeuronsOptions, ProbeOptions
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.dump.layout import natural_key
-from actgeom.core.engine import PassOptions, Progress
-from actgeom.core.entropy import EntropyOptions
-from actgeom.core.errors import OptionError
 from actgeom.core.families import probe as probe_family
-from actgeom.core.labels import file_labels
-from actgeom.core.options import NeuronsOptions, ProbeOptions
-from actgeom.core.spectrum import RankOptions
+from actgeom.core.metrics.collapse import CollapseOptions
+from actgeom.core.metrics.entropy import EntropyOptions
+from actgeom.core.metrics.spectrum import RankOptions
+from actgeom.core.state.engine import PassOptions, Progress
 
 
 @dataclass(frozen=True)

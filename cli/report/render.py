@@ -20,9 +20,9 @@ from actgeom.cli.report import figures as f
 from actgeom.cli.report import figures_layers as g
 from actgeom.cli.report import figures_units as u
 from actgeom.cli.report.page import build_page
-from actgeom.core.errors import ActgeomError, OutputError
-from actgeom.core.outputs import check_output
-from actgeom.core.threads import usable_cpus
+from actgeom.core.base.errors import ActgeomError, OutputError
+from actgeom.core.base.outputs import check_output
+from actgeom.core.base.threads import usable_cpus
 
 # (id, section, caption, drawing function, the family it needs or None), in page order
 FIGURES = (

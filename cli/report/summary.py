@@ -8,8 +8,8 @@ from pathlib import Path
 from actgeom.cli.options import Format
 from actgeom.cli.output import Result, render
 from actgeom.cli.report.document import checkpoint_label
-from actgeom.core import outputs
-from actgeom.core.errors import UsageError
+from actgeom.core.base import outputs
+from actgeom.core.base.errors import UsageError
 
 HEADLINE = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "erank", "alpha_req", "dataset_entropy", "dead_fraction",
             "mean_cosine", "lda_accuracy")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from actgeom.core.errors import OptionError, UsageError
+from actgeom.core.base.errors import OptionError, UsageError
 
 BACKENDS = ("local", "dask")
 DASK_MISSING = "--backend dask needs the dask extra: pip install 'actgeom[dask]'"

@@ -12,7 +12,7 @@ needs broadcast; each task returns its consumers' parts, merged here in row orde
 
 ``compare`` runs its own pass over aligned files: a task is (the files with their dump specs, the
 compared layers and pairs, the pass settings, a row range of whole chunks of every compared
-layer) → core/compare_pass.py's moments of those rows as plain arrays; they merge in the same tree
+layer) → core/state/compare_pass.py's moments of those rows as plain arrays; they merge in the same tree
 and are finalised on the client as in a local run.
 
 Failures: a task whose worker dies is run again by Dask; one that keeps failing (``retries``)
@@ -46,11 +46,11 @@ from actgeom.core.backends.tasks import (
     second_wave,
     task_ranges,
 )
-from actgeom.core.compare_pass import CompareMoments, Stream
+from actgeom.core.base.errors import ActgeomError, UsageError
 from actgeom.core.dump import Dump
-from actgeom.core.engine import LayerStats, PassOptions, Progress, check_rows
-from actgeom.core.errors import ActgeomError, UsageError
-from actgeom.core.partial import dump_fingerprint, stats_arrays, stats_from_arrays
+from actgeom.core.state.compare_pass import CompareMoments, Stream
+from actgeom.core.state.engine import LayerStats, PassOptions, Progress, check_rows
+from actgeom.core.state.partial import dump_fingerprint, stats_arrays, stats_from_arrays
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
 CLOSE_TIMEOUT_S = 10  # closing the client, then our LocalCluster: the results are written, a stuck shutdown must not hold them
@@ -324,7 +324,7 @@ class DaskBackend:
     # -- compare: one pass over aligned files --------------------------------------------------------
     def compare(self, streams: list[Stream], pairs: list[tuple[int, int]], *, block_rows: int, subsample: int,
                 seed: int, progress: Progress | None) -> CompareMoments:
-        """core/compare_pass.py's moments from one task per row range (whole chunks of every
+        """core/state/compare_pass.py's moments from one task per row range (whole chunks of every
         compared layer), each opening the files itself, merged in a tree. The caller finalises."""
         dumps = list({id(s.dump): s.dump for s in streams}.values())
         number = {id(d): f for f, d in enumerate(dumps)}

@@ -5,7 +5,7 @@ when its header holds exactly the task asked for and it is newer than the input 
 else (absent, unreadable, written by another version, of other data or options, older than a dump
 rewritten since) is made again, never used.
 
-- first wave: a partial-statistics file (core/partial.py) of one row range, checked by the dump's
+- first wave: a partial-statistics file (core/state/partial.py) of one row range, checked by the dump's
   fingerprint, the rows, the pass options and the statistics' specs;
 - second wave: each consumer's part of one row range (nested dicts and lists of arrays and
   numbers, stored as arrays under a JSON skeleton), checked by what made the statistics the task
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from actgeom.core.base.errors import InvalidInputError
 from actgeom.core.dump import Dump
 from actgeom.core.dump.hdf5 import safe_name
-from actgeom.core.engine import LayerStats, PassOptions
-from actgeom.core.errors import InvalidInputError
-from actgeom.core.partial import load_partial, provenance, save_arrays, stats_arrays
+from actgeom.core.state.engine import LayerStats, PassOptions
+from actgeom.core.state.partial import load_partial, provenance, save_arrays, stats_arrays
 
 PARTS_FORMAT = "actgeom-second-pass-parts/1"  # the layout of the consumers' partial(): a new one is never reused
 

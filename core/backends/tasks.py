@@ -2,9 +2,9 @@
 
 A first-wave task is (file, dump spec, accumulator specs, pass options with a row range): it opens
 the file itself, runs the engine over its rows and returns the statistics as plain arrays
-(core/partial.py's format, never h5py objects). Merge tasks join two adjacent ranges' results. A
+(core/state/partial.py's format, never h5py objects). Merge tasks join two adjacent ranges' results. A
 second-wave task runs a layer's second pass (NC4, the probe's test rows) over one range with the
-finalised statistics it was sent. A compare task runs core/compare_pass.py over one range of
+finalised statistics it was sent. A compare task runs core/state/compare_pass.py over one range of
 aligned files. User errors a task finds (NaN rows, bad labels) are returned, not raised, so Dask
 does not retry them.
 """
@@ -17,11 +17,11 @@ import math
 import numpy as np
 
 from actgeom.core.analysis import layer_context, second_pass_consumers
-from actgeom.core.compare_pass import CompareMoments, Stream, accumulate_rows
+from actgeom.core.base.errors import ActgeomError
 from actgeom.core.dump import Dump
-from actgeom.core.engine import PassOptions, accumulate, second_pass
-from actgeom.core.errors import ActgeomError
-from actgeom.core.partial import merge_partials, provenance, stats_arrays, stats_from_arrays
+from actgeom.core.state.compare_pass import CompareMoments, Stream, accumulate_rows
+from actgeom.core.state.engine import PassOptions, accumulate, second_pass
+from actgeom.core.state.partial import merge_partials, provenance, stats_arrays, stats_from_arrays
 
 
 def row_ranges(n_rows: int, n_ranges: int, chunk_rows: int = 1, offsets: np.ndarray | None = None) -> list[tuple[int, int]]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from actgeom.core.base.errors import InvalidInputError
 from actgeom.core.dump.layout import DumpSpec, natural_key
 from actgeom.core.dump.source import Arrays, RowView, Source, first_line
-from actgeom.core.errors import InvalidInputError
 
 
 def read_arrow(path: Path) -> Arrays:

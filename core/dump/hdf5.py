@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from actgeom.core.errors import InvalidInputError
+from actgeom.core.base.errors import InvalidInputError
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 MAX_SHOWN_ATTR_ELEMENTS = 1024  # a larger attribute array is described (shape, dtype), not read

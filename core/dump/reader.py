@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from actgeom.core.base.errors import DataWarning, InvalidInputError
 from actgeom.core.dump import validate
 from actgeom.core.dump.hdf5 import (
     _H5_ERRORS,
@@ -45,7 +46,6 @@ from actgeom.core.dump.layout import (
     LayerInfo,
     natural_key,
 )
-from actgeom.core.errors import DataWarning, InvalidInputError
 
 # Finite float64 values beyond the float32 range are refused: no activation is that large, and
 # the metrics' fourth-order terms (Σ x⁴ over rows × units) would overflow float64.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from actgeom.core.base.errors import InvalidInputError
 from actgeom.core.dump.hdf5 import decode_bfloat16
 from actgeom.core.dump.layout import DumpSpec, natural_key
-from actgeom.core.errors import InvalidInputError
 
 # Row vectors by conventional name (in files that are not HDF5 dumps).
 VECTOR_NAMES = {"labels": ("labels", "label", "y", "targets"), "token_id": ("token_ids", "token_id", "input_ids", "tokens"),

@@ -17,13 +17,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from actgeom.core.base.errors import InvalidInputError
 from actgeom.core.dump.caches import read_arrow, read_neurox
 from actgeom.core.dump.hdf5 import check_metadata
 from actgeom.core.dump.layout import DumpSpec
 from actgeom.core.dump.reader import Dump
 from actgeom.core.dump.source import Arrays, RowView, Source, first_line, from_arrays
 from actgeom.core.dump.writer import as_rows
-from actgeom.core.errors import InvalidInputError
 
 FORMATS = "HDF5 (.h5/.hdf5), .npy, .npz, .safetensors, .pt/.pth, Arrow (.arrow or a datasets directory)"
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": np.uint16,

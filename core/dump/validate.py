@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from actgeom.core.base.errors import InvalidInputError
 from actgeom.core.dump.hdf5 import (
     MAX_WHOLE_READ_BYTES,
     _attrs,
@@ -29,7 +30,6 @@ from actgeom.core.dump.hdf5 import (
     safe_name,
 )
 from actgeom.core.dump.layout import FORMAT_VERSION, LayerInfo
-from actgeom.core.errors import InvalidInputError
 
 # Root attributes of the actgeom layout that must be scalars (a huge array there is a hostile file).
 SCALAR_ATTRS = ("format", "format_version", "complete", "n_rows", "model", "checkpoint", "step", "level", "created_by")

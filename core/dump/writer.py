@@ -24,11 +24,11 @@ import h5py
 import numpy as np
 
 from actgeom.core import __version__
+from actgeom.core.base.errors import InvalidInputError, OutputError, UsageError
+from actgeom.core.base.options import COMPRESSION, STORAGE_DTYPES
+from actgeom.core.base.outputs import check_output, create_temp
 from actgeom.core.dump.hdf5 import _plain, decode_bfloat16
 from actgeom.core.dump.layout import FORMAT_NAME, FORMAT_VERSION
-from actgeom.core.errors import InvalidInputError, OutputError, UsageError
-from actgeom.core.options import COMPRESSION, STORAGE_DTYPES
-from actgeom.core.outputs import check_output, create_temp
 
 # the numpy dtype each storage dtype is written as (bfloat16: its raw bits)
 STORAGE = dict(zip(STORAGE_DTYPES, (np.float16, np.float32, np.float64, np.uint16), strict=True))

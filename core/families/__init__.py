@@ -1,1 +1,1 @@
-"""Metric families: each declares its accumulators, its registry and its per-layer record (core/family.py)."""
+"""Metric families: each declares its accumulators, its registry and its per-layer record (core/families/protocol.py)."""

@@ -1,12 +1,14 @@
-"""The collapse family: class moments in one pass, the metrics of core/collapse.py per layer,
+"""The collapse family: class moments in one pass, the metrics of core/metrics/collapse.py per layer,
 NC4 (and the scatter of dropped classes) in the shared second pass, the separation law per file."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.accumulators import MomentsSpec
-from actgeom.core.collapse import (
+from actgeom.core.base.registry import evaluate
+from actgeom.core.base.stats import ClassStats
+from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.metrics.collapse import (
     REGISTRY,
     UNAVAILABLE,
     CollapseOptions,
@@ -16,10 +18,8 @@ from actgeom.core.collapse import (
     per_class,
     separation_law,
 )
-from actgeom.core.collapse_pass import NC4Pass
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.registry import evaluate
-from actgeom.core.stats import ClassStats
+from actgeom.core.state.accumulators import MomentsSpec
+from actgeom.core.state.collapse_pass import NC4Pass
 
 DETAIL_CLASSES = 50  # class-mean cosines for plots: the most frequent classes
 

@@ -1,8 +1,8 @@
 """The compare family: similarity matrices between layers of two files, or one layer across files.
 
 Unlike the single-dump families it needs cross-moments of two files' aligned rows, so it runs
-its own pass (core/compare_pass.py) over every compared layer at once; the metrics are pure
-functions of the finalised moments (core/compare.py, with the registry). Three plans:
+its own pass (core/state/compare_pass.py) over every compared layer at once; the metrics are pure
+functions of the finalised moments (core/metrics/compare.py, with the registry). Three plans:
 
 - two files A, B: rows = A's layers (``layers``), columns = B's (``layers_b``, default: the same
   selection); one file alone is compared with itself;
@@ -18,14 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actgeom.core.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
-from actgeom.core.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
+from actgeom.core.base.errors import OptionError, UsageError
+from actgeom.core.base.registry import evaluate
+from actgeom.core.base.result import Result, document_header, nonfinite_notes, tidy_rows
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.engine import Progress
-from actgeom.core.errors import OptionError, UsageError
-from actgeom.core.family import Family, LayerRecord
-from actgeom.core.registry import evaluate
-from actgeom.core.result import Result, document_header, nonfinite_notes, tidy_rows
+from actgeom.core.families.protocol import Family, LayerRecord
+from actgeom.core.metrics.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
+from actgeom.core.state.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
+from actgeom.core.state.engine import Progress
 
 RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")
 _BLOCK_BYTES = 16 << 20  # rows per block: about 16 MiB of float64 over all compared layers together

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
-from actgeom.core.diffusion import KERNEL_NEAR_IDENTITY
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.registry import evaluate
 from actgeom.core.dump.validate import _memory_bytes as machine_memory_bytes
-from actgeom.core.entropy import (
+from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
+from actgeom.core.metrics.diffusion import KERNEL_NEAR_IDENTITY
+from actgeom.core.metrics.entropy import (
     ATTENTION_METRICS,
     LAYER_METRICS,
     REGISTRY,
     EntropyInputs,
     EntropyOptions,
 )
-from actgeom.core.errors import OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
-from actgeom.core.registry import evaluate
+from actgeom.core.state.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
 
 KERNEL_COPIES = 2  # DSE's n × n kernel and the eigensolver's copy of it (DSMI's per-class kernels are smaller)
 

@@ -1,14 +1,14 @@
 """The neurons family: per-unit moments, activity, class means, token and position sums in one
-pass; every unit's scores, a ranked list of units and the layer summaries of core/neurons.py."""
+pass; every unit's scores, a ranked list of units and the layer summaries of core/metrics/neurons.py."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.accumulators import MomentsSpec, PositionSumsSpec, TokenSumsSpec, UnitMomentsSpec, UnitsSpec
-from actgeom.core.errors import InvalidInputError, OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
-from actgeom.core.neurons import (
+from actgeom.core.base.errors import InvalidInputError, OptionError
+from actgeom.core.base.registry import evaluate
+from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
+from actgeom.core.metrics.neurons import (
     REGISTRY,
     NeuronInputs,
     NeuronsOptions,
@@ -25,7 +25,7 @@ from actgeom.core.neurons import (
     top_classes,
     vae_kl,
 )
-from actgeom.core.registry import evaluate
+from actgeom.core.state.accumulators import MomentsSpec, PositionSumsSpec, TokenSumsSpec, UnitMomentsSpec, UnitsSpec
 
 
 def needs(options: NeuronsOptions, facts: DumpFacts) -> list:

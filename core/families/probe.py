@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.accumulators import SplitSpec, SplitStats
-from actgeom.core.errors import OptionError
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.probe import REGISTRY, ProbeInputs, ProbeOptions, cosine
-from actgeom.core.probe_pass import ProbePass
-from actgeom.core.probesplit import split_unit
-from actgeom.core.registry import evaluate
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.registry import evaluate
+from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.metrics.probe import REGISTRY, ProbeInputs, ProbeOptions, cosine
+from actgeom.core.metrics.probesplit import split_unit
+from actgeom.core.state.accumulators import SplitSpec, SplitStats
+from actgeom.core.state.probe_pass import ProbePass
 
 
 def needs(options: ProbeOptions, facts: DumpFacts) -> list:

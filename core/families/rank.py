@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.accumulators import MomentsSpec, SampleSpec, UnitsSpec
-from actgeom.core.family import DumpFacts, Family, LayerContext, LayerRecord
-from actgeom.core.intrinsic import distinct_rows, nearest_distances
-from actgeom.core.registry import evaluate
-from actgeom.core.spectrum import REGISTRY, STORAGE_RTOL, RankInputs, RankOptions, layer_spectra, total_moments
+from actgeom.core.base.registry import evaluate
+from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.metrics.intrinsic import distinct_rows, nearest_distances
+from actgeom.core.metrics.spectrum import REGISTRY, STORAGE_RTOL, RankInputs, RankOptions, layer_spectra, total_moments
+from actgeom.core.state.accumulators import MomentsSpec, SampleSpec, UnitsSpec
 
 
 def needs(options: RankOptions, facts: DumpFacts) -> list:

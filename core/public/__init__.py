@@ -23,7 +23,7 @@ so that ``import actgeom`` and the command line's ``--help`` start at once.
 import importlib
 
 from actgeom.core import __version__
-from actgeom.core.errors import ActgeomError, InvalidInputError, OptionError, UsageError
+from actgeom.core.base.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 
 _WHERE = {  # name → the module that defines it
     **dict.fromkeys(["analyze", "collapse", "compare", "entropy", "neurons", "probe", "rank"], "actgeom.core.api"),
@@ -31,7 +31,7 @@ _WHERE = {  # name → the module that defines it
     "report": "actgeom._report",
     "Statistics": "actgeom.core.statistics",
     "capture": "actgeom.core.capture", "Dump": "actgeom.core.dump", "DumpWriter": "actgeom.core.dump",
-    "Result": "actgeom.core.result",
+    "Result": "actgeom.core.base.result",
 }
 
 __all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "PartialStatistics",

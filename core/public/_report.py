@@ -29,11 +29,11 @@ def report(paths, output=None, *, families=None, options: dict | None = None, la
     from actgeom.cli.report.data import ReportOptions, gather, parse_families
     from actgeom.core.api import family_options
     from actgeom.core.backends import open_backend
+    from actgeom.core.base.errors import UsageError
+    from actgeom.core.base.outputs import check_outputs, write_output
+    from actgeom.core.base.result import Result
     from actgeom.core.dump import DumpSpec
-    from actgeom.core.engine import PassOptions
-    from actgeom.core.errors import UsageError
-    from actgeom.core.outputs import check_outputs, write_output
-    from actgeom.core.result import Result
+    from actgeom.core.state.engine import PassOptions
 
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     check_outputs({"output": output}, paths)

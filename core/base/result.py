@@ -1,0 +1,117 @@
+"""The one document every command and the Python API produce, and its tidy views.
+
+document = {tool, version, command, options (by family), pass, statistics_file,
+            files: [{file, checkpoint, step, model, layers: [{layer, kind, n_rows, n_units, dtype,
+                     metrics, unavailable, nonfinite, notes, <family>: {...}, details?}], <family extras>}]}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+import numpy as np
+
+from actgeom.core import __version__
+from actgeom.core.base.errors import UsageError
+
+RECORD_KEYS = ("file", "checkpoint", "step", "layer", "family", "metric", "value", "note")
+
+
+class Result:
+    """What an analysis found. ``to_dict()``: the whole document; ``records()``: one tidy row per
+    file × layer × metric (value None with the reason in ``note`` when unavailable or not finite);
+    ``to_pandas()``: those rows as a DataFrame."""
+
+    columns = RECORD_KEYS  # of records() and to_pandas()
+
+    def __init__(self, document: dict):
+        self.document = document
+
+    def to_dict(self) -> dict:
+        return self.document
+
+    def files(self) -> list[dict]:
+        """Per file: file, checkpoint, step, model, layers (each with metrics, unavailable, notes)."""
+        return self.document["files"]
+
+    def records(self) -> list[dict]:
+        families = {name: info["family"] for name, info in self.document.get("metrics_info", {}).items()}
+        rows = []
+        for file in self.document["files"]:
+            base = {"file": file["file"], "checkpoint": file.get("checkpoint"), "step": file.get("step")}
+            for layer in file["layers"]:
+                rows += tidy_rows(base | {"layer": layer["layer"]}, layer, families)
+        return rows
+
+    def to_pandas(self):
+        """One row per file × layer × metric (pandas is imported only here)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UsageError("Result.to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.records(), columns=list(self.columns))
+
+    def metric(self, name: str, *, layer: str | None = None, file: int = 0):
+        """One metric's value (of the only or the named layer of the file-th file).
+
+        None when the metric is unavailable on this layer (the reason is in the layer's
+        ``unavailable``, and in ``records()``' ``note``); a non-finite value is the float. A name that is
+        neither a value nor an unavailable metric of the layer (a typo, or a metric of a family
+        this result did not compute) raises :class:`UsageError` listing the layer's metrics.
+        """
+        layers = [entry for entry in self.document["files"][file]["layers"] if layer is None or entry["layer"] == layer]
+        if len(layers) != 1:
+            names = [entry["layer"] for entry in self.document["files"][file]["layers"]]
+            raise UsageError(f"layer={layer!r} does not name one layer; layers: {', '.join(names)}")
+        found = layers[0]
+        if name in found["metrics"]:
+            return found["metrics"][name]
+        if name in found.get("unavailable", {}):
+            return None
+        known = sorted(set(found["metrics"]) | set(found.get("unavailable", {})))
+        raise UsageError(f"metric {name!r} is not one of layer {found['layer']!r}'s metrics: {', '.join(known)}")
+
+    def __repr__(self) -> str:
+        files = self.document["files"]
+        n_layers = sum(len(f["layers"]) for f in files)
+        return f"<actgeom Result: {self.document['command']}, {len(files)} file(s), {n_layers} layer(s)>"
+
+
+def tidy_rows(where: dict, record: dict, families: dict[str, str] | None = None) -> list[dict]:
+    """One row per metric of a ``record`` (a layer, or a compare cell): ``where`` | (its family, when
+    ``families`` maps names to them) | metric, value, note — the note says why a value is
+    not finite; an unavailable metric's value is None and its note the reason."""
+    notes = record.get("nonfinite", {})
+    rows = []
+    for name, value, note in ([(name, value, notes.get(name)) for name, value in record.get("metrics", {}).items()]
+                              + [(name, None, reason) for name, reason in record.get("unavailable", {}).items()]):
+        family = {} if families is None else {"family": families.get(name)}
+        rows.append(where | family | {"metric": name, "value": value, "note": note})
+    return rows
+
+
+def document_header(command: str | None = None, *, started: float | None = None, options: dict | None = None,
+                    pass_record: dict | None = None) -> dict:
+    """The head of every document, in this order: tool, version; the ``command``; when ``started``
+    (a ``time.perf_counter()`` reading) is given, when the document was created (UTC, ISO) and the
+    seconds since; the ``options`` by family (dataclasses, as dicts); the ``pass`` record. A part
+    left None is left out (`info` has neither command nor options)."""
+    header = {"tool": "actgeom", "version": __version__}
+    if command is not None:
+        header["command"] = command
+    if started is not None:
+        header |= {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "elapsed_s": time.perf_counter() - started}
+    if options is not None:
+        header["options"] = {name: asdict(chosen) for name, chosen in options.items()}
+    if pass_record is not None:
+        header["pass"] = pass_record
+    return header
+
+
+def nonfinite_notes(values: dict) -> dict[str, str]:
+    """"inf"/"nan" for every non-finite number among metric values (JSON shows them as null)."""
+    return {name: str(v) for name, v in values.items() if isinstance(v, (float, np.floating)) and not math.isfinite(v)}

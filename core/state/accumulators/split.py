@@ -1,0 +1,125 @@
+"""The accumulator of ``probe``: class moments of the train rows (and the validation rows), control
+groups, the test rows counted, by a seeded split that the second pass finds again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from actgeom.core.base.errors import UsageError
+from actgeom.core.base.stats import ClassMoments, ClassStats
+from actgeom.core.metrics.probesplit import (
+    SPLIT_UNITS,
+    ControlSums,
+    control_groups,
+    is_test,
+    is_validation,
+    split_keys,
+    unit_values,
+)
+from actgeom.core.state.accumulators.base import Rows, Spec, nested, prefixed
+
+
+@dataclass(frozen=True)
+class SplitSpec(Spec):
+    """Class moments of the *train* rows of a seeded split (core/metrics/probesplit.py): a labelled row is
+    a test row when the key of its unit ``split_by`` — "row" (its global row number), "sequence"
+    (the row vector "sequence": the first row of its sequence) or "sample_id" (/rows/sample_id),
+    never "auto": the family resolves it — is below ``test_fraction``·2⁶⁴; test rows are only
+    counted. ``control``: also the count and Σx of the train rows per control group (token id, or
+    hash bucket of the unit). ``validation``: the validation rows of the train rows (--shrinkage
+    auto) in class moments of their own."""
+
+    slot: ClassVar[str] = "split"
+    test_fraction: float = 0.2
+    seed: int = 0
+    split_by: str = "row"
+    control: str | None = None
+    validation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.split_by not in SPLIT_UNITS:
+            raise UsageError(f"a split's unit is one of {', '.join(SPLIT_UNITS)}, not '{self.split_by}' "
+                             "(core/metrics/probesplit.py split_unit resolves 'auto')")
+
+    @property
+    def row_vectors(self) -> tuple[str, ...]:
+        return (() if self.split_by == "row" else (self.split_by,)) + (("token_id",) if self.control == "token" else ())
+
+    def describe(self) -> str:
+        return (f"train-row class moments of a split by {self.split_by} with test fraction {self.test_fraction}, "
+                f"seed {self.seed}")
+
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Split":
+        return Split(n_units, self, products)
+
+
+@dataclass
+class SplitStats:
+    """Finalised split: the train rows' class statistics, the number of labelled test rows, the
+    control groups' sums (None without a control task) and, with validation rows, the class
+    statistics of the other train rows (``fit``) and the number of validation rows."""
+
+    train: ClassStats
+    n_test: int
+    groups: ControlSums | None
+    fit: ClassStats | None = None
+    n_validation: int = 0
+
+
+class Split:
+    kind = "split"
+
+    def __init__(self, n_units: int, spec: SplitSpec, products: str = "float64"):
+        self.spec = spec
+        self.train = ClassMoments(n_units, products=products)  # without the validation rows, when they are kept apart
+        self.validation = ClassMoments(n_units, products=products) if spec.validation else None
+        self.n_test = 0
+        self.groups = ControlSums(n_units) if spec.control else None
+
+    def update(self, rows: Rows) -> None:
+        units = unit_values(self.spec.split_by, rows.index, rows.vectors)
+        test = is_test(split_keys(units, self.spec.seed), self.spec.test_fraction)
+        labelled = rows.labels >= 0
+        train = labelled & ~test
+        self.n_test += int((labelled & test).sum())
+        if self.groups is not None:
+            groups = control_groups(self.spec.control, units, rows.vectors.get("token_id"), self.spec.seed)
+            self.groups.update(groups[train], rows.X[train])
+        if self.validation is not None:
+            validation = train & is_validation(units, self.spec.seed)
+            self.validation.update(rows.X[validation], rows.labels[validation])
+            train &= ~validation
+        self.train.update(rows.X if train.all() else rows.X[train], rows.labels[train])
+
+    def merge(self, other: "Split") -> None:
+        self.train.merge(other.train)
+        self.n_test += other.n_test
+        if self.groups is not None:
+            self.groups.merge(other.groups)
+        if self.validation is not None:
+            self.validation.merge(other.validation)
+
+    def finalize(self) -> SplitStats:
+        if self.validation is None:
+            return SplitStats(train=self.train.finalize(), n_test=self.n_test, groups=self.groups)
+        whole = ClassMoments.from_arrays(self.train.to_arrays())  # a copy: the fit rows stay apart
+        whole.merge(self.validation)
+        return SplitStats(train=whole.finalize(), n_test=self.n_test, groups=self.groups, fit=self.train.finalize(),
+                          n_validation=int(self.validation.counts.sum()))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return nested(train=self.train, groups=self.groups, validation=self.validation) | {"n_test": np.array(self.n_test)}
+
+    @classmethod
+    def from_arrays(cls, spec: SplitSpec, arrays: dict[str, np.ndarray]) -> "Split":
+        acc = cls(arrays["train/ref"].shape[1], spec)
+        acc.train = ClassMoments.from_arrays(prefixed(arrays, "train/"))
+        acc.n_test = int(arrays["n_test"])
+        if acc.groups is not None:
+            acc.groups = ControlSums.from_arrays(prefixed(arrays, "groups/"))
+        if acc.validation is not None:
+            acc.validation = ClassMoments.from_arrays(prefixed(arrays, "validation/"))
+        return acc
