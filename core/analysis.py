@@ -32,10 +32,13 @@ from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
+from actgeom.core.inference import intervals
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
+from actgeom.core.metrics.uncertainty import LEVEL
 from actgeom.core.state.accumulators import Spec, union
 from actgeom.core.state.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
+from actgeom.core.state.groups import check_groups, sampling_unit
 from actgeom.core.state.partial import check_provenance, load_partial
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
@@ -67,6 +70,8 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
     pass for the layers whose families need one (NC4). ``backend``: who runs the passes (None: this
     process; a core.backends executor: tasks over row ranges, e.g. on a Dask cluster)."""
     specs = specs_for(families, facts_of(dump))
+    if pass_options.grouping is not None:
+        check_groups(dump, specs, pass_options)
     if precomputed is not None:
         stats = _checked(dump, precomputed, specs)
     elif backend is not None:
@@ -89,6 +94,8 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
             layers.append(layer_entry(ctx, families, records))
     entry = {"file": str(dump.path), "checkpoint": dump.attrs.get("checkpoint"), "step": dump.attrs.get("step"),
              "model": dump.attrs.get("model"), "layers": layers}
+    if pass_options.grouping is not None:
+        entry["sampling_unit"] = sampling_unit(dump)
     for name, options in families.items():
         if FAMILIES[name].file_record is not None:
             entry |= FAMILIES[name].file_record(records[name], options)
@@ -128,9 +135,9 @@ def layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
     stats = ctx.stats
     entry = {"layer": ctx.name, "kind": "layer", "n_rows": stats.n_rows, "n_units": ctx.n_units, "dtype": ctx.dtype,
              "n_nonfinite_dropped": stats.n_nonfinite, "metrics": {}, "unavailable": {}, "notes": []}
-    details = {}
+    details, made = {}, {}
     for name, options in families.items():
-        record = FAMILIES[name].layer(ctx, options)
+        record = made[name] = FAMILIES[name].layer(ctx, options)
         records[name].append(record)
         entry["metrics"] |= record.metrics
         entry["unavailable"] |= record.unavailable
@@ -138,6 +145,9 @@ def layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
         entry[name] = record.fields
         details |= record.details
     entry["nonfinite"] = nonfinite_notes(entry["metrics"])
+    if ctx.stats.groups is not None:
+        entry["intervals"], entry["intervals_unavailable"] = intervals(
+            ctx, {name: (FAMILIES[name], options) for name, options in families.items()}, made)
     if ctx.details:
         entry["details"] = details
     return entry
@@ -209,7 +219,8 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
             files.append(entry)
     document = document_header(command, started=started, options=families,
                                pass_record=options_record(pass_options) | {"backend": backend_record(backend)})
-    document |= {"statistics": used, "metrics_info": metrics_info(families), "files": files}
+    document |= {"statistics": used, "inference": inference_record(pass_options), "metrics_info": metrics_info(families),
+                 "files": files}
     return Result(document)
 
 
@@ -225,6 +236,14 @@ def directions_across_files(result: Result, *, keep: bool) -> Result:
             if keep and kept.get("direction") is not None:
                 layer["details"] = {"direction": kept["direction"].tolist()}
     return result
+
+
+def inference_record(pass_options: PassOptions) -> dict:
+    """How the document's intervals were made (``ci`` None: no intervals)."""
+    grouping = pass_options.grouping
+    ci = None if grouping is None else {"method": "delete-a-group jackknife", "groups": grouping.groups,
+                                        "seed": grouping.seed, "level": LEVEL}
+    return {"ci": ci}
 
 
 def backend_record(executor) -> dict:

@@ -21,6 +21,7 @@ from actgeom.core.families import compare as compare_family
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
 from actgeom.core.state.engine import PassOptions, Progress
+from actgeom.core.state.groups import DEFAULT_GROUPS
 
 __all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_options", "neurons", "probe", "rank", "run"]
 
@@ -45,20 +46,26 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
 # -- the public functions ------------------------------------------------------------------------------
 
 def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None, attention=None,
-          allow_incomplete=False, nonfinite="error", tokens="all", products="float64") -> tuple[DumpSpec, PassOptions]:
+          allow_incomplete=False, nonfinite="error", tokens="all", products="float64", *, ci=False,
+          ci_groups=DEFAULT_GROUPS, ci_seed=0) -> tuple[DumpSpec, PassOptions]:
+    """The dump spec and pass options of the shared keywords; ``ci``: jackknife intervals from
+    ``ci_groups`` groups of sampling units hashed with ``ci_seed`` (docs/metrics.md, "Uncertainty and nulls")."""
     spec = DumpSpec(layers=tuple([layers] if isinstance(layers, str) else layers or ()), labels=labels, weight=weight,
                     bias=bias, predictions=predictions, offsets=offsets, attention=attention,
                     allow_incomplete=allow_incomplete)
-    return spec, PassOptions(nonfinite=nonfinite, tokens=tokens, products=products)
+    return spec, PassOptions(nonfinite=nonfinite, tokens=tokens, products=products, ci_groups=ci_groups if ci else 0,
+                             ci_seed=ci_seed)
 
 
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False,
              preset=None, min_count=None, global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
+             ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
              progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens,
-                               products)
+                               products,
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
     return run("collapse", paths, {"collapse": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
@@ -67,10 +74,12 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
 
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
          stats=None, partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None,
-         subsample=None, seed=None, details=False, progress: Progress | None = None, backend=None) -> Result:
+         subsample=None, seed=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+             progress: Progress | None = None, backend=None) -> Result:
     """Spectrum and effective-dimension metrics of every selected layer (docs/metrics.md, "Spectrum and
     effective dimension")."""
-    spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
+    spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
     return run("rank", paths, {"rank": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
@@ -78,13 +87,15 @@ def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite=
 
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
-            tokens="all", products="float64", stats=None, partial_ok=False, progress: Progress | None = None, backend=None,
+            tokens="all", products="float64", stats=None, partial_ok=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+             progress: Progress | None = None, backend=None,
             **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md, "Entropy and neuron activity"); ``options`` are
     EntropyOptions fields
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens,
-                               products)
+                               products,
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend,
                pass_options=pass_options, stats=stats, partial_ok=partial_ok, progress=progress)
 
@@ -92,18 +103,21 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
             nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, details=False, cache=None,
-            progress: Progress | None = None, backend=None) -> Result:
+            ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+             progress: Progress | None = None, backend=None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
-                               nonfinite, tokens, products)
+                               nonfinite, tokens, products,
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
     return run("analyze", paths, chosen, spec=spec, backend=backend, pass_options=pass_options, stats=stats, progress=progress,
                details=details, cache=cache, partial_ok=partial_ok)
 
 
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
-            products="float64", stats=None, details=False, progress: Progress | None = None, backend=None, **options) -> Result:
+            products="float64", stats=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+             progress: Progress | None = None, backend=None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md, "Units") of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
@@ -113,14 +127,16 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
     if layers is not None:
         layers = [layers] if isinstance(layers, str) else list(layers)
         layers += [name for name in (chosen.mu, chosen.logvar) if name is not None and name not in layers]
-    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     return run("neurons", paths, {"neurons": chosen}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                progress=progress, details=details)
 
 
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
           products="float64", test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None,
-          positive=None, negative=None, details=False, stats=None, progress: Progress | None = None, backend=None) -> Result:
+          positive=None, negative=None, details=False, stats=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+             progress: Progress | None = None, backend=None) -> Result:
     """Linear probes and concept directions of every selected layer (docs/metrics.md, "Linear probes
     and concept directions").
 
@@ -130,7 +146,8 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     vector in ``layer["details"]["direction"]`` (for --save-directions). ``stats``: a partial-statistics
     file holding the split's train moments (e.g. shards' ``accumulate(..., specs=[SplitSpec(...)])``
     saved and merged); the test rows are still scored from the dump."""
-    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products)
+    spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     options = family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,

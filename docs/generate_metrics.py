@@ -135,6 +135,40 @@ noise of the coarser dtype). "invariant to" means a transformation of either sid
 """,
 }
 
+# After the families: what every metric gains with --ci (and, later, --null and --baseline).
+INFERENCE = """\
+## Uncertainty and nulls (`--ci`)
+
+A value computed from a finite dump is an estimate: another draw of inputs would give another
+value. `--ci` (API: `ci=True`) gives every scalar metric an interval from the same single pass.
+
+**Groups.** Each sampling unit — a row of a sample-level dump, a whole sequence of a token-level
+dump (its tokens are not independent) — falls in group g = splitmix64(unit, seed) mod G, with G =
+`--ci-groups` (default 20) and the seed `--ci-seed` (default 0). The unit's number is its global row
+(the global row of the sequence's first token), so a row's group is the same for any chunking,
+`--rows` shard, `merge` order and `--backend dask`. The pass keeps every statistic once per group;
+the total is their merge, and the statistics without group g are the merge of the other groups'
+— exactly the statistics of the rows outside the group (tests/test_intervals.py).
+
+**Delete-a-group jackknife** (Efron & Tibshirani 1993, §11.5). Each metric θ is evaluated on the
+total (θ̂) and, through the same function, on each leave-one-group-out statistic (θ₋g):
+
+| field | definition |
+|---|---|
+| `se` | √((G−1)/G · Σ_g (θ₋g − θ̄)²), θ̄ = mean of the θ₋g |
+| `ci_low`, `ci_high` | θ̂ ∓ t_{G−1, 0.975} · se (a 95 % interval) |
+| `bias` | (G−1)(θ̄ − θ̂), the jackknife estimate of the bias of θ̂ |
+
+The document records the method, G, the seed and the level under `inference.ci`, and each file
+its `sampling_unit`. A metric with no interval says why under the layer's `intervals_unavailable`
+(e.g. a value that needs the second pass per group). Sample-based metrics (TwoNN, MLE, DSE, …)
+use a sample per group: the sample without group g is the seeded sample of the rows outside it.
+
+**Assumptions.** The groups are exchangeable: sampling units are independent draws (rows of an
+i.i.d. evaluation set; whole sequences of a corpus). The interval describes the sampling noise of
+the inputs, not the randomness of training (use `--baseline` runs of other seeds for that).
+"""
+
 FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")
 
 
@@ -163,6 +197,7 @@ def render() -> str:
         parts.append("| metric | definition | ideal | range | better | invariant to | needs | source | checked by |\n"
                      "|---|---|---|---|---|---|---|---|---|")
         parts.append("\n".join(_row(metric) for metric in family.metrics.values()) + "\n")
+    parts.append(INFERENCE)
     return "\n".join(parts)
 
 

@@ -101,10 +101,10 @@ def check_layer(ds: h5py.Dataset, path: str, file: Path, *, describe_only: bool)
         )
     if not describe_only:
         need = D2_COPIES * 8 * ds.shape[1] ** 2
-        if need > _memory_bytes():
+        if need > memory_bytes():
             raise InvalidInputError(
                 f"{where} has {ds.shape[1]} units: its {ds.shape[1]}×{ds.shape[1]} statistics need about "
-                f"{_gib(need)}, more than this machine's {_gib(_memory_bytes())} of memory"
+                f"{_gib(need)}, more than this machine's {_gib(memory_bytes())} of memory"
             )
 
 
@@ -165,9 +165,9 @@ def label_range_problem(lo: int, hi: int, path: str, file: Path, *, weight_path:
     if n_weight_rows is not None and hi >= n_weight_rows:
         return (f"{where} go up to {hi} but the classifier '{safe_name(weight_path)}' has {n_weight_rows} rows "
                 f"(classes 0..{n_weight_rows - 1})")
-    if not describe_only and CLASS_COPIES * 8 * (hi + 1) * widest > _memory_bytes():
+    if not describe_only and CLASS_COPIES * 8 * (hi + 1) * widest > memory_bytes():
         return (f"{where} go up to {hi}: class statistics of {hi + 1} classes × {widest} units need about "
-                f"{_gib(CLASS_COPIES * 8 * (hi + 1) * widest)}, more than this machine's {_gib(_memory_bytes())} of "
+                f"{_gib(CLASS_COPIES * 8 * (hi + 1) * widest)}, more than this machine's {_gib(memory_bytes())} of "
                 "memory (labels are class indices 0..C-1)")
     return None
 
@@ -278,7 +278,7 @@ def check_attention_block(block: np.ndarray, start: int, tolerance: float, what:
                                 f"attention rows sum to 1 (±{tolerance:.2g}) or are all 0 (masked queries)")
 
 
-def _memory_bytes() -> int:
+def memory_bytes() -> int:
     """Physical memory of this machine (the bound for the D×D statistics)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -7,7 +7,7 @@ import numpy as np
 
 from actgeom.core.base.errors import OptionError
 from actgeom.core.base.registry import evaluate
-from actgeom.core.dump.validate import _memory_bytes as machine_memory_bytes
+from actgeom.core.dump.validate import memory_bytes as machine_memory_bytes
 from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord, threshold_problem
 from actgeom.core.metrics.diffusion import KERNEL_NEAR_IDENTITY
 from actgeom.core.metrics.entropy import (

@@ -89,3 +89,4 @@ class LayerContext:
     second: dict = field(default_factory=dict)
     details: bool = False
     layers: dict = field(default_factory=dict)  # every layer's statistics by name (families relating two layers)
+    replicate: bool = False  # the statistics leave out a jackknife group (core/inference.py): an interval's re-evaluation

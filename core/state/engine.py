@@ -24,6 +24,7 @@ from actgeom.core.base.options import NONFINITE_POLICIES, PRODUCTS
 from actgeom.core.base.stats import column_sums
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.state.accumulators import ACCUMULATORS, Rows, Spec, union
+from actgeom.core.state.groups import Grouping, sampling_unit, settle
 from actgeom.core.state.stream import iter_blocks
 
 SIXTEEN_BIT = ("float16", "bfloat16")  # the layers whose storage noise allows float32 block products
@@ -45,6 +46,8 @@ class PassOptions:
     row_offset: int = 0  # added to row numbers: this file's rows continue another's (shard files)
     block_rows: int | None = None  # rows per read block; None = about 8 MiB of float64
     products: str = "float64"  # D×D products of blocks: "float64", or "float32" for 16-bit layers (stats.BlockProducts)
+    ci_groups: int = 0  # jackknife groups of sampling units (core/state/groups.py); 0: no groups, no intervals
+    ci_seed: int = 0  # the seed of the groups' hash
 
     def __post_init__(self) -> None:
         if self.nonfinite not in NONFINITE_POLICIES:
@@ -56,6 +59,12 @@ class PassOptions:
         if self.block_rows is not None and self.block_rows < 1:
             raise OptionError("block_rows", self.block_rows, "must be ≥ 1")
         _first_position(self.tokens)  # validates `tokens`
+        _ = self.grouping  # validates `ci_groups`, `ci_seed`
+
+    @property
+    def grouping(self) -> Grouping | None:
+        """The jackknife groups of the pass, or None (``ci_groups`` 0)."""
+        return Grouping(self.ci_groups, self.ci_seed) if self.ci_groups else None
 
     @property
     def first_position(self) -> int | None:
@@ -84,6 +93,7 @@ class LayerStats:
     n_unlabeled: int = 0  # rows with label -1: in unit statistics and the sample, not in class moments
     specs: dict[str, Spec] = field(default_factory=dict)
     accumulators: dict = field(default_factory=dict)
+    groups: list[LayerStats] | None = None  # the same statistics per jackknife group; the total is their merge
 
     def get(self, slot: str):
         """The finalised statistic of a slot (None when the pass did not keep it)."""
@@ -99,18 +109,28 @@ class LayerStats:
         if other.specs != self.specs:
             raise InvalidInputError(f"cannot merge statistics of layer '{self.layer}' kept differently: "
                                     f"{_describe(self.specs)} vs {_describe(other.specs)}")
+        if (self.groups is None) != (other.groups is None) or len(self.groups or ()) != len(other.groups or ()):
+            raise InvalidInputError(f"cannot merge statistics of layer '{self.layer}' kept in "
+                                    f"{len(self.groups or ())} and {len(other.groups or ())} jackknife groups (--ci-groups)")
         self.n_rows += other.n_rows
         self.n_nonfinite += other.n_nonfinite
         self.n_unlabeled += other.n_unlabeled
         for slot, acc in self.accumulators.items():
             acc.merge(other.accumulators[slot])
+        for part, other_part in zip(self.groups or (), other.groups or ()):
+            part.merge(other_part)
 
 
 def _describe(specs: dict[str, Spec]) -> str:
     return ", ".join(f"{slot} {spec.record()}" for slot, spec in specs.items()) or "(nothing)"
 
 
-def new_layer_stats(layer: LayerInfo, specs: dict[str, Spec], products: str = "float64") -> LayerStats:
+def new_layer_stats(layer: LayerInfo, specs: dict[str, Spec], products: str = "float64", groups: int = 0) -> LayerStats:
+    """Empty statistics of a layer; with ``groups``, one set per group (the total, their merge, is
+    made when the pass ends: core/state/groups.py settle)."""
+    if groups:
+        return LayerStats(layer=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, specs=dict(specs),
+                          groups=[new_layer_stats(layer, specs, products) for _ in range(groups)])
     return LayerStats(layer=layer.name, n_units=layer.n_units, dtype=layer.logical_dtype, specs=dict(specs),
                       accumulators={slot: spec.build(layer.n_units, layer.storage_dtype, products)
                                     for slot, spec in specs.items()})
@@ -139,9 +159,10 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     if "sequences" in specs and offsets is None:
         raise InvalidInputError(f"sequence entropies need sequence offsets (--offsets) in {dump.path}")
     wanted = RowVectors(dump, sorted({name for spec in specs.values() for name in spec.row_vectors}), options.row_offset)
+    units = SamplingUnits(dump, options)
     results = {}
     for layer in selected:
-        stats = new_layer_stats(layer, specs, options.products)
+        stats = new_layer_stats(layer, specs, options.products, options.ci_groups)
         block_rows = options.block_rows or dump.block_rows(layer)
         bounds = None if offsets is None else sequence_blocks(offsets, start, stop, block_rows)
         for block in iter_blocks(dump, layer, start, stop, block_rows, bounds):
@@ -154,9 +175,14 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             first = options.row_offset + block.start  # the sample is keyed by global row numbers
             index = np.arange(first, first + X.shape[0]) if keep is None else first + np.flatnonzero(keep)
             vectors = wanted.read(block.start, end, keep)
-            feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors)
+            block_groups = units.groups(block.start, end)
+            groups = block_groups if keep is None or block_groups is None else block_groups[keep]
+            feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors,
+                 groups=groups, block_groups=block_groups)
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
+        if stats.groups is not None:
+            settle(stats)
         if check:
             check_rows(stats, dump.path, options, shard=(start, stop) != (0, dump.n_rows))
         results[layer.name] = stats
@@ -202,12 +228,21 @@ class RowVectors:
 
 
 def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.ndarray, *,
-         block: np.ndarray | None = None, boundaries: np.ndarray | None = None, vectors: dict | None = None) -> None:
+         block: np.ndarray | None = None, boundaries: np.ndarray | None = None, vectors: dict | None = None,
+         groups: np.ndarray | None = None, block_groups: np.ndarray | None = None) -> None:
     """Feed one block of float64 rows (global row numbers ``index``, per-row ``vectors``) to every
-    accumulator of a layer; rows with NaN/inf are dropped and counted."""
+    accumulator of a layer; rows with NaN/inf are dropped and counted. Grouped statistics: each
+    row feeds its group's (``groups`` per row; ``block_groups`` per row of the whole block)."""
     vectors = vectors or {}
     n = X.shape[0]
     y = np.zeros(n, dtype=np.int64) if labels is None else labels
+    if stats.groups is not None:
+        for g in np.unique(block_groups if block_groups is not None else groups):
+            mine = groups == g
+            whole = None if block_groups is None else block_groups == g
+            feed(stats.groups[g], X[mine], y[mine], index[mine], vectors={k: v[mine] for k, v in vectors.items()},
+                 block=None if block is None else block[whole], boundaries=_kept_boundaries(boundaries, whole))
+        return
     if np.any(y < -1):
         bad = int(y[y < -1][0])
         raise InvalidInputError(f"label {bad} at a row of layer '{stats.layer}': labels are class indices ≥ 0, or -1 for none")
@@ -221,6 +256,33 @@ def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.
     rows = Rows(X=X, labels=y, index=index, block=block, boundaries=boundaries, vectors=vectors)
     for acc in stats.accumulators.values():
         acc.update(rows)
+
+
+def _kept_boundaries(boundaries: np.ndarray | None, whole: np.ndarray | None) -> np.ndarray | None:
+    """The boundaries of the whole sequences a block keeps (``whole``: which rows of the block)."""
+    if boundaries is None or whole is None:
+        return boundaries
+    lengths = np.diff(boundaries)
+    kept = lengths[(lengths > 0) & whole[np.minimum(boundaries[:-1], whole.size - 1)]]
+    return np.r_[0, np.cumsum(kept)].astype(boundaries.dtype)
+
+
+class SamplingUnits:
+    """The jackknife group of each row of a pass (None without groups): by its global row number,
+    or on a token-level dump by its whole sequence (the global row of its first token)."""
+
+    def __init__(self, dump: Dump, options: PassOptions):
+        self.grouping, self.row_offset = options.grouping, options.row_offset
+        grouped_by_sequence = self.grouping is not None and sampling_unit(dump) == "sequence"
+        self.offsets = dump.offsets() if grouped_by_sequence else None
+
+    def groups(self, start: int, stop: int) -> np.ndarray | None:
+        if self.grouping is None:
+            return None
+        rows = np.arange(start, stop)
+        if self.offsets is not None:
+            rows = self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
+        return self.grouping.of(self.row_offset + rows)
 
 
 def sequence_blocks(offsets: np.ndarray, start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:

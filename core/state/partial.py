@@ -28,6 +28,7 @@ from actgeom.core.base.outputs import atomic_output
 from actgeom.core.state.accumulators import ACCUMULATORS, spec_from_record
 from actgeom.core.state.accumulators.base import prefixed
 from actgeom.core.state.engine import LayerStats, PassOptions
+from actgeom.core.state.groups import settle
 
 PARTIAL_FORMAT = "actgeom-partial-stats"
 PARTIAL_VERSION = 4  # 2: accumulators named by slot with their specs; 3: D×D scatters packed; 4: label/offset datasets
@@ -53,14 +54,26 @@ def stats_arrays(stats: dict[str, LayerStats], meta: dict | None = None) -> dict
     layers = []
     for i, (name, layer_stats) in enumerate(stats.items()):
         layers.append({"name": name, "n_units": layer_stats.n_units, "dtype": layer_stats.dtype,
-                       "n_rows": layer_stats.n_rows, "n_nonfinite": layer_stats.n_nonfinite,
-                       "n_unlabeled": layer_stats.n_unlabeled,
-                       "specs": {slot: spec.record() for slot, spec in layer_stats.specs.items()}})
-        for slot, acc in layer_stats.accumulators.items():
-            arrays.update({f"{i}/{slot}/{key}": value for key, value in acc.to_arrays().items()})
+                       "specs": {slot: spec.record() for slot, spec in layer_stats.specs.items()}}
+                      | _counts(layer_stats))
+        if layer_stats.groups is None:
+            for slot, acc in layer_stats.accumulators.items():
+                arrays.update({f"{i}/{slot}/{key}": value for key, value in acc.to_arrays().items()})
+            continue
+        layers[-1]["groups"] = [_counts(part) for part in layer_stats.groups]  # the total is their merge
+        for g, part in enumerate(layer_stats.groups):
+            for slot, acc in part.accumulators.items():
+                arrays.update({f"{i}/g{g}/{slot}/{key}": value for key, value in acc.to_arrays().items()})
     header = {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "layers": layers, "meta": meta or {}}
     arrays["header"] = np.array(json.dumps(header, default=_plain_number))
     return arrays
+
+
+COUNTS = ("n_rows", "n_nonfinite", "n_unlabeled")
+
+
+def _counts(stats: LayerStats) -> dict:
+    return {name: getattr(stats, name) for name in COUNTS}
 
 
 def _plain_number(value):
@@ -93,18 +106,29 @@ def stats_from_arrays(arrays: dict[str, np.ndarray], path: str | Path = "the sta
     stats = {}
     for i, entry in enumerate(header["layers"]):
         specs = {slot: spec_from_record(slot, record) for slot, record in entry["specs"].items()}
-        accumulators = {}
-        for slot, spec in specs.items():
-            accumulators[slot] = ACCUMULATORS[slot].from_arrays(spec, prefixed(arrays, f"{i}/{slot}/"))
-        stats[entry["name"]] = LayerStats(
-            layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], n_rows=entry["n_rows"],
-            n_nonfinite=entry["n_nonfinite"], n_unlabeled=entry["n_unlabeled"], specs=specs, accumulators=accumulators)
+        if "groups" not in entry:
+            stats[entry["name"]] = _layer_stats(arrays, entry, specs, {key: entry[key] for key in COUNTS}, f"{i}/")
+            continue
+        grouped = LayerStats(layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], specs=specs,
+                             groups=[_layer_stats(arrays, entry, specs, counts, f"{i}/g{g}/")
+                                     for g, counts in enumerate(entry["groups"])])
+        settle(grouped)
+        stats[entry["name"]] = grouped
     return stats, header["meta"]
+
+
+def _layer_stats(arrays: dict, entry: dict, specs: dict, counts: dict, prefix: str) -> LayerStats:
+    """One layer's (or one jackknife group's) statistics from the arrays under ``prefix``."""
+    accumulators = {slot: ACCUMULATORS[slot].from_arrays(spec, prefixed(arrays, f"{prefix}{slot}/"))
+                    for slot, spec in specs.items()}
+    return LayerStats(layer=entry["name"], n_units=entry["n_units"], dtype=entry["dtype"], specs=specs,
+                      accumulators=accumulators, **counts)
 
 
 # Root attributes that say when and how a file was written, not what it holds.
 _VOLATILE = {"n_rows", "complete", "created", "created_by", "writer_version", "extract_runs"}
-PROVENANCE_PASS = ("nonfinite", "tokens", "products")  # the pass options that decide which rows count and how
+# the pass options that decide which rows count and how (and their jackknife groups)
+PROVENANCE_PASS = ("nonfinite", "tokens", "products", "ci_groups", "ci_seed")
 
 
 def dump_fingerprint(dump) -> str:
@@ -137,6 +161,10 @@ def _sources_text(sources: dict | None) -> str:
     return ", ".join(f"{name} {path or '(none)'}" for name, path in sources.items())
 
 
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
 def _recorded(meta: dict, name: str):
     """A pass option a statistics file was made with (files older than the option: its default)."""
     return meta["pass"].get(name, getattr(PassOptions(), name))
@@ -154,8 +182,8 @@ def merge_partials(loaded: list[tuple[str, dict[str, LayerStats], dict]]) -> tup
                                     f"{_sources_text(first.get('sources'))}")
         for name in PROVENANCE_PASS:
             if _recorded(meta, name) != _recorded(first, name):
-                raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}, {first_path} with "
-                                        f"--{name} {_recorded(first, name)}")
+                raise InvalidInputError(f"{path} was made with --{_flag(name)} {_recorded(meta, name)}, {first_path} with "
+                                        f"--{_flag(name)} {_recorded(first, name)}")
     ranges = sorted((a, b, path) for path, _, meta in loaded for a, b in meta["rows"])
     for (a1, b1, p1), (a2, b2, p2) in zip(ranges, ranges[1:]):
         if a2 < b1:
@@ -190,10 +218,16 @@ def check_provenance(path, meta: dict, dump, options: PassOptions, *, partial_ok
     if made != wanted:
         raise InvalidInputError(f"{path} was made with {_sources_text(made)}; this command reads {_sources_text(wanted)} "
                                 "(give the same --labels / --offsets)")
+    grouped = _recorded(meta, "ci_groups")
+    if options.ci_groups and not grouped:
+        raise InvalidInputError(f"{path} holds no jackknife groups, which --ci needs: make it with `actgeom stats "
+                                f"--ci-groups {options.ci_groups}`")
     for name in PROVENANCE_PASS:
+        if name.startswith("ci_") and not options.ci_groups:
+            continue  # grouped statistics serve a run without intervals: their total is kept
         if _recorded(meta, name) != getattr(options, name):
-            raise InvalidInputError(f"{path} was made with --{name} {_recorded(meta, name)}; this command uses "
-                                    f"--{name} {getattr(options, name)}")
+            raise InvalidInputError(f"{path} was made with --{_flag(name)} {_recorded(meta, name)}; this command uses "
+                                    f"--{_flag(name)} {getattr(options, name)}")
     if Path(path).stat().st_mtime_ns < dump.path.stat().st_mtime_ns:  # same fingerprint, maybe other rows
         warnings.warn(DataWarning(f"{path} was written before {dump.path} was last modified: if the dump was written "
                                   "again since, make the statistics again"), stacklevel=2)

@@ -60,6 +60,11 @@ class Spec:
     def record(self) -> dict:
         return asdict(self)
 
+    def state_bytes(self, n_units: int, n_classes: int) -> int:
+        """About how much memory the accumulator keeps for a layer of ``n_units`` and ``n_classes``
+        classes (the jackknife keeps one per group: core/state/groups.py check_groups)."""
+        return 64 * n_units
+
     def describe(self) -> str:
         """What the statistic is, in words (for messages)."""
         raise NotImplementedError

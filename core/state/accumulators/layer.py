@@ -47,6 +47,9 @@ class MomentsSpec(Spec):
             return not self.by_class or self.all_rows
         return self.by_class
 
+    def state_bytes(self, n_units: int, n_classes: int) -> int:
+        return 8 * (n_units * n_units * self.scatter + 3 * (n_classes + self.all_rows) * n_units)
+
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Moments":
         return Moments(n_units, self, products)
 
@@ -156,6 +159,9 @@ class DirectionsSpec(Spec):
     def describe(self) -> str:
         return "Σuuᵀ of the normalised rows (stats --entropy-alpha)"
 
+    def state_bytes(self, n_units: int, n_classes: int) -> int:
+        return 8 * n_units * n_units
+
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Directions":
         return Directions(DirectionScatter(n_units, products))
 
@@ -191,6 +197,9 @@ class SampleSpec(Spec):
 
     def covers(self, other: "SampleSpec") -> bool:
         return self.seed == other.seed and self.size >= other.size
+
+    def state_bytes(self, n_units: int, n_classes: int) -> int:
+        return self.size * (4 * n_units + 24)
 
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Sample":
         # The rows as stored (bfloat16 as float32, which holds it exactly): half the memory of float32

@@ -52,6 +52,9 @@ class SplitSpec(Spec):
         return (f"train-row class moments of a split by {self.split_by} with test fraction {self.test_fraction}, "
                 f"seed {self.seed}")
 
+    def state_bytes(self, n_units: int, n_classes: int) -> int:
+        return (1 + self.validation) * 8 * (n_units * n_units + 3 * n_classes * n_units)
+
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Split":
         return Split(n_units, self, products)
 

@@ -1,0 +1,69 @@
+"""Intervals of a layer's metrics from the same pass (DESIGN: "Inference on the same pass"): every
+family evaluates its metrics on the statistics without each jackknife group, through the same
+function that made the value; the G values give the interval (core/metrics/uncertainty.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from actgeom.core.families.protocol import LayerContext, LayerRecord
+from actgeom.core.metrics.uncertainty import jackknife
+from actgeom.core.state.groups import leave_out
+
+
+def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) -> tuple[dict, dict]:
+    """({metric: {se, ci_low, ci_high, bias}}, {metric: why it has no interval}) for every finite
+    scalar metric of ``records`` (one :class:`LayerRecord` per family of ``families``, {name:
+    (Family, options)}); diagnostics (counts, sizes) have none. The layer's statistics must be grouped."""
+    wanted = {metric: value for name, record in records.items() for metric, value in record.metrics.items()
+              if not families[name][0].metrics[metric].diagnostic} if records else {}
+    reasons = {metric: "not a finite number" for metric, value in wanted.items() if not _finite(value)}
+    replicates: dict[str, list[float]] = {metric: [] for metric in wanted if metric not in reasons}
+    for g in range(len(ctx.stats.groups)):
+        left = replicate(ctx, g)
+        for name, (family, options) in families.items():
+            record = family.layer(left, options)
+            for metric in records[name].metrics:
+                if metric not in replicates:
+                    continue
+                value = record.metrics.get(metric)
+                if not _finite(value):
+                    why = record.unavailable.get(metric, "its value is not finite without one group")
+                    reasons[metric] = f"no value without jackknife group {g}: {why}"
+                    del replicates[metric]
+                else:
+                    replicates[metric].append(float(value))
+    return {metric: jackknife(float(wanted[metric]), values) for metric, values in replicates.items()}, reasons
+
+
+def replicate(ctx: LayerContext, g: int) -> LayerContext:
+    """The layer as if the rows of group ``g`` were not in the dump: its statistics (and any other
+    layer's a family reads) without the group, the second pass's consumers left out likewise (a
+    consumer without ``leave_out`` is dropped: its metrics have no interval)."""
+    second = {name: consumer.leave_out(g) for name, consumer in ctx.second.items() if hasattr(consumer, "leave_out")}
+    return dataclasses.replace(ctx, stats=leave_out(ctx.stats, g), second=second, details=False, replicate=True,
+                               layers=_LeftOut(ctx.layers, g))
+
+
+class _LeftOut(Mapping):
+    """Every layer's statistics without group ``g``, made when a family asks for a layer."""
+
+    def __init__(self, layers: Mapping, g: int):
+        self.layers, self.g, self.made = layers, g, {}
+
+    def __getitem__(self, name):
+        if name not in self.made:
+            self.made[name] = leave_out(self.layers[name], self.g)
+        return self.made[name]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

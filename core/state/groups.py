@@ -1,0 +1,94 @@
+"""Groups of sampling units for the delete-a-group jackknife (docs/metrics.md, "Uncertainty and nulls").
+
+Every sampling unit — a row of a sample-level dump, a whole sequence of a token-level one — falls in
+group g = key(unit) mod G, a seeded hash of the unit's global number (the row number, or the global
+row of the sequence's first token). It depends on nothing else, so the groups are the same for any
+chunking, row range, shard, merge order and backend. A grouped pass keeps every accumulator once per
+group (:class:`~actgeom.core.state.engine.LayerStats` ``groups``); the total is their merge, and the
+statistics without group g (:func:`leave_out`) are the merge of the others: exactly the statistics
+of the rows outside the group.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from actgeom.core.base.errors import OptionError
+from actgeom.core.base.sample import hash_keys
+from actgeom.core.dump.validate import memory_bytes
+
+GROUP_SALT = 0x6A09E667  # the groups' keys differ from the sample's and the split's keys of the same seed
+DEFAULT_GROUPS = 20
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """G groups of sampling units, by a hash seeded with ``seed``."""
+
+    groups: int = DEFAULT_GROUPS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.groups < 2:
+            raise OptionError("ci_groups", self.groups, "must be ≥ 2 (the jackknife leaves out one group of several)")
+        if self.seed < 0:
+            raise OptionError("ci_seed", self.seed, "must be ≥ 0")
+
+    def of(self, units: np.ndarray) -> np.ndarray:
+        """The group (0..G−1) of each sampling unit (int64 global numbers)."""
+        keys = hash_keys(hash_keys(units, self.seed).view(np.int64), GROUP_SALT)
+        return (keys % np.uint64(self.groups)).astype(np.int64)
+
+
+def leave_out(stats, g: int):
+    """The statistics of every group but ``g`` (a LayerStats with ``groups``): each accumulator the
+    merge of the other groups' (G − 2 merges on a copy), the row counts theirs."""
+    others = [part for i, part in enumerate(stats.groups) if i != g]
+    merged = copy.deepcopy(others[0])
+    for part in others[1:]:
+        merged.merge(part)
+    return merged
+
+
+def settle(stats) -> None:
+    """Set a grouped LayerStats' total (its accumulators and counts) to the merge of its groups."""
+    total = copy.deepcopy(stats.groups[0])
+    for part in stats.groups[1:]:
+        total.merge(part)
+    stats.accumulators = total.accumulators
+    stats.n_rows, stats.n_nonfinite, stats.n_unlabeled = total.n_rows, total.n_nonfinite, total.n_unlabeled
+
+
+def sampling_unit(dump) -> str:
+    """What a jackknife group holds whole: the "sequence" of a token-level dump (its tokens are not
+    independent), else the "row"."""
+    return "sequence" if dump.offsets_path is not None else "row"
+
+
+def check_groups(dump, specs: dict, options) -> None:
+    """Refuse before the pass a ``--ci-groups`` larger than the sampling units of the rows read, or
+    whose G copies of the layer statistics (and two more while intervals are made) exceed memory."""
+    grouping, unit = options.grouping, sampling_unit(dump)
+    start, stop = options.row_range or (0, dump.n_rows)
+    units = stop - start
+    if unit == "sequence":
+        offsets = dump.offsets()  # sequence s holds rows [offsets[s], offsets[s+1])
+        units = int(((offsets[:-1] < stop) & (offsets[1:] > start)).sum())
+    if grouping.groups > units:
+        raise OptionError("ci_groups", grouping.groups, f"is more than the {units} {unit}s of {dump.path} "
+                          f"(rows {start}:{stop}): every jackknife group needs one")
+    label_range = (dump.class_ranges or (None, None))[0]
+    n_classes = 1 if label_range is None else label_range[1] + 1
+    for layer in dump.layers:
+        each = sum(spec.state_bytes(layer.n_units, n_classes) for spec in specs.values())
+        need, have = (grouping.groups + 2) * each, memory_bytes()
+        if need > have:
+            fits = have // each - 2
+            hint = f"--ci-groups {fits} would fit" if fits >= 2 else "no number of groups fits; select fewer --layers units"
+            raise OptionError("ci_groups", grouping.groups,
+                              f"needs about {need / 2**30:.1f} GiB for the statistics of layer '{layer.name}' in "
+                              f"{grouping.groups} groups ({each / 2**20:.0f} MiB each), more than this machine's "
+                              f"{have / 2**30:.1f} GiB; {hint}")
