@@ -17,6 +17,7 @@ PRODUCTS = ("float64", "float32")  # how the D×D product of each block is compu
 STORAGE_DTYPES = ("float16", "float32", "float64", "bfloat16")
 COMPRESSION = (None, "lzf", "gzip")
 SEEDS = 2**64  # a seed keys rows by splitmix64 (core/base/sample.py): an unsigned 64-bit integer
+CI_GROUPS = 20  # jackknife groups of sampling units by default (core/state/groups.py; --ci-groups)
 
 
 def check_seed(seed: int, option: str = "seed") -> None:

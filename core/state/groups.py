@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from actgeom.core.base.errors import OptionError
+from actgeom.core.base.options import CI_GROUPS as DEFAULT_GROUPS
 from actgeom.core.base.sample import hash_keys
 from actgeom.core.dump.validate import memory_bytes
 
 GROUP_SALT = 0x6A09E667  # the groups' keys differ from the sample's and the split's keys of the same seed
-DEFAULT_GROUPS = 20
 
 
 @dataclass(frozen=True)
