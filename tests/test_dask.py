@@ -147,6 +147,23 @@ def test_collapse_rank_entropy_equal_a_local_run(cluster, dumps, kind):
 
 
 @needs_dask
+@pytest.mark.parametrize("kind", ["samples", "tokens"])
+def test_intervals_equal_a_local_run(cluster, dumps, kind):
+    """Jackknife groups travel with each task's statistics: the intervals of a Dask run are a local run's."""
+    paths, families = dumps[kind][:1], ("collapse", "rank")
+    local = api.analyze(paths, families=families, ci=True, ci_groups=4).to_dict()
+    with open_backend(_dask(cluster)) as backend:
+        dask = api.analyze(paths, families=families, ci=True, ci_groups=4, backend=backend).to_dict()
+    compared = 0
+    for a, b in zip(local["files"][0]["layers"], dask["files"][0]["layers"]):
+        assert a["intervals"].keys() == b["intervals"].keys() and a["intervals_unavailable"] == b["intervals_unavailable"]
+        for name, interval in a["intervals"].items():
+            assert b["intervals"][name] == pytest.approx(interval, rel=1e-10, abs=1e-12), (a["layer"], name)
+            compared += 1
+    assert compared > 10
+
+
+@needs_dask
 def test_the_seeded_sample_and_counts_are_identical(cluster, dumps):
     specs = {"moments": MomentsSpec(by_class=True, all_rows=True), "units": UnitsSpec(), "sample": SampleSpec(size=150, seed=3)}
     for path in dumps["samples"] + dumps["tokens"]:
