@@ -48,6 +48,8 @@ class PassOptions:
     products: str = "float64"  # D×D products of blocks: "float64", or "float32" for 16-bit layers (stats.BlockProducts)
     ci_groups: int = 0  # jackknife groups of sampling units (core/state/groups.py); 0: no groups, no intervals
     ci_seed: int = 0  # the seed of the groups' hash
+    null: int = 0  # label permutations for the nulls (core/nulls.py); 0: none
+    null_seed: int = 0  # the seed of the permutations
 
     def __post_init__(self) -> None:
         if self.nonfinite not in NONFINITE_POLICIES:
@@ -60,6 +62,11 @@ class PassOptions:
             raise OptionError("block_rows", self.block_rows, "must be ≥ 1")
         _first_position(self.tokens)  # validates `tokens`
         _ = self.grouping  # validates `ci_groups`, `ci_seed`
+        if self.null < 0 or self.null_seed < 0:
+            raise OptionError("null" if self.null < 0 else "null_seed", min(self.null, self.null_seed), "must be ≥ 0")
+        if self.null and self.row_offset:
+            raise OptionError("null", self.null, "permutes the labels of one whole dump; a shard file with a row offset "
+                              "holds part of them (run --null on the dump, whose --rows ranges merge exactly)")
 
     @property
     def grouping(self) -> Grouping | None:
@@ -158,7 +165,9 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     offsets = dump.offsets() if "sequences" in specs else None
     if "sequences" in specs and offsets is None:
         raise InvalidInputError(f"sequence entropies need sequence offsets (--offsets) in {dump.path}")
-    wanted = RowVectors(dump, sorted({name for spec in specs.values() for name in spec.row_vectors}), options.row_offset)
+    readers = {name: read for spec in specs.values() for name, read in spec.readers(dump).items()}
+    wanted = RowVectors(dump, sorted({name for spec in specs.values() for name in spec.row_vectors}), options.row_offset,
+                        readers)
     units = SamplingUnits(dump, options)
     results = {}
     for layer in selected:
@@ -206,10 +215,11 @@ class RowVectors:
     """The per-row vectors that specs ask for (Spec.row_vectors), read block by block: /rows/<name>
     (e.g. "position", "token_id"), and "sequence": each row's sequence, named by the global row
     number of its first row, offsets[searchsorted(offsets, row, side="right") − 1] + row_offset —
-    the same in every block, row range and shard file."""
+    the same in every block, row range and shard file; and those a spec reads itself (``readers``:
+    {name: function of (start, stop)}, e.g. the labels under permutations)."""
 
-    def __init__(self, dump: Dump, names, row_offset: int = 0):
-        self.dump, self.names, self.row_offset = dump, tuple(names), row_offset
+    def __init__(self, dump: Dump, names, row_offset: int = 0, readers: dict | None = None):
+        self.dump, self.names, self.row_offset, self.readers = dump, tuple(names), row_offset, readers or {}
         self.offsets = dump.offsets() if "sequence" in self.names else None
         if "sequence" in self.names and self.offsets is None:  # (only the probe's split asks for sequences)
             raise InvalidInputError(f"--split-by sequence needs sequence offsets (/sequences/offsets, or --offsets) "
@@ -221,6 +231,8 @@ class RowVectors:
         return vectors if keep is None else {name: values[keep] for name, values in vectors.items()}
 
     def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name in self.readers:
+            return self.readers[name](start, stop)
         if name != "sequence":
             return self.dump.row_vector(name, start, stop)
         rows = np.arange(start, stop)

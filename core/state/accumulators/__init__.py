@@ -41,16 +41,18 @@ from actgeom.core.state.accumulators.neurons import (
     UnitMomentsAccumulator,
     UnitMomentsSpec,
 )
+from actgeom.core.state.accumulators.permutations import Permutations, PermutationsSpec, PermutedClasses
 from actgeom.core.state.accumulators.split import Split, SplitSpec, SplitStats
 
-__all__ = ["ACCUMULATORS", "SPECS", "Directions", "DirectionsSpec", "MomentStats", "Moments", "MomentsSpec", "PositionSums",
+__all__ = ["ACCUMULATORS", "SPECS", "Directions", "DirectionsSpec", "MomentStats", "Moments", "MomentsSpec", "Permutations",
+           "PermutationsSpec", "PermutedClasses", "PositionSums",
            "PositionSumsSpec", "Rows", "Sample", "SampleSpec", "Sequences", "SequencesSpec", "Spec", "Split", "SplitSpec",
            "SplitStats", "TokenSums", "TokenSumsSpec", "UnitMomentsAccumulator", "UnitMomentsSpec", "Units", "UnitsSpec",
            "spec_from_record", "union"]
 
 _PAIRS = ((MomentsSpec, Moments), (UnitsSpec, Units), (DirectionsSpec, Directions), (SampleSpec, Sample),
           (SequencesSpec, Sequences), (UnitMomentsSpec, UnitMomentsAccumulator), (TokenSumsSpec, TokenSums),
-          (PositionSumsSpec, PositionSums), (SplitSpec, Split))
+          (PositionSumsSpec, PositionSums), (SplitSpec, Split), (PermutationsSpec, Permutations))
 SPECS: dict[str, type[Spec]] = {spec.slot: spec for spec, _ in _PAIRS}  # by slot: what each statistic is made from
 ACCUMULATORS = {spec.slot: accumulator for spec, accumulator in _PAIRS}  # by slot: the class that keeps it
 

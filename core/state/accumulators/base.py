@@ -60,6 +60,11 @@ class Spec:
     def record(self) -> dict:
         return asdict(self)
 
+    def readers(self, dump) -> dict:
+        """Per-row vectors of ``row_vectors`` the spec reads itself from the dump: {name: function of
+        rows (start, stop)}; the others are the dump's /rows/<name> or the rows' sequences."""
+        return {}
+
     def state_bytes(self, n_units: int, n_classes: int) -> int:
         """About how much memory the accumulator keeps for a layer of ``n_units`` and ``n_classes``
         classes (the jackknife keeps one per group: core/state/groups.py check_groups)."""

@@ -1,0 +1,243 @@
+"""Class sums under K seeded label permutations, in the same pass (DESIGN: "Inference on the same pass").
+
+Only class counts and class sums depend on the labels, so a permutation null costs C × D per
+permutation, never a second D × D product. Permutation k moves the labels of the dump's labelled
+sampling units (rows; whole sequences of a token-level dump, whose labels must then be constant within
+each sequence): unit u takes the label of unit π_k(u), π_k a keyed bijection of [0, L) (L labelled
+units; a 4-round Feistel network with cycle-walking, keyed by the seed and k). It is computed per row
+from the unit's number alone, so every block size, row range, shard, merge order and backend sees the
+same permutation; the dump's label vector is read once per pass (memory: N labels).
+
+Per permutation k the accumulator keeps n_kc, Σ_{i∈c} (x_i − r) and Σ_{i∈c} ‖x_i − r‖² (r: one
+reference row, the mean of the first labelled block: the permuted classes are random, so one shift
+suffices); the permuted within-class scatter is exact from the total moments: S_W,k = S_T − Σ_c n_kc
+(μ_kc − x̄)(μ_kc − x̄)ᵀ (:meth:`PermutedClasses.stats`). All rows of a block are added for all K
+permutations by one sparse indicator product (K·C × n, K ones per row) with the shifted rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from scipy import sparse
+
+from actgeom.core.base.errors import InvalidInputError, OptionError
+from actgeom.core.base.sample import hash_keys
+from actgeom.core.base.stats import ClassStats
+from actgeom.core.state.accumulators.base import Rows, Spec
+
+PERMUTATION_SALT = 0x3C6EF372  # the permutations' keys differ from the groups', the sample's and the split's
+ROUNDS = 4  # Feistel rounds (Luby–Rackoff: 4 rounds of a pseudorandom function give a pseudorandom permutation)
+ROW_VECTOR = "permuted_labels"  # the per-row (n, K) labels under each permutation, read by the engine
+
+
+class Bijection:
+    """K keyed bijections of [0, size): a balanced Feistel network on the smallest even number of
+    bits covering ``size``, cycle-walked (a value ≥ size is encrypted again until it falls inside,
+    which keeps it a bijection of [0, size)); fewer than 4 walks on average since 2^bits < 4·size."""
+
+    def __init__(self, size: int, seed: int, permutations: int):
+        self.size = size
+        bits = max(2, int(size - 1).bit_length() + (int(size - 1).bit_length() % 2))
+        self.half = np.uint64(bits // 2)
+        self.mask = np.uint64((1 << (bits // 2)) - 1)
+        ids = np.arange(permutations * ROUNDS, dtype=np.int64)
+        self.keys = hash_keys(hash_keys(ids, seed).view(np.int64), PERMUTATION_SALT).reshape(permutations, ROUNDS)
+
+    def __call__(self, units: np.ndarray) -> np.ndarray:
+        """π_k(u) for every unit u (n,) and permutation k: (n, K) int64."""
+        x = np.broadcast_to(np.asarray(units, dtype=np.uint64)[:, None], (len(units), self.keys.shape[0])).copy()
+        outside = np.ones(x.shape, dtype=bool)
+        while outside.any():
+            rows, cols = np.nonzero(outside)
+            x[rows, cols] = self._encrypt(x[rows, cols], cols)
+            outside[rows, cols] = x[rows, cols] >= self.size
+        return x.astype(np.int64)
+
+    def _encrypt(self, x: np.ndarray, k: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        with np.errstate(over="ignore"):
+            for j in range(ROUNDS):
+                mixed = (right + self.keys[k, j]) * np.uint64(0xBF58476D1CE4E5B9)
+                mixed = (mixed ^ (mixed >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
+                left, right = right, left ^ ((mixed ^ (mixed >> np.uint64(29))) & self.mask)
+        return (left << self.half) | right
+
+
+class LabelPermutations:
+    """The labels of a dump's rows under K permutations of its labelled sampling units.
+
+    ``unit_labels`` (U,): each unit's label (−1: none); ``row_units``: a function of rows [start,
+    stop) giving each row's unit (None: the row is its unit)."""
+
+    def __init__(self, unit_labels: np.ndarray, permutations: int, seed: int, offsets: np.ndarray | None = None):
+        labelled = unit_labels >= 0
+        self.offsets = offsets
+        self.rank = np.cumsum(labelled) - 1  # a labelled unit's number among the labelled ones
+        self.labelled = labelled
+        self.pool = unit_labels[labelled]  # the labels the permutations move
+        self.bijection = Bijection(int(self.pool.size), seed, permutations)
+        self.permutations = permutations
+
+    @classmethod
+    def of(cls, dump, permutations: int, seed: int) -> "LabelPermutations":
+        """From a dump's labels: by row, or by sequence on a token-level dump (refused unless each
+        sequence has one label: a permutation moves whole sequences)."""
+        labels = dump.labels()
+        if labels is None:
+            raise InvalidInputError(f"--null permutes the labels, and {dump.path} has none (give --labels)")
+        offsets = dump.offsets()
+        if offsets is None:
+            return cls(labels, permutations, seed)
+        lengths = np.diff(offsets)
+        first = np.where(lengths > 0, labels[np.minimum(offsets[:-1], max(labels.size - 1, 0))], -1)
+        varying = np.flatnonzero(labels != np.repeat(first, lengths))
+        if varying.size:
+            row = int(varying[0])
+            raise InvalidInputError(f"--null on a token-level dump permutes whole sequences, so each sequence needs "
+                                    f"one label; row {row} of {dump.path} has label {labels[row]}, not its "
+                                    f"sequence's {first[np.searchsorted(offsets, row, side='right') - 1]}")
+        return cls(first, permutations, seed, offsets)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """(stop − start, K) labels of rows [start, stop) under each permutation (−1: unlabelled)."""
+        units = np.arange(start, stop)
+        if self.offsets is not None:
+            units = np.searchsorted(self.offsets, units, side="right") - 1
+        out = np.full((units.size, self.permutations), -1, dtype=np.int64)
+        mine = self.labelled[units]
+        out[mine] = self.pool[self.bijection(self.rank[units[mine]])]
+        return out
+
+
+@dataclass(frozen=True)
+class PermutationsSpec(Spec):
+    """Class counts, shifted class sums and squared norms under ``permutations`` seeded label permutations."""
+
+    slot: ClassVar[str] = "permutations"
+    row_vectors: ClassVar[tuple[str, ...]] = (ROW_VECTOR,)
+    permutations: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.permutations < 1:
+            raise OptionError("null", self.permutations, "must be ≥ 1 permutations (0 turns the nulls off)")
+        if self.seed < 0:
+            raise OptionError("null_seed", self.seed, "must be ≥ 0")
+
+    def describe(self) -> str:
+        return f"class sums under {self.permutations} label permutations with seed {self.seed} (--null, --null-seed)"
+
+    def state_bytes(self, n_units: int, n_classes: int) -> int:
+        return 8 * self.permutations * n_classes * (n_units + 2) + 8 * n_units
+
+    def readers(self, dump) -> dict:
+        permuted = LabelPermutations.of(dump, self.permutations, self.seed)
+        return {ROW_VECTOR: permuted.read}
+
+    def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Permutations":
+        return Permutations(n_units, self.permutations)
+
+
+class Permutations:
+    """Per permutation k and class c: n_kc, Σ (x − r), Σ ‖x − r‖² of the labelled rows."""
+
+    kind = "permutations"
+
+    def __init__(self, n_units: int, permutations: int):
+        self.n_units, self.permutations = n_units, permutations
+        self.ref = np.zeros(n_units)
+        self.counts = np.zeros((permutations, 0), dtype=np.int64)
+        self.sums = np.zeros((permutations, 0, n_units))
+        self.sumsq = np.zeros((permutations, 0))
+
+    @property
+    def n(self) -> int:
+        return int(self.counts[0].sum()) if self.permutations else 0
+
+    def _ensure(self, n_classes: int) -> None:
+        grow = n_classes - self.counts.shape[1]
+        if grow > 0:
+            self.counts = np.pad(self.counts, ((0, 0), (0, grow)))
+            self.sums = np.pad(self.sums, ((0, 0), (0, grow), (0, 0)))
+            self.sumsq = np.pad(self.sumsq, ((0, 0), (0, grow)))
+
+    def update(self, rows: Rows) -> None:
+        labelled = rows.labels >= 0
+        X, permuted = rows.X[labelled], rows.vectors[ROW_VECTOR][labelled]
+        n = X.shape[0]
+        if n == 0:
+            return
+        if self.n == 0:
+            self.ref = X.mean(axis=0)
+        self._ensure(int(permuted.max()) + 1)
+        c, k = self.counts.shape[1], self.permutations
+        z = X - self.ref
+        index = (permuted + np.arange(k) * c).ravel()  # row i, permutation k → k·C + its label
+        indicator = sparse.csc_matrix((np.ones(n * k), index, np.arange(0, n * k + 1, k)), shape=(k * c, n))
+        self.sums += (indicator @ z).reshape(k, c, self.n_units)
+        self.counts += np.bincount(index, minlength=k * c).reshape(k, c)
+        self.sumsq += np.bincount(index, weights=np.repeat(np.einsum("ij,ij->i", z, z), k), minlength=k * c).reshape(k, c)
+
+    def merge(self, other: "Permutations") -> None:
+        """Add another accumulator's rows, re-basing its sums onto our reference:
+        x − r = (x − r') + δ, δ = r' − r: Σ += n δ, Σ‖·‖² += 2 δ·Σ' + n ‖δ‖²."""
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.ref = other.ref.copy()
+        self._ensure(other.counts.shape[1])
+        c = other.counts.shape[1]
+        delta = other.ref - self.ref
+        n = other.counts.astype(np.float64)
+        self.sumsq[:, :c] += other.sumsq + 2 * other.sums @ delta + n * (delta @ delta)
+        self.sums[:, :c] += other.sums + n[:, :, None] * delta
+        self.counts[:, :c] += other.counts
+
+    def finalize(self) -> "PermutedClasses":
+        return PermutedClasses(self.counts, self.ref, self.sums, self.sumsq)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts, "ref": self.ref, "sums": self.sums, "sumsq": self.sumsq}
+
+    @classmethod
+    def from_arrays(cls, spec: PermutationsSpec, arrays: dict[str, np.ndarray]) -> "Permutations":
+        acc = cls(arrays["ref"].shape[0], spec.permutations)
+        acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
+        return acc
+
+
+@dataclass
+class PermutedClasses:
+    """Finalised class sums under each permutation: counts (K, C), ref (D,), sums (K, C, D) of x − ref,
+    sumsq (K, C) of ‖x − ref‖²."""
+
+    counts: np.ndarray
+    ref: np.ndarray
+    sums: np.ndarray
+    sumsq: np.ndarray
+
+    @property
+    def permutations(self) -> int:
+        return self.counts.shape[0]
+
+    def means(self, k: int) -> np.ndarray:
+        """(C, D) class means under permutation k (rows of absent classes 0)."""
+        counts = self.counts[k]
+        return np.where(counts[:, None] > 0, self.ref + self.sums[k] / np.maximum(counts, 1)[:, None], 0.0)
+
+    def stats(self, k: int, total: ClassStats) -> ClassStats:
+        """The class statistics under permutation k, given the total moments of the same rows (``total``:
+        one class of every labelled row; its within scatter S_T, None for class means only):
+        sq_dev_c = Σ‖x − r‖² − ‖Σ(x − r)‖²/n_c, S_W = S_T − Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ."""
+        counts = self.counts[k]
+        n = np.maximum(counts, 1).astype(np.float64)
+        sums = self.sums[k]
+        sq_dev = np.maximum(self.sumsq[k] - np.einsum("ij,ij->i", sums, sums) / n, 0.0)
+        within = None
+        if total.within_scatter is not None:
+            centred = (sums / n[:, None] - (total.means[0] - self.ref)) * np.sqrt(counts)[:, None]
+            within = total.within_scatter - centred.T @ centred
+        return ClassStats(counts=counts.copy(), means=self.means(k), within_scatter=within, sq_dev=sq_dev)

@@ -1,0 +1,132 @@
+"""Permutation nulls from the same pass (docs/metrics.md, "Uncertainty and nulls"): the class
+statistics under each permutation equal those of the rows with the permuted labels; the permutations
+do not depend on chunking, row-range shards or merging; p-values are calibrated; BH q-values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_dump
+
+from actgeom.core.base.errors import InvalidInputError, OptionError
+from actgeom.core.base.stats import ClassMoments, pooled
+from actgeom.core.dump import Dump, DumpWriter
+from actgeom.core.metrics.uncertainty import bh_qvalues
+from actgeom.core.state.accumulators import MomentsSpec, PermutationsSpec
+from actgeom.core.state.accumulators.permutations import Bijection, LabelPermutations
+from actgeom.core.state.engine import PassOptions, accumulate
+from actgeom.core.state.partial import stats_arrays, stats_from_arrays
+
+K = 7
+SPECS = [MomentsSpec(by_class=True), PermutationsSpec(permutations=K, seed=3)]
+
+
+def _labelled(rng, n=240, d=5, offset=0.0):
+    y = rng.integers(-1, 4, n)  # some unlabelled rows (-1)
+    X = rng.standard_normal((n, d)) + offset + 3.0 * np.eye(d)[np.maximum(y, 0) % d]
+    return X, y
+
+
+def _close(got, expected, err_msg=""):
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10 * (1 + np.abs(expected).max(initial=0)), err_msg=err_msg)
+
+
+def test_the_bijection_is_a_permutation_of_every_size():
+    for size in (1, 2, 3, 5, 17, 64, 65, 1000):
+        images = Bijection(size, seed=4, permutations=3)(np.arange(size))
+        for k in range(3):
+            assert sorted(images[:, k]) == list(range(size))
+    moved = Bijection(1000, seed=4, permutations=2)(np.arange(1000))
+    assert (moved[:, 0] != np.arange(1000)).mean() > 0.9 and (moved[:, 0] != moved[:, 1]).mean() > 0.9
+
+
+def test_permuted_class_statistics_equal_the_rows_with_permuted_labels(tmp_path, rng):
+    X, y = _labelled(rng, offset=1e4)  # a huge offset: the shifted sums must stay exact
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=23)
+    with Dump(path) as dump:
+        stats = accumulate(dump, specs=SPECS, options=PassOptions(block_rows=37))["h"]
+        permuted_labels = LabelPermutations.of(dump, K, 3).read(0, X.shape[0])
+    labelled = y >= 0
+    assert (permuted_labels[~labelled] == -1).all()
+    total = pooled(stats.get("moments").classes)
+    permuted = stats.get("permutations")
+    for k in range(K):
+        assert sorted(permuted_labels[labelled, k]) == sorted(y[labelled])  # a permutation of the labels
+        assert (permuted_labels[labelled, k] != y[labelled]).mean() > 0.4
+        direct = ClassMoments(X.shape[1])
+        direct.update(X[labelled], permuted_labels[labelled, k])
+        expected, got = direct.finalize(), permuted.stats(k, total)
+        for name in ("counts", "means", "within_scatter", "sq_dev"):
+            _close(getattr(got, name), getattr(expected, name), name)
+
+
+def test_token_level_permutations_move_whole_sequences(tmp_path, rng):
+    lengths = rng.integers(2, 9, 40)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    sequence_labels = rng.integers(-1, 3, lengths.size)
+    labels = np.repeat(sequence_labels, lengths)
+    path = str(tmp_path / "tok.h5")
+    with DumpWriter(path, layers={"h": 3}, dtype="float64", model="test") as writer:
+        writer.append({"h": rng.standard_normal((offsets[-1], 3))}, labels=labels)
+        writer.set_offsets(offsets)
+    with Dump(path) as dump:
+        permuted = LabelPermutations.of(dump, 4, 0).read(0, int(offsets[-1]))
+    for k in range(4):
+        per_sequence = np.split(permuted[:, k], offsets[1:-1])
+        assert all((part == part[0]).all() for part in per_sequence)  # one label per sequence
+        moved = np.array([part[0] for part in per_sequence])
+        assert sorted(moved[sequence_labels >= 0]) == sorted(sequence_labels[sequence_labels >= 0])
+        assert (moved[sequence_labels < 0] == -1).all()
+    labels[offsets[3] + 1] = (labels[offsets[3]] + 1) % 3  # a label that varies within its sequence
+    with DumpWriter(str(tmp_path / "varying.h5"), layers={"h": 3}, dtype="float64", model="test") as writer:
+        writer.append({"h": rng.standard_normal((offsets[-1], 3))}, labels=labels)
+        writer.set_offsets(offsets)
+    with Dump(str(tmp_path / "varying.h5")) as dump, pytest.raises(InvalidInputError, match="one label"):
+        LabelPermutations.of(dump, 4, 0)
+
+
+def _arrays(stats) -> dict:
+    permuted = stats.get("permutations")
+    total = pooled(stats.get("moments").classes)
+    return {f"{name}{k}": getattr(permuted.stats(k, total), name) for k in range(K)
+            for name in ("counts", "means", "within_scatter", "sq_dev")}
+
+
+def test_permutations_do_not_depend_on_blocks_shards_or_merge_order(tmp_path, rng):
+    X, y = _labelled(rng, offset=50.0)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=19)
+    with Dump(path) as dump:
+        whole = accumulate(dump, specs=SPECS, options=PassOptions(block_rows=1000))["h"]
+        small = accumulate(dump, specs=SPECS, options=PassOptions(block_rows=11))["h"]
+        shards = [accumulate(dump, specs=SPECS, options=PassOptions(row_range=r, block_rows=29), check=False)["h"]
+                  for r in ((150, 240), (0, 70), (70, 150))]
+        grouped = accumulate(dump, specs=SPECS, options=PassOptions(ci_groups=4, block_rows=31))["h"]
+    reference = _arrays(whole)
+    merged = shards[0]
+    for shard in shards[1:]:
+        merged.merge(stats_from_arrays(stats_arrays({"h": shard}))[0]["h"])  # through the saved form
+    for other in (small, merged, grouped):
+        for key, value in _arrays(other).items():
+            _close(value, reference[key], key)
+
+
+def test_null_options_are_checked(tmp_path, rng):
+    with pytest.raises(OptionError, match="null"):
+        PassOptions(null=-1)
+    with pytest.raises(OptionError, match="row offset"):
+        PassOptions(null=10, row_offset=5)
+    with pytest.raises(OptionError, match="null"):
+        PermutationsSpec(permutations=0)
+    path = write_dump(tmp_path / "nolabels.h5", {"h": rng.standard_normal((20, 3))})
+    with Dump(path) as dump, pytest.raises(InvalidInputError, match="--null"):
+        accumulate(dump, specs=[PermutationsSpec(permutations=3)])
+
+
+def test_bh_qvalues_by_hand_and_against_scipy(rng):
+    p = np.array([0.01, 0.04, 0.03, 0.5, 0.02])
+    # sorted: 0.01, 0.02, 0.03, 0.04, 0.5 → ·5/rank: 0.05, 0.05, 0.05, 0.05, 0.5 (running minimum from the top)
+    np.testing.assert_allclose(bh_qvalues(p), [0.05, 0.05, 0.05, 0.5, 0.05])
+    scipy_stats = pytest.importorskip("scipy.stats")
+    if hasattr(scipy_stats, "false_discovery_control"):
+        many = rng.uniform(size=200) ** 3
+        np.testing.assert_allclose(bh_qvalues(many), scipy_stats.false_discovery_control(many, method="bh"), rtol=1e-12)
