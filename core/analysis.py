@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from actgeom.core import __version__
+from actgeom.core import baseline as baselines
 from actgeom.core.base import stages
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.outputs import atomic_output
@@ -177,15 +178,23 @@ def _checked(dump: Dump, precomputed: dict[str, LayerStats], specs: dict[str, Sp
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
         pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
-        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False, backend=None) -> Result:
+        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False, backend=None,
+        baseline=None, baseline_memo: dict | None = None) -> Result:
     """Analyse every dump of ``paths`` with ``families`` → the :class:`Result` every command renders.
 
     ``cache``: a directory keeping each file's results under a key made of the file's identity
     (absolute path, size, modification time, a hash of its attributes, layer shapes and dtypes)
     and every option; a run reads only the dumps whose key has no valid entry.
 
-    ``backend``: None (this process) or a backend opened by ``core.backends.open_backend``."""
+    ``backend``: None (this process) or a backend opened by ``core.backends.open_backend``.
+
+    ``baseline``: a dump (the baseline of every file) or a list (one per file, in order) analysed
+    with the same families and options and compared layer by layer (core/baseline.py);
+    ``baseline_memo``: {resolved path: file record} kept by a caller across runs of the same options."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    pairs = baselines.paired(paths, baseline)
+    if pairs is not None:
+        baselines.check_layers(paths, pairs, spec)
     precomputed, provenance, used = None, None, None
     if stats is not None:
         if len(paths) != 1:
@@ -209,19 +218,42 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
             if provenance is not None:
                 used = check_provenance(stats, provenance, dump, pass_options, partial_ok=partial_ok,
                                         by_label=set(families) != {"rank"})
-            key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
-            entry = None if key is None else _cached(Path(cache), key)
-            if entry is None:
-                entry = analyze_dump(dump, families, pass_options=pass_options, progress=progress,
-                                     precomputed=precomputed, details=details, backend=backend)
-                if key is not None:
-                    _store(Path(cache), key, entry)
-            files.append(entry)
+            files.append(_analysed(dump, families, spec=spec, pass_options=pass_options, progress=progress,
+                                   precomputed=precomputed, details=details, cache=cache, backend=backend))
+    if pairs is not None:
+        memo = {} if baseline_memo is None else baseline_memo
+        if stats is None:  # a baseline that is also an analysed file: its record (not when made from a statistics file)
+            for path, entry in zip(paths, files):
+                memo.setdefault(path.resolve(), entry)
+        analyse = functools.partial(_analysed_path, families=families, spec=spec, pass_options=pass_options,
+                                    progress=progress, details=details, cache=cache, backend=backend)
+        groups = None if pass_options.grouping is None else pass_options.grouping.groups
+        baselines.attach(files, pairs, analyse, groups, memo)
     document = document_header(command, started=started, options=families,
                                pass_record=options_record(pass_options) | {"backend": backend_record(backend)})
-    document |= {"statistics": used, "inference": inference_record(pass_options), "metrics_info": metrics_info(families),
-                 "files": files}
+    inference = inference_record(pass_options) | {"baseline": None if pairs is None else [str(p) for p in pairs]}
+    document |= {"statistics": used, "inference": inference, "metrics_info": metrics_info(families), "files": files}
     return Result(document)
+
+
+def _analysed(dump: Dump, families: dict, *, spec: DumpSpec, pass_options: PassOptions, progress: Progress | None,
+              details: bool, cache: str | Path | None, backend, precomputed: dict | None = None) -> dict:
+    """The file record of ``dump``: from the ``cache`` directory when it holds a valid one, else
+    analysed (:func:`analyze_dump`) and stored there."""
+    key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
+    entry = None if key is None else _cached(Path(cache), key)
+    if entry is None:
+        entry = analyze_dump(dump, families, pass_options=pass_options, progress=progress, precomputed=precomputed,
+                             details=details, backend=backend)
+        if key is not None:
+            _store(Path(cache), key, entry)
+    return entry
+
+
+def _analysed_path(path: Path, families: dict, *, spec: DumpSpec, **options) -> dict:
+    """The file record of the dump at ``path`` (a baseline), as :func:`_analysed`."""
+    with Dump(path, spec) as dump:
+        return _analysed(dump, families, spec=spec, **options)
 
 
 def directions_across_files(result: Result, *, keep: bool) -> Result:

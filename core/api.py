@@ -28,7 +28,8 @@ __all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_opti
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
         pass_options: PassOptions = PassOptions(), stats: str | Path | None = None, progress: Progress | None = None,
-        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False, backend=None) -> Result:
+        details: bool = False, cache: str | Path | None = None, partial_ok: bool = False, backend=None,
+        baseline=None, baseline_memo: dict | None = None) -> Result:
     """Analyse every dump of ``paths`` with ``families`` ({name: options object}) → the :class:`Result`
     every command renders (core/analysis.py's ``run``).
 
@@ -37,10 +38,17 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
     and every option; a run reads only the dumps whose key has no valid entry.
 
     ``backend``: None (this process), :class:`BackendOptions` (e.g. ``BackendOptions("dask",
-    workers=4)``: opened for this run), or a backend opened by :func:`open_backend`."""
+    workers=4)``: opened for this run), or a backend opened by :func:`open_backend`.
+
+    ``baseline``: a dump, or a list of dumps (one for every file, or one per file in order): the same
+    families on a control run (a random initialisation, shuffled inputs, another seed), matched by
+    layer name; each layer gains ``baseline`` {metric: baseline, difference and, with ``ci``, the
+    difference's interval} (docs/metrics.md, "Uncertainty and nulls"). ``baseline_memo``: a dict
+    kept across runs of the same options, so a shared baseline is analysed once."""
     with open_backend(backend) as executor:
         return analysis.run(command, paths, families, spec=spec, pass_options=pass_options, stats=stats,
-                            progress=progress, details=details, cache=cache, partial_ok=partial_ok, backend=executor)
+                            progress=progress, details=details, cache=cache, partial_ok=partial_ok, backend=executor,
+                            baseline=baseline, baseline_memo=baseline_memo)
 
 
 # -- the public functions ------------------------------------------------------------------------------
@@ -61,7 +69,7 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False,
              preset=None, min_count=None, global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
              ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-             progress: Progress | None = None, backend=None) -> Result:
+             baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens,
                                products,
@@ -69,13 +77,13 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
     return run("collapse", paths, {"collapse": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
-               partial_ok=partial_ok, progress=progress)
+               partial_ok=partial_ok, progress=progress, baseline=baseline)
 
 
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
          stats=None, partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None,
          subsample=None, seed=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-             progress: Progress | None = None, backend=None) -> Result:
+             baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Spectrum and effective-dimension metrics of every selected layer (docs/metrics.md, "Spectrum and
     effective dimension")."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
@@ -83,12 +91,12 @@ def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite=
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
     return run("rank", paths, {"rank": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
-               progress=progress, details=details, partial_ok=partial_ok)
+               progress=progress, details=details, partial_ok=partial_ok, baseline=baseline)
 
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
             tokens="all", products="float64", stats=None, partial_ok=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-             progress: Progress | None = None, backend=None,
+             baseline=None, progress: Progress | None = None, backend=None,
             **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md, "Entropy and neuron activity"); ``options`` are
     EntropyOptions fields
@@ -97,14 +105,14 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
                                products,
                                ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend,
-               pass_options=pass_options, stats=stats, partial_ok=partial_ok, progress=progress)
+               pass_options=pass_options, stats=stats, partial_ok=partial_ok, progress=progress, baseline=baseline)
 
 
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
             nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, details=False, cache=None,
             ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-             progress: Progress | None = None, backend=None) -> Result:
+             baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
@@ -112,12 +120,12 @@ def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | 
                                ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
     return run("analyze", paths, chosen, spec=spec, backend=backend, pass_options=pass_options, stats=stats, progress=progress,
-               details=details, cache=cache, partial_ok=partial_ok)
+               details=details, cache=cache, partial_ok=partial_ok, baseline=baseline)
 
 
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
             products="float64", stats=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-             progress: Progress | None = None, backend=None, **options) -> Result:
+             baseline=None, progress: Progress | None = None, backend=None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md, "Units") of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
@@ -130,13 +138,13 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
     spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
                                ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     return run("neurons", paths, {"neurons": chosen}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
-               progress=progress, details=details)
+               progress=progress, details=details, baseline=baseline)
 
 
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
           products="float64", test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None,
           positive=None, negative=None, details=False, stats=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-             progress: Progress | None = None, backend=None) -> Result:
+             baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Linear probes and concept directions of every selected layer (docs/metrics.md, "Linear probes
     and concept directions").
 
@@ -151,7 +159,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     options = family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
-                 progress=progress, details=True)
+                 progress=progress, details=True, baseline=baseline)
     return analysis.directions_across_files(result, keep=details)
 
 
@@ -159,17 +167,23 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
 
 
 def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allow_incomplete=False, nonfinite="error",
-            max_memory="4GiB", block_rows=None, progress: Progress | None = None, backend=None,
-            **options) -> compare_family.CompareResult:
+            max_memory="4GiB", block_rows=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
+            progress: Progress | None = None, backend=None, **options) -> compare_family.CompareResult:
     """Similarity between layers of two files, or one layer across files (docs/metrics.md), in one
     pass over their aligned rows; ``options`` are CompareOptions fields (alpha, svcca_keep,
     subsample, seed, knn_k, unit_threshold, units; None = default). ``result.matrix("cka_linear")``:
-    rows = A, columns = B. ``backend``: as :func:`run`'s (the pass as tasks over row ranges)."""
+    rows = A, columns = B. ``backend``: as :func:`run`'s (the pass as tasks over row ranges).
+    ``ci``: every cell's measures get jackknife intervals from ``ci_groups`` groups of aligned rows
+    (whole sequences on token-level dumps) hashed with ``ci_seed``; ``null`` K > 0: CKA, RSA and
+    mutual k-NN get permutation p-values from K shuffles of B's sampled rows seeded with ``null_seed``
+    (docs/metrics.md, "Uncertainty and nulls")."""
     chosen = family_options("compare", options)
+    inference = compare_family.Inference(groups=ci_groups if ci else 0, ci_seed=ci_seed, null=null, null_seed=null_seed)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
     with open_backend(backend) as executor:
         result = compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
                                     ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
-                                    max_memory=max_memory, block_rows=block_rows, progress=progress, backend=executor)
+                                    max_memory=max_memory, block_rows=block_rows, inference=inference, progress=progress,
+                                    backend=executor)
         result.document["pass"]["backend"] = analysis.backend_record(executor)
     return result
