@@ -37,6 +37,7 @@ from actgeom.core.inference import intervals
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
 from actgeom.core.metrics.uncertainty import LEVEL
+from actgeom.core.nulls import null_record, null_specs, nulls
 from actgeom.core.state.accumulators import Spec, union
 from actgeom.core.state.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
 from actgeom.core.state.groups import check_groups, sampling_unit
@@ -58,9 +59,11 @@ def facts_of(dump: Dump) -> DumpFacts:
                      has_predictions=dump.predictions_path is not None, row_vectors=dump.row_vector_names())
 
 
-def specs_for(families: dict, facts: DumpFacts) -> dict[str, Spec]:
-    """The union of what the families need: one accumulator per statistic."""
-    return union(spec for name, options in families.items() for spec in FAMILIES[name].needs(options, facts))
+def specs_for(families: dict, facts: DumpFacts, pass_options: PassOptions | None = None) -> dict[str, Spec]:
+    """The union of what the families need: one accumulator per statistic (with ``pass_options``
+    asking for nulls, the class sums under its label permutations too)."""
+    specs = union(spec for name, options in families.items() for spec in FAMILIES[name].needs(options, facts))
+    return specs if pass_options is None else specs | null_specs(families, facts, pass_options)
 
 
 def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = PassOptions(),
@@ -70,7 +73,7 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
     ``precomputed`` statistics, checked to hold what the families need), then one shared second
     pass for the layers whose families need one (NC4). ``backend``: who runs the passes (None: this
     process; a core.backends executor: tasks over row ranges, e.g. on a Dask cluster)."""
-    specs = specs_for(families, facts_of(dump))
+    specs = specs_for(families, facts_of(dump), pass_options)
     if pass_options.grouping is not None:
         check_groups(dump, specs, pass_options)
     if precomputed is not None:
@@ -149,6 +152,9 @@ def layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
     if ctx.stats.groups is not None:
         entry["intervals"], entry["intervals_unavailable"] = intervals(
             ctx, {name: (FAMILIES[name], options) for name, options in families.items()}, made)
+    if ctx.pass_options.null:
+        entry["nulls"], entry["nulls_unavailable"] = nulls(
+            ctx, {name: (FAMILIES[name], options) for name, options in families.items()}, made)
     if ctx.details:
         entry["details"] = details
     return entry
@@ -209,7 +215,7 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
                 key = None if cache is None else _cache_key(dump, spec, families, pass_options, details)
                 cached[path] = None if key is None else _cached(Path(cache), key)
                 if cached[path] is None:
-                    backend.submit(dump, specs_for(families, facts_of(dump)), pass_options)
+                    backend.submit(dump, specs_for(families, facts_of(dump), pass_options), pass_options)
     for path in paths:
         if cached.get(path) is not None:  # a cache hit: no need to open the file again
             files.append(cached[path])
@@ -271,11 +277,11 @@ def directions_across_files(result: Result, *, keep: bool) -> Result:
 
 
 def inference_record(pass_options: PassOptions) -> dict:
-    """How the document's intervals were made (``ci`` None: no intervals)."""
+    """How the document's intervals and nulls were made (``ci``, ``null`` None: none)."""
     grouping = pass_options.grouping
     ci = None if grouping is None else {"method": "delete-a-group jackknife", "groups": grouping.groups,
                                         "seed": grouping.seed, "level": LEVEL}
-    return {"ci": ci}
+    return {"ci": ci, "null": null_record(pass_options)}
 
 
 def backend_record(executor) -> dict:

@@ -17,7 +17,7 @@ FLOORS = {
     "numerics": ("metrics",),
     "state": ("state",),
     "families": ("families",),
-    "analysis": ("analysis", "baseline", "inference"),
+    "analysis": ("analysis", "baseline", "inference", "nulls"),
     "backends": ("backends",),
     "face": ("api", "api_files", "candidates", "capture", "extract", "info", "public", "statistics"),
 }

@@ -1,0 +1,134 @@
+"""Permutation nulls of a layer's label-dependent metrics from the same pass (DESIGN: "Inference on
+the same pass"; docs/metrics.md, "Uncertainty and nulls").
+
+The pass keeps the class sums under K seeded label permutations (core/state/accumulators/
+permutations.py). Each family whose labels enter through the class moments (collapse, neurons)
+re-evaluates its metrics through the same function that made the value, on a layer whose class
+moments are those of permutation k; the K values are the metric's null, and its registry direction
+says which values are at least as extreme (core/metrics/uncertainty.py permutation_test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from actgeom.core.base.stats import pooled
+from actgeom.core.families.protocol import DumpFacts, LayerContext, LayerRecord
+from actgeom.core.metrics.uncertainty import permutation_test
+from actgeom.core.state.accumulators import MomentStats, PermutationsSpec
+
+PERMUTED = ("collapse", "neurons")  # families whose labels enter only through the class moments
+NO_NULL = {  # why a label-dependent metric has no permutation null
+    "probe": "the probe is fitted on its split's class statistics, which the permutations do not keep "
+             "(a refit on every permutation)",
+    "decision": "needs the network's own decisions, compared on a second pass that is not re-run per permutation",
+    "fdr": "is itself made from the permutations (per-unit p-values)",
+}
+
+
+def null_specs(families: dict, facts: DumpFacts, pass_options) -> dict:
+    """The permutations' statistic when the pass asks for nulls (``null`` K > 0) and a family has
+    metrics they re-evaluate (refused later, at the pass, for a dump without labels)."""
+    if not pass_options.null or not set(families) & set(PERMUTED):
+        return {}
+    return {PermutationsSpec.slot: PermutationsSpec(permutations=pass_options.null, seed=pass_options.null_seed)}
+
+
+def label_dependent(metric) -> bool:
+    return "labels" in metric.needs and not metric.diagnostic
+
+
+def nulls(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) -> tuple[dict, dict]:
+    """({metric: {null_mean, null_sd, z, p_value, permutations}}, {metric: why it has no null}) for
+    every finite label-dependent metric of ``records`` (one per family of ``families``, {name:
+    (Family, options)}). Metrics that do not depend on the labels have no null and are absent."""
+    permuted = ctx.stats.get("permutations")
+    wanted, reasons = {}, {}
+    for name, record in records.items():
+        registry = families[name][0].metrics
+        for metric, value in record.metrics.items():
+            if not label_dependent(registry[metric]):
+                continue
+            why = _no_null(name, registry[metric])
+            if why or not _finite(value):
+                reasons[metric] = why or "not a finite number"
+            else:
+                wanted[metric] = (name, float(value))
+    if permuted is None or not wanted:
+        return {}, reasons
+    values = _null_values(ctx, permuted, families, wanted, reasons)
+    out = {}
+    for metric, null in values.items():
+        name, value = wanted[metric]
+        if np.all(np.asarray(null) == value):
+            reasons[metric] = "does not change under label permutation (the labels enter it only through the class counts)"
+        else:
+            out[metric] = permutation_test(value, null, families[name][0].metrics[metric].direction)
+    return out, reasons
+
+
+def _no_null(family: str, metric) -> str | None:
+    if family not in PERMUTED:
+        return NO_NULL.get(family, f"the {family} family has no permutation null")
+    if "decision" in metric.needs:
+        return NO_NULL["decision"]
+    if metric.name.endswith("_fdr"):
+        return NO_NULL["fdr"]
+    return None
+
+
+def _null_values(ctx: LayerContext, permuted, families: dict, wanted: dict, reasons: dict) -> dict[str, list[float]]:
+    """Each wanted metric's K values, one per permutation; a metric without a value under some
+    permutation gets the reason instead."""
+    values: dict[str, list[float]] = {metric: [] for metric in wanted}
+    total = pooled(ctx.stats.get("moments").classes)
+    used = {name for name, _ in wanted.values()}
+    for k in range(permuted.permutations):
+        shuffled = permuted_context(ctx, permuted.stats(k, total))
+        for name in used:
+            family, options = families[name]
+            record = family.layer(shuffled, options)
+            for metric in [m for m in values if wanted[m][0] == name]:
+                value = record.metrics.get(metric)
+                if _finite(value):
+                    values[metric].append(float(value))
+                else:
+                    why = record.unavailable.get(metric, "its value is not finite")
+                    reasons[metric] = f"no value under label permutation {k}: {why}"
+                    del values[metric]
+    return values
+
+
+def permuted_context(ctx: LayerContext, classes) -> LayerContext:
+    """The layer as if its labelled rows had the class moments ``classes`` (a ClassStats under one
+    permutation): the other statistics unchanged, no second pass, no details, no permutations."""
+    held = ctx.stats.accumulators
+    moments = held["moments"].finalize()
+    accumulators = {slot: acc for slot, acc in held.items() if slot != "permutations"}
+    accumulators["moments"] = _Fixed(MomentStats(classes=classes, total=moments.total))
+    stats = dataclasses.replace(ctx.stats, accumulators=accumulators, groups=None)
+    return dataclasses.replace(ctx, stats=stats, second={}, details=False, replicate=True)
+
+
+class _Fixed:
+    """A finalised statistic standing in for its accumulator (LayerStats.get finalises)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def finalize(self):
+        return self.value
+
+
+def null_record(pass_options) -> dict | None:
+    """The document's ``inference["null"]``: how the nulls were made (None: no nulls)."""
+    if not pass_options.null:
+        return None
+    return {"method": "label permutation", "permutations": pass_options.null, "seed": pass_options.null_seed}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
