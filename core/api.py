@@ -55,25 +55,27 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
 
 def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None, attention=None,
           allow_incomplete=False, nonfinite="error", tokens="all", products="float64", *, ci=False,
-          ci_groups=DEFAULT_GROUPS, ci_seed=0) -> tuple[DumpSpec, PassOptions]:
+          ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0) -> tuple[DumpSpec, PassOptions]:
     """The dump spec and pass options of the shared keywords; ``ci``: jackknife intervals from
-    ``ci_groups`` groups of sampling units hashed with ``ci_seed`` (docs/metrics.md, "Uncertainty and nulls")."""
+    ``ci_groups`` groups of sampling units hashed with ``ci_seed``; ``null`` K > 0: permutation nulls
+    of the label-dependent metrics from K label permutations seeded with ``null_seed`` (whole
+    sequences on token-level dumps) (docs/metrics.md, "Uncertainty and nulls")."""
     spec = DumpSpec(layers=tuple([layers] if isinstance(layers, str) else layers or ()), labels=labels, weight=weight,
                     bias=bias, predictions=predictions, offsets=offsets, attention=attention,
                     allow_incomplete=allow_incomplete)
     return spec, PassOptions(nonfinite=nonfinite, tokens=tokens, products=products, ci_groups=ci_groups if ci else 0,
-                             ci_seed=ci_seed)
+                             ci_seed=ci_seed, null=null, null_seed=null_seed)
 
 
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False,
              preset=None, min_count=None, global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
-             ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+             ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
              baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens,
                                products,
-                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
     options = collapse_options(preset, min_count=min_count, global_mean=global_mean, nc1_inverse=nc1_inverse,
                                divide_by_c=divide_by_c, nc4_decision=nc4_decision, per_class=per_class)
     return run("collapse", paths, {"collapse": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
@@ -82,12 +84,12 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
 
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
          stats=None, partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None,
-         subsample=None, seed=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+         subsample=None, seed=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
              baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Spectrum and effective-dimension metrics of every selected layer (docs/metrics.md, "Spectrum and
     effective dimension")."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
-                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
     options = rank_options(preset, center=center, max_eigs=max_eigs, eps=eps, fit_range=fit_range, ge=ge, rtol=rtol,
                            subsample=subsample, seed=seed)
     return run("rank", paths, {"rank": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
@@ -96,6 +98,7 @@ def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite=
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
             tokens="all", products="float64", stats=None, partial_ok=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+            null=0, null_seed=0,
              baseline=None, progress: Progress | None = None, backend=None,
             **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md, "Entropy and neuron activity"); ``options`` are
@@ -103,7 +106,7 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
     (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens,
                                products,
-                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
     return run("entropy", paths, {"entropy": family_options("entropy", options)}, spec=spec, backend=backend,
                pass_options=pass_options, stats=stats, partial_ok=partial_ok, progress=progress, baseline=baseline)
 
@@ -111,13 +114,13 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
             nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, details=False, cache=None,
-            ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+            ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
              baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
                                nonfinite, tokens, products,
-                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
     chosen = {name: family_options(name, (options or {}).get(name)) for name in families}
     return run("analyze", paths, chosen, spec=spec, backend=backend, pass_options=pass_options, stats=stats, progress=progress,
                details=details, cache=cache, partial_ok=partial_ok, baseline=baseline)
@@ -125,18 +128,21 @@ def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | 
 
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
             products="float64", stats=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+            null=0, null_seed=0,
              baseline=None, progress: Progress | None = None, backend=None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md, "Units") of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
     NeuronsOptions fields (top, score, threshold, tau, cutoff, max_position, mu, logvar, delta,
-    collapsed_kl); the ``mu`` and ``logvar`` layers are read too when ``layers`` leaves them out."""
+    collapsed_kl, fdr); with ``null`` K > 0 every unit's class selectivity gets a permutation
+    p-value and a BH q-value, and ``selective_unit_fraction_fdr`` counts the units with q ≤ ``fdr``;
+    the ``mu`` and ``logvar`` layers are read too when ``layers`` leaves them out."""
     chosen = family_options("neurons", options)
     if layers is not None:
         layers = [layers] if isinstance(layers, str) else list(layers)
         layers += [name for name in (chosen.mu, chosen.logvar) if name is not None and name not in layers]
     spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
-                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
     return run("neurons", paths, {"neurons": chosen}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                progress=progress, details=details, baseline=baseline)
 
@@ -144,6 +150,7 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
           products="float64", test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None,
           positive=None, negative=None, details=False, stats=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+          null=0, null_seed=0,
              baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Linear probes and concept directions of every selected layer (docs/metrics.md, "Linear probes
     and concept directions").
@@ -155,7 +162,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
     file holding the split's train moments (e.g. shards' ``accumulate(..., specs=[SplitSpec(...)])``
     saved and merged); the test rows are still scored from the dump."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
-                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
+                               ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
     options = family_options("probe", dict(test_fraction=test_fraction, seed=seed, split_by=split_by, shrinkage=shrinkage,
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_dump
+from conftest import class_data, run_family, write_dump
+from scipy import stats
 
+from actgeom.core import api
+from actgeom.core.analysis import FAMILIES
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.stats import ClassMoments, pooled
 from actgeom.core.dump import Dump, DumpWriter
-from actgeom.core.metrics.uncertainty import bh_qvalues
+from actgeom.core.metrics.uncertainty import bh_qvalues, permutation_test
 from actgeom.core.state.accumulators import MomentsSpec, PermutationsSpec
 from actgeom.core.state.accumulators.permutations import Bijection, LabelPermutations
 from actgeom.core.state.engine import PassOptions, accumulate
@@ -130,3 +133,53 @@ def test_bh_qvalues_by_hand_and_against_scipy(rng):
     if hasattr(scipy_stats, "false_discovery_control"):
         many = rng.uniform(size=200) ** 3
         np.testing.assert_allclose(bh_qvalues(many), scipy_stats.false_discovery_control(many, method="bh"), rtol=1e-12)
+
+
+def _collapse_nulls(path, k, seed=0, **pass_kw) -> dict:
+    return run_family("collapse", path, pass_options=PassOptions(null=k, null_seed=seed, **pass_kw))["layers"][0]
+
+
+def test_planted_classes_have_the_smallest_p_value(tmp_path, rng):
+    X, y = class_data(rng, [40, 40, 40], 6, separation=4.0)
+    layer = _collapse_nulls(write_dump(tmp_path / "d.h5", {"h": X}, labels=y), 19)
+    nulls = layer["nulls"]
+    for metric in ("nc1", "nc1_quotient", "cdnv", "vci"):
+        assert nulls[metric]["p_value"] == 1 / 20 and nulls[metric]["permutations"] == 19
+        assert nulls[metric]["z"] < 0  # below its null (a heavy-tailed one: ratios of traces)
+    assert "nc4_mismatch" not in nulls
+    assert set(nulls) | set(layer["nulls_unavailable"]) <= set(FAMILIES["collapse"].metrics)
+
+
+def test_random_labels_give_uniform_p_values(tmp_path):
+    p_values = {"nc1": [], "cdnv": []}
+    for seed in range(40):
+        data = np.random.default_rng(1000 + seed)
+        X, y = data.standard_normal((60, 4)), data.integers(0, 3, 60)
+        layer = _collapse_nulls(write_dump(tmp_path / f"d{seed}.h5", {"h": X}, labels=y), 19, seed=seed)
+        for metric in p_values:
+            p_values[metric].append(layer["nulls"][metric]["p_value"])
+    for metric, p in p_values.items():  # seeded data: deterministic, not a flaky test
+        assert stats.kstest(p, "uniform").pvalue > 0.01, metric
+        assert 0.3 < np.mean(p) < 0.7
+
+
+def test_the_null_values_are_the_metric_on_the_permuted_rows(tmp_path, rng):
+    X, y = class_data(rng, [30, 25, 35], 5, separation=1.0)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    layer = _collapse_nulls(path, 5, seed=2)
+    with Dump(path) as dump:
+        permuted = LabelPermutations.of(dump, 5, 2).read(0, X.shape[0])
+    null = []
+    for k in range(5):
+        moved = write_dump(tmp_path / f"p{k}.h5", {"h": X}, labels=permuted[:, k])
+        null.append(run_family("collapse", moved)["layers"][0]["metrics"]["nc1_quotient"])
+    expected = permutation_test(layer["metrics"]["nc1_quotient"], null, "lower")
+    for key, value in expected.items():
+        assert layer["nulls"]["nc1_quotient"][key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_the_document_records_the_permutations(tmp_path, rng):
+    X, y = class_data(rng, [20, 20], 3)
+    result = api.collapse(write_dump(tmp_path / "d.h5", {"h": X}, labels=y), null=9, null_seed=4)
+    assert result.to_dict()["inference"]["null"] == {"method": "label permutation", "permutations": 9, "seed": 4}
+    assert api.collapse(tmp_path / "d.h5").to_dict()["inference"]["null"] is None
