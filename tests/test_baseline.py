@@ -4,6 +4,8 @@ layer name, with the difference, its independent-samples jackknife interval and 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from actgeom.core import analysis
 from actgeom.core.base.errors import OptionError
 from actgeom.core.metrics.uncertainty import t_quantile
 
+ROOT = Path(__file__).parent.parent
 G = 8  # jackknife groups: few, so the tests stay fast
 
 
@@ -138,3 +141,13 @@ def test_every_analysis_function_takes_a_baseline(dumps, command):
     assert document["inference"]["baseline"] == [dumps["random"]]
     assert document["files"][0]["baseline_file"] == dumps["random"]
     assert any(layer["baseline"] for layer in document["files"][0]["layers"])
+
+
+def test_the_readme_dead_salmon_example_prints_what_the_readme_shows(monkeypatch, capsys):
+    """The README's baseline workflow on sample_data, run as it is: its output block is what it prints."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Is it more than noise?", 1)[1].split("\n## ", 1)[0]
+    code, shown = re.search(r"```python\n(.*?)```\n\n```\n(.*?)```", section, re.S).groups()
+    monkeypatch.chdir(ROOT)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == shown
