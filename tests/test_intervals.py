@@ -166,3 +166,20 @@ def test_group_options_are_checked(tmp_path, rng):
         _collapse_record(path, PassOptions(ci_groups=31))
     with pytest.raises(OptionError, match="ci_seed"):
         PassOptions(ci_groups=2, ci_seed=-1)
+
+
+def test_dse_intervals_beyond_the_feasible_kernel_name_the_option(tmp_path, rng, monkeypatch):
+    from actgeom.core.families import entropy
+
+    X, y = _labelled(rng, n=400)  # 100-row samples of every 2 of 3 groups
+    path = write_dump(tmp_path / "d.h5", {"h": np.abs(X)}, labels=y)
+    options = family_options("entropy", {"subsample": 100, "threshold": 0.0, "dsmi_repeats": 1})
+    with Dump(path) as dump:
+        record = analyze_dump(dump, {"entropy": options}, pass_options=PassOptions(ci_groups=3))["layers"][0]
+    assert {"dse", "dsmi", "dead_fraction"} <= set(record["intervals"])
+    monkeypatch.setattr(entropy, "INTERVAL_KERNEL_ROWS", 99)
+    with Dump(path) as dump:
+        record = analyze_dump(dump, {"entropy": options}, pass_options=PassOptions(ci_groups=3))["layers"][0]
+    assert "dse" in record["metrics"] and "dse" not in record["intervals"]
+    assert "--subsample 99" in record["intervals_unavailable"]["dse"]
+    assert "dead_fraction" in record["intervals"]

@@ -20,6 +20,9 @@ from actgeom.core.metrics.entropy import (
 from actgeom.core.state.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
 
 KERNEL_COPIES = 2  # DSE's n × n kernel and the eigensolver's copy of it (DSMI's per-class kernels are smaller)
+# DSE/DSMI intervals re-solve the n × n kernel once per jackknife group: feasible up to this many sample
+# rows (an eigensolve of 2 000 rows takes ~1 s on 2 cores; 10 000 rows ~2 min, × G = 20 is too slow).
+INTERVAL_KERNEL_ROWS = 2_000
 
 
 def needs(options: EntropyOptions, facts: DumpFacts) -> list:
@@ -58,6 +61,9 @@ def layer(ctx: LayerContext, options: EntropyOptions) -> LayerRecord:
         missing["layer_width"] = "needs the width of the layer the SAE encodes (--layer-width)"
     if no_threshold := threshold_problem(ctx, options.threshold):
         missing["threshold"] = no_threshold
+    if ctx.replicate and sample.shape[0] > INTERVAL_KERNEL_ROWS:
+        missing["sample"] = (f"an interval re-solves the {sample.shape[0]}-row DSE kernel once per jackknife group, "
+                             f"too slow; --subsample {INTERVAL_KERNEL_ROWS} (or fewer) makes it feasible")
     values, unavailable = evaluate(LAYER_METRICS, inputs, options, missing)
     notes = []
     if values.get("dse_offdiag_fraction", 1.0) < KERNEL_NEAR_IDENTITY:

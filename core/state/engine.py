@@ -24,7 +24,7 @@ from actgeom.core.base.options import NONFINITE_POLICIES, PRODUCTS
 from actgeom.core.base.stats import column_sums
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.state.accumulators import ACCUMULATORS, Rows, Spec, union
-from actgeom.core.state.groups import Grouping, sampling_unit, settle
+from actgeom.core.state.groups import Grouping, block_factor, sampling_unit, settle
 from actgeom.core.state.stream import iter_blocks
 
 SIXTEEN_BIT = ("float16", "bfloat16")  # the layers whose storage noise allows float32 block products
@@ -172,7 +172,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     results = {}
     for layer in selected:
         stats = new_layer_stats(layer, specs, options.products, options.ci_groups)
-        block_rows = options.block_rows or dump.block_rows(layer)
+        block_rows = options.block_rows or dump.block_rows(layer) * block_factor(options.ci_groups)
         bounds = None if offsets is None else sequence_blocks(offsets, start, stop, block_rows)
         for block in iter_blocks(dump, layer, start, stop, block_rows, bounds):
             end = block.start + block.X.shape[0]

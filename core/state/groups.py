@@ -43,6 +43,13 @@ class Grouping:
         return (keys % np.uint64(self.groups)).astype(np.int64)
 
 
+def block_factor(groups: int) -> int:
+    """How many default blocks a grouped pass reads at once: each group's share of a block (its D×D
+    product) then has about a quarter of a default block's rows, where a dsyrk is still efficient
+    (G = 20: 5 blocks of ~8 MiB; measured in benchmarks/bench_ci_cost.py)."""
+    return max(1, groups // 4)
+
+
 def leave_out(stats, g: int):
     """The statistics of every group but ``g`` (a LayerStats with ``groups``): each accumulator the
     merge of the other groups' (G − 2 merges on a copy), the row counts theirs."""
