@@ -323,7 +323,7 @@ class DaskBackend:
 
     # -- compare: one pass over aligned files --------------------------------------------------------
     def compare(self, streams: list[Stream], pairs: list[tuple[int, int]], *, block_rows: int, subsample: int,
-                seed: int, progress: Progress | None) -> CompareMoments:
+                seed: int, progress: Progress | None, ci_groups: int = 0, ci_seed: int = 0) -> CompareMoments:
         """core/state/compare_pass.py's moments from one task per row range (whole chunks of every
         compared layer), each opening the files itself, merged in a tree. The caller finalises."""
         dumps = list({id(s.dump): s.dump for s in streams}.values())
@@ -331,6 +331,7 @@ class DaskBackend:
         files = [(str(d.path), task_spec(d)) for d in dumps]
         layers = [[number[id(s.dump)], s.layer.path] for s in streams]
         settings = {"block_rows": block_rows, "subsample": subsample, "seed": seed}
+        settings |= {"ci_groups": ci_groups, "ci_seed": ci_seed} if ci_groups else {}  # jackknife groups kept apart
         identity = {"files": [[path, dump_fingerprint(d)] for (path, _), d in zip(files, dumps)], "layers": layers,
                     "pairs": [list(p) for p in pairs], **settings}
         n_rows = dumps[0].n_rows

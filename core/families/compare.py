@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actgeom.core.base.errors import OptionError, UsageError
-from actgeom.core.base.registry import evaluate
 from actgeom.core.base.result import Result, document_header, nonfinite_notes, tidy_rows
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.families.protocol import Family, LayerRecord
-from actgeom.core.metrics.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
+from actgeom.core.families.compare_cells import Inference, cell_intervals, cell_nulls, cell_records, sample_views
+from actgeom.core.families.protocol import Family
+from actgeom.core.metrics.compare import REGISTRY, CompareOptions
 from actgeom.core.state.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
 from actgeom.core.state.engine import Progress
+from actgeom.core.state.groups import sampling_unit
 
 RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")
 _BLOCK_BYTES = 16 << 20  # rows per block: about 16 MiB of float64 over all compared layers together
@@ -123,9 +124,10 @@ def plan_reference(ref: Dump, others: list[Dump]) -> Plan:
 
 def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), reference=None, ids: str | None = None,
         options: CompareOptions = CompareOptions(), allow_incomplete: bool = False, nonfinite: str = "error",
-        max_memory="4GiB", block_rows: int | None = None, progress: Progress | None = None,
-        backend=None) -> CompareResult:
+        max_memory="4GiB", block_rows: int | None = None, inference: Inference = Inference(),
+        progress: Progress | None = None, backend=None) -> CompareResult:
     """Compare the files' layers (module docstring) in one pass → :class:`CompareResult`.
+    ``inference``: jackknife intervals and permutation nulls of the cells (off by default).
     ``backend``: None (this process), or an opened core.backends executor (tasks over row ranges)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     reference = None if reference is None else Path(reference)
@@ -138,74 +140,92 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
     limit = parse_bytes(max_memory)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        def open_dump(path: Path, chosen: tuple[str, ...]) -> Dump:
-            return stack.enter_context(Dump(path, DumpSpec(layers=tuple(chosen), allow_incomplete=allow_incomplete)))
-
-        if reference is not None:
-            ref = open_dump(reference, layers)
-            chosen = tuple(layer.path for layer in ref.layers)
-            others = [open_dump(path, chosen) for path in paths if path != reference]
-            if not others:
-                raise OptionError("reference", str(reference), "needs at least one other file to compare with")
-            the_plan, opened = plan_reference(ref, others), [ref] + others
-        elif len(paths) <= 2:
-            a = open_dump(paths[0], layers)
-            b = open_dump(paths[-1], layers_b or layers) if len(paths) == 2 or layers_b else a
-            the_plan, opened = plan_layers(a, b), [a, b]
-        else:
-            opened = [open_dump(path, layers) for path in paths]
-            the_plan = plan_files(opened)
-        streams = the_plan.streams
+        the_plan, opened = _plan(stack, paths, reference, layers, layers_b, allow_incomplete)
+        streams, groups = the_plan.streams, inference.groups
         pairs = sorted({(min(i, j), max(i, j)) for i, j in the_plan.cells.values() if i != j})
         rows_per_block = block_rows or max(1, _BLOCK_BYTES // (8 * sum(s.layer.n_units for s in streams)))
         rows_per_block = min(rows_per_block, max(opened[0].n_rows, 1))  # buffers never exceed the file
-        need = memory_bytes(streams, pairs, rows_per_block, min(options.subsample, opened[0].n_rows))  # a sample ≤ the rows
+        sample = min(options.subsample, opened[0].n_rows)  # a sample ≤ the rows
+        need = memory_bytes(streams, pairs, rows_per_block, sample, groups)
         if need > limit:
             raise OptionError("max_memory", max_memory, f"is below what this comparison holds: {need / 2**30:.2f} GiB "
-                              f"(8 bytes × (Σ D_a·D_b over {len(pairs)} pairs + Σ D² over {len(streams)} layers) "
-                              "+ read buffers and samples); select fewer layers or raise --max-memory")
+                              f"(8 bytes × (Σ D_a·D_b over {len(pairs)} pairs + Σ D² over {len(streams)} layers)"
+                              f"{f' × ({groups} jackknife groups + 3)' if groups else ''} + read buffers and samples); "
+                              f"select fewer layers{', fewer --ci-groups' if groups else ''} or raise --max-memory")
         alignment = check_alignment(opened, ids)
-        found = compare_pass(streams, pairs, block_rows=rows_per_block, subsample=options.subsample,
-                             seed=options.seed, nonfinite=nonfinite, progress=progress, backend=backend)
-        dtypes = [s.layer.logical_dtype for s in streams]
-        views = [None if rows is None else SampleView(rows) for rows in found.samples]
-        cells = []
-        n_rows, n_cols = len(the_plan.rows), len(the_plan.columns)
-        matrices = {name: [[None] * n_cols for _ in range(n_rows)] for name in REGISTRY}
-        for (r, c), (i, j) in sorted(the_plan.cells.items()):
-            inputs = PairInputs(x=found.sides[i], y=found.sides[j], cross=found.cross(i, j),
-                                sample_x=views[i], sample_y=views[j],
-                                rtol=numerical_rtol(dtypes[i], dtypes[j]))
-            record = pair_record(inputs, options, sample_rows=0 if found.samples[i] is None else found.samples[i].shape[0])
-            for name, value in record.metrics.items():
-                matrices[name][r][c] = value
-            a, b = streams[i], streams[j]
-            cells.append({"row": r, "column": c, "file_a": str(a.dump.path), "layer_a": a.layer.name,
-                          "file_b": str(b.dump.path), "layer_b": b.layer.name, "n_units_a": a.layer.n_units,
-                          "n_units_b": b.layer.n_units, "metrics": record.metrics, "unavailable": record.unavailable,
-                          "nonfinite": nonfinite_notes(record.metrics), "notes": record.notes, "compare": record.fields})
+        if groups:
+            _check_units(opened[0], groups)
+        found = compare_pass(streams, pairs, block_rows=rows_per_block, subsample=options.subsample, seed=options.seed,
+                             nonfinite=nonfinite, ci_groups=groups, ci_seed=inference.ci_seed, progress=progress,
+                             backend=backend)
+        cells, matrices = _cells(the_plan, found, options, inference)
         files = [{"file": str(d.path), "checkpoint": d.attrs.get("checkpoint"), "step": d.attrs.get("step"),
                   "model": d.attrs.get("model"), "n_rows": d.n_rows, "layers": [layer.name for layer in d.layers]}
-                 for d in opened]
+                 | ({"sampling_unit": sampling_unit(opened[0])} if groups else {}) for d in opened]
     document = document_header("compare", started=started, options={"compare": options}, pass_record={
         "nonfinite": nonfinite, "block_rows": rows_per_block, "rows_used": found.n_rows,
         "n_nonfinite_dropped": found.n_nonfinite, "memory_bytes": need})
     document |= {"metrics_info": {name: metric.info() for name, metric in REGISTRY.items()},
                  "mode": the_plan.mode, "orientation": the_plan.orientation, "alignment": alignment,
-                 "files": files, "rows": the_plan.rows, "columns": the_plan.columns,
+                 "inference": inference.record(), "files": files, "rows": the_plan.rows, "columns": the_plan.columns,
                  "matrices": matrices, "pairs": cells}
     return CompareResult(document)
 
 
-def pair_record(inputs: PairInputs, options: CompareOptions, *, sample_rows: int) -> LayerRecord:
-    """Every registered measure of one pair → metrics, unavailable (with reasons), fields."""
-    missing = {}
-    if inputs.sample_x is None:
-        missing["sample"] = "no row sample (--subsample 0)"
-    values, unavailable = evaluate(REGISTRY, inputs, options, missing)
-    fields = {"n_rows": inputs.n, "sample_rows": sample_rows, "sample_seed": options.seed,
-              "numerical_rtol": inputs.rtol} | inputs.found
-    return LayerRecord(metrics=values, unavailable=unavailable, fields=fields)
+def _plan(stack: contextlib.ExitStack, paths: list[Path], reference: Path | None, layers: tuple[str, ...],
+          layers_b: tuple[str, ...], allow_incomplete: bool) -> tuple[Plan, list[Dump]]:
+    """The files opened (closed with ``stack``) and the plan of their comparison (module docstring)."""
+    def open_dump(path: Path, chosen: tuple[str, ...]) -> Dump:
+        return stack.enter_context(Dump(path, DumpSpec(layers=tuple(chosen), allow_incomplete=allow_incomplete)))
+
+    if reference is not None:
+        ref = open_dump(reference, layers)
+        chosen = tuple(layer.path for layer in ref.layers)
+        others = [open_dump(path, chosen) for path in paths if path != reference]
+        if not others:
+            raise OptionError("reference", str(reference), "needs at least one other file to compare with")
+        return plan_reference(ref, others), [ref] + others
+    if len(paths) <= 2:
+        a = open_dump(paths[0], layers)
+        b = open_dump(paths[-1], layers_b or layers) if len(paths) == 2 or layers_b else a
+        return plan_layers(a, b), [a, b]
+    opened = [open_dump(path, layers) for path in paths]
+    return plan_files(opened), opened
+
+
+def _check_units(dump: Dump, groups: int) -> None:
+    """Refuse more jackknife groups than sampling units (rows, or sequences of a token-level dump)."""
+    unit = sampling_unit(dump)
+    units = dump.n_rows if unit == "row" else len(dump.offsets()) - 1
+    if groups > units:
+        raise OptionError("ci_groups", groups, f"is more than the {units} {unit}s of {dump.path}: every jackknife "
+                                               "group needs one")
+
+
+def _cells(the_plan: Plan, found, options: CompareOptions, inference: Inference) -> tuple[list[dict], dict]:
+    """Every cell's record (its measures, their intervals and nulls when asked) and the matrices."""
+    streams, order = the_plan.streams, sorted(the_plan.cells.items())
+    pairs, dtypes = [pair for _, pair in order], [s.layer.logical_dtype for s in streams]
+    views = sample_views(found)
+    records = cell_records(found, views, pairs, dtypes, options)
+    intervals = cell_intervals(found, pairs, dtypes, options, records) if inference.groups else None
+    nulls = cell_nulls(found, views, pairs, options, inference.null, inference.null_seed) if inference.null else None
+    matrices = {name: [[None] * len(the_plan.columns) for _ in the_plan.rows] for name in REGISTRY}
+    cells = []
+    for n, (((r, c), (i, j)), record) in enumerate(zip(order, records)):
+        for name, value in record.metrics.items():
+            matrices[name][r][c] = value
+        a, b = streams[i], streams[j]
+        cell = {"row": r, "column": c, "file_a": str(a.dump.path), "layer_a": a.layer.name,
+                "file_b": str(b.dump.path), "layer_b": b.layer.name, "n_units_a": a.layer.n_units,
+                "n_units_b": b.layer.n_units, "metrics": record.metrics, "unavailable": record.unavailable,
+                "nonfinite": nonfinite_notes(record.metrics), "notes": record.notes, "compare": record.fields}
+        if intervals is not None:
+            cell["intervals"], cell["intervals_unavailable"] = intervals[n]
+        if nulls is not None:
+            cell["nulls"], cell["nulls_unavailable"] = nulls[n]
+        cells.append(cell)
+    return cells, matrices
 
 
 def _not_single_dump(*_args, **_kwargs):

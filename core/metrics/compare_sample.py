@@ -100,7 +100,7 @@ def doubled_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two equal-length vectors (any numeric dtype), in float64 chunks of
     :data:`_CHUNK`: no full-length float64 copy of either."""
     mean_a, mean_b = a.mean(dtype=np.float64), b.mean(dtype=np.float64)
@@ -136,7 +136,7 @@ def rsa(p: SampledPair, o: CompareOptions) -> dict:
         reason = Unavailable(f"needs at least 3 sampled rows that are not constant ({int(usable.sum())})")
         return {"rsa_spearman": reason, "rsa_pearson": reason}
     (a, rank_a), (b, rank_b) = p.sample_x.rdm(usable), p.sample_y.rdm(usable)
-    return {"rsa_spearman": _pearson(rank_a, rank_b), "rsa_pearson": _pearson(a, b)}
+    return {"rsa_spearman": pearson(rank_a, rank_b), "rsa_pearson": pearson(a, b)}
 
 
 def mutual_knn(p: SampledPair, o: CompareOptions) -> dict:
