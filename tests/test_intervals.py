@@ -183,3 +183,38 @@ def test_dse_intervals_beyond_the_feasible_kernel_name_the_option(tmp_path, rng,
     assert "dse" in record["metrics"] and "dse" not in record["intervals"]
     assert "--subsample 99" in record["intervals_unavailable"]["dse"]
     assert "dead_fraction" in record["intervals"]
+
+
+def test_groups_that_do_not_fit_in_memory_are_refused_before_the_pass(tmp_path, rng, monkeypatch):
+    from actgeom.core.state import groups
+
+    X, y = _labelled(rng, n=60, d=40)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    each = 8 * (40 * 40 + 3 * 3 * 40)  # class moments of 3 classes × 40 units
+    monkeypatch.setattr(groups, "memory_bytes", lambda: 7 * each)
+    monkeypatch.setattr("actgeom.core.state.engine.accumulate", lambda *a, **k: pytest.fail("the pass ran"))
+    with pytest.raises(OptionError, match=r"ci_groups.*layer 'h' in 20 groups.*--ci-groups 5 would fit"):
+        with Dump(path) as dump:
+            analyze_dump(dump, {"collapse": family_options("collapse")}, pass_options=PassOptions(ci_groups=20))
+
+
+def test_statistics_files_record_their_groups_and_refuse_others(tmp_path, rng):
+    from actgeom.core.base.errors import InvalidInputError
+    from actgeom.core.state.partial import check_provenance, provenance
+
+    X, y = _labelled(rng, n=60)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    stats_file = tmp_path / "s.npz"
+    stats_file.write_bytes(b"")  # written after the dump, as statistics are
+    with Dump(path) as dump:
+        made = provenance(dump, PassOptions(ci_groups=4, ci_seed=2))
+        assert made["pass"]["ci_groups"] == 4 and made["pass"]["ci_seed"] == 2
+        check_provenance(stats_file, made, dump, PassOptions())  # grouped statistics serve a run without --ci
+        check_provenance(stats_file, made, dump, PassOptions(ci_groups=4, ci_seed=2))
+        with pytest.raises(InvalidInputError, match="--ci-groups 4; this command uses --ci-groups 5"):
+            check_provenance(stats_file, made, dump, PassOptions(ci_groups=5, ci_seed=2))
+        with pytest.raises(InvalidInputError, match="--ci-seed 2; this command uses --ci-seed 0"):
+            check_provenance(stats_file, made, dump, PassOptions(ci_groups=4))
+        plain = provenance(dump, PassOptions())
+        with pytest.raises(InvalidInputError, match="no jackknife groups.*actgeom stats --ci-groups 4"):
+            check_provenance(stats_file, plain, dump, PassOptions(ci_groups=4))
