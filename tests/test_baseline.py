@@ -151,3 +151,15 @@ def test_the_readme_dead_salmon_example_prints_what_the_readme_shows(monkeypatch
     monkeypatch.chdir(ROOT)
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out == shown
+
+
+def test_a_file_analysed_from_a_statistics_file_is_not_its_own_baseline(dumps, tmp_path):
+    """Statistics of part of the rows (partial_ok) describe other rows than the dump: the baseline,
+    though the same path, is analysed from the dump itself."""
+    part = tmp_path / "part.npz"
+    actgeom.stats(dumps["trained"], rows=(0, 120), save_stats=part)
+    whole = actgeom.collapse(dumps["trained"])
+    result = actgeom.collapse(dumps["trained"], stats=part, partial_ok=True, baseline=dumps["trained"])
+    for layer, full in zip(_layers(result), _layers(whole)):
+        assert layer["baseline"]["nc1"]["baseline"] == full["metrics"]["nc1"]
+        assert layer["baseline"]["nc1"]["difference"] != 0
