@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from actgeom.core.base.stats import pooled
+from actgeom.core.base.stats import ClassStats, pooled
 from actgeom.core.families.protocol import DumpFacts, LayerContext, LayerRecord
 from actgeom.core.metrics.uncertainty import permutation_test
 from actgeom.core.state.accumulators import MomentStats, PermutationsSpec
@@ -84,7 +84,7 @@ def _null_values(ctx: LayerContext, permuted, families: dict, wanted: dict, reas
     """Each wanted metric's K values, one per permutation; a metric without a value under some
     permutation gets the reason instead."""
     values: dict[str, list[float]] = {metric: [] for metric in wanted}
-    total = pooled(ctx.stats.get("moments").classes)
+    total = _total(ctx.stats.get("moments").classes)
     used = {name for name, _ in wanted.values()}
     for k in range(permuted.permutations):
         shuffled = permuted_context(ctx, permuted.stats(k, total))
@@ -100,6 +100,15 @@ def _null_values(ctx: LayerContext, permuted, families: dict, wanted: dict, reas
                     reasons[metric] = f"no value under label permutation {k}: {why}"
                     del values[metric]
     return values
+
+
+def _total(classes: ClassStats) -> ClassStats:
+    """Every labelled row as one class (:func:`pooled`); with class means only (no scatter kept),
+    its mean alone."""
+    if classes.within_scatter is not None:
+        return pooled(classes)
+    mean = classes.counts @ classes.means / max(classes.n, 1)
+    return ClassStats(counts=np.array([classes.n]), means=mean[None, :], within_scatter=None, sq_dev=np.zeros(1))
 
 
 def permuted_context(ctx: LayerContext, classes) -> LayerContext:

@@ -14,6 +14,7 @@ from actgeom.core.analysis import FAMILIES
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.stats import ClassMoments, pooled
 from actgeom.core.dump import Dump, DumpWriter
+from actgeom.core.metrics.neurons import NeuronsOptions, class_selectivity
 from actgeom.core.metrics.uncertainty import bh_qvalues, permutation_test
 from actgeom.core.state.accumulators import MomentsSpec, PermutationsSpec
 from actgeom.core.state.accumulators.permutations import Bijection, LabelPermutations
@@ -183,3 +184,42 @@ def test_the_document_records_the_permutations(tmp_path, rng):
     result = api.collapse(write_dump(tmp_path / "d.h5", {"h": X}, labels=y), null=9, null_seed=4)
     assert result.to_dict()["inference"]["null"] == {"method": "label permutation", "permutations": 9, "seed": 4}
     assert api.collapse(tmp_path / "d.h5").to_dict()["inference"]["null"] is None
+
+
+def _selective(rng, n=400, d=12, planted=(0, 1, 2)):
+    y = rng.integers(0, 4, n)
+    X = np.abs(rng.standard_normal((n, d)))
+    for unit in planted:
+        X[:, unit] += 4.0 * (y == unit % 4)
+    return X, y
+
+
+def test_planted_selective_units_are_found_at_the_fdr(tmp_path, rng):
+    X, y = _selective(rng)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    options = NeuronsOptions(threshold=0.0, fdr=0.05)
+    layer = run_family("neurons", path, options, PassOptions(null=99, null_seed=1, block_rows=53))["layers"][0]
+    units = layer["neurons"]["units"]
+    p, q = np.array(units["p_value"]), np.array(units["q_value"])
+    assert (p[:3] == 1 / 100).all() and (q[:3] <= 0.05).all()
+    np.testing.assert_allclose(q, bh_qvalues(p), rtol=1e-12)
+    assert layer["metrics"]["selective_unit_fraction_fdr"] == float((q <= 0.05).mean()) == 3 / 12
+    assert "selective_unit_fraction" in layer["nulls"]
+    assert "selective_unit_fraction_fdr" in layer["nulls_unavailable"]
+    assert "mean_excess_kurtosis" not in layer["nulls"] | layer["nulls_unavailable"]  # no labels in it: no null
+    without = run_family("neurons", path, options)["layers"][0]
+    assert "p_value" not in without["neurons"]["units"] and "--null" in without["unavailable"]["selective_unit_fraction_fdr"]
+
+
+def test_unit_p_values_equal_the_selectivity_on_permuted_rows(tmp_path, rng):
+    X, y = _selective(rng, n=150, d=6)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    options = NeuronsOptions(threshold=0.0)
+    units = run_family("neurons", path, options, PassOptions(null=6, null_seed=5))["layers"][0]["neurons"]["units"]
+    with Dump(path) as dump:
+        permuted = LabelPermutations.of(dump, 6, 5).read(0, X.shape[0])
+    observed = np.array(units["class_selectivity"])
+    null = np.array([class_selectivity(np.array([X[permuted[:, k] == c].mean(axis=0) for c in range(4)]))
+                     for k in range(6)])
+    expected = (1 + (null >= observed).sum(axis=0)) / 7
+    np.testing.assert_allclose(units["p_value"], expected, rtol=1e-12)

@@ -155,6 +155,7 @@ class NeuronsOptions:
     logvar: str | None = None  # the layer of its posterior log-variances
     delta: float = 0.01  # active latent: Var_x(μ_u) > delta (Burda et al. 2016)
     collapsed_kl: float = 0.01  # collapsed latent: mean KL(q(z_u|x) ‖ N(0, 1)) < this, in nats
+    fdr: float = 0.05  # selective at false discovery rate q: BH q-value of the unit's permutation p-value ≤ fdr
 
     def __post_init__(self) -> None:
         if self.top < 1:
@@ -169,6 +170,8 @@ class NeuronsOptions:
             raise OptionError("cutoff", self.cutoff, "must be in (0, 1]: it is compared with shares and ratios")
         if self.max_position < 1:
             raise OptionError("max_position", self.max_position, "must be ≥ 1")
+        if not 0 < self.fdr < 1:
+            raise OptionError("fdr", self.fdr, "must be in (0, 1): a false discovery rate")
         if self.logvar is not None and self.mu is None:
             raise OptionError("logvar", self.logvar, "needs --mu: the layer of the posterior means of the same latents")
         if self.mu is not None and self.mu == self.logvar:

@@ -23,6 +23,7 @@ from actgeom.core.metrics.neurons import (
     probeless_scores,
     token_concentration,
     top_classes,
+    unit_p_values,
     vae_kl,
 )
 from actgeom.core.state.accumulators import MomentsSpec, PositionSumsSpec, TokenSumsSpec, UnitMomentsSpec, UnitsSpec
@@ -138,6 +139,24 @@ def _class_scores(ctx, moments, missing, scores, reasons) -> None:
                                         "(Morcos et al. 2018) is defined for non-negative ones, e.g. after a ReLU")
     else:
         scores["class_selectivity"] = class_selectivity(means)
+    _selectivity_null(ctx.stats.get("permutations"), scores, reasons)
+
+
+def _selectivity_null(permuted, scores, reasons) -> None:
+    """Per-unit permutation p-values and BH q-values of the class selectivity, from the class means
+    under each label permutation of the pass (--null K)."""
+    if "class_selectivity" not in scores:
+        reasons["p_value"] = reasons["q_value"] = reasons["class_selectivity"]
+        return
+    if permuted is None:
+        reasons["p_value"] = reasons["q_value"] = "needs label permutations (--null K)"
+        return
+    null = np.full((permuted.permutations, scores["class_selectivity"].size), np.nan)
+    for k in range(permuted.permutations):
+        present = permuted.counts[k] > 0
+        if present.sum() >= 2:
+            null[k] = class_selectivity(permuted.means(k)[present])
+    scores["p_value"], scores["q_value"] = unit_p_values(scores["class_selectivity"], null)
 
 
 def _vae_scores(ctx, options, missing, scores, reasons) -> None:

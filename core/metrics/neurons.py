@@ -12,6 +12,7 @@ import numpy as np
 
 from actgeom.core.base.options import SCORES, NeuronsOptions  # noqa: F401 (re-exported)
 from actgeom.core.base.registry import Unavailable, registry
+from actgeom.core.metrics.uncertainty import bh_qvalues
 from actgeom.core.metrics.unitstats import GroupSums, UnitMoments
 
 TOP_TOKENS = 5  # k of token_concentration: a token detector puts its mass on a few token ids
@@ -84,6 +85,21 @@ def class_selectivity(means: np.ndarray) -> np.ndarray:
     rest = (means.sum(axis=0) - top) / (c - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(top + rest > 0, (top - rest) / (top + rest), np.nan)
+
+
+def unit_p_values(observed: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit permutation p-values and Benjamini–Hochberg q-values of a score (larger: more
+    extreme) from its values under K label permutations ``null`` (K, D): p_u = (1 + #{k: s_k,u ≥
+    s_u}) / (K + 1) (Phipson & Smyth 2010; a NaN null value is not as extreme), q over the units
+    with a score. NaN for a unit without one. The smallest p is 1/(K + 1): with D units, BH can call
+    a unit at q only when K + 1 ≥ D/(q·j) for the j units it calls."""
+    with np.errstate(invalid="ignore"):
+        extreme = (null >= observed).sum(axis=0)
+    scored = np.isfinite(observed)
+    p = np.where(scored, (1.0 + extreme) / (null.shape[0] + 1), np.nan)
+    q = np.full(p.shape, np.nan)
+    q[scored] = bh_qvalues(p[scored])
+    return p, q
 
 
 def probeless_scores(means: np.ndarray) -> np.ndarray:
@@ -208,6 +224,16 @@ def selective_of(e: NeuronInputs, o: NeuronsOptions) -> dict:
     return {"selective_unit_fraction": _fraction(e, "class_selectivity", o)}
 
 
+def selective_fdr_of(e: NeuronInputs, o: NeuronsOptions) -> dict:
+    """Fraction of units whose class selectivity is significant at false discovery rate ``fdr``:
+    BH q-value of the unit's permutation p-value ≤ fdr (:func:`unit_p_values`; units without a
+    selectivity do not count)."""
+    if "q_value" not in e.scores:
+        return {"selective_unit_fraction_fdr": Unavailable(e.reasons.get("q_value") or e.reasons["class_selectivity"])}
+    with np.errstate(invalid="ignore"):
+        return {"selective_unit_fraction_fdr": float((e.scores["q_value"] <= o.fdr).mean())}
+
+
 def tokens_of(e: NeuronInputs, o: NeuronsOptions) -> dict:
     """Fraction of units with token_concentration ≥ the cutoff (token detectors)."""
     if e.n_tokens <= TOP_TOKENS:
@@ -256,6 +282,12 @@ REGISTRY = registry(
          formula="share of units with (μ_max − μ_rest)/(μ_max + μ_rest) ≥ cutoff over class-conditional means "
                  "(non-negative layers)", compute=selective_of, needs=("labels",), direction="neither", range=(0, 1),
          invariant=_SCALE, source="Morcos et al., ICLR 2018", test=_PLANTED),
+    dict(name="selective_unit_fraction_fdr",
+         formula="share of units whose BH q-value of p_u = (1 + #{k: selectivity under permutation k ≥ observed})/(K + 1) "
+                 "is ≤ fdr (--null K label permutations, --fdr)", compute=selective_fdr_of, needs=("labels",),
+         direction="neither", range=(0, 1), invariant=_SCALE,
+         source="Morcos et al., ICLR 2018; Phipson & Smyth 2010; Benjamini & Hochberg 1995",
+         test="tests/test_nulls.py::test_planted_selective_units_are_found_at_the_fdr"),
     dict(name="token_detector_fraction", formula="share of units whose top-5 token ids hold ≥ cutoff of Σ max(a_u, 0)",
          compute=tokens_of, needs=("token_ids",), direction="neither", range=(0, 1),
          invariant=_SCALE, source="Voita et al., ACL 2024", test=_PLANTED),
