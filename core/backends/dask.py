@@ -50,6 +50,7 @@ from actgeom.core.base.errors import ActgeomError, UsageError
 from actgeom.core.dump import Dump
 from actgeom.core.state.compare_pass import CompareMoments, Stream
 from actgeom.core.state.engine import LayerStats, PassOptions, Progress, check_rows
+from actgeom.core.state.grouped_pass import only_slots
 from actgeom.core.state.partial import dump_fingerprint, stats_arrays, stats_from_arrays
 
 SCHEDULER_TIMEOUT = "20s"  # to connect to --scheduler: a cluster's scheduler may be busy, not minutes
@@ -287,8 +288,7 @@ class DaskBackend:
 
         facts = facts_of(dump)
         slots = {spec.slot for name in consumers for spec in FAMILIES[name].needs(families[name], facts)}
-        needed = replace(layer_stats, specs={s: layer_stats.specs[s] for s in slots},
-                         accumulators={s: layer_stats.accumulators[s] for s in slots})
+        needed = only_slots(layer_stats, tuple(slots))  # and its jackknife groups: the twins' statistics
         chosen = {name: families[name] for name in consumers}
         statistics = stats_arrays({layer.name: needed})
         identity = self.saved.second_identity(dump, needed, statistics, chosen, options)

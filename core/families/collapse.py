@@ -3,6 +3,8 @@ NC4 (and the scatter of dropped classes) in the shared second pass, the separati
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from actgeom.core.base.registry import evaluate
@@ -20,6 +22,7 @@ from actgeom.core.metrics.collapse import (
 )
 from actgeom.core.state.accumulators import MomentsSpec
 from actgeom.core.state.collapse_pass import NC4Pass
+from actgeom.core.state.grouped_pass import with_twins
 
 DETAIL_CLASSES = 50  # class-mean cosines for plots: the most frequent classes
 
@@ -63,9 +66,17 @@ def decision_source(ctx: LayerContext, options: CollapseOptions) -> tuple[str | 
 
 def second_pass(ctx: LayerContext, options: CollapseOptions):
     """The NC4 consumer of the shared second pass, when there is a decision source or a dropped
-    class with rows to remove from the pooled scatter; else None."""
+    class with rows to remove from the pooled scatter; else None. On grouped statistics with the
+    twins made from the class moments without each jackknife group, fed the rows outside it
+    (core/state/grouped_pass.py)."""
     if ctx.dump is None:
         return None
+    return with_twins(ctx.stats, ("moments",), lambda stats: _nc4(dataclasses.replace(ctx, stats=stats), options),
+                      ctx.dump, ctx.pass_options)
+
+
+def _nc4(ctx: LayerContext, options: CollapseOptions) -> NC4Pass | None:
+    """The NC4 consumer of a layer's statistics ``ctx.stats`` (see :func:`second_pass`)."""
     stats = _classes(ctx)
     kept = kept_classes(stats.counts, options.min_count)
     dropped = np.flatnonzero((stats.counts > 0) & (stats.counts < options.min_count))

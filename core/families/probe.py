@@ -12,6 +12,7 @@ from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, Laye
 from actgeom.core.metrics.probe import REGISTRY, ProbeInputs, ProbeOptions, cosine
 from actgeom.core.metrics.probesplit import split_unit
 from actgeom.core.state.accumulators import SplitSpec, SplitStats
+from actgeom.core.state.grouped_pass import with_twins
 from actgeom.core.state.probe_pass import ProbePass
 
 
@@ -27,11 +28,16 @@ def _split(ctx: LayerContext) -> SplitStats:
 
 
 def second_pass(ctx: LayerContext, options: ProbeOptions):
-    """The test-row consumer of the shared second pass (None without a dump, test rows or two classes)."""
-    split = _split(ctx)
-    if ctx.dump is None or split.n_test == 0 or (split.train.counts > 0).sum() < 2:
-        return None
-    return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, ctx.stats.specs["split"])
+    """The test-row consumer of the shared second pass (None without a dump, test rows or two
+    classes); on grouped statistics with the twins that leave each jackknife group out of the
+    train and the test rows (core/state/grouped_pass.py)."""
+    def scorer(stats) -> ProbePass | None:
+        split = stats.get("split")
+        if ctx.dump is None or split.n_test == 0 or (split.train.counts > 0).sum() < 2:
+            return None
+        return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, stats.specs["split"])
+
+    return with_twins(ctx.stats, ("split",), scorer, ctx.dump, ctx.pass_options)
 
 
 def _class(value: str, names: list[str] | None, option: str) -> int:
