@@ -237,7 +237,8 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
         baselines.attach(files, pairs, analyse, groups, memo)
     document = document_header(command, started=started, options=families,
                                pass_record=options_record(pass_options) | {"backend": backend_record(backend)})
-    inference = inference_record(pass_options) | {"baseline": None if pairs is None else [str(p) for p in pairs]}
+    used_baselines = None if pairs is None else list(dict.fromkeys(str(p) for p in pairs))  # each once, in order
+    inference = inference_record(pass_options) | {"baseline": used_baselines}
     document |= {"statistics": used, "inference": inference, "metrics_info": metrics_info(families), "files": files}
     return Result(document)
 

@@ -127,8 +127,9 @@ def test_a_shared_baseline_is_analysed_once_and_an_analysed_file_is_reused(dumps
         return original(dump, *args, **kwargs)
 
     monkeypatch.setattr(analysis, "analyze_dump", counting)
-    actgeom.collapse([dumps["trained"], dumps["trained"]], baseline=dumps["random"])
+    result = actgeom.collapse([dumps["trained"], dumps["trained"]], baseline=dumps["random"])
     assert seen == ["trained.h5", "trained.h5", "random.h5"]
+    assert result.to_dict()["inference"]["baseline"] == [dumps["random"]]  # each baseline once
     seen.clear()
     actgeom.collapse([dumps["trained"], dumps["random"]], baseline=dumps["random"])
     assert seen == ["trained.h5", "random.h5"]
