@@ -11,6 +11,7 @@ import pytest
 import reference_compare as ref
 from conftest import write_dump
 from scipy import stats
+from test_dask import CHUNK_ROWS, _dask, assert_same_comparison, cluster, needs_dask  # noqa: F401 (cluster: a fixture)
 
 import actgeom
 from actgeom.core.base.errors import OptionError
@@ -261,3 +262,15 @@ def test_unrelated_layers_have_uniform_p_values():
         jittered = np.asarray(values) - 0.5 / (K + 1)  # the midpoint of each p-value's step: continuous uniform
         assert stats.kstest(jittered, "uniform").pvalue > 0.01, (name, sorted(values))
         assert 0.3 < np.mean(values) < 0.7, name
+
+
+# -- Dask: the groups travel with each row range's moments --------------------------------------------
+
+@needs_dask
+def test_intervals_and_nulls_are_the_same_on_dask(tmp_path, rng, cluster):  # noqa: F811 (test_dask's fixture)
+    X, Y = _layers(rng, n=230, offset=20.0)
+    paths = _files(tmp_path, X, Y, chunk_rows=CHUNK_ROWS)
+    local = actgeom.compare(paths, ci=True, ci_groups=G, ci_seed=4, subsample=100, null=K).to_dict()
+    dask = actgeom.compare(paths, ci=True, ci_groups=G, ci_seed=4, subsample=100, null=K, backend=_dask(cluster)).to_dict()
+    assert assert_same_comparison(local, dask) > 2 * len(local["pairs"][0]["metrics"])
+    assert local["pairs"][0]["intervals"]["cka_linear"]["se"] > 0

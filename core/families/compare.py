@@ -26,7 +26,7 @@ from actgeom.core.families.protocol import Family
 from actgeom.core.metrics.compare import REGISTRY, CompareOptions
 from actgeom.core.state.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
 from actgeom.core.state.engine import Progress
-from actgeom.core.state.groups import sampling_unit
+from actgeom.core.state.groups import block_factor, sampling_unit
 
 RECORD_KEYS = ("file_a", "layer_a", "file_b", "layer_b", "metric", "value", "note")
 _BLOCK_BYTES = 16 << 20  # rows per block: about 16 MiB of float64 over all compared layers together
@@ -143,7 +143,8 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
         the_plan, opened = _plan(stack, paths, reference, layers, layers_b, allow_incomplete)
         streams, groups = the_plan.streams, inference.groups
         pairs = sorted({(min(i, j), max(i, j)) for i, j in the_plan.cells.values() if i != j})
-        rows_per_block = block_rows or max(1, _BLOCK_BYTES // (8 * sum(s.layer.n_units for s in streams)))
+        per_block = _BLOCK_BYTES * block_factor(groups)  # grouped: each group's products on enough rows
+        rows_per_block = block_rows or max(1, per_block // (8 * sum(s.layer.n_units for s in streams)))
         rows_per_block = min(rows_per_block, max(opened[0].n_rows, 1))  # buffers never exceed the file
         sample = min(options.subsample, opened[0].n_rows)  # a sample ≤ the rows
         need = memory_bytes(streams, pairs, rows_per_block, sample, groups)
