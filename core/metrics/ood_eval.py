@@ -1,5 +1,5 @@
 """How well a score separates in-distribution (ID) rows from out-of-distribution (OOD) rows
-(docs/metrics.md, "Out-of-distribution scores"): every score is "higher = more ID", ID is the
+(for the ood family's scores): every score is "higher = more ID", ID is the
 positive class unless a name says otherwise, and ties count as scikit-learn counts them.
 
 All four are exact functions of the two score sets, computed from one sort of their union: the
