@@ -1,0 +1,152 @@
+"""Post-hoc out-of-distribution scores of rows, from the statistics of the in-distribution (ID) fit
+rows (METRICS.md §9). Every score is "higher = more in-distribution".
+
+A :class:`OodModel` is fitted once per layer from the fit rows' class moments (class means, pooled
+within-class scatter), their total moments and the classifier; then each block of rows to score
+costs a few products with D × D or C × D matrices. ViM also needs two means over the fit rows
+(max-logit, residual norm), which :func:`vim_alpha` takes from a pass scoring them.
+
+Conventions follow the authors' code: Mahalanobis (Lee et al. 2018) with the tied covariance
+Σ_W = within scatter / N and its pseudo-inverse, no input preprocessing; relative Mahalanobis (Ren
+et al. 2021) with the total covariance Σ_T about the global mean; ViM (Wang et al. 2022) with the
+origin o = −W⁺b, the principal subspace of the uncentred second moment of x − o, and the virtual
+logit α‖(x − o)_⊥‖; NECO (Ben Ammar et al. 2024) on standardised rows (per-unit mean and population
+standard deviation of the fit rows, as scikit-learn's StandardScaler), the top-d principal
+directions of their covariance; kNN (Sun et al. 2022) on L2-normalised rows against a seeded sample
+of normalised fit rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from actgeom.core.base.stats import ClassStats
+
+
+@dataclass(frozen=True)
+class OodModel:
+    """What scoring a row needs, fitted on the ID fit rows of one layer."""
+
+    means: np.ndarray  # (C, D) class means of the fit rows (classes with rows)
+    within_precision: np.ndarray  # (D, D) Σ_W⁺
+    global_mean: np.ndarray  # (D,)
+    total_precision: np.ndarray  # (D, D) Σ_T⁺
+    weight: np.ndarray | None = None  # (C', D) classifier
+    bias: np.ndarray | None = None  # (C',)
+    vim_origin: np.ndarray | None = None  # o = −W⁺b
+    vim_residual: np.ndarray | None = None  # (D, D − d) orthonormal basis of the residual space
+    vim_alpha: float | None = None
+    neco_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) of the standardisation
+    neco_basis: np.ndarray | None = None  # (D, d) top principal directions of the standardised fit rows
+    knn_rows: np.ndarray | None = None  # (k_sample, D) normalised fit rows
+    knn_k: int = 50
+    temperature: float = 1.0
+
+
+def _pinv_psd(matrix: np.ndarray) -> np.ndarray:
+    """The pseudo-inverse of a symmetric PSD matrix (eigenvalues below n·eps·λ_max count as 0)."""
+    values, vectors = np.linalg.eigh(matrix)
+    keep = values > matrix.shape[0] * np.finfo(float).eps * max(values.max(initial=0.0), 0.0)
+    return (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
+
+
+def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_dim: int | None = None,
+        neco_dim: int | None = None, knn_sample: np.ndarray | None = None, knn_k: int = 50,
+        temperature: float = 1.0) -> OodModel:
+    """An :class:`OodModel` from the fit rows' class statistics and total statistics (one class of
+    every fit row), the classifier (W, b), the seeded sample for kNN; ``vim_dim``/``neco_dim``: the
+    principal dimensions (ViM default as its authors: 1 000 for D ≥ 2 048, 512 for D ≥ 768, else D/2)."""
+    n = classes.counts.sum()
+    present = classes.counts > 0
+    mean = total.means[0]
+    cov_total = total.within_scatter / n
+    model = OodModel(means=classes.means[present], within_precision=_pinv_psd(classes.within_scatter / n),
+                     global_mean=mean, total_precision=_pinv_psd(cov_total), weight=weight, bias=bias,
+                     knn_k=knn_k, temperature=temperature)
+    d = mean.size
+    if weight is not None and bias is not None:
+        origin = -np.linalg.pinv(weight) @ bias
+        shift = mean - origin
+        second = cov_total + np.outer(shift, shift)  # E[(x − o)(x − o)ᵀ]
+        _, vectors = np.linalg.eigh(second)  # ascending: the residual space is the first D − d
+        dim = vim_dim if vim_dim is not None else (1000 if d >= 2048 else 512 if d >= 768 else d // 2)
+        model = replace(model, vim_origin=origin, vim_residual=vectors[:, : d - dim])
+    if neco_dim is not None:
+        std = np.sqrt(np.diag(cov_total))
+        scale = np.where(std > 0, std, 1.0)  # StandardScaler leaves constant units unscaled
+        correlation = cov_total / np.outer(scale, scale)
+        _, vectors = np.linalg.eigh(correlation)
+        model = replace(model, neco_scale=(mean, scale), neco_basis=vectors[:, ::-1][:, :neco_dim])
+    if knn_sample is not None:
+        model = replace(model, knn_rows=_normalised(np.asarray(knn_sample, dtype=np.float64)))
+    return model
+
+
+def _normalised(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
+
+def _min_mahalanobis(X: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """min_c (x − μ_c)ᵀ P (x − μ_c) per row, as xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c."""
+    XP = X @ precision
+    quadratic = np.einsum("ij,ij->i", XP, X)
+    centres = np.einsum("cj,jk,ck->c", means, precision, means)
+    return (quadratic[:, None] - 2 * XP @ means.T + centres[None, :]).min(axis=1)
+
+
+def scores(model: OodModel, X: np.ndarray) -> dict[str, np.ndarray]:
+    """Every score the model allows for the rows X (n, D) float64."""
+    centred = X - model.global_mean  # about the fit rows' mean: no cancellation against a large offset
+    nearest = _min_mahalanobis(centred, model.means - model.global_mean, model.within_precision)
+    md0 = np.einsum("ij,jk,ik->i", centred, model.total_precision, centred)
+    out = {"mahalanobis": -nearest, "relative_mahalanobis": -(nearest - md0)}
+    if model.weight is not None:
+        logits = X @ model.weight.T + (0.0 if model.bias is None else model.bias)
+        lse = _logsumexp(logits)
+        out["max_logit"] = logits.max(axis=1)
+        out["msp"] = np.exp(out["max_logit"] - lse)
+        out["energy"] = model.temperature * _logsumexp(logits / model.temperature)
+        if model.vim_residual is not None and model.vim_alpha is not None:
+            out["vim"] = lse - model.vim_alpha * vim_residual_norms(model, X)
+    if model.neco_basis is not None:
+        mean, scale = model.neco_scale
+        z = (X - mean) / scale
+        norms = np.linalg.norm(z, axis=1)
+        out["neco"] = np.linalg.norm(z @ model.neco_basis, axis=1) / np.where(norms > 0, norms, 1.0)
+    if model.knn_rows is not None:
+        out["knn"] = -kth_distance(_normalised(X), model.knn_rows, model.knn_k)
+    return out
+
+
+def vim_residual_norms(model: OodModel, X: np.ndarray) -> np.ndarray:
+    """‖(x − o)_⊥‖: the norm of x − o outside ViM's principal subspace."""
+    return np.linalg.norm((X - model.vim_origin) @ model.vim_residual, axis=1)
+
+
+def vim_alpha(mean_max_logit: float, mean_residual: float) -> float:
+    """ViM's α: the fit rows' mean max-logit over their mean residual norm."""
+    return mean_max_logit / mean_residual
+
+
+def kth_distance(Z: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The distance of each normalised row of Z to its k-th nearest of the normalised ``rows``
+    (√(2 − 2 z·r), clipped at 0)."""
+    k = min(k, rows.shape[0])
+    squared = np.maximum(2.0 - 2.0 * (Z @ rows.T), 0.0)
+    return np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
+
+
+def nc5(ood_mean: np.ndarray, model: OodModel) -> float:
+    """NC5 (NECO's ID/OOD orthogonality): mean over ID classes of |cos(μ_OOD − μ_G, μ_c − μ_G)|."""
+    ood = ood_mean - model.global_mean
+    centred = model.means - model.global_mean
+    cosines = centred @ ood / (np.linalg.norm(centred, axis=1) * np.linalg.norm(ood))
+    return float(np.abs(cosines).mean())
