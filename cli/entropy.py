@@ -51,6 +51,8 @@ def entropy(
         help="A unit is active when its value > threshold.")] = None,
     tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant threshold (ReDo).")] = DEFAULTS.tau,
     layer_width: LayerWidthOpt = None, eps: EpsOpt = DEFAULTS.eps, normalized: NormalizedOpt = False,
+    ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None, null: o.NullOpt = None,
+    null_seed: o.NullSeedOpt = None, baseline: o.BaselineOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
@@ -66,8 +68,13 @@ def entropy(
 
     \b    actgeom entropy sample_data/digits_mlp_epoch1500.h5 --layers hidden1 \\
             --threshold 0 --format json
+
+    With 95 % intervals (value ± half-width):
+
+        actgeom entropy sample_data/digits_mlp_epoch1500.h5 --ci --format table
     """
-    inputs = [*dumps, *([stats] if stats else [])]
+    chosen = o.inference(ci, ci_groups, ci_seed, null, null_seed, baseline)
+    inputs = [*dumps, *([stats] if stats else []), *(baseline or [])]
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
@@ -77,7 +84,7 @@ def entropy(
                                partial_ok=partial_ok,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
                                tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress,
-                               backend=executor)
+                               backend=executor, **chosen)
     summary = {}
     for file in analysis.to_dict()["files"]:
         for layer in file["layers"]:

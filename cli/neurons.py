@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.cli import options as o
-from actgeom.cli.output import Result, _flat, emit, metrics_result
+from actgeom.cli.cells import value_text
+from actgeom.cli.output import Result, emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.base.labels import file_labels
 from actgeom.core.base.options import SCORES, NeuronsOptions
@@ -16,7 +17,7 @@ from actgeom.core.base.outputs import check_outputs
 
 METRIC = "Neuron scores (docs/metrics.md, Units)"
 VAE = "VAE latents"
-_SHOWN = ("mean", "std", "max", "firing_rate", "firing_rows")  # columns of the ranked table besides the score
+_SHOWN = ("mean", "std", "max", "firing_rate", "firing_rows", "p_value", "q_value")  # ranked table: besides the score
 DEFAULTS = NeuronsOptions()  # the defaults live in core
 
 # The options of the neurons family, declared once: `neurons` and `report` take them.
@@ -57,6 +58,8 @@ def neurons(
                    typer.Option("--tau", rich_help_panel=METRIC, help="Dormant when the dormant score ≤ tau.")] = DEFAULTS.tau,
     cutoff: CutoffOpt = DEFAULTS.cutoff, max_position: MaxPositionOpt = DEFAULTS.max_position, mu: MuOpt = None,
     logvar: LogvarOpt = None, delta: DeltaOpt = DEFAULTS.delta, collapsed_kl: CollapsedKlOpt = DEFAULTS.collapsed_kl,
+    ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None, null: o.NullOpt = None,
+    null_seed: o.NullSeedOpt = None, baseline: o.BaselineOpt = None, fdr: o.FdrOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
@@ -75,8 +78,17 @@ def neurons(
 
     \b    actgeom neurons sample_data/digits_mlp_epoch0000.h5 \\
             --score dormant_score --format json -o units.json
+
+    With 95 % intervals of the layer summaries (firing, selective fractions, ...):
+
+    \b    actgeom neurons sample_data/digits_mlp_epoch1500.h5 --ci \\
+            --score class_selectivity --format table
     """
-    inputs = [*dumps, *([stats] if stats else [])]
+    chosen = o.inference(ci, ci_groups, ci_seed, null, null_seed, baseline)
+    if fdr is not None:
+        o.needs("--null", null is not None, fdr=fdr)
+        chosen["fdr"] = fdr
+    inputs = [*dumps, *([stats] if stats else []), *(baseline or [])]
     check_outputs({"-o": output}, inputs)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
@@ -84,7 +96,8 @@ def neurons(
                                nonfinite=nonfinite, tokens=tokens, products=o.plain(products), stats=stats, top=top, score=score,
                                min_support=min_support, threshold=threshold, tau=tau, cutoff=cutoff, max_position=max_position,
                                mu=mu,
-                               logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress, backend=executor)
+                               logvar=logvar, delta=delta, collapsed_kl=collapsed_kl, progress=progress, backend=executor,
+                               **chosen)
     emit(ranked_view(metrics_result(analysis), score), fmt, output, inputs)
 
 
@@ -97,7 +110,7 @@ def ranked_view(result: Result, score: str) -> Result:
         for layer in file["layers"]:
             where = {"file": stem} if len(files) > 1 else {}
             name = f"{stem}:{layer['layer']}" if len(files) > 1 else layer["layer"]
-            summary[name] = ", ".join(f"{k} {_flat(v)}" for k, v in layer["metrics"].items())
+            summary[name] = ", ".join(f"{k} {value_text(layer, k)}" for k in layer["metrics"])
             found = layer["neurons"]
             if found.get("units_below_support"):
                 summary[name] += (f"; not ranked: {found['units_below_support']} units fire on < "

@@ -10,11 +10,13 @@ from typing import Annotated, Optional
 import typer
 
 from actgeom.core.backends import BACKENDS
-from actgeom.core.base.options import NONFINITE_POLICIES, PRODUCTS
+from actgeom.core.base.errors import OptionError, UsageError
+from actgeom.core.base.options import CI_GROUPS, NONFINITE_POLICIES, PRODUCTS, check_seed
 
 DATA = "Where the data is (foreign files)"
 OUTPUT = "Output"
 SCALE = "Scale-out (README: Running on a cluster)"
+INFERENCE = "Inference (docs/metrics.md: Uncertainty and nulls)"
 
 
 def choices(name: str, values) -> type[Enum]:
@@ -114,6 +116,63 @@ QuietOpt = Annotated[bool, typer.Option(
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", rich_help_panel=OUTPUT, show_default=False,
     help="Write the result to this file (atomically) instead of stdout.")]
+
+# Inference: intervals (and, with the nulls and baselines, p-values and differences) beside every value.
+CiOpt = Annotated[bool, typer.Option(
+    "--ci", rich_help_panel=INFERENCE,
+    help="A 95 % interval for every scalar metric from the same pass (delete-a-group jackknife over --ci-groups "
+         "groups of rows, or of whole sequences on token-level dumps): the table shows value ± half-width, the "
+         "records se, ci_low, ci_high. A metric without one says why under intervals_unavailable (JSON).")]
+CiGroupsOpt = Annotated[Optional[int], typer.Option(
+    "--ci-groups", rich_help_panel=INFERENCE, metavar="G", show_default=str(CI_GROUPS),
+    help="With --ci: jackknife groups, 2 ≤ G ≤ the sampling units read; memory about G × the layer's statistics "
+         "(refused before the pass when it would not fit, naming a G that does).")]
+CiSeedOpt = Annotated[Optional[int], typer.Option(
+    "--ci-seed", rich_help_panel=INFERENCE, metavar="S", show_default="0",
+    help="With --ci: the seed (0 to 2⁶⁴ − 1) of the hash that puts each sampling unit in its group (same seed, same "
+         "groups for any chunking, --rows shard, merge and backend).")]
+
+
+NullOpt = Annotated[Optional[int], typer.Option(
+    "--null", rich_help_panel=INFERENCE, metavar="K", show_default="off",
+    help="K label permutations (seeded; whole sequences together on token-level dumps) in the same pass: every "
+         "label-dependent metric gets null_mean, null_sd, z and a permutation p-value (1 + #{null at least as "
+         "extreme}) / (K + 1); the table shows it in a 'LAYER p' column. K ≥ 1.")]
+NullSeedOpt = Annotated[Optional[int], typer.Option(
+    "--null-seed", rich_help_panel=INFERENCE, metavar="S", show_default="0",
+    help="With --null: the seed (0 to 2⁶⁴ − 1) of the label permutations.")]
+BaselineOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--baseline", rich_help_panel=INFERENCE, metavar="DUMP", show_default=False,
+    help="A control run's dump (a random initialisation, shuffled inputs, another seed), repeatable: one for every "
+         "dump, or one per dump in order. The same metrics on it, matched by layer name: baseline, difference (and "
+         "with --ci its interval, excludes_zero); the table shows the difference in a 'LAYER Δ baseline' column.")]
+FdrOpt = Annotated[Optional[float], typer.Option(
+    "--fdr", rich_help_panel=INFERENCE, metavar="q", show_default="0.05",
+    help="With --null: selective_unit_fraction_fdr counts the units whose Benjamini–Hochberg q-value of the "
+         "class-selectivity permutation p-value is ≤ q (per-unit p_value, q_value in the unit table).")]
+
+
+def inference(ci: bool, ci_groups: int | None, ci_seed: int | None, null: int | None = None,
+              null_seed: int | None = None, baseline: list[Path] | None = None) -> dict:
+    """The Inference panel's values as the API's keywords (core/api.py). An option that shapes
+    --ci's intervals or --null's permutations without that option is refused: it would silently
+    do nothing."""
+    needs("--ci", ci, ci_groups=ci_groups, ci_seed=ci_seed)
+    needs("--null", null is not None, null_seed=null_seed)
+    check_seed(ci_seed or 0, "ci_seed")
+    check_seed(null_seed or 0, "null_seed")
+    if null is not None and null < 1:
+        raise OptionError("null", null, "must be ≥ 1 permutation (leave --null out for none)")
+    return {"ci": ci, "ci_groups": CI_GROUPS if ci_groups is None else ci_groups, "ci_seed": ci_seed or 0,
+            "null": null or 0, "null_seed": null_seed or 0, "baseline": list(baseline) if baseline else None}
+
+
+def needs(switch: str, on: bool, **given) -> None:
+    """Refuse an option of ``given`` (not None) when ``switch`` is off (UsageError naming both)."""
+    for name, value in given.items():
+        if value is not None and not on:
+            raise UsageError(f"--{name.replace('_', '-')} is an option of {switch}: give {switch} too")
+
 
 Backend = choices("Backend", BACKENDS)
 BackendOpt = Annotated[Backend, typer.Option(

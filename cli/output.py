@@ -6,7 +6,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import sys
 import unicodedata
@@ -15,6 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actgeom.cli.cells import flat as _flat
+from actgeom.cli.cells import inference_shown, intervals_line, jsonable, layer_cells
+from actgeom.cli.cells import plus_minus as plus_minus  # noqa: F401 (cli/compare.py's)
 from actgeom.cli.options import Format
 from actgeom.core.base.errors import DataWarning, InvalidInputError, OutputError
 from actgeom.core.base.labels import file_labels
@@ -53,19 +55,16 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     _require_some_metric(files, why_none)
     warn_sample_beyond_layer_rows(files)
     options = [f"{k}={v}" for family in document["options"].values() for k, v in family.items()]
-    summary = {"options": ", ".join(options)} | (summary or {})
+    summary = {"options": ", ".join(options)} | intervals_line(document) | (summary or {})
     columns, reasons = {}, {}
     one_layer = all(len(file["layers"]) == 1 for file in files)
     short = file_labels([file["file"] for file in files])
+    shown = inference_shown(document)
     for file, stem in zip(files, short):
         for layer in file["layers"]:
             column = layer["layer"] if len(files) == 1 else stem if one_layer else f"{stem}:{layer['layer']}"
-            for name, value in layer.get("metrics", {}).items():
-                shown = ", ".join(_flat(v) for v in value) if isinstance(value, list) else value  # per-head lists
-                columns.setdefault(name, {})[column] = shown
-            for name, reason in layer.get("unavailable", {}).items():
-                number = reasons.setdefault(reason, len(reasons) + 1)
-                columns.setdefault(name, {})[column] = f"— ({number})"
+            for name, cells in layer_cells(layer, column, reasons, shown).items():
+                columns.setdefault(name, {}).update(cells)
     table = [{"metric": name} | values for name, values in columns.items()]
     notes = [f"({number}) {reason}" for reason, number in reasons.items()]
     return Result(title=f"actgeom {document['command']}", document=document, records=analysis.records(),
@@ -127,25 +126,6 @@ def _escaped(c: str) -> str:
     return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
 
 
-def jsonable(value):
-    """Plain JSON values: numpy scalars and arrays unwrapped, non-finite floats → None."""
-    import numpy as np  # here, not at the top: `actgeom --help` imports no numpy
-
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def resolve_format(fmt: Format | None, output: Path | None) -> Format:
     if fmt is not None:
         return fmt
@@ -169,17 +149,6 @@ def render(result: Result, fmt: Format, *, width: int | None = None, color: bool
 def escape_lines(text: str) -> str:
     """Every line of ``text`` escaped (CSV cells shown on a terminal)."""
     return "".join(escape(line) + "\n" for line in text.splitlines())
-
-
-def _flat(value) -> str:
-    value = jsonable(value)
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def _columns(records: list[dict]) -> list[str]:

@@ -59,6 +59,8 @@ def probe(
     save_directions: Annotated[Optional[Path], typer.Option(
         "--save-directions", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write the directions μ₊ − μ₋ as .npz: one array per file and layer, named 'FILE_INDEX/LAYER'.")] = None,
+    ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None, null: o.NullOpt = None,
+    null_seed: o.NullSeedOpt = None, baseline: o.BaselineOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
@@ -78,8 +80,14 @@ def probe(
 
     \b    actgeom probe sample_data/digits_mlp_epoch1500.h5 \\
             --control row --format table
+
+    With 95 % intervals (the jackknife leaves each group out of train and test rows):
+
+        actgeom probe sample_data/digits_mlp_epoch1500.h5 --ci --format table
     """
-    check_outputs({"-o": output, "--save-directions": save_directions}, dumps)
+    chosen = o.inference(ci, ci_groups, ci_seed, null, null_seed, baseline)
+    inputs = [*dumps, *(baseline or [])]
+    check_outputs({"-o": output, "--save-directions": save_directions}, inputs)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         analysis = api.probe(dumps, layers=layers, labels=labels, offsets=offsets, allow_incomplete=allow_incomplete,
@@ -88,17 +96,17 @@ def probe(
                              split_by=o.plain(split_by), shrinkage=shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
                              control=o.plain(control),
                              positive=positive, negative=negative, details=save_directions is not None,
-                             progress=progress, backend=executor)
+                             progress=progress, backend=executor, **chosen)
     document = analysis.to_dict()
     if save_directions is not None:
         _write_npz(save_directions, {f"{i}/{layer['layer']}": layer.pop("details")["direction"]
                                      for i, file in enumerate(document["files"]) for layer in file["layers"]
-                                     if "details" in layer}, dumps)
+                                     if "details" in layer}, inputs)
     units = dict.fromkeys(layer["probe"]["split_by"] for file in document["files"] for layer in file["layers"])
     summary = {"split by": ", ".join(units)} | {
         f"direction cosine {entry['layer']}": f"{entry['cosine']:.4g}" if entry["cosine"] is not None else "—"
         for entry in document["direction_cosines_across_files"]}
-    emit(metrics_result(analysis, summary), fmt, output, dumps)
+    emit(metrics_result(analysis, summary), fmt, output, inputs)
 
 
 def shrinkage_value(value: str | None) -> float | str | None:

@@ -64,6 +64,8 @@ def rank(
     spectrum_out: Annotated[Optional[Path], typer.Option(
         "--spectrum-out", rich_help_panel=o.OUTPUT, show_default=False,
         help="Also write every layer's eigenvalues as CSV (file, layer, spectrum, rank, eigenvalue).")] = None,
+    ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None, null: o.NullOpt = None,
+    null_seed: o.NullSeedOpt = None, baseline: o.BaselineOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
@@ -79,8 +81,13 @@ def rank(
 
     \b    actgeom rank sample_data/digits_mlp_epoch1500.h5 --preset tracing \\
             --spectrum-out spectra.csv --format jsonl
+
+    With 95 % intervals (se, ci_low, ci_high in every record):
+
+        actgeom rank sample_data/digits_mlp_epoch1500.h5 --ci --format csv
     """
-    inputs = [*dumps, *([stats] if stats else [])]
+    chosen = o.inference(ci, ci_groups, ci_seed, null, null_seed, baseline)
+    inputs = [*dumps, *([stats] if stats else []), *(baseline or [])]
     check_outputs({"-o": output, "--spectrum-out": spectrum_out}, inputs)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
@@ -90,7 +97,7 @@ def rank(
                             preset=o.plain(preset), center=center, max_eigs=max_eigs, eps=eps,
                             fit_range=fit_range_value(fit_range), ge=ge,
                             rtol=rtol, subsample=subsample, seed=seed, details=spectrum_out is not None,
-                            progress=progress, backend=executor)
+                            progress=progress, backend=executor, **chosen)
     if spectrum_out is not None:
         write_output(spectrum_out, _spectra_csv(analysis.to_dict()), inputs, option="--spectrum-out")
         for file in analysis.to_dict()["files"]:  # the spectra went to the CSV, not into the result

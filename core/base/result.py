@@ -18,6 +18,14 @@ from actgeom.core import __version__
 from actgeom.core.base.errors import UsageError
 
 RECORD_KEYS = ("file", "checkpoint", "step", "layer", "family", "metric", "value", "note")
+# Inference fields a metric's row gains (docs/metrics.md, "Uncertainty and nulls"): {layer key: its fields},
+# the fields always there when the document's "inference" turned that key on (the others only when present).
+INFERENCE_FIELDS = {"intervals": ("se", "ci_low", "ci_high"),
+                    "nulls": ("null_mean", "null_sd", "z", "p_value"),
+                    "baseline": ("baseline", "difference", "difference_se", "difference_ci_low", "difference_ci_high",
+                                 "excludes_zero")}
+INFERENCE_ON = {"ci": INFERENCE_FIELDS["intervals"], "null": INFERENCE_FIELDS["nulls"], "baseline": ("baseline", "difference")}
+CI_FIELDS = ("ci_method", "ci_groups", "ci_level")  # from the document's inference.ci, on rows with an interval
 
 
 class Result:
@@ -25,7 +33,7 @@ class Result:
     file × layer × metric (value None with the reason in ``note`` when unavailable or not finite);
     ``to_pandas()``: those rows as a DataFrame."""
 
-    columns = RECORD_KEYS  # of records() and to_pandas()
+    columns = RECORD_KEYS  # of records() and to_pandas(), before the inference fields (inference_columns)
 
     def __init__(self, document: dict):
         self.document = document
@@ -39,11 +47,14 @@ class Result:
 
     def records(self) -> list[dict]:
         families = {name: info["family"] for name, info in self.document.get("metrics_info", {}).items()}
+        layers = [layer for file in self.document["files"] for layer in file["layers"]]
+        extra = inference_columns(self.document, layers)
+        ci = (self.document.get("inference") or {}).get("ci")
         rows = []
         for file in self.document["files"]:
             base = {"file": file["file"], "checkpoint": file.get("checkpoint"), "step": file.get("step")}
             for layer in file["layers"]:
-                rows += tidy_rows(base | {"layer": layer["layer"]}, layer, families)
+                rows += tidy_rows(base | {"layer": layer["layer"]}, layer, families, columns=extra, ci=ci)
         return rows
 
     def to_pandas(self):
@@ -52,7 +63,8 @@ class Result:
             import pandas as pd
         except ImportError:
             raise UsageError("Result.to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame(self.records(), columns=list(self.columns))
+        rows = self.records()
+        return pd.DataFrame(rows, columns=list(self.columns) + [key for key in _inference_keys() if rows and key in rows[0]])
 
     def metric(self, name: str, *, layer: str | None = None, file: int = 0):
         """One metric's value (of the only or the named layer of the file-th file).
@@ -80,17 +92,51 @@ class Result:
         return f"<actgeom Result: {self.document['command']}, {len(files)} file(s), {n_layers} layer(s)>"
 
 
-def tidy_rows(where: dict, record: dict, families: dict[str, str] | None = None) -> list[dict]:
+def tidy_rows(where: dict, record: dict, families: dict[str, str] | None = None, *, columns: tuple[str, ...] | None = None,
+              ci: dict | None = None) -> list[dict]:
     """One row per metric of a ``record`` (a layer, or a compare cell): ``where`` | (its family, when
     ``families`` maps names to them) | metric, value, note — the note says why a value is
-    not finite; an unavailable metric's value is None and its note the reason."""
+    not finite; an unavailable metric's value is None and its note the reason — | the inference
+    ``columns`` (default: :func:`inference_columns` of this record) from the record's "intervals",
+    "nulls" and "baseline" entries of the metric, None where it has none (why: the record's
+    "intervals_unavailable" / "nulls_unavailable"); rows with an interval also name its method, G
+    and level from ``ci`` (the document's inference.ci)."""
     notes = record.get("nonfinite", {})
+    columns = inference_columns({}, [record]) if columns is None else columns
     rows = []
     for name, value, note in ([(name, value, notes.get(name)) for name, value in record.get("metrics", {}).items()]
                               + [(name, None, reason) for name, reason in record.get("unavailable", {}).items()]):
         family = {} if families is None else {"family": families.get(name)}
-        rows.append(where | family | {"metric": name, "value": value, "note": note})
+        found = {key: entry.get(name) or {} for key, entry in ((key, record.get(key) or {}) for key in INFERENCE_FIELDS)}
+        extra = {column: _field(found, column, ci) for column in columns}
+        rows.append(where | family | {"metric": name, "value": value, "note": note} | extra)
     return rows
+
+
+def inference_columns(document: dict, records: list[dict]) -> tuple[str, ...]:
+    """The inference fields the rows of ``records`` (layers or compare cells) carry, in a fixed
+    order: a key's fields when the ``document``'s "inference" turned it on (intervals: "ci", nulls:
+    "null", baseline: "baseline") or any record has them; the method, G and level with intervals."""
+    turned_on = document.get("inference") or {}
+    present = {field for record in records for key in INFERENCE_FIELDS
+               for entry in (record.get(key) or {}).values() if isinstance(entry, dict) for field in entry}
+    wanted = present | {field for switch, fields in INFERENCE_ON.items() if turned_on.get(switch) for field in fields}
+    if wanted & set(INFERENCE_FIELDS["intervals"]):
+        wanted |= set(INFERENCE_FIELDS["intervals"]) | set(CI_FIELDS)
+    return tuple(field for field in _inference_keys() if field in wanted)
+
+
+def _inference_keys() -> tuple[str, ...]:
+    """Every inference column, in their order."""
+    return INFERENCE_FIELDS["intervals"] + CI_FIELDS + INFERENCE_FIELDS["nulls"] + INFERENCE_FIELDS["baseline"]
+
+
+def _field(found: dict[str, dict], column: str, ci: dict | None):
+    """A metric's value of an inference ``column`` from its entries ``found`` ({key: the metric's entry})."""
+    if column in CI_FIELDS:
+        return (ci or {}).get(column.removeprefix("ci_")) if found["intervals"] else None
+    key = next(key for key, fields in INFERENCE_FIELDS.items() if column in fields)
+    return found[key].get(column)
 
 
 def document_header(command: str | None = None, *, started: float | None = None, options: dict | None = None,
