@@ -24,6 +24,7 @@ PERMUTED = ("collapse", "neurons")  # families whose labels enter only through t
 NO_NULL = {  # why a label-dependent metric has no permutation null
     "probe": "the probe is fitted on its split's class statistics, which the permutations do not keep "
              "(a refit on every permutation)",
+    "entropy": "computed on the seeded sample, whose labels the permutations do not move",
     "decision": "needs the network's own decisions, compared on a second pass that is not re-run per permutation",
     "fdr": "is itself made from the permutations (per-unit p-values)",
 }

@@ -167,6 +167,36 @@ use a sample per group: the sample without group g is the seeded sample of the r
 **Assumptions.** The groups are exchangeable: sampling units are independent draws (rows of an
 i.i.d. evaluation set; whole sequences of a corpus). The interval describes the sampling noise of
 the inputs, not the randomness of training (use `--baseline` runs of other seeds for that).
+
+**Permutation nulls** (`--null K`, API `null=K`, seed `--null-seed`; Phipson & Smyth 2010). Would a
+network whose activations carry no information about the labels show the same value? Every
+label-dependent metric of `collapse` and `neurons` is evaluated, through the same function, under K
+seeded permutations of the labels over the sampling units (rows; whole sequences of a token-level
+dump, whose labels must then be constant within each sequence). Only the class counts and class sums
+depend on the labels, so the same pass keeps them per permutation (K × C × D, never a second D × D
+product): unit u takes the label of unit π_k(u), π_k a keyed bijection (a Feistel network) of the
+labelled units, the same for any chunking, `--rows` shard, `merge` order and backend; the permuted
+within-class scatter is exact from the total moments, S_W = S_T − Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ
+(tests/test_nulls.py). Each layer's `nulls` gives, per metric:
+
+| field | definition |
+|---|---|
+| `null_mean`, `null_sd` | mean and standard deviation (ddof 1) of the K permuted values θ_k |
+| `z` | (θ̂ − null_mean) / null_sd (None when null_sd is 0) |
+| `p_value` | (1 + #{k: θ_k at least as extreme as θ̂}) / (K + 1); at least 1/(K + 1) |
+| `permutations` | K |
+
+"At least as extreme" follows the metric's direction: θ_k ≥ θ̂ for "higher", θ_k ≤ θ̂ for "lower",
+\\|θ_k − null_mean\\| ≥ \\|θ̂ − null_mean\\| for "neither" (two-sided).
+
+`nulls_unavailable` says why a label-dependent metric has none (NC4 needs the network's decisions
+on a second pass; the probe would be refitted per permutation; a metric the labels enter only
+through the class counts does not change). Metrics that do not depend on labels have no null.
+`neurons` also gives every unit a permutation `p_value` of its class selectivity and its
+Benjamini–Hochberg `q_value` (over the units with a selectivity), and `selective_unit_fraction_fdr`:
+the share of units with q ≤ `--fdr` (default 0.05). With D units BH can call j units at q only when
+1/(K + 1) ≤ q·j/D: take K ≥ D/(q·j). The document records `inference.null` = {method, permutations,
+seed}. **Assumption:** under the null the labels are exchangeable across sampling units.
 """
 
 FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")
