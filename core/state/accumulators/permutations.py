@@ -47,20 +47,21 @@ class Bijection:
         self.keys = hash_keys(hash_keys(ids, seed).view(np.int64), PERMUTATION_SALT).reshape(permutations, ROUNDS)
 
     def __call__(self, units: np.ndarray) -> np.ndarray:
-        """π_k(u) for every unit u (n,) and permutation k: (n, K) int64."""
-        x = np.broadcast_to(np.asarray(units, dtype=np.uint64)[:, None], (len(units), self.keys.shape[0])).copy()
-        outside = np.ones(x.shape, dtype=bool)
-        while outside.any():
-            rows, cols = np.nonzero(outside)
-            x[rows, cols] = self._encrypt(x[rows, cols], cols)
-            outside[rows, cols] = x[rows, cols] >= self.size
-        return x.astype(np.int64)
+        """π_k(u) for every unit u (n,) and permutation k: (n, K) int64. The first round of
+        encryption runs on the whole (n, K) table; only the values that fell outside are walked on."""
+        x = self._encrypt(np.asarray(units, dtype=np.uint64)[:, None], self.keys).ravel()
+        walking = np.flatnonzero(x >= self.size)
+        while walking.size:
+            x[walking] = self._encrypt(x[walking], self.keys[walking % self.keys.shape[0]])
+            walking = walking[x[walking] >= self.size]
+        return x.reshape(len(units), self.keys.shape[0]).astype(np.int64)
 
-    def _encrypt(self, x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    def _encrypt(self, x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """One pass of the Feistel network over x with each value's round keys (``keys[..., j]``)."""
         left, right = x >> self.half, x & self.mask
         with np.errstate(over="ignore"):
             for j in range(ROUNDS):
-                mixed = (right + self.keys[k, j]) * np.uint64(0xBF58476D1CE4E5B9)
+                mixed = (right + keys[..., j]) * np.uint64(0xBF58476D1CE4E5B9)
                 mixed = (mixed ^ (mixed >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
                 left, right = right, left ^ ((mixed ^ (mixed >> np.uint64(29))) & self.mask)
         return (left << self.half) | right
