@@ -4,6 +4,8 @@ do not depend on chunking, row-range shards or merging; p-values are calibrated;
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import class_data, run_family, write_dump
@@ -223,3 +225,29 @@ def test_unit_p_values_equal_the_selectivity_on_permuted_rows(tmp_path, rng):
                      for k in range(6)])
     expected = (1 + (null >= observed).sum(axis=0)) / 7
     np.testing.assert_allclose(units["p_value"], expected, rtol=1e-12)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="the dask extra is not installed")
+def test_dask_nulls_equal_a_local_run(tmp_path, rng):
+    """Each task reads the label vector and permutes the same units: the nulls of a Dask run are a local run's."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from actgeom.core.backends import BackendOptions, open_backend
+    from actgeom.core.backends.dask import RANGE_SLOT
+
+    X, y = class_data(rng, [50, 40, 60], 6, separation=1.0)
+    path = write_dump(tmp_path / "d.h5", {"h": np.abs(X)}, labels=y, chunk_rows=32)
+    families = ("collapse", "neurons")
+    options = {"neurons": {"threshold": 0.0}}
+    local = api.analyze([path], families=families, options=options, null=9, null_seed=2).to_dict()
+    with LocalCluster(n_workers=2, threads_per_worker=1, resources={RANGE_SLOT: 1}, processes=True,
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+        with open_backend(BackendOptions("dask", scheduler=cluster.scheduler_address, ranges=4)) as backend:
+            dask = api.analyze([path], families=families, options=options, null=9, null_seed=2, backend=backend).to_dict()
+    a, b = local["files"][0]["layers"][0], dask["files"][0]["layers"][0]
+    assert a["nulls"].keys() == b["nulls"].keys() and len(a["nulls"]) > 10
+    for name, null in a["nulls"].items():
+        assert b["nulls"][name] == pytest.approx(null, rel=1e-10, abs=1e-12), name
+    assert a["neurons"]["units"]["p_value"] == b["neurons"]["units"]["p_value"]
