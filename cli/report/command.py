@@ -107,7 +107,8 @@ def report(
     delta: nr.DeltaOpt = nr.DEFAULTS.delta, collapsed_kl: nr.CollapsedKlOpt = nr.DEFAULTS.collapsed_kl,
     test_fraction: pr.TestFractionOpt = None, split_by: pr.SplitByOpt = None, shrinkage: pr.ShrinkageOpt = None,
     ridge_lambda: pr.RidgeLambdaOpt = None, control: pr.ControlOpt = None, positive: pr.PositiveOpt = None,
-    negative: pr.NegativeOpt = None, results: ResultsOpt = None, figures: FiguresOpt = None,
+    negative: pr.NegativeOpt = None, ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None,
+    baseline: o.BaselineOpt = None, results: ResultsOpt = None, figures: FiguresOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: SummaryFormatOpt = SummaryFormat.table, cache: CacheOpt = None,
     quiet: o.QuietOpt = False,
@@ -129,41 +130,55 @@ def report(
 
     \b    actgeom report sample_data/*.h5 --families collapse,probe \\
             --positive 3 --negative 8 -o probe.html
+
+    \b    actgeom report sample_data/*.h5 --ci -o report.html   # error bars: 95 % intervals
     """
     started = time.perf_counter()  # the page's "elapsed": from here to the assembled page
-    check_outputs(dumps, output, results, figures)
+    given = _family_values(locals())  # the command's parameters, by name (none assigned yet)
+    inference = o.inference(ci, ci_groups, ci_seed, baseline=baseline)
+    check_outputs([*dumps, *(baseline or [])], output, results, figures)
     with row_progress(quiet) as progress:
         # numpy, scipy, h5py: loaded while the progress display says "starting"
         from actgeom.cli.report.data import ReportOptions, gather, parse_families
         from actgeom.core import api
         from actgeom.core.state.engine import PassOptions
 
-        given = {"collapse": o.given(preset=collapse_preset, min_count=min_count, global_mean=global_mean,
-                                     nc1_inverse=nc1_inverse, divide_by_c=divide_by_c, nc4_decision=nc4_decision),
-                 "rank": o.given(preset=rank_preset, center=center, max_eigs=max_eigs, eps=rank_eps, ge=ge, rtol=rtol,
-                                 subsample=rank_subsample, seed=seed, fit_range=rk.fit_range_value(fit_range)),
-                 "entropy": o.given(alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
-                                    tau=tau, layer_width=layer_width, eps=entropy_eps, normalized=normalized),
-                 "neurons": o.given(top=top, score=score, min_support=min_support, threshold=threshold, tau=tau,
-                                    cutoff=cutoff, max_position=max_position, mu=mu, logvar=logvar, delta=delta,
-                                    collapsed_kl=collapsed_kl),
-                 "probe": o.given(test_fraction=test_fraction, seed=seed, split_by=split_by,
-                                  shrinkage=pr.shrinkage_value(shrinkage), ridge_lambda=ridge_lambda, control=control,
-                                  positive=positive, negative=negative)}
+        passes = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products),
+                             ci_groups=inference["ci_groups"] if ci else 0, ci_seed=inference["ci_seed"])
         options = ReportOptions(**{name: api.family_options(name, chosen) for name, chosen in given.items()},
-                                passes=PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products)),
-                                families=parse_families(families))
+                                passes=passes, families=parse_families(families))
         if layers and "neurons" in options.families:  # the VAE layers are read too, as `neurons` does
             layers = list(layers) + [name for name in (mu, logvar) if name is not None and name not in layers]
         spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, attention=attention)
         with run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
-            document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor))
+            document = jsonable(gather(dumps, spec, options, progress, cache, backend=executor,
+                                       baseline=inference["baseline"]))
         warn_sample_beyond_layer_rows(document["files"])  # DSE/DSMI's --subsample, as entropy says it
         page = _page(document, figures, dumps, started, progress)
     if results is not None:
         write_output(results, results_text(document, results), dumps, option="--results")
     write_output(output, page, dumps)
     emit(summary_result(document, output, results), Format.md if fmt is SummaryFormat.md else Format.table, None)
+
+
+def _family_values(values: dict) -> dict[str, dict]:
+    """{family: its keywords for core.api.family_options} from the report's parameters (``values``,
+    by name); the options one value of which several families share go to each of them."""
+    v = values
+    return {"collapse": o.given(preset=v["collapse_preset"], min_count=v["min_count"], global_mean=v["global_mean"],
+                                nc1_inverse=v["nc1_inverse"], divide_by_c=v["divide_by_c"], nc4_decision=v["nc4_decision"]),
+            "rank": o.given(preset=v["rank_preset"], center=v["center"], max_eigs=v["max_eigs"], eps=v["rank_eps"],
+                            ge=v["ge"], rtol=v["rtol"], subsample=v["rank_subsample"], seed=v["seed"],
+                            fit_range=rk.fit_range_value(v["fit_range"])),
+            "entropy": o.given(alpha=v["alpha"], sigma=v["sigma"], t=v["t"], subsample=v["subsample"], seed=v["seed"],
+                               threshold=v["threshold"], tau=v["tau"], layer_width=v["layer_width"], eps=v["entropy_eps"],
+                               normalized=v["normalized"]),
+            "neurons": o.given(top=v["top"], score=v["score"], min_support=v["min_support"], threshold=v["threshold"],
+                               tau=v["tau"], cutoff=v["cutoff"], max_position=v["max_position"], mu=v["mu"],
+                               logvar=v["logvar"], delta=v["delta"], collapsed_kl=v["collapsed_kl"]),
+            "probe": o.given(test_fraction=v["test_fraction"], seed=v["seed"], split_by=v["split_by"],
+                             shrinkage=pr.shrinkage_value(v["shrinkage"]), ridge_lambda=v["ridge_lambda"],
+                             control=v["control"], positive=v["positive"], negative=v["negative"])}
 
 
 def _page(document: dict, figures: Path | None, dumps: list[Path], started: float, progress) -> str:

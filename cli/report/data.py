@@ -14,6 +14,7 @@ from pathlib import Path
 
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
+from actgeom.core import baseline as baselines
 from actgeom.core.base.errors import OptionError
 from actgeom.core.base.labels import file_labels
 from actgeom.core.base.options import NeuronsOptions, ProbeOptions
@@ -68,20 +69,30 @@ def checkpoint_order(paths: list[Path]) -> list[Path]:
 
 
 def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOptions(),
-           progress: Progress | None = None, cache: Path | None = None, backend=None) -> dict:
+           progress: Progress | None = None, cache: Path | None = None, backend=None, baseline=None) -> dict:
     """The report document of the dumps (checkpoints ordered), every family on every layer;
     ``cache``: a directory keeping each dump's results (core.api.run), so a re-run reads only the
-    dumps that are new or changed; ``backend``: who runs the passes (core.api.run)."""
+    dumps that are new or changed; ``backend``: who runs the passes (core.api.run); ``baseline``:
+    one dump for every checkpoint or one per dump of ``paths`` in their given order (core.api.run's),
+    each analysed once (a baseline that is a checkpoint: its own record)."""
     started = time.perf_counter()
     families = {name: getattr(options, name) for name in options.families}
+    paths = [Path(p) for p in paths]
+    pairs = baselines.paired(paths, baseline)
+    if pairs is not None:  # before any pass: every checkpoint's baseline has its layers
+        baselines.check_layers(paths, pairs, spec)
+    base_of, memo = dict(zip(paths, pairs or [None] * len(paths))), {}
     document = None
-    for path in checkpoint_order([Path(p) for p in paths]):
+    for path in checkpoint_order(paths):
         one = api.run("report", [path], families, spec=spec, pass_options=options.passes, details=True,
-                      progress=_labelled(progress, path), cache=cache, backend=backend).to_dict()
+                      progress=_labelled(progress, path), cache=cache, backend=backend, baseline=base_of[path],
+                      baseline_memo=memo).to_dict()
         if document is None:
             document = one
         else:
             document["files"] += one["files"]
+            used = (document["inference"].get("baseline") or []) + (one["inference"].get("baseline") or [])
+            document["inference"]["baseline"] = list(dict.fromkeys(used)) or None
     labels = file_labels([entry["file"] for entry in document["files"]])  # as every command's columns
     for entry, label in zip(document["files"], labels):
         entry["step"] = _step(entry.get("step"))

@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # no display: figures are only ever written to files and 
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from actgeom.cli.report import uncertainty  # noqa: E402
 from actgeom.cli.report.document import (  # noqa: E402
     checkpoint_label,
     layer_names,
@@ -205,10 +206,11 @@ def fig_training(document: dict) -> Figure | str:
     names, unavailable = drawable(document, series, series.get)
     if not names:
         return "the families run (--families) have no metric drawn over training" + _reasons_text(unavailable)
-    fig, axes = _grid(len(names), legend_entries=len(layers) + 1,
+    fig, axes = _grid(len(names), legend_entries=len(layers) + 1 + uncertainty.legend_room(document),
                       room=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
     colours = layer_colours(len(layers))
-    handles = []
+    handles, drawn = [], (False, False)
+    cells = [[(entry, layer) for entry in document["files"]] for layer in layers]
     for ax, name in zip(axes, names):
         info = document["metrics_info"].get(name)
         for i, layer in enumerate(layers):
@@ -216,6 +218,7 @@ def fig_training(document: dict) -> Figure | str:
                               linewidth=1.5, label=layer)
             if len(handles) < len(layers):
                 handles.append(line)
+        drawn = _or(drawn, uncertainty.draw(ax, document, x, cells, name, series[name], colours, MARKERS))
         _log_if_decades(ax, series[name].ravel(), (info or {}).get("log_scale", False))
         _ideal(ax, info)
         _title(ax, name, info)
@@ -224,9 +227,15 @@ def fig_training(document: dict) -> Figure | str:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     dashed = matplotlib.lines.Line2D([], [], color="0.35", linestyle="--", linewidth=1)
-    _top_legend(fig, handles + [dashed], [f"layer {name}" for name in layers] + ["ideal value"])
+    more, words = uncertainty.legend_entries(document, *drawn)
+    _top_legend(fig, handles + [dashed] + more, [f"layer {name}" for name in layers] + ["ideal value"] + words)
     fig.unavailable = unavailable
     return fig
+
+
+def _or(drawn: tuple[bool, bool], more: tuple[bool, bool]) -> tuple[bool, bool]:
+    """(error bars drawn on some panel, baseline drawn on some panel)."""
+    return drawn[0] or more[0], drawn[1] or more[1]
 
 
 def _reasons_text(unavailable: dict[str, str]) -> str:
@@ -271,8 +280,10 @@ def fig_depth(document: dict) -> Figure | str:
         return "the families run (--families) have no metric drawn across depth" + _reasons_text(unavailable)
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(names), legend_entries=len(files) + 1, room=_slant_room(layers))
-    handles, labels = [], []
+    fig, axes = _grid(len(names), legend_entries=len(files) + 1 + uncertainty.legend_room(document),
+                      room=_slant_room(layers))
+    handles, labels, drawn = [], [], (False, False)
+    cells = [[(entry, layer) for layer in layers] for entry in files]
     for ax, name in zip(axes, names):
         info = document["metrics_info"].get(name)
         values = series[name]
@@ -281,6 +292,7 @@ def fig_depth(document: dict) -> Figure | str:
             if len(handles) < len(files):
                 handles.append(line)
                 labels.append(checkpoint_label(entry))
+        drawn = _or(drawn, uncertainty.draw(ax, document, depth, cells, name, values, colours, once=True))
         _log_if_decades(ax, values.ravel(), (info or {}).get("log_scale", False))
         if name == "separation_fuzziness":
             _separation_law(ax, files, depth, values, colours)
@@ -294,7 +306,8 @@ def fig_depth(document: dict) -> Figure | str:
         ax.grid(alpha=0.3)
     fit = matplotlib.lines.Line2D([], [], color="0.35", linestyle=":", linewidth=1.2)
     labels = [label + _law_text(entry) for label, entry in zip(labels, files)]
-    _top_legend(fig, handles + [fit], labels + ["separation-law fit"])
+    more, words = uncertainty.legend_entries(document, *drawn)
+    _top_legend(fig, handles + [fit] + more, labels + ["separation-law fit"] + words)
     fig.unavailable = unavailable
     return fig
 

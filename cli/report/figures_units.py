@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from actgeom.cli.report import uncertainty
 from actgeom.cli.report.document import checkpoint_label, layer_names, metric, training_axis, unavailable_reason
 from actgeom.cli.report.document import layer as _layer
 from actgeom.cli.report.figures import (
@@ -20,6 +21,7 @@ from actgeom.cli.report.figures import (
     ONE_CHECKPOINT,
     _grid,
     _layer_ticks,
+    _or,
     _plain_log_ticks,
     _slant_room,
     _top_legend,
@@ -79,20 +81,23 @@ def fig_probe_depth(document: dict) -> Figure | str:
         return "no layer has a probe score: " + unavailable_reason(document, "lda_accuracy")
     depth = np.arange(1, len(layers) + 1, dtype=np.float64)
     colours = checkpoint_colours(len(files))
-    fig, axes = _grid(len(series), columns=3, legend_entries=len(files) + 1, room=_slant_room(layers))
-    handles, chance_drawn = [], False
+    fig, axes = _grid(len(series), columns=3, legend_entries=len(files) + 1 + uncertainty.legend_room(document),
+                      room=_slant_room(layers))
+    handles, chance_drawn, drawn = [], False, (False, False)
     chance = np.array([metric(files[-1], layer, "chance") for layer in layers])
+    cells = [[(entry, layer) for layer in layers] for entry in files]
     for ax, (name, values) in zip(axes, series.items()):
         for i in range(len(files)):
             (line,) = ax.plot(depth, values[i], color=colours[i], marker="o", markersize=4, linewidth=1.5)
             if len(handles) < len(files):
                 handles.append(line)
-        chance_drawn |= _accuracy_axes(ax, name, values, depth, chance)
+        drawn = _or(drawn, uncertainty.draw(ax, document, depth, cells, name, values, colours, once=True))
+        chance_drawn |= _accuracy_axes(ax, name, uncertainty.extent(document, cells, name, values), depth, chance)
         _layer_ticks(ax, depth, layers)
         ax.set_xlim(depth[0] - 0.25, depth[-1] + 0.25)
         ax.set_xlabel("layer (depth)", fontsize=8)
     labels = [checkpoint_label(entry) for entry in files]
-    _probe_legend(fig, handles, labels, chance_drawn)
+    _probe_legend(fig, handles, labels, chance_drawn, uncertainty.legend_entries(document, *drawn))
     fig.unavailable = unavailable
     return fig
 
@@ -115,29 +120,34 @@ def fig_probe_training(document: dict) -> Figure | str:
         unavailable[DIRECTION_TITLE] = unavailable_reason(document, "direction_norm")
     x, ticks, xlabel = training_axis(document)
     colours = layer_colours(len(layers))
-    fig, axes = _grid(len(series) + (cosines is not None), columns=4, legend_entries=len(layers) + 1,
+    fig, axes = _grid(len(series) + (cosines is not None), columns=4,
+                      legend_entries=len(layers) + 1 + uncertainty.legend_room(document),
                       room=_slant_room(ticks, slanted=xlabel.startswith("checkpoint")))
-    handles, chance_drawn = [], False
+    handles, chance_drawn, drawn = [], False, (False, False)
     chance = np.array([metric(entry, layers[0], "chance") for entry in files])
+    cells = [[(entry, layer) for entry in files] for layer in layers]
     for ax, (name, values) in zip(axes, series.items()):
         for i in range(len(layers)):
             (line,) = ax.plot(x, values[i], color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=4,
                               linewidth=1.5)
             if len(handles) < len(layers):
                 handles.append(line)
-        chance_drawn |= _accuracy_axes(ax, name, values, x, chance)
+        drawn = _or(drawn, uncertainty.draw(ax, document, x, cells, name, values, colours, MARKERS))
+        chance_drawn |= _accuracy_axes(ax, name, uncertainty.extent(document, cells, name, values), x, chance)
         _training_x(ax, x, ticks, xlabel)
     if cosines is not None:
         _draw_direction_cosines(axes[-1], cosines, colours, (x, ticks, xlabel))
-    _probe_legend(fig, handles, [f"layer {name}" for name in layers], chance_drawn)
+    _probe_legend(fig, handles, [f"layer {name}" for name in layers], chance_drawn,
+                  uncertainty.legend_entries(document, *drawn))
     fig.unavailable = unavailable
     return fig
 
 
-def _probe_legend(fig: Figure, handles: list, labels: list[str], chance_drawn: bool) -> None:
-    """The series, and the dashed chance line when a panel draws it."""
+def _probe_legend(fig: Figure, handles: list, labels: list[str], chance_drawn: bool, more: tuple[list, list]) -> None:
+    """The series, the dashed chance line when a panel draws it, and ``more`` (handles, labels: the
+    error bars and the baseline)."""
     dashed = [matplotlib.lines.Line2D([], [], **CHANCE)] if chance_drawn else []
-    _top_legend(fig, handles + dashed, labels + ["chance 1/C"] * bool(dashed))
+    _top_legend(fig, handles + dashed + more[0], labels + ["chance 1/C"] * bool(dashed) + more[1])
 
 
 DIRECTION_TITLE = "concept direction μ₊ − μ₋: cosine with the previous checkpoint"

@@ -11,7 +11,9 @@ import json
 import math
 import re
 
+from actgeom.cli.cells import difference_text, plus_minus
 from actgeom.cli.report.document import checkpoint_label, layer_names
+from actgeom.cli.report.uncertainty import interval_words
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -24,6 +26,7 @@ th, td { border: 1px solid #ddd; padding: 0.18rem 0.5rem; text-align: left; vert
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
 td.na { color: #888; text-align: center; }
+td .delta { display: block; color: #555; font-size: 0.92em; }
 figure { margin: 0.6rem 0 1.6rem; } figcaption { font-size: 0.86rem; color: #333; max-width: 70rem; }
 figure svg { display: block; width: 100%; height: auto; }
 .why { color: #666; font-style: italic; }
@@ -146,12 +149,29 @@ def _header(document: dict) -> str:
                      "as N³, so the report's default sample is 2 000 rows; <code>--subsample</code> raises it. Every other "
                      "option has the default of its own command, so each number here equals the one that command prints."
                      "</p>")
+    parts.append(_inference_note(document))
     blocks = []
     for family, values in list(document["options"].items()) + [("pass", document["pass"])]:
         rows = [[_td(key), _td(json.dumps(value))] for key, value in values.items()]
         blocks.append(f"<div><h3>{esc(family)} options</h3>{_table(['option', 'value'], rows, f'options-{family}')}</div>")
     parts.append(f'<div class="options" id="options">{"".join(blocks)}</div>')
     return "\n".join(parts)
+
+
+def _inference_note(document: dict) -> str:
+    """What the error bars, the ± of the tables and the grey lines are (--ci, --baseline); "" without them."""
+    words = interval_words(document)
+    baselines = (document.get("inference") or {}).get("baseline") or []
+    text = ""
+    if words:
+        text += (f"Error bars and “±” in the tables: {esc(words)}, value ± t·se (t of Student’s distribution with "
+                 "G − 1 degrees of freedom). A point without an interval has no bar; why is listed under “Every "
+                 "metric”. ")
+    if baselines:
+        text += (f"Grey dash-dotted lines: the same metric on the baseline dump {esc(', '.join(baselines))}; the grey "
+                 "band is its interval where the baseline is also a checkpoint of this report (its record holds it). "
+                 "“Δ baseline” in the table: value − baseline" + (" ± the half-width of its interval." if words else "."))
+    return f'<p id="inference-note">{text}</p>' if text else ""
 
 
 def _elapsed(document: dict) -> str:
@@ -183,9 +203,11 @@ def _tables(document: dict) -> str:
     """One table: a row per metric, a column per checkpoint × layer; then the reasons for “—”."""
     files = document["files"]
     parts = [f'<h2 id="{_slug("Every metric")}">Every metric</h2>',
-             '<p class="lede">Every metric of every checkpoint and layer (6 significant digits; the exact value is '
-             "in <code>--results</code>). “—” marks a metric that is unavailable or not finite; the reasons follow "
-             "the table.</p>"]
+             '<p class="lede">Every metric of every checkpoint and layer (6 significant digits'
+             + (", or value ± the half-width of its interval to the digits it leaves meaningful" if interval_words(document)
+                else "")
+             + "; the exact value is in <code>--results</code>). “—” marks a metric that is unavailable or not finite; "
+             "the reasons follow the table.</p>"]
     records = [(index, entry, record) for index, entry in enumerate(files) for record in entry["layers"]]
     names: list[str] = []
     for _, _, record in sorted(records, key=lambda r: -len(r[2]["metrics"])):  # the fullest layer sets the order
@@ -199,7 +221,7 @@ def _tables(document: dict) -> str:
             value = record["metrics"].get(name)
             where = f'data-file="{index}" data-layer="{esc(record["layer"])}" data-metric="{esc(name)}"'
             if value is not None and not (isinstance(value, float) and not math.isfinite(value)):
-                cells.append(_num_cell(value).replace("<td ", f"<td {where} ", 1))
+                cells.append(_metric_cell(record, name, value, where))
             else:
                 reason = record["unavailable"].get(name) or record["nonfinite"].get(name) or "not computed"
                 cells.append(f'<td class="na" {where} title="{esc(reason)}">—</td>')
@@ -209,6 +231,25 @@ def _tables(document: dict) -> str:
     parts.append(_reasons(files))
     parts.append(_top_units(document))
     return "\n".join(parts)
+
+
+def _metric_cell(record: dict, name: str, value, where: str) -> str:
+    """A value of the metric table: ``value ± half-width`` when it has an interval (its bounds in
+    data-ci-low/-high), and under it the difference from the baseline when there is one."""
+    interval = (record.get("intervals") or {}).get(name) or {}
+    bounds = (interval.get("ci_low"), interval.get("ci_high"))
+    exact = f'data-value="{esc(json.dumps(value))}"'
+    if all(isinstance(bound, (int, float)) for bound in bounds) and isinstance(value, (int, float)):
+        text = plus_minus(value, interval)
+        exact += f' data-ci-low="{esc(json.dumps(bounds[0]))}" data-ci-high="{esc(json.dumps(bounds[1]))}"'
+    else:
+        text = fmt(value)
+    found = (record.get("baseline") or {}).get(name) or {}
+    delta = ""
+    if found.get("difference") is not None:
+        exact += f' data-baseline="{esc(json.dumps(found.get("baseline")))}"'
+        delta = f'<span class="delta">Δ baseline {esc(difference_text(found))}</span>'
+    return f'<td class="num" {where} {exact}>{esc(text)}{delta}</td>'
 
 
 TOP_UNIT_COLUMNS = ("firing_rows", "firing_rate", "class_selectivity", "top_classes")  # beside the ranking score, when computed
@@ -243,6 +284,9 @@ def _reasons(files: list[dict]) -> str:
                 grouped.setdefault(reason, {}).setdefault(name, set()).add(place)
             for name, kind in record["nonfinite"].items():
                 grouped.setdefault(f"value is {kind}", {}).setdefault(name, set()).add(place)
+            for key, what in (("intervals_unavailable", "no interval"), ("baseline_unavailable", "no baseline")):
+                for name, reason in (record.get(key) or {}).items():
+                    grouped.setdefault(f"{what}: {reason}", {}).setdefault(name, set()).add(place)
             for note in record.get("notes", []):
                 grouped.setdefault(f"note: {note}", {}).setdefault("", set()).add(place)
     if not grouped:

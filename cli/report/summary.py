@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from actgeom.cli.cells import intervals_line, plus_minus
 from actgeom.cli.options import Format
 from actgeom.cli.output import Result, render
 from actgeom.cli.report.document import checkpoint_label
 from actgeom.core.base import outputs
 from actgeom.core.base.errors import UsageError
+from actgeom.core.base.result import inference_columns, tidy_rows
 
 HEADLINE = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "erank", "alpha_req", "dataset_entropy", "dead_fraction",
             "mean_cosine", "lda_accuracy")
@@ -31,17 +33,17 @@ def check_outputs(dumps: list[Path], output: Path, results: Path | None, figures
 
 
 def records(document: dict) -> list[dict]:
-    """Tidy records: one per file × layer × metric (value null, with the reason, when unavailable)."""
+    """Tidy records: one per file × layer × metric (value null, with the reason, when unavailable),
+    with the inference fields every command's records have (se, ci_low, ci_high, baseline, ...)."""
+    layers = [layer for entry in document["files"] for layer in entry["layers"]]
+    columns, ci = inference_columns(document, layers), (document.get("inference") or {}).get("ci")
     out = []
     for entry in document["files"]:
         for layer in entry["layers"]:
             base = {"file": entry["file"], "checkpoint": entry["checkpoint"], "step": entry["step"],
                     "layer": layer["layer"], "kind": layer["kind"], "n_rows": layer["n_rows"],
                     "n_units": layer["n_units"]}
-            for name, value in layer["metrics"].items():
-                out.append(base | {"metric": name, "value": value, "note": layer["nonfinite"].get(name)})
-            for name, reason in layer["unavailable"].items():
-                out.append(base | {"metric": name, "value": None, "note": reason})
+            out += tidy_rows(base, layer, columns=columns, ci=ci)
     return out
 
 
@@ -54,8 +56,11 @@ def results_text(document: dict, path: Path) -> str:
 
 
 def _short(layer: dict, name: str, reasons: dict[str, int]) -> str:
-    """A headline cell: 4 significant digits, or “— (n)” where footnote n says why there is none."""
-    value = layer["metrics"].get(name)
+    """A headline cell: 4 significant digits (value ± half-width of its interval, when it has one), or
+    “— (n)” where footnote n says why there is none."""
+    value, interval = layer["metrics"].get(name), (layer.get("intervals") or {}).get(name)
+    if value is not None and interval and isinstance(value, (int, float)):
+        return plus_minus(value, interval)
     if value is not None:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
     reason = layer["unavailable"].get(name) or (f"value is {layer['nonfinite'][name]}" if name in layer["nonfinite"]
@@ -77,6 +82,7 @@ def summary_result(document: dict, output: Path, results: Path | None) -> Result
     summary = {"report": str(output)} | ({"results": str(results)} if results else {})
     if "entropy" in document["options"]:
         summary["DSE/DSMI sample"] = f"≤ {document['options']['entropy']['subsample']} rows"
+    summary |= intervals_line(document)
     summary["elapsed"] = f"{document['elapsed_s']:.1f} s (figures included)"
     notes = [f"({number}) {reason}" for reason, number in reasons.items()]
     return Result(title="actgeom report", document=document, records=rows, summary=summary, table=rows, notes=notes)

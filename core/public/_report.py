@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from actgeom.core.base.options import CI_GROUPS
+
 
 def report(paths, output=None, *, families=None, options: dict | None = None, layers=None, labels=None, weight=None,
            bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
-           tokens="all", products="float64", figures=None, cache=None, progress=None, backend=None):
+           tokens="all", products="float64", figures=None, cache=None, progress=None, backend=None, ci=False,
+           ci_groups=CI_GROUPS, ci_seed=0, baseline=None):
     """Every family on every layer of every checkpoint (`actgeom report`) → a :class:`Result` whose
     document is what ``--results report.json`` holds; with ``output`` the HTML page is written there
     too (atomically), and with ``figures`` each figure as SVG and PDF in that directory.
@@ -23,7 +26,8 @@ def report(paths, output=None, *, families=None, options: dict | None = None, la
     ``families``: the report's families to run (default: collapse, rank, entropy, neurons, probe);
     ``options``: {family: dict of its keyword options}, the rest as the command's defaults (the
     entropy sample is the report's 2 000 rows unless ``{"entropy": {"subsample": ...}}``);
-    ``cache``, ``backend``: as :func:`actgeom.analyze`'s.
+    ``cache``, ``backend``, ``ci``, ``ci_groups``, ``ci_seed``, ``baseline``: as :func:`actgeom.analyze`'s
+    (with ``ci`` the page draws error bars; with ``baseline`` a grey line per metric).
     """
     from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
     from actgeom.cli.report.data import ReportOptions, gather, parse_families
@@ -36,7 +40,8 @@ def report(paths, output=None, *, families=None, options: dict | None = None, la
     from actgeom.core.state.engine import PassOptions
 
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    check_outputs({"output": output}, paths)
+    check_outputs({"output": output}, paths + [Path(p) for p in ([baseline] if isinstance(baseline, (str, Path))
+                                                                 else baseline or [])])
     if figures is not None and Path(figures).exists() and not Path(figures).is_dir():
         raise UsageError(f"figures={str(figures)!r} is a file; give a directory")
     given = options or {}
@@ -48,10 +53,11 @@ def report(paths, output=None, *, families=None, options: dict | None = None, la
     spec = DumpSpec(layers=tuple(layers), labels=labels, weight=weight,
                     bias=bias, predictions=predictions, offsets=offsets, attention=attention,
                     allow_incomplete=allow_incomplete)
-    run = ReportOptions(**chosen, passes=PassOptions(nonfinite=nonfinite, tokens=tokens, products=products),
-                        families=parse_families(",".join(families or FAMILIES)))
+    passes = PassOptions(nonfinite=nonfinite, tokens=tokens, products=products, ci_groups=ci_groups if ci else 0,
+                         ci_seed=ci_seed)
+    run = ReportOptions(**chosen, passes=passes, families=parse_families(",".join(families or FAMILIES)))
     with open_backend(backend) as executor:  # one cluster for every checkpoint
-        document = _json_ready(gather(paths, spec, run, progress, cache, backend=executor))
+        document = _json_ready(gather(paths, spec, run, progress, cache, backend=executor, baseline=baseline))
     if output is not None:
         from actgeom.cli.report.render import render_page  # matplotlib: only for the page
 
