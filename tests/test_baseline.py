@@ -3,6 +3,7 @@ layer name, with the difference, its independent-samples jackknife interval and 
 
 from __future__ import annotations
 
+import glob
 import math
 import re
 from pathlib import Path
@@ -164,3 +165,16 @@ def test_a_file_analysed_from_a_statistics_file_is_not_its_own_baseline(dumps, t
     for layer, full in zip(_layers(result), _layers(whole)):
         assert layer["baseline"]["nc1"]["baseline"] == full["metrics"]["nc1"]
         assert layer["baseline"]["nc1"]["difference"] != 0
+
+
+def test_the_readme_dead_salmon_command_prints_the_rows_the_readme_shows(cli, monkeypatch):
+    """The README's `collapse --ci --baseline` command (run in-process): every row of its excerpt is a row it prints."""
+    section = (ROOT / "README.md").read_text().split("## Is it more than noise?", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\nactgeom (collapse .*)\n```", section).group(1).split()
+    shown = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| option", "| `"))]
+    monkeypatch.chdir(ROOT)
+    args = [name for arg in command for name in (sorted(glob.glob(arg)) if "*" in arg else [arg])]
+    code, out, err = cli(*args, "--quiet")
+    assert code == 0, err
+    printed = set(out.splitlines())
+    assert len(shown) >= 6 and [line for line in shown if line not in printed] == []
