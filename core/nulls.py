@@ -21,6 +21,7 @@ from actgeom.core.metrics.uncertainty import permutation_test
 from actgeom.core.state.accumulators import MomentStats, PermutationsSpec
 
 PERMUTED = ("collapse", "neurons")  # families whose labels enter only through the class moments
+BESIDE_LABELS = ("unit_moments", "units")  # what else their label-dependent metrics read (kept under permutation)
 NO_NULL = {  # why a label-dependent metric has no permutation null
     "probe": "the probe is fitted on its split's class statistics, which the permutations do not keep "
              "(a refit on every permutation)",
@@ -85,10 +86,11 @@ def _null_values(ctx: LayerContext, permuted, families: dict, wanted: dict, reas
     """Each wanted metric's K values, one per permutation; a metric without a value under some
     permutation gets the reason instead."""
     values: dict[str, list[float]] = {metric: [] for metric in wanted}
-    total = _total(ctx.stats.get("moments").classes)
+    moments = ctx.stats.get("moments")
+    total = _total(moments.classes)
     used = {name for name, _ in wanted.values()}
     for k in range(permuted.permutations):
-        shuffled = permuted_context(ctx, permuted.stats(k, total))
+        shuffled = permuted_context(ctx, MomentStats(classes=permuted.stats(k, total), total=moments.total))
         for name in used:
             family, options = families[name]
             record = family.layer(shuffled, options)
@@ -112,13 +114,12 @@ def _total(classes: ClassStats) -> ClassStats:
     return ClassStats(counts=np.array([classes.n]), means=mean[None, :], within_scatter=None, sq_dev=np.zeros(1))
 
 
-def permuted_context(ctx: LayerContext, classes) -> LayerContext:
-    """The layer as if its labelled rows had the class moments ``classes`` (a ClassStats under one
-    permutation): the other statistics unchanged, no second pass, no details, no permutations."""
-    held = ctx.stats.accumulators
-    moments = held["moments"].finalize()
-    accumulators = {slot: acc for slot, acc in held.items() if slot != "permutations"}
-    accumulators["moments"] = _Fixed(MomentStats(classes=classes, total=moments.total))
+def permuted_context(ctx: LayerContext, moments: MomentStats) -> LayerContext:
+    """The layer as if its labelled rows had the class moments of ``moments`` (under one permutation):
+    of the other statistics only those the label-dependent metrics read besides the class moments
+    (unit moments and activity: the selectivity's conditions), no second pass, no details."""
+    accumulators = {slot: acc for slot, acc in ctx.stats.accumulators.items() if slot in BESIDE_LABELS}
+    accumulators["moments"] = _Fixed(moments)
     stats = dataclasses.replace(ctx.stats, accumulators=accumulators, groups=None)
     return dataclasses.replace(ctx, stats=stats, second={}, details=False, replicate=True)
 
