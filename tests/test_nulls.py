@@ -75,8 +75,19 @@ def test_token_level_permutations_move_whole_sequences(tmp_path, rng):
     with DumpWriter(path, layers={"h": 3}, dtype="float64", model="test") as writer:
         writer.append({"h": rng.standard_normal((offsets[-1], 3))}, labels=labels)
         writer.set_offsets(offsets)
+    specs = [MomentsSpec(by_class=True), PermutationsSpec(permutations=4, seed=0)]
     with Dump(path) as dump:
         permuted = LabelPermutations.of(dump, 4, 0).read(0, int(offsets[-1]))
+        stats = accumulate(dump, specs=specs, options=PassOptions(block_rows=17, tokens="from:1"))["h"]
+        X = dump.read_rows("h")
+    used = (labels >= 0) & (np.arange(labels.size) - np.repeat(offsets[:-1], lengths) >= 1)  # --tokens from:1
+    total = pooled(stats.get("moments").classes)
+    for k in range(4):
+        direct = ClassMoments(3)
+        direct.update(X[used], permuted[used, k])
+        expected, got = direct.finalize(), stats.get("permutations").stats(k, total)
+        for name in ("counts", "means", "within_scatter", "sq_dev"):
+            _close(getattr(got, name), getattr(expected, name), name)
     for k in range(4):
         per_sequence = np.split(permuted[:, k], offsets[1:-1])
         assert all((part == part[0]).all() for part in per_sequence)  # one label per sequence
