@@ -204,3 +204,32 @@ def test_intervals_on_dask_equal_a_local_run(tmp_path):
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
             open_backend(BackendOptions("dask", scheduler=cluster.scheduler_address, ranges=4)) as backend:
         _assert_same_intervals(_intervals(path, families, backend=backend), reference)
+
+
+@pytest.mark.parametrize("groups", [2, 7])
+def test_each_left_out_is_the_merge_of_the_other_groups(tmp_path, groups):
+    """The twins' statistics, made by halving: each equals leave_out's, in group order."""
+    from actgeom.core.state.grouped_pass import each_left_out
+    from actgeom.core.state.groups import leave_out
+
+    path = _write(tmp_path / "d.h5", _rows(np.random.default_rng(4), 4, n=200))
+    families = _families(control="row")
+    with Dump(path) as dump:
+        stats = accumulate(dump, specs=specs_for(families, facts_of(dump)), options=PassOptions(ci_groups=groups))["h"]
+    made = list(each_left_out(stats))
+    assert len(made) == groups
+    for g, left in enumerate(made):
+        expected = leave_out(stats, g)
+        assert left.n_rows == expected.n_rows
+        got, want = _finalized(left), _finalized(expected)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-10 * np.abs(value).max(), err_msg=(g, key))
+
+
+def _finalized(stats) -> dict:
+    """What the probe and NC4 read of the statistics (the shifted sums inside depend on the merge order)."""
+    split, classes = stats.get("split"), stats.get("moments").classes
+    return {"n_test": split.n_test, "train_counts": split.train.counts, "train_means": split.train.means,
+            "train_within": split.train.within_scatter, "control_counts": split.groups.counts,
+            "control_sums": split.groups.sums, "counts": classes.counts, "means": classes.means,
+            "within": classes.within_scatter}
