@@ -159,12 +159,19 @@ def inference(ci: bool, ci_groups: int | None, ci_seed: int | None, null: int | 
     do nothing."""
     needs("--ci", ci, ci_groups=ci_groups, ci_seed=ci_seed)
     needs("--null", null is not None, null_seed=null_seed)
-    check_seed(ci_seed or 0, "ci_seed")
+    check_groups(ci_groups, ci_seed)
     check_seed(null_seed or 0, "null_seed")
     if null is not None and null < 1:
         raise OptionError("null", null, "must be ≥ 1 permutation (leave --null out for none)")
     return {"ci": ci, "ci_groups": CI_GROUPS if ci_groups is None else ci_groups, "ci_seed": ci_seed or 0,
             "null": null or 0, "null_seed": null_seed or 0, "baseline": list(baseline) if baseline else None}
+
+
+def check_groups(ci_groups: int | None, ci_seed: int | None) -> None:
+    """--ci-groups G ≥ 2 (0 would be no groups at all: no interval, silently) and a 64-bit --ci-seed."""
+    if ci_groups is not None and ci_groups < 2:
+        raise OptionError("ci_groups", ci_groups, "must be ≥ 2 (the jackknife leaves out one group of several)")
+    check_seed(ci_seed or 0, "ci_seed")
 
 
 def needs(switch: str, on: bool, **given) -> None:

@@ -25,6 +25,13 @@ SeedOpt = Annotated[int,
                     typer.Option("--seed", min=0, max=SEEDS - 1,
                                  help="Seed of the sample: same seed, same rows in every layer and run.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="A unit is active on a row when its value > threshold.")]
+GroupsOpt = Annotated[Optional[int], typer.Option(
+    "--ci-groups", rich_help_panel=o.INFERENCE, metavar="G", show_default="none",
+    help="Keep the statistics in G jackknife groups of sampling units, so that --stats serves --ci (give the "
+         "analysis the same G; every shard of a merge too).")]
+GroupSeedOpt = Annotated[Optional[int], typer.Option(
+    "--ci-seed", rich_help_panel=o.INFERENCE, metavar="S", show_default="0",
+    help="With --ci-groups: the seed of the groups' hash (the analysis gives the same --ci-seed).")]
 
 
 def parse_rows(text: str | None, option: str = "--rows") -> tuple[int, int] | None:
@@ -54,6 +61,7 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
               "--neurons", help="Also keep what `neurons --stats` needs: per-unit moments and Σ exp(x), and the "
                                 "token and position sums when the dump has token ids / positions (positions ≥ 512 "
                                 "pooled, neurons' default).")] = False,
+          ci_groups: GroupsOpt = None, ci_seed: GroupSeedOpt = None,
           save_stats: SaveOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None,
           quiet: o.QuietOpt = False) -> None:
     """One pass per layer: the statistics every metric is computed from (for shards).
@@ -67,14 +75,21 @@ def stats(dump: o.DumpArg, layers: o.LayersOpt = None, labels: o.LabelsOpt = Non
             --rows $((i*599)):$(((i+1)*599)) --save-stats part$i.npz
 
         actgeom merge part0.npz part1.npz part2.npz --save-stats all.npz
+
+    With jackknife groups, for `collapse --ci --stats all.npz` (the same G in every shard):
+
+    \b    actgeom stats sample_data/digits_mlp_epoch1500.h5 --ci-groups 20 \\
+            --save-stats all.npz
     """
     from actgeom.core.api_files import partial_statistics  # numpy, scipy, h5py: when the command runs, not for --help
     from actgeom.core.state.engine import PassOptions
 
+    o.needs("--ci-groups", ci_groups is not None, ci_seed=ci_seed)
+    o.check_groups(ci_groups, ci_seed)
     spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete)
     check_outputs({"-o": output, "--save-stats": save_stats}, [dump])
     options = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products), row_range=parse_rows(rows),
-                          row_offset=row_offset)
+                          row_offset=row_offset, ci_groups=ci_groups or 0, ci_seed=ci_seed or 0)
     with row_progress(quiet) as progress:
         found = partial_statistics(dump, spec, options, subsample=subsample, seed=seed, threshold=threshold,
                                    entropy_alpha=entropy_alpha, neurons=neurons, progress=progress)

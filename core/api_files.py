@@ -95,6 +95,7 @@ def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample:
     entropies of that Rényi order with sequence offsets), and what `neurons --stats` needs."""
     from actgeom.core.families.neurons import neurons_statistics
     from actgeom.core.state.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
+    from actgeom.core.state.groups import check_groups
     from actgeom.core.state.partial import provenance
 
     with Dump(path, spec) as opened:
@@ -104,6 +105,8 @@ def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample:
             specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
         if neurons:
             specs += neurons_statistics(opened.row_vector_names())
+        if options.grouping is not None:
+            check_groups(opened, dict(enumerate(specs)), options)
         found = accumulate(opened, specs=specs, options=options, progress=progress)
         meta = provenance(opened, options) | {"options": options_record(options)}
     return PartialStatistics(found, meta, inputs=[path])
@@ -111,17 +114,19 @@ def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample:
 
 def stats(path, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
           allow_incomplete=False, nonfinite="error", tokens="all", products="float64", rows=None, row_offset=0,
-          subsample=0, seed=0, threshold=0.0, entropy_alpha=None, neurons=False, save_stats=None,
+          subsample=0, seed=0, threshold=0.0, entropy_alpha=None, neurons=False, ci_groups=0, ci_seed=0, save_stats=None,
           progress: Progress | None = None) -> PartialStatistics:
     """Partial statistics of one dump, or of its rows ``rows=(start, stop)`` (one shard of a job
     array), as `actgeom stats` keeps them (see :func:`partial_statistics`); ``row_offset``: the global
-    row number of this file's first row when it is one shard file of a larger dump. ``save_stats``:
-    also written there (checked before the pass)."""
+    row number of this file's first row when it is one shard file of a larger dump; ``ci_groups`` G > 0:
+    kept per jackknife group (hashed with ``ci_seed``), so that ``stats=`` serves ``ci=True`` with the
+    same G and seed. ``save_stats``: also written there (checked before the pass)."""
     check_outputs({"save_stats": save_stats}, [path])
     spec = DumpSpec(layers=_names(layers), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, allow_incomplete=allow_incomplete)
     options = PassOptions(nonfinite=nonfinite, tokens=tokens, products=products,
-                          row_range=None if rows is None else tuple(rows), row_offset=row_offset)
+                          row_range=None if rows is None else tuple(rows), row_offset=row_offset, ci_groups=ci_groups,
+                          ci_seed=ci_seed)
     found = partial_statistics(path, spec, options, subsample=subsample, seed=seed, threshold=threshold,
                                entropy_alpha=entropy_alpha, neurons=neurons, progress=progress)
     if save_stats is not None:
