@@ -168,10 +168,7 @@ def compare_interval(paths: dict[str, Path], groups: int) -> dict:
     import actgeom
 
     result = actgeom.compare([str(paths["x"]), str(paths["y"])], ci=True, ci_groups=groups)
-    cell = result.document["cells"][0] if "cells" in result.document else None
-    if cell is None:
-        return {"value": float(result.matrix("cka_linear")[0, 0]), "why": "no cell in the compare document"}
-    return interval_of(cell, "cka_linear")
+    return interval_of(result.document["pairs"][0], "cka_linear")
 
 
 def takes(function, keyword: str) -> bool:
@@ -219,8 +216,9 @@ def summarise(metric: str, truth: float, found: list[dict]) -> None:
 
 # -- nulls ------------------------------------------------------------------------------------------
 
-def null_p_values(d: Design, args, folder: Path, random_labels: bool) -> dict[str, list[float]]:
-    """The permutation p-values of NULL_METRICS over the datasets (labels random or planted)."""
+def null_p_values(d: Design, args, folder: Path, random_labels: bool) -> dict[str, list]:
+    """The permutation p-values of NULL_METRICS over the datasets (labels random or planted); the
+    reason instead of a p-value when a metric has no null."""
     import actgeom
 
     found: dict[str, list[float]] = {metric: [] for metric in NULL_METRICS}
@@ -231,7 +229,8 @@ def null_p_values(d: Design, args, folder: Path, random_labels: bool) -> dict[st
                   actgeom.probe(mixture, null=args.permutations, null_seed=seed).files()[0]["layers"][0]]
         for metric in NULL_METRICS:
             layer = next(entry for entry in layers if metric in entry["metrics"])
-            found[metric].append(layer.get("nulls", {}).get(metric, {}).get("p_value", math.nan))
+            null = layer.get("nulls", {}).get(metric)
+            found[metric].append(null["p_value"] if null else layer.get("nulls_unavailable", {}).get(metric, "no null"))
         for path in paths.values():
             path.unlink()
     return found
@@ -250,15 +249,18 @@ def nulls(d: Design, args, folder: Path) -> None:
         found = null_p_values(d, args, folder, random_labels)
         seconds = time.perf_counter() - t0
         for metric, p in found.items():
+            if any(isinstance(value, str) for value in p):
+                print(f"{metric}: no permutation null: {next(value for value in p if isinstance(value, str))}")
+                continue
             p = np.array(p)
             if random_labels:
-                ks = scipy_stats.kstest(p[np.isfinite(p)], "uniform")
+                ks = scipy_stats.kstest(p, "uniform")
                 print(f"random labels  {metric:13s} KS statistic {ks.statistic:.4f}, KS p = {ks.pvalue:.4f}, "
-                      f"mean p {np.nanmean(p):.4f} (uniform: {0.5 + 0.5 / (K + 1):.4f}), share p ≤ 0.05: "
-                      f"{np.mean(p <= 0.05):.3f}, missing {int(np.isnan(p).sum())}  [{seconds:.0f} s]")
+                      f"mean p {p.mean():.4f} (uniform: {0.5 + 0.5 / (K + 1):.4f}), share p ≤ 0.05: "
+                      f"{np.mean(p <= 0.05):.3f}  [{seconds:.0f} s]")
             else:
                 print(f"planted labels {metric:13s} p = 1/(K+1) = {1 / (K + 1):.5f} in {np.sum(np.isclose(p, 1 / (K + 1)))} "
-                      f"of {p.size} datasets (max p {np.nanmax(p):.5f})  [{seconds:.0f} s]")
+                      f"of {p.size} datasets (max p {p.max():.5f})  [{seconds:.0f} s]")
 
 
 def main() -> None:
