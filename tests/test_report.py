@@ -719,3 +719,180 @@ def test_a_subsample_beyond_the_rows_is_said_as_entropy_says_it(cli, tmp_path, r
     assert "--subsample 5000 is more than the 90 rows: every row is used" in err
     code, _, err = cli("report", path, "-o", tmp_path / "r.html", "--families", "entropy", "-q")
     assert code == 0 and "--subsample" not in err, err  # the default is not the user's
+
+
+# -- uncertainty: --ci error bars and ±, --baseline lines and bands (#24) ---------------------------------------
+
+CI_GROUPS = 10
+
+
+def _training_run(folder: Path, rng, steps=(0, 10, 100)) -> list[str]:
+    """Checkpoints whose classes separate more at each step (collapse changes over training)."""
+    paths = []
+    for k, step in enumerate(steps):
+        X, y = class_data(rng, [40, 40, 40], 12, separation=1.0 + k)
+        path = write_dump(folder / f"ckpt_{step}.h5", {"a": X, "b": np.maximum(X, 0.0)}, labels=y)
+        with h5py.File(path, "a") as f:
+            f.attrs["step"] = step
+            f["activations/b"].attrs["activation"] = "relu"
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ci_report(tmp_path_factory):
+    """A --ci --baseline report of three checkpoints (the first one the baseline of every one)."""
+    out = tmp_path_factory.mktemp("ci_report")
+    paths = _training_run(out, np.random.default_rng(7))
+    code, stdout, stderr = Cli()("report", *paths, "--ci", "--ci-groups", str(CI_GROUPS), "--baseline", paths[0],
+                                 "--families", "collapse,rank,probe", "-o", out / "r.html", "--results", out / "r.json",
+                                 "--format", "md", "-q")
+    assert code == 0, stderr
+    html = (out / "r.html").read_text()
+    return {"dir": out, "paths": paths, "stdout": stdout, "html": html, "page": Page(html),
+            "results": json.loads((out / "r.json").read_text())}
+
+
+def _bars(figure, gid: str) -> list[tuple[float, float, float]]:
+    """(x, low, high) of each error bar an artist with ``gid`` draws."""
+    found = [artist for ax in figure.axes for artist in ax.get_children() if artist.get_gid() == gid]
+    return [(a[0], a[1], b[1]) for artist in found for a, b in artist.get_segments()]
+
+
+def _expected_bars(document: dict, cells, name: str, x) -> list[tuple[float, float, float]]:
+    from actgeom.cli.report.uncertainty import bounds
+
+    return [(x[k], *bounds(entry, layer, name)) for k, (entry, layer) in enumerate(cells)
+            if np.isfinite(bounds(entry, layer, name)).all()]
+
+
+def test_ci_bars_are_each_metrics_interval_on_every_training_and_depth_plot(ci_report):
+    """Every point of the over-training, across-depth and probe plots that has an interval gets one bar
+    from ci_low to ci_high (exactly the document's numbers), in the line's colour; the SVG carries them."""
+    from actgeom.cli.report import figures, figures_units
+
+    document = ci_report["results"]
+    layers, files = ["a", "b"], document["files"]
+    steps = np.array([entry["step"] for entry in files], dtype=float)
+    depth = np.arange(1.0, len(layers) + 1)
+    drawn = 0
+    for function, by_layer in ((figures.fig_training, True), (figures.fig_depth, False),
+                               (figures_units.fig_probe_training, True), (figures_units.fig_probe_depth, False)):
+        figure = function(document)
+        names = {artist.get_gid().split("-")[1] for ax in figure.axes for artist in ax.get_children()
+                 if (artist.get_gid() or "").startswith("ci-")}
+        assert {"nc1", "cdnv", "lda_accuracy"} & names, function.__name__
+        for name in names:
+            series = [[(e, layer) for e in files] for layer in layers] if by_layer else \
+                [[(e, layer) for layer in layers] for e in files]
+            for i, cells in enumerate(series):
+                expected = _expected_bars(document, cells, name, steps if by_layer else depth)
+                bars = np.array(_bars(figure, f"ci-{name}-{i}")).reshape(-1, 3)
+                assert bars.shape == (len(expected), 3), (function.__name__, name)
+                np.testing.assert_allclose(bars, np.array(expected).reshape(-1, 3), rtol=1e-12, atol=0)
+                drawn += len(expected)
+    assert drawn > 100
+    html = ci_report["html"]
+    for figure_id, name in (("fig-training", "nc1"), ("fig-depth", "cdnv"), ("fig-probe-depth", "lda_accuracy")):
+        assert f'id="{figure_id}-ci-{name}-0"' in html  # the bars are in the page's SVG
+    legend = [text.get_text() for text in figures.fig_training(document).legends[0].get_texts()]
+    assert legend[-2:] == ["95% jackknife interval", "baseline (grey band: its interval)"]
+
+
+def test_a_point_without_an_interval_gets_no_bar(ci_report):
+    from actgeom.cli.report import figures
+
+    document = json.loads(json.dumps(ci_report["results"]))
+    middle = next(layer for layer in document["files"][1]["layers"] if layer["layer"] == "a")
+    del middle["intervals"]["nc1"]
+    bars = _bars(figures.fig_training(document), "ci-nc1-0")
+    assert [x for x, _, _ in bars] == [0.0, 100.0]  # the step-10 point has none
+
+
+def test_ci_tables_show_value_plus_minus_half_width(ci_report):
+    """Each cell of a metric with an interval shows value ± half-width as the CLI table does, and
+    carries the bounds; the summary on stdout too; the note says what the bars are."""
+    from actgeom.cli.cells import plus_minus
+
+    document, page = ci_report["results"], ci_report["page"]
+    intervals = {(str(i), layer["layer"], name): (layer["metrics"][name], interval)
+                 for i, entry in enumerate(document["files"]) for layer in entry["layers"]
+                 for name, interval in layer["intervals"].items()}
+    with_bounds = [cell for cell in page.cells if "data-ci-low" in cell]
+    assert len(with_bounds) == len(intervals) > 100
+    for cell in with_bounds:
+        value, interval = intervals[(cell["data-file"], cell["data-layer"], cell["data-metric"])]
+        assert json.loads(cell["data-ci-low"]) == interval["ci_low"]
+        assert json.loads(cell["data-ci-high"]) == interval["ci_high"]
+        shown = plus_minus(value, interval)
+        assert " ± " in shown and (cell["text"] == shown or cell["text"].startswith(shown + "Δ baseline"))
+    nc1 = intervals[("2", "a", "nc1")]
+    assert f" {plus_minus(*nc1)} " in ci_report["stdout"]  # the summary's cell
+    note = next(attrs for tag, attrs in page.elements if attrs.get("id") == "inference-note")
+    text = "".join(page.text)
+    assert note is not None and f"delete-a-group jackknife over {CI_GROUPS} groups of rows (seed 0)" in text
+    records = [json.loads(line) for line in (_results_jsonl(ci_report)).splitlines()]
+    row = next(r for r in records if (r["step"], r["layer"], r["metric"]) == (100, "a", "nc1"))
+    assert (row["ci_low"], row["ci_high"], row["ci_groups"]) == (nc1[1]["ci_low"], nc1[1]["ci_high"], CI_GROUPS)
+
+
+def _results_jsonl(report: dict) -> str:
+    from actgeom.cli.report.summary import records
+
+    return "\n".join(json.dumps(row) for row in records(report["results"]))
+
+
+def test_baseline_line_and_band_on_every_plot(ci_report):
+    """--baseline: the baseline's value as a grey line on each metric's panel; its band is the
+    baseline checkpoint's own interval; the table says value − baseline."""
+    from actgeom.cli.report import figures
+
+    document = ci_report["results"]
+    first = document["files"][0]
+    assert document["inference"]["baseline"] == [ci_report["paths"][0]]
+    figure = figures.fig_training(document)
+    for i, layer in enumerate(("a", "b")):
+        line = next(a for ax in figure.axes for a in ax.get_children() if a.get_gid() == f"baseline-nc1-{i}")
+        record = next(r for r in first["layers"] if r["layer"] == layer)
+        assert list(line.get_ydata()) == [record["metrics"]["nc1"]] * 3
+        band = next(a for ax in figure.axes for a in ax.get_children() if a.get_gid() == f"baseline-nc1-{i}-band")
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert min(ys) == pytest.approx(record["intervals"]["nc1"]["ci_low"], rel=1e-12)
+        assert max(ys) == pytest.approx(record["intervals"]["nc1"]["ci_high"], rel=1e-12)
+    depth = figures.fig_depth(document)
+    shared = [a.get_gid() for ax in depth.axes for a in ax.get_children() if (a.get_gid() or "").startswith("baseline-nc1-")]
+    assert shared == ["baseline-nc1-0", "baseline-nc1-0-band"]  # one baseline for every checkpoint: drawn once
+    assert 'id="fig-training-baseline-nc1-0-band"' in ci_report["html"]
+    cell = next(c for c in ci_report["page"].cells if (c["data-file"], c["data-layer"], c["data-metric"]) == ("2", "a", "nc1"))
+    assert json.loads(cell["data-baseline"]) == next(r for r in first["layers"] if r["layer"] == "a")["metrics"]["nc1"]
+    assert "Δ baseline" in cell["text"]
+
+
+def test_a_run_without_ci_has_no_bars_no_plus_minus_no_note(sample_report):
+    html, page = sample_report["html"], sample_report["page"]
+    assert "±" not in html and "data-ci-low" not in html and "inference-note" not in html
+    assert not re.search(r'id="fig-[a-z-]+-(ci|baseline)-', html)
+    from actgeom.cli.report.summary import records
+
+    assert list(records(sample_report["results"])[0]) == ["file", "checkpoint", "step", "layer", "kind", "n_rows",
+                                                         "n_units", "metric", "value", "note"]
+    assert all("Δ" not in cell["text"] for cell in page.cells)
+
+
+def test_baselines_pair_with_the_dumps_in_the_given_order(cli, tmp_path, rng):
+    """One baseline per dump, in the order the dumps were given, though the report orders them by step."""
+    run = _training_run(tmp_path, rng, steps=(5, 50))
+    (tmp_path / "c").mkdir()
+    controls = _training_run(tmp_path / "c", rng, steps=(0, 1))
+    late_first = [run[1], run[0]]
+    code, _, err = cli("report", *late_first, "--baseline", controls[1], "--baseline", controls[0], "--families",
+                       "collapse", "-o", tmp_path / "r.html", "--results", tmp_path / "r.json", "-q")
+    assert code == 0, err
+    files = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert [(entry["file"], entry["baseline_file"]) for entry in files] == [(run[0], controls[0]), (run[1], controls[1])]
+    code, _, err = cli("report", *run, "--baseline", controls[0], "--baseline", controls[1], "--baseline", controls[0],
+                       "--families", "collapse", "-o", tmp_path / "r2.html", "-q")
+    assert code != 0 and "--baseline" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r2.html").exists()
+    code, _, err = cli("report", *run, "--ci-groups", "5", "--families", "collapse", "-o", tmp_path / "r3.html", "-q")
+    assert code != 0 and "--ci-groups is an option of --ci" in err, err
