@@ -153,6 +153,7 @@ class Permutations:
         self.counts = np.zeros((permutations, 0), dtype=np.int64)
         self.sums = np.zeros((permutations, 0, n_units))
         self.sumsq = np.zeros((permutations, 0))
+        self._z = np.empty((0, n_units))  # reused block buffer of shifted rows
 
     @property
     def n(self) -> int:
@@ -166,8 +167,10 @@ class Permutations:
             self.sumsq = np.pad(self.sumsq, ((0, 0), (0, grow)))
 
     def update(self, rows: Rows) -> None:
+        X, permuted = rows.X, rows.vectors[ROW_VECTOR]
         labelled = rows.labels >= 0
-        X, permuted = rows.X[labelled], rows.vectors[ROW_VECTOR][labelled]
+        if not labelled.all():
+            X, permuted = X[labelled], permuted[labelled]
         n = X.shape[0]
         if n == 0:
             return
@@ -175,7 +178,9 @@ class Permutations:
             self.ref = X.mean(axis=0)
         self._ensure(int(permuted.max()) + 1)
         c, k = self.counts.shape[1], self.permutations
-        z = X - self.ref
+        if self._z.shape[0] < n:
+            self._z = np.empty((n, self.n_units))
+        z = np.subtract(X, self.ref, out=self._z[:n])
         index = (permuted + np.arange(k) * c).ravel()  # row i, permutation k → k·C + its label
         indicator = sparse.csc_matrix((np.ones(n * k), index, np.arange(0, n * k + 1, k)), shape=(k * c, n))
         self.sums += (indicator @ z).reshape(k, c, self.n_units)
