@@ -30,6 +30,7 @@ from actgeom.core.families import collapse as collapse_family
 from actgeom.core.families import compare as compare_family
 from actgeom.core.families import entropy as entropy_family
 from actgeom.core.families import neurons as neurons_family
+from actgeom.core.families import ood as ood_family
 from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
@@ -45,7 +46,7 @@ from actgeom.core.state.partial import check_provenance, load_partial
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
                                (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,
-                                neurons_family.FAMILY, probe_family.FAMILY,
+                                neurons_family.FAMILY, probe_family.FAMILY, ood_family.FAMILY,
                                 compare_family.FAMILY)}  # compare runs its own pass over aligned files: compare()
 
 
@@ -88,10 +89,14 @@ def analyze_dump(dump: Dump, families: dict, *, pass_options: PassOptions = Pass
     for layer in dump.layers:
         ctx = layer_context(dump, layer.name, stats, pass_options, classifier, details=details)
         consumers = second_pass_consumers(ctx, families)
-        if consumers and backend is not None:
-            backend.second_pass(dump, layer, families, stats[layer.name], consumers, pass_options, progress)
-        elif consumers:
-            second_pass(dump, layer, list(consumers.values()), pass_options, progress)
+        own = {name: consumer for name, consumer in consumers.items() if getattr(consumer, "own_dump", True)}
+        if own and backend is not None:
+            backend.second_pass(dump, layer, families, stats[layer.name], own, pass_options, progress)
+        elif own:
+            second_pass(dump, layer, list(own.values()), pass_options, progress)
+        for consumer in consumers.values():
+            for label, path in getattr(consumer, "dumps", {}).items():
+                other_dump_pass(path, layer.name, layer.n_units, consumer.reading(label), pass_options, progress)
         ctx.second = consumers
         stage = getattr(progress, "stage", None)  # long steps after the pass (DSE, pairwise tiles), announced
         with stages.listening(None if stage is None else functools.partial(stage, layer.name)):
@@ -120,6 +125,18 @@ def layer_context(dump: Dump, name: str, stats: dict[str, LayerStats], pass_opti
         reads = f"layer '{dump.classifier_layer}'" if dump.classifier_layer else "a layer not selected by --layers"
         ctx.classifier_problem = f"the classifier ({dump.weight_path}) reads {reads}, not this one"
     return ctx
+
+
+def other_dump_pass(path, name: str, n_units: int, consumer, pass_options: PassOptions, progress: Progress | None) -> None:
+    """One pass over layer ``name`` of another dump (e.g. an OOD set scored by a model fitted on this
+    one), its rows selected as this pass selects rows (--tokens, --nonfinite), fed to ``consumer``."""
+    with Dump(path, DumpSpec(layers=(name,), allow_incomplete=False)) as other:
+        layer = other.layer(name)
+        if layer.n_units != n_units:
+            raise InvalidInputError(f"layer '{name}' has {layer.n_units} units in {path} but {n_units} in the dump "
+                                    "it is compared with")
+        second_pass(other, layer, [consumer], PassOptions(nonfinite=pass_options.nonfinite, tokens=pass_options.tokens),
+                    progress)
 
 
 def second_pass_consumers(ctx: LayerContext, families: dict) -> dict:

@@ -18,12 +18,13 @@ from actgeom.core.backends import open_backend
 from actgeom.core.base.result import Result
 from actgeom.core.dump import DumpSpec
 from actgeom.core.families import compare as compare_family
+from actgeom.core.families import ood as ood_family
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
 from actgeom.core.state.engine import PassOptions, Progress
 from actgeom.core.state.groups import DEFAULT_GROUPS
 
-__all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_options", "neurons", "probe", "rank", "run"]
+__all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_options", "neurons", "ood", "probe", "rank", "run"]
 
 
 def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpSpec(),
@@ -194,3 +195,22 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
                                     backend=executor)
         result.document["pass"]["backend"] = analysis.backend_record(executor)
     return result
+
+
+# -- ood: a model fitted on one dump, rows of others scored --------------------------------------------
+
+def ood(paths, *, test, ood, layers=None, labels=None, weight=None, bias=None, offsets=None, allow_incomplete=False,
+        nonfinite="error", tokens="all", products="float64", temperature=None, vim_dim=None, neco_dim=None, knn_k=None,
+        knn_sample=None, seed=None, progress: Progress | None = None) -> Result:
+    """Post-hoc out-of-distribution scores (METRICS.md §9, docs/metrics.md): per layer, a model fitted
+    on every row of each dump of ``paths`` (the ID fit rows: class moments, total moments, a seeded
+    sample, the classifier), then one pass over the ID ``test`` dump and over each ``ood`` dump
+    scoring every row. The result has one file entry per (fit dump, OOD set): AUROC, AUPR-In,
+    AUPR-Out and FPR95 of every score, and NC5."""
+    spec, pass_options = _data(layers, labels, weight, bias, None, offsets, None, allow_incomplete, nonfinite, tokens,
+                               products)
+    sets = [ood] if isinstance(ood, (str, Path)) else list(ood)
+    options = family_options("ood", dict(test=str(test), ood=tuple(str(path) for path in sets), temperature=temperature,
+                                         vim_dim=vim_dim, neco_dim=neco_dim, knn_k=knn_k, knn_sample=knn_sample, seed=seed))
+    result = run("ood", paths, {"ood": options}, spec=spec, pass_options=pass_options, progress=progress)
+    return Result(ood_family.per_set(result.to_dict()))

@@ -133,6 +133,23 @@ rows = A (the first file's layers, or the reference), columns = B; PWCCA and uni
 asymmetric (A from the row). Σ^(−1/2) is taken on the numerical range (eigenvalues above the storage
 noise of the coarser dtype). "invariant to" means a transformation of either side's rows.
 """,
+    "ood": """\
+## Out-of-distribution scores (`actgeom ood`)
+
+A model fitted on the in-distribution (ID) fit rows of one dump scores every row of an ID test dump
+and of each OOD dump; every score is "higher = more in-distribution". Fit, in one pass over the fit
+rows: class means μ_c, the pooled within-class covariance Σ_W = S_W/N and the total covariance Σ_T
+about the global mean μ_G (pseudo-inverses on the numerical range), a seeded sample (`--knn-sample`)
+and the classifier ℓ(x) = Wx + b. ViM: origin o = −W⁺b, residual space = the eigenvectors of
+E[(x − o)(x − o)ᵀ] beyond the top d (`--vim-dim`, default the authors' rule), α = the fit rows' mean
+max-logit over their mean residual norm — taken on the seeded sample, so the fit rows are read once.
+NECO: rows standardised by the fit rows' per-unit mean and population standard deviation (scikit-
+learn's StandardScaler), P_d the top-d eigenvectors of their covariance (the authors' PCA). kNN:
+L2-normalised rows, the k-th nearest normalised sample row (√(2 − 2cos)). Each score then gives, per
+OOD set, the four measures below (exact from one sort; ties as scikit-learn counts them; ID
+positive, FPR95 = fpr[argmax(tpr ≥ 0.95)] of roc_curve as OpenOOD reads it), named
+`<score>_<measure>`. Each OOD set is its own file entry of the document (`fit_file`, `test_file`).
+""",
 }
 
 # After the families: what every metric gains with --ci (and, later, --null and --baseline).
@@ -199,7 +216,7 @@ the share of units with q ≤ `--fdr` (default 0.05). With D units BH can call j
 seed}. **Assumption:** under the null the labels are exchangeable across sampling units.
 """
 
-FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare")
+FAMILY_ORDER = ("collapse", "rank", "entropy", "neurons", "probe", "compare", "ood")
 
 
 def _number(value) -> str:

@@ -261,3 +261,35 @@ class CompareOptions:
             raise OptionError("knn_k", self.knn_k, "must be ≥ 1")
         if not -1 <= self.unit_threshold <= 1:
             raise OptionError("unit_threshold", self.unit_threshold, "must be a correlation in [-1, 1]")
+
+
+# -- ood -----------------------------------------------------------------------------------------
+
+OOD_SCORES = ("msp", "max_logit", "energy", "mahalanobis", "relative_mahalanobis", "vim", "neco", "knn")
+
+
+@dataclass(frozen=True)
+class OodOptions:
+    """Every convention that changes an ood number (METRICS.md §9); recorded in the output. The
+    dumps: ``test`` holds the ID rows scored as in-distribution, ``ood`` one dump per OOD set."""
+
+    test: str | None = None
+    ood: tuple[str, ...] = ()
+    temperature: float = 1.0  # energy's T
+    vim_dim: int | None = None  # ViM's principal dimension d; None: its authors' rule (D ≥ 2048: 1000, ≥ 768: 512, else D/2)
+    neco_dim: int | None = None  # NECO's principal dimension d; None: ViM's rule
+    knn_k: int = 50  # kNN's k (Sun et al. 2022, CIFAR)
+    knn_sample: int = 10_000  # ID fit rows kept (seeded) for kNN and ViM's α
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise OptionError("temperature", self.temperature, "must be > 0 (energy divides the logits by it)")
+        for name in ("vim_dim", "neco_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise OptionError(name, getattr(self, name), "must be ≥ 1")
+        if self.knn_k < 1:
+            raise OptionError("knn_k", self.knn_k, "must be ≥ 1")
+        if self.knn_sample < 1:
+            raise OptionError("knn_sample", self.knn_sample, "must be ≥ 1")
+        check_seed(self.seed)

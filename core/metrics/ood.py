@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from actgeom.core.base.registry import registry
 from actgeom.core.base.stats import ClassStats
+from actgeom.core.metrics.ood_eval import aupr_in, aupr_out, auroc, fpr_at_tpr
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,12 @@ def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_d
     """An :class:`OodModel` from the fit rows' class statistics and total statistics (one class of
     every fit row), the classifier (W, b), the seeded sample for kNN; ``vim_dim``/``neco_dim``: the
     principal dimensions (ViM default as its authors: 1 000 for D ≥ 2 048, 512 for D ≥ 768, else D/2)."""
-    n = classes.counts.sum()
+    n, n_all = classes.counts.sum(), total.counts.sum()
     present = classes.counts > 0
     mean = total.means[0]
-    cov_total = total.within_scatter / n
-    model = OodModel(means=classes.means[present], within_precision=_pinv_psd(classes.within_scatter / n),
+    cov_total = total.within_scatter / n_all
+    within = classes.within_scatter / n if n else np.zeros_like(cov_total)  # no labelled rows: no class scores
+    model = OodModel(means=classes.means[present], within_precision=_pinv_psd(within),
                      global_mean=mean, total_precision=_pinv_psd(cov_total), weight=weight, bias=bias,
                      knn_k=knn_k, temperature=temperature)
     d = mean.size
@@ -104,10 +107,12 @@ def _min_mahalanobis(X: np.ndarray, means: np.ndarray, precision: np.ndarray) ->
 
 def scores(model: OodModel, X: np.ndarray) -> dict[str, np.ndarray]:
     """Every score the model allows for the rows X (n, D) float64."""
-    centred = X - model.global_mean  # about the fit rows' mean: no cancellation against a large offset
-    nearest = _min_mahalanobis(centred, model.means - model.global_mean, model.within_precision)
-    md0 = np.einsum("ij,jk,ik->i", centred, model.total_precision, centred)
-    out = {"mahalanobis": -nearest, "relative_mahalanobis": -(nearest - md0)}
+    out = {}
+    if model.means.shape[0]:
+        centred = X - model.global_mean  # about the fit rows' mean: no cancellation against a large offset
+        nearest = _min_mahalanobis(centred, model.means - model.global_mean, model.within_precision)
+        md0 = np.einsum("ij,jk,ik->i", centred, model.total_precision, centred)
+        out = {"mahalanobis": -nearest, "relative_mahalanobis": -(nearest - md0)}
     if model.weight is not None:
         logits = X @ model.weight.T + (0.0 if model.bias is None else model.bias)
         lse = _logsumexp(logits)
@@ -150,3 +155,66 @@ def nc5(ood_mean: np.ndarray, model: OodModel) -> float:
     centred = model.means - model.global_mean
     cosines = centred @ ood / (np.linalg.norm(centred, axis=1) * np.linalg.norm(ood))
     return float(np.abs(cosines).mean())
+
+
+# -- evaluation per OOD set, and the registry ---------------------------------------------------------
+
+MEASURES = {"auroc": ("AUROC, ID positive (ties count ½)", "higher", auroc),
+            "aupr_in": ("average precision, ID positive, higher scores first", "higher", aupr_in),
+            "aupr_out": ("average precision, OOD positive, lower scores first", "higher", aupr_out),
+            "fpr95": ("share of OOD rows accepted at the threshold keeping 95 % of the ID rows", "lower", fpr_at_tpr)}
+SCORES = {
+    "msp": ("max_c softmax(ℓ(x))_c", ("weight", "bias"), "Hendrycks & Gimpel, ICLR 2017"),
+    "max_logit": ("max_c ℓ_c(x)", ("weight", "bias"), "Hendrycks et al., ICML 2022"),
+    "energy": ("T · logsumexp(ℓ(x)/T)", ("weight", "bias"), "Liu et al., NeurIPS 2020"),
+    "mahalanobis": ("−min_c (x − μ_c)ᵀ Σ_W⁺ (x − μ_c)", ("labels",), "Lee et al., NeurIPS 2018"),
+    "relative_mahalanobis": ("−min_c [MD_c(x) − MD_0(x)], MD_0 about the global mean with Σ_T⁺", ("labels",),
+                             "Ren et al., 2021"),
+    "vim": ("logsumexp ℓ(x) − α‖(x − o)_⊥‖, o = −W⁺b, ⊥: outside the top-d subspace of E[(x−o)(x−o)ᵀ]",
+            ("weight", "bias", "sample"), "Wang et al., CVPR 2022"),
+    "neco": ("‖P_dᵀ z‖ / ‖z‖, z the standardised row, P_d its top-d principal directions", (), "Ben Ammar et al., ICLR 2024"),
+    "knn": ("−‖z − z_(k)‖, z = x/‖x‖, z_(k) its k-th nearest normalised fit row of the seeded sample", ("sample",),
+            "Sun et al., ICML 2022"),
+}
+OOD_TEST = "tests/test_ood.py::test_scores_and_measures_equal_an_in_memory_reference"
+
+
+@dataclass(frozen=True)
+class OodSet:
+    """One OOD set's rows next to the ID test rows: every score of both, and the OOD rows' mean."""
+
+    id_scores: dict[str, np.ndarray]
+    ood_scores: dict[str, np.ndarray]
+    nc5: float | None = None
+
+
+def _evaluator(score: str):
+    def evaluate_score(inputs: OodSet, options) -> dict:
+        if score not in inputs.id_scores:
+            return {}
+        return {f"{score}_{name}": measure(inputs.id_scores[score], inputs.ood_scores[score])
+                for name, (_, _, measure) in MEASURES.items()}
+    evaluate_score.__doc__ = f"AUROC, AUPR-In, AUPR-Out and FPR95 of the {score} score (core/metrics/ood_eval.py)."
+    return evaluate_score
+
+
+def nc5_of(inputs: OodSet, options) -> dict:
+    """NC5 of the OOD set's mean (:func:`nc5`)."""
+    return {} if inputs.nc5 is None else {"nc5": inputs.nc5}
+
+
+def _entries() -> list[dict]:
+    entries = []
+    for score, (formula, needs, source) in SCORES.items():
+        compute = _evaluator(score)
+        for name, (meaning, direction, _) in MEASURES.items():
+            entries.append(dict(name=f"{score}_{name}", formula=f"{meaning} of the score {formula}", compute=compute,
+                                needs=needs, direction=direction, range=(0.0, 1.0), ideal=1.0 if direction == "higher" else 0.0,
+                                invariant=frozenset(), source=source, test=OOD_TEST))
+    entries.append(dict(name="nc5", formula="mean over ID classes of |cos(μ_OOD − μ_G, μ_c − μ_G)|", compute=nc5_of,
+                        needs=("labels",), direction="lower", range=(0.0, 1.0), ideal=0.0, source="Ben Ammar et al., ICLR 2024",
+                        test=OOD_TEST))
+    return entries
+
+
+REGISTRY = registry("ood", *_entries())

@@ -1,0 +1,65 @@
+"""`actgeom ood`: post-hoc out-of-distribution scores of other dumps' rows, fitted on one dump."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from actgeom.cli import options as o
+from actgeom.cli.output import emit, metrics_result
+from actgeom.cli.progress import row_progress
+from actgeom.core.base.options import OodOptions
+from actgeom.core.base.outputs import check_outputs
+
+OOD = "OOD scores (docs/metrics.md)"
+
+
+def ood(
+    fit: Annotated[Path, typer.Argument(help="The dump of the in-distribution (ID) fit rows, e.g. the training set.",
+                                        show_default=False)],
+    test: Annotated[Path, typer.Option("--test", rich_help_panel=OOD, show_default=False,
+                                       help="The dump of held-out ID rows, scored as in-distribution.")],
+    ood_sets: Annotated[list[Path], typer.Option("--ood", rich_help_panel=OOD, show_default=False,
+                                                 help="A dump of OOD rows (repeat for several OOD sets).")],
+    layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None, bias: o.BiasOpt = None,
+    offsets: o.OffsetsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
+    tokens: o.TokensOpt = "all", products: o.ProductsOpt = "float64",
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", rich_help_panel=OOD, show_default=o.default(OodOptions, "temperature"), help="Energy's T.")] = None,
+    vim_dim: Annotated[Optional[int], typer.Option(
+        "--vim-dim", rich_help_panel=OOD, show_default="D ≥ 2048: 1000, ≥ 768: 512, else D/2",
+        help="ViM's principal dimension.")] = None,
+    neco_dim: Annotated[Optional[int], typer.Option(
+        "--neco-dim", rich_help_panel=OOD, show_default="as --vim-dim", help="NECO's principal dimension.")] = None,
+    knn_k: Annotated[Optional[int], typer.Option(
+        "--knn-k", rich_help_panel=OOD, show_default=o.default(OodOptions, "knn_k"), help="kNN's k.")] = None,
+    knn_sample: Annotated[Optional[int], typer.Option(
+        "--knn-sample", rich_help_panel=OOD, show_default=o.default(OodOptions, "knn_sample"),
+        help="ID fit rows kept by a seeded sample for kNN and ViM's α.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", rich_help_panel=OOD, show_default=o.default(OodOptions, "seed"), help="Seed of the sample.")] = None,
+    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+) -> None:
+    """Out-of-distribution scores per layer: fit on one dump, score others.
+
+    Per layer: class means, shared and total covariance, a seeded sample and the classifier of the
+    fit rows (one pass), then one pass over the --test dump and each --ood dump scoring every row:
+    MSP, MaxLogit, energy, Mahalanobis, relative Mahalanobis, ViM, NECO, kNN. Per OOD set: AUROC,
+    AUPR-In, AUPR-Out and FPR at 95 % TPR of every score (ID positive), and NC5.
+
+    Example (fit on the training rows, held-out digits as the OOD set):
+
+    \b    actgeom ood train.h5 --test val.h5 --ood unseen_classes.h5 \\
+            --layers hidden3 --format table
+    """
+    inputs = [fit, test, *ood_sets]
+    check_outputs({"-o": output}, inputs)
+    with row_progress(quiet) as progress:
+        from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
+        result = api.ood(fit, test=test, ood=ood_sets, layers=layers, labels=labels, weight=weight, bias=bias,
+                         offsets=offsets, allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens,
+                         products=o.plain(products), temperature=temperature, vim_dim=vim_dim, neco_dim=neco_dim,
+                         knn_k=knn_k, knn_sample=knn_sample, seed=seed, progress=progress)
+    emit(metrics_result(result), fmt, output, inputs)
