@@ -218,3 +218,35 @@ def test_statistics_files_record_their_groups_and_refuse_others(tmp_path, rng):
         plain = provenance(dump, PassOptions())
         with pytest.raises(InvalidInputError, match="no jackknife groups.*actgeom stats --ci-groups 4"):
             check_provenance(stats_file, plain, dump, PassOptions(ci_groups=4))
+
+
+@pytest.mark.parametrize("family", ["collapse", "rank", "entropy", "neurons"])
+def test_every_family_left_out_equals_the_family_on_the_rows_outside_the_group(tmp_path, rng, family):
+    """The record a family makes from the statistics without group g (an interval's re-evaluation)
+    is the record of the rows outside g, fed directly (with their row numbers: the same samples)."""
+    from actgeom.core.analysis import FAMILIES, layer_context
+    from actgeom.core.inference import replicate
+
+    X, y = _labelled(rng, n=240)
+    X = np.abs(X)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=29)
+    options = family_options(family, {"entropy": {"subsample": 150, "threshold": 0.0, "dsmi_repeats": 1},
+                                      "rank": {"subsample": 150}, "neurons": {"threshold": 0.0}}.get(family))
+    group = Grouping(4, 0).of(np.arange(X.shape[0]))
+    with Dump(path) as dump:
+        specs = specs_for({family: options}, facts_of(dump))
+        grouped = accumulate(dump, specs=specs, options=PassOptions(ci_groups=4, block_rows=50))
+        compared = 0
+        for g in range(4):
+            outside = np.flatnonzero(group != g)
+            direct = new_layer_stats(dump.layer("h"), specs)
+            feed(direct, X[outside], y[outside], outside)
+            ctx = layer_context(dump, "h", grouped, PassOptions(ci_groups=4), dump.classifier())
+            left = FAMILIES[family].layer(replicate(ctx, g), options)
+            ctx_direct = layer_context(dump, "h", {"h": direct}, PassOptions(), dump.classifier())
+            expected = FAMILIES[family].layer(ctx_direct, options)
+            assert left.metrics.keys() == expected.metrics.keys()
+            for name, value in expected.metrics.items():
+                assert left.metrics[name] == pytest.approx(value, rel=1e-10, abs=1e-12), (family, g, name)
+                compared += 1
+    assert compared >= 4 * 4
