@@ -18,7 +18,7 @@ from actgeom.core.base.stats import ClassMoments, pooled
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.metrics.neurons import NeuronsOptions, class_selectivity
 from actgeom.core.metrics.uncertainty import bh_qvalues, permutation_test
-from actgeom.core.state.accumulators import MomentsSpec, PermutationsSpec
+from actgeom.core.state.accumulators import MomentsSpec, PermutationsSpec, permutations
 from actgeom.core.state.accumulators.permutations import Bijection, LabelPermutations
 from actgeom.core.state.engine import PassOptions, accumulate
 from actgeom.core.state.partial import stats_arrays, stats_from_arrays
@@ -127,13 +127,18 @@ def test_permutations_do_not_depend_on_blocks_shards_or_merge_order(tmp_path, rn
             _close(value, reference[key], key)
 
 
-def test_null_options_are_checked(tmp_path, rng):
+def test_null_options_are_checked(tmp_path, rng, monkeypatch):
     with pytest.raises(OptionError, match="null"):
         PassOptions(null=-1)
     with pytest.raises(OptionError, match="row offset"):
         PassOptions(null=10, row_offset=5)
     with pytest.raises(OptionError, match="null"):
         PermutationsSpec(permutations=0)
+    X, y = class_data(rng, [10, 10], 3)
+    with Dump(write_dump(tmp_path / "d.h5", {"h": X}, labels=y)) as dump, monkeypatch.context() as patch:
+        patch.setattr(permutations, "memory_bytes", lambda: 2 * 8 * 2 * (3 + 2) + 8 * 3)  # one permutation fits
+        with pytest.raises(OptionError, match="--null 1 would fit"):
+            PermutationsSpec(permutations=50).readers(dump)
     path = write_dump(tmp_path / "nolabels.h5", {"h": rng.standard_normal((20, 3))})
     with Dump(path) as dump, pytest.raises(InvalidInputError, match="--null"):
         accumulate(dump, specs=[PermutationsSpec(permutations=3)])

@@ -27,6 +27,7 @@ from scipy import sparse
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.sample import hash_keys
 from actgeom.core.base.stats import ClassStats
+from actgeom.core.dump.validate import memory_bytes
 from actgeom.core.state.accumulators.base import Rows, Spec
 
 PERMUTATION_SALT = 0x3C6EF372  # the permutations' keys differ from the groups', the sample's and the split's
@@ -137,8 +138,24 @@ class PermutationsSpec(Spec):
         return 8 * self.permutations * n_classes * (n_units + 2) + 8 * n_units
 
     def readers(self, dump) -> dict:
+        self.check_memory(dump)
         permuted = LabelPermutations.of(dump, self.permutations, self.seed)
         return {ROW_VECTOR: permuted.read}
+
+    def check_memory(self, dump) -> None:
+        """Refuse K permutations whose class sums (K × C × D float64) of the widest layer, twice (a
+        block's tile and the merge), exceed this machine's memory, naming the K that would fit."""
+        label_range = (dump.class_ranges or (None, None))[0]
+        n_classes = 1 if label_range is None else label_range[1] + 1
+        widest = max(dump.layers, key=lambda layer: layer.n_units)
+        each = self.state_bytes(widest.n_units, n_classes) / self.permutations
+        need, have = 2 * self.permutations * each, memory_bytes()
+        if need > have:
+            fits = int(have // (2 * each))
+            hint = f"--null {fits} would fit" if fits >= 1 else "no number of permutations fits; select fewer --layers units"
+            raise OptionError("null", self.permutations, f"needs about {need / 2**30:.1f} GiB for the class sums of layer "
+                              f"'{widest.name}' ({n_classes} classes × {widest.n_units} units) under every permutation, "
+                              f"more than this machine's {have / 2**30:.1f} GiB; {hint}")
 
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Permutations":
         return Permutations(n_units, self.permutations)
