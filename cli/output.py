@@ -44,7 +44,9 @@ def metrics_result(analysis, summary: dict | None = None, *, why_none=None) -> R
     JSON: the whole document; jsonl/csv: its tidy records (one per file × layer × metric, null
     value + note when unavailable or not finite); table/md: a row per metric, a column per layer
     (per file when each has one layer); an unavailable metric shows "— (n)" and footnote n under
-    the table says why.
+    the table says why. With intervals a value shows "value ± half-width" (a footnote says why a
+    metric has none), with permutation nulls a "LAYER p" column follows each layer's, with a
+    baseline a "LAYER Δ baseline" column (cli/cells.py); the records gain the matching columns.
 
     When no requested metric could be computed for any layer there is nothing to report:
     InvalidInputError naming why (``why_none()``, when given and not None, knows the root cause,

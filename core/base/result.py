@@ -1,8 +1,9 @@
 """The one document every command and the Python API produce, and its tidy views.
 
-document = {tool, version, command, options (by family), pass, statistics_file,
-            files: [{file, checkpoint, step, model, layers: [{layer, kind, n_rows, n_units, dtype,
-                     metrics, unavailable, nonfinite, notes, <family>: {...}, details?}], <family extras>}]}
+document = {tool, version, command, options (by family), pass, statistics_file, inference {ci, null, baseline},
+            files: [{file, checkpoint, step, model, sampling_unit, layers: [{layer, kind, n_rows, n_units, dtype,
+                     metrics, unavailable, nonfinite, notes, intervals?, intervals_unavailable?, nulls?,
+                     nulls_unavailable?, baseline?, <family>: {...}, details?}], <family extras>}]}
 """
 
 from __future__ import annotations
