@@ -2,7 +2,8 @@
 
     python docs/render_report.py [--report PATH] [--out docs/report.png] [--chromium PATH]
 
-Without --report, the report is made first (`actgeom report sample_data/*.h5`). Chromium runs
+Without --report, the report is made first (`actgeom report sample_data/*.h5 --ci`: the figures
+show their 95 % intervals as error bars). Chromium runs
 with networking disabled (every host resolves to nothing) and logs the page's console and its
 network requests. The script fails (exit 1) when the page writes to the console, when it
 requests anything but file:// URLs, or when no screenshot is written. Needs Debian's
@@ -34,7 +35,8 @@ def find_chromium(given: str | None) -> str | None:
 
 def make_report(path: Path) -> None:
     dumps = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sample_data").glob("*.h5"))  # as the README runs it
-    command = [sys.executable, "-c", "from actgeom.cli.app import main; main()", "report", *dumps, "-o", str(path.resolve())]
+    command = [sys.executable, "-c", "from actgeom.cli.app import main; main()", "report", *dumps, "--ci", "-o",
+               str(path.resolve())]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
 
 

@@ -11,7 +11,6 @@ from actgeom.cli.output import Result, render
 from actgeom.cli.report.document import checkpoint_label
 from actgeom.core.base import outputs
 from actgeom.core.base.errors import UsageError
-from actgeom.core.base.result import inference_columns, tidy_rows
 
 HEADLINE = ("nc1", "cdnv", "nc4_mismatch", "vci", "rankme", "erank", "alpha_req", "dataset_entropy", "dead_fraction",
             "mean_cosine", "lda_accuracy")
@@ -35,6 +34,8 @@ def check_outputs(dumps: list[Path], output: Path, results: Path | None, figures
 def records(document: dict) -> list[dict]:
     """Tidy records: one per file × layer × metric (value null, with the reason, when unavailable),
     with the inference fields every command's records have (se, ci_low, ci_high, baseline, ...)."""
+    from actgeom.core.base.result import inference_columns, tidy_rows  # numpy: not for --help
+
     layers = [layer for entry in document["files"] for layer in entry["layers"]]
     columns, ci = inference_columns(document, layers), (document.get("inference") or {}).get("ci")
     out = []
