@@ -19,10 +19,18 @@ OOD = "OOD scores (docs/metrics.md)"
 def ood(
     fit: Annotated[Path, typer.Argument(help="The dump of the in-distribution (ID) fit rows, e.g. the training set.",
                                         show_default=False)],
-    test: Annotated[Path, typer.Option("--test", rich_help_panel=OOD, show_default=False,
-                                       help="The dump of held-out ID rows, scored as in-distribution.")],
     ood_sets: Annotated[list[Path], typer.Option("--ood", rich_help_panel=OOD, show_default=False,
                                                  help="A dump of OOD rows (repeat for several OOD sets).")],
+    test: Annotated[Optional[Path], typer.Option(
+        "--test", rich_help_panel=OOD, show_default=False,
+        help="The dump of held-out ID rows, scored as in-distribution (or --fit-split).")] = None,
+    fit_split: Annotated[Optional[float], typer.Option(
+        "--fit-split", rich_help_panel=OOD, show_default=False,
+        help="Without --test: hold out this share of the fit dump's rows (whole sequences on token-level dumps; "
+             "a seeded hash, --seed) as the ID test rows; the model is fitted on the others.")] = None,
+    scores: Annotated[Optional[Path], typer.Option(
+        "--scores", rich_help_panel=OOD, show_default=False,
+        help="Also write every scored row's scores (dump, row, layer, each score) to this .jsonl, .csv or .npz file.")] = None,
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, weight: o.WeightOpt = None, bias: o.BiasOpt = None,
     offsets: o.OffsetsOpt = None, allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
     tokens: o.TokensOpt = "all", products: o.ProductsOpt = "float64",
@@ -47,19 +55,21 @@ def ood(
     Per layer: class means, shared and total covariance, a seeded sample and the classifier of the
     fit rows (one pass), then one pass over the --test dump and each --ood dump scoring every row:
     MSP, MaxLogit, energy, Mahalanobis, relative Mahalanobis, ViM, NECO, kNN. Per OOD set: AUROC,
-    AUPR-In, AUPR-Out and FPR at 95 % TPR of every score (ID positive), and NC5.
+    AUPR-In, AUPR-Out and FPR at 95 % TPR of every score (ID positive), and NC5. With --fit-split q
+    instead of --test, a seeded share q of the fit dump's rows are the ID test rows.
 
     Example (fit on the training rows, held-out digits as the OOD set):
 
     \b    actgeom ood train.h5 --test val.h5 --ood unseen_classes.h5 \\
             --layers hidden3 --format table
+    \b    actgeom ood train.h5 --fit-split 0.2 --ood unseen_classes.h5 --scores scores.csv
     """
-    inputs = [fit, test, *ood_sets]
-    check_outputs({"-o": output}, inputs)
+    inputs = [fit, *([] if test is None else [test]), *ood_sets]
+    check_outputs({"-o": output, "--scores": scores}, inputs)
     with row_progress(quiet) as progress:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         result = api.ood(fit, test=test, ood=ood_sets, layers=layers, labels=labels, weight=weight, bias=bias,
                          offsets=offsets, allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens,
                          products=o.plain(products), temperature=temperature, vim_dim=vim_dim, neco_dim=neco_dim,
-                         knn_k=knn_k, knn_sample=knn_sample, seed=seed, progress=progress)
+                         knn_k=knn_k, knn_sample=knn_sample, seed=seed, fit_split=fit_split, scores=scores, progress=progress)
     emit(metrics_result(result), fmt, output, inputs)

@@ -15,6 +15,7 @@ from pathlib import Path
 from actgeom.core import analysis
 from actgeom.core.analysis import FAMILIES, family_options
 from actgeom.core.backends import open_backend
+from actgeom.core.base.errors import OptionError
 from actgeom.core.base.result import Result
 from actgeom.core.dump import DumpSpec
 from actgeom.core.families import compare as compare_family
@@ -199,18 +200,29 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
 
 # -- ood: a model fitted on one dump, rows of others scored --------------------------------------------
 
-def ood(paths, *, test, ood, layers=None, labels=None, weight=None, bias=None, offsets=None, allow_incomplete=False,
+def ood(paths, *, test=None, ood, layers=None, labels=None, weight=None, bias=None, offsets=None, allow_incomplete=False,
         nonfinite="error", tokens="all", products="float64", temperature=None, vim_dim=None, neco_dim=None, knn_k=None,
-        knn_sample=None, seed=None, progress: Progress | None = None) -> Result:
+        knn_sample=None, seed=None, fit_split=None, scores=None, progress: Progress | None = None) -> Result:
     """Post-hoc out-of-distribution scores (METRICS.md §9, docs/metrics.md): per layer, a model fitted
-    on every row of each dump of ``paths`` (the ID fit rows: class moments, total moments, a seeded
-    sample, the classifier), then one pass over the ID ``test`` dump and over each ``ood`` dump
-    scoring every row. The result has one file entry per (fit dump, OOD set): AUROC, AUPR-In,
-    AUPR-Out and FPR95 of every score, and NC5."""
+    on the rows of each dump of ``paths`` (the ID fit rows: class moments, total moments, a seeded
+    sample, the classifier), then one pass over the ID ``test`` dump — or, with ``fit_split=q`` and
+    no ``test``, over the fit dump for its held-out share q of sampling units — and over each ``ood``
+    dump, scoring every row. The result has one file entry per (fit dump, OOD set): AUROC, AUPR-In,
+    AUPR-Out and FPR95 of every score, and NC5. ``scores``: a .jsonl/.csv/.npz file getting every
+    scored row's scores (dump, row, layer, each score)."""
     spec, pass_options = _data(layers, labels, weight, bias, None, offsets, None, allow_incomplete, nonfinite, tokens,
                                products)
     sets = [ood] if isinstance(ood, (str, Path)) else list(ood)
-    options = family_options("ood", dict(test=str(test), ood=tuple(str(path) for path in sets), temperature=temperature,
-                                         vim_dim=vim_dim, neco_dim=neco_dim, knn_k=knn_k, knn_sample=knn_sample, seed=seed))
-    result = run("ood", paths, {"ood": options}, spec=spec, pass_options=pass_options, progress=progress)
+    if test is None and fit_split is None:
+        raise OptionError("test", None, "is needed: the dump of held-out ID rows (or fit_split=q: a share of the fit dump)")
+    options = family_options("ood", dict(test=None if test is None else str(test), ood=tuple(str(path) for path in sets),
+                                         temperature=temperature, vim_dim=vim_dim, neco_dim=neco_dim, knn_k=knn_k,
+                                         knn_sample=knn_sample, seed=seed, fit_split=fit_split))
+    inputs = [*([paths] if isinstance(paths, (str, Path)) else paths), *([] if test is None else [test]), *sets]
+    if scores is not None:
+        ood_family.check_scores_path(scores, inputs)
+    result = run("ood", paths, {"ood": options}, spec=spec, pass_options=pass_options, progress=progress,
+                 details=scores is not None)
+    if scores is not None:
+        ood_family.write_scores(scores, result.to_dict(), inputs)
     return Result(ood_family.per_set(result.to_dict()))

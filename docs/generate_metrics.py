@@ -137,18 +137,50 @@ noise of the coarser dtype). "invariant to" means a transformation of either sid
 ## Out-of-distribution scores (`actgeom ood`)
 
 A model fitted on the in-distribution (ID) fit rows of one dump scores every row of an ID test dump
-and of each OOD dump; every score is "higher = more in-distribution". Fit, in one pass over the fit
-rows: class means μ_c, the pooled within-class covariance Σ_W = S_W/N and the total covariance Σ_T
-about the global mean μ_G (pseudo-inverses on the numerical range), a seeded sample (`--knn-sample`)
-and the classifier ℓ(x) = Wx + b. ViM: origin o = −W⁺b, residual space = the eigenvectors of
-E[(x − o)(x − o)ᵀ] beyond the top d (`--vim-dim`, default the authors' rule), α = the fit rows' mean
-max-logit over their mean residual norm — taken on the seeded sample, so the fit rows are read once.
-NECO: rows standardised by the fit rows' per-unit mean and population standard deviation (scikit-
-learn's StandardScaler), P_d the top-d eigenvectors of their covariance (the authors' PCA). kNN:
-L2-normalised rows, the k-th nearest normalised sample row (√(2 − 2cos)). Each score then gives, per
-OOD set, the four measures below (exact from one sort; ties as scikit-learn counts them; ID
-positive, FPR95 = fpr[argmax(tpr ≥ 0.95)] of roc_curve as OpenOOD reads it), named
-`<score>_<measure>`. Each OOD set is its own file entry of the document (`fit_file`, `test_file`).
+(`--test`, or with `--fit-split q` the held-out rows of the fit dump: a seeded hash of each sampling
+unit — the row, or the whole sequence on token-level dumps — with seed + 1, below q·2⁶⁴) and of each
+OOD dump; every score is "higher = more in-distribution". Fit, in one pass over the fit rows: class
+means μ_c, the pooled within-class covariance Σ_W = S_W/N and the total covariance Σ_T about the
+global mean μ_G (pseudo-inverses on the numerical range, as scikit-learn's EmpiricalCovariance), a
+seeded sample (`--knn-sample`, default 10 000) and the classifier ℓ(x) = Wx + b. Each score then
+gives, per OOD set, the four measures below, named `<score>_<measure>`; each OOD set is its own file
+entry of the document (`fit_file`, `test_file`). `--scores PATH` (.jsonl/.csv/.npz) writes every
+scored row's scores.
+
+**Conventions, checked against the authors' code** (haoqiwang/vim `benchmark.py`, the NECO authors'
+`test_all_ood.py`, deeplearning-wisc/knn-ood `run_cifar.py`/`run_imagenet.py`, OpenOOD's
+postprocessors and `evaluators/metrics.py`):
+
+- Mahalanobis and relative Mahalanobis: as OpenOOD's `mds`/`rmds` (tied covariance of the
+  class-centred rows divided by N; the background model about the global mean), without Lee et
+  al.'s input preprocessing and feature ensemble; in float64 (OpenOOD: float32).
+- Energy: T · logsumexp(ℓ/T) (Liu et al.'s negated energy). MSP, MaxLogit: as OpenOOD.
+- ViM: o = −W⁺b, the residual space = eigenvectors of E[(x − o)(x − o)ᵀ] (EmpiricalCovariance with
+  `assume_centered=True`) beyond the top d; d by the authors' rule (D ≥ 2048: 1000, D ≥ 768: 512,
+  else D/2; OpenOOD's config uses 256). **Differs:** the authors take α = mean max-logit / mean
+  residual norm over every training feature they load (for ImageNet a random 200 000-image subset,
+  which also gives their subspace); here the subspace uses every fit row, and α the seeded sample of
+  `--knn-sample` fit rows, so the fit dump is read once. α is a ratio of two means: its sampling
+  error is about the relative standard error of those means (≈ 1 % at 10 000 rows).
+- NECO: scikit-learn's StandardScaler then PCA on the fit rows, ‖first d components‖ / ‖standardised
+  row‖, as the authors' code (their ResNet branch); `neco_max_logit` is that ratio × max-logit, the
+  score their code reports for ViT, Swin and DeiT. **Differs:** for DeiT and Swin their denominator is
+  the raw feature's norm; here always the standardised row's. d (`--neco-dim`) is a required input
+  of their script; the default here is ViM's rule.
+- kNN: rows L2-normalised (the authors add 1e-10 to the norm), the score is the negated *squared*
+  distance to the k-th nearest normalised fit row, as faiss' IndexFlatL2 returns it in their code.
+  **Differs:** the fit rows are a seeded sample of `--knn-sample` rows (their ImageNet script samples
+  a share α of the training set too); k defaults to 50 (their CIFAR value, with 50 000 training
+  rows; ImageNet: k = 1000 on 1.28 M rows). The k-th neighbour among a sample of m of N rows is about
+  the (k·N/m)-th among all rows, so keep k/m the ratio the authors' k/N had: e.g. k = 10 for 10 000
+  sampled CIFAR rows, or raise `--knn-sample`.
+- Measures: AUROC as `roc_auc_score` (ID positive; ties ½); AUPR-In/AUPR-Out as
+  `average_precision_score` (step sums; ViM's and OpenOOD's code integrate `precision_recall_curve`
+  with trapezoids, which differs slightly); FPR95 = fpr[argmax(tpr ≥ 0.95)] of `roc_curve` with ID
+  positive — the share of OOD rows accepted when 95 % of ID rows are, as in the ViM, NECO and kNN
+  papers. **OpenOOD v1.5 differs:** it takes OOD as positive, i.e. reports the share of ID rows
+  rejected when 95 % of OOD rows are caught.
+- NC5 (NECO, eq. 5): mean over ID classes of |cos(μ_OOD − μ_G, μ_c − μ_G)|, μ_OOD the OOD rows' mean.
 """,
 }
 

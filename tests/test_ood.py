@@ -50,7 +50,8 @@ def test_scores_and_measures_equal_an_in_memory_reference(dumps):
         "max_logit_fpr95", "energy_auroc", "energy_aupr_in", "energy_aupr_out", "energy_fpr95", "mahalanobis_auroc",
         "mahalanobis_aupr_in", "mahalanobis_aupr_out", "mahalanobis_fpr95", "relative_mahalanobis_auroc",
         "relative_mahalanobis_aupr_in", "relative_mahalanobis_aupr_out", "relative_mahalanobis_fpr95", "vim_auroc",
-        "vim_aupr_in", "vim_aupr_out", "vim_fpr95", "neco_auroc", "neco_aupr_in", "neco_aupr_out", "neco_fpr95", "knn_auroc",
+        "vim_aupr_in", "vim_aupr_out", "vim_fpr95", "neco_auroc", "neco_aupr_in", "neco_aupr_out", "neco_fpr95",
+        "neco_max_logit_auroc", "neco_max_logit_aupr_in", "neco_max_logit_aupr_out", "neco_max_logit_fpr95", "knn_auroc",
         "knn_aupr_in", "knn_aupr_out", "knn_fpr95", "nc5")
     X, y, W, b, test, far = dumps["arrays"]
     got = api.ood(dumps["fit"], test=dumps["test"], ood=[dumps["ood"]], knn_sample=1000, knn_k=5, vim_dim=3,
@@ -131,3 +132,89 @@ def test_bad_inputs_are_one_line_errors(tmp_path, dumps, cli):
     code, _, err = cli("ood", dumps["fit"], "--test", dumps["test"], "--ood", narrow, "-o", str(tmp_path / "out.json"))
     assert code != 0 and len(err.strip().splitlines()) == 1 and "narrow.h5" in err, err
     assert not (tmp_path / "out.json").exists()
+
+
+def _write_sequences(path, X, y, lengths, classifier):
+    with DumpWriter(path, layers={"h": X.shape[1]}, dtype="float64", model="test", chunk_bytes=17 * X.shape[1] * 8) as writer:
+        writer.append({"h": X}, labels=y)
+        writer.set_offsets(np.r_[0, np.cumsum(lengths)])
+        writer.set_classifier(*classifier, layer="h")
+    return str(path)
+
+
+def _same_metrics(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == pytest.approx(b[name], rel=1e-9, abs=1e-12), name
+
+
+@pytest.mark.parametrize("token_level", [False, True])
+def test_fit_split_equals_the_analysis_of_two_dumps_written_from_the_split_rows(tmp_path, dumps, count_reads, token_level):
+    X, y, W, b, test, far = dumps["arrays"]
+    q, seed = 0.3, 4
+    if token_level:  # whole sentences held out: every token of a sequence on one side
+        lengths = np.random.default_rng(2).integers(1, 9, 200)
+        lengths = lengths[: np.searchsorted(np.cumsum(lengths), X.shape[0])]
+        lengths = np.r_[lengths, X.shape[0] - lengths.sum()]
+        starts = np.repeat(np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        whole = _write_sequences(tmp_path / "whole.h5", X, y, lengths, (W, b))
+    else:
+        starts = np.arange(X.shape[0])
+        whole = _write(tmp_path / "whole.h5", X, y, (W, b), chunk_rows=29)
+    held = ood.held_out(starts, seed, q)
+    assert 0 < held.sum() < X.shape[0]
+    fit = _write(tmp_path / "fit_rows.h5", X[~held], y[~held], (W, b), chunk_rows=41)
+    test_rows = _write(tmp_path / "test_rows.h5", X[held])
+    options = dict(ood=[dumps["ood"]], knn_sample=1000, knn_k=5, vim_dim=3, neco_dim=2, seed=seed)  # the sample: every fit row
+    count_reads.files.clear()
+    split = api.ood(whole, fit_split=q, **options).to_dict()["files"][0]
+    assert count_reads.files == {"whole.h5": 2, "ood.h5": 1}  # the fit pass, then the held-out rows with the second pass
+    apart = api.ood(fit, test=test_rows, **options).to_dict()["files"][0]
+    got, expected = split["layers"][0], apart["layers"][0]
+    assert (got["n_fit_rows"], got["n_test_rows"]) == (int((~held).sum()), int(held.sum())) == (
+        expected["n_fit_rows"], expected["n_test_rows"])
+    assert split["test_file"] == whole and got["unavailable"] == {}
+    _same_metrics(got["metrics"], expected["metrics"])
+
+
+def test_fit_split_and_test_together_or_neither_is_a_one_line_error(dumps, cli):
+    with pytest.raises(OptionError, match="fit_split"):
+        api.ood(dumps["fit"], test=dumps["test"], ood=dumps["ood"], fit_split=0.2)
+    with pytest.raises(OptionError, match="fit_split"):
+        api.ood(dumps["fit"], ood=dumps["ood"], fit_split=1.0)
+    with pytest.raises(OptionError, match="test"):
+        api.ood(dumps["fit"], ood=dumps["ood"])
+    code, _, err = cli("ood", dumps["fit"], "--ood", dumps["ood"])
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "--test" in err, err
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".jsonl"])
+def test_scores_file_holds_every_scored_row(tmp_path, dumps, suffix):
+    import pandas as pd
+
+    X, y, W, b, test, far = dumps["arrays"]
+    path = tmp_path / f"scores{suffix}"
+    result = api.ood(dumps["fit"], test=dumps["test"], ood=dumps["ood"], knn_k=5, scores=path).to_dict()
+    metrics_found = result["files"][0]["layers"][0]["metrics"]
+    assert "details" not in result["files"][0]["layers"][0]
+    if suffix == ".npz":
+        with np.load(path) as f:
+            table = pd.DataFrame({key: f[key] for key in f.files})
+    else:
+        table = pd.read_csv(path) if suffix == ".csv" else pd.read_json(path, lines=True)
+    assert len(table) == len(test) + len(far)
+    for role, dump, n in (("id_test", dumps["test"], len(test)), ("ood", dumps["ood"], len(far))):
+        part = table[table.role == role]
+        assert (part.dump == dump).all() and (part.fit_dump == dumps["fit"]).all() and (part.layer == "h").all()
+        assert part.row.tolist() == list(range(n))
+    truth = (table.role == "id_test").to_numpy()
+    for score in ("mahalanobis", "energy", "knn", "neco_max_logit"):
+        assert metrics.roc_auc_score(truth, table[score].to_numpy()) == pytest.approx(metrics_found[f"{score}_auroc"], rel=1e-12)
+
+
+def test_scores_file_is_refused_over_an_input_or_without_a_known_suffix(tmp_path, dumps, cli):
+    with pytest.raises(OptionError, match="scores"):
+        api.ood(dumps["fit"], test=dumps["test"], ood=dumps["ood"], scores=tmp_path / "scores.txt")
+    code, _, err = cli("ood", dumps["fit"], "--test", dumps["test"], "--ood", dumps["ood"], "--scores", dumps["ood"])
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "scores.txt").exists()

@@ -76,9 +76,10 @@ def test_logit_scores_vim_neco_knn_equal_their_references(data):
     z = scaler.transform(test)
     neco = np.linalg.norm(pca.transform(z)[:, :4], axis=1) / np.linalg.norm(z, axis=1)
     np.testing.assert_allclose(got["neco"], neco, rtol=1e-8)  # pca.mean_ ≈ 1e-16: the only difference
+    np.testing.assert_allclose(got["neco_max_logit"], neco * logits.max(axis=1), rtol=1e-8)  # the authors' ViT variant
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     distances = np.sort(np.linalg.norm(unit(test)[:, None, :] - unit(sample)[None, :, :], axis=2), axis=1)
-    np.testing.assert_allclose(got["knn"], -distances[:, 6], rtol=1e-7)  # √(2 − 2cos): ~1e-8 rounding near 0
+    np.testing.assert_allclose(got["knn"], -distances[:, 6] ** 2, rtol=1e-7)  # squared, as faiss IndexFlatL2
 
 
 def test_nc5_is_the_mean_absolute_cosine_to_the_class_means(data):

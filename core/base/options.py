@@ -265,7 +265,7 @@ class CompareOptions:
 
 # -- ood -----------------------------------------------------------------------------------------
 
-OOD_SCORES = ("msp", "max_logit", "energy", "mahalanobis", "relative_mahalanobis", "vim", "neco", "knn")
+OOD_SCORES = ("msp", "max_logit", "energy", "mahalanobis", "relative_mahalanobis", "vim", "neco", "neco_max_logit", "knn")
 
 
 @dataclass(frozen=True)
@@ -281,6 +281,7 @@ class OodOptions:
     knn_k: int = 50  # kNN's k (Sun et al. 2022, CIFAR)
     knn_sample: int = 10_000  # ID fit rows kept (seeded) for kNN and ViM's α
     seed: int = 0
+    fit_split: float | None = None  # no ``test``: this share of the fit dump's units (seeded hash) held out as ID test rows
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -292,4 +293,6 @@ class OodOptions:
             raise OptionError("knn_k", self.knn_k, "must be ≥ 1")
         if self.knn_sample < 1:
             raise OptionError("knn_sample", self.knn_sample, "must be ≥ 1")
+        if self.fit_split is not None and not (0 < self.fit_split < 1 and self.test is None):
+            raise OptionError("fit_split", self.fit_split, "must be in (0, 1), and only without --test")
         check_seed(self.seed)

@@ -12,8 +12,10 @@ et al. 2021) with the total covariance Σ_T about the global mean; ViM (Wang et 
 origin o = −W⁺b, the principal subspace of the uncentred second moment of x − o, and the virtual
 logit α‖(x − o)_⊥‖; NECO (Ben Ammar et al. 2024) on standardised rows (per-unit mean and population
 standard deviation of the fit rows, as scikit-learn's StandardScaler), the top-d principal
-directions of their covariance; kNN (Sun et al. 2022) on L2-normalised rows against a seeded sample
-of normalised fit rows.
+directions of their covariance, and its max-logit variant (the authors' score for ViT, Swin and
+DeiT: the ratio times max_c ℓ_c); kNN (Sun et al. 2022) on L2-normalised rows against a seeded
+sample of normalised fit rows, the negated *squared* distance to the k-th nearest (faiss'
+IndexFlatL2 in the authors' code; a monotone map of the distance, so every measure is the same).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import numpy as np
 from actgeom.core.base.registry import registry
 from actgeom.core.base.stats import ClassStats
 from actgeom.core.metrics.ood_eval import aupr_in, aupr_out, auroc, fpr_at_tpr
+from actgeom.core.metrics.probesplit import is_test, split_keys
+
+SPLIT_SEED_OFFSET = 1  # --fit-split hashes units with seed + 1: independent of the sample's keys (seed)
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,10 @@ def scores(model: OodModel, X: np.ndarray) -> dict[str, np.ndarray]:
         z = (X - mean) / scale
         norms = np.linalg.norm(z, axis=1)
         out["neco"] = np.linalg.norm(z @ model.neco_basis, axis=1) / np.where(norms > 0, norms, 1.0)
+        if "max_logit" in out:
+            out["neco_max_logit"] = out["neco"] * out["max_logit"]
     if model.knn_rows is not None:
-        out["knn"] = -kth_distance(_normalised(X), model.knn_rows, model.knn_k)
+        out["knn"] = -kth_squared_distance(_normalised(X), model.knn_rows, model.knn_k)
     return out
 
 
@@ -141,12 +148,19 @@ def vim_alpha(mean_max_logit: float, mean_residual: float) -> float:
     return mean_max_logit / mean_residual
 
 
-def kth_distance(Z: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The distance of each normalised row of Z to its k-th nearest of the normalised ``rows``
-    (√(2 − 2 z·r), clipped at 0)."""
+def kth_squared_distance(Z: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The squared distance of each normalised row of Z to its k-th nearest of the normalised
+    ``rows``: 2 − 2 z·r, clipped at 0 (what faiss' IndexFlatL2 returns in the authors' code)."""
     k = min(k, rows.shape[0])
     squared = np.maximum(2.0 - 2.0 * (Z @ rows.T), 0.0)
-    return np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
+    return np.partition(squared, k - 1, axis=1)[:, k - 1]
+
+
+def held_out(units: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """--fit-split: whether each row is a held-out ID test row — the splitmix64 key of its sampling
+    unit (core/metrics/probesplit.py: the row, or the first row of its sequence) with seed + 1 is
+    below fraction·2⁶⁴. The same rows in the fit pass and the scoring pass, in any chunking."""
+    return is_test(split_keys(units, seed + SPLIT_SEED_OFFSET), fraction)
 
 
 def nc5(ood_mean: np.ndarray, model: OodModel) -> float:
@@ -173,7 +187,9 @@ SCORES = {
     "vim": ("logsumexp ℓ(x) − α‖(x − o)_⊥‖, o = −W⁺b, ⊥: outside the top-d subspace of E[(x−o)(x−o)ᵀ]",
             ("weight", "bias", "sample"), "Wang et al., CVPR 2022"),
     "neco": ("‖P_dᵀ z‖ / ‖z‖, z the standardised row, P_d its top-d principal directions", (), "Ben Ammar et al., ICLR 2024"),
-    "knn": ("−‖z − z_(k)‖, z = x/‖x‖, z_(k) its k-th nearest normalised fit row of the seeded sample", ("sample",),
+    "neco_max_logit": ("NECO's ratio × max_c ℓ_c(x) (its authors' score for ViT, Swin, DeiT)",
+                       ("weight", "bias"), "Ben Ammar et al., ICLR 2024"),
+    "knn": ("−‖z − z_(k)‖², z = x/‖x‖, z_(k) its k-th nearest normalised fit row of the seeded sample", ("sample",),
             "Sun et al., ICML 2022"),
 }
 OOD_TEST = "tests/test_ood.py::test_scores_and_measures_equal_an_in_memory_reference"

@@ -1,27 +1,47 @@
 """The ood family's second pass: every row of each scored dump (the ID test rows, each OOD set)
 scored by the model fitted on the ID fit rows (core/metrics/ood.py), and the OOD rows' sum for NC5.
 
-It reads other dumps than the one its statistics come from (``dumps``: label → path; ``own_dump``
-False), one pass over each, the layer of the same name. Scores are kept per row (8 bytes × scores ×
-rows scored) because AUROC and its kin are exact functions of every score.
+It reads other dumps than the one its statistics come from (``dumps``: label → path), one pass
+over each, the layer of the same name; with ``--fit-split`` the ID test rows are the held-out rows
+of the fit dump itself (:class:`HeldOut`), scored in that dump's own second pass (``own_dump``).
+Scores are kept per row (8 bytes × scores × rows scored) because AUROC and its kin are exact
+functions of every score.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from actgeom.core.metrics.ood import OodModel, scores
+from actgeom.core.metrics.ood import OodModel, held_out, scores
+from actgeom.core.metrics.probesplit import unit_values
+from actgeom.core.state.engine import RowVectors
+
+
+class HeldOut:
+    """Finds the fit dump's held-out rows again in its second pass (core/metrics/ood.py :func:`held_out`):
+    the keys of their units, read block by block (``row_offset``: a shard's first global row)."""
+
+    def __init__(self, dump, split_by: str, seed: int, fraction: float, row_offset: int = 0):
+        self.split_by, self.seed, self.fraction, self.row_offset = split_by, seed, fraction, row_offset
+        self.vectors = RowVectors(dump, () if split_by == "row" else (split_by,), row_offset)
+
+    def mask(self, start: int, n: int) -> np.ndarray:
+        vectors = self.vectors.read(start, start + n)
+        return held_out(unit_values(self.split_by, self.row_offset + start + np.arange(n), vectors), self.seed, self.fraction)
 
 
 class OodPass:
-    own_dump = False  # the fit dump is not read again
+    """Every score of every row of the ID test rows ("test") and of each OOD dump, and their sums."""
 
-    def __init__(self, model: OodModel, dumps: dict[str, str]):
-        self.model, self.dumps = model, dumps
-        self._scores: dict[str, dict[str, list[np.ndarray]]] = {label: {} for label in dumps}
-        self._sums = {label: np.zeros(model.global_mean.size) for label in dumps}
-        self._counts = dict.fromkeys(dumps, 0)
-        self._reading: str | None = None
+    def __init__(self, model: OodModel, dumps: dict[str, str], held_out: HeldOut | None = None, keep_rows: bool = False):
+        self.model, self.dumps, self.held_out = model, dumps, held_out
+        self.own_dump = held_out is not None  # the fit dump read again only for its held-out rows
+        labels = ["test", *dumps]
+        self._scores: dict[str, dict[str, list[np.ndarray]]] = {label: {} for label in labels}
+        self._sums = {label: np.zeros(model.global_mean.size) for label in labels}
+        self._counts = dict.fromkeys(labels, 0)
+        self._rows: dict[str, list[np.ndarray]] | None = {label: [] for label in labels} if keep_rows else None
+        self._reading: str | None = "test"  # the own second pass (held-out rows) comes before the other dumps
 
     def reading(self, label: str) -> OodPass:
         """This consumer, fed the rows of the dump ``label`` next."""
@@ -29,7 +49,11 @@ class OodPass:
         return self
 
     def update(self, start: int, X: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> None:
+        if self.held_out is not None and self._reading == "test":
+            usable = usable & self.held_out.mask(start, X.shape[0])
         rows = X[usable]
+        if self._rows is not None:  # the row numbers in the dump file, for --scores
+            self._rows[self._reading].append(start + np.flatnonzero(usable))
         for name, values in scores(self.model, rows).items():
             self._scores[self._reading].setdefault(name, []).append(values)
         self._sums[self._reading] += rows.sum(axis=0)
@@ -38,6 +62,10 @@ class OodPass:
     def scores(self, label: str) -> dict[str, np.ndarray]:
         """Every score of every row of dump ``label``, in row order."""
         return {name: np.concatenate(parts) for name, parts in self._scores[label].items()}
+
+    def rows(self, label: str) -> np.ndarray:
+        """The row number (in its dump file) of every scored row of dump ``label`` (kept with ``keep_rows``)."""
+        return np.concatenate(self._rows[label]) if self._rows[label] else np.zeros(0, dtype=np.int64)
 
     def n_rows(self, label: str) -> int:
         return self._counts[label]

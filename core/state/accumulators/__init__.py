@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from actgeom.core.base.errors import InvalidInputError
 from actgeom.core.state.accumulators.base import Rows, Spec
+from actgeom.core.state.accumulators.fitsplit import FitSplit, FitSplitSpec, FitSplitStats
 from actgeom.core.state.accumulators.layer import (
     Directions,
     DirectionsSpec,
@@ -44,7 +45,8 @@ from actgeom.core.state.accumulators.neurons import (
 from actgeom.core.state.accumulators.permutations import Permutations, PermutationsSpec, PermutedClasses
 from actgeom.core.state.accumulators.split import Split, SplitSpec, SplitStats
 
-__all__ = ["ACCUMULATORS", "SPECS", "Directions", "DirectionsSpec", "MomentStats", "Moments", "MomentsSpec", "Permutations",
+__all__ = ["ACCUMULATORS", "SPECS", "Directions", "DirectionsSpec", "FitSplit", "FitSplitSpec", "FitSplitStats",
+           "MomentStats", "Moments", "MomentsSpec", "Permutations",
            "PermutationsSpec", "PermutedClasses", "PositionSums",
            "PositionSumsSpec", "Rows", "Sample", "SampleSpec", "Sequences", "SequencesSpec", "Spec", "Split", "SplitSpec",
            "SplitStats", "TokenSums", "TokenSumsSpec", "UnitMomentsAccumulator", "UnitMomentsSpec", "Units", "UnitsSpec",
@@ -52,7 +54,8 @@ __all__ = ["ACCUMULATORS", "SPECS", "Directions", "DirectionsSpec", "MomentStats
 
 _PAIRS = ((MomentsSpec, Moments), (UnitsSpec, Units), (DirectionsSpec, Directions), (SampleSpec, Sample),
           (SequencesSpec, Sequences), (UnitMomentsSpec, UnitMomentsAccumulator), (TokenSumsSpec, TokenSums),
-          (PositionSumsSpec, PositionSums), (SplitSpec, Split), (PermutationsSpec, Permutations))
+          (PositionSumsSpec, PositionSums), (SplitSpec, Split), (PermutationsSpec, Permutations),
+          (FitSplitSpec, FitSplit))
 SPECS: dict[str, type[Spec]] = {spec.slot: spec for spec, _ in _PAIRS}  # by slot: what each statistic is made from
 ACCUMULATORS = {spec.slot: accumulator for spec, accumulator in _PAIRS}  # by slot: the class that keeps it
 
