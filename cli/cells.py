@@ -60,7 +60,8 @@ def inference_shown(document: dict) -> tuple[bool, bool]:
 def layer_cells(layer: dict, column: str, reasons: dict, shown: tuple[bool, bool]) -> dict[str, dict]:
     """{metric: {table column: text}} of one layer: the value (± the half-width of its interval; a
     footnote when it has none, and "— (n)" when the metric is unavailable), and with ``shown`` its
-    permutation p-value ("COLUMN p") and its difference from the baseline ("COLUMN Δ baseline").
+    permutation p-value ("COLUMN p") and its difference from the baseline ("COLUMN Δ baseline"), or
+    "— (n)" where the layer says why it has none.
     ``reasons`` numbers the footnotes ({reason: n}), shared by the whole table."""
     def footnote(reason: str) -> str:
         return f"({reasons.setdefault(reason, len(reasons) + 1)})"
@@ -80,10 +81,11 @@ def layer_cells(layer: dict, column: str, reasons: dict, shown: tuple[bool, bool
         cells[name] = {column: f"— {footnote(reason)}"}
     for name, found in cells.items():
         if nulls:
-            null = (layer.get("nulls") or {}).get(name) or {}
-            found[f"{column} p"] = "" if null.get("p_value") is None else f"{null['p_value']:.3g}"
+            p_value = ((layer.get("nulls") or {}).get(name) or {}).get("p_value")
+            found[f"{column} p"] = _or_why("" if p_value is None else f"{p_value:.3g}", layer, "nulls", name, footnote)
         if baseline:
-            found[f"{column} Δ baseline"] = difference_text((layer.get("baseline") or {}).get(name) or {})
+            text = difference_text((layer.get("baseline") or {}).get(name) or {})
+            found[f"{column} Δ baseline"] = _or_why(text, layer, "baseline", name, footnote)
     return cells
 
 
@@ -100,11 +102,18 @@ def value_text(layer: dict, name: str) -> str:
 ROUNDING = 1e-12  # a half-width below this share of the value is rounding, not sampling noise
 
 
-def plus_minus(value, interval: dict) -> str:
+def _or_why(text: str, layer: dict, key: str, name: str, footnote) -> str:
+    """A p-value / difference cell, or "— (n)" with the reason the layer's "KEY_unavailable" gives."""
+    why = (layer.get(f"{key}_unavailable") or {}).get(name)
+    return text or (f"— {footnote(f'no {key}: {why}')}" if why else "")
+
+
+def plus_minus(value, interval: dict, scale: float | None = None) -> str:
     """``value ± half-width`` of an interval, half-width = (ci_high − ci_low)/2 to 3 significant
     digits and the value to the same decimal place (so the digits shown are the ones that mean
     something); scientific notation when the half-width is below 1e-5 or 1e6 and over; ± 0 when
-    it is within rounding (ROUNDING × the value: merging the groups in another order moves no more).
+    it is within rounding (ROUNDING × the value, or × ``scale``, e.g. a difference's sides: merging
+    the groups in another order moves no more).
 
     >>> plus_minus(0.41191413, {"ci_low": 0.38858558, "ci_high": 0.43524269})
     '0.4119 ± 0.0233'
@@ -118,7 +127,7 @@ def plus_minus(value, interval: dict) -> str:
     '0.447276 ± 0'
     """
     half = (interval["ci_high"] - interval["ci_low"]) / 2
-    if not half > ROUNDING * abs(value):  # no group moves it (e.g. a value of the classifier's weights only)
+    if not half > ROUNDING * (abs(value) if scale is None else scale):  # no group moves it (e.g. of the weights only)
         return f"{flat(value)} ± 0"
     exponent = math.floor(math.log10(half))
     if -5 <= exponent < 6:
@@ -134,6 +143,7 @@ def difference_text(found: dict) -> str:
         return ""
     if found.get("difference_ci_low") is None or found.get("difference_ci_high") is None:
         return flat(found["difference"])
-    return plus_minus(found["difference"], {"ci_low": found["difference_ci_low"], "ci_high": found["difference_ci_high"]})
+    interval = {"ci_low": found["difference_ci_low"], "ci_high": found["difference_ci_high"]}
+    return plus_minus(found["difference"], interval, scale=abs(found["difference"]) + abs(found.get("baseline") or 0))
 
 

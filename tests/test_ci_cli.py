@@ -122,6 +122,15 @@ def test_plus_minus_shows_the_half_width_to_three_digits_and_the_value_to_the_sa
     assert plus_minus(value, {"ci_low": low, "ci_high": high}) == shown
 
 
+def test_a_difference_within_rounding_of_its_sides_shows_plus_minus_zero():
+    from actgeom.cli.cells import difference_text
+
+    entry = {"baseline": 0.1, "difference": 0.0, "difference_ci_low": -1.8e-16, "difference_ci_high": 1.8e-16}
+    assert difference_text(entry) == "0 ± 0"
+    assert difference_text(entry | {"difference_ci_low": -0.02, "difference_ci_high": 0.02}) == "0.0000 ± 0.0200"
+    assert difference_text({"baseline": 1.0, "difference": -0.5}) == "-0.5" and difference_text({}) == ""
+
+
 def test_hand_made_document_table_has_p_and_baseline_columns(cli):
     from actgeom.cli.output import metrics_result
 
@@ -135,11 +144,16 @@ def test_hand_made_document_table_has_p_and_baseline_columns(cli):
         def records(self):
             return Result(self.document).records()
 
-    view = metrics_result(Analysis(_document()))
+    document = _document()
+    document["files"][0]["layers"][0] |= {"nulls_unavailable": {"c": "not by label"},
+                                          "baseline_unavailable": {"c": "the baseline lacks it"}}
+    view = metrics_result(Analysis(document))
     rows = {row["metric"]: row for row in view.table}
     assert rows["a"] == {"metric": "a", "h": "1.000 ± 0.200", "h p": "0.01", "h Δ baseline": "0.600 ± 0.400"}
     assert rows["b"] == {"metric": "b", "h": "2 (1)", "h p": "", "h Δ baseline": "-0.5"}
-    assert view.notes == ["(1) no interval: no value without jackknife group 0: x", "(2) why"]
+    assert rows["c"] == {"metric": "c", "h": "— (2)", "h p": "— (3)", "h Δ baseline": "— (4)"}
+    assert view.notes == ["(1) no interval: no value without jackknife group 0: x", "(2) why", "(3) no nulls: not by label",
+                          "(4) no baseline: the baseline lacks it"]
     assert view.summary["intervals"].startswith("value ± half-width of the 95% interval (delete-a-group jackknife over 20")
 
 
