@@ -896,3 +896,18 @@ def test_baselines_pair_with_the_dumps_in_the_given_order(cli, tmp_path, rng):
     assert not (tmp_path / "r2.html").exists()
     code, _, err = cli("report", *run, "--ci-groups", "5", "--families", "collapse", "-o", tmp_path / "r3.html", "-q")
     assert code != 0 and "--ci-groups is an option of --ci" in err, err
+
+
+def test_the_python_report_takes_ci_and_baseline(tmp_path, rng):
+    """actgeom.report(ci=, ci_groups=, ci_seed=, baseline=): the intervals and differences of actgeom.collapse."""
+    import actgeom
+
+    paths = _training_run(tmp_path, rng, steps=(1, 2))
+    options = dict(ci=True, ci_groups=6, ci_seed=3, baseline=paths[0])
+    report = actgeom.report(paths, families=["collapse"], **options).to_dict()
+    alone = actgeom.collapse(paths, **options).to_dict()
+    assert report["inference"]["ci"] == alone["inference"]["ci"] and report["inference"]["ci"]["groups"] == 6
+    for ours, theirs in zip(report["files"], alone["files"]):
+        for mine, other in zip(ours["layers"], theirs["layers"]):
+            assert mine["intervals"]["nc1"] == other["intervals"]["nc1"]
+            assert mine["baseline"]["nc1"] == other["baseline"]["nc1"]
