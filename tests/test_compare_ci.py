@@ -209,6 +209,26 @@ def test_options_are_checked(tmp_path, rng):
     assert plain["inference"] == {"ci": None, "null": None} and "intervals" not in plain["pairs"][0]
 
 
+def test_the_command_line(tmp_path, rng, cli):
+    """--ci / --null on `actgeom compare`: records with the inference fields, ± in the table, a p row."""
+    import json
+
+    paths = _files(tmp_path, *_layers(rng, n=120))
+    code, out, err = cli("compare", *paths, "--ci", "--ci-groups", "5", "--null", "9", "--subsample", "60",
+                         "--format", "jsonl", "-q")
+    assert code == 0, err
+    rows = {row["metric"]: row for row in map(json.loads, out.splitlines())}
+    assert rows["cka_linear"]["ci_groups"] == 5 and rows["cka_linear"]["ci_low"] < rows["cka_linear"]["value"]
+    assert rows["rsa_spearman"]["p_value"] == 0.1 and rows["shape_distance"]["p_value"] is None
+    code, out, err = cli("compare", *paths, "--ci", "--null", "9", "--format", "md", "-q")
+    assert code == 0, err
+    assert "| cka_linear | h | " in out and " ± " in out and "| cka_linear p | h | 0.1 |" in out
+    code, _, err = cli("compare", *paths, "--null-seed", "3")
+    assert code != 0 and "--null-seed is an option of --null" in err
+    code, _, err = cli("compare", *paths, "--ci", "--ci-groups", "1")
+    assert code != 0 and "ci_groups" in err.replace("-", "_")
+
+
 # -- permutation nulls -----------------------------------------------------------------------------
 
 K = 39

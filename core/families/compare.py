@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actgeom.core.base.errors import OptionError, UsageError
-from actgeom.core.base.result import Result, document_header, nonfinite_notes, tidy_rows
+from actgeom.core.base.result import Result, document_header, inference_columns, nonfinite_notes, tidy_rows
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.families.compare_cells import Inference, cell_intervals, cell_nulls, cell_records, sample_views
 from actgeom.core.families.protocol import Family
@@ -47,12 +47,17 @@ class Plan:
 class CompareResult(Result):
     """The compare document: per metric a matrix (rows = A, columns = B), and per cell the pair's
     record. ``records()``: one tidy row per cell × metric (file_a, layer_a, file_b, layer_b, metric,
-    value, note); ``matrix(metric)``: the matrix as nested lists."""
+    value, note, and with --ci / --null se, ci_low, ci_high, ci_method, ci_groups, ci_level /
+    null_mean, null_sd, z, p_value); ``matrix(metric)``: the matrix as nested lists."""
 
     columns = RECORD_KEYS
 
     def records(self) -> list[dict]:
-        return [row for cell in self.document["pairs"] for row in tidy_rows({key: cell[key] for key in RECORD_KEYS[:4]}, cell)]
+        """One row per cell × metric, with the inference fields when the comparison has them."""
+        cells = self.document["pairs"]
+        extra, ci = inference_columns(self.document, cells), (self.document.get("inference") or {}).get("ci")
+        return [row for cell in cells
+                for row in tidy_rows({key: cell[key] for key in RECORD_KEYS[:4]}, cell, columns=extra, ci=ci)]
 
     def matrix(self, name: str) -> list[list]:
         """The metric's matrix: [row][column], rows = A (see ``document['orientation']``)."""
