@@ -233,3 +233,19 @@ def _finalized(stats) -> dict:
             "train_within": split.train.within_scatter, "control_counts": split.groups.counts,
             "control_sums": split.groups.sums, "counts": classes.counts, "means": classes.means,
             "within": classes.within_scatter}
+
+
+def test_the_network_decisions_are_read_once_per_block_for_nc4_and_its_twins(tmp_path, monkeypatch):
+    rows = _rows(np.random.default_rng(6), 4, n=300)
+    path = _write(tmp_path / "d.h5", rows)
+    reads = []
+    original = Dump.predictions
+    monkeypatch.setattr(Dump, "predictions", lambda self, start, stop: reads.append(start) or original(self, start, stop))
+    families = {"collapse": family_options("collapse")}
+    with Dump(path) as dump:
+        analyze_dump(dump, families, pass_options=PassOptions(block_rows=50))
+    plain, reads[:] = list(reads), []
+    with Dump(path) as dump:
+        layer = analyze_dump(dump, families, pass_options=PassOptions(ci_groups=G, block_rows=50))["layers"][0]
+    assert "nc4_mismatch" in layer["intervals"]
+    assert reads == plain and len(plain) < 2 * 6  # each of the 6 blocks once, not G + 1 times

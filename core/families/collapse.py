@@ -21,7 +21,7 @@ from actgeom.core.metrics.collapse import (
     separation_law,
 )
 from actgeom.core.state.accumulators import MomentsSpec
-from actgeom.core.state.collapse_pass import NC4Pass
+from actgeom.core.state.collapse_pass import Decisions, NC4Pass
 from actgeom.core.state.grouped_pass import with_twins
 
 DETAIL_CLASSES = 50  # class-mean cosines for plots: the most frequent classes
@@ -71,11 +71,12 @@ def second_pass(ctx: LayerContext, options: CollapseOptions):
     (core/state/grouped_pass.py)."""
     if ctx.dump is None:
         return None
-    return with_twins(ctx.stats, ("moments",), lambda stats: _nc4(dataclasses.replace(ctx, stats=stats), options),
+    decisions = Decisions()  # the network's decisions: the same for the consumer and its twins
+    return with_twins(ctx.stats, ("moments",), lambda stats: _nc4(dataclasses.replace(ctx, stats=stats), options, decisions),
                       ctx.dump, ctx.pass_options)
 
 
-def _nc4(ctx: LayerContext, options: CollapseOptions) -> NC4Pass | None:
+def _nc4(ctx: LayerContext, options: CollapseOptions, decisions: Decisions) -> NC4Pass | None:
     """The NC4 consumer of a layer's statistics ``ctx.stats`` (see :func:`second_pass`)."""
     stats = _classes(ctx)
     kept = kept_classes(stats.counts, options.min_count)
@@ -84,7 +85,7 @@ def _nc4(ctx: LayerContext, options: CollapseOptions) -> NC4Pass | None:
     if kept.size < 2 or (mode is None and not (stats.counts[dropped] > 1).any()):
         return None
     weight, bias, _ = _classifier(ctx, stats.counts.size)
-    return NC4Pass(ctx.dump, stats, kept, dropped, mode, weight, bias)
+    return NC4Pass(ctx.dump, stats, kept, dropped, mode, weight, bias, decisions)
 
 
 def layer(ctx: LayerContext, options: CollapseOptions) -> LayerRecord:

@@ -9,11 +9,31 @@ import numpy as np
 from actgeom.core.base.stats import ClassStats, argmax_tiled
 
 
-class NC4Pass:
-    """NC4 (network decision vs nearest class mean) and the scatter of dropped classes' rows."""
+class Decisions:
+    """The network's decision for every row of the block being read, made once and shared by a
+    consumer and its jackknife twins (core/state/grouped_pass.py), which all read the same block
+    in turn: the dump's predictions, or argmax(Wx + b) (``offsets`` b, or 0 for logits-nobias)."""
 
-    def __init__(self, dump, stats: ClassStats, kept, dropped, mode: str | None, weight, bias):
+    def __init__(self):
+        self.block = self.values = None
+
+    def of(self, dump, mode: str, weight, offsets, start: int, X: np.ndarray) -> np.ndarray:
+        if self.block != (start, X.shape[0], mode):
+            self.block = (start, X.shape[0], mode)
+            with np.errstate(invalid="ignore", over="ignore"):  # rows with NaN/inf are not used
+                self.values = (dump.predictions(start, start + X.shape[0]) if mode == "predictions"
+                               else argmax_tiled(X, weight, offsets))
+        return self.values
+
+
+class NC4Pass:
+    """NC4 (network decision vs nearest class mean) and the scatter of dropped classes' rows.
+    ``decisions``: a :class:`Decisions` shared with the consumers reading the same blocks."""
+
+    def __init__(self, dump, stats: ClassStats, kept, dropped, mode: str | None, weight, bias,
+                 decisions: Decisions | None = None):
         self.dump, self.mode, self.kept = dump, mode, kept
+        self.decisions = decisions or Decisions()
         self.means = stats.means
         self.centre = self.means[kept].mean(axis=0)
         self.m = self.means[kept] - self.centre  # NCC on centred means: argmax x̃·m_c − ½‖m_c‖² (no offset cancellation)
@@ -39,12 +59,8 @@ class NC4Pass:
         if self.mode is None:
             return
         rows = labelled & self.is_kept[y]
-        chosen = X[rows]
-        ncc = self.kept[argmax_tiled(chosen - self.centre, self.m, self.half_sq)]
-        if self.mode == "predictions":
-            network = self.dump.predictions(start, start + X.shape[0])[rows]
-        else:
-            network = argmax_tiled(chosen, self.weight, self.offsets)
+        ncc = self.kept[argmax_tiled(X[rows] - self.centre, self.m, self.half_sq)]
+        network = self.decisions.of(self.dump, self.mode, self.weight, self.offsets, start, X)[rows]
         self.mismatches += int((network != ncc).sum())
         self.considered += int(rows.sum())
 
