@@ -41,7 +41,7 @@ try:  # recent Typer vendors click; older Typer uses click itself
 except ImportError:
     from click import exceptions as parser_errors
 
-from actgeom.cli import collapse, compare, entropy, extract, info, neurons, ood, probe, rank, stats  # noqa: E402
+from actgeom.cli import capture, collapse, compare, entropy, extract, info, neurons, ood, probe, rank, stats  # noqa: E402
 from actgeom.cli.options import threads_option  # noqa: E402
 from actgeom.cli.output import escape, guarded_stdout  # noqa: E402
 from actgeom.cli.report.command import report  # noqa: E402
@@ -197,6 +197,7 @@ app.command(name="ood", cls=_Command)(ood.ood)
 app.command(name="stats", cls=_Command)(stats.stats)
 app.command(name="merge", cls=_Command)(stats.merge)
 app.command(name="extract", cls=_Command)(extract.extract)
+app.command(name="capture", cls=_Command)(capture.capture)
 app.command(name="report", cls=_Command)(report)
 
 

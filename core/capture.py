@@ -134,9 +134,11 @@ class Capture:
             vectors["position"] = np.cumsum(mask, axis=1) - 1  # the index among the real tokens (left padding too)
         import torch
 
-        keep = torch.as_tensor(mask)
+        keep, lengths = torch.as_tensor(mask), mask.sum(axis=1)
+        if not probabilities:  # a sequence with no row kept (all masked) is no sequence; attention keeps one per input
+            lengths = lengths[lengths > 0]
         self._write({n: t[keep.to(t.device)] for n, t in batch.items()}, {k: v[mask] for k, v in vectors.items()},
-                    mask.sum(axis=1), "token")
+                    lengths, "token")
         for name, value in probabilities.items():
             self.writer.append_attention(name, self._padded(name, value, mask))
 

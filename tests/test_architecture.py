@@ -19,7 +19,8 @@ FLOORS = {
     "families": ("families",),
     "analysis": ("analysis", "baseline", "inference", "nulls"),
     "backends": ("backends",),
-    "face": ("api", "api_files", "candidates", "capture", "extract", "info", "public", "statistics"),
+    "face": ("api", "api_files", "candidates", "capture", "capture_inputs", "capture_models", "capture_outputs",
+             "capture_run", "extract", "info", "public", "statistics"),
 }
 
 # floor → the floors it may import (its own included). The orchestrator (analysis) never imports

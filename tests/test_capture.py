@@ -364,3 +364,17 @@ def test_activations_and_classifier_refuse_what_was_not_captured(tmp_path):
         with capture(model, ["fc", "act"], tmp_path / "x.h5") as cap:
             cap.set_classifier(model.head.weight, layer="head")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sequence_with_no_row_kept_is_no_sequence(tmp_path):
+    """A mask that keeps none of a sequence's tokens (e.g. --tokens from:K on a short one) adds no empty sequence."""
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    ids = torch.randint(1, 50, (3, 4))
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    with torch.no_grad(), capture(model, ["blocks.0"], tmp_path / "t.h5") as cap:
+        cap.next(attention_mask=mask, sample_ids=torch.arange(3))
+        model(ids)
+    with Dump(tmp_path / "t.h5") as d:
+        np.testing.assert_array_equal(d.offsets(), [0, 2, 6])
+        np.testing.assert_array_equal(d.row_ids(d.ids_path(), 0, d.n_rows), [0, 0, 2, 2, 2, 2])
