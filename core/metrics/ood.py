@@ -29,6 +29,7 @@ from actgeom.core.base.stats import ClassStats
 from actgeom.core.metrics.ood_eval import aupr_in, aupr_out, auroc, fpr_at_tpr
 from actgeom.core.metrics.probesplit import is_test, split_keys
 
+KNN_TILE_ELEMENTS = 1 << 21  # kNN: distances of at most this many (row, sample row) pairs at a time
 SPLIT_SEED_OFFSET = 1  # --fit-split hashes units with seed + 1: independent of the sample's keys (seed)
 
 
@@ -106,7 +107,7 @@ def _min_mahalanobis(X: np.ndarray, means: np.ndarray, precision: np.ndarray) ->
     """min_c (x − μ_c)ᵀ P (x − μ_c) per row, as xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c."""
     XP = X @ precision
     quadratic = np.einsum("ij,ij->i", XP, X)
-    centres = np.einsum("cj,jk,ck->c", means, precision, means)
+    centres = np.einsum("cj,cj->c", means @ precision, means)
     return (quadratic[:, None] - 2 * XP @ means.T + centres[None, :]).min(axis=1)
 
 
@@ -116,7 +117,7 @@ def scores(model: OodModel, X: np.ndarray) -> dict[str, np.ndarray]:
     if model.means.shape[0]:
         centred = X - model.global_mean  # about the fit rows' mean: no cancellation against a large offset
         nearest = _min_mahalanobis(centred, model.means - model.global_mean, model.within_precision)
-        md0 = np.einsum("ij,jk,ik->i", centred, model.total_precision, centred)
+        md0 = np.einsum("ij,ij->i", centred @ model.total_precision, centred)  # one GEMM, not einsum's loop
         out = {"mahalanobis": -nearest, "relative_mahalanobis": -(nearest - md0)}
     if model.weight is not None:
         logits = X @ model.weight.T + (0.0 if model.bias is None else model.bias)
@@ -152,8 +153,15 @@ def kth_squared_distance(Z: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """The squared distance of each normalised row of Z to its k-th nearest of the normalised
     ``rows``: 2 − 2 z·r, clipped at 0 (what faiss' IndexFlatL2 returns in the authors' code)."""
     k = min(k, rows.shape[0])
-    squared = np.maximum(2.0 - 2.0 * (Z @ rows.T), 0.0)
-    return np.partition(squared, k - 1, axis=1)[:, k - 1]
+    out = np.empty(Z.shape[0])
+    tile = max(1, KNN_TILE_ELEMENTS // max(rows.shape[0], 1))  # rows of Z per product: ≤ 16 MiB of distances
+    for a in range(0, Z.shape[0], tile):
+        squared = Z[a:a + tile] @ rows.T
+        np.multiply(squared, -2.0, out=squared)
+        np.add(squared, 2.0, out=squared)
+        squared.partition(k - 1, axis=1)
+        out[a:a + tile] = np.maximum(squared[:, k - 1], 0.0)
+    return out
 
 
 def held_out(units: np.ndarray, seed: int, fraction: float) -> np.ndarray:
