@@ -10,7 +10,8 @@ Every command is a function, its keywords the command line's options in snake_ca
 one pass per layer) and :func:`report` (every family over checkpoints; the HTML page with ``output=``)
 return a :class:`Result` (``to_dict()``, ``records()``, ``to_pandas()``, ``metric()``);
 :func:`compare` (layers × layers of two files, or checkpoint × checkpoint, one pass over their
-aligned rows) returns one whose ``matrix(metric)`` has rows = A, columns = B; :func:`info` returns
+aligned rows) returns one whose ``matrix(metric)`` has rows = A, columns = B; :func:`ood` (a model
+fitted on one dump, the rows of others scored) one with a file entry per OOD set; :func:`info` returns
 the description of a dump, :func:`extract` writes a dump and returns what it wrote, :func:`stats` and
 :func:`merge` return :class:`PartialStatistics` (``save()``, ``to_dict()``).
 :class:`Statistics` takes arrays batch by batch, no dump needed; :func:`capture` hooks a PyTorch
@@ -26,7 +27,7 @@ from actgeom.core import __version__
 from actgeom.core.base.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 
 _WHERE = {  # name → the module that defines it
-    **dict.fromkeys(["analyze", "collapse", "compare", "entropy", "neurons", "probe", "rank"], "actgeom.core.api"),
+    **dict.fromkeys(["analyze", "collapse", "compare", "entropy", "neurons", "ood", "probe", "rank"], "actgeom.core.api"),
     **dict.fromkeys(["extract", "info", "merge", "stats", "PartialStatistics"], "actgeom.core.api_files"),
     "report": "actgeom._report",
     "Statistics": "actgeom.core.statistics",
@@ -36,7 +37,7 @@ _WHERE = {  # name → the module that defines it
 
 __all__ = ["__version__", "ActgeomError", "Dump", "DumpWriter", "InvalidInputError", "OptionError", "PartialStatistics",
            "Result", "Statistics", "UsageError", "analyze", "capture", "collapse", "compare", "entropy", "extract", "info",
-           "merge", "neurons", "probe", "rank", "report", "stats"]
+           "merge", "neurons", "ood", "probe", "rank", "report", "stats"]
 
 
 def __getattr__(name: str):
