@@ -294,3 +294,21 @@ def test_intervals_and_nulls_are_the_same_on_dask(tmp_path, rng, cluster):  # no
     dask = actgeom.compare(paths, ci=True, ci_groups=G, ci_seed=4, subsample=100, null=K, backend=_dask(cluster)).to_dict()
     assert assert_same_comparison(local, dask) > 2 * len(local["pairs"][0]["metrics"])
     assert local["pairs"][0]["intervals"]["cka_linear"]["se"] > 0
+
+
+def test_a_sample_without_a_group_is_the_sample_of_its_rows(rng):
+    """The replicate's RDM and ranks taken from the whole sample's equal those computed afresh
+    (values with ties: the ranks are recounted, not re-sorted)."""
+    rows = rng.standard_normal((40, 6))
+    rows[[5, 9]] = rows[3], 2 * rows[3]  # rows of the same correlations: tied RDM entries
+    rows[7] = 3.0  # a constant row: not usable
+    whole, keep = SampleView(rows), rng.random(40) < 0.7
+    keep[[3, 5, 9]] = True
+    usable = ~whole.constant
+    whole.rdm(usable)
+    part, fresh = whole.without(keep), SampleView(rows[keep])
+    upper, ranks = part.rdm(usable[keep])
+    want_upper, want_ranks = fresh.rdm(usable[keep])
+    np.testing.assert_allclose(upper, want_upper, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(ranks, want_ranks)
+    assert part._whole is not None and len(np.unique(ranks)) < ranks.size  # taken from the whole; ties there

@@ -214,7 +214,7 @@ def _cells(the_plan: Plan, found, options: CompareOptions, inference: Inference)
     pairs, dtypes = [pair for _, pair in order], [s.layer.logical_dtype for s in streams]
     views = sample_views(found)
     records = cell_records(found, views, pairs, dtypes, options)
-    intervals = cell_intervals(found, pairs, dtypes, options, records) if inference.groups else None
+    intervals = cell_intervals(found, views, pairs, dtypes, options, records) if inference.groups else None
     nulls = cell_nulls(found, views, pairs, options, inference.null, inference.null_seed) if inference.null else None
     matrices = {name: [[None] * len(the_plan.columns) for _ in the_plan.rows] for name in REGISTRY}
     cells = []

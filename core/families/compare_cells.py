@@ -80,18 +80,20 @@ def pair_record(inputs: PairInputs, options: CompareOptions, *, sample_rows: int
     return LayerRecord(metrics=values, unavailable=unavailable, fields=fields)
 
 
-def cell_intervals(found: PassResult, cells: list[tuple[int, int]], dtypes: list[str], options: CompareOptions,
-                   records: list[LayerRecord]) -> list[tuple[dict, dict]]:
+def cell_intervals(found: PassResult, views: list, cells: list[tuple[int, int]], dtypes: list[str],
+                   options: CompareOptions, records: list[LayerRecord]) -> list[tuple[dict, dict]]:
     """Per cell ({metric: {se, ci_low, ci_high, bias}}, {metric: why it has no interval}) for every
-    finite measure of its record, from the G leave-one-group-out passes (``found.parts``)."""
+    finite measure of its record, from the G leave-one-group-out passes (``found.parts``); the
+    samples without a group are parts of ``views`` (their RDMs taken from those already made)."""
     quiet = dataclasses.replace(options, units=False)  # the replicates need no per-unit lists
     reasons = [{name: "not a finite number" for name, value in record.metrics.items() if not _finite(value)}
                for record in records]
     replicates = [{name: [] for name in record.metrics if name not in why and not REGISTRY[name].diagnostic}
                   for record, why in zip(records, reasons)]
     for g in range(len(found.parts)):
-        left = found.leave_out(g)
-        for values, why, record in zip(replicates, reasons, cell_records(left, sample_views(left), cells, dtypes, quiet)):
+        left, keep = found.leave_out(g), found.sample_groups != g
+        parts = [None if view is None else view.without(keep) for view in views]
+        for values, why, record in zip(replicates, reasons, cell_records(left, parts, cells, dtypes, quiet)):
             for name in list(values):
                 value = record.metrics.get(name)
                 if _finite(value):

@@ -33,15 +33,40 @@ class SampleView:
         self.constant = np.ptp(self.rows, axis=1) == 0 if self.rows.size else np.ones(self.rows.shape[0], dtype=bool)
         self._rdm: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         self._knn: dict[int, np.ndarray] = {}
+        self._whole: tuple[SampleView, np.ndarray] | None = None  # (the view this one is a part of, which rows)
+
+    def without(self, keep: np.ndarray) -> "SampleView":
+        """The view of the rows ``keep`` selects (a jackknife replicate's sample). Its RDM is the
+        entries of this view's for the pairs of kept rows (the same numbers, no products), its ranks
+        recounted from this view's in O(P) (:func:`recounted`), when this view has made its RDM for
+        the same usable rows."""
+        part = SampleView(self.rows[keep])
+        part._whole = (self, keep)
+        return part
 
     def rdm(self, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(upper triangle of 1 − corr(x_i, x_j) over the usable rows, row by row; its doubled
         average ranks, :func:`doubled_ranks`)."""
         key = usable.tobytes()
         if key not in self._rdm:
-            upper = _upper_rdm(self.rows[usable])
-            self._rdm = {key: (upper, doubled_ranks(upper))}
+            made = self._from_whole(usable)
+            if made is None:
+                upper = _upper_rdm(self.rows[usable])
+                made = (upper, doubled_ranks(upper))
+            self._rdm = {key: made}
         return self._rdm[key]
+
+    def _from_whole(self, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The RDM of the usable rows taken from the whole view's (None: it has none for them)."""
+        if self._whole is None:
+            return None
+        whole, keep = self._whole
+        for key, (upper, ranks) in whole._rdm.items():
+            usable_whole = np.frombuffer(key, dtype=bool)
+            if np.array_equal(usable_whole[keep], usable):
+                pairs = _kept_pairs(keep[usable_whole])
+                return upper[pairs], recounted(ranks[pairs])
+        return None
 
     def knn(self, k: int) -> np.ndarray:
         """(m, k) indices of each row's k nearest other rows by cosine similarity (zero rows: similarity 0)."""
@@ -69,6 +94,27 @@ def _upper_rdm(rows: np.ndarray) -> np.ndarray:
             upper[filled:filled + later.size] = later
             filled += later.size
     return np.subtract(1.0, upper, out=upper)
+
+
+def _kept_pairs(kept: np.ndarray) -> np.ndarray:
+    """Which pairs i < j of an upper triangle (row by row) have both rows kept."""
+    u = kept.size
+    if u < 2:
+        return np.zeros(0, dtype=bool)
+    return np.concatenate([kept[i + 1:] if kept[i] else np.zeros(u - i - 1, dtype=bool) for i in range(u - 1)])
+
+
+def recounted(ranks: np.ndarray) -> np.ndarray:
+    """The doubled average ranks of a subset of values, from the doubled ranks they had among all
+    (equal ranks ⇔ equal values): a value with s subset values below it and t equal to it (itself
+    included) ranks s + 1 … s + t, doubled mean 2s + t + 1 — counted, not sorted.
+
+    >>> recounted(np.array([9, 2, 9, 6])).tolist()  # values ranked 4.5, 1, 4.5, 3 among more
+    [6, 2, 6, 4]
+    """
+    counts = np.bincount(ranks)
+    below = np.cumsum(counts) - counts
+    return (2 * below[ranks] + counts[ranks] + 1).astype(ranks.dtype)
 
 
 def doubled_ranks(values: np.ndarray) -> np.ndarray:
