@@ -831,6 +831,8 @@ def test_ci_tables_show_value_plus_minus_half_width(ci_report):
     note = next(attrs for tag, attrs in page.elements if attrs.get("id") == "inference-note")
     text = "".join(page.text)
     assert note is not None and f"delete-a-group jackknife over {CI_GROUPS} groups of rows (seed 0)" in text
+    caption = f"Error bars: 95% intervals: delete-a-group jackknife over {CI_GROUPS} groups of rows (seed 0); a point"
+    assert text.count(caption) == 4  # training, depth, probe depth and probe training
     records = [json.loads(line) for line in (_results_jsonl(ci_report)).splitlines()]
     row = next(r for r in records if (r["step"], r["layer"], r["metric"]) == (100, "a", "nc1"))
     assert (row["ci_low"], row["ci_high"], row["ci_groups"]) == (nc1[1]["ci_low"], nc1[1]["ci_high"], CI_GROUPS)
@@ -870,7 +872,7 @@ def test_baseline_line_and_band_on_every_plot(ci_report):
 
 def test_a_run_without_ci_has_no_bars_no_plus_minus_no_note(sample_report):
     html, page = sample_report["html"], sample_report["page"]
-    assert "±" not in html and "data-ci-low" not in html and "inference-note" not in html
+    assert "±" not in html and "data-ci-low" not in html and "inference-note" not in html and "Error bars" not in html
     assert not re.search(r'id="fig-[a-z-]+-(ci|baseline)-', html)
     from actgeom.cli.report.summary import records
 

@@ -228,6 +228,7 @@ def fig_training(document: dict) -> Figure | str:
         ax.grid(alpha=0.3)
     dashed = matplotlib.lines.Line2D([], [], color="0.35", linestyle="--", linewidth=1)
     more, words = uncertainty.legend_entries(document, *drawn)
+    fig.uncertainty = drawn
     _top_legend(fig, handles + [dashed] + more, [f"layer {name}" for name in layers] + ["ideal value"] + words)
     fig.unavailable = unavailable
     return fig
@@ -307,6 +308,7 @@ def fig_depth(document: dict) -> Figure | str:
     fit = matplotlib.lines.Line2D([], [], color="0.35", linestyle=":", linewidth=1.2)
     labels = [label + _law_text(entry) for label, entry in zip(labels, files)]
     more, words = uncertainty.legend_entries(document, *drawn)
+    fig.uncertainty = drawn
     _top_legend(fig, handles + [fit] + more, labels + ["separation-law fit"] + words)
     fig.unavailable = unavailable
     return fig

@@ -98,6 +98,7 @@ def fig_probe_depth(document: dict) -> Figure | str:
         ax.set_xlabel("layer (depth)", fontsize=8)
     labels = [checkpoint_label(entry) for entry in files]
     _probe_legend(fig, handles, labels, chance_drawn, uncertainty.legend_entries(document, *drawn))
+    fig.uncertainty = drawn
     fig.unavailable = unavailable
     return fig
 
@@ -139,6 +140,7 @@ def fig_probe_training(document: dict) -> Figure | str:
         _draw_direction_cosines(axes[-1], cosines, colours, (x, ticks, xlabel))
     _probe_legend(fig, handles, [f"layer {name}" for name in layers], chance_drawn,
                   uncertainty.legend_entries(document, *drawn))
+    fig.uncertainty = drawn
     fig.unavailable = unavailable
     return fig
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from actgeom.cli.report import figures as f
 from actgeom.cli.report import figures_layers as g
 from actgeom.cli.report import figures_units as u
+from actgeom.cli.report import uncertainty
 from actgeom.cli.report.page import build_page
 from actgeom.core.base.errors import ActgeomError, OutputError
 from actgeom.core.base.outputs import check_output
@@ -139,7 +140,16 @@ def _draw_one(entry, document: dict, staged: "_Staged | None") -> tuple[str, str
             figure.savefig(staged.directory / f"{fig_id}.pdf", format="pdf", metadata={"Creator": None})
         except OSError as exc:
             raise OutputError(f"cannot write {staged.final / fig_id}.svg/.pdf: {exc.strerror or exc}") from None
-    return fig_id, section, caption, inline_svg(svg, fig_id), getattr(figure, "unavailable", {})
+    return fig_id, section, caption + _uncertainty_caption(document, figure), inline_svg(svg, fig_id), \
+        getattr(figure, "unavailable", {})
+
+
+def _uncertainty_caption(document: dict, figure) -> str:
+    """What the figure's error bars and grey lines are (a figure drawing them sets its ``uncertainty``: (bars, baseline))."""
+    bars, band = getattr(figure, "uncertainty", (False, False))
+    words = uncertainty.interval_words(document)
+    return ((f" Error bars: {words}; a point without one has none." if bars and words else "")
+            + (" Grey dash-dotted: the same metric on the baseline dump (band: its interval, where known)." if band else ""))
 
 
 class _Staged:
