@@ -15,13 +15,19 @@ the engine's one pass, as ``actgeom.core.api.run``); rendering depends only on i
                             "details": {"spectrum", "spectrum_raw", "noise_floor", "noise_floor_raw", "fit_range",
                                         "firing_rate", "class_ids", "class_mean_cosine", "duality_cosine", ...},
                             "neurons": {"score", "units": {score: [per unit]}, "top_units", ...},
-                            "probe": {"n_train", "n_test", ...}}]}],
+                            "probe": {"n_train", "n_test", ...},
+                            "intervals": {name: {"se", "ci_low", "ci_high", "bias"}}, "intervals_unavailable",
+                            "baseline": {name: {"baseline", "difference", ...}}, "baseline_unavailable"}],
+                "sampling_unit": "row" | "sequence", "baseline_file" (with --baseline)}],
+     "inference": {"ci": {"method", "groups", "seed", "level"} | None, "baseline": [paths] | None},
      "direction_cosines_across_files": [{"layer", "files", "cosine"}]}  (with probe)
 
 Files are in checkpoint order. Rendering reads ``options.entropy.subsample``/``seed`` (the DSE
 sample stated on the page), ``options.entropy.normalized`` (the attention colour-bar label),
 ``options.rank.center`` (which spectrum to draw) and ``options.neurons.score``/``cutoff``; a
-figure whose family is not in ``options`` is absent, and says so.
+figure whose family is not in ``options`` is absent, and says so. With ``inference.ci`` the
+over-training and across-depth figures draw error bars and the tables show value ± half-width;
+with baselines, a grey line per metric (``uncertainty.py``).
 """
 
 REPORT_SUBSAMPLE = 2_000  # DSE/DSMI cost N³: the report's default sample (the entropy command's is 10 000)
