@@ -23,7 +23,7 @@ from actgeom.core.families import ood as ood_family
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
 from actgeom.core.state.engine import PassOptions, Progress
-from actgeom.core.state.groups import DEFAULT_GROUPS
+from actgeom.core.state.groups import DEFAULT_GROUPS, Grouping
 
 __all__ = ["FAMILIES", "analyze", "collapse", "compare", "entropy", "family_options", "neurons", "ood", "probe", "rank", "run"]
 
@@ -62,6 +62,8 @@ def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, of
     ``ci_groups`` groups of sampling units hashed with ``ci_seed``; ``null`` K > 0: permutation nulls
     of the label-dependent metrics from K label permutations seeded with ``null_seed`` (whole
     sequences on token-level dumps) (docs/metrics.md, "Uncertainty and nulls")."""
+    if ci:
+        Grouping(ci_groups, ci_seed)  # ci=True with ci_groups 0 or 1 is refused, not silently without intervals
     spec = DumpSpec(layers=tuple([layers] if isinstance(layers, str) else layers or ()), labels=labels, weight=weight,
                     bias=bias, predictions=predictions, offsets=offsets, attention=attention,
                     allow_incomplete=allow_incomplete)

@@ -17,9 +17,12 @@ def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]
     """({metric: {se, ci_low, ci_high, bias}}, {metric: why it has no interval}) for every finite
     scalar metric of ``records`` (one :class:`LayerRecord` per family of ``families``, {name:
     (Family, options)}); diagnostics (counts, sizes) have none. The layer's statistics must be grouped."""
-    wanted = {metric: value for name, record in records.items() for metric, value in record.metrics.items()
-              if not families[name][0].metrics[metric].diagnostic} if records else {}
+    diagnostic = {metric for name, record in records.items() for metric in record.metrics
+                  if families[name][0].metrics[metric].diagnostic}
+    wanted = {metric: value for record in records.values() for metric, value in record.metrics.items()
+              if metric not in diagnostic}
     reasons = {metric: "not a finite number" for metric, value in wanted.items() if not _finite(value)}
+    reasons |= dict.fromkeys(diagnostic, "a count or size that says how another metric was computed, not an estimate")
     replicates: dict[str, list[float]] = {metric: [] for metric in wanted if metric not in reasons}
     for g in range(len(ctx.stats.groups)):
         left = replicate(ctx, g)

@@ -250,3 +250,14 @@ def test_every_family_left_out_equals_the_family_on_the_rows_outside_the_group(t
                 assert left.metrics[name] == pytest.approx(value, rel=1e-10, abs=1e-12), (family, g, name)
                 compared += 1
     assert compared >= 4 * 4
+
+
+def test_counts_say_why_they_have_no_interval_and_ci_needs_two_groups(tmp_path, rng):
+    X, y = _labelled(rng, n=90)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    from actgeom.core import api
+
+    layer = api.collapse(path, ci=True, ci_groups=3).to_dict()["files"][0]["layers"][0]
+    assert "nc1_rank_used" in layer["metrics"] and "not an estimate" in layer["intervals_unavailable"]["nc1_rank_used"]
+    with pytest.raises(OptionError, match="ci_groups=0 must be ≥ 2"):
+        api.collapse(path, ci=True, ci_groups=0)
