@@ -149,16 +149,20 @@ def interval_of(layer: dict, metric: str) -> dict:
     return {"value": value} | interval
 
 
-def measure_dataset(paths: dict[str, Path], groups: int, with_cka: bool) -> dict[str, dict]:
-    """Every calibrated metric of one dataset with its interval."""
+def measure_dataset(paths: dict[str, Path], groups: int, parts: set[str]) -> dict[str, dict]:
+    """The calibrated metrics of one dataset with their intervals: ``parts`` of "moments"
+    (collapse and rank), "probe", "cka"."""
     import actgeom
 
-    layer = actgeom.analyze(str(paths["mixture"]), families=("collapse", "rank"), ci=True, ci_groups=groups,
-                            options={"rank": {"subsample": 200}}).files()[0]["layers"][0]
-    out = {metric: interval_of(layer, metric) for metric in COLLAPSE_METRICS + RANK_METRICS}
-    layer = actgeom.probe(str(paths["mixture"]), ci=True, ci_groups=groups).files()[0]["layers"][0]
-    out |= {metric: interval_of(layer, metric) for metric in PROBE_METRICS}
-    if with_cka:
+    out = {}
+    if "moments" in parts:
+        layer = actgeom.analyze(str(paths["mixture"]), families=("collapse", "rank"), ci=True, ci_groups=groups,
+                                options={"rank": {"subsample": 200}}).files()[0]["layers"][0]
+        out |= {metric: interval_of(layer, metric) for metric in COLLAPSE_METRICS + RANK_METRICS}
+    if "probe" in parts:
+        layer = actgeom.probe(str(paths["mixture"]), ci=True, ci_groups=groups).files()[0]["layers"][0]
+        out |= {metric: interval_of(layer, metric) for metric in PROBE_METRICS}
+    if "cka" in parts:
         out["cka_linear"] = compare_interval(paths, groups)
     return out
 
@@ -181,17 +185,18 @@ def coverage(d: Design, truth: dict, args, folder: Path) -> None:
     """Run every dataset, then print per metric: coverage, mean error, mean se, mean bias estimate."""
     import actgeom
 
-    with_cka = takes(actgeom.compare, "ci")
+    parts = set(args.parts.split(","))
+    with_cka = takes(actgeom.compare, "ci") and "cka" in parts
     rows: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
     for seed in range(args.datasets):
         paths = write_dataset(d, args.rows, 1000 + seed, folder)
-        for metric, found in measure_dataset(paths, args.groups, with_cka).items():
+        for metric, found in measure_dataset(paths, args.groups, parts if with_cka else parts - {"cka"}).items():
             rows.setdefault(metric, []).append(found)
         for path in paths.values():
             path.unlink()
     print(f"{args.datasets} datasets measured in {time.perf_counter() - t0:.0f} s"
-          + ("" if with_cka else "; cka_linear: actgeom.compare takes no ci= yet (not measured)"))
+          + ("" if with_cka or "cka" not in parts else "; cka_linear: actgeom.compare takes no ci= yet (not measured)"))
     print(f"{'metric':22s} {'population':>11s} {'coverage':>9s} {'n':>4s} {'mean est−pop':>13s} {'mean se':>10s} "
           f"{'sd of est':>10s} {'mean bias est':>13s} {'cov. of est−bias':>16s}")
     for metric, found in rows.items():
@@ -221,14 +226,14 @@ def null_p_values(d: Design, args, folder: Path, random_labels: bool) -> dict[st
     reason instead of a p-value when a metric has no null."""
     import actgeom
 
-    found: dict[str, list[float]] = {metric: [] for metric in NULL_METRICS}
+    found: dict[str, list] = {metric: [] for metric in NULL_METRICS}
+    commands = {"nc1": actgeom.collapse, "lda_accuracy": actgeom.probe}
     for seed in range(args.null_datasets):
         paths = write_dataset(d, args.null_rows, 5000 + seed, folder, random_labels=random_labels)
-        mixture = str(paths["mixture"])
-        layers = [actgeom.collapse(mixture, null=args.permutations, null_seed=seed).files()[0]["layers"][0],
-                  actgeom.probe(mixture, null=args.permutations, null_seed=seed).files()[0]["layers"][0]]
-        for metric in NULL_METRICS:
-            layer = next(entry for entry in layers if metric in entry["metrics"])
+        for metric, command in commands.items():
+            if found[metric] and isinstance(found[metric][0], str):
+                continue  # no null (the reason is kept): not asked again
+            layer = command(str(paths["mixture"]), null=args.permutations, null_seed=seed).files()[0]["layers"][0]
             null = layer.get("nulls", {}).get(metric)
             found[metric].append(null["p_value"] if null else layer.get("nulls_unavailable", {}).get(metric, "no null"))
         for path in paths.values():
@@ -277,6 +282,8 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=99)
     parser.add_argument("--null-datasets", type=int, default=200)
     parser.add_argument("--null-rows", type=int, default=2000)
+    parser.add_argument("--parts", default="moments,probe,cka", help="what the coverage measures: moments (collapse, "
+                        "rank), probe, cka")
     parser.add_argument("--skip-coverage", action="store_true")
     parser.add_argument("--skip-nulls", action="store_true")
     args = parser.parse_args()
