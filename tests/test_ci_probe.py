@@ -86,7 +86,7 @@ def _metrics(registry: dict, families: dict, ctx) -> dict:
     return {"metrics": values, "unavailable": unavailable}
 
 
-def _direct(tmp_path, rows: dict, families: dict, group: np.ndarray, g: int, offsets=None) -> dict:
+def _direct(tmp_path, rows: dict, families: dict, group: np.ndarray, g: int, offsets=None, tokens="all") -> dict:
     """The layer record of the same command on a dump of the rows outside group ``g``."""
     keep = np.flatnonzero(group != g)
     kept_offsets = None
@@ -95,7 +95,7 @@ def _direct(tmp_path, rows: dict, families: dict, group: np.ndarray, g: int, off
         kept_offsets = np.r_[0, np.cumsum(lengths)]
     path = _write(tmp_path / f"without{g}.h5", rows, keep, kept_offsets)
     with Dump(path) as dump:
-        return analyze_dump(dump, families, pass_options=PassOptions(block_rows=41))["layers"][0]
+        return analyze_dump(dump, families, pass_options=PassOptions(block_rows=41, tokens=tokens))["layers"][0]
 
 
 def _assert_equal(got: dict, expected: dict, context) -> int:
@@ -140,7 +140,8 @@ def test_the_values_themselves_do_not_change_with_intervals(tmp_path):
         assert grouped["metrics"][metric] == (value if metric in PROBE_SCORES else pytest.approx(value, rel=1e-12)), metric
 
 
-def test_token_level_groups_leave_whole_sequences_out_of_the_second_pass(tmp_path):
+@pytest.mark.parametrize("tokens", ["all", "from:1"])
+def test_token_level_groups_leave_whole_sequences_out_of_the_second_pass(tmp_path, tokens):
     rng = np.random.default_rng(5)
     lengths = rng.integers(2, 9, 90)
     offsets = np.r_[0, np.cumsum(lengths)]
@@ -148,10 +149,10 @@ def test_token_level_groups_leave_whole_sequences_out_of_the_second_pass(tmp_pat
     rows["sample_id"] = np.repeat(rng.permutation(1000)[:lengths.size], lengths)  # a sequence's id: split by sequence
     path = _write(tmp_path / "tok.h5", rows, offsets=offsets)
     families = _families(control="token")
-    left = _left_out_records(path, families, PassOptions(ci_groups=G, ci_seed=SEED, block_rows=23))
+    left = _left_out_records(path, families, PassOptions(ci_groups=G, ci_seed=SEED, block_rows=23, tokens=tokens))
     group = np.repeat(Grouping(G, SEED).of(offsets[:-1]), lengths)  # each row: its sequence's group
     for g in range(G):
-        _assert_equal(left[g], _direct(tmp_path, rows, families, group, g, offsets), g)
+        _assert_equal(left[g], _direct(tmp_path, rows, families, group, g, offsets, tokens), g)
 
 
 def _intervals(path, families, **more) -> dict:
@@ -249,3 +250,20 @@ def test_the_network_decisions_are_read_once_per_block_for_nc4_and_its_twins(tmp
         layer = analyze_dump(dump, families, pass_options=PassOptions(ci_groups=G, block_rows=50))["layers"][0]
     assert "nc4_mismatch" in layer["intervals"]
     assert reads == plain and len(plain) < 2 * 6  # each of the 6 blocks once, not G + 1 times
+
+
+def test_intervals_from_merged_row_range_statistics_equal_one_pass(tmp_path):
+    """--rows shards saved and merged, then the second pass over the dump: the same intervals."""
+    from actgeom.core.state.partial import merge_stats, stats_arrays, stats_from_arrays
+
+    rows = _rows(np.random.default_rng(8), 4)
+    path = _write(tmp_path / "d.h5", rows)
+    families = _families(control="row")
+    reference = _intervals(path, families)
+    assert {"lda_accuracy", "selectivity", "nc4_mismatch"} <= reference["intervals"].keys()
+    with Dump(path) as dump:
+        specs = specs_for(families, facts_of(dump))
+        shards = [accumulate(dump, specs=specs, options=PassOptions(ci_groups=G, ci_seed=SEED, row_range=r), check=False)
+                  for r in ((310, 500), (0, 120), (120, 310))]
+    merged = merge_stats([stats_from_arrays(stats_arrays(part))[0] for part in shards])
+    _assert_same_intervals(_intervals(path, families, precomputed=merged), reference)
