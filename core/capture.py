@@ -18,7 +18,9 @@ Needs PyTorch (``pip install 'actgeom[torch]'``); imported only when a capture s
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,7 +62,7 @@ class Capture:
 
     def __init__(self, path: Path, names: list[str], dtype: str, select, writer_options: dict,
                  attention: list[str] = (), attention_tokens: int | None = None, activations: dict | None = None,
-                 predict=None, last_module: str | None = None):
+                 predict=None, last_module: str | None = None, background: bool = False):
         self.path, self.names, self.dtype, self.select = Path(path), names, dtype, select
         self.writer_options = writer_options
         self.attention, self.attention_tokens = list(attention), attention_tokens
@@ -72,6 +74,7 @@ class Capture:
         self._classifier: tuple | None = None  # (weight, bias, layer) until the dump exists
         self._outputs: dict = {}
         self._rows: dict = {}
+        self._writes = Writes(background)
 
     def next(self, *, labels=None, predictions=None, sample_ids=None, token_ids=None, positions=None,
              attention_mask=None) -> None:
@@ -91,8 +94,15 @@ class Capture:
         if layer not in self.names:
             raise UsageError(f"the classifier's layer '{layer}' is not a captured module; captured: {', '.join(self.names)}")
         self._classifier = (_floats(weight), None if bias is None else _floats(bias), layer)
-        if self.writer is not None:
-            self._write_classifier()
+        self._writes.run(lambda: self.writer is not None and self._write_classifier())
+
+    def set_attrs(self, **attrs) -> None:
+        """Root attributes of the dump, written after the rows of the forwards so far (none yet: refused)."""
+        def work():
+            if self.writer is None:
+                raise UsageError("set_attrs needs a forward first: the dump is made by the first one")
+            self.writer.set_attrs(**attrs)
+        self._writes.run(work)
 
     def _write_classifier(self) -> None:
         weight, bias, layer = self._classifier
@@ -124,7 +134,7 @@ class Capture:
         if len(lead) == 1:
             if probabilities:
                 raise UsageError("attention needs token-level outputs (batch, tokens, units) in the captured modules")
-            self._write(batch, vectors, None, "sample")
+            self._writes.run(lambda: self._write(batch, vectors, None, "sample"))
             return
         mask = _vector(rows.get("attention_mask"))
         mask = np.ones(lead, dtype=bool) if mask is None else mask.astype(bool)
@@ -137,10 +147,13 @@ class Capture:
         keep, lengths = torch.as_tensor(mask), mask.sum(axis=1)
         if not probabilities:  # a sequence with no row kept (all masked) is no sequence; attention keeps one per input
             lengths = lengths[lengths > 0]
-        self._write({n: t[keep.to(t.device)] for n, t in batch.items()}, {k: v[mask] for k, v in vectors.items()},
-                    lengths, "token")
-        for name, value in probabilities.items():
-            self.writer.append_attention(name, self._padded(name, value, mask))
+
+        def work():  # the real tokens' rows, written now or (background) while the next forward runs
+            self._write({n: t[keep.to(t.device)] for n, t in batch.items()}, {k: v[mask] for k, v in vectors.items()},
+                        lengths, "token")
+            for name, value in probabilities.items():
+                self.writer.append_attention(name, self._padded(name, value, mask))
+        self._writes.run(work)
 
     def _padded(self, name: str, value, mask: np.ndarray) -> np.ndarray:
         """(B, H, T, T) probabilities with padding query rows and key columns zeroed, as
@@ -174,6 +187,49 @@ class Capture:
         if lengths is not None:
             self.writer.add_sequences(lengths)
         self.n_forwards += 1
+
+
+class Writes:
+    """The capture's writes, in order: run at once, or (``background``) by one thread while the next
+    forward runs — at most two batches waiting. A write's error is raised by the next call or by
+    :meth:`finish`."""
+
+    def __init__(self, background: bool):
+        self.queue: queue.Queue | None = queue.Queue(maxsize=2) if background else None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="actgeom-capture-writes", daemon=True) if background else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def run(self, work) -> None:
+        if self.queue is None:
+            work()
+            return
+        self._raise()
+        self.queue.put(work)
+
+    def _loop(self) -> None:
+        while (work := self.queue.get()) is not None:
+            if self.error is None:  # after an error the rest is dropped (the dump is discarded)
+                try:
+                    work()
+                except BaseException as exc:
+                    self.error = exc
+
+    def stop(self) -> None:
+        """Wait for the writes queued so far (their error, if any, is kept)."""
+        if self.thread is not None and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def finish(self) -> None:
+        self.stop()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def _matching(named: dict, patterns: list[str]) -> list[str]:
@@ -247,7 +303,8 @@ def _vector(value) -> np.ndarray | None:
 @contextmanager
 def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float32", select=None,
             model_name: str | None = None, attention: list[str] = (), attention_tokens: int | None = None,
-            activations: dict[str, str] | None = None, predictions=None, classifier=None, **writer_options):
+            activations: dict[str, str] | None = None, predictions=None, classifier=None, background: bool = False,
+            **writer_options):
     """Hook the modules of ``model`` whose names match the globs (:func:`module_glob`) and stream
     every forward to ``path``.
 
@@ -267,12 +324,15 @@ def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float3
     forward, e.g. ``lambda logits: logits.argmax(-1)`` (for NC4; or pass them to :meth:`Capture.next`).
     ``classifier``: a module with ``weight`` (C, D) and ``bias`` (an ``nn.Linear``) reading the
     last captured module in the model's order; :meth:`Capture.set_classifier` names another layer.
+    ``background``: the rows are written by a thread while the next forward runs (the forward's
+    tensors must not be changed in place afterwards); an error of a write is raised by a later forward
+    or when the block ends.
     """
     writer_options["model"] = model_name or type(model).__name__
     named = dict(model.named_modules())
     names, attention_names = _matching(named, modules), _matching(named, attention) if attention else []
     run = Capture(path, names, dtype, select or first_tensor, writer_options, attention_names, attention_tokens,
-                  _activations(named, names, activations), predictions, [n for n in named if n in names][-1])
+                  _activations(named, names, activations), predictions, [n for n in named if n in names][-1], background)
     if classifier is not None:
         run.set_classifier(classifier.weight, getattr(classifier, "bias", None))
     handles = [named[n].register_forward_hook(run._module_hook(n, run.select)) for n in names]
@@ -280,7 +340,9 @@ def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float3
     handles.append(model.register_forward_hook(run._model_hook))
     try:
         yield run
+        run._writes.finish()
     except BaseException:
+        run._writes.stop()
         if run.writer is not None:
             run.writer.abort()
         raise

@@ -249,7 +249,8 @@ def _write_part(path, loaded, names, batches, selection, first, options, example
     started, index = time.monotonic(), first
     with torch.no_grad(), capture(loaded.model, names, path, dtype=options.dtype, select=selection.select,
                                   model_name=loaded.path.name, classifier=head, label_names=examples.label_names,
-                                  predictions=selection.predictions if options.predictions else None, **step_name) as cap:
+                                  predictions=selection.predictions if options.predictions else None, background=True,
+                                  **step_name) as cap:
         while index < len(batches) and (index == first or time.monotonic() - started < options.save_every):
             args, kwargs, mask = batches.inputs(index)
             start, stop = batches.bounds(index)
@@ -258,8 +259,7 @@ def _write_part(path, loaded, names, batches, selection, first, options, example
             index += 1
             if progress is not None:
                 progress(loaded.path.name, stop, len(examples))
-        cap.writer.set_attrs(capture_key=key, examples_start=batches.bounds(first)[0],
-                             examples_stop=batches.bounds(index - 1)[1])
+        cap.set_attrs(capture_key=key, examples_start=batches.bounds(first)[0], examples_stop=batches.bounds(index - 1)[1])
     return index
 
 

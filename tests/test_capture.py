@@ -378,3 +378,34 @@ def test_a_sequence_with_no_row_kept_is_no_sequence(tmp_path):
     with Dump(tmp_path / "t.h5") as d:
         np.testing.assert_array_equal(d.offsets(), [0, 2, 6])
         np.testing.assert_array_equal(d.row_ids(d.ids_path(), 0, d.n_rows), [0, 0, 2, 2, 2, 2])
+
+
+def test_background_writes_equal_writes_in_the_forward(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    data = list(batches(np.random.default_rng(4)))
+    for background in (False, True):
+        with torch.no_grad(), capture(model, ["blocks.*"], tmp_path / f"{background}.h5", background=background) as cap:
+            for ids, mask, labels in data:
+                cap.next(labels=labels, attention_mask=mask, token_ids=ids)
+                model(ids, attention_mask=mask)
+            cap.set_attrs(note="after the rows")
+    with Dump(tmp_path / "False.h5") as a, Dump(tmp_path / "True.h5") as b:
+        for name in ("blocks.0", "blocks.1"):
+            np.testing.assert_array_equal(b.read_rows(name), a.read_rows(name))
+        np.testing.assert_array_equal(b.offsets(), a.offsets())
+        np.testing.assert_array_equal(b.labels(), a.labels())
+        assert b.attrs["note"] == "after the rows"
+
+
+def test_an_error_of_a_background_write_is_raised_and_nothing_is_written(tmp_path):
+    """The second forward's rows are narrower: the writer (in its thread) refuses them, the block raises it."""
+    model = TinyLM().eval()
+    widths = iter([8, 5, 5])
+    narrowing = lambda name, module, output: output[0][..., : next(widths)]  # noqa: E731
+    with pytest.raises(UsageError, match=r"layer 'blocks.0' rows must have shape \(n, 8\)"), torch.no_grad():
+        with capture(model, ["blocks.0"], tmp_path / "x.h5", select=narrowing, background=True) as cap:
+            for _ in range(3):
+                cap.next()
+                model(torch.randint(1, 50, (2, 3)))
+    assert list(tmp_path.iterdir()) == []

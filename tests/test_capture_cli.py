@@ -117,18 +117,45 @@ def test_tokens_mean_is_the_masked_mean_and_truncation_is_counted(minilm_dir, di
         np.testing.assert_array_max_ulp(d.read_rows("encoder.layer.5"), reference, maxulp=1)
 
 
+@pytest.fixture(scope="module")
+def tiny_bert(minilm_dir, tmp_path_factory):
+    """A small BERT classifier (random weights, MiniLM's tokenizer) as a Hugging Face directory: quick to load and run."""
+    import shutil
+
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     num_labels=3, architectures=["BertForSequenceClassification"])
+    model = transformers.BertForSequenceClassification(config).eval()
+    directory = tmp_path_factory.mktemp("tiny") / "clf"
+    model.save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, directory / name)
+    return directory, model, transformers.AutoTokenizer.from_pretrained(directory)
+
+
+def _tiny_batches(tiny_bert):
+    """Per batch of BATCH sentences: the model's output (hidden states too) and the attention mask."""
+    _, model, tokenizer = tiny_bert
+    for start in range(0, len(SENTENCES), BATCH):
+        batch = tokenizer([t for t, _ in SENTENCES[start : start + BATCH]], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            yield model(**batch, output_hidden_states=True), batch["attention_mask"].bool()
+
+
 @pytest.mark.parametrize("tokens", ["first", "last", "from:2"])
-def test_tokens_first_last_and_from_k(minilm_dir, direct, tmp_path, cli, tokens):
-    code, _, err = cli("capture", minilm_dir, "--text", _jsonl(tmp_path / "s.jsonl"), "-o", tmp_path / "t.h5",
-                       "--batch-size", BATCH, "--tokens", tokens, "--modules", "encoder.layer.2")
+def test_tokens_first_last_and_from_k(tiny_bert, tmp_path, cli, tokens):
+    code, _, err = cli("capture", tiny_bert[0], "--text", _jsonl(tmp_path / "s.jsonl"), "-o", tmp_path / "t.h5",
+                       "--batch-size", BATCH, "--tokens", tokens, "--modules", "bert.encoder.layer.0")
     assert code == 0, err
     expected = []
-    for h, mask, _ in _hidden(direct):
+    for output, mask in _tiny_batches(tiny_bert):
         for b in range(mask.shape[0]):
-            real = h[3][b][mask[b]].numpy()
+            real = output.hidden_states[1][b][mask[b]].numpy()
             expected.append({"first": real[:1], "last": real[-1:], "from:2": real[2:]}[tokens])
     with Dump(tmp_path / "t.h5") as d:
-        np.testing.assert_array_equal(d.read_rows("encoder.layer.2"), np.concatenate(expected))
+        np.testing.assert_array_equal(d.read_rows("bert.encoder.layer.0"), np.concatenate(expected))
 
 
 def test_list_modules_prints_names_with_shapes(minilm_dir, tmp_path, cli):
@@ -252,28 +279,15 @@ def _saved(parts: Path) -> int:
     return len([p for p in parts.iterdir() if re.fullmatch(r"\d{12}\.h5", p.name)]) if parts.exists() else 0
 
 
-def test_classifier_and_predictions_of_a_classification_model(minilm_dir, tmp_path, cli):
-    """A small BERT classifier (random weights, MiniLM's tokenizer): /classifier is its head, predictions its argmax."""
-    import shutil
-
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     num_labels=3, architectures=["BertForSequenceClassification"])
-    model = transformers.BertForSequenceClassification(config).eval()
-    model.save_pretrained(tmp_path / "clf")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / name, tmp_path / "clf" / name)
-    code, _, err = cli("capture", tmp_path / "clf", "--text", _jsonl(tmp_path / "s.jsonl"), "-o", tmp_path / "c.h5",
+def test_classifier_and_predictions_of_a_classification_model(tiny_bert, tmp_path, cli):
+    """/classifier is the model's head (reading the pooler), predictions the argmax of its logits."""
+    directory, model, _ = tiny_bert
+    code, _, err = cli("capture", directory, "--text", _jsonl(tmp_path / "s.jsonl"), "-o", tmp_path / "c.h5",
                        "--batch-size", BATCH, "--modules", "bert.pooler", "--classifier", "--predictions")
     assert code == 0, err
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf")
     pooled, predicted = [], []
-    for start in range(0, len(SENTENCES), BATCH):
-        batch = tokenizer([t for t, _ in SENTENCES[start : start + BATCH]], padding=True, return_tensors="pt")
+    for output, _ in _tiny_batches(tiny_bert):
         with torch.no_grad():
-            output = model(**batch, output_hidden_states=True)
             pooled.append(model.bert.pooler(output.hidden_states[-1]).numpy())
         predicted.append(output.logits.argmax(-1).numpy())
     with Dump(tmp_path / "c.h5") as d:
