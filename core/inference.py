@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from actgeom.core.families.protocol import LayerContext, LayerRecord
 from actgeom.core.metrics.uncertainty import jackknife
-from actgeom.core.state.groups import leave_out
+from actgeom.core.state.groups import each_left_out, leave_out
 
 
 def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) -> tuple[dict, dict]:
@@ -24,8 +24,8 @@ def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]
     reasons = {metric: "not a finite number" for metric, value in wanted.items() if not _finite(value)}
     reasons |= dict.fromkeys(diagnostic, "a count or size that says how another metric was computed, not an estimate")
     replicates: dict[str, list[float]] = {metric: [] for metric in wanted if metric not in reasons}
-    for g in range(len(ctx.stats.groups)):
-        left = replicate(ctx, g)
+    for g, without in enumerate(each_left_out(ctx.stats)):  # G·log₂G merges, not G·(G−2)
+        left = replicate(ctx, g, without)
         for name, (family, options) in families.items():
             record = family.layer(left, options)
             for metric in records[name].metrics:
@@ -41,13 +41,13 @@ def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]
     return {metric: jackknife(float(wanted[metric]), values) for metric, values in replicates.items()}, reasons
 
 
-def replicate(ctx: LayerContext, g: int) -> LayerContext:
-    """The layer as if the rows of group ``g`` were not in the dump: its statistics (and any other
-    layer's a family reads) without the group, the second pass's consumers left out likewise (a
-    consumer without ``leave_out`` is dropped: its metrics have no interval)."""
+def replicate(ctx: LayerContext, g: int, without=None) -> LayerContext:
+    """The layer as if the rows of group ``g`` were not in the dump: its statistics (``without``, when
+    made already) and any other layer's a family reads without the group, the second pass's consumers
+    left out likewise (a consumer without ``leave_out`` is dropped: its metrics have no interval)."""
     second = {name: consumer.leave_out(g) for name, consumer in ctx.second.items() if hasattr(consumer, "leave_out")}
-    return dataclasses.replace(ctx, stats=leave_out(ctx.stats, g), second=second, details=False, replicate=True,
-                               layers=_LeftOut(ctx.layers, g))
+    return dataclasses.replace(ctx, stats=leave_out(ctx.stats, g) if without is None else without, second=second,
+                               details=False, replicate=True, layers=_LeftOut(ctx.layers, g))
 
 
 class _LeftOut(Mapping):

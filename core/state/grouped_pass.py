@@ -14,13 +14,13 @@ consumer's work G + 1 times (the probe: G more scorings of its C×D models).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
 from actgeom.core.state.engine import SamplingUnits
+from actgeom.core.state.groups import each_left_out
 
 
 class LeftOutPass:
@@ -72,32 +72,6 @@ def with_twins(stats, slots: tuple[str, ...], make: Callable, dump, pass_options
         return consumer
     twins = [make(left) for left in each_left_out(only_slots(stats, slots))]
     return LeftOutPass(consumer, twins, SamplingUnits(dump, pass_options))
-
-
-def each_left_out(stats):
-    """The statistics without group g (as :func:`~actgeom.core.state.groups.leave_out`: the merge
-    of the other groups), for g = 0 … G−1 in turn, by halving the groups: the statistics outside
-    a range of groups plus one half of it are those outside the other half. About G·log₂G merges
-    instead of G·(G−2), and log₂G copies alive at a time."""
-    groups = stats.groups
-
-    def walk(lo: int, hi: int, outside):
-        if hi - lo == 1:
-            yield outside
-            return
-        mid = (lo + hi) // 2
-        yield from walk(lo, mid, _merged(outside, groups[mid:hi]))
-        yield from walk(mid, hi, _merged(outside, groups[lo:mid]))
-
-    return walk(0, len(groups), None)
-
-
-def _merged(outside, parts: list):
-    """A copy of ``outside`` (None: nothing yet) with every part merged in."""
-    merged = copy.deepcopy(outside if outside is not None else parts[0])
-    for part in parts if outside is not None else parts[1:]:
-        merged.merge(part)
-    return merged
 
 
 def only_slots(stats, slots: tuple[str, ...]):
