@@ -50,7 +50,7 @@ def probe(
                                                 show_default=False)],
     layers: o.LayersOpt = None, labels: o.LabelsOpt = None, offsets: o.OffsetsOpt = None,
     allow_incomplete: o.AllowIncompleteOpt = False, nonfinite: o.NonfiniteOpt = "error",
-    tokens: o.TokensOpt = "all", products: o.ProductsOpt = "float64",
+    tokens: o.TokensOpt = "all", products: o.ProductsOpt = "float64", stats: o.StatsOpt = None,
     test_fraction: TestFractionOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel=PROBE, show_default=o.default(ProbeOptions, "seed"),
                                                 help="Seed of the split (same rows in every layer).")] = None,
@@ -86,7 +86,7 @@ def probe(
         actgeom probe sample_data/digits_mlp_epoch1500.h5 --ci --format table
     """
     chosen = o.inference(ci, ci_groups, ci_seed, null, null_seed, baseline)
-    inputs = [*dumps, *(baseline or [])]
+    inputs = [*dumps, *([stats] if stats else []), *(baseline or [])]
     check_outputs({"-o": output, "--save-directions": save_directions}, inputs)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
@@ -95,7 +95,7 @@ def probe(
                              seed=seed,
                              split_by=o.plain(split_by), shrinkage=shrinkage_value(shrinkage), ridge_lambda=ridge_lambda,
                              control=o.plain(control),
-                             positive=positive, negative=negative, details=save_directions is not None,
+                             positive=positive, negative=negative, details=save_directions is not None, stats=stats,
                              progress=progress, backend=executor, **chosen)
     document = analysis.to_dict()
     if save_directions is not None:

@@ -13,9 +13,11 @@ Keyword names are the command-line options in snake_case (``--rows 0:900`` → `
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
+from actgeom.core.base.errors import OptionError
 from actgeom.core.base.outputs import check_outputs
 from actgeom.core.base.result import document_header
 from actgeom.core.dump import Dump, DumpSpec
@@ -86,27 +88,65 @@ class PartialStatistics:
         return f"<actgeom PartialStatistics: {len(self.layers)} layer(s), rows {rows} of {', '.join(self.meta['dumps'])}>"
 
 
-def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample: int = 0, seed: int = 0,
-                       threshold: float = 0.0, entropy_alpha: float | None = None, neurons: bool = False,
-                       progress: Progress | None = None) -> PartialStatistics:
-    """One pass per layer keeping the statistics of every metric (class moments and the unlabelled
-    rest, unit activity above ``threshold``), a seeded sample of ``subsample`` rows when > 0, what
-    `entropy --stats` needs with ``entropy_alpha`` (Σuuᵀ of the normalised rows, or per-sequence
-    entropies of that Rényi order with sequence offsets), and what `neurons --stats` needs."""
-    from actgeom.core.families.neurons import neurons_statistics
-    from actgeom.core.state.accumulators import DirectionsSpec, MomentsSpec, SampleSpec, SequencesSpec, UnitsSpec
+# The families whose `--stats` runs `stats` serves; without ``families``: collapse and rank (rank
+# without its sample unless ``subsample``), what `actgeom stats` kept before it asked the families.
+STATS_FAMILIES = ("collapse", "rank", "entropy", "neurons", "probe")
+DEFAULT_FAMILIES = ("collapse", "rank")
+
+
+def stats_families(families=None, *, also=(), subsample=None, seed=0, threshold=0.0, entropy_alpha=None) -> dict:
+    """{family: options} of the runs a statistics file is to serve. ``families``: names (a comma
+    string or a list) or {name: options or keywords}; the shared keywords fill what a family's own
+    keywords leave unsaid: ``subsample`` and ``seed`` (rank's and entropy's sample; probe's split
+    seed), ``threshold`` (entropy's and neurons' firing threshold), ``entropy_alpha`` (entropy's
+    Rényi order; it adds entropy when not named); ``also``: names added. ``subsample`` None: each
+    family's own default, but no sample for rank when ``families`` is None (as `stats` always did)."""
+    from actgeom.core.analysis import family_options
+
+    chosen = _chosen(DEFAULT_FAMILIES if families is None else families)
+    for name in (*also, *(["entropy"] if entropy_alpha is not None else [])):
+        chosen.setdefault(name, None)
+    unknown = [name for name in chosen if name not in STATS_FAMILIES]
+    if unknown:
+        raise OptionError("families", unknown[0], f"is not one of {', '.join(STATS_FAMILIES)}")
+    shared = {"subsample": 0 if subsample is None and families is None else subsample, "seed": seed,
+              "threshold": threshold, "alpha": entropy_alpha}
+    made = {}
+    for name, given in chosen.items():
+        if given is not None and not isinstance(given, dict):
+            made[name] = given  # an options object: as given
+            continue
+        fields = family_options(name).__dataclass_fields__
+        made[name] = family_options(name, {key: value for key, value in shared.items() if key in fields} | (given or {}))
+    return made
+
+
+def _chosen(families) -> dict:
+    """{name: options or None} from a comma string, a list of names or a dict."""
+    if isinstance(families, str):
+        families = [name.strip() for name in families.split(",") if name.strip()]
+    return dict(families) if isinstance(families, dict) else dict.fromkeys(families)
+
+
+def partial_statistics(path, spec: DumpSpec, options: PassOptions, families: dict, *, threshold: float = 0.0,
+                       every_logvar: bool = False, progress: Progress | None = None) -> PartialStatistics:
+    """One pass per layer keeping the union of what the ``families`` {name: options} need for this
+    dump (core/analysis.py specs_for), so that their `--stats` runs find it, and the unit activity
+    above ``threshold`` that the summary counts (units ever active). ``every_logvar``: also Σ exp(x)
+    of every layer, what the deprecated `stats --neurons` kept for any `neurons --logvar`."""
+    from actgeom.core.analysis import facts_of, specs_for
+    from actgeom.core.state.accumulators import UnitMomentsSpec, UnitsSpec, union
     from actgeom.core.state.groups import check_groups
     from actgeom.core.state.partial import provenance
 
     with Dump(path, spec) as opened:
-        specs = [MomentsSpec(by_class=True, all_rows=True), UnitsSpec(threshold=threshold)]
-        specs += [SampleSpec(size=subsample, seed=seed)] if subsample else []
-        if entropy_alpha is not None:
-            specs.append(SequencesSpec(alpha=entropy_alpha) if opened.offsets_path is not None else DirectionsSpec())
-        if neurons:
-            specs += neurons_statistics(opened.row_vector_names())
+        specs = specs_for(families, facts_of(opened))
+        if "units" not in specs or not specs["units"].activity:  # the summary counts the units ever active
+            specs = union([*specs.values(), UnitsSpec(threshold=threshold)])
+        if every_logvar:
+            specs = union([*specs.values(), UnitMomentsSpec(exp_sums=True)])
         if options.grouping is not None:
-            check_groups(opened, dict(enumerate(specs)), options)
+            check_groups(opened, specs, options)
         found = accumulate(opened, specs=specs, options=options, progress=progress)
         meta = provenance(opened, options) | {"options": options_record(options)}
     return PartialStatistics(found, meta, inputs=[path])
@@ -114,21 +154,26 @@ def partial_statistics(path, spec: DumpSpec, options: PassOptions, *, subsample:
 
 def stats(path, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
           allow_incomplete=False, nonfinite="error", tokens="all", products="float64", rows=None, row_offset=0,
-          subsample=0, seed=0, threshold=0.0, entropy_alpha=None, neurons=False, ci_groups=0, ci_seed=0, save_stats=None,
-          progress: Progress | None = None) -> PartialStatistics:
+          families=None, subsample=None, seed=0, threshold=0.0, entropy_alpha=None, neurons=False, ci_groups=0,
+          ci_seed=0, save_stats=None, progress: Progress | None = None) -> PartialStatistics:
     """Partial statistics of one dump, or of its rows ``rows=(start, stop)`` (one shard of a job
-    array), as `actgeom stats` keeps them (see :func:`partial_statistics`); ``row_offset``: the global
-    row number of this file's first row when it is one shard file of a larger dump; ``ci_groups`` G > 0:
-    kept per jackknife group (hashed with ``ci_seed``), so that ``stats=`` serves ``ci=True`` with the
-    same G and seed. ``save_stats``: also written there (checked before the pass)."""
+    array), keeping what the ``families`` need (see :func:`stats_families`; default collapse and
+    rank) so that their ``stats=`` runs find it; ``row_offset``: the global row number of this file's
+    first row when it is one shard file of a larger dump; ``ci_groups`` G > 0: kept per jackknife
+    group (hashed with ``ci_seed``), so that ``stats=`` serves ``ci=True`` with the same G and seed.
+    ``neurons=True`` (deprecated: name "neurons" in ``families``) also keeps Σ exp(x) for any
+    ``logvar``. ``save_stats``: also written there (checked before the pass)."""
+    if neurons:
+        warnings.warn("stats(neurons=True) is deprecated: name 'neurons' in families", DeprecationWarning, stacklevel=2)
     check_outputs({"save_stats": save_stats}, [path])
+    chosen = stats_families(families, also=("neurons",) if neurons else (), subsample=subsample, seed=seed,
+                            threshold=threshold, entropy_alpha=entropy_alpha)
     spec = DumpSpec(layers=_names(layers), labels=labels, weight=weight, bias=bias, predictions=predictions,
                     offsets=offsets, allow_incomplete=allow_incomplete)
     options = PassOptions(nonfinite=nonfinite, tokens=tokens, products=products,
                           row_range=None if rows is None else tuple(rows), row_offset=row_offset, ci_groups=ci_groups,
                           ci_seed=ci_seed)
-    found = partial_statistics(path, spec, options, subsample=subsample, seed=seed, threshold=threshold,
-                               entropy_alpha=entropy_alpha, neurons=neurons, progress=progress)
+    found = partial_statistics(path, spec, options, chosen, threshold=threshold, every_logvar=neurons, progress=progress)
     if save_stats is not None:
         found.save(save_stats)
     return found

@@ -12,6 +12,7 @@ from reference import class_statistics, relative_error, unit_statistics
 
 from actgeom.core.base.errors import InvalidInputError, UsageError
 from actgeom.core.dump import Dump
+from actgeom.core.state.accumulators import SampleSpec, UnitsSpec
 from actgeom.core.state.engine import PassOptions, accumulate
 from actgeom.core.state.partial import load_partial, merge_stats, save_partial
 
@@ -302,3 +303,91 @@ def test_packed_scatters_round_trip_and_an_empty_side_merges_either_way(rng):
             assert target.scatter is not other.scatter  # merged in, not shared: a later update must not reach `other`
     nothing = ClassMoments(5).finalize()
     assert nothing.within_scatter.shape == (0, 0) or not nothing.within_scatter.any()
+
+
+# -- `stats --families`: the file keeps what the families' `--stats` runs need (#23) ------------------
+FAMILY_ARGS = {"collapse": (), "rank": (), "entropy": ("--threshold", "0"), "neurons": ("--threshold", "0"), "probe": ()}
+
+
+def _families_dump(tmp_path, rng) -> str:
+    X, y = class_data(rng, [60, 45, 35], 6, separation=2.0)
+    H = np.maximum(X @ rng.standard_normal((6, 5)), 0)  # ReLU-like: dead and active units
+    return write_dump(tmp_path / "d.h5", {"a": X, "b": H}, labels=y, token_id=rng.integers(0, 9, y.size),
+                      position=rng.integers(0, 20, y.size))
+
+
+def _layers_of(cli, *args) -> list[dict]:
+    """The layers of a run's first file; with --stats, checked to come from the file."""
+    document = cli.json(*args, "-q")
+    assert (document["statistics"] is not None) == ("--stats" in args)
+    return document["files"][0]["layers"]
+
+
+@pytest.mark.parametrize("family", list(FAMILY_ARGS))
+def test_stats_of_a_family_serve_its_stats_run(cli, tmp_path, rng, family):
+    path = _families_dump(tmp_path, rng)
+    code, _, err = cli("stats", path, "--families", family, "--save-stats", tmp_path / "s.npz", "--format", "json")
+    assert code == 0, err
+    direct = _layers_of(cli, family, path, *FAMILY_ARGS[family])
+    served = _layers_of(cli, family, path, *FAMILY_ARGS[family], "--stats", tmp_path / "s.npz")
+    assert [a["layer"] for a in direct] == [b["layer"] for b in served]
+    for a, b in zip(direct, served):
+        assert a["metrics"] and b["metrics"].keys() == a["metrics"].keys() and b["unavailable"] == a["unavailable"]
+        for name, value in a["metrics"].items():
+            assert b["metrics"][name] == pytest.approx(value, rel=1e-12, abs=1e-12), (family, name)
+
+
+def test_stats_of_every_family_serve_each(cli, tmp_path, rng):
+    path = _families_dump(tmp_path, rng)
+    code, _, err = cli("stats", path, "--families", ",".join(FAMILY_ARGS), "--save-stats", tmp_path / "s.npz")
+    assert code == 0, err
+    for family, args in FAMILY_ARGS.items():
+        direct = _layers_of(cli, family, path, *args)
+        served = _layers_of(cli, family, path, *args, "--stats", tmp_path / "s.npz")
+        for a, b in zip(direct, served):
+            assert b["metrics"] == pytest.approx(a["metrics"], rel=1e-12, abs=1e-12), family
+
+
+def test_stats_of_one_family_do_not_serve_another(cli, tmp_path, rng):
+    path = _families_dump(tmp_path, rng)
+    assert cli("stats", path, "--families", "collapse", "--save-stats", tmp_path / "c.npz")[0] == 0
+    code, _, err = cli("entropy", path, "--threshold", "0", "--stats", tmp_path / "c.npz", "-q")
+    assert code == 3 and "this analysis needs" in err and "actgeom stats" in err
+
+
+def test_stats_default_keeps_what_it_always_kept(cli, tmp_path, rng):
+    """Without --families: class moments (+ unlabelled rows) and unit activity, a sample only with
+    --subsample (conftest.every, the statistics `stats` kept before it asked the families)."""
+    path = _families_dump(tmp_path, rng)
+    for args, reservoir in (((), 0), (("--subsample", "50", "--seed", "3"), 50), (("--threshold", "0.5"), 0)):
+        assert cli("stats", path, *args, "--save-stats", tmp_path / "s.npz")[0] == 0
+        layers, _ = load_partial(tmp_path / "s.npz")
+        threshold = 0.5 if "--threshold" in args else 0.0
+        expected = {spec.slot: spec for spec in every(reservoir=reservoir, seed=3 if reservoir else 0, threshold=threshold)}
+        assert all(stats.specs == expected for stats in layers.values()), args
+        (tmp_path / "s.npz").unlink()
+
+
+def test_stats_options_map_onto_the_families(cli, tmp_path, rng):
+    """--subsample / --seed / --threshold / --entropy-alpha are the families' options; --neurons is
+    deprecated with one line and still keeps Σ exp(x) for any `neurons --logvar`."""
+    from actgeom.core.state.accumulators import DirectionsSpec, SplitSpec, UnitMomentsSpec
+
+    path = _families_dump(tmp_path, rng)
+    code, _, err = cli("stats", path, "--families", "rank,probe", "--entropy-alpha", "2", "--subsample", "40", "--seed",
+                       "5", "--threshold", "0.25", "--save-stats", tmp_path / "s.npz", "-q")
+    assert code == 0 and err == ""
+    specs = load_partial(tmp_path / "s.npz")[0]["a"].specs
+    assert specs["sample"] == SampleSpec(size=40, seed=5) and specs["units"] == UnitsSpec(threshold=0.25)
+    assert specs["directions"] == DirectionsSpec() and specs["split"].seed == 5 and isinstance(specs["split"], SplitSpec)
+    code, _, err = cli("stats", path, "--neurons", "--save-stats", tmp_path / "n.npz", "-q")
+    assert code == 0 and err == "Warning: --neurons is deprecated: give --families collapse,rank,neurons\n"
+    assert load_partial(tmp_path / "n.npz")[0]["a"].specs["unit_moments"] == UnitMomentsSpec(exp_sums=True)
+    code, _, err = cli("stats", path, "--families", "collapse,ood", "-q")
+    assert code == 2 and "--families 'ood' is not one of collapse, rank, entropy, neurons, probe" in err
+
+
+def test_stats_of_families_without_moments_summarise_what_they_have(cli, tmp_path, rng):
+    path = _families_dump(tmp_path, rng)
+    layer = cli.json("stats", path, "--families", "probe", "-q")["layers"][0]
+    assert layer["n_rows"] == 140 and layer["n_classes_present"] == 0 and layer["n_units_ever_active"] is not None

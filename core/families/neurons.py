@@ -40,18 +40,6 @@ def needs(options: NeuronsOptions, facts: DumpFacts) -> list:
     return specs
 
 
-def neurons_statistics(row_vectors) -> list:
-    """What `actgeom stats --neurons` keeps beyond its class moments and unit activity: enough for
-    any `neurons --stats` run (Σ exp(x) for --logvar; token and position sums at the default
-    --max-position when the dump has ``row_vectors`` "token_id" / "position")."""
-    specs = [UnitMomentsSpec(exp_sums=True)]
-    if "token_id" in row_vectors:
-        specs.append(TokenSumsSpec())
-    if "position" in row_vectors:
-        specs.append(PositionSumsSpec(max_position=NeuronsOptions().max_position))
-    return specs
-
-
 def _missing(ctx: LayerContext, options: NeuronsOptions) -> dict[str, str]:
     """Why a need is not met for this layer, by need."""
     missing = {}

@@ -13,14 +13,14 @@ def pass_summary(stats: LayerStats) -> dict:
     within_variance = Tr Σ_W and total_variance = Tr Σ_T over the labelled rows (Σ_T about the
     sample mean, so total = within + Σ_c (n_c/N)‖μ_c − x̄‖²).
     """
-    moments = stats.get("moments")
-    classes = moments.classes if moments.classes is not None else moments.total
-    n = classes.n
-    present = classes.counts > 0
+    moments = stats.get("moments")  # None: the families asked for no moments (e.g. `stats --families probe`)
+    classes = None if moments is None else moments.classes if moments.classes is not None else moments.total
+    n = 0 if classes is None else classes.n
+    present = np.zeros(0, dtype=bool) if classes is None else classes.counts > 0
     if n:
         grand = classes.counts @ classes.means / n
         between = float(classes.counts[present] @ ((classes.means[present] - grand) ** 2).sum(axis=1)) / n
-        within = float(np.trace(classes.within_scatter)) / n
+        within = float(np.trace(classes.within_scatter)) / n if classes.within_scatter is not None else float("nan")
     else:
         within = between = float("nan")
     units = stats.get("units")
