@@ -258,10 +258,12 @@ def test_a_failing_run_keeps_the_previous_report(cli, tmp_path, rng):
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium is not on PATH (apt-get install chromium; .ci/run tries to)")
-def test_headless_chromium_renders_the_page_without_console_errors(sample_report, tmp_path):
+@pytest.mark.parametrize("which", ["sample_report", "ci_report"])
+def test_headless_chromium_renders_the_page_without_console_errors(request, which, tmp_path):
+    """The page (and the page of a --ci --baseline run) loads in Chromium with no console message."""
     png = tmp_path / "report.png"
-    run = subprocess.run([sys.executable, str(ROOT / "docs" / "render_report.py"), "--report",
-                          str(sample_report["dir"] / "report.html"), "--out", str(png)],
+    page = request.getfixturevalue(which)["dir"] / ("report.html" if which == "sample_report" else "r.html")
+    run = subprocess.run([sys.executable, str(ROOT / "docs" / "render_report.py"), "--report", str(page), "--out", str(png)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 100_000  # plots, not a blank page
