@@ -84,10 +84,10 @@ class Batches:
             return (x.to(device),), {}, None
         texts = self.examples.texts[start:stop]
         tokenizer, limit = self.loaded.tokenizer, self.max_length
-        if limit is not None:
-            lengths = [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
-            self.truncated += sum(length > limit for length in lengths)
-        batch = tokenizer(texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
+        batch = tokenizer(texts, padding=True, return_tensors="pt", verbose=False)  # whole: nothing to truncate?
+        if limit is not None and batch["input_ids"].shape[1] > limit:  # else what truncation=True gives
+            self.truncated += int((batch["attention_mask"].sum(dim=1) > limit).sum())
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
         return (), {key: value.to(device) for key, value in batch.items()}, batch["attention_mask"]
 
 
@@ -196,11 +196,7 @@ def run_capture(loaded, examples, out: Path, options: CaptureOptions, *, append:
         raise
     seconds = time.monotonic() - started
     attrs = {"capture_key": key, "capture": json.dumps(provenance(loaded, examples, options, batches.truncated))}
-    join_parts(parts, out, attrs)
-    from actgeom.core.dump import Dump
-
-    with Dump(out) as d:
-        summary = {"n_rows": d.n_rows, "layers": [layer.name for layer in d.layers], "level": d.attrs["level"]}
+    summary = join_parts(parts, out, attrs)
     return summary | {"n_examples": len(examples), "resumed_after": done, "truncated": batches.truncated,
                       "seconds": seconds, "dtype": options.dtype}
 

@@ -73,9 +73,13 @@ def _rows(path: Path) -> int:
         return int(f.attrs["n_rows"])
 
 
-def join_parts(parts: list[Path], out: Path, attrs: dict) -> None:
-    """Write ``out`` from the parts in order (one part is renamed), with ``attrs`` at its root, then remove the parts."""
+def join_parts(parts: list[Path], out: Path, attrs: dict) -> dict:
+    """Write ``out`` from the parts in order (one part is renamed), with ``attrs`` at its root, then remove the
+    parts; its n_rows, layers and level."""
     target = check_output(Path(out), option="output")
+    with h5py.File(parts[0], "r") as f:
+        summary = {"n_rows": sum(_rows(path) for path in parts), "layers": list(f["activations"]),
+                   "level": _plain(f.attrs["level"])}
     if len(parts) == 1:
         with h5py.File(parts[0], "r+") as f:
             for name in ("examples_start", "examples_stop"):  # the part's range: the whole run now
@@ -85,6 +89,7 @@ def join_parts(parts: list[Path], out: Path, attrs: dict) -> None:
     else:
         _copy_parts(parts, out, attrs)
     shutil.rmtree(partial_dir(out), ignore_errors=True)
+    return summary
 
 
 def _copy_parts(parts: list[Path], out: Path, attrs: dict) -> None:
