@@ -218,3 +218,27 @@ def test_scores_file_is_refused_over_an_input_or_without_a_known_suffix(tmp_path
     code, _, err = cli("ood", dumps["fit"], "--test", dumps["test"], "--ood", dumps["ood"], "--scores", dumps["ood"])
     assert code != 0 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "scores.txt").exists()
+
+
+def test_fit_split_statistics_of_shards_merged_through_the_saved_form_equal_one_pass(dumps):
+    from actgeom.core.dump import Dump
+    from actgeom.core.state.accumulators import FitSplitSpec
+    from actgeom.core.state.engine import PassOptions, accumulate
+    from actgeom.core.state.partial import stats_arrays, stats_from_arrays
+
+    X, y, W, b, test, far = dumps["arrays"]
+    spec = {"fitsplit": FitSplitSpec(test_fraction=0.3, seed=4, sample_size=50)}
+    with Dump(dumps["fit"]) as dump:
+        whole = accumulate(dump, specs=spec, options=PassOptions(block_rows=1000))["h"].get("fitsplit")
+        shards = [accumulate(dump, specs=spec, options=PassOptions(row_range=r, block_rows=29), check=False)["h"]
+                  for r in ((150, 300), (0, 150))]
+    merged = shards[0]
+    merged.merge(stats_from_arrays(stats_arrays({"h": shards[1]}))[0]["h"])
+    merged = merged.get("fitsplit")
+    kept = ~ood.held_out(np.arange(X.shape[0]), 4, 0.3)
+    assert whole.n_held_out == merged.n_held_out == int((~kept).sum())
+    for got in (whole, merged):
+        np.testing.assert_allclose(got.moments.total.means[0], X[kept].mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(got.moments.classes.within_scatter, merged.moments.classes.within_scatter, rtol=1e-10)
+        assert set(got.sample.index) <= set(np.flatnonzero(kept)) and got.sample.n_rows == 50
+    np.testing.assert_array_equal(np.sort(whole.sample.index), np.sort(merged.sample.index))
