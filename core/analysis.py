@@ -24,10 +24,10 @@ from actgeom.core import baseline as baselines
 from actgeom.core.base import stages
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.outputs import atomic_output
+from actgeom.core.base.registry import Metric
 from actgeom.core.base.result import Result, document_header, nonfinite_notes
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.families import collapse as collapse_family
-from actgeom.core.families import compare as compare_family
 from actgeom.core.families import entropy as entropy_family
 from actgeom.core.families import neurons as neurons_family
 from actgeom.core.families import ood as ood_family
@@ -35,10 +35,11 @@ from actgeom.core.families import probe as probe_family
 from actgeom.core.families import rank as rank_family
 from actgeom.core.families.protocol import DumpFacts, Family, LayerContext, LayerRecord
 from actgeom.core.inference import intervals
+from actgeom.core.metrics import compare as compare_metrics
+from actgeom.core.metrics import uncertainty
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
-from actgeom.core.metrics.uncertainty import LEVEL
-from actgeom.core.nulls import null_record, null_specs, nulls
+from actgeom.core.nulls import null_specs, nulls
 from actgeom.core.state.accumulators import Spec, union
 from actgeom.core.state.engine import LayerStats, PassOptions, Progress, accumulate, options_record, second_pass
 from actgeom.core.state.groups import check_groups, sampling_unit
@@ -46,13 +47,18 @@ from actgeom.core.state.partial import check_provenance, load_partial
 
 FAMILIES: dict[str, Family] = {family.name: family for family in
                                (collapse_family.FAMILY, rank_family.FAMILY, entropy_family.FAMILY,
-                                neurons_family.FAMILY, probe_family.FAMILY, ood_family.FAMILY,
-                                compare_family.FAMILY)}  # compare runs its own pass over aligned files: compare()
+                                neurons_family.FAMILY, probe_family.FAMILY, ood_family.FAMILY)}
+# Every registry of metrics by family name: the single-dump families' and compare's, whose joint
+# pass over aligned rows of two files is no Family (core/compare/): metrics_info, the docs, the report.
+REGISTRIES: dict[str, dict[str, Metric]] = {name: family.metrics for name, family in FAMILIES.items()} | {
+    "compare": compare_metrics.REGISTRY}
+OPTIONS: dict[str, type] = {name: family.options_class for name, family in FAMILIES.items()} | {
+    "compare": compare_metrics.CompareOptions}  # every family's options class, compare's too (family_options)
 
 
 def metrics_info(families: Iterable[str]) -> dict:
-    """Every metric of the families: family, ideal, range, direction, invariances, source."""
-    return {name: metric.info() for family in families for name, metric in FAMILIES[family].metrics.items()}
+    """Every metric of the families (or compare): family, ideal, range, direction, invariances, source."""
+    return {name: metric.info() for family in families for name, metric in REGISTRIES[family].items()}
 
 
 def facts_of(dump: Dump) -> DumpFacts:
@@ -297,9 +303,8 @@ def directions_across_files(result: Result, *, keep: bool) -> Result:
 def inference_record(pass_options: PassOptions) -> dict:
     """How the document's intervals and nulls were made (``ci``, ``null`` None: none)."""
     grouping = pass_options.grouping
-    ci = None if grouping is None else {"method": "delete-a-group jackknife", "groups": grouping.groups,
-                                        "seed": grouping.seed, "level": LEVEL}
-    return {"ci": ci, "null": null_record(pass_options)}
+    return uncertainty.inference_record(0 if grouping is None else grouping.groups, 0 if grouping is None else grouping.seed,
+                                        pass_options.null, pass_options.null_seed)
 
 
 def backend_record(executor) -> dict:
@@ -345,14 +350,14 @@ def _plain(value):
 
 def family_options(name: str, given=None):
     """A family's options object from None (defaults), a dict of keywords, or an options object."""
-    if name not in FAMILIES:
-        raise OptionError("families", name, f"is not one of {', '.join(FAMILIES)}")
+    if name not in OPTIONS:
+        raise OptionError("families", name, f"is not one of {', '.join(OPTIONS)}")
     if given is None or isinstance(given, dict):
         given = {key: value for key, value in (given or {}).items() if value is not None}
         if name in ("collapse", "rank"):  # presets: explicit options win over them
             resolve = collapse_options if name == "collapse" else rank_options
-            return resolve(given.pop("preset", None), **_known(FAMILIES[name].options_class, name, given))
-        return FAMILIES[name].options_class(**_known(FAMILIES[name].options_class, name, given))
+            return resolve(given.pop("preset", None), **_known(OPTIONS[name], name, given))
+        return OPTIONS[name](**_known(OPTIONS[name], name, given))
     return given
 
 

@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from actgeom.core import analysis
+from actgeom.core import compare as comparison
 from actgeom.core.analysis import FAMILIES, family_options
 from actgeom.core.backends import open_backend
 from actgeom.core.base.errors import OptionError
 from actgeom.core.base.result import Result
 from actgeom.core.dump import DumpSpec
-from actgeom.core.families import compare as compare_family
 from actgeom.core.families import ood as ood_family
 from actgeom.core.metrics.collapse import resolve_options as collapse_options
 from actgeom.core.metrics.spectrum import resolve_options as rank_options
@@ -179,7 +179,7 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
 
 def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allow_incomplete=False, nonfinite="error",
             max_memory="4GiB", block_rows=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
-            progress: Progress | None = None, backend=None, **options) -> compare_family.CompareResult:
+            progress: Progress | None = None, backend=None, **options) -> comparison.CompareResult:
     """Similarity between layers of two files, or one layer across files (docs/metrics.md), in one
     pass over their aligned rows; ``options`` are CompareOptions fields (alpha, svcca_keep,
     subsample, seed, knn_k, unit_threshold, units; None = default). ``result.matrix("cka_linear")``:
@@ -189,10 +189,10 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
     mutual k-NN get permutation p-values from K shuffles of B's sampled rows seeded with ``null_seed``
     (docs/metrics.md, "Uncertainty and nulls")."""
     chosen = family_options("compare", options)
-    inference = compare_family.Inference(groups=ci_groups if ci else 0, ci_seed=ci_seed, null=null, null_seed=null_seed)
+    inference = comparison.Inference(groups=ci_groups if ci else 0, ci_seed=ci_seed, null=null, null_seed=null_seed)
     as_tuple = lambda given: tuple([given] if isinstance(given, str) else given or ())  # noqa: E731
     with open_backend(backend) as executor:
-        result = compare_family.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
+        result = comparison.run(paths, layers=as_tuple(layers), layers_b=as_tuple(layers_b), reference=reference,
                                     ids=ids, options=chosen, allow_incomplete=allow_incomplete, nonfinite=nonfinite,
                                     max_memory=max_memory, block_rows=block_rows, inference=inference, progress=progress,
                                     backend=executor)

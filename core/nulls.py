@@ -134,12 +134,5 @@ class _Fixed:
         return self.value
 
 
-def null_record(pass_options) -> dict | None:
-    """The document's ``inference["null"]``: how the nulls were made (None: no nulls)."""
-    if not pass_options.null:
-        return None
-    return {"method": "label permutation", "permutations": pass_options.null, "seed": pass_options.null_seed}
-
-
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

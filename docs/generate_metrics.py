@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from actgeom.core.api import FAMILIES
+from actgeom.core.analysis import REGISTRIES
 
 OUT = Path(__file__).with_name("metrics.md")
 
@@ -270,12 +270,11 @@ def _row(metric) -> str:
 
 def render() -> str:
     parts = [INTRO]
-    for name in sorted(FAMILIES, key=lambda n: FAMILY_ORDER.index(n) if n in FAMILY_ORDER else len(FAMILY_ORDER)):
-        family = FAMILIES[name]
+    for name in sorted(REGISTRIES, key=lambda n: FAMILY_ORDER.index(n) if n in FAMILY_ORDER else len(FAMILY_ORDER)):
         parts.append(FAMILY_TEXT.get(name, f"## {name}\n"))
         parts.append("| metric | definition | ideal | range | better | invariant to | needs | source | checked by |\n"
                      "|---|---|---|---|---|---|---|---|---|")
-        parts.append("\n".join(_row(metric) for metric in family.metrics.values()) + "\n")
+        parts.append("\n".join(_row(metric) for metric in REGISTRIES[name].values()) + "\n")
     parts.append(INFERENCE)
     return "\n".join(parts)
 

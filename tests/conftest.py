@@ -23,9 +23,9 @@ METRIC_RTOL = 1e-8
 def assert_metrics_close(got: dict, expected: dict, rtol: float = METRIC_RTOL, atol: float = 1e-12):
     """Every computed metric has a reference value and matches it (diagnostic counts excepted), so a
     metric added to a registry without a reference makes this fail."""
-    from actgeom.core.api import FAMILIES
+    from actgeom.core.analysis import REGISTRIES
 
-    registered = {name: metric for family in FAMILIES.values() for name, metric in family.metrics.items()}
+    registered = {name: metric for registry in REGISTRIES.values() for name, metric in registry.items()}
     unchecked = {name for name in got if name in registered and not registered[name].diagnostic} - set(expected)
     assert not unchecked, f"no reference value for {sorted(unchecked)}"
     for name, value in expected.items():

@@ -17,7 +17,7 @@ FLOORS = {
     "numerics": ("metrics",),
     "state": ("state",),
     "families": ("families",),
-    "analysis": ("analysis", "baseline", "inference", "nulls"),
+    "analysis": ("analysis", "baseline", "compare", "inference", "nulls"),  # compare: its own run over aligned files
     "backends": ("backends",),
     "face": ("api", "api_files", "candidates", "capture", "capture_inputs", "capture_models", "capture_outputs",
              "capture_run", "extract", "info", "public", "statistics"),
@@ -156,3 +156,30 @@ def test_one_document_header():
     spelled = [str(path.relative_to(root)) for folder in ("core", "cli") for path in sorted((root / folder).rglob("*.py"))
                if '"tool": "actgeom"' in path.read_text(encoding="utf-8") and path != CORE / "base" / "result.py"]
     assert spelled == []
+
+
+def test_one_inference_record():
+    """How intervals and nulls were made is written by core/metrics/uncertainty.inference_record
+    alone, for the families' documents and compare's alike."""
+    root = CORE.parent
+    spelled = [str(path.relative_to(root)) for folder in ("core", "cli") for path in sorted((root / folder).rglob("*.py"))
+               if '"method": "delete-a-group jackknife"' in path.read_text(encoding="utf-8")
+               and path != CORE / "metrics" / "uncertainty.py"]
+    assert spelled == []
+
+
+def test_every_family_is_a_real_one_and_compare_is_its_own_subpackage():
+    """Issue #23: every entry of FAMILIES answers the single-dump protocol (no stub that raises);
+    compare, whose pass is joint over aligned rows of two files, lives in core/compare/ and reaches
+    metrics_info, the docs and the report through REGISTRIES, its options through family_options."""
+    from actgeom.core.analysis import FAMILIES, REGISTRIES, family_options, metrics_info
+    from actgeom.core.families.protocol import DumpFacts
+    from actgeom.core.metrics.compare import CompareOptions
+
+    for name, family in FAMILIES.items():
+        assert isinstance(family.needs(family_options(name), DumpFacts(has_labels=True)), list), name
+    assert "compare" not in FAMILIES and set(REGISTRIES) == {*FAMILIES, "compare"}
+    assert {info["family"] for info in metrics_info(["compare"]).values()} == {"compare"}
+    assert family_options("compare", {"subsample": 10}) == CompareOptions(subsample=10)
+    assert not (CORE / "families" / "compare.py").exists() and (CORE / "compare" / "__init__.py").exists()
+    assert floor_of("compare.comparison") == floor_of("analysis")

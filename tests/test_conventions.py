@@ -22,7 +22,7 @@ import pytest
 from conftest import class_data, write_dump
 
 import actgeom
-from actgeom.core.api import FAMILIES
+from actgeom.core.analysis import REGISTRIES
 
 ARGS = {  # each family's command on the two dumps of the fixture
     "collapse": ("collapse", "a"), "rank": ("rank", "a"), "entropy": ("entropy", "a"),
@@ -70,7 +70,7 @@ def _md_rows(md: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("family", sorted(ARGS))
 def test_a_metric_is_a_value_or_unavailable_never_both(cli, dumps, family):
-    assert set(ARGS) == set(FAMILIES), "a family without a convention test"
+    assert set(ARGS) == set(REGISTRIES), "a family without a convention test"
     command, *files = ARGS[family]
     args = [command, *(dumps[f] for f in files), "-q"]
     document = cli.json(*args)
@@ -85,7 +85,7 @@ def test_a_metric_is_a_value_or_unavailable_never_both(cli, dumps, family):
     _, md, _ = cli(*args, "-f", "md")
     if family != "compare":  # its table is a matrix per metric
         header, *body = _md_rows(md)
-        rows = [row for row in body if row[0] in FAMILIES[family].metrics]
+        rows = [row for row in body if row[0] in REGISTRIES[family]]
         names = [row[0] for row in rows]
         assert len(names) == len(set(names)), f"md: metric rows repeated: {names}"
         for row in rows:  # "—" exactly where the document says unavailable

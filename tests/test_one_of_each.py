@@ -88,7 +88,7 @@ def test_tidy_records_of_a_layer_and_of_a_compare_cell_are_built_once():
     result.tidy_rows: values, then unavailable metrics (value None, the reason as note), non-finite
     values noted."""
     from actgeom.core.base.result import Result
-    from actgeom.core.families.compare import CompareResult
+    from actgeom.core.compare import CompareResult
     record = {"metrics": {"a": 1.0, "b": float("nan")}, "unavailable": {"c": "why"}, "nonfinite": {"b": "nan"}}
     document = {"command": "x", "metrics_info": {"a": {"family": "f"}, "b": {"family": "f"}, "c": {"family": "g"}},
                 "files": [{"file": "d.h5", "checkpoint": None, "step": 3, "layers": [{"layer": "h"} | record]}]}

@@ -14,11 +14,11 @@ import pytest
 from conftest import class_data, write_dump
 
 import actgeom
-from actgeom.core.api import FAMILIES
+from actgeom.core.analysis import REGISTRIES
 from actgeom.core.dump import DumpWriter
 
 ROOT = Path(__file__).parent.parent
-METRICS = [metric for family in FAMILIES.values() for metric in family.metrics.values()]
+METRICS = [metric for registry in REGISTRIES.values() for metric in registry.values()]
 SEEDS = [0, 1, 2]
 # An exact invariance leaves a number unchanged up to rounding: eigensolvers and pairwise sums of
 # transformed float64 data agree to ~1e-12 relative; 1e-8 leaves room for conditioning of C−1 < D.
@@ -130,7 +130,7 @@ def test_a_false_invariance_would_be_caught(tmp_path, rng):
     X, y = class_data(rng, [40, 40], 5, offset=1.0)
     a = actgeom.rank(write_dump(tmp_path / "a.h5", {"h": X}, labels=y)).metric("mean_cosine")
     b = actgeom.rank(write_dump(tmp_path / "b.h5", {"h": X + 10.0}, labels=y)).metric("mean_cosine")
-    assert "shift" not in FAMILIES["rank"].metrics["mean_cosine"].invariant
+    assert "shift" not in REGISTRIES["rank"]["mean_cosine"].invariant
     assert b != pytest.approx(a, rel=INVARIANCE_RTOL)
 
 

@@ -12,6 +12,19 @@ from scipy import stats
 LEVEL = 0.95  # of every interval
 
 
+def inference_record(groups: int, ci_seed: int, permutations: int = 0, null_seed: int = 0,
+                     shuffled: str = "labels") -> dict:
+    """A document's ``inference``, the one record of how every command made its intervals and nulls:
+    ``ci`` the delete-a-group jackknife of ``groups`` groups hashed with ``ci_seed``; ``null``
+    ``permutations`` seeded shuffles (``null_seed``) of what ``shuffled`` names. None: not made."""
+    ci = {"method": "delete-a-group jackknife", "groups": groups, "seed": ci_seed, "level": LEVEL} if groups else None
+    method = "label permutation" if shuffled == "labels" else "row permutation"
+    null = {"method": method, "permutations": permutations, "seed": null_seed} if permutations else None
+    if null is not None and shuffled != "labels":
+        null["shuffled"] = shuffled
+    return {"ci": ci, "null": null}
+
+
 def t_quantile(groups: int, level: float = LEVEL) -> float:
     """t_{G−1, (1+level)/2}: the interval's multiplier of the jackknife se with G groups."""
     return float(stats.t.ppf((1 + level) / 2, groups - 1))

@@ -1,8 +1,8 @@
-"""The compare family: similarity matrices between layers of two files, or one layer across files.
+"""A comparison: similarity matrices between layers of two files, or one layer across files.
 
-Unlike the single-dump families it needs cross-moments of two files' aligned rows, so it runs
-its own pass (core/state/compare_pass.py) over every compared layer at once; the metrics are pure
-functions of the finalised moments (core/metrics/compare.py, with the registry). Three plans:
+It needs cross-moments of two files' aligned rows, so it runs its own pass (core/state/
+compare_pass.py) over every compared layer at once; the metrics are pure functions of the finalised
+moments (core/metrics/compare.py, with the registry). Three plans:
 
 - two files A, B: rows = A's layers (``layers``), columns = B's (``layers_b``, default: the same
   selection); one file alone is compared with itself;
@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from actgeom.core.analysis import metrics_info
 from actgeom.core.base.errors import OptionError, UsageError
 from actgeom.core.base.result import Result, document_header, inference_columns, nonfinite_notes, tidy_rows
+from actgeom.core.compare.cells import Inference, cell_intervals, cell_nulls, cell_records, sample_views
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.families.compare_cells import Inference, cell_intervals, cell_nulls, cell_records, sample_views
-from actgeom.core.families.protocol import Family
 from actgeom.core.metrics.compare import REGISTRY, CompareOptions
 from actgeom.core.state.compare_pass import Stream, check_alignment, compare_pass, memory_bytes, parse_bytes
 from actgeom.core.state.engine import Progress
@@ -171,7 +171,7 @@ def run(paths, *, layers: tuple[str, ...] = (), layers_b: tuple[str, ...] = (), 
     document = document_header("compare", started=started, options={"compare": options}, pass_record={
         "nonfinite": nonfinite, "block_rows": rows_per_block, "rows_used": found.n_rows,
         "n_nonfinite_dropped": found.n_nonfinite, "memory_bytes": need})
-    document |= {"metrics_info": {name: metric.info() for name, metric in REGISTRY.items()},
+    document |= {"metrics_info": metrics_info(["compare"]),
                  "mode": the_plan.mode, "orientation": the_plan.orientation, "alignment": alignment,
                  "inference": inference.record(), "files": files, "rows": the_plan.rows, "columns": the_plan.columns,
                  "matrices": matrices, "pairs": cells}
@@ -233,10 +233,3 @@ def _cells(the_plan: Plan, found, options: CompareOptions, inference: Inference)
         cells.append(cell)
     return cells, matrices
 
-
-def _not_single_dump(*_args, **_kwargs):
-    raise UsageError("compare needs aligned rows of two or more files: use actgeom.compare(...)")
-
-
-FAMILY = Family(name="compare", options_class=CompareOptions, metrics=REGISTRY, needs=_not_single_dump,
-                layer=_not_single_dump)

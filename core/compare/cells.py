@@ -20,7 +20,7 @@ from actgeom.core.base.registry import evaluate
 from actgeom.core.families.protocol import LayerRecord
 from actgeom.core.metrics.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
 from actgeom.core.metrics.compare_null import TESTED, pair_nulls
-from actgeom.core.metrics.uncertainty import LEVEL, jackknife
+from actgeom.core.metrics.uncertainty import inference_record, jackknife
 from actgeom.core.state.compare_pass import PassResult
 from actgeom.core.state.groups import Grouping
 
@@ -46,9 +46,8 @@ class Inference:
 
     def record(self) -> dict:
         """The document's ``inference``: how its intervals and nulls were made (None: not made)."""
-        ci = {"method": "delete-a-group jackknife", "groups": self.groups, "seed": self.ci_seed, "level": LEVEL}
-        null = {"permutations": self.null, "seed": self.null_seed, "shuffled": "the sampled rows of B (the column)"}
-        return {"ci": ci if self.groups else None, "null": null if self.null else None}
+        return inference_record(self.groups, self.ci_seed, self.null, self.null_seed,
+                                shuffled="the sampled rows of B (the column)")
 
 
 def sample_views(found: PassResult) -> list[SampleView | None]:
