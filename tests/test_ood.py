@@ -242,3 +242,13 @@ def test_fit_split_statistics_of_shards_merged_through_the_saved_form_equal_one_
         np.testing.assert_allclose(got.moments.classes.within_scatter, merged.moments.classes.within_scatter, rtol=1e-10)
         assert set(got.sample.index) <= set(np.flatnonzero(kept)) and got.sample.n_rows == 50
     np.testing.assert_array_equal(np.sort(whole.sample.index), np.sort(merged.sample.index))
+
+
+def test_a_scored_set_without_rows_is_a_one_line_error(tmp_path, dumps, cli):
+    X, y, W, b, test, far = dumps["arrays"]
+    small = _write(tmp_path / "small.h5", X[:20], y[:20], (W, b))
+    with pytest.raises(InvalidInputError, match="--fit-split 0.001 .*held out none"):
+        api.ood(small, fit_split=0.001, ood=dumps["ood"])
+    code, _, err = cli("ood", small, "--fit-split", "0.001", "--ood", dumps["ood"], "-o", str(tmp_path / "out.json"))
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "held out none" in err, err
+    assert not (tmp_path / "out.json").exists()

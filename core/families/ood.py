@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actgeom.core.base.errors import OptionError
+from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.options import OodOptions
 from actgeom.core.base.outputs import atomic_output, check_output
 from actgeom.core.base.registry import evaluate
@@ -91,6 +91,7 @@ def layer(ctx: LayerContext, options: OodOptions) -> LayerRecord:
         missing["labels"] = "needs labels of at least 2 classes among the fit rows (--labels)"
     if sample.n_rows == 0:
         missing["sample"] = "needs --knn-sample ≥ 1 fit rows"
+    _check_rows(consumer, ctx, options)
     id_scores = consumer.scores("test")
     sets = {}
     for path in consumer.dumps:
@@ -110,6 +111,15 @@ def layer(ctx: LayerContext, options: OodOptions) -> LayerRecord:
                                    "rows": consumer.rows(label), "scores": consumer.scores(label)}
                                   for label in ["test", *options.ood]]}
     return LayerRecord(fields=fields, details=details)
+
+
+def _check_rows(consumer: OodPass, ctx: LayerContext, options: OodOptions) -> None:
+    """Every scored set has rows (AUROC and its kin compare two non-empty sets), else one line naming it."""
+    for label in ["test", *consumer.dumps]:
+        if consumer.n_rows(label) == 0:
+            what = (f"--ood {label}" if label != "test" else f"--test {options.test}" if options.test is not None
+                    else f"--fit-split {options.fit_split} (it held out none of the fit rows: raise it)")
+            raise InvalidInputError(f"{what}: no rows to score in layer '{ctx.name}' (selected by --tokens, finite)")
 
 
 def per_set(document: dict) -> dict:
