@@ -226,7 +226,7 @@ def list_modules(loaded, examples, options: CaptureOptions) -> list[tuple[str, t
     try:
         with one.torch.no_grad():
             args, kwargs, _ = one.inputs(0)
-            loaded.model(*args, **kwargs)
+            _forward(loaded, args, kwargs, 1)
     finally:
         for handle in handles:
             handle.remove()
@@ -251,7 +251,7 @@ def _write_part(path, loaded, names, batches, selection, first, options, example
             args, kwargs, mask = batches.inputs(index)
             start, stop = batches.bounds(index)
             cap.next(**selection.row_data(kwargs, mask, start, stop, examples.labels))
-            _forward(loaded, args, kwargs, options)
+            _forward(loaded, args, kwargs, options.batch_size)
             index += 1
             if progress is not None:
                 progress(loaded.path.name, stop, len(examples))
@@ -259,7 +259,7 @@ def _write_part(path, loaded, names, batches, selection, first, options, example
     return index
 
 
-def _forward(loaded, args: tuple, kwargs: dict, options: CaptureOptions) -> None:
+def _forward(loaded, args: tuple, kwargs: dict, batch_size: int) -> None:
     """One forward; out of memory is a one-line error suggesting a smaller batch."""
     import torch
 
@@ -269,8 +269,11 @@ def _forward(loaded, args: tuple, kwargs: dict, options: CaptureOptions) -> None
     except (oom, RuntimeError) as exc:
         if not isinstance(exc, oom) and "out of memory" not in str(exc) and "can't allocate memory" not in str(exc):
             raise
-        raise UsageError(f"out of memory at --batch-size {options.batch_size} on {loaded.device}; "
-                         f"try --batch-size {max(options.batch_size // 2, 1)}") from None
+        if batch_size == 1:
+            raise UsageError(f"out of memory on {loaded.device} with one example per forward; try a smaller "
+                             "--max-length, --model-dtype bfloat16 or another --device") from None
+        raise UsageError(f"out of memory at --batch-size {batch_size} on {loaded.device}; "
+                         f"try --batch-size {batch_size // 2}") from None
 
 
 def provenance(loaded, examples, options: CaptureOptions, truncated: int) -> dict:

@@ -297,3 +297,45 @@ def test_classifier_and_predictions_of_a_classification_model(tiny_bert, tmp_pat
         assert d.classifier_layer == "bert.pooler"
         np.testing.assert_array_equal(weight, model.classifier.weight.detach().double().numpy())
         np.testing.assert_array_equal(bias, model.classifier.bias.detach().double().numpy())
+
+
+def test_bfloat16_parts_joined_bit_for_bit(scripted, tmp_path, cli):
+    """--dtype bfloat16 with a part per batch: the joined dump holds each output rounded once to bfloat16."""
+    model, x = scripted
+    code, _, err = cli("capture", tmp_path / "net.pt", "--inputs", tmp_path / "x.npy", "-o", tmp_path / "b.h5",
+                       "--batch-size", 5, "--dtype", "bfloat16", "--save-every", 0)
+    assert code == 0, err
+    with torch.no_grad():
+        hidden, logits = model(torch.as_tensor(x).float())
+    with Dump(tmp_path / "b.h5") as d:
+        assert d.n_rows == 23 and not (tmp_path / "b.h5.partial").exists()
+        np.testing.assert_array_equal(d.read_rows("output_0"), hidden.to(torch.bfloat16).float().numpy())
+        np.testing.assert_array_equal(d.read_rows("output_1"), logits.to(torch.bfloat16).float().numpy())
+        np.testing.assert_array_equal(d._file["rows/sample_id"][()], np.arange(23))
+
+
+class Hungry(torch.nn.Module):
+    """A module whose forward runs out of memory (once ``probed``: on more than one example)."""
+
+    probed = False
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        if not self.probed or len(x) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.fc(x)
+
+
+def test_out_of_memory_suggests_a_smaller_batch(tmp_path, cli, monkeypatch):
+    torch.save(Hungry(), tmp_path / "hungry.pt")
+    np.save(tmp_path / "x.npy", np.zeros((8, 5), dtype=np.float32))
+    err = _refused(cli, tmp_path, tmp_path / "hungry.pt", "--inputs", tmp_path / "x.npy", "--trust-pickle",
+                   "--batch-size", 4)
+    assert "out of memory on cpu with one example per forward" in err  # the module probe: one example
+    monkeypatch.setattr(Hungry, "probed", True)  # from now on only batches of more than one run out of memory
+    err = _refused(cli, tmp_path, tmp_path / "hungry.pt", "--inputs", tmp_path / "x.npy", "--trust-pickle",
+                   "--batch-size", 4)
+    assert "out of memory at --batch-size 4 on cpu; try --batch-size 2" in err
