@@ -20,9 +20,10 @@ from actgeom.core.metrics.entropy import (
 from actgeom.core.state.accumulators import DirectionsSpec, SampleSpec, SequencesSpec, UnitsSpec
 
 KERNEL_COPIES = 2  # DSE's n × n kernel and the eigensolver's copy of it (DSMI's per-class kernels are smaller)
-# DSE/DSMI intervals re-solve the n × n kernel once per jackknife group: feasible up to this many sample
-# rows (an eigensolve of 2 000 rows takes ~1 s on 2 cores; 10 000 rows ~2 min, × G = 20 is too slow).
-INTERVAL_KERNEL_ROWS = 2_000
+# DSE/DSMI intervals re-solve the n × n kernels once per jackknife group: feasible up to this many sample
+# rows (DSE + DSMI at 1 000 rows: ~0.6 s on a loaded 2-core machine, × G = 20 per layer; at 1 797 rows
+# 2.6 s, × 20 × 9 layer-checkpoints of sample_data made `report --ci` take many minutes; 10 000 rows ~2 min each).
+INTERVAL_KERNEL_ROWS = 1_000
 
 
 def needs(options: EntropyOptions, facts: DumpFacts) -> list:

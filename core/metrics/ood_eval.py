@@ -66,7 +66,8 @@ def aupr_out(id_scores, ood_scores) -> float:
 
 def fpr_at_tpr(id_scores, ood_scores, level: float = TPR_LEVEL) -> float:
     """The fraction of OOD rows accepted at the highest threshold that accepts ≥ ``level`` of the ID
-    rows (ID positive): fpr[argmax(tpr ≥ level)] of scikit-learn's roc_curve, as OpenOOD reads it."""
+    rows (ID positive, as the OOD papers define FPR at 95 % TPR): fpr[argmax(tpr ≥ level)] of
+    scikit-learn's roc_curve. (OpenOOD v1.5 takes the OOD rows as positive: another quantity.)"""
     tp, fp = _curve(*_checked(id_scores, ood_scores))
     tpr, fpr = tp / tp[-1], fp / fp[-1]
     return float(fpr[np.argmax(tpr >= level)])
