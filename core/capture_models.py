@@ -101,7 +101,9 @@ def _huggingface(path: Path, dtype, text: bool) -> Loaded:
     provenance = {"config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest(), "revision": revision,
                   "architecture": type(model).__name__,
                   "tokenizer": "" if tokenizer is None else type(tokenizer).__name__,
-                  "tokenizer_sha256": _hash_of(path / "tokenizer.json")}
+                  "tokenizer_sha256": _hash_of(path / "tokenizer.json"),
+                  "weights": [{"file": f.name, "size": f.stat().st_size, "mtime": f.stat().st_mtime}  # a resumed run
+                              for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".bin", ".pt", ".pth")]}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head = head or getattr(model, "classifier", None) or getattr(model, "score", None)
     return Loaded(model, "huggingface", path, "cpu", default_blocks(model, getattr(config, "num_hidden_layers", None)),

@@ -98,6 +98,7 @@ def test_text_capture_equals_the_hidden_states_of_a_direct_forward(minilm_dir, d
     assert record["model"]["config_sha256"] == hashlib.sha256((minilm_dir / "config.json").read_bytes()).hexdigest()
     assert record["inputs"][0]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert record["inputs"][0]["size"] == data.stat().st_size and record["options"]["batch_size"] == BATCH
+    assert [w["file"] for w in record["model"]["weights"]] == ["model.safetensors"]
     assert not (tmp_path / "run.h5.partial").exists()
     code, _, err = cli("report", tmp_path / "run.h5", "-o", tmp_path / "report.html", "--quiet")
     assert code == 0, err
