@@ -11,13 +11,12 @@ baseline once with the same families and options — the same groups — and att
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.dump import Dump, DumpSpec
-from actgeom.core.metrics.uncertainty import baseline_difference
+from actgeom.core.metrics.uncertainty import baseline_difference, finite
 
 
 def paired(paths: list[Path], baseline) -> list[Path] | None:
@@ -88,13 +87,13 @@ def compare_layer(layer: dict, base: dict | None, groups: int | None) -> tuple[d
     None when it has none); the difference's interval only when both sides have one."""
     differences, reasons = {}, {}
     for metric, value in layer["metrics"].items():
-        if not _finite(value):
+        if not finite(value):
             continue
         if base is None:
             reasons[metric] = f"the baseline has no {layer.get('kind', 'layer')} '{layer['layer']}'"
             continue
         other = base["metrics"].get(metric)
-        if not _finite(other):
+        if not finite(other):
             why = base.get("unavailable", {}).get(metric)
             reasons[metric] = (f"unavailable in the baseline: {why}" if why is not None else
                                "not in the baseline's results" if metric not in base["metrics"] else
@@ -103,7 +102,3 @@ def compare_layer(layer: dict, base: dict | None, groups: int | None) -> tuple[d
         differences[metric] = baseline_difference(float(value), layer.get("intervals", {}).get(metric), float(other),
                                                   base.get("intervals", {}).get(metric), groups)
     return differences, reasons
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

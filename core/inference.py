@@ -5,11 +5,10 @@ function that made the value; the G values give the interval (core/metrics/uncer
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 from actgeom.core.families.protocol import LayerContext, LayerRecord
-from actgeom.core.metrics.uncertainty import jackknife
+from actgeom.core.metrics.uncertainty import collect, finite, jackknife
 from actgeom.core.state.groups import each_left_out, leave_out
 
 
@@ -21,24 +20,18 @@ def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]
                   if families[name][0].metrics[metric].diagnostic}
     wanted = {metric: value for record in records.values() for metric, value in record.metrics.items()
               if metric not in diagnostic}
-    reasons = {metric: "not a finite number" for metric, value in wanted.items() if not _finite(value)}
+    reasons = {metric: "not a finite number" for metric, value in wanted.items() if not finite(value)}
     reasons |= dict.fromkeys(diagnostic, "a count or size that says how another metric was computed, not an estimate")
-    replicates: dict[str, list[float]] = {metric: [] for metric in wanted if metric not in reasons}
+    replicates = {name: {metric: [] for metric in record.metrics if metric in wanted and metric not in reasons}
+                  for name, record in records.items()}  # by family: what each family's record is asked for
     for g, without in enumerate(each_left_out(ctx.stats)):  # G·log₂G merges, not G·(G−2)
         left = replicate(ctx, g, without)
         for name, (family, options) in families.items():
             record = family.layer(left, options)
-            for metric in records[name].metrics:
-                if metric not in replicates:
-                    continue
-                value = record.metrics.get(metric)
-                if not _finite(value):
-                    why = record.unavailable.get(metric, "its value is not finite without one group")
-                    reasons[metric] = f"no value without jackknife group {g}: {why}"
-                    del replicates[metric]
-                else:
-                    replicates[metric].append(float(value))
-    return {metric: jackknife(float(wanted[metric]), values) for metric, values in replicates.items()}, reasons
+            collect(replicates[name], reasons, record.metrics, record.unavailable, f"without jackknife group {g}",
+                    "its value is not finite without one group")
+    return {metric: jackknife(float(wanted[metric]), values) for family in replicates.values()
+            for metric, values in family.items()}, reasons
 
 
 def replicate(ctx: LayerContext, g: int, without=None) -> LayerContext:
@@ -66,7 +59,3 @@ class _LeftOut(Mapping):
 
     def __len__(self) -> int:
         return len(self.layers)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -11,13 +11,12 @@ says which values are at least as extreme (core/metrics/uncertainty.py permutati
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from actgeom.core.base.stats import ClassStats, pooled
 from actgeom.core.families.protocol import DumpFacts, LayerContext, LayerRecord
-from actgeom.core.metrics.uncertainty import permutation_test
+from actgeom.core.metrics.uncertainty import collect, finite, permutation_test
 from actgeom.core.state.accumulators import MomentStats, PermutationsSpec
 
 PERMUTED = ("collapse", "neurons")  # families whose labels enter only through the class moments
@@ -55,7 +54,7 @@ def nulls(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) ->
             if not label_dependent(registry[metric]):
                 continue
             why = _no_null(name, registry[metric])
-            if why or not _finite(value):
+            if why or not finite(value):
                 reasons[metric] = why or "not a finite number"
             else:
                 wanted[metric] = (name, float(value))
@@ -85,24 +84,17 @@ def _no_null(family: str, metric) -> str | None:
 def _null_values(ctx: LayerContext, permuted, families: dict, wanted: dict, reasons: dict) -> dict[str, list[float]]:
     """Each wanted metric's K values, one per permutation; a metric without a value under some
     permutation gets the reason instead."""
-    values: dict[str, list[float]] = {metric: [] for metric in wanted}
+    values = {name: {metric: [] for metric, (family, _) in wanted.items() if family == name}
+              for name in dict.fromkeys(family for family, _ in wanted.values())}  # by family, each asked once
     moments = ctx.stats.get("moments")
     total = _total(moments.classes)
-    used = {name for name, _ in wanted.values()}
     for k in range(permuted.permutations):
         shuffled = permuted_context(ctx, MomentStats(classes=permuted.stats(k, total), total=moments.total))
-        for name in used:
+        for name, asked in values.items():
             family, options = families[name]
             record = family.layer(shuffled, options)
-            for metric in [m for m in values if wanted[m][0] == name]:
-                value = record.metrics.get(metric)
-                if _finite(value):
-                    values[metric].append(float(value))
-                else:
-                    why = record.unavailable.get(metric, "its value is not finite")
-                    reasons[metric] = f"no value under label permutation {k}: {why}"
-                    del values[metric]
-    return values
+            collect(asked, reasons, record.metrics, record.unavailable, f"under label permutation {k}")
+    return {metric: null for asked in values.values() for metric, null in asked.items()}
 
 
 def _total(classes: ClassStats) -> ClassStats:
@@ -132,7 +124,3 @@ class _Fixed:
 
     def finalize(self):
         return self.value
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

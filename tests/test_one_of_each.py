@@ -101,3 +101,25 @@ def test_tidy_records_of_a_layer_and_of_a_compare_cell_are_built_once():
     assert [list(r) for r in rows] == [list(CompareResult.columns)] * 3
     assert [(r["metric"], r["value"] == 1.0, r["note"]) for r in rows] == [("a", True, None), ("b", False, "nan"),
                                                                          ("c", False, "why")]
+
+
+def test_one_loop_collects_each_replicates_values_or_why_not():
+    """The intervals (core/inference.py), the permutation nulls (core/nulls.py) and compare's
+    intervals (core/compare/cells.py) gather each replicate's values through uncertainty.collect:
+    a finite value is kept, anything else drops the metric with the replicate's reason."""
+    from pathlib import Path
+
+    from actgeom.core.metrics.uncertainty import collect, finite
+
+    values, reasons = {"a": [1.0], "b": [2.0], "c": [3.0], "d": [4.0]}, {}
+    collect(values, reasons, {"a": np.float64(1.5), "b": float("nan"), "c": True}, {"d": "needs two classes"},
+            "without jackknife group 3", "its value is not finite without one group")
+    assert values == {"a": [1.0, 1.5]}
+    assert reasons == {"b": "no value without jackknife group 3: its value is not finite without one group",
+                       "c": "no value without jackknife group 3: its value is not finite without one group",
+                       "d": "no value without jackknife group 3: needs two classes"}
+    assert finite(2) and finite(np.float64(0.5)) and not finite(None) and not finite([1.0]) and not finite(False)
+    core = Path(__file__).resolve().parents[1] / "core"
+    for module in ("inference.py", "nulls.py", "compare/cells.py", "baseline.py"):
+        source = (core / module).read_text(encoding="utf-8")
+        assert "def _finite" not in source and ("collect(" in source or module == "baseline.py"), module

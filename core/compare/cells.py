@@ -12,7 +12,6 @@ CKA, RSA and mutual k-NN under K seeded shuffles of B's sampled rows (core/metri
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from actgeom.core.base.errors import OptionError
@@ -20,7 +19,7 @@ from actgeom.core.base.registry import evaluate
 from actgeom.core.families.protocol import LayerRecord
 from actgeom.core.metrics.compare import REGISTRY, CompareOptions, PairInputs, SampleView, numerical_rtol
 from actgeom.core.metrics.compare_null import TESTED, pair_nulls
-from actgeom.core.metrics.uncertainty import inference_record, jackknife
+from actgeom.core.metrics.uncertainty import collect, finite, inference_record, jackknife
 from actgeom.core.state.compare_pass import PassResult
 from actgeom.core.state.groups import Grouping
 
@@ -85,7 +84,7 @@ def cell_intervals(found: PassResult, views: list, cells: list[tuple[int, int]],
     finite measure of its record, from the G leave-one-group-out passes (``found.parts``); the
     samples without a group are parts of ``views`` (their RDMs taken from those already made)."""
     quiet = dataclasses.replace(options, units=False)  # the replicates need no per-unit lists
-    reasons = [{name: "not a finite number" for name, value in record.metrics.items() if not _finite(value)}
+    reasons = [{name: "not a finite number" for name, value in record.metrics.items() if not finite(value)}
                for record in records]
     replicates = [{name: [] for name in record.metrics if name not in why and not REGISTRY[name].diagnostic}
                   for record, why in zip(records, reasons)]
@@ -93,14 +92,8 @@ def cell_intervals(found: PassResult, views: list, cells: list[tuple[int, int]],
         left, keep = found.leave_out(g), found.sample_groups != g
         parts = [None if view is None else view.without(keep) for view in views]
         for values, why, record in zip(replicates, reasons, cell_records(left, parts, cells, dtypes, quiet)):
-            for name in list(values):
-                value = record.metrics.get(name)
-                if _finite(value):
-                    values[name].append(float(value))
-                else:
-                    cause = record.unavailable.get(name, "its value is not finite without one group")
-                    why[name] = f"no value without jackknife group {g}: {cause}"
-                    del values[name]
+            collect(values, why, record.metrics, record.unavailable, f"without jackknife group {g}",
+                    "its value is not finite without one group")
     return [({name: jackknife(float(record.metrics[name]), values[name]) for name in values}, why)
             for record, values, why in zip(records, replicates, reasons)]
 
@@ -116,7 +109,3 @@ def cell_nulls(found: PassResult, views: list, cells: list[tuple[int, int]], opt
         else:
             out.append(pair_nulls(views[i], views[j], options, count, seed))
     return out
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -25,6 +25,25 @@ def inference_record(groups: int, ci_seed: int, permutations: int = 0, null_seed
     return {"ci": ci, "null": null}
 
 
+def finite(value) -> bool:
+    """A metric value that enters an interval or a null: a finite number (not a bool, a list, None)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def collect(values: dict[str, list[float]], reasons: dict[str, str], metrics: dict, unavailable: dict, where: str,
+            otherwise: str = "its value is not finite") -> None:
+    """Add one replicate's value (a jackknife group left out, a permutation) of each metric still in
+    ``values`` from ``metrics``; a metric without a finite one there leaves ``values``, and
+    ``reasons`` says why: "no value {where}: " + its reason in ``unavailable`` (else ``otherwise``)."""
+    for name in list(values):
+        value = metrics.get(name)
+        if finite(value):
+            values[name].append(float(value))
+        else:
+            reasons[name] = f"no value {where}: {unavailable.get(name, otherwise)}"
+            del values[name]
+
+
 def t_quantile(groups: int, level: float = LEVEL) -> float:
     """t_{G−1, (1+level)/2}: the interval's multiplier of the jackknife se with G groups."""
     return float(stats.t.ppf((1 + level) / 2, groups - 1))
