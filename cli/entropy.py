@@ -10,7 +10,7 @@ import typer
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
 from actgeom.cli.progress import row_progress, run_backend
-from actgeom.core.base.options import EntropyOptions
+from actgeom.core.base.options import DSE_METHODS, EntropyOptions
 from actgeom.core.base.outputs import check_outputs
 
 METRIC = "Metric conventions (docs/metrics.md)"
@@ -30,6 +30,11 @@ LayerWidthOpt = Annotated[Optional[int], typer.Option(
     help="For SAE latents: the width of the layer the SAE encodes (superposition ratio F/width).")]
 EpsOpt = Annotated[float, typer.Option(
     "--eps", rich_help_panel=METRIC, help="Attention entropy with log(A + eps) (1e-6 reproduces Zhai et al.'s code).")]
+DseMethod = o.choices("DseMethod", DSE_METHODS)
+DseMethodOpt = Annotated[DseMethod, typer.Option(
+    "--dse-method", rich_help_panel=METRIC,
+    help="DSE from every eigenvalue of the kernel (exact, N³) or by stochastic Lanczos quadrature (slq: seconds at "
+         "N = 10 000, seeded by --seed, with its error in dse_error).")]
 NormalizedOpt = Annotated[bool, typer.Option("--normalized", rich_help_panel=METRIC, metavar="",
                                              help="Attention entropy divided by log(#valid keys).")]
 
@@ -51,6 +56,7 @@ def entropy(
         help="A unit is active when its value > threshold.")] = None,
     tau: Annotated[float, typer.Option("--tau", rich_help_panel=METRIC, help="Dormant threshold (ReDo).")] = DEFAULTS.tau,
     layer_width: LayerWidthOpt = None, eps: EpsOpt = DEFAULTS.eps, normalized: NormalizedOpt = False,
+    dse_method: DseMethodOpt = DEFAULTS.dse_method,
     ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None, null: o.NullOpt = None,
     null_seed: o.NullSeedOpt = None, baseline: o.BaselineOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
@@ -83,7 +89,8 @@ def entropy(
                                products=o.plain(products), stats=stats,
                                partial_ok=partial_ok,
                                alpha=alpha, sigma=sigma, t=t, subsample=subsample, seed=seed, threshold=threshold,
-                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized, progress=progress,
+                               tau=tau, layer_width=layer_width, eps=eps, normalized=normalized,
+                               dse_method=o.plain(dse_method), progress=progress,
                                backend=executor, **chosen)
     summary = {}
     for file in analysis.to_dict()["files"]:

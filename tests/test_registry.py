@@ -145,7 +145,7 @@ def test_every_metric_is_finite_on_sample_data():
                 values = value if isinstance(value, list) else [value]
                 assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), name
     computed = {name for file in result.files() for layer in file["layers"] for name in layer["metrics"]}
-    # what sample_data cannot give: no SAE width, no token-level sequences, no attention
-    unavailable = {"superposition_ratio", "prompt_entropy", "attention_entropy", "attention_entropy_per_head"}
+    # what sample_data cannot give: no SAE width, no token-level sequences, no attention; dse_error: slq only
+    unavailable = {"superposition_ratio", "prompt_entropy", "attention_entropy", "attention_entropy_per_head", "dse_error"}
     assert {m.name for m in METRICS if m.family in ("collapse", "rank", "entropy")} - computed == unavailable
 

@@ -104,6 +104,9 @@ RANK_PRESETS: dict[str, dict] = {
 
 # -- entropy -------------------------------------------------------------------------------------
 
+DSE_METHODS = ("exact", "slq")
+
+
 @dataclass(frozen=True)
 class EntropyOptions:
     """Every convention that changes an entropy number; recorded in the output."""
@@ -119,8 +122,11 @@ class EntropyOptions:
     layer_width: int | None = None  # SAE: the width of the layer the SAE encodes (superposition ratio)
     eps: float = 0.0  # attention: log(A + eps) (Zhai et al.'s code uses 1e-6); 0 = the definition
     normalized: bool = False  # attention entropy divided by log(#valid keys)
+    dse_method: str = "exact"  # "exact": every eigenvalue of K; "slq": stochastic Lanczos quadrature, seeded by seed
 
     def __post_init__(self) -> None:
+        if self.dse_method not in DSE_METHODS:
+            raise OptionError("dse_method", self.dse_method, f"must be one of {', '.join(DSE_METHODS)}")
         if self.alpha <= 0:
             raise OptionError("alpha", self.alpha, "must be > 0")
         for name in ("sigma", "t"):
