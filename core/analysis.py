@@ -286,18 +286,21 @@ def _analysed_path(path: Path, families: dict, *, spec: DumpSpec, **options) -> 
         return _analysed(dump, families, spec=spec, **options)
 
 
-def directions_across_files(result: Result, *, keep: bool) -> Result:
-    """A probe run made with ``details`` → its document with ``direction_cosines_across_files`` (per
-    layer, the cosine between the concept directions of consecutive files) and each layer's
-    direction kept, as a list, only when ``keep`` (the other details dropped)."""
-    document = result.to_dict()
+def directions_across_files(document: dict, *, keep: bool, other_details: bool = False) -> dict:
+    """The document of a probe run made with ``details``, given ``direction_cosines_across_files``
+    (per layer, the cosine between the concept directions of consecutive files); each layer's
+    direction kept, as a list, only when ``keep``; its other details only with ``other_details``
+    (the report's figures read them)."""
     document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
     for file in document["files"]:
         for layer in file["layers"]:
-            kept = layer.pop("details")
+            kept = layer.pop("details", {})
+            details = {key: value for key, value in kept.items() if key != "direction"} if other_details else {}
             if keep and kept.get("direction") is not None:
-                layer["details"] = {"direction": kept["direction"].tolist()}
-    return result
+                details["direction"] = np.asarray(kept["direction"]).tolist()
+            if details or other_details:
+                layer["details"] = details
+    return document
 
 
 def inference_record(pass_options: PassOptions) -> dict:

@@ -171,7 +171,8 @@ def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=Fal
                                   ridge_lambda=ridge_lambda, control=control, positive=positive, negative=negative))
     result = run("probe", paths, {"probe": options}, spec=spec, backend=backend, pass_options=pass_options, stats=stats,
                  progress=progress, details=True, baseline=baseline)
-    return analysis.directions_across_files(result, keep=details)
+    analysis.directions_across_files(result.to_dict(), keep=details)
+    return result
 
 
 # -- compare: two or more files at once (its own pass over aligned rows) ----------------------------

@@ -4,6 +4,7 @@ callers get the numbers the one definition gives."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from actgeom.core.base.stats import ClassStats, pooled
 
@@ -123,3 +124,29 @@ def test_one_loop_collects_each_replicates_values_or_why_not():
     for module in ("inference.py", "nulls.py", "compare/cells.py", "baseline.py"):
         source = (core / module).read_text(encoding="utf-8")
         assert "def _finite" not in source and ("collect(" in source or module == "baseline.py"), module
+
+
+def test_the_report_uses_the_one_tidy_records_and_the_one_across_files_step():
+    """cli/report/summary.records is core/base/result.layer_records with the report's layer fields;
+    cli/report/data.py takes the probe's across-files cosines from analysis.directions_across_files,
+    keeping the other details its figures read."""
+    from pathlib import Path
+
+    import actgeom.cli.report.data as data
+    import actgeom.cli.report.summary as summary
+    from actgeom.core import analysis
+
+    assert data.directions_across_files is analysis.directions_across_files
+    assert "tidy_rows" not in Path(summary.__file__).read_text(encoding="utf-8")
+    layer = {"layer": "h", "kind": "layer", "n_rows": 9, "n_units": 2, "metrics": {"a": 1.0}, "unavailable": {"b": "why"}}
+    document = {"files": [{"file": "x.h5", "checkpoint": None, "step": 3, "layers": [layer]}], "metrics_info": {}}
+    assert summary.records(document) == [
+        {"file": "x.h5", "checkpoint": None, "step": 3, "layer": "h", "kind": "layer", "n_rows": 9, "n_units": 2,
+         "metric": "a", "value": 1.0, "note": None},
+        {"file": "x.h5", "checkpoint": None, "step": 3, "layer": "h", "kind": "layer", "n_rows": 9, "n_units": 2,
+         "metric": "b", "value": None, "note": "why"}]
+    files = [{"file": f, "layers": [{"layer": "h", "details": {"direction": np.array(d), "spectrum": [1.0]}}]}
+             for f, d in (("a", [1.0, 0.0]), ("b", [1.0, 1.0]))]
+    kept = analysis.directions_across_files({"files": files}, keep=False, other_details=True)
+    assert kept["direction_cosines_across_files"][0]["cosine"] == pytest.approx(2**-0.5, rel=1e-15)
+    assert [layer["details"] for file in kept["files"] for layer in file["layers"]] == [{"spectrum": [1.0]}] * 2

@@ -15,12 +15,12 @@ from pathlib import Path
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
 from actgeom.core import api
 from actgeom.core import baseline as baselines
+from actgeom.core.analysis import directions_across_files
 from actgeom.core.base.errors import OptionError
 from actgeom.core.base.labels import file_labels
 from actgeom.core.base.options import NeuronsOptions, ProbeOptions
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.dump.layout import natural_key
-from actgeom.core.families import probe as probe_family
 from actgeom.core.metrics.collapse import CollapseOptions
 from actgeom.core.metrics.entropy import EntropyOptions
 from actgeom.core.metrics.spectrum import RankOptions
@@ -97,11 +97,8 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
     for entry, label in zip(document["files"], labels):
         entry["step"] = _step(entry.get("step"))
         entry["label"] = label
-    if "probe" in families:
-        document["direction_cosines_across_files"] = probe_family.across_files(document["files"])
-    for entry in document["files"]:  # the direction vectors gave their cosines: D numbers per layer the page never shows
-        for layer in entry["layers"]:
-            layer["details"].pop("direction", None)
+    if "probe" in families:  # the direction vectors give their cosines: D numbers per layer the page never shows
+        directions_across_files(document, keep=False, other_details=True)
     document["elapsed_s"] = time.perf_counter() - started
     return document
 

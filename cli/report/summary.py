@@ -33,19 +33,11 @@ def check_outputs(dumps: list[Path], output: Path, results: Path | None, figures
 
 def records(document: dict) -> list[dict]:
     """Tidy records: one per file × layer × metric (value null, with the reason, when unavailable),
-    with the inference fields every command's records have (se, ci_low, ci_high, baseline, ...)."""
-    from actgeom.core.base.result import inference_columns, tidy_rows  # numpy: not for --help
+    with the layer's kind, rows and units and the inference fields every command's records have
+    (se, ci_low, ci_high, baseline, ...): core/base/result.py layer_records, as Result.records."""
+    from actgeom.core.base.result import layer_records  # numpy: not for --help
 
-    layers = [layer for entry in document["files"] for layer in entry["layers"]]
-    columns, ci = inference_columns(document, layers), (document.get("inference") or {}).get("ci")
-    out = []
-    for entry in document["files"]:
-        for layer in entry["layers"]:
-            base = {"file": entry["file"], "checkpoint": entry["checkpoint"], "step": entry["step"],
-                    "layer": layer["layer"], "kind": layer["kind"], "n_rows": layer["n_rows"],
-                    "n_units": layer["n_units"]}
-            out += tidy_rows(base, layer, columns=columns, ci=ci)
-    return out
+    return layer_records(document, fields=("kind", "n_rows", "n_units"), families=False)
 
 
 def results_text(document: dict, path: Path) -> str:

@@ -47,16 +47,7 @@ class Result:
         return self.document["files"]
 
     def records(self) -> list[dict]:
-        families = {name: info["family"] for name, info in self.document.get("metrics_info", {}).items()}
-        layers = [layer for file in self.document["files"] for layer in file["layers"]]
-        extra = inference_columns(self.document, layers)
-        ci = (self.document.get("inference") or {}).get("ci")
-        rows = []
-        for file in self.document["files"]:
-            base = {"file": file["file"], "checkpoint": file.get("checkpoint"), "step": file.get("step")}
-            for layer in file["layers"]:
-                rows += tidy_rows(base | {"layer": layer["layer"]}, layer, families, columns=extra, ci=ci)
-        return rows
+        return layer_records(self.document)
 
     def to_pandas(self):
         """One row per file × layer × metric (pandas is imported only here)."""
@@ -91,6 +82,22 @@ class Result:
         files = self.document["files"]
         n_layers = sum(len(f["layers"]) for f in files)
         return f"<actgeom Result: {self.document['command']}, {len(files)} file(s), {n_layers} layer(s)>"
+
+
+def layer_records(document: dict, *, fields: tuple[str, ...] = (), families: bool = True) -> list[dict]:
+    """One tidy row per file × layer × metric of a ``document`` (:func:`tidy_rows`): file,
+    checkpoint, step, layer, the layer's ``fields`` (e.g. the report's kind, n_rows, n_units), its
+    family (with ``families``), metric, value, note, and the inference columns of the document."""
+    names = {name: info["family"] for name, info in document.get("metrics_info", {}).items()} if families else None
+    layers = [layer for file in document["files"] for layer in file["layers"]]
+    columns, ci = inference_columns(document, layers), (document.get("inference") or {}).get("ci")
+    rows = []
+    for file in document["files"]:
+        base = {"file": file["file"], "checkpoint": file.get("checkpoint"), "step": file.get("step")}
+        for layer in file["layers"]:
+            where = base | {"layer": layer["layer"]} | {key: layer[key] for key in fields}
+            rows += tidy_rows(where, layer, names, columns=columns, ci=ci)
+    return rows
 
 
 def tidy_rows(where: dict, record: dict, families: dict[str, str] | None = None, *, columns: tuple[str, ...] | None = None,
