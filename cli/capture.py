@@ -65,11 +65,16 @@ def capture(
 ) -> None:
     """Run a model over its inputs and write the activations of its modules as an actgeom dump.
 
-    Example (a checkpoint sweep, one job per checkpoint; --append resumes a killed job):
+    Example (a local Hugging Face model directory, one sentence per line):
+
+    \b    actgeom capture ckpts/step1000 --text prompts.txt -o step1000.h5
+
+    A checkpoint sweep, one job per checkpoint (--append resumes a killed job):
 
     \b    for c in ckpts/step*; do actgeom capture $c --text prompts.jsonl --label-field label \\
-            -o dumps/$(basename $c).h5 --append; done
-        actgeom report dumps/*.h5 -o report.html
+            -o dumps/${c##*/}.h5 --append; done
+
+    then one `actgeom report` over the dumps written (README: "From the shell").
     """
     from actgeom.core.base.errors import UsageError
 

@@ -58,11 +58,16 @@ def ood(
     AUPR-In, AUPR-Out and FPR at 95 % TPR of every score (ID positive), and NC5. With --fit-split q
     instead of --test, a seeded share q of the fit dump's rows are the ID test rows.
 
-    Example (fit on the training rows, held-out digits as the OOD set):
+    Example (digits 0–7 in distribution, 30 % of them held out; 8 and 9 out):
 
-    \b    actgeom ood train.h5 --test val.h5 --ood unseen_classes.h5 \\
-            --layers hidden3 --format table
-    \b    actgeom ood train.h5 --fit-split 0.2 --ood unseen_classes.h5 --scores scores.csv
+    \b    actgeom extract sample_data/digits_mlp_epoch1500.h5 -o id.h5 \\
+            --classes 0,1,2,3,4,5,6,7
+    \b    actgeom extract sample_data/digits_mlp_epoch1500.h5 -o unseen.h5 \\
+            --classes 8,9
+    \b    actgeom ood id.h5 --fit-split 0.3 --ood unseen.h5 --layers hidden3 \\
+            --format table --scores scores.csv
+
+    With a separate dump of held-out ID rows, give it as --test instead of --fit-split.
     """
     inputs = [fit, *([] if test is None else [test]), *ood_sets]
     check_outputs({"-o": output, "--scores": scores}, inputs)

@@ -206,7 +206,7 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
 def ood(paths, *, test=None, ood, layers=None, labels=None, weight=None, bias=None, offsets=None, allow_incomplete=False,
         nonfinite="error", tokens="all", products="float64", temperature=None, vim_dim=None, neco_dim=None, knn_k=None,
         knn_sample=None, seed=None, fit_split=None, scores=None, progress: Progress | None = None) -> Result:
-    """Post-hoc out-of-distribution scores (METRICS.md §9, docs/metrics.md): per layer, a model fitted
+    """Post-hoc out-of-distribution scores (docs/metrics.md, "Out-of-distribution scores"): per layer, a model fitted
     on the rows of each dump of ``paths`` (the ID fit rows: class moments, total moments, a seeded
     sample, the classifier), then one pass over the ID ``test`` dump — or, with ``fit_split=q`` and
     no ``test``, over the fit dump for its held-out share q of sampling units — and over each ``ood``

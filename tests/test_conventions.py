@@ -24,10 +24,13 @@ from conftest import class_data, write_dump
 import actgeom
 from actgeom.core.analysis import REGISTRIES
 
-ARGS = {  # each family's command on the two dumps of the fixture
+ARGS = {  # each family's command on the two dumps of the fixture (other words are options)
     "collapse": ("collapse", "a"), "rank": ("rank", "a"), "entropy": ("entropy", "a"),
     "neurons": ("neurons", "a"), "probe": ("probe", "a"), "compare": ("compare", "a", "b"),
+    "ood": ("ood", "a", "--fit-split", "0.4", "--ood", "b"),
 }
+API = {"ood": lambda dumps: actgeom.ood(dumps["a"], fit_split=0.4, ood=dumps["b"])}  # else the files, positionally
+TABLE_FILE = {"ood": "b"}  # the file whose layers the md table shows: ood's entries are its OOD sets
 KEY_COLUMNS = ("file", "checkpoint", "step", "layer", "file_a", "layer_a", "file_b", "layer_b", "metric")
 
 
@@ -71,8 +74,8 @@ def _md_rows(md: str) -> list[list[str]]:
 @pytest.mark.parametrize("family", sorted(ARGS))
 def test_a_metric_is_a_value_or_unavailable_never_both(cli, dumps, family):
     assert set(ARGS) == set(REGISTRIES), "a family without a convention test"
-    command, *files = ARGS[family]
-    args = [command, *(dumps[f] for f in files), "-q"]
+    command, *words = ARGS[family]
+    args = [command, *(dumps.get(word, word) for word in words), "-q"]
     document = cli.json(*args)
     _assert_document(document)
     expected = {(where, name): "value" for where, metrics, _ in _entries(document) for name in metrics}
@@ -90,10 +93,10 @@ def test_a_metric_is_a_value_or_unavailable_never_both(cli, dumps, family):
         assert len(names) == len(set(names)), f"md: metric rows repeated: {names}"
         for row in rows:  # "—" exactly where the document says unavailable
             for layer, cell in zip(header[1:], row[1:]):
-                state = expected.get(((dumps["a"], layer), row[0]))
+                state = expected.get(((dumps[TABLE_FILE.get(family, "a")], layer), row[0]))
                 assert state is not None and cell.startswith("—") == (state == "unavailable"), (row[0], layer, cell)
 
-    result = getattr(actgeom, family)([dumps[f] for f in files])
+    result = API[family](dumps) if family in API else getattr(actgeom, family)([dumps[w] for w in words])
     _assert_document(result.to_dict())
     records = result.records()
     _assert_once_each(records, "records")

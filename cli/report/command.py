@@ -131,7 +131,7 @@ def report(
     \b    actgeom report sample_data/*.h5 --families collapse,probe \\
             --positive 3 --negative 8 -o probe.html
 
-    \b    actgeom report sample_data/*.h5 --ci -o report.html   # error bars: 95 % intervals
+    \b    actgeom report sample_data/*.h5 --ci -o report.html   # 95 % error bars
     """
     started = time.perf_counter()  # the page's "elapsed": from here to the assembled page
     given = _family_values(locals())  # the command's parameters, by name (none assigned yet)

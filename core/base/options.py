@@ -276,7 +276,7 @@ OOD_SCORES = ("msp", "max_logit", "energy", "mahalanobis", "relative_mahalanobis
 
 @dataclass(frozen=True)
 class OodOptions:
-    """Every convention that changes an ood number (METRICS.md §9); recorded in the output. The
+    """Every convention that changes an ood number (docs/metrics.md, "Out-of-distribution scores"); recorded in the output. The
     dumps: ``test`` holds the ID rows scored as in-distribution, ``ood`` one dump per OOD set."""
 
     test: str | None = None

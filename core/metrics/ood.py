@@ -1,5 +1,5 @@
 """Post-hoc out-of-distribution scores of rows, from the statistics of the in-distribution (ID) fit
-rows (METRICS.md §9). Every score is "higher = more in-distribution".
+rows (docs/metrics.md, "Out-of-distribution scores"). Every score is "higher = more in-distribution".
 
 A :class:`OodModel` is fitted once per layer from the fit rows' class moments (class means, pooled
 within-class scatter), their total moments and the classifier; then each block of rows to score
