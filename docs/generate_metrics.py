@@ -86,6 +86,10 @@ rows (token-level dumps: per-sequence entropies and Σ vvᵀ of sequence vectors
 sequence boundaries), and a seeded sample for DSE/DSMI (whose kernel costs N² memory and N³ time:
 10 000 rows by default, 2 000 in `report`). The threshold for "active" is 0 for layers marked ReLU and
 must be given (`--threshold`) otherwise; dead fraction and firing entropy are unavailable without it.
+`--dse-method slq` estimates DSE without the N³ eigendecomposition: H = log₂ Z − (t/Z)·tr(K^t log₂ K),
+Z = tr K^t, both traces by stochastic Lanczos quadrature (128 leading Ritz vectors deflated, 32 seeded
+Rademacher probes with control variates), in float32; `dse_error` is the half-width of a 95 % interval
+for its error (benchmarks/RESULTS.md: ≤ 3.3e-4 relative at N = 10 000). Exact stays the default.
 Attention entropy reads `/attention/<layer>` (sequences × heads × queries × keys).
 """,
     "neurons": """\
