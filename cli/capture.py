@@ -65,16 +65,10 @@ def capture(
 ) -> None:
     """Run a model over its inputs and write the activations of its modules as an actgeom dump.
 
-    Example (a local Hugging Face model directory, one sentence per line):
+    Example (a local Hugging Face model directory, one sentence per line; a checkpoint sweep
+    with SLURM: README, "From the shell"):
 
-    \b    actgeom capture ckpts/step1000 --text prompts.txt -o step1000.h5
-
-    A checkpoint sweep, one job per checkpoint (--append resumes a killed job):
-
-    \b    for c in ckpts/step*; do actgeom capture $c --text prompts.jsonl --label-field label \\
-            -o dumps/${c##*/}.h5 --append; done
-
-    then one `actgeom report` over the dumps written (README: "From the shell").
+    \b    actgeom capture ckpts/step1000 --text prompts.txt -o step1000.h5 --append
     """
     from actgeom.core.base.errors import UsageError
 

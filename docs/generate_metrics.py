@@ -214,7 +214,7 @@ total (θ̂) and, through the same function, on each leave-one-group-out statist
 
 The document records the method, G, the seed and the level under `inference.ci`, and each file
 its `sampling_unit`. A metric with no interval says why under the layer's `intervals_unavailable`
-(e.g. a value that needs the second pass per group). Sample-based metrics (TwoNN, MLE, DSE, …)
+(a count or size; DSE beyond 1 000 sample rows). Sample-based metrics (TwoNN, MLE, DSE, …)
 use a sample per group: the sample without group g is the seeded sample of the rows outside it.
 
 **Assumptions.** The groups are exchangeable: sampling units are independent draws (rows of an
@@ -250,6 +250,40 @@ Benjamini–Hochberg `q_value` (over the units with a selectivity), and `selecti
 the share of units with q ≤ `--fdr` (default 0.05). With D units BH can call j units at q only when
 1/(K + 1) ≤ q·j/D: take K ≥ D/(q·j). The document records `inference.null` = {method, permutations,
 seed}. **Assumption:** under the null the labels are exchangeable across sampling units.
+
+**Second-pass metrics** (the probe's scores, NC4). With `--ci` the one shared second pass also
+scores each row with the G leave-one-group-out models — the probes fitted on the train rows outside
+group g (every candidate of `--shrinkage auto`), NC4's nearest class mean without group g — each fed
+only the rows outside g: so the probe leaves the group out of its train and its test rows. The
+network's decisions are read once per block. Time ≈ (G + 1) × the second pass's scoring; memory
+holds G extra copies of the fitted models (C × D each). DSE and DSMI re-solve their kernels once
+per group: their intervals are computed up to 1 000 sample rows (`--subsample`); beyond, they are
+unavailable with the `--subsample` that makes them feasible.
+
+**Baselines** (`--baseline DUMP`, API `baseline=`). The same families and options (so the same
+jackknife groups) on a control run — a randomly initialised model, shuffled inputs, another seed —
+one dump for every analysed file, or one per file in order; layers are matched by name. Each layer
+gains `baseline` {metric: `baseline` (its value), `difference` θ̂ − θ̂_b, and with `--ci`
+`difference_se` = √(se² + se_b²) (independent samples), `difference_ci_low`/`_high` = difference ∓
+t_{G−1,0.975}·difference_se, `excludes_zero`}; `baseline_unavailable` says why a metric has none;
+each file records `baseline_file`, the document `inference.baseline`. When the baseline holds the
+same inputs as the file (a random-init checkpoint of the same evaluation set), the two are not
+independent: a paired jackknife would be narrower for metrics that move together (measured on
+sample_data, vci: 0.0042 paired vs 0.0076 independent); the interval given is conservative.
+
+**compare** (`actgeom compare --ci --null K`, API `compare(..., ci=True, null=K)`). The sampling unit is
+the aligned row (the sequence of file A on token-level dumps, files being aligned row by row); the
+pass keeps every layer's moments and every pair's cross moments per group, and each cell's measures
+are re-evaluated on the G leave-one-group-out passes (exactly the moments of the rows outside the
+group, tests/test_compare_ci.py). RSA and mutual k-NN use the seeded row sample without the group's
+rows (their RDM is the whole sample's, restricted). Each cell gains `intervals` /
+`intervals_unavailable`. With `--null K`, `cka_linear`, `cka_debiased`, `rsa_spearman`, `rsa_pearson`
+and `mutual_knn` get `nulls` (null_mean, null_sd, z, p_value, permutations, and `sample_value`, the
+statistic the null is compared with) from K seeded shuffles of B's sampled rows (H₀: which row of B
+goes with which row of A does not matter). CKA is tested on the sample (its null distribution
+depends on the number of rows), so `sample_value` is CKA of the sampled rows, not the cell's value
+over all rows. RSA shuffles only the rows usable in both layers (not constant). Cost: the null is
+K × m² per measure (m sampled rows); the intervals re-evaluate every measure G times.
 
 **Calibration** (benchmarks/bench_calibration.py; numbers in benchmarks/RESULTS.md). On Gaussian
 mixtures whose population values are known in closed form (C = 4 classes of ~2 000 rows, D = 8), the

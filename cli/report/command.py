@@ -52,6 +52,7 @@ RtolOpt = o.retitled(rk.RtolOpt, RANK)
 RankSubsampleOpt = o.retitled(rk.SubsampleOpt, RANK, "--rank-subsample")
 AlphaOpt = o.retitled(en.AlphaOpt, ENTROPY)
 SigmaOpt = o.retitled(en.SigmaOpt, ENTROPY)
+DseMethodOpt = o.retitled(en.DseMethodOpt, ENTROPY)
 TOpt = o.retitled(en.TOpt, ENTROPY)
 SubsampleOpt = o.retitled(en.SubsampleOpt, ENTROPY)
 LayerWidthOpt = o.retitled(en.LayerWidthOpt, ENTROPY)
@@ -98,6 +99,7 @@ def report(
     rank_eps: RankEpsOpt = None, fit_range: FitRangeOpt = None, ge: GeOpt = None, rtol: RtolOpt = None,
     rank_subsample: RankSubsampleOpt = None,
     alpha: AlphaOpt = ENTROPY_DEFAULTS.alpha, sigma: SigmaOpt = ENTROPY_DEFAULTS.sigma, t: TOpt = ENTROPY_DEFAULTS.t,
+    dse_method: DseMethodOpt = ENTROPY_DEFAULTS.dse_method,
     subsample: SubsampleOpt = REPORT_SUBSAMPLE, seed: SeedOpt = ENTROPY_DEFAULTS.seed, threshold: ThresholdOpt = None,
     tau: TauOpt = ENTROPY_DEFAULTS.tau, layer_width: LayerWidthOpt = None,
     entropy_eps: EntropyEpsOpt = ENTROPY_DEFAULTS.eps, normalized: NormalizedOpt = False,
@@ -172,7 +174,7 @@ def _family_values(values: dict) -> dict[str, dict]:
                             fit_range=rk.fit_range_value(v["fit_range"])),
             "entropy": o.given(alpha=v["alpha"], sigma=v["sigma"], t=v["t"], subsample=v["subsample"], seed=v["seed"],
                                threshold=v["threshold"], tau=v["tau"], layer_width=v["layer_width"], eps=v["entropy_eps"],
-                               normalized=v["normalized"]),
+                               normalized=v["normalized"], dse_method=o.plain(v["dse_method"])),
             "neurons": o.given(top=v["top"], score=v["score"], min_support=v["min_support"], threshold=v["threshold"],
                                tau=v["tau"], cutoff=v["cutoff"], max_position=v["max_position"], mu=v["mu"],
                                logvar=v["logvar"], delta=v["delta"], collapsed_kl=v["collapsed_kl"]),
