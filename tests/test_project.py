@@ -92,6 +92,16 @@ def test_help_and_version_import_no_numerical_library():
     assert len(found) == 2 + len(argvs)
 
 
+def test_a_run_without_inference_does_not_load_scipy_stats():
+    """scipy.stats takes ~1 s to load: the analysis loads it only when an interval or a p-value needs it
+    (it made every command ~1 s slower once, found by the before/after benchmark of #23)."""
+    import subprocess
+    import sys
+
+    script = "import sys, actgeom.core.api, actgeom.cli.app; print('scipy.stats' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_readme_names_the_command_that_runs_everything_ci_runs():
     """A user's `pytest` without extras skips the extras' tests: the README must say how to run them all."""
     readme = (ROOT / "README.md").read_text()

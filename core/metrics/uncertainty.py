@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95  # of every interval
 
@@ -46,6 +45,8 @@ def collect(values: dict[str, list[float]], reasons: dict[str, str], metrics: di
 
 def t_quantile(groups: int, level: float = LEVEL) -> float:
     """t_{G−1, (1+level)/2}: the interval's multiplier of the jackknife se with G groups."""
+    from scipy import stats  # here, not at import: scipy.stats takes ~1 s to load and most runs have no interval
+
     return float(stats.t.ppf((1 + level) / 2, groups - 1))
 
 
