@@ -92,6 +92,19 @@ def test_help_and_version_import_no_numerical_library():
     assert len(found) == 2 + len(argvs)
 
 
+def test_every_package_directory_is_installed():
+    """A folder of cli/ or core/ with an __init__.py that pyproject.toml does not list is left out of a
+    plain `pip install .` (what CI and the README do), while an editable install still finds it."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {"actgeom." + ".".join(init.parent.relative_to(ROOT).parts)
+               for folder in ("cli", "core") for init in (ROOT / folder).rglob("__init__.py")}
+    assert on_disk - {"actgeom.core.public"} <= set(setuptools["packages"])
+    assert {name: path for name, path in setuptools["package-dir"].items()
+            if not (ROOT / path / "__init__.py").exists()} == {}
+
+
 def test_a_run_without_inference_does_not_load_scipy_stats():
     """scipy.stats takes ~1 s to load: the analysis loads it only when an interval or a p-value needs it
     (it made every command ~1 s slower once, found by the before/after benchmark of #23)."""
