@@ -68,7 +68,7 @@ def test_the_entropy_command_takes_dse_method(tmp_path):
     from typer.testing import CliRunner
 
     from actgeom.cli.app import app
-    from tests.conftest import write_dump
+    from conftest import write_dump
 
     path = write_dump(tmp_path / "d.h5", {"h": _clusters(400, 0)})
     outputs = {}
