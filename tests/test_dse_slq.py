@@ -65,10 +65,10 @@ def test_the_entropy_command_takes_dse_method(tmp_path):
     exact (the default) reports no dse_error at all, and DSE as before."""
     import json
 
+    from conftest import write_dump
     from typer.testing import CliRunner
 
     from actgeom.cli.app import app
-    from conftest import write_dump
 
     path = write_dump(tmp_path / "d.h5", {"h": _clusters(400, 0)})
     outputs = {}
