@@ -74,8 +74,8 @@ def _data(layers=None, labels=None, weight=None, bias=None, predictions=None, of
 def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predictions=None, offsets=None,
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False,
              preset=None, min_count=None, global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
-             ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
-             baseline=None, progress: Progress | None = None, backend=None) -> Result:
+             ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0, baseline=None,
+            progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens,
                                products,
@@ -102,12 +102,11 @@ def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite=
 
 def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, allow_incomplete=False, nonfinite="error",
             tokens="all", products="float64", stats=None, partial_ok=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-            null=0, null_seed=0,
-             baseline=None, progress: Progress | None = None, backend=None,
+            null=0, null_seed=0, baseline=None, progress: Progress | None = None, backend=None,
             **options) -> Result:
     """Entropies and neuron activity (docs/metrics.md, "Entropy and neuron activity"); ``options`` are
-    EntropyOptions fields
-    (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps, normalized)."""
+    EntropyOptions fields (alpha, sigma, t, subsample, seed, dsmi_repeats, threshold, tau, layer_width, eps,
+    normalized, dse_method: "exact" or "slq", stochastic Lanczos quadrature with its own error estimate)."""
     spec, pass_options = _data(layers, labels, None, None, None, offsets, attention, allow_incomplete, nonfinite, tokens,
                                products,
                                ci=ci, ci_groups=ci_groups, ci_seed=ci_seed, null=null, null_seed=null_seed)
@@ -118,8 +117,8 @@ def entropy(paths, *, layers=None, labels=None, offsets=None, attention=None, al
 def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | None = None, layers=None, labels=None,
             weight=None, bias=None, predictions=None, offsets=None, attention=None, allow_incomplete=False,
             nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False, details=False, cache=None,
-            ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
-             baseline=None, progress: Progress | None = None, backend=None) -> Result:
+            ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0, baseline=None,
+            progress: Progress | None = None, backend=None) -> Result:
     """Several families at once, one pass per layer. ``options``: {family: options object or dict
     of its keyword options}; a family not named there uses its defaults."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, attention, allow_incomplete,
