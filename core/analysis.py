@@ -173,7 +173,7 @@ def layer_entry(ctx: LayerContext, families: dict, records: dict) -> dict:
         details |= record.details
     entry["nonfinite"] = nonfinite_notes(entry["metrics"])
     if ctx.stats.groups is not None:
-        entry["intervals"], entry["intervals_unavailable"] = intervals(
+        entry["intervals"], entry["intervals_unavailable"], entry["replicates"] = intervals(
             ctx, {name: (FAMILIES[name], options) for name, options in families.items()}, made)
     if ctx.pass_options.null:
         entry["nulls"], entry["nulls_unavailable"] = nulls(
@@ -257,13 +257,25 @@ def run(command: str, paths: Iterable, families: dict, *, spec: DumpSpec = DumpS
         analyse = functools.partial(_analysed_path, families=families, spec=spec, pass_options=pass_options,
                                     progress=progress, details=details, cache=cache, backend=backend)
         groups = None if pass_options.grouping is None else pass_options.grouping.groups
-        baselines.attach(files, pairs, analyse, groups, memo)
+        diagnostic = frozenset(name for family in families for name, metric in REGISTRIES[family].items()
+                               if metric.diagnostic)
+        baselines.attach(files, pairs, analyse, groups, memo, diagnostic, spec if stats is None else None)
+    files = [without_replicates(file) for file in files]
     document = document_header(command, started=started, options=families,
                                pass_record=options_record(pass_options) | {"backend": backend_record(backend)})
     used_baselines = None if pairs is None else list(dict.fromkeys(str(p) for p in pairs))  # each once, in order
     inference = inference_record(pass_options) | {"baseline": used_baselines}
     document |= {"statistics": used, "inference": inference, "metrics_info": metrics_info(families), "files": files}
     return Result(document)
+
+
+def without_replicates(file: dict) -> dict:
+    """A file record without its layers' leave-one-group-out values (``replicates``: kept in the
+    records a baseline's paired difference reads, :func:`layer_entry`, not in the document)."""
+    if not any("replicates" in layer for layer in file["layers"]):
+        return file
+    return file | {"layers": [{key: value for key, value in layer.items() if key != "replicates"}
+                              for layer in file["layers"]]}
 
 
 def _analysed(dump: Dump, families: dict, *, spec: DumpSpec, pass_options: PassOptions, progress: Progress | None,

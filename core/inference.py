@@ -12,10 +12,11 @@ from actgeom.core.metrics.uncertainty import collect, finite, jackknife
 from actgeom.core.state.groups import each_left_out, leave_out
 
 
-def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) -> tuple[dict, dict]:
-    """({metric: {se, ci_low, ci_high, bias, replicates}}, {metric: why it has no interval}) for every finite
-    scalar metric of ``records`` (one :class:`LayerRecord` per family of ``families``, {name:
-    (Family, options)}); diagnostics (counts, sizes) have none. The layer's statistics must be grouped."""
+def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) -> tuple[dict, dict, dict]:
+    """({metric: {se, ci_low, ci_high, bias}}, {metric: why it has no interval}, {metric: its G values
+    θ₋g in group order, kept for a baseline's paired difference}) for every finite scalar metric of
+    ``records`` (one :class:`LayerRecord` per family of ``families``, {name: (Family, options)});
+    diagnostics (counts, sizes) have none. The layer's statistics must be grouped."""
     diagnostic = {metric for name, record in records.items() for metric in record.metrics
                   if families[name][0].metrics[metric].diagnostic}
     wanted = {metric: value for record in records.values() for metric, value in record.metrics.items()
@@ -30,8 +31,8 @@ def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]
             record = family.layer(left, options)
             collect(replicates[name], reasons, record.metrics, record.unavailable, f"without jackknife group {g}",
                     "its value is not finite without one group")
-    return {metric: jackknife(float(wanted[metric]), values) | {"replicates": values} for family in replicates.values()
-            for metric, values in family.items()}, reasons  # the θ₋g kept: a baseline's paired difference needs them
+    kept = {metric: values for family in replicates.values() for metric, values in family.items()}
+    return {metric: jackknife(float(wanted[metric]), values) for metric, values in kept.items()}, reasons, kept
 
 
 def replicate(ctx: LayerContext, g: int, without=None) -> LayerContext:

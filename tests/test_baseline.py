@@ -64,19 +64,65 @@ def test_difference_and_se_equal_hand_computation_from_the_two_runs(dumps):
     assert vci["difference"] < 0 and vci["excludes_zero"]  # separated classes vs random: far below the baseline
 
 
-def test_a_baseline_identical_to_the_file_gives_zero_with_an_interval_around_it(dumps):
+def test_a_baseline_identical_to_the_file_gives_zero_with_a_zero_paired_interval(dumps):
     result = actgeom.collapse(dumps["trained"], ci=True, ci_groups=G, baseline=dumps["trained"])
     document = result.to_dict()
     assert document["inference"]["baseline"] == [dumps["trained"]]
-    assert document["files"][0]["baseline_file"] == dumps["trained"]
+    assert document["files"][0]["baseline_file"] == dumps["trained"] and document["files"][0]["baseline_paired"]
     for layer in _layers(result):
-        assert layer["baseline"]
+        assert layer["baseline"] and "replicates" not in layer
         for metric, entry in layer["baseline"].items():
             assert entry["difference"] == 0.0, metric
-            if "difference_se" in entry:  # both sides' se add: √2 · se
-                assert entry["difference_se"] == pytest.approx(math.sqrt(2) * layer["intervals"][metric]["se"], rel=1e-12)
-                assert entry["difference_ci_low"] <= 0 <= entry["difference_ci_high"]
+            if "difference_se" in entry:  # the same rows on both sides: every θ₋g − θ_b,₋g is 0
+                assert entry["difference_method"] == "paired" and entry["difference_se"] == 0.0
+                assert entry["baseline_se"] == layer["intervals"][metric]["se"]
+                assert entry["baseline_ci_low"] == layer["intervals"][metric]["ci_low"]
                 assert entry["excludes_zero"] is False
+
+
+def test_a_paired_difference_is_the_jackknife_of_the_per_group_differences(tmp_path, rng, dumps):
+    """The same inputs through two networks: the paired se equals the jackknife formula applied to the
+    differences of the metric computed directly on each side's rows outside each group."""
+    from actgeom.core.metrics.uncertainty import jackknife
+    from actgeom.core.state.groups import Grouping
+
+    X, y = class_data(rng, [60, 50, 70, 40], 8, offset=2.0, separation=4.0)
+    Z = np.tanh(X @ rng.standard_normal((8, 8)) / 3) + 0.3 * rng.standard_normal(X.shape)
+    mine = write_dump(tmp_path / "mine.h5", {"a": X}, labels=y, chunk_rows=32)
+    theirs = write_dump(tmp_path / "theirs.h5", {"a": Z}, labels=y, chunk_rows=32)
+    got = actgeom.collapse(mine, ci=True, ci_groups=G, baseline=theirs).to_dict()["files"][0]
+    assert got["baseline_paired"] is True
+    group = Grouping(G, 0).of(np.arange(y.size))
+    left_out = []
+    for g in range(G):
+        outside = group != g
+        a = write_dump(tmp_path / f"a{g}.h5", {"a": X[outside]}, labels=y[outside])
+        b = write_dump(tmp_path / f"b{g}.h5", {"a": Z[outside]}, labels=y[outside])
+        left_out.append((_layers(actgeom.collapse(a))[0]["metrics"], _layers(actgeom.collapse(b))[0]["metrics"]))
+    checked = 0
+    for metric, entry in got["layers"][0]["baseline"].items():
+        if "difference_se" not in entry:
+            continue
+        assert entry["difference_method"] == "paired"
+        expected = jackknife(entry["difference"], [a[metric] - b[metric] for a, b in left_out])
+        assert entry["difference_se"] == pytest.approx(expected["se"], rel=1e-10, abs=1e-14), metric
+        assert entry["difference_ci_low"] == pytest.approx(expected["ci_low"], rel=1e-10, abs=1e-14), metric
+        checked += 1
+    assert checked >= 5
+
+
+def test_a_baseline_of_other_rows_falls_back_to_independent(dumps):
+    file = actgeom.collapse(dumps["trained"], ci=True, ci_groups=G, baseline=dumps["random"]).to_dict()["files"][0]
+    assert file["baseline_paired"] is False  # the random dump's labels are a permutation: other units
+    assert {entry.get("difference_method") for entry in file["layers"][0]["baseline"].values()} == {"independent"}
+
+
+def test_diagnostic_metrics_get_no_difference(dumps):
+    layer = _layers(actgeom.collapse(dumps["trained"], ci=True, ci_groups=G, baseline=dumps["random"]))[0]
+    from actgeom.core.analysis import REGISTRIES
+
+    diagnostic = {name for name, metric in REGISTRIES["collapse"].items() if metric.diagnostic}
+    assert diagnostic & set(layer["metrics"]) and not diagnostic & set(layer["baseline"])
 
 
 def test_without_intervals_only_the_baseline_and_the_difference(dumps):

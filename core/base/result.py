@@ -23,7 +23,8 @@ RECORD_KEYS = ("file", "checkpoint", "step", "layer", "family", "metric", "value
 # the fields always there when the document's "inference" turned that key on (the others only when present).
 INFERENCE_FIELDS = {"intervals": ("se", "ci_low", "ci_high"),
                     "nulls": ("null_mean", "null_sd", "z", "p_value"),
-                    "baseline": ("baseline", "difference", "difference_se", "difference_ci_low", "difference_ci_high",
+                    "baseline": ("baseline", "difference", "baseline_se", "baseline_ci_low", "baseline_ci_high",
+                                 "difference_method", "difference_se", "difference_ci_low", "difference_ci_high",
                                  "excludes_zero")}
 INFERENCE_ON = {"ci": INFERENCE_FIELDS["intervals"], "null": INFERENCE_FIELDS["nulls"], "baseline": ("baseline", "difference")}
 CI_FIELDS = ("ci_method", "ci_groups", "ci_level")  # from the document's inference.ci, on rows with an interval

@@ -109,14 +109,23 @@ def bh_qvalues(p_values) -> np.ndarray:
 
 
 def baseline_difference(value: float, interval: dict | None, baseline: float, baseline_interval: dict | None,
-                        groups: int | None, level: float = LEVEL) -> dict:
-    """θ̂ − θ̂_baseline of two independent dumps; with both jackknife intervals, its se
-    √(se² + se_baseline²), the interval difference ± t_{G−1} · se and whether it excludes 0."""
+                        groups: int | None, paired=None, level: float = LEVEL) -> dict:
+    """θ̂ − θ̂_baseline and, with both jackknife intervals, the baseline's own (``baseline_se``,
+    ``baseline_ci_low``, ``baseline_ci_high``) and the difference's: from ``paired`` (the G
+    leave-one-group-out differences θ₋g − θ_baseline,₋g of two dumps of the same sampling units: the
+    jackknife of the difference, ``difference_method`` "paired"), else from the independent-samples
+    se √(se² + se_baseline²) ("independent"); the interval difference ± t_{G−1} · se and whether it
+    excludes 0."""
     out = {"baseline": baseline, "difference": value - baseline}
     if interval is None or baseline_interval is None or groups is None:
         return out
-    se = math.hypot(interval["se"], baseline_interval["se"])
+    out |= {"baseline_se": baseline_interval["se"], "baseline_ci_low": baseline_interval["ci_low"],
+            "baseline_ci_high": baseline_interval["ci_high"]}
+    if paired is not None:
+        se, method = jackknife(out["difference"], paired, level)["se"], "paired"
+    else:
+        se, method = math.hypot(interval["se"], baseline_interval["se"]), "independent"
     half = t_quantile(groups, level) * se
     low, high = out["difference"] - half, out["difference"] + half
-    return out | {"difference_se": se, "difference_ci_low": low, "difference_ci_high": high,
+    return out | {"difference_method": method, "difference_se": se, "difference_ci_low": low, "difference_ci_high": high,
                   "excludes_zero": bool(low > 0 or high < 0)}
