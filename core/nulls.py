@@ -6,6 +6,12 @@ permutations.py). Each family whose labels enter through the class moments (coll
 re-evaluates its metrics through the same function that made the value, on a layer whose class
 moments are those of permutation k; the K values are the metric's null, and its registry direction
 says which values are at least as extreme (core/metrics/uncertainty.py permutation_test).
+
+The probe's labels enter through its split's train moments and the test rows' labels: its split keeps
+the train rows' class sums under the same permutations (the labels of every labelled unit permuted,
+train and test alike), the shared second pass scores the probes refitted under each permutation
+against the test rows' permuted labels (core/state/probe_pass.py), and the family re-evaluates its
+metrics on a layer whose split and scoring are those of permutation k.
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ import dataclasses
 import numpy as np
 
 from actgeom.core.base.stats import ClassStats, pooled
+from actgeom.core.families import probe as probe_family
 from actgeom.core.families.protocol import DumpFacts, LayerContext, LayerRecord
 from actgeom.core.metrics.uncertainty import collect, finite, permutation_test
 from actgeom.core.state.accumulators import MomentStats, PermutationsSpec
 
 PERMUTED = ("collapse", "neurons")  # families whose labels enter only through the class moments
+SPLIT = "probe"  # the family whose labels enter through its split (train moments, test rows' labels)
 BESIDE_LABELS = ("unit_moments", "units")  # what else their label-dependent metrics read (kept under permutation)
 NO_NULL = {  # why a label-dependent metric has no permutation null
-    "probe": "the probe is fitted on its split's class statistics, which the permutations do not keep "
-             "(a refit on every permutation)",
+    "collapse": "the statistics hold no class sums under label permutations",
+    "neurons": "the statistics hold no class sums under label permutations",
+    "probe": "needs a fixed --shrinkage: with auto, the shrinkage chosen on the validation rows would have to be "
+             "chosen again under every permutation",
     "entropy": "computed on the seeded sample, whose labels the permutations do not move",
     "decision": "needs the network's own decisions, compared on a second pass that is not re-run per permutation",
     "fdr": "is itself made from the permutations (per-unit p-values)",
@@ -31,11 +41,19 @@ NO_NULL = {  # why a label-dependent metric has no permutation null
 
 
 def null_specs(families: dict, facts: DumpFacts, pass_options) -> dict:
-    """The permutations' statistic when the pass asks for nulls (``null`` K > 0) and a family has
-    metrics they re-evaluate (refused later, at the pass, for a dump without labels)."""
-    if not pass_options.null or not set(families) & set(PERMUTED):
+    """The permutations' statistics when the pass asks for nulls (``null`` K > 0): the class sums under
+    them for the families that re-evaluate the class moments, the probe's split kept under them too
+    (a fixed shrinkage only); refused later, at the pass, for a dump without labels."""
+    if not pass_options.null:
         return {}
-    return {PermutationsSpec.slot: PermutationsSpec(permutations=pass_options.null, seed=pass_options.null_seed)}
+    specs = {}
+    if set(families) & set(PERMUTED):
+        specs[PermutationsSpec.slot] = PermutationsSpec(permutations=pass_options.null, seed=pass_options.null_seed)
+    probe = families.get(SPLIT)
+    if probe is not None and probe.shrinkage != "auto":
+        split = probe_family.needs(probe, facts)[0]
+        specs[split.slot] = dataclasses.replace(split, permutations=pass_options.null, null_seed=pass_options.null_seed)
+    return specs
 
 
 def label_dependent(metric) -> bool:
@@ -46,21 +64,23 @@ def nulls(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) ->
     """({metric: {null_mean, null_sd, z, p_value, permutations}}, {metric: why it has no null}) for
     every finite label-dependent metric of ``records`` (one per family of ``families``, {name:
     (Family, options)}). Metrics that do not depend on the labels have no null and are absent."""
-    permuted = ctx.stats.get("permutations")
+    split = ctx.stats.get("split") if SPLIT in records else None
+    kept = dict.fromkeys(PERMUTED, "permutations" in ctx.stats.accumulators)  # what each family re-evaluates
+    kept[SPLIT] = split is not None and split.permuted is not None
     wanted, reasons = {}, {}
     for name, record in records.items():
         registry = families[name][0].metrics
         for metric, value in record.metrics.items():
             if not label_dependent(registry[metric]):
                 continue
-            why = _no_null(name, registry[metric])
+            why = _no_null(name, registry[metric], kept.get(name, False))
             if why or not finite(value):
                 reasons[metric] = why or "not a finite number"
             else:
                 wanted[metric] = (name, float(value))
-    if permuted is None or not wanted:
+    if not wanted:
         return {}, reasons
-    values = _null_values(ctx, permuted, families, wanted, reasons)
+    values = _null_values(ctx, split, families, wanted, reasons)
     out = {}
     for metric, null in values.items():
         name, value = wanted[metric]
@@ -71,8 +91,10 @@ def nulls(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]) ->
     return out, reasons
 
 
-def _no_null(family: str, metric) -> str | None:
-    if family not in PERMUTED:
+def _no_null(family: str, metric, kept: bool) -> str | None:
+    """Why a label-dependent metric of ``family`` has no null (None: it has one); ``kept``: whether the
+    statistics hold what the family re-evaluates under the permutations."""
+    if not kept:
         return NO_NULL.get(family, f"the {family} family has no permutation null")
     if "decision" in metric.needs:
         return NO_NULL["decision"]
@@ -81,15 +103,24 @@ def _no_null(family: str, metric) -> str | None:
     return None
 
 
-def _null_values(ctx: LayerContext, permuted, families: dict, wanted: dict, reasons: dict) -> dict[str, list[float]]:
+def _null_values(ctx: LayerContext, split, families: dict, wanted: dict, reasons: dict) -> dict[str, list[float]]:
     """Each wanted metric's K values, one per permutation; a metric without a value under some
     permutation gets the reason instead."""
     values = {name: {metric: [] for metric, (family, _) in wanted.items() if family == name}
               for name in dict.fromkeys(family for family, _ in wanted.values())}  # by family, each asked once
-    moments = ctx.stats.get("moments")
-    total = _total(moments.classes)
-    for k in range(permuted.permutations):
-        shuffled = permuted_context(ctx, MomentStats(classes=permuted.stats(k, total), total=moments.total))
+    permuted, moments = ctx.stats.get("permutations"), ctx.stats.get("moments")
+    total = None if permuted is None else _total(moments.classes)
+    fixed = None if total is None else {"total": total}  # the same for every permutation (LayerContext.permuted)
+    scored = ctx.second.get(SPLIT)
+    for k in range(ctx.pass_options.null):
+        replaced, second = {}, {}
+        if permuted is not None:
+            replaced["moments"] = MomentStats(classes=permuted.stats(k, total), total=moments.total)
+        if split is not None and split.permuted is not None:
+            replaced["split"] = split.permutation(k)
+            null = None if scored is None else scored.nulls[k]
+            second = {} if null is None else {SPLIT: null}
+        shuffled = dataclasses.replace(permuted_context(ctx, replaced, second), permuted=fixed)
         for name, asked in values.items():
             family, options = families[name]
             record = family.layer(shuffled, options)
@@ -106,14 +137,16 @@ def _total(classes: ClassStats) -> ClassStats:
     return ClassStats(counts=np.array([classes.n]), means=mean[None, :], within_scatter=None, sq_dev=np.zeros(1))
 
 
-def permuted_context(ctx: LayerContext, moments: MomentStats) -> LayerContext:
-    """The layer as if its labelled rows had the class moments of ``moments`` (under one permutation):
-    of the other statistics only those the label-dependent metrics read besides the class moments
-    (unit moments and activity: the selectivity's conditions), no second pass, no details."""
+def permuted_context(ctx: LayerContext, replaced: dict, second: dict) -> LayerContext:
+    """The layer as if its labelled rows had the labels of one permutation: the statistics of
+    ``replaced`` ({slot: finalised statistic}: the class moments, the probe's split) and the
+    second-pass consumers of ``second`` (the probe's scoring) under it; of the other statistics only
+    those the label-dependent metrics read besides them (unit moments and activity: the selectivity's
+    conditions); no details."""
     accumulators = {slot: acc for slot, acc in ctx.stats.accumulators.items() if slot in BESIDE_LABELS}
-    accumulators["moments"] = _Fixed(moments)
+    accumulators |= {slot: _Fixed(value) for slot, value in replaced.items()}
     stats = dataclasses.replace(ctx.stats, accumulators=accumulators, groups=None)
-    return dataclasses.replace(ctx, stats=stats, second={}, details=False, replicate=True)
+    return dataclasses.replace(ctx, stats=stats, second=second, details=False, replicate=True)
 
 
 class _Fixed:

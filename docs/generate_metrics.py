@@ -230,7 +230,11 @@ depend on the labels, so the same pass keeps them per permutation (K × C × D, 
 product): unit u takes the label of unit π_k(u), π_k a keyed bijection (a Feistel network) of the
 labelled units, the same for any chunking, `--rows` shard, `merge` order and backend; the permuted
 within-class scatter is exact from the total moments, S_W = S_T − Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ
-(tests/test_nulls.py). Each layer's `nulls` gives, per metric:
+(tests/test_nulls.py). The probe's metrics (with a fixed `--shrinkage`) get a null too: its split
+keeps the train rows' class sums under the same permutations, the probes are refitted on each
+permuted train split and score the test rows against their permuted labels in the one shared second
+pass (K refits of O(D³) per layer and K scorings per test row; tests/test_probe_null.py). Each
+layer's `nulls` gives, per metric:
 
 | field | definition |
 |---|---|
@@ -243,7 +247,7 @@ within-class scatter is exact from the total moments, S_W = S_T − Σ_c n_c (μ
 \\|θ_k − null_mean\\| ≥ \\|θ̂ − null_mean\\| for "neither" (two-sided).
 
 `nulls_unavailable` says why a label-dependent metric has none (NC4 needs the network's decisions
-on a second pass; the probe would be refitted per permutation; a metric the labels enter only
+on a second pass; the probe with `--shrinkage auto` would re-choose s per permutation; a metric the labels enter only
 through the class counts does not change). Metrics that do not depend on labels have no null.
 `neurons` also gives every unit a permutation `p_value` of its class selectivity and its
 Benjamini–Hochberg `q_value` (over the units with a selectivity), and `selective_unit_fraction_fdr`:

@@ -30,12 +30,14 @@ def _split(ctx: LayerContext) -> SplitStats:
 def second_pass(ctx: LayerContext, options: ProbeOptions):
     """The test-row consumer of the shared second pass (None without a dump, test rows or two
     classes); on grouped statistics with the twins that leave each jackknife group out of the
-    train and the test rows (core/state/grouped_pass.py)."""
+    train and the test rows (core/state/grouped_pass.py). With --null, the consumer (not its twins)
+    also scores the probes of every label permutation (core/nulls.py reads them)."""
     def scorer(stats) -> ProbePass | None:
         split = stats.get("split")
         if ctx.dump is None or split.n_test == 0 or (split.train.counts > 0).sum() < 2:
             return None
-        return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, stats.specs["split"])
+        return ProbePass(ctx.dump, split, options, ctx.pass_options.row_offset, stats.specs["split"],
+                         nulls=stats is ctx.stats)
 
     return with_twins(ctx.stats, ("split",), scorer, ctx.dump, ctx.pass_options)
 

@@ -1,6 +1,10 @@
 """The probe family's part of the shared second pass: the test rows (found again by the seeded
 split of their unit) scored by every probe fitted on the train rows; with --shrinkage auto, the
-validation rows choose the shrinkage."""
+validation rows choose the shrinkage; with --null K, the test rows scored again by the probes refitted
+on the train rows under each label permutation, against the test rows' permuted labels.
+
+Cost of the nulls: K refits (an LDA and a ridge solve of D×D each, plus the control task's LDA:
+O(K·D³) once per layer) and, per test row, K scorings by each probe (O(K·C·D) per probe per row)."""
 
 from __future__ import annotations
 
@@ -18,20 +22,19 @@ from actgeom.core.metrics.probesplit import (
     unit_values,
 )
 from actgeom.core.state.accumulators import SplitSpec, SplitStats
+from actgeom.core.state.accumulators.permutations import ROW_VECTOR
 from actgeom.core.state.engine import RowVectors
 
 
-class ProbePass:
-    """Scores the test rows (found again by the keys of their unit, by the first pass's ``spec``)
-    with every probe fitted on the train rows.
+class ProbeScores:
+    """The probes fitted on a split's train rows and their counts on the test rows fed to :meth:`feed`.
 
     LDA and the control probe are fitted for each candidate shrinkage (one, unless --shrinkage
     auto); with auto, the validation rows score the candidates fitted on the other train rows,
     and the candidate with the best validation accuracy (ties: the larger s) is reported."""
 
-    def __init__(self, dump, split: SplitStats, options: ProbeOptions, row_offset: int, spec: SplitSpec):
-        self.options, self.unit, self.row_offset = options, spec.split_by, row_offset
-        self.vectors = RowVectors(dump, spec.row_vectors, row_offset)
+    def __init__(self, split: SplitStats, options: ProbeOptions):
+        self.options = options
         train = split.train
         self.counts = train.counts
         self.shrinkages = options.shrinkages
@@ -55,18 +58,16 @@ class ProbePass:
         self._scores = [[] for _ in self.shrinkages]
         self._positive = []
 
-    def update(self, start: int, X: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> None:
-        n, stop = X.shape[0], start + X.shape[0]
-        vectors = self.vectors.read(start, stop)
-        units = unit_values(self.unit, self.row_offset + start + np.arange(n), vectors)
-        labelled = usable & (labels >= 0)
-        test = is_test(split_keys(units, self.options.seed), self.options.test_fraction)
+    def feed(self, X: np.ndarray, labels: np.ndarray, labelled: np.ndarray, test: np.ndarray, units: np.ndarray,
+             vectors: dict) -> None:
+        """Count a block's rows: ``test`` and ``labelled`` say which rows are labelled test rows
+        (``units``: their split units, ``vectors``: the block's row vectors, for the control task)."""
         if self.validate:
             validation = labelled & ~test & is_validation(units, self.options.seed)
             self.n_validation += int(validation.sum())
             for k, fit in enumerate(self.fits):
                 self.validation_correct[k] += int((fit.predict(X[validation]) == labels[validation]).sum())
-        test &= labelled
+        test = test & labelled
         if not test.any():
             return
         X, y = X[test], labels[test]
@@ -137,3 +138,47 @@ class ProbePass:
             fields["validation_accuracy"] = {str(s): (int(c) / self.n_validation if self.n_validation else None)
                                              for s, c in zip(self.shrinkages, self.validation_correct)}
         return fields
+
+
+class ProbePass(ProbeScores):
+    """Scores the test rows (found again by the keys of their unit, by the first pass's ``spec``)
+    with every probe fitted on the train rows; with ``nulls`` and a split kept under label
+    permutations (--null), also with the probes of each permutation k (:meth:`SplitStats.permutation`;
+    None where its train rows hold fewer than 2 classes) against the permuted labels, in ``nulls[k]``."""
+
+    def __init__(self, dump, split: SplitStats, options: ProbeOptions, row_offset: int, spec: SplitSpec,
+                 nulls: bool = False):
+        super().__init__(split, options)
+        self.unit, self.row_offset = spec.split_by, row_offset
+        permuted = nulls and split.permuted is not None
+        names = spec.row_vectors if permuted else tuple(name for name in spec.row_vectors if name != ROW_VECTOR)
+        self.vectors = RowVectors(dump, names, row_offset, spec.readers(dump) if permuted else None)
+        self.nulls = [_scores(split.permutation(k), options) for k in range(split.permuted.permutations)] if permuted else []
+
+    def update(self, start: int, X: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> None:
+        n, stop = X.shape[0], start + X.shape[0]
+        vectors = self.vectors.read(start, stop)
+        units = unit_values(self.unit, self.row_offset + start + np.arange(n), vectors)
+        test = is_test(split_keys(units, self.options.seed), self.options.test_fraction)
+        self.feed(X, labels, usable & (labels >= 0), test, units, vectors)
+        if self.nulls:
+            permuted = vectors[ROW_VECTOR]
+            for k, null in enumerate(self.nulls):
+                if null is not None:
+                    null.feed(X, permuted[:, k], usable & (permuted[:, k] >= 0), test, units, vectors)
+
+    def partial(self) -> dict:
+        """What the rows seen so far added (plain values), the permutations' too: for :meth:`merge`."""
+        return super().partial() | {"nulls": [None if null is None else null.partial() for null in self.nulls]}
+
+    def merge(self, part: dict) -> None:
+        """Add the :meth:`partial` of the next row range's consumer (made from the same statistics)."""
+        super().merge(part)
+        for null, theirs in zip(self.nulls, part["nulls"]):
+            if null is not None:
+                null.merge(theirs)
+
+
+def _scores(split: SplitStats, options: ProbeOptions) -> ProbeScores | None:
+    """The probes of a split (None when its train rows hold fewer than 2 classes: no probe to fit)."""
+    return ProbeScores(split, options) if (split.train.counts > 0).sum() >= 2 else None
