@@ -24,7 +24,7 @@ from actgeom.core.base.options import NONFINITE_POLICIES, PRODUCTS
 from actgeom.core.base.stats import column_sums
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.state.accumulators import ACCUMULATORS, Rows, Spec, union
-from actgeom.core.state.groups import Grouping, block_factor, sampling_unit, settle
+from actgeom.core.state.groups import BlockSplit, Grouping, block_factor, sampling_unit, settle
 from actgeom.core.state.stream import iter_blocks
 
 SIXTEEN_BIT = ("float16", "bfloat16")  # the layers whose storage noise allows float32 block products
@@ -172,6 +172,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
     results = {}
     for layer in selected:
         stats = new_layer_stats(layer, specs, options.products, options.ci_groups)
+        split = BlockSplit()
         block_rows = options.block_rows or dump.block_rows(layer) * block_factor(options.ci_groups)
         bounds = None if offsets is None else sequence_blocks(offsets, start, stop, block_rows)
         for block in iter_blocks(dump, layer, start, stop, block_rows, bounds):
@@ -187,7 +188,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             block_groups = units.groups(block.start, end)
             groups = block_groups if keep is None or block_groups is None else block_groups[keep]
             feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors,
-                 groups=groups, block_groups=block_groups)
+                 groups=groups, block_groups=block_groups, split=split)
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
         if stats.groups is not None:
@@ -241,23 +242,21 @@ class RowVectors:
 
 def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.ndarray, *,
          block: np.ndarray | None = None, boundaries: np.ndarray | None = None, vectors: dict | None = None,
-         groups: np.ndarray | None = None, block_groups: np.ndarray | None = None) -> None:
+         groups: np.ndarray | None = None, block_groups: np.ndarray | None = None, split: BlockSplit | None = None) -> None:
     """Feed one block of float64 rows (global row numbers ``index``, per-row ``vectors``) to every
     accumulator of a layer; rows with NaN/inf are dropped and counted. Grouped statistics: each
-    row feeds its group's (``groups`` per row; ``block_groups`` per row of the whole block)."""
+    row feeds its group's (``groups`` per row; ``block_groups`` per row of the whole block;
+    ``split``: the reused buffers of a pass, :class:`~actgeom.core.state.groups.BlockSplit`)."""
     vectors = vectors or {}
-    n = X.shape[0]
-    y = np.zeros(n, dtype=np.int64) if labels is None else labels
+    y = np.zeros(X.shape[0], dtype=np.int64) if labels is None else labels
     if stats.groups is not None:
-        for g in np.unique(block_groups if block_groups is not None else groups):
-            mine = groups == g
-            whole = None if block_groups is None else block_groups == g
-            feed(stats.groups[g], X[mine], y[mine], index[mine], vectors={k: v[mine] for k, v in vectors.items()},
-                 block=None if block is None else block[whole], boundaries=_kept_boundaries(boundaries, whole))
+        _feed_groups(stats, Rows(X=X, labels=y, index=index, block=block, boundaries=boundaries, vectors=vectors),
+                     groups, block_groups, split or BlockSplit())
         return
     if np.any(y < -1):
         bad = int(y[y < -1][0])
         raise InvalidInputError(f"label {bad} at a row of layer '{stats.layer}': labels are class indices ≥ 0, or -1 for none")
+    n = X.shape[0]
     if n and not _finite(X):  # NaN/inf: find those rows (rare, so now)
         finite = np.isfinite(X).all(axis=1)
         stats.n_nonfinite += int(n - finite.sum())
@@ -268,6 +267,24 @@ def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.
     rows = Rows(X=X, labels=y, index=index, block=block, boundaries=boundaries, vectors=vectors)
     for acc in stats.accumulators.values():
         acc.update(rows)
+
+
+def _feed_groups(stats: LayerStats, rows: Rows, groups: np.ndarray, block_groups: np.ndarray | None,
+                 split: BlockSplit) -> None:
+    """Feed each group's statistics its rows: the block sorted once by group (stable, so each group
+    keeps its rows in order: exactly the rows, in the order, a mask ``groups == g`` selects), each
+    group's rows then a contiguous slice. The whole block (``rows.block``) is split only for the
+    sequence statistics that read it (``rows.boundaries``)."""
+    parts = split.split(groups, len(stats.groups))
+    X, y, index = split.rows(rows.X, parts.order), rows.labels[parts.order], rows.index[parts.order]
+    vectors = {name: values[parts.order] for name, values in rows.vectors.items()}
+    whole_block = rows.boundaries is not None and rows.block is not None and block_groups is not None
+    present = np.unique(block_groups) if block_groups is not None else parts.present
+    for g in present:
+        mine = slice(parts.starts[g], parts.starts[g + 1])
+        whole = None if block_groups is None or not whole_block else block_groups == g
+        feed(stats.groups[g], X[mine], y[mine], index[mine], vectors={k: v[mine] for k, v in vectors.items()},
+             block=rows.block[whole] if whole_block else None, boundaries=_kept_boundaries(rows.boundaries, whole))
 
 
 def _kept_boundaries(boundaries: np.ndarray | None, whole: np.ndarray | None) -> np.ndarray | None:

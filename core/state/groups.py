@@ -50,6 +50,36 @@ def block_factor(groups: int) -> int:
     return max(1, groups // 4)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """A block's rows by group: ``order`` sorts them by group (stably), group g's rows are then
+    ``starts[g]:starts[g + 1]``; ``present``: the groups with rows."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    present: np.ndarray
+
+
+class BlockSplit:
+    """Splits blocks of rows by group for a grouped pass: one stable sort of the block by group and
+    one gather of its rows into a buffer reused from block to block (fresh memory costs page
+    faults: core/base/stats.py ``_buffer``), instead of a mask and a copy per group."""
+
+    def __init__(self):
+        self._rows = np.empty((0, 0))
+
+    def split(self, groups: np.ndarray, n_groups: int) -> Parts:
+        counts = np.bincount(groups, minlength=n_groups)
+        return Parts(order=np.argsort(groups, kind="stable"), starts=np.r_[0, np.cumsum(counts)],
+                     present=np.flatnonzero(counts))
+
+    def rows(self, X: np.ndarray, order: np.ndarray) -> np.ndarray:
+        """X's rows in ``order`` (a view of the buffer, valid until the next call)."""
+        if self._rows.shape[0] < X.shape[0] or self._rows.shape[1:] != X.shape[1:] or self._rows.dtype != X.dtype:
+            self._rows = np.empty(X.shape, dtype=X.dtype)
+        return np.take(X, order, axis=0, out=self._rows[: X.shape[0]], mode="clip")  # "raise" would copy `out` first
+
+
 def leave_out(stats, g: int):
     """The statistics of every group but ``g`` (a LayerStats with ``groups``): each accumulator the
     merge of the other groups' (G − 2 merges on a copy), the row counts theirs."""
