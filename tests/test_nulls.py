@@ -182,8 +182,9 @@ def test_random_labels_give_uniform_p_values(tmp_path):
         assert 0.3 < np.mean(p) < 0.7
 
 
-def test_the_null_values_are_the_metric_on_the_permuted_rows(tmp_path, rng):
-    X, y = class_data(rng, [30, 25, 35], 5, separation=1.0)
+@pytest.mark.parametrize("units", [5, 2])  # C < D: Σ_W kept as S_T − ZᵀZ (core/metrics/collapse_null.py); C > D: dense
+def test_the_null_values_are_the_metric_on_the_permuted_rows(tmp_path, rng, units):
+    X, y = class_data(rng, [30, 25, 35], units, separation=1.0)
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
     layer = _collapse_nulls(path, 5, seed=2)
     with Dump(path) as dump:
@@ -191,10 +192,19 @@ def test_the_null_values_are_the_metric_on_the_permuted_rows(tmp_path, rng):
     null = []
     for k in range(5):
         moved = write_dump(tmp_path / f"p{k}.h5", {"h": X}, labels=permuted[:, k])
-        null.append(run_family("collapse", moved)["layers"][0]["metrics"]["nc1_quotient"])
-    expected = permutation_test(layer["metrics"]["nc1_quotient"], null, "lower")
-    for key, value in expected.items():
-        assert layer["nulls"]["nc1_quotient"][key] == pytest.approx(value, rel=1e-9), key
+        null.append(run_family("collapse", moved)["layers"][0]["metrics"])
+    assert {"nc1", "nc1_quotient", "vci", "separation_fuzziness"} <= set(layer["nulls"])
+    for metric, got in layer["nulls"].items():
+        direction = registry_direction(metric)
+        expected = permutation_test(layer["metrics"][metric], [values[metric] for values in null], direction)
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (metric, key)
+
+
+def registry_direction(metric: str) -> str:
+    from actgeom.core.analysis import REGISTRIES
+
+    return REGISTRIES["collapse"][metric].direction
 
 
 def test_the_document_records_the_permutations(tmp_path, rng):

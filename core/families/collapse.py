@@ -20,6 +20,7 @@ from actgeom.core.metrics.collapse import (
     per_class,
     separation_law,
 )
+from actgeom.core.metrics.collapse_null import LowRankScatter, between_rows, total_basis
 from actgeom.core.state.accumulators import MomentsSpec
 from actgeom.core.state.collapse_pass import Decisions, NC4Pass
 from actgeom.core.state.grouped_pass import with_twins
@@ -103,7 +104,7 @@ def layer(ctx: LayerContext, options: CollapseOptions) -> LayerRecord:
     weight, bias, problem = _classifier(ctx, counts.size)
     mode, no_decision = decision_source(ctx, options)
     nc4 = ctx.second.get("collapse")
-    g = geometry(stats, options, weight=weight, bias=bias,
+    g = geometry(_factored(ctx, stats, kept), options, weight=weight, bias=bias,
                  dropped_scatter=None if nc4 is None else nc4.dropped_scatter,
                  nc4=None if nc4 is None else nc4.mismatch)
     values, unavailable = metrics(g, options, classifier_problem=problem, no_decision=no_decision)
@@ -113,6 +114,22 @@ def layer(ctx: LayerContext, options: CollapseOptions) -> LayerRecord:
         fields["per_class"] = per_class(g)
     details = _details(g) if ctx.details else {}
     return LayerRecord(metrics=values, unavailable=unavailable, fields=fields, details=details)
+
+
+def _factored(ctx: LayerContext, stats: ClassStats, kept: np.ndarray) -> ClassStats:
+    """Under a label permutation (``ctx.permuted``), the class statistics with their within scatter kept
+    as S_T − ZᵀZ (core/metrics/collapse_null.py: no D × D eigensolve per permutation), the eigenpairs
+    of the total scatter S_T made once for the K permutations; otherwise ``stats`` as they are. Not with
+    C ≥ D kept classes (Σ_B's eigenpairs then come from a D × D matrix anyway) nor with a second pass
+    (its dropped classes' scatter is subtracted from the matrix)."""
+    fixed = ctx.permuted
+    if fixed is None or stats.within_scatter is None or kept.size >= stats.means.shape[1] or "collapse" in ctx.second:
+        return stats
+    if "collapse" not in fixed:
+        fixed["collapse"] = total_basis(fixed["total"])
+    basis = fixed["collapse"]
+    scatter = LowRankScatter(basis, between_rows(stats.counts, stats.means, basis.mean), stats.within_scatter)
+    return dataclasses.replace(stats, within_scatter=scatter)
 
 
 def metrics(g: Geometry, options: CollapseOptions, *, classifier_problem: str | None = None,

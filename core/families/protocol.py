@@ -90,3 +90,7 @@ class LayerContext:
     details: bool = False
     layers: dict = field(default_factory=dict)  # every layer's statistics by name (families relating two layers)
     replicate: bool = False  # the statistics leave out a jackknife group (core/inference.py): an interval's re-evaluation
+    # Under label permutations (core/nulls.py): {"total": every labelled row as one ClassStats}, the same dict for
+    # the K re-evaluations of a layer (the total does not move with the labels): a family may keep in it what it
+    # computes once from the total (collapse: the eigenpairs of its scatter, core/metrics/collapse_null.py).
+    permuted: dict | None = None

@@ -32,6 +32,7 @@ from actgeom.core.metrics.collapse_geometry import (  # noqa: F401 (Geometry, ge
     why_no_spread,
     why_no_within,
 )
+from actgeom.core.metrics.collapse_null import LowRankScatter, trace_ratio
 
 
 def resolve_options(preset: str | None = None, **given) -> CollapseOptions:
@@ -57,7 +58,7 @@ def nc1(g: Geometry, o: CollapseOptions) -> dict:
         k = min(g.n_classes - 1, g.n_units, int((lam > 0).sum()))
     else:
         k = pinv_rank(lam, max(g.n_units, g.n_classes))
-    value = trace_against_inverse(g.sigma_w, lam, vectors, k)
+    value = _trace_against(g.sigma_w, lam, vectors, k)
     return {"nc1": value / g.n_classes if o.divide_by_c else value, "nc1_rank_used": k}
 
 
@@ -67,7 +68,7 @@ def nc1_quotient(g: Geometry, o: CollapseOptions) -> dict:
     if why:
         return {"nc1_quotient": Unavailable(why)}
     trace_b = float(np.einsum("ij,ij->", g.centred, g.centred)) / g.n_classes
-    return {"nc1_quotient": float(np.trace(g.sigma_w)) / trace_b if trace_b else float("nan")}
+    return {"nc1_quotient": _trace(g.sigma_w) / trace_b if trace_b else float("nan")}
 
 
 def vci(g: Geometry, o: CollapseOptions) -> dict:
@@ -79,15 +80,23 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
     if why:
         return {"vci": Unavailable(why)}
     m = g.centred
-    sigma_t = g.sigma_w + m.T @ m / g.n_classes
+    if isinstance(g.sigma_w, LowRankScatter):  # under a label permutation: Woodbury when no eigenvalue is cut
+        forms = g.sigma_w.inverse_forms(m, float(np.einsum("ij,ij->", m, m)) / g.n_classes)
+        if forms is not None:
+            return {"vci": _vci(trace_ratio(forms / g.n_classes), g)}
+    sigma_t = _dense(g.sigma_w) + m.T @ m / g.n_classes
     with blas_threads(sigma_t.shape[0]):
         lam, vectors = np.linalg.eigh(sigma_t)
     lam, vectors = lam[::-1], vectors[:, ::-1]
     k = pinv_rank(lam, g.n_units)
     projected = m @ vectors[:, :k]  # Tr(Σ_T⁺ Σ_B) = (1/C) Σ_c m_cᵀ Σ_T⁺ m_c
-    explained = float((projected**2 / lam[:k]).sum()) / g.n_classes
+    return {"vci": _vci(float((projected**2 / lam[:k]).sum()) / g.n_classes, g)}
+
+
+def _vci(explained: float, g: Geometry) -> float:
+    """1 − Tr(Σ_T⁺ Σ_B)/rank(Σ_B) from the trace (``explained``)."""
     rank_b = min(g.n_units, g.n_classes - 1)
-    return {"vci": 1.0 - explained / rank_b if rank_b > 0 else float("nan")}
+    return 1.0 - explained / rank_b if rank_b > 0 else float("nan")
 
 
 def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
@@ -100,7 +109,24 @@ def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
     weights = np.sqrt(g.counts / g.counts.sum())[:, None]
     lam, vectors = eig_of_gram(weights * (g.means - g.sample_mean))
     k = pinv_rank(lam, max(g.n_units, g.n_classes))
-    return {"separation_fuzziness": trace_against_inverse(g.sigma_w, lam, vectors, k)}
+    return {"separation_fuzziness": _trace_against(g.sigma_w, lam, vectors, k)}
+
+
+# -- Σ_W as a matrix or, under a label permutation, as its factors (core/metrics/collapse_null.py) ---------
+
+def _dense(sigma) -> np.ndarray:
+    return sigma.dense() if isinstance(sigma, LowRankScatter) else sigma
+
+
+def _trace(sigma) -> float:
+    return sigma.trace() if isinstance(sigma, LowRankScatter) else float(np.trace(sigma))
+
+
+def _trace_against(sigma, eigenvalues: np.ndarray, vectors: np.ndarray, k: int) -> float:
+    """Tr(Σ A⁺), A⁺ from the first k eigenpairs of A (:func:`trace_against_inverse`)."""
+    if not isinstance(sigma, LowRankScatter) or k == 0:
+        return trace_against_inverse(_dense(sigma), eigenvalues, vectors, k)
+    return float(sigma.quadratic_forms(vectors[:, :k]) @ (1.0 / eigenvalues[:k]))
 
 
 def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
