@@ -26,10 +26,10 @@ import numpy as np
 
 from actgeom.core.base.registry import registry
 from actgeom.core.base.stats import ClassStats
+from actgeom.core.metrics.knn import kth_largest_similarity
 from actgeom.core.metrics.ood_eval import aupr_in, aupr_out, auroc, fpr_at_tpr
 from actgeom.core.metrics.probesplit import is_test, split_keys
 
-KNN_TILE_ELEMENTS = 1 << 21  # kNN: distances of at most this many (row, sample row) pairs at a time
 SPLIT_SEED_OFFSET = 1  # --fit-split hashes units with seed + 1: independent of the sample's keys (seed)
 
 
@@ -151,17 +151,9 @@ def vim_alpha(mean_max_logit: float, mean_residual: float) -> float:
 
 def kth_squared_distance(Z: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """The squared distance of each normalised row of Z to its k-th nearest of the normalised
-    ``rows``: 2 − 2 z·r, clipped at 0 (what faiss' IndexFlatL2 returns in the authors' code)."""
-    k = min(k, rows.shape[0])
-    out = np.empty(Z.shape[0])
-    tile = max(1, KNN_TILE_ELEMENTS // max(rows.shape[0], 1))  # rows of Z per product: ≤ 16 MiB of distances
-    for a in range(0, Z.shape[0], tile):
-        squared = Z[a:a + tile] @ rows.T
-        np.multiply(squared, -2.0, out=squared)
-        np.add(squared, 2.0, out=squared)
-        squared.partition(k - 1, axis=1)
-        out[a:a + tile] = np.maximum(squared[:, k - 1], 0.0)
-    return out
+    ``rows``: 2 − 2 z·r at the k-th largest z·r (exact as in float64: core/metrics/knn.py), clipped
+    at 0 (what faiss' IndexFlatL2 returns in the authors' code)."""
+    return np.maximum(2.0 - 2.0 * kth_largest_similarity(Z, rows, min(k, rows.shape[0])), 0.0)
 
 
 def held_out(units: np.ndarray, seed: int, fraction: float) -> np.ndarray:
