@@ -5,7 +5,8 @@ the engine's one pass, as ``actgeom.core.api.run``); rendering depends only on i
 
     {"tool", "version", "command": "report", "created" (ISO date),
      "elapsed_s" (from the command's start to the page assembled), "drawing_s" (the figures' part),
-     "options": {family: {...}} for the families run (collapse, rank, entropy, neurons, probe), "pass": {...},
+     "options": {family: {...}} for the families run (collapse, rank, entropy, neurons, probe; "ood" with --ood),
+     "pass": {...},
      "metrics_info": {name: {"family", "ideal", "range", "direction", "source", "log_scale"}},
      "files": [{"file", "label" (as every command labels the file), "checkpoint", "step", "model",
                 "separation_law": {"rho", "r2", "n_layers"} | None,
@@ -18,7 +19,10 @@ the engine's one pass, as ``actgeom.core.api.run``); rendering depends only on i
                             "probe": {"n_train", "n_test", ...},
                             "intervals": {name: {"se", "ci_low", "ci_high", "bias"}}, "intervals_unavailable",
                             "baseline": {name: {"baseline", "difference", ...}}, "baseline_unavailable"}],
-                "sampling_unit": "row" | "sequence", "baseline_file" (with --baseline)}],
+                "sampling_unit": "row" | "sequence", "baseline_file", "baseline_paired" (with --baseline),
+                "ood" (with --ood, cli/report/ood.py): {"set", "test", "fit_split",
+                        "layers": [{"layer", "n_fit_rows", "n_test_rows", "n_ood_rows", "metrics", "unavailable"}],
+                        "histograms": {score: {"layer", "edges", "id", "ood", "n_id", "n_ood"}}}}],
      "inference": {"ci": {"method", "groups", "seed", "level"} | None, "baseline": [paths] | None},
      "direction_cosines_across_files": [{"layer", "files", "cosine"}]}  (with probe)
 
@@ -27,7 +31,8 @@ sample stated on the page), ``options.entropy.normalized`` (the attention colour
 ``options.rank.center`` (which spectrum to draw) and ``options.neurons.score``/``cutoff``; a
 figure whose family is not in ``options`` is absent, and says so. With ``inference.ci`` the
 over-training and across-depth figures draw error bars and the tables show value ± half-width;
-with baselines, a grey line per metric (``uncertainty.py``).
+with baselines, a grey line per metric, a band where the baseline has its own interval
+(``uncertainty.py``). With ``options.ood`` the page has an OOD section (``figures_ood.py``, ``page_ood.py``).
 """
 
 REPORT_SUBSAMPLE = 2_000  # DSE/DSMI cost N³: the report's default sample (the entropy command's is 10 000)

@@ -81,6 +81,17 @@ FiguresOpt = Annotated[Optional[Path], typer.Option(
     help="Also write each figure to this directory as SVG and PDF (for papers).")]
 SummaryFormatOpt = Annotated[SummaryFormat, typer.Option("--format", "-f", rich_help_panel=o.OUTPUT,
                                                          help="The summary printed on stdout: table or md (Markdown).")]
+OOD = "OOD section (as `actgeom ood`; docs/metrics.md)"
+OodOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--ood", rich_help_panel=OOD, show_default=False,
+    help="Add the OOD section: each dump is the in-distribution fit dump, scored against its OOD dump (the OOD rows "
+         "through that checkpoint): one per dump, paired in the order the dumps are given (repeat the option).")]
+OodTestOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--ood-test", rich_help_panel=OOD, show_default=False,
+    help="With --ood: the held-out ID rows of each dump, one per dump paired in order (else --fit-split).")]
+FitSplitOpt = Annotated[Optional[float], typer.Option(
+    "--fit-split", rich_help_panel=OOD, show_default="0.3 without --ood-test",
+    help="With --ood: hold out this share of each dump's rows (a seeded hash, --seed) as its ID test rows.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", rich_help_panel=o.OUTPUT, show_default=False,
     help="Keep each dump's results in this directory, keyed by the file's identity (path, size, mtime, "
@@ -110,7 +121,9 @@ def report(
     test_fraction: pr.TestFractionOpt = None, split_by: pr.SplitByOpt = None, shrinkage: pr.ShrinkageOpt = None,
     ridge_lambda: pr.RidgeLambdaOpt = None, control: pr.ControlOpt = None, positive: pr.PositiveOpt = None,
     negative: pr.NegativeOpt = None, ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None,
-    baseline: o.BaselineOpt = None, results: ResultsOpt = None, figures: FiguresOpt = None,
+    null: o.NullOpt = None, null_seed: o.NullSeedOpt = None, baseline: o.BaselineOpt = None,
+    ood: OodOpt = None, ood_test: OodTestOpt = None, fit_split: FitSplitOpt = None, results: ResultsOpt = None,
+    figures: FiguresOpt = None,
     backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
     save_stats: o.TaskStatsOpt = None, fmt: SummaryFormatOpt = SummaryFormat.table, cache: CacheOpt = None,
     quiet: o.QuietOpt = False,
@@ -134,21 +147,23 @@ def report(
             --positive 3 --negative 8 -o probe.html
 
     \b    actgeom report sample_data/*.h5 --ci -o report.html   # 95 % error bars
+
+    \b    actgeom extract sample_data/digits_mlp_epoch1500.h5 -o unseen.h5 \\
+            --classes 8,9      # digits 8 and 9: out of distribution
+    \b    actgeom extract sample_data/digits_mlp_epoch1500.h5 -o id.h5 \\
+            --classes 0,1,2,3,4,5,6,7
+    \b    actgeom report id.h5 --ood unseen.h5 -o ood.html   # the OOD section
     """
     started = time.perf_counter()  # the page's "elapsed": from here to the assembled page
     given = _family_values(locals())  # the command's parameters, by name (none assigned yet)
-    inference = o.inference(ci, ci_groups, ci_seed, baseline=baseline)
-    check_outputs([*dumps, *(baseline or [])], output, results, figures)
+    inference = o.inference(ci, ci_groups, ci_seed, null, null_seed, baseline=baseline)
+    check_outputs([*dumps, *(baseline or []), *(ood or []), *(ood_test or [])], output, results, figures)
     with row_progress(quiet) as progress:
         # numpy, scipy, h5py: loaded while the progress display says "starting"
-        from actgeom.cli.report.data import ReportOptions, gather, parse_families
-        from actgeom.core import api
-        from actgeom.core.state.engine import PassOptions
+        from actgeom.cli.report.data import gather
 
-        passes = PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products),
-                             ci_groups=inference["ci_groups"] if ci else 0, ci_seed=inference["ci_seed"])
-        options = ReportOptions(**{name: api.family_options(name, chosen) for name, chosen in given.items()},
-                                passes=passes, families=parse_families(families))
+        options = _options(given, families, _passes(nonfinite, tokens, products, inference),
+                           (dumps, ood, ood_test, fit_split, seed))
         if layers and "neurons" in options.families:  # the VAE layers are read too, as `neurons` does
             layers = list(layers) + [name for name in (mu, logvar) if name is not None and name not in layers]
         spec = o.dump_spec(layers, labels, weight, bias, predictions, offsets, allow_incomplete, attention=attention)
@@ -161,6 +176,26 @@ def report(
         write_output(results, results_text(document, results), dumps, option="--results")
     write_output(output, page, dumps)
     emit(summary_result(document, output, results), Format.md if fmt is SummaryFormat.md else Format.table, None)
+
+
+def _passes(nonfinite, tokens: str, products, inference: dict):
+    """The pass options (``inference``: the Inference panel's values, cli/options.py)."""
+    from actgeom.core.state.engine import PassOptions
+
+    return PassOptions(nonfinite=o.plain(nonfinite), tokens=tokens, products=o.plain(products),
+                       ci_groups=inference["ci_groups"] if inference["ci"] else 0, ci_seed=inference["ci_seed"],
+                       null=inference["null"], null_seed=inference["null_seed"])
+
+
+def _options(given: dict, families: str, passes, ood: tuple):
+    """The report's options: each family's (``given``), which families run, the passes', the OOD
+    section's plan (``ood``: the dumps, --ood, --ood-test, --fit-split, --seed)."""
+    from actgeom.cli.report.data import ReportOptions, parse_families
+    from actgeom.cli.report.ood import plan
+    from actgeom.core import api
+
+    return ReportOptions(**{name: api.family_options(name, chosen) for name, chosen in given.items()},
+                         passes=passes, families=parse_families(families), ood=plan(*ood))
 
 
 def _family_values(values: dict) -> dict[str, dict]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actgeom.cli.report import FAMILIES, REPORT_SUBSAMPLE
+from actgeom.cli.report import ood as ood_section
 from actgeom.core import api
 from actgeom.core import baseline as baselines
 from actgeom.core.analysis import directions_across_files
@@ -38,6 +39,7 @@ class ReportOptions:
     probe: ProbeOptions = ProbeOptions()
     passes: PassOptions = PassOptions()
     families: tuple[str, ...] = FAMILIES  # which of them run
+    ood: ood_section.OodPlan | None = None  # --ood: each checkpoint scored against its OOD dump (cli/report/ood.py)
 
 
 def parse_families(text: str) -> tuple[str, ...]:
@@ -74,7 +76,8 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
     ``cache``: a directory keeping each dump's results (core.api.run), so a re-run reads only the
     dumps that are new or changed; ``backend``: who runs the passes (core.api.run); ``baseline``:
     one dump for every checkpoint or one per dump of ``paths`` in their given order (core.api.run's),
-    each analysed once (a baseline that is a checkpoint: its own record)."""
+    each analysed once (a baseline that is a checkpoint: its own record). With ``options.ood``, each
+    file entry gains ``"ood"``: the checkpoint scored against its OOD dump (cli/report/ood.py)."""
     started = time.perf_counter()
     families = {name: getattr(options, name) for name in options.families}
     paths = [Path(p) for p in paths]
@@ -87,6 +90,11 @@ def gather(paths: list[Path], spec: DumpSpec, options: ReportOptions = ReportOpt
         one = api.run("report", [path], families, spec=spec, pass_options=options.passes, details=True,
                       progress=_labelled(progress, path), cache=cache, backend=backend, baseline=base_of[path],
                       baseline_memo=memo).to_dict()
+        if options.ood is not None:
+            one["files"][0]["ood"], info = ood_section.score(path, options.ood, spec, options.passes,
+                                                             _labelled(progress, path), backend)
+            one["metrics_info"] |= info
+            one["options"]["ood"] = ood_section.document_options(options.ood)
         if document is None:
             document = one
         else:

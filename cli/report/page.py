@@ -13,6 +13,7 @@ import re
 
 from actgeom.cli.cells import difference_text, plus_minus
 from actgeom.cli.report.document import checkpoint_label, layer_names
+from actgeom.cli.report.page_ood import ood_tables
 from actgeom.cli.report.uncertainty import interval_words
 
 CSS = """
@@ -90,6 +91,7 @@ def build_page(document: dict, figures: list[tuple[str, str, str, str, dict]]) -
             sections.append(_unavailable_panels(fig_id, unavailable))
         else:
             sections.append(f'<p class="why" id="{esc(fig_id)}-absent">{esc(caption)}</p>')
+    sections.append(ood_tables(document))  # the OOD section's tables, after its figures (the last ones); "" without --ood
     sections.append(_tables(document))
     title = f"actgeom report — {_models(document)}"
     nav = "".join(f'<a href="#{esc(_slug(s))}">{esc(s)}</a>' for s in _section_titles(figures) + ["Every metric"])

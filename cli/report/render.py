@@ -18,6 +18,7 @@ from pathlib import Path
 
 from actgeom.cli.report import figures as f
 from actgeom.cli.report import figures_layers as g
+from actgeom.cli.report import figures_ood as d
 from actgeom.cli.report import figures_units as u
 from actgeom.cli.report import uncertainty
 from actgeom.cli.report.page import build_page
@@ -25,7 +26,9 @@ from actgeom.core.base.errors import ActgeomError, OutputError
 from actgeom.core.base.outputs import check_output
 from actgeom.core.base.threads import usable_cpus
 
-# (id, section, caption, drawing function, the family it needs or None), in page order
+OOD_SECTION = "Out-of-distribution"
+# (id, section, caption, drawing function, the family it needs or None), in page order; the ood
+# figures only with --ood (the page has no OOD section otherwise)
 FIGURES = (
     ("fig-training", "Over training", "Headline metrics against the training step, one line per layer. Dashed: the "
      "metric's ideal value; log axes where a metric spans decades; ↓/↑ marks which way is better.", f.fig_training, None),
@@ -57,6 +60,15 @@ FIGURES = (
     ("fig-probe-training", "Linear probes", "The same accuracies against the training step, one line per layer "
      "(dashed: chance); last panel: the cosine of each layer's concept direction μ₊ − μ₋ with the previous "
      "checkpoint's (two classes, or --positive/--negative).", u.fig_probe_training, "probe"),
+    ("fig-ood-depth", OOD_SECTION, "AUROC of each OOD score (ID test rows positive, OOD rows negative) layer by layer, "
+     "one panel per checkpoint: each checkpoint's dump is the in-distribution fit dump, scored against its own OOD "
+     "dump (--ood). Dashed: chance.", d.fig_ood_depth, "ood"),
+    ("fig-ood-nc5", OOD_SECTION, "NC5 (Ben Ammar et al. 2024): the mean |cosine| between the OOD rows' centred mean and "
+     "each centred ID class mean, layer by layer, one line per checkpoint; 0: the OOD mean is orthogonal to every "
+     "class mean.", d.fig_ood_nc5, "ood"),
+    ("fig-ood-histograms", OOD_SECTION, "At the last checkpoint, each score's distribution over the ID test rows and the "
+     "OOD rows at the layer where its AUROC is highest (densities; the 0.5 % of pooled scores at each end are counted "
+     "in the end bins).", d.fig_ood_histograms, "ood"),
 )
 
 
@@ -110,10 +122,12 @@ def draw(document: dict, figures_dir: Path | None = None, inputs=()) -> list[tup
 def _draw_all(document: dict, staged: "_Staged | None") -> list[tuple[str, str, str, str, dict]]:
     """With two usable CPUs, a forked child draws every other figure (drawing is pure-Python
     matplotlib, one CPU per process: the figures take about half the time)."""
-    def one(index: int) -> tuple[str, str, str, str, dict]:
-        return _draw_one(FIGURES[index], document, staged)
+    shown = [entry for entry in FIGURES if entry[4] != "ood" or "ood" in document["options"]]
 
-    indices = range(len(FIGURES))
+    def one(index: int) -> tuple[str, str, str, str, dict]:
+        return _draw_one(shown[index], document, staged)
+
+    indices = range(len(shown))
     if not _may_fork():
         return [one(index) for index in indices]
     with _Forked(lambda: [one(index) for index in indices[1::2]]) as child:

@@ -4,15 +4,13 @@ colour and as a grey line with a grey band, and said in words for the page and t
 
 Intervals: a layer's ``intervals`` {metric: {"ci_low", "ci_high", ...}} (``--ci``). A point without
 one gets no bar. Baselines: a layer's ``baseline`` {metric: {"baseline", "difference", ...}} and the
-file's ``baseline_file`` (``--baseline``). The document gives the baseline's value, not its interval:
-the band is drawn when the baseline dump is also one of the report's checkpoints (analysed with the
-same options and groups, so its record holds that interval) and its value there is the same number.
+file's ``baseline_file`` (``--baseline``); with ``--ci`` each entry also carries the baseline's own
+interval (``baseline_ci_low``, ``baseline_ci_high``): the band.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -34,28 +32,14 @@ def bounds(entry: dict, layer: str, name: str) -> tuple[float, float]:
     return _number(found.get("ci_low")), _number(found.get("ci_high"))
 
 
-def baseline(document: dict, entry: dict, layer: str, name: str) -> tuple[float, float, float]:
+def baseline(entry: dict, layer: str, name: str) -> tuple[float, float, float]:
     """(value, ci_low, ci_high) of a metric of the baseline of one file × layer: NaNs when the file
-    has no baseline for it; the bounds NaN unless the baseline is a checkpoint of the report with the
-    same value (module docstring)."""
+    has no baseline for it, the bounds NaN when the baseline has no interval."""
     found = ((_layer(entry, layer) or {}).get("baseline") or {}).get(name) or {}
     value = _number(found.get("baseline"))
     if not math.isfinite(value):
         return math.nan, *NAN2
-    if "baseline_ci_low" in found:  # the document may one day carry the baseline's own interval
-        return value, _number(found.get("baseline_ci_low")), _number(found.get("baseline_ci_high"))
-    source = _checkpoint(document, entry.get("baseline_file"))
-    if source is None or _number(((_layer(source, layer) or {}).get("metrics") or {}).get(name)) != value:
-        return value, *NAN2
-    return value, *bounds(source, layer, name)
-
-
-def _checkpoint(document: dict, path) -> dict | None:
-    """The report's file record of the dump at ``path``, if it is one of the checkpoints."""
-    if not path:
-        return None
-    wanted = Path(path).resolve()
-    return next((entry for entry in document["files"] if Path(entry["file"]).resolve() == wanted), None)
+    return value, _number(found.get("baseline_ci_low")), _number(found.get("baseline_ci_high"))
 
 
 def interval_series(document: dict, cells: list[list[tuple[dict, str]]], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +51,7 @@ def interval_series(document: dict, cells: list[list[tuple[dict, str]]], name: s
 
 def baseline_series(document: dict, cells: list[list[tuple[dict, str]]], name: str) -> np.ndarray:
     """[series][point][value, low, high] of the baselines of ``name`` over ``cells``."""
-    found = np.array([[baseline(document, entry, layer, name) for entry, layer in row] for row in cells],
+    found = np.array([[baseline(entry, layer, name) for entry, layer in row] for row in cells],
                      dtype=np.float64)
     return found.reshape(len(cells), -1, 3)
 
