@@ -12,6 +12,10 @@ from actgeom.core.base.options import STORAGE_DTYPES
 
 DType = o.choices("CaptureDType", STORAGE_DTYPES)
 INPUT, KEEP, HOW = "Inputs", "What to keep", "How"
+AttentionOpt = Annotated[bool, typer.Option("--attention", rich_help_panel=KEEP, help=(
+    "Save every attention module's probabilities as /attention/<module> (sequences, heads, T, T): the query rows "
+    "--tokens keeps, padding zeroed; `actgeom entropy` reads them. Hugging Face models then run with eager "
+    "attention."))]
 
 
 def capture(
@@ -42,6 +46,7 @@ def capture(
         "Save the model's head (LM or classification head) as /classifier, reading the last captured module."))] = False,
     predictions: Annotated[bool, typer.Option("--predictions", rich_help_panel=KEEP, help=(
         "Save the argmax of the head's logits as each row's prediction."))] = False,
+    attention: AttentionOpt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=HOW, help="Examples per forward.")] = 32,
     max_length: Annotated[Optional[int], typer.Option("--max-length", rich_help_panel=HOW, show_default=False, help=(
         "Truncate texts to this many tokens (counted and reported). Default: the model's limit."))] = None,
@@ -78,19 +83,19 @@ def capture(
         raise UsageError("--output OUT.h5 is needed (or --list-modules to see the model's modules)")
     from actgeom.core.capture_inputs import read_tensors, read_text
     from actgeom.core.capture_models import checkpoint_step, load_model
-    from actgeom.core.capture_run import CaptureOptions, parse_tokens
-    from actgeom.core.capture_run import list_modules as module_shapes
+    from actgeom.core.capture_run import CaptureOptions, parse_tokens, probe
 
     parse_tokens(tokens)
     examples = read_text(text, text_field, label_field) if text is not None else read_tensors(inputs, labels)
-    loaded = load_model(model, device=device, model_dtype=model_dtype, trust_pickle=trust_pickle, text=text is not None)
+    loaded = load_model(model, device=device, model_dtype=model_dtype, trust_pickle=trust_pickle, text=text is not None,
+                        attention=attention)
     name, found_step = checkpoint_step(Path(model))
     options = CaptureOptions(modules=tuple(modules or ()), tokens=tokens, batch_size=batch_size, max_length=max_length,
                              dtype=o.plain(dtype), model_dtype=model_dtype, classifier=classifier, predictions=predictions,
-                             checkpoint=checkpoint if checkpoint is not None else name,
+                             attention=attention, checkpoint=checkpoint if checkpoint is not None else name,
                              step=step if step is not None else found_step, save_every=save_every)
     if list_modules:
-        _print_modules(module_shapes(loaded, examples, options), loaded.blocks)
+        _print_modules(*probe(loaded, examples, options), loaded.blocks)
         return
     _tell(_run(loaded, examples, out, options, append, quiet), out, quiet)
 
@@ -117,8 +122,10 @@ def _run(loaded, examples, out: Path, options, append: bool, quiet: bool) -> dic
         return run_capture(loaded, examples, out, options, append=append, progress=progress, note=note)
 
 
-def _print_modules(shapes: list[tuple[str, tuple]], blocks: list[str]) -> None:
+def _print_modules(shapes: list[tuple[str, tuple]], attention: list[str], blocks: list[str]) -> None:
     width = max((len(name) for name, _ in shapes), default=0)
     for name, shape in shapes:
         typer.echo(f"{name:<{width}}  {tuple(shape)}")
     typer.echo(f"default --modules: {' '.join(blocks)}")
+    if attention:
+        typer.echo(f"--attention saves: {' '.join(attention)}")

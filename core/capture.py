@@ -77,15 +77,18 @@ class Capture:
         self._writes = Writes(background)
 
     def next(self, *, labels=None, predictions=None, sample_ids=None, token_ids=None, positions=None,
-             attention_mask=None) -> None:
+             attention_mask=None, key_mask=None) -> None:
         """Row data of the next forward: labels, predictions (the network's class, when known before
         the forward; else ``capture(predictions=...)`` takes them from its output) and sample ids
         (stable ids of the inputs: ``compare`` aligns files by them, the probe can split by them)
         per sample (B,) or per token (B, T); token ids and positions (B, T); the attention mask
         (B, T) whose zeros are padding (left out). A value per sample of token-level outputs is
-        repeated over the sample's tokens."""
+        repeated over the sample's tokens. Captured attention probabilities keep the query rows of
+        ``attention_mask`` (on (batch, units) outputs it only does that) and the key columns of
+        ``key_mask`` (B, T), the real tokens (default: ``attention_mask``): rows dropped from the
+        outputs, e.g. positions < K, still are keys."""
         self._rows = {"labels": labels, "predictions": predictions, "sample_ids": sample_ids, "token_ids": token_ids,
-                      "positions": positions, "attention_mask": attention_mask}
+                      "positions": positions, "attention_mask": attention_mask, "key_mask": key_mask}
 
     def set_classifier(self, weight, bias=None, *, layer: str | None = None) -> None:
         """The classifier W (C, D) and b (C,) that reads the captured ``layer`` (default: the last
@@ -131,13 +134,14 @@ class Capture:
         if self.predict is not None and rows.get("predictions") is None:
             rows["predictions"] = self.predict(output)
         vectors = _row_vectors(rows, lead)
+        queries, keys = _vector(rows.get("attention_mask")), _vector(rows.get("key_mask"))
         if len(lead) == 1:
-            if probabilities:
-                raise UsageError("attention needs token-level outputs (batch, tokens, units) in the captured modules")
-            self._writes.run(lambda: self._write(batch, vectors, None, "sample"))
+            def rows_of_samples():
+                self._write(batch, vectors, None, "sample")
+                self._write_attention(probabilities, queries, keys)
+            self._writes.run(rows_of_samples)
             return
-        mask = _vector(rows.get("attention_mask"))
-        mask = np.ones(lead, dtype=bool) if mask is None else mask.astype(bool)
+        mask = np.ones(lead, dtype=bool) if queries is None else queries.astype(bool)
         if mask.shape != lead:
             raise UsageError(f"attention_mask has shape {mask.shape}; the outputs have (batch, tokens) = {lead}")
         if "position" not in vectors:
@@ -151,27 +155,34 @@ class Capture:
         def work():  # the real tokens' rows, written now or (background) while the next forward runs
             self._write({n: t[keep.to(t.device)] for n, t in batch.items()}, {k: v[mask] for k, v in vectors.items()},
                         lengths, "token")
-            for name, value in probabilities.items():
-                self.writer.append_attention(name, self._padded(name, value, mask))
+            self._write_attention(probabilities, mask, keys)
         self._writes.run(work)
 
-    def _padded(self, name: str, value, mask: np.ndarray) -> np.ndarray:
-        """(B, H, T, T) probabilities with padding query rows and key columns zeroed, as
-        (B, H, T', T') with T' = attention_tokens (default: the first batch's T)."""
+    def _write_attention(self, probabilities: dict, queries, keys) -> None:
+        for name, value in probabilities.items():
+            self.writer.append_attention(name, self._padded(name, value, queries, keys))
+
+    def _padded(self, name: str, value, queries: np.ndarray | None, keys: np.ndarray | None) -> np.ndarray:
+        """(B, H, T, T) probabilities with the query rows outside ``queries`` and the key columns outside
+        ``keys`` zeroed (both (B, T); None: all), as (B, H, T', T') with T' = attention_tokens (default:
+        the first batch's T)."""
         if value is None or not hasattr(value, "detach") or value.ndim != 4 or value.shape[2] != value.shape[3]:
             raise UsageError(f"module '{name}' gave no attention probabilities (batch, heads, T, T) as its second output; "
                              "Hugging Face models need attn_implementation='eager'")
         probs, bf16 = as_rows(value)
         probs = decode_bfloat16(probs) if bf16 else probs
         B, H, T, _ = probs.shape
-        if mask.shape != (B, T):
-            raise UsageError(f"attention of '{name}' is over {T} tokens but the mask has shape {mask.shape}")
+        queries = np.ones((B, T), dtype=bool) if queries is None else queries.astype(bool)
+        keys = queries if keys is None else keys.astype(bool)
+        for mask in (queries, keys):
+            if mask.shape != (B, T):
+                raise UsageError(f"attention of '{name}' is over {T} tokens but the mask has shape {mask.shape}")
         size = self.attention_tokens = self.attention_tokens or T
         if T > size:
             raise UsageError(f"attention of '{name}' is over {T} tokens, more than attention_tokens={size}; "
                              "pass attention_tokens= the longest batch")
         out = np.zeros((B, H, size, size), dtype=probs.dtype)
-        real = mask[:, None, :, None] & mask[:, None, None, :]  # padding neither asks nor is attended
+        real = queries[:, None, :, None] & keys[:, None, None, :]  # padding neither asks nor is attended
         out[:, :, :T, :T] = np.where(real, probs, 0)
         return out
 
@@ -312,8 +323,10 @@ def capture(model, modules: list[str], path: str | Path, *, dtype: str = "float3
     element of a tuple output). The dump appears at ``path`` when the block ends without an
     exception (atomically; nothing is written otherwise). ``attention`` globs name attention
     modules whose second output is the probabilities (batch, heads, T, T) (Hugging Face with
-    ``attn_implementation="eager"``): they go to ``/attention/<module>`` with padding zeroed,
-    every sequence padded to ``attention_tokens`` (default: the first batch's T). Its ``model`` attribute is
+    ``attn_implementation="eager"``): they go to ``/attention/<module>``, one (heads, T', T') per input,
+    with padding zeroed (query rows outside :meth:`Capture.next`'s ``attention_mask``, key columns outside
+    its ``key_mask``), every sequence padded to ``attention_tokens`` (default: the first batch's T); a
+    (batch, units) capture (pooled outputs) keeps them too. Its ``model`` attribute is
     ``model_name`` (default: the model's class name); ``writer_options`` go to :class:`DumpWriter`
     (checkpoint, step, compression, append, ...).
 

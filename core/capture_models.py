@@ -4,7 +4,8 @@ Nothing is ever downloaded: a name that is not a local directory or file is refu
 transformers runs offline (``HF_HUB_OFFLINE``, ``local_files_only``). A TorchScript module cannot
 be hooked, so its outputs are what is captured: one tensor is the layer ``output``, a tuple gives
 ``output_0``, ``output_1``, ..., a dict its keys. A ``torch.save``d module is a pickle, and loading
-a pickle runs whatever code it holds: it needs ``trust_pickle``.
+a pickle runs whatever code it holds: it needs ``trust_pickle``. With ``attention`` a Hugging Face model
+is loaded with ``attn_implementation="eager"`` (the fused kernels never form the probabilities).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(path: str | Path, *, device: str = "auto", model_dtype: str = "float32", trust_pickle: bool = False,
-               text: bool = True) -> Loaded:
+               text: bool = True, attention: bool = False) -> Loaded:
     """The model at ``path`` in eval mode on ``device`` (see the module's docstring)."""
     path = Path(path)
     if not path.exists():
@@ -66,7 +67,7 @@ def load_model(path: str | Path, *, device: str = "auto", model_dtype: str = "fl
 
     dtype = getattr(torch, model_dtype)
     if path.is_dir():
-        loaded = _huggingface(path, dtype, text)
+        loaded = _huggingface(path, dtype, text, attention)
     elif _is_torchscript(path):
         loaded = _torchscript(path)
     else:
@@ -76,7 +77,7 @@ def load_model(path: str | Path, *, device: str = "auto", model_dtype: str = "fl
     return loaded
 
 
-def _huggingface(path: Path, dtype, text: bool) -> Loaded:
+def _huggingface(path: Path, dtype, text: bool, attention: bool) -> Loaded:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise InvalidInputError(f"MODEL {path} has no config.json: not a Hugging Face model directory")
@@ -88,7 +89,8 @@ def _huggingface(path: Path, dtype, text: bool) -> Loaded:
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     named = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, named, None) if named else None
-    model = (cls or transformers.AutoModel).from_pretrained(path, local_files_only=True, dtype=dtype)
+    eager = {"attn_implementation": "eager"} if attention else {}
+    model = (cls or transformers.AutoModel).from_pretrained(path, local_files_only=True, dtype=dtype, **eager)
     tokenizer = None
     if text:
         try:
@@ -100,6 +102,7 @@ def _huggingface(path: Path, dtype, text: bool) -> Loaded:
     revision = path.name if path.parent.name == "snapshots" else ""  # a hub cache snapshot is named by its commit
     provenance = {"config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest(), "revision": revision,
                   "architecture": type(model).__name__,
+                  "attn_implementation": str(getattr(model.config, "_attn_implementation", "")),
                   "tokenizer": "" if tokenizer is None else type(tokenizer).__name__,
                   "tokenizer_sha256": _hash_of(path / "tokenizer.json"),
                   "weights": [{"file": f.name, "size": f.stat().st_size, "mtime": f.stat().st_mtime}  # a resumed run

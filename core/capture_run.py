@@ -40,6 +40,7 @@ class CaptureOptions:
     model_dtype: str = "float32"
     classifier: bool = False
     predictions: bool = False
+    attention: bool = False
     checkpoint: str = ""
     step: int = -1
     save_every: float = 300.0
@@ -65,6 +66,17 @@ class Batches:
             raise UsageError(f"--batch-size {options.batch_size} must be at least 1")
         self.max_length = options.max_length or _model_max_length(loaded)
         self.truncated = 0
+        self.hf_attention = options.attention and loaded.kind == "huggingface"
+
+    def attention_tokens(self) -> int | None:
+        """T' of the attention datasets: the longest example in tokens (after truncation), the T of every
+        batch's padding at most; None for tensor inputs (every batch has the same T)."""
+        texts, tokenizer, chunk = self.examples.texts, self.loaded.tokenizer, 4096
+        if texts is None:
+            return None
+        truncate = {"truncation": True, "max_length": self.max_length} if self.max_length is not None else {}
+        return max(max(map(len, tokenizer(texts[start : start + chunk], verbose=False, **truncate)["input_ids"]))
+                   for start in range(0, len(texts), chunk))
 
     def __len__(self) -> int:
         return -(-len(self.examples) // self.options.batch_size)
@@ -88,7 +100,8 @@ class Batches:
         if limit is not None and batch["input_ids"].shape[1] > limit:  # else what truncation=True gives
             self.truncated += int((batch["attention_mask"].sum(dim=1) > limit).sum())
             batch = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        return (), {key: value.to(device) for key, value in batch.items()}, batch["attention_mask"]
+        kwargs = {key: value.to(device) for key, value in batch.items()}
+        return (), kwargs | ({"output_attentions": True} if self.hf_attention else {}), batch["attention_mask"]
 
 
 def _model_max_length(loaded) -> int | None:
@@ -135,6 +148,15 @@ class Selection:
             return (h.to(self.torch.float64) * weights).sum(dim=1) / weights.sum(dim=1)
         return h[self.torch.arange(h.shape[0], device=h.device), self.index(mask)]
 
+    def queries(self, real):
+        """The attention query rows kept (B, T): the rows --tokens keeps, or pools ("mean": every real token)."""
+        torch = self.torch
+        if self.kind in ("first", "last"):
+            chosen = torch.zeros_like(real)
+            chosen[torch.arange(real.shape[0]), self.index(real)] = True
+            return chosen & real
+        return real & (real.long().cumsum(dim=1) - 1 >= self.k)
+
     def predictions(self, output):
         """argmax of the head's logits, at the kept positions."""
         logits = getattr(output, "logits", None)
@@ -153,12 +175,13 @@ class Selection:
         torch = self.torch
         self.mask = mask
         rows = {"sample_ids": torch.arange(start, stop), "labels": None if labels is None else labels[start:stop]}
-        if mask is None or self.pooled or not self.token_level:
+        if mask is None:
             return rows
-        real = mask.bool()
-        positions = real.long().cumsum(dim=1) - 1
-        keep = real & (positions >= self.k)
-        return rows | {"attention_mask": keep, "positions": positions, "token_ids": inputs.get("input_ids")}
+        real = mask.bool()  # (the mask of pooled or (batch, units) rows only picks attention's query rows)
+        rows |= {"attention_mask": self.queries(real), "key_mask": real}
+        if self.pooled or not self.token_level:
+            return rows
+        return rows | {"positions": real.long().cumsum(dim=1) - 1, "token_ids": inputs.get("input_ids")}
 
 
 def capture_key(loaded, examples, options: CaptureOptions) -> str:
@@ -180,15 +203,21 @@ def run_capture(loaded, examples, out: Path, options: CaptureOptions, *, append:
     if parts:
         note(f"resuming after {done} examples ({rows} rows) in {len(parts)} saved parts")
     first = done // options.batch_size
-    shapes = dict(list_modules(loaded, examples, options))  # (names a TorchScript module's outputs)
+    listed, attention = probe(loaded, examples, options)  # (names a TorchScript module's outputs)
+    shapes = dict(listed)
     matched = matching(dict(loaded.model.named_modules()), names)  # a glob matching nothing: refused before any file
     selection.token_level = all(len(shapes.get(name, ())) == 3 for name in matched)  # (batch, tokens, units)
+    if options.attention and not attention:
+        raise UsageError(f"--attention: no module of the model ({type(loaded.model).__name__}) gives attention "
+                         "probabilities (batch, heads, T, T) as its second output")
+    attention = (attention, batches.attention_tokens()) if options.attention else ([], None)
     partial_dir(out).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         while first < len(batches):
             path = part_path(partial_dir(out), batches.bounds(first)[0])
-            first = _write_part(path, loaded, names, batches, selection, first, options, examples, key, progress)
+            first = _write_part(path, loaded, (names, attention), batches, selection, first, options, examples, key,
+                                progress)
             parts.append(path)
     except BaseException:
         if not parts:  # nothing to resume from: no trace of the run
@@ -211,10 +240,28 @@ def name_outputs(loaded, batches: Batches) -> None:
 
 def list_modules(loaded, examples, options: CaptureOptions) -> list[tuple[str, tuple]]:
     """(name, output shape) of every module that gives a tensor, in the order they run, on the first example."""
+    return probe(loaded, examples, options)[0]
+
+
+def attention_modules(found: list[str]) -> list[str]:
+    """Of the modules whose second output is attention probabilities, the innermost (the one computing them,
+    e.g. BERT's ``attention.self``, not the ``attention`` block passing them on)."""
+    return [name for name in found if not any(other.startswith(name + ".") for other in found)]
+
+
+def _probabilities(output) -> bool:
+    """Does a module's output carry attention probabilities (batch, heads, T, T) as its second element?"""
+    second = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+    return getattr(second, "ndim", 0) == 4 and second.shape[2] == second.shape[3]
+
+
+def probe(loaded, examples, options: CaptureOptions) -> tuple[list[tuple[str, tuple]], list[str]]:
+    """One forward of the first example: (name, output shape) of every module that gives a tensor, in the
+    order they run, and the attention modules (:func:`attention_modules`)."""
     one = Batches(loaded, type(examples)(texts=examples.texts and examples.texts[:1],
                                          tensors=None if examples.tensors is None else examples.tensors[:1]), options)
     name_outputs(loaded, one)
-    shapes, handles = {}, []
+    shapes, attention, handles = {}, {}, []
     order = [name for name, _ in loaded.model.named_modules()]
     for name, module in loaded.model.named_modules():
         if name:
@@ -222,6 +269,8 @@ def list_modules(loaded, examples, options: CaptureOptions) -> list[tuple[str, t
                 value = first_tensor(name, module, output)
                 if hasattr(value, "shape"):
                     shapes.setdefault(name, tuple(value.shape))
+                if _probabilities(output):
+                    attention[name] = True
             handles.append(module.register_forward_hook(hook))
     try:
         with one.torch.no_grad():
@@ -230,11 +279,13 @@ def list_modules(loaded, examples, options: CaptureOptions) -> list[tuple[str, t
     finally:
         for handle in handles:
             handle.remove()
-    return [(name, shapes[name]) for name in order if name in shapes]
+    return [(name, shapes[name]) for name in order if name in shapes], attention_modules([n for n in order if n in attention])
 
 
-def _write_part(path, loaded, names, batches, selection, first, options, examples, key, progress) -> int:
-    """Capture batches from ``first`` into the part ``path`` for ``save_every`` seconds; the next batch."""
+def _write_part(path, loaded, modules, batches, selection, first, options, examples, key, progress) -> int:
+    """Capture batches from ``first`` into the part ``path`` for ``save_every`` seconds; the next batch.
+    ``modules``: (globs, (attention modules, their T'))."""
+    names, (attention, attention_tokens) = modules
     torch = selection.torch
     head = None
     if options.classifier:
@@ -244,7 +295,8 @@ def _write_part(path, loaded, names, batches, selection, first, options, example
     step_name = {"checkpoint": options.checkpoint, "step": options.step}
     started, index = time.monotonic(), first
     with torch.no_grad(), capture(loaded.model, names, path, dtype=options.dtype, select=selection.select,
-                                  model_name=loaded.path.name, classifier=head, label_names=examples.label_names,
+                                  attention=attention, attention_tokens=attention_tokens, model_name=loaded.path.name,
+                                  classifier=head, label_names=examples.label_names,
                                   predictions=selection.predictions if options.predictions else None, background=True,
                                   **step_name) as cap:
         while index < len(batches) and (index == first or time.monotonic() - started < options.save_every):

@@ -340,3 +340,95 @@ def test_out_of_memory_suggests_a_smaller_batch(tmp_path, cli, monkeypatch):
     err = _refused(cli, tmp_path, tmp_path / "hungry.pt", "--inputs", tmp_path / "x.npy", "--trust-pickle",
                    "--batch-size", 4)
     assert "out of memory at --batch-size 4 on cpu; try --batch-size 2" in err
+
+
+def _eager(directory, cls="AutoModel"):
+    """The model of ``directory`` loaded by transformers itself with eager attention (what --attention runs)."""
+    import transformers
+
+    return getattr(transformers, cls).from_pretrained(directory, local_files_only=True, attn_implementation="eager").eval()
+
+
+def _attention_reference(model, tokenizer, queries_of, size: int):
+    """Per layer, the eager probabilities of the direct forward of each batch of BATCH sentences as
+    (sequences, heads, size, size): query rows outside ``queries_of(real)`` and padding keys zeroed."""
+    layers = None
+    for start in range(0, len(SENTENCES), BATCH):
+        batch = tokenizer([t for t, _ in SENTENCES[start : start + BATCH]], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            attentions = model(**batch, output_attentions=True).attentions
+        real = batch["attention_mask"].bool().numpy()
+        queries = queries_of(real)
+        layers = layers or [[] for _ in attentions]
+        for found, probs in zip(layers, attentions):
+            B, H, T, _ = probs.shape
+            padded = np.zeros((B, H, size, size), dtype=np.float32)
+            padded[:, :, :T, :T] = np.where(queries[:, None, :, None] & real[:, None, None, :], probs.numpy(), 0)
+            found.append(padded)
+    return [np.concatenate(found) for found in layers]
+
+
+def test_attention_equals_output_attentions_of_a_direct_eager_forward(minilm_dir, direct, tmp_path, cli):
+    """--attention: /attention/<module> of MiniLM's six self-attention modules equals the direct eager forward's
+    attentions bit for bit (a part per batch, joined); padding queries and keys are zero; entropy reads them."""
+    code, _, err = cli("capture", minilm_dir, "--text", _jsonl(tmp_path / "s.jsonl"), "-o", tmp_path / "a.h5",
+                       "--batch-size", BATCH, "--attention", "--save-every", 0)
+    assert code == 0, err
+    model, tokenizer = _eager(minilm_dir), direct[1]
+    lengths = [len(tokenizer(t)["input_ids"]) for t, _ in SENTENCES]
+    expected = _attention_reference(model, tokenizer, lambda real: real, max(lengths))
+    names = [f"attention/encoder.layer.{i}.attention.self" for i in range(6)]
+    with Dump(tmp_path / "a.h5") as d:
+        assert d.attention_paths == names
+        for name, reference in zip(names, expected):
+            stored = d._file[name][()]
+            assert stored.shape == (len(SENTENCES), 12, max(lengths), max(lengths))
+            np.testing.assert_array_equal(stored, reference)
+            sums = stored.sum(axis=-1)  # (S, H, T'): 1 on each real query row, 0 on padding
+            for s, n in enumerate(lengths):
+                np.testing.assert_allclose(sums[s, :, :n], 1, atol=1e-6)
+                assert not sums[s, :, n:].any()
+        with torch.no_grad():  # the hidden states are the eager model's
+            batch = tokenizer([t for t, _ in SENTENCES[:BATCH]], padding=True, return_tensors="pt")
+            hidden = model(**batch, output_hidden_states=True).hidden_states[1][batch["attention_mask"].bool()]
+        np.testing.assert_array_equal(d.read_rows("encoder.layer.0")[: len(hidden)], hidden.numpy())
+        assert json.loads(d.attrs["capture"])["model"]["attn_implementation"] == "eager"
+    document = cli.json("entropy", tmp_path / "a.h5")
+    found = [entry["layer"] for entry in document["files"][0]["layers"] if entry.get("kind") == "attention"]
+    assert found == names
+
+
+def _chosen(tokens: str):
+    """The query rows --tokens keeps, from the real tokens (B, T)."""
+    def queries(real):
+        positions = real.cumsum(axis=1) - 1
+        first, last = positions == 0, positions == real.sum(axis=1, keepdims=True) - 1
+        return real & {"first": first, "last": last, "from:2": positions >= 2, "mean": real}[tokens]
+    return queries
+
+
+@pytest.mark.parametrize("tokens", ["first", "from:2", "mean"])
+def test_attention_keeps_the_query_rows_of_tokens(tiny_bert, tmp_path, cli, tokens):
+    """--tokens chooses the attention query rows as it chooses the hidden-state rows (pooled: the tokens pooled);
+    every real token stays a key."""
+    directory, _, tokenizer = tiny_bert
+    code, _, err = cli("capture", directory, "--text", _jsonl(tmp_path / "s.jsonl"), "-o", tmp_path / "t.h5",
+                       "--batch-size", BATCH, "--tokens", tokens, "--attention", "--modules", "bert.encoder.layer.1")
+    assert code == 0, err
+    size = max(len(tokenizer(t)["input_ids"]) for t, _ in SENTENCES)
+    expected = _attention_reference(_eager(directory, "AutoModelForSequenceClassification"), tokenizer, _chosen(tokens),
+                                    size)
+    with Dump(tmp_path / "t.h5") as d:
+        assert d.attrs["level"] == ("token" if tokens == "from:2" else "sample")
+        for layer in range(2):
+            np.testing.assert_array_equal(d._file[f"attention/bert.encoder.layer.{layer}.attention.self"][()],
+                                          expected[layer])
+        if tokens == "from:2":  # one attention sequence per example, as the offsets
+            assert len(d.offsets()) == len(SENTENCES) + 1
+
+
+def test_attention_of_a_model_without_attention_is_refused(tmp_path, cli):
+    torch.save(torch.nn.Sequential(torch.nn.Linear(5, 2)), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.zeros((4, 5), dtype=np.float32))
+    err = _refused(cli, tmp_path, tmp_path / "m.pt", "--inputs", tmp_path / "x.npy", "--trust-pickle", "--attention")
+    assert "--attention: no module of the model (Sequential) gives attention probabilities" in err

@@ -121,7 +121,8 @@ def _classifier(f: h5py.File):
 
 
 def _append_part(writer: DumpWriter, path: Path, dtype: str) -> None:
-    """Every row of one part, in blocks; bfloat16 bits pass through as bfloat16 tensors (no rounding)."""
+    """Every row (and attention sequence) of one part, in blocks; bfloat16 bits pass through as bfloat16
+    tensors (no rounding)."""
     with h5py.File(path, "r") as f:
         n = int(f.attrs["n_rows"])
         vectors = {key: f[where] for key, where in ROW_VECTORS.items() if where in f}
@@ -131,6 +132,10 @@ def _append_part(writer: DumpWriter, path: Path, dtype: str) -> None:
             writer.append(block, **{key: ds[start:stop] for key, ds in vectors.items()})
         if "sequences/offsets" in f:
             writer.add_sequences(np.diff(f["sequences/offsets"][()]))
+        for name, ds in (f["attention"].items() if "attention" in f else ()):  # (sequences, heads, T, T)
+            step = max(1, (64 << 20) // max(ds.dtype.itemsize * int(np.prod(ds.shape[1:])), 1))
+            for start in range(0, len(ds), step):
+                writer.append_attention(name, _raw(ds[start : start + step], dtype))
 
 
 def _raw(values: np.ndarray, dtype: str):
