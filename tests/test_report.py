@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import Cli, class_data, write_dump
 
+import actgeom
 from actgeom.cli.report.data import checkpoint_order
 
 ROOT = Path(__file__).parent.parent
@@ -915,3 +916,23 @@ def test_the_python_report_takes_ci_and_baseline(tmp_path, rng):
         for mine, other in zip(ours["layers"], theirs["layers"]):
             assert mine["intervals"]["nc1"] == other["intervals"]["nc1"]
             assert mine["baseline"]["nc1"] == other["baseline"]["nc1"]
+
+
+def test_report_null_shows_each_p_value_of_the_command(tmp_path, rng, cli):
+    """--null K: the page's metric cells carry the permutation p-values `collapse --null` gives."""
+    paths = _training_run(tmp_path, rng, steps=(0, 10))
+    code, _, stderr = cli("report", *paths, "--null", "19", "--null-seed", "3", "--families", "collapse,probe",
+                          "-o", tmp_path / "r.html", "-q")
+    assert code == 0, stderr
+    html = (tmp_path / "r.html").read_text()
+    checked = 0
+    for index, path in enumerate(paths):
+        for family in (actgeom.collapse, actgeom.probe):
+            for layer in family(path, null=19, null_seed=3).files()[0]["layers"]:
+                for metric, null in layer["nulls"].items():
+                    cell = re.search(rf'<td class="num" data-file="{index}" data-layer="{layer["layer"]}" '
+                                     rf'data-metric="{metric}" [^>]*data-p-value="([^"]+)"', html)
+                    assert cell is not None, (path, layer["layer"], metric)
+                    assert float(cell.group(1)) == null["p_value"]
+                    checked += 1
+    assert checked >= 8 and "no permutation null" in html  # NC4 or the like says why

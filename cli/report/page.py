@@ -237,7 +237,8 @@ def _tables(document: dict) -> str:
 
 def _metric_cell(record: dict, name: str, value, where: str) -> str:
     """A value of the metric table: ``value ± half-width`` when it has an interval (its bounds in
-    data-ci-low/-high), and under it the difference from the baseline when there is one."""
+    data-ci-low/-high), and under it the difference from the baseline and the permutation p-value
+    (data-p-value) when there are."""
     interval = (record.get("intervals") or {}).get(name) or {}
     bounds = (interval.get("ci_low"), interval.get("ci_high"))
     exact = f'data-value="{esc(json.dumps(value))}"'
@@ -251,6 +252,10 @@ def _metric_cell(record: dict, name: str, value, where: str) -> str:
     if found.get("difference") is not None:
         exact += f' data-baseline="{esc(json.dumps(found.get("baseline")))}"'
         delta = f'<span class="delta">Δ baseline {esc(difference_text(found))}</span>'
+    null = (record.get("nulls") or {}).get(name) or {}
+    if null.get("p_value") is not None:  # --null: the permutation p-value under the value
+        exact += f' data-p-value="{esc(json.dumps(null["p_value"]))}"'
+        delta += f'<span class="delta">p = {null["p_value"]:.3g} (K = {null["permutations"]})</span>'
     return f'<td class="num" {where} {exact}>{esc(text)}{delta}</td>'
 
 
@@ -286,7 +291,8 @@ def _reasons(files: list[dict]) -> str:
                 grouped.setdefault(reason, {}).setdefault(name, set()).add(place)
             for name, kind in record["nonfinite"].items():
                 grouped.setdefault(f"value is {kind}", {}).setdefault(name, set()).add(place)
-            for key, what in (("intervals_unavailable", "no interval"), ("baseline_unavailable", "no baseline")):
+            for key, what in (("intervals_unavailable", "no interval"), ("baseline_unavailable", "no baseline"),
+                              ("nulls_unavailable", "no permutation null")):
                 for name, reason in (record.get(key) or {}).items():
                     grouped.setdefault(f"{what}: {reason}", {}).setdefault(name, set()).add(place)
             for note in record.get("notes", []):
