@@ -25,7 +25,8 @@ def capture(
     out: Annotated[Optional[Path], typer.Option("--output", "-o", show_default=False, help=(
         "The dump to write, atomically (parts are saved in OUT.partial/ while it runs)."))] = None,
     text: Annotated[Optional[Path], typer.Option("--text", rich_help_panel=INPUT, show_default=False, help=(
-        "Text examples: .txt (one per line), .jsonl or .json (records; see --text-field)."))] = None,
+        "Text examples: .txt (one per line), .jsonl or .json (records; see --text-field), or a table: a datasets "
+        "directory (save_to_disk), .arrow or .parquet (columns; the arrow extra)."))] = None,
     text_field: Annotated[str, typer.Option("--text-field", rich_help_panel=INPUT,
                                             help="The records' field holding the text.")] = "text",
     label_field: Annotated[Optional[str], typer.Option("--label-field", rich_help_panel=INPUT, show_default=False, help=(
