@@ -15,6 +15,7 @@ from conftest import class_data, run_family, write_dump
 from scipy import stats
 
 from actgeom.core import api
+from actgeom.core.base.errors import OptionError
 from actgeom.core.base.stats import ClassMoments
 from actgeom.core.dump import Dump, DumpWriter
 from actgeom.core.metrics.probe import REGISTRY, ProbeOptions
@@ -182,3 +183,17 @@ def test_api_and_cli_record_the_nulls(tmp_path, rng, cli):
     assert float(rows["lda_accuracy"]["p_value"]) == 1 / 21 and float(rows["lda_accuracy"]["z"]) > 3
     code, table, err = cli("probe", path, "--null", "20", "--format", "table", "-q")
     assert code == 0 and "h p" in table and "0.0476" in table, err
+
+
+def test_memory_for_the_refitted_probes_is_checked_before_the_pass(tmp_path, rng, monkeypatch):
+    """K refitted probes (four C × D models each) beside the K permuted class sums: a K whose class
+    sums alone would fit (collapse --null runs) is refused for the probe, naming the K that fits."""
+    from actgeom.core.state.accumulators import permutations
+
+    X, y = class_data(rng, [30, 30, 30], 4)
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
+    each = 8 * 3 * (4 + 2)  # one permutation's class sums: C × (D + 2) float64
+    monkeypatch.setattr(permutations, "memory_bytes", lambda: 2 * 10 * each + 100)  # 10 permutations: two copies
+    assert api.collapse(path, null=10).files()[0]["layers"][0]["nulls"]
+    with pytest.raises(OptionError, match=r"--null 3 would fit"):
+        api.probe(path, null=10)

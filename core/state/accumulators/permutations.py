@@ -137,21 +137,22 @@ class PermutationsSpec(Spec):
     def state_bytes(self, n_units: int, n_classes: int) -> int:
         return 8 * self.permutations * n_classes * (n_units + 2) + 8 * n_units
 
-    def readers(self, dump) -> dict:
-        self.check_memory(dump)
+    def readers(self, dump, copies: int = 2) -> dict:
+        self.check_memory(dump, copies)
         permuted = LabelPermutations.of(dump, self.permutations, self.seed)
         return {ROW_VECTOR: permuted.read}
 
-    def check_memory(self, dump) -> None:
-        """Refuse K permutations whose class sums (K × C × D float64) of the widest layer, twice (a
-        block's tile and the merge), exceed this machine's memory, naming the K that would fit."""
+    def check_memory(self, dump, copies: int = 2) -> None:
+        """Refuse K permutations whose class sums (K × C × D float64) of the widest layer, ``copies``
+        times (a block's tile and the merge; more for what is made from them per permutation), exceed
+        this machine's memory, naming the K that would fit."""
         label_range = (dump.class_ranges or (None, None))[0]
         n_classes = 1 if label_range is None else label_range[1] + 1
         widest = max(dump.layers, key=lambda layer: layer.n_units)
         each = self.state_bytes(widest.n_units, n_classes) / self.permutations
-        need, have = 2 * self.permutations * each, memory_bytes()
+        need, have = copies * self.permutations * each, memory_bytes()
         if need > have:
-            fits = int(have // (2 * each))
+            fits = int(have // (copies * each))
             hint = f"--null {fits} would fit" if fits >= 1 else "no number of permutations fits; select fewer --layers units"
             raise OptionError("null", self.permutations, f"needs about {need / 2**30:.1f} GiB for the class sums of layer "
                               f"'{widest.name}' ({n_classes} classes × {widest.n_units} units) under every permutation, "

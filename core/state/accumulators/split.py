@@ -25,6 +25,8 @@ from actgeom.core.metrics.probesplit import (
 from actgeom.core.state.accumulators.base import Rows, Spec, nested, prefixed
 from actgeom.core.state.accumulators.permutations import ROW_VECTOR, Permutations, PermutationsSpec, PermutedClasses
 
+REFITTED_PROBES = 4  # C × D models made per permutation by the probe's null (core/state/probe_pass.py)
+
 
 @dataclass(frozen=True)
 class SplitSpec(Spec):
@@ -61,8 +63,10 @@ class SplitSpec(Spec):
                 + ((ROW_VECTOR,) if self.permutations else ()))
 
     def readers(self, dump) -> dict:
-        """The labels under the permutations (refused on a dump without labels, or without memory for them)."""
-        return self.null_spec.readers(dump) if self.permutations else {}
+        """The labels under the permutations (refused on a dump without labels, or without memory for them
+        and for the probes refitted per permutation: LDA, ridge, nearest class mean and the control task's
+        LDA, C × D each, beside the class sums' two copies)."""
+        return self.null_spec.readers(dump, copies=2 + REFITTED_PROBES) if self.permutations else {}
 
     @property
     def null_spec(self) -> PermutationsSpec:
