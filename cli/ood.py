@@ -9,7 +9,7 @@ import typer
 
 from actgeom.cli import options as o
 from actgeom.cli.output import emit, metrics_result
-from actgeom.cli.progress import row_progress
+from actgeom.cli.progress import row_progress, run_backend
 from actgeom.core.base.options import OodOptions
 from actgeom.core.base.outputs import check_outputs
 
@@ -48,7 +48,9 @@ def ood(
         help="ID fit rows kept by a seeded sample for kNN and ViM's α.")] = None,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", rich_help_panel=OOD, show_default=o.default(OodOptions, "seed"), help="Seed of the sample.")] = None,
-    fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
+    ci: o.CiOpt = False, ci_groups: o.CiGroupsOpt = None, ci_seed: o.CiSeedOpt = None,
+    backend: o.BackendOpt = "local", scheduler: o.SchedulerOpt = None, workers: o.WorkersOpt = None,
+    save_stats: o.TaskStatsOpt = None, fmt: o.FormatOpt = None, output: o.OutputOpt = None, quiet: o.QuietOpt = False,
 ) -> None:
     """Out-of-distribution scores per layer: fit on one dump, score others.
 
@@ -67,14 +69,20 @@ def ood(
     \b    actgeom ood id.h5 --fit-split 0.3 --ood unseen.h5 --layers hidden3 \\
             --format table --scores scores.csv
 
-    With a separate dump of held-out ID rows, give it as --test instead of --fit-split.
+    With a separate dump of held-out ID rows, give it as --test instead of --fit-split. With --ci,
+    each group of sampling units is left out of the fit rows and of every scored dump at once (the
+    model refitted without it). No --null: the permutation null of AUROC (ID vs OOD labels
+    exchanged) is the Mann–Whitney test, not built here.
     """
+    chosen = o.inference(ci, ci_groups, ci_seed)
+    chosen.pop("null"), chosen.pop("null_seed"), chosen.pop("baseline")
     inputs = [fit, *([] if test is None else [test]), *ood_sets]
     check_outputs({"-o": output, "--scores": scores}, inputs)
-    with row_progress(quiet) as progress:
+    with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:
         from actgeom.core import api  # numpy, scipy, h5py: loaded while the progress display says "starting"
         result = api.ood(fit, test=test, ood=ood_sets, layers=layers, labels=labels, weight=weight, bias=bias,
                          offsets=offsets, allow_incomplete=allow_incomplete, nonfinite=o.plain(nonfinite), tokens=tokens,
                          products=o.plain(products), temperature=temperature, vim_dim=vim_dim, neco_dim=neco_dim,
-                         knn_k=knn_k, knn_sample=knn_sample, seed=seed, fit_split=fit_split, scores=scores, progress=progress)
+                         knn_k=knn_k, knn_sample=knn_sample, seed=seed, fit_split=fit_split, scores=scores, progress=progress,
+                         backend=executor, **chosen)
     emit(metrics_result(result), fmt, output, inputs)

@@ -204,16 +204,20 @@ def compare(paths, *, layers=None, layers_b=None, reference=None, ids=None, allo
 
 def ood(paths, *, test=None, ood, layers=None, labels=None, weight=None, bias=None, offsets=None, allow_incomplete=False,
         nonfinite="error", tokens="all", products="float64", temperature=None, vim_dim=None, neco_dim=None, knn_k=None,
-        knn_sample=None, seed=None, fit_split=None, scores=None, progress: Progress | None = None) -> Result:
+        knn_sample=None, seed=None, fit_split=None, scores=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
+        progress: Progress | None = None, backend=None) -> Result:
     """Post-hoc out-of-distribution scores (docs/metrics.md, "Out-of-distribution scores"): per layer, a model fitted
     on the rows of each dump of ``paths`` (the ID fit rows: class moments, total moments, a seeded
     sample, the classifier), then one pass over the ID ``test`` dump — or, with ``fit_split=q`` and
     no ``test``, over the fit dump for its held-out share q of sampling units — and over each ``ood``
     dump, scoring every row. The result has one file entry per (fit dump, OOD set): AUROC, AUPR-In,
     AUPR-Out and FPR95 of every score, and NC5. ``scores``: a .jsonl/.csv/.npz file getting every
-    scored row's scores (dump, row, layer, each score)."""
+    scored row's scores (dump, row, layer, each score). ``ci``: every metric's jackknife interval
+    from ``ci_groups`` groups of sampling units hashed with ``ci_seed`` in the fit dump and in each
+    scored dump (the model refitted without each group, scoring the rows outside it). ``backend``: as
+    :func:`run`'s (the fit dump's passes as tasks; the other dumps are scored in this process)."""
     spec, pass_options = _data(layers, labels, weight, bias, None, offsets, None, allow_incomplete, nonfinite, tokens,
-                               products)
+                               products, ci=ci, ci_groups=ci_groups, ci_seed=ci_seed)
     sets = [ood] if isinstance(ood, (str, Path)) else list(ood)
     if test is None and fit_split is None:
         raise OptionError("test", None, "is needed: the dump of held-out ID rows (or fit_split=q: a share of the fit dump)")
@@ -223,8 +227,10 @@ def ood(paths, *, test=None, ood, layers=None, labels=None, weight=None, bias=No
     inputs = [*([paths] if isinstance(paths, (str, Path)) else paths), *([] if test is None else [test]), *sets]
     if scores is not None:
         ood_family.check_scores_path(scores, inputs)
+    if ci:
+        ood_family.check_memory([paths] if isinstance(paths, (str, Path)) else list(paths), options, ci_groups)
     result = run("ood", paths, {"ood": options}, spec=spec, pass_options=pass_options, progress=progress,
-                 details=scores is not None)
+                 details=scores is not None, backend=backend)
     if scores is not None:
         ood_family.write_scores(scores, result.to_dict(), inputs)
     return Result(ood_family.per_set(result.to_dict()))

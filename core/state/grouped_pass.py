@@ -62,16 +62,17 @@ class LeftOutPass:
         return getattr(consumer, name)
 
 
-def with_twins(stats, slots: tuple[str, ...], make: Callable, dump, pass_options):
+def with_twins(stats, slots: tuple[str, ...], make: Callable, dump, pass_options, wrap: Callable = LeftOutPass):
     """``make(stats)``'s consumer (None: no second pass); on grouped statistics wrapped with the
     twins ``make`` builds from the statistics without each group (the groups of ``pass_options``:
     those the statistics were kept in). ``slots``: the statistics the
-    consumer reads (the others are not merged for the twins)."""
+    consumer reads (the others are not merged for the twins). ``wrap``: LeftOutPass or a subclass
+    (the ood family's groups the rows of other dumps by their own units)."""
     consumer = make(stats)
     if consumer is None or stats.groups is None or pass_options.grouping is None:
         return consumer
     twins = [make(left) for left in each_left_out(only_slots(stats, slots))]
-    return LeftOutPass(consumer, twins, SamplingUnits(dump, pass_options))
+    return wrap(consumer, twins, SamplingUnits(dump, pass_options))
 
 
 def only_slots(stats, slots: tuple[str, ...]):
