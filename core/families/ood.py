@@ -111,7 +111,7 @@ def layer(ctx: LayerContext, options: OodOptions) -> LayerRecord:
     if consumer is None:
         return LayerRecord(unavailable=dict.fromkeys(REGISTRY, "needs --test and at least one --ood dump"))
     _check_rows(consumer, ctx, options)
-    sets = _evaluate(consumer, ctx, options)
+    sets = set_metrics(consumer, ctx, options)
     if isinstance(consumer, OodTwins):
         _intervals(sets, consumer, ctx, options)
     facts = consumer.fit_facts
@@ -127,7 +127,7 @@ def layer(ctx: LayerContext, options: OodOptions) -> LayerRecord:
     return LayerRecord(fields=fields, details=details)
 
 
-def _evaluate(consumer: OodPass, ctx: LayerContext, options: OodOptions) -> dict:
+def set_metrics(consumer: OodPass, ctx: LayerContext, options: OodOptions) -> dict:
     """{OOD set: {"metrics", "unavailable", "n_rows"}} of a consumer (or of one of its twins)."""
     missing = {}
     if ctx.classifier is None:
@@ -162,7 +162,7 @@ def _intervals(sets: dict, consumer: OodTwins, ctx: LayerContext, options: OodOp
         reasons[path] = {metric: "not a finite number" for metric, value in found["metrics"].items() if not finite(value)}
         values[path] = {metric: [] for metric in found["metrics"] if metric not in reasons[path]}
     for g, twin in enumerate(consumer.twins):
-        twin_sets = {} if twin is None else _evaluate(twin, ctx, options)
+        twin_sets = {} if twin is None else set_metrics(twin, ctx, options)
         for path in sets:
             got = twin_sets.get(path, {"metrics": {}, "unavailable": {}})
             collect(values[path], reasons[path], got["metrics"], got["unavailable"], f"without jackknife group {g}",
@@ -196,7 +196,7 @@ def check_memory(fit_paths: list, options: OodOptions, groups: int) -> None:
         fits = have // max(each, 1) - 1
         hint = f"--ci-groups {fits} would fit" if fits >= 2 else "no number of groups fits; score fewer rows or --layers"
         raise OptionError("ci_groups", groups, f"keeps every scored row's scores {groups} + 1 times: about "
-                          f"{need / 2**30:.1f} GiB for {n_rows} rows, more than this machine's {have / 2**30:.1f} GiB; {hint}")
+                          f"{need / 2**20:.1f} MiB for {n_rows} rows, more than this machine's {have / 2**20:.1f} MiB; {hint}")
 
 
 SET_KEYS = ("ood", "metrics", "unavailable", "details", "intervals", "intervals_unavailable")  # per OOD set in ``sets``
