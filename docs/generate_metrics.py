@@ -185,6 +185,12 @@ postprocessors and `evaluators/metrics.py`):
   papers. **OpenOOD v1.5 differs:** it takes OOD as positive, i.e. reports the share of ID rows
   rejected when 95 % of OOD rows are caught.
 - NC5 (NECO, eq. 5): mean over ID classes of |cos(μ_OOD − μ_G, μ_c − μ_G)|, μ_OOD the OOD rows' mean.
+
+With `--ci`, the jackknife groups are drawn in the fit dump and in each scored dump (its own rows or
+whole sequences); replicate g is the model refitted on the fit statistics without group g, scoring
+the test and OOD rows outside group g, so the interval covers the noise of fitting on finite ID rows
+and of evaluating on finite ID test and OOD sets; there is no permutation null (for AUROC it would
+be the Mann–Whitney test of ID vs OOD labels).
 """,
 }
 
