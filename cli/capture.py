@@ -12,6 +12,9 @@ from actgeom.core.base.options import STORAGE_DTYPES
 
 DType = o.choices("CaptureDType", STORAGE_DTYPES)
 INPUT, KEEP, HOW = "Inputs", "What to keep", "How"
+TextOpt = Annotated[Optional[Path], typer.Option("--text", rich_help_panel=INPUT, show_default=False, help=(
+    "Text examples: .txt (one per line), .jsonl or .json (records; see --text-field), or a table: a datasets "
+    "directory (save_to_disk), .arrow or .parquet (columns; the arrow extra)."))]
 AttentionOpt = Annotated[bool, typer.Option("--attention", rich_help_panel=KEEP, help=(
     "Save every attention module's probabilities as /attention/<module> (sequences, heads, T, T): the query rows "
     "--tokens keeps, padding zeroed; `actgeom entropy` reads them. Hugging Face models then run with eager "
@@ -24,9 +27,7 @@ def capture(
         "--trust-pickle a torch.save'd module. Never downloaded: a hub name is refused."))],
     out: Annotated[Optional[Path], typer.Option("--output", "-o", show_default=False, help=(
         "The dump to write, atomically (parts are saved in OUT.partial/ while it runs)."))] = None,
-    text: Annotated[Optional[Path], typer.Option("--text", rich_help_panel=INPUT, show_default=False, help=(
-        "Text examples: .txt (one per line), .jsonl or .json (records; see --text-field), or a table: a datasets "
-        "directory (save_to_disk), .arrow or .parquet (columns; the arrow extra)."))] = None,
+    text: TextOpt = None,
     text_field: Annotated[str, typer.Option("--text-field", rich_help_panel=INPUT,
                                             help="The records' field holding the text.")] = "text",
     label_field: Annotated[Optional[str], typer.Option("--label-field", rich_help_panel=INPUT, show_default=False, help=(
