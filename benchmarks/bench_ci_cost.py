@@ -41,9 +41,10 @@ def child_pass(path: str, family: str, groups: int, null: int = 0) -> dict:
     from actgeom.core.state.engine import PassOptions, accumulate
 
     t0 = time.perf_counter()
-    with Dump(path) as dump:
-        specs = specs_for({family: family_options(family, None)}, facts_of(dump))
-        accumulate(dump, specs=specs, options=PassOptions(ci_groups=groups, null=null))
+    options = PassOptions(ci_groups=groups, null=null)
+    with Dump(path) as dump:  # (with the pass options: the permutations' class sums when null > 0)
+        specs = specs_for({family: family_options(family, None)}, facts_of(dump), options)
+        accumulate(dump, specs=specs, options=options)
     return {"seconds": time.perf_counter() - t0}
 
 
