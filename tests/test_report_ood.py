@@ -154,3 +154,33 @@ def test_ood_test_dumps_pair_in_order(ood_report, tmp_path):
     document = json.loads((tmp_path / "r.json").read_text())
     assert [entry["ood"]["test"] for entry in document["files"]] == [str(oods[1]), str(oods[0])]
     assert document["options"]["ood"]["fit_split"] is None
+
+
+def test_ood_with_ci_draws_and_tabulates_the_ood_commands_intervals(ood_report, tmp_path):
+    """report --ood --ci: every OOD metric's interval is `actgeom ood --ci`'s, drawn as error bars
+    across depth and shown as value ± half-width (bounds exact) in the tables."""
+    from actgeom.cli.report import figures_ood
+    from actgeom.core import api
+
+    ids, oods = ood_report["ids"][-1:], ood_report["oods"][-1:]
+    code, _, err = Cli()("report", *ids, "--ood", oods[0], "--ci", "--ci-groups", "5", "--families", "collapse",
+                         "-o", tmp_path / "r.html", "--results", tmp_path / "r.json", "-q")
+    assert code == 0, err
+    document = json.loads((tmp_path / "r.json").read_text())
+    html = (tmp_path / "r.html").read_text()
+    alone = api.ood(ids[0], ood=oods[0], fit_split=0.3, ci=True, ci_groups=5).to_dict()["files"][0]
+    entry = document["files"][0]
+    checked = 0
+    for mine, theirs in zip(entry["ood"]["layers"], alone["layers"]):
+        assert mine["intervals"] and mine["intervals"] == theirs["intervals"]
+        for metric in ("mahalanobis_auroc", "nc5"):
+            value, low = json.dumps(mine["metrics"][metric]), json.dumps(mine["intervals"][metric]["ci_low"])
+            assert f'data-metric="{metric}" data-value="{value}" data-ci-low="{low}"' in html
+            checked += 1
+    assert checked == 6
+    figure = figures_ood.fig_ood_depth(document)
+    bars = [a for ax in figure.axes for a in ax.get_children() if a.get_gid() == f"ood-auroc-ci-{entry['label']}-mahalanobis"]
+    segments = bars[0].get_segments()
+    want = [(r["intervals"]["mahalanobis_auroc"]["ci_low"], r["intervals"]["mahalanobis_auroc"]["ci_high"])
+            for r in entry["ood"]["layers"]]
+    np.testing.assert_allclose([(s[0][1], s[1][1]) for s in segments], want)

@@ -1,8 +1,8 @@
 """The report's OOD figures (``report --ood``; the data: cli/report/ood.py, helpers: figures.py).
 
 AUROC of every score across depth (one panel per checkpoint, one line per score), NC5 across depth
-(one line per checkpoint), and at the last checkpoint each score's histograms of the ID test and
-OOD rows at the layer where its AUROC is highest.
+(one line per checkpoint) — both with their jackknife error bars under --ci — and at the last
+checkpoint each score's histograms of the ID test and OOD rows at the layer where its AUROC is highest.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from actgeom.cli.report.figures import (
     _top_legend,
     checkpoint_colours,
 )
+from actgeom.cli.report.uncertainty import error_bars
 
 NO_OOD = "no OOD dump was given (--ood)"
 SCORE_COLOURS = (*OKABE_ITO, "#999999")  # nine scores: Okabe–Ito and grey
@@ -44,6 +45,22 @@ def ood_value(entry: dict, layer: str, name: str) -> float:
             value = record["metrics"].get(name)
             return float(value) if isinstance(value, (int, float)) else math.nan
     return math.nan
+
+
+def ood_bounds(entry: dict, layer: str, name: str) -> tuple[float, float]:
+    """(ci_low, ci_high) of an OOD metric of one checkpoint × layer (--ci); NaNs when it has none."""
+    for record in entry["ood"]["layers"]:
+        if record["layer"] == layer:
+            found = (record.get("intervals") or {}).get(name) or {}
+            return tuple(float(found[k]) if isinstance(found.get(k), (int, float)) else math.nan
+                         for k in ("ci_low", "ci_high"))
+    return math.nan, math.nan
+
+
+def _bars(ax, entry: dict, layers: list[str], name: str, depth: np.ndarray, values, colour, gid: str) -> None:
+    """The metric's jackknife error bars across depth, where it has an interval (--ci)."""
+    lows, highs = np.array([ood_bounds(entry, layer, name) for layer in layers], dtype=np.float64).reshape(-1, 2).T
+    error_bars(ax, depth, np.asarray(values, dtype=np.float64), lows, highs, colour, gid)
 
 
 def scores(document: dict) -> list[str]:
@@ -95,6 +112,8 @@ def fig_ood_depth(document: dict) -> Figure | str:
             values = [ood_value(entry, layer, f"{name}_auroc") for layer in layers]
             (line,) = ax.plot(depth, values, color=SCORE_COLOURS[i % len(SCORE_COLOURS)], marker="o", markersize=3.5,
                               linewidth=1.4, gid=f"ood-auroc-{checkpoint_label(entry)}-{name}")
+            _bars(ax, entry, layers, f"{name}_auroc", depth, values, line.get_color(),
+                  f"ood-auroc-ci-{checkpoint_label(entry)}-{name}")
             if len(handles) < len(names):
                 handles.append(line)
         ax.axhline(0.5, color="0.35", linestyle="--", linewidth=1)
@@ -131,6 +150,8 @@ def fig_ood_nc5(document: dict) -> Figure | str:
     colours = checkpoint_colours(len(files))
     handles = [ax.plot(depth, series[i], color=colours[i], marker="o", markersize=4, linewidth=1.5,
                        gid=f"ood-nc5-{checkpoint_label(entry)}")[0] for i, entry in enumerate(files)]
+    for i, entry in enumerate(files):
+        _bars(ax, entry, layers, "nc5", depth, series[i], colours[i], f"ood-nc5-ci-{checkpoint_label(entry)}")
     ax.axhline(0.0, color="0.35", linestyle="--", linewidth=1)
     arrow = {"lower": " (↓ better)", "higher": " (↑ better)"}.get(document["metrics_info"].get("nc5", {}).get("direction"), "")
     ax.set_title(f"NC5: mean |cos(μ_OOD − μ_G, μ_c − μ_G)|{arrow}", fontsize=9)

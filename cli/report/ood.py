@@ -7,7 +7,7 @@ that checkpoint): ``--ood`` gives one per checkpoint dump, paired in the order t
 seeded share ``--fit-split`` of each checkpoint dump's rows is held out as its ID test rows.
 
 Each checkpoint's file entry gains ``"ood"`` (shape in ``cli/report/__init__.py``): per layer the
-set's metrics (AUROC, AUPR-In, AUPR-Out, FPR95 per score, NC5) and, per score, the histograms of
+set's metrics (AUROC, AUPR-In, AUPR-Out, FPR95 per score, NC5; with --ci their intervals) and, per score, the histograms of
 the ID test and OOD rows' scores at the layer where that score's AUROC is highest — counts on
 shared bin edges, so the page needs no per-row data and ``--results`` stays small.
 """
@@ -78,9 +78,9 @@ def score(path: Path, ood_plan: OodPlan, spec, passes, progress=None, backend=No
 
     test = ood_plan.test[path]
     options = replace(ood_plan.options, ood=(str(ood_plan.ood[path]),), test=None if test is None else str(test))
-    single = replace(passes, ci_groups=0, null=0)  # the ood family has no replicates here
+    grouped = replace(passes, null=0)  # --ci: the ood family's own intervals; it has no permutation null
     raw = api.run("ood", [path], {"ood": options}, spec=replace(spec, predictions=None, attention=None),
-                  pass_options=single, details=True, progress=progress, backend=backend).to_dict()
+                  pass_options=grouped, details=True, progress=progress, backend=backend).to_dict()
     return condense(raw["files"][0], options), {k: v for k, v in raw["metrics_info"].items()}
 
 
@@ -92,7 +92,8 @@ def condense(entry: dict, options: OodOptions) -> dict:
         found = layer["ood"]["sets"][set_path]
         layers.append({"layer": layer["layer"], "n_fit_rows": layer["ood"]["n_fit_rows"],
                        "n_test_rows": layer["ood"]["n_test_rows"], "n_ood_rows": found["n_rows"],
-                       "metrics": found["metrics"], "unavailable": found["unavailable"]})
+                       "metrics": found["metrics"], "unavailable": found["unavailable"],
+                       "intervals": found.get("intervals", {})})
     return {"set": set_path, "test": options.test, "fit_split": options.fit_split, "layers": layers,
             "histograms": histograms(entry, layers)}
 

@@ -1,7 +1,8 @@
 """The report's OOD tables (``report --ood``), in the page's OOD section after its figures.
 
 AUROC of every score and NC5 per checkpoint × layer; at the last checkpoint every metric of every
-score per layer. Each number in its cell's ``data-value`` exactly, as in the page's other tables.
+score per layer. Each number in its cell's ``data-value`` exactly, as in the page's other tables (with
+--ci: value ± half-width, the bounds in ``data-ci-low``/``data-ci-high``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 
+from actgeom.cli.cells import plus_minus
 from actgeom.cli.report.document import checkpoint_label, layer_names
 from actgeom.cli.report.figures_ood import SCORE_LABELS, ood_files, scores
 
@@ -30,6 +32,10 @@ def _cell(entry_index: int, record: dict | None, name: str) -> str:
     if value is None:
         reason = "not computed" if record is None else record["unavailable"].get(name, "not computed")
         return f'<td class="na" {where} title="{esc(reason)}">—</td>'
+    interval = (record.get("intervals") or {}).get(name)
+    if interval is not None:  # --ci: value ± half-width, the bounds exact
+        bounds = f' data-ci-low="{esc(json.dumps(interval["ci_low"]))}" data-ci-high="{esc(json.dumps(interval["ci_high"]))}"'
+        return f'<td class="num" {where} data-value="{esc(json.dumps(value))}"{bounds}>{esc(plus_minus(value, interval))}</td>'
     return f'<td class="num" {where} data-value="{esc(json.dumps(value))}">{esc(fmt(value))}</td>'
 
 
