@@ -74,8 +74,8 @@ def ood(
     model refitted without it). No --null: the permutation null of AUROC (ID vs OOD labels
     exchanged) is the Mann–Whitney test, not built here.
     """
-    chosen = o.inference(ci, ci_groups, ci_seed)
-    chosen.pop("null"), chosen.pop("null_seed"), chosen.pop("baseline")
+    inference = o.inference(ci, ci_groups, ci_seed)
+    chosen = {key: inference[key] for key in ("ci", "ci_groups", "ci_seed")}  # (ood has no --null, no --baseline)
     inputs = [fit, *([] if test is None else [test]), *ood_sets]
     check_outputs({"-o": output, "--scores": scores}, inputs)
     with row_progress(quiet) as progress, run_backend(backend, scheduler, workers, save_stats, quiet) as executor:

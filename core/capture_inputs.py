@@ -229,11 +229,13 @@ def _read_table_file(pa, file: Path):
     import pyarrow.ipc as ipc
 
     try:
-        return ipc.open_stream(pa.memory_map(str(file))).read_all()
+        with pa.OSFile(str(file)) as source:  # read into memory: nothing stays open or mapped
+            return ipc.open_stream(source).read_all()
     except (pa.ArrowInvalid, OSError):
         pass
     try:
-        return ipc.open_file(pa.memory_map(str(file))).read_all()
+        with pa.OSFile(str(file)) as source:
+            return ipc.open_file(source).read_all()
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInputError(f"--text: {file} is not an Arrow IPC stream or file ({first_line(exc)})") from None
 

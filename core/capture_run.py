@@ -238,11 +238,6 @@ def name_outputs(loaded, batches: Batches) -> None:
             loaded.model(*args, **kwargs)
 
 
-def list_modules(loaded, examples, options: CaptureOptions) -> list[tuple[str, tuple]]:
-    """(name, output shape) of every module that gives a tensor, in the order they run, on the first example."""
-    return probe(loaded, examples, options)[0]
-
-
 def attention_modules(found: list[str]) -> list[str]:
     """Of the modules whose second output is attention probabilities, the innermost (the one computing them,
     e.g. BERT's ``attention.self``, not the ``attention`` block passing them on)."""

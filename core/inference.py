@@ -25,6 +25,8 @@ def intervals(ctx: LayerContext, families: dict, records: dict[str, LayerRecord]
     reasons |= dict.fromkeys(diagnostic, "a count or size that says how another metric was computed, not an estimate")
     replicates = {name: {metric: [] for metric in record.metrics if metric in wanted and metric not in reasons}
                   for name, record in records.items()}  # by family: what each family's record is asked for
+    if not any(replicates.values()):  # (the ood family makes its sets' intervals itself)
+        return {}, reasons, {}
     for g, without in enumerate(each_left_out(ctx.stats)):  # G·log₂G merges, not G·(G−2)
         left = replicate(ctx, g, without)
         for name, (family, options) in families.items():

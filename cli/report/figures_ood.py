@@ -23,6 +23,7 @@ from actgeom.cli.report.figures import (
     _top_legend,
     checkpoint_colours,
 )
+from actgeom.cli.report.ood import score_names
 from actgeom.cli.report.uncertainty import error_bars
 
 NO_OOD = "no OOD dump was given (--ood)"
@@ -65,12 +66,7 @@ def _bars(ax, entry: dict, layers: list[str], name: str, depth: np.ndarray, valu
 
 def scores(document: dict) -> list[str]:
     """Every score of the OOD section, in the registry's order."""
-    names: list[str] = []
-    for entry in ood_files(document):
-        for record in entry["ood"]["layers"]:
-            names += [n[: -len("_auroc")] for n in [*record["metrics"], *record["unavailable"]]
-                      if n.endswith("_auroc") and n[: -len("_auroc")] not in names]
-    return names
+    return score_names([record for entry in ood_files(document) for record in entry["ood"]["layers"]])
 
 
 def why_absent(document: dict, name: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from actgeom.core import api
 from actgeom.core.base.errors import OptionError
 from actgeom.core.base.options import OodOptions
+from actgeom.core.families import ood as ood_family
 
 DEFAULT_FIT_SPLIT = 0.3  # without --ood-test: the share of each checkpoint's rows held out as ID test rows
 BINS = 40  # histogram bins per score
@@ -43,7 +44,7 @@ def plan(paths: list[Path], ood: list[Path] | None, ood_test: list[Path] | None,
     """--ood/--ood-test/--fit-split checked against the dumps (one line each): None without --ood."""
     if not ood:
         for name, value in (("ood_test", ood_test), ("fit_split", fit_split)):
-            if value:
+            if value is not None and value != []:
                 raise OptionError(name, value if name == "fit_split" else str(value[0]),
                                   "is an option of --ood: give --ood too")
         return None
@@ -52,9 +53,11 @@ def plan(paths: list[Path], ood: list[Path] | None, ood_test: list[Path] | None,
     if ood_test and fit_split is not None:
         raise OptionError("fit_split", fit_split, "holds out ID test rows of each dump; --ood-test gives them: choose one")
     tests = _per_dump("ood_test", ood_test, paths) if ood_test else [None] * len(paths)
-    for path, other in [*zip(paths, oods), *zip(paths, tests)]:
+    given = [("ood", path, other) for path, other in zip(paths, oods)] + [("ood_test", path, other)
+                                                                          for path, other in zip(paths, tests)]
+    for option, path, other in given:
         if other is not None and other.resolve() == path.resolve():
-            raise OptionError("ood", str(other),
+            raise OptionError(option, str(other),
                               f"is the checkpoint dump {path} itself: OOD and ID test rows come from other dumps")
     options = OodOptions(fit_split=None if ood_test else (DEFAULT_FIT_SPLIT if fit_split is None else fit_split), seed=seed,
                          test=str(tests[0]) if ood_test else None)
@@ -79,9 +82,11 @@ def score(path: Path, ood_plan: OodPlan, spec, passes, progress=None, backend=No
     test = ood_plan.test[path]
     options = replace(ood_plan.options, ood=(str(ood_plan.ood[path]),), test=None if test is None else str(test))
     grouped = replace(passes, null=0)  # --ci: the ood family's own intervals; it has no permutation null
+    if grouped.ci_groups:
+        ood_family.check_memory([path], options, grouped.ci_groups)
     raw = api.run("ood", [path], {"ood": options}, spec=replace(spec, predictions=None, attention=None),
                   pass_options=grouped, details=True, progress=progress, backend=backend).to_dict()
-    return condense(raw["files"][0], options), {k: v for k, v in raw["metrics_info"].items()}
+    return condense(raw["files"][0], options), raw["metrics_info"]
 
 
 def condense(entry: dict, options: OodOptions) -> dict:
@@ -93,7 +98,7 @@ def condense(entry: dict, options: OodOptions) -> dict:
         layers.append({"layer": layer["layer"], "n_fit_rows": layer["ood"]["n_fit_rows"],
                        "n_test_rows": layer["ood"]["n_test_rows"], "n_ood_rows": found["n_rows"],
                        "metrics": found["metrics"], "unavailable": found["unavailable"],
-                       "intervals": found.get("intervals", {})})
+                       "intervals": found.get("intervals", {}), "intervals_unavailable": found.get("intervals_unavailable", {})})
     return {"set": set_path, "test": options.test, "fit_split": options.fit_split, "layers": layers,
             "histograms": histograms(entry, layers)}
 

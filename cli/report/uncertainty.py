@@ -49,7 +49,7 @@ def interval_series(document: dict, cells: list[list[tuple[dict, str]]], name: s
     return found[..., 0], found[..., 1]
 
 
-def baseline_series(document: dict, cells: list[list[tuple[dict, str]]], name: str) -> np.ndarray:
+def baseline_series(cells: list[list[tuple[dict, str]]], name: str) -> np.ndarray:
     """[series][point][value, low, high] of the baselines of ``name`` over ``cells``."""
     found = np.array([[baseline(entry, layer, name) for entry, layer in row] for row in cells],
                      dtype=np.float64)
@@ -128,7 +128,7 @@ def draw(ax, document: dict, x: np.ndarray, cells: list[list[tuple[dict, str]]],
     bars = False
     for i, colour in enumerate(colours):
         bars |= error_bars(ax, x, values[i], lows[i], highs[i], colour, f"ci-{name}-{i}")
-    base = baseline_series(document, cells, name)
+    base = baseline_series(cells, name)
     band = False
     for i in distinct(base) if once else range(len(cells)):
         band |= baseline_band(ax, x, base[i], f"baseline-{name}-{i}", markers[i % len(markers)] if markers else "o")
@@ -146,4 +146,4 @@ def extent(document: dict, cells: list[list[tuple[dict, str]]], name: str, value
     """Every number a panel of ``name`` draws — values, interval bounds, baselines and their bounds —
     for an axis set from its data (a probe's accuracy axis)."""
     lows, highs = interval_series(document, cells, name)
-    return np.concatenate([values.ravel(), lows.ravel(), highs.ravel(), baseline_series(document, cells, name).ravel()])
+    return np.concatenate([values.ravel(), lows.ravel(), highs.ravel(), baseline_series(cells, name).ravel()])

@@ -35,6 +35,7 @@ def kth_largest_similarity(Z: np.ndarray, R: np.ndarray, k: int) -> np.ndarray:
     float64 (1 ≤ k ≤ S), the float64 value (module docstring)."""
     n, S = Z.shape[0], R.shape[0]
     out = np.empty(n)
+    R = R[np.random.default_rng(0).permutation(S)]  # blocks of mixed rows: a class-sorted R keeps the floor high
     R32 = np.ascontiguousarray(R, dtype=np.float32)
     eps = margin(Z.shape[1])
     starts = np.linspace(0, S, k + 1).astype(np.int64)[:-1]  # k column blocks, none empty
@@ -43,7 +44,7 @@ def kth_largest_similarity(Z: np.ndarray, R: np.ndarray, k: int) -> np.ndarray:
         block = Z[a:a + tile]
         similar = block.astype(np.float32) @ R32.T
         floor = np.maximum.reduceat(similar, starts, axis=1).min(axis=1)  # ≤ t̃: k entries are at least it
-        flat = np.flatnonzero(similar >= floor[:, None] - 2 * eps)  # every entry ≥ t̃ − 2ε: the band's too
+        flat = np.flatnonzero(similar >= (floor.astype(np.float64) - 2 * eps)[:, None])  # ≥ t̃ − 2ε: the band too
         values = similar.ravel()[flat].astype(np.float64)
         rows, cols = np.divmod(flat, S)
         approx = _ranked(rows, values, k, block.shape[0])  # t̃, the float32 k-th largest

@@ -111,12 +111,12 @@ class OodTwins(LeftOutPass):
 
     def __init__(self, consumer: OodPass, twins: list, units: SamplingUnits, layer: str, pass_options: PassOptions):
         super().__init__(consumer, twins, units)
-        self.layer, self.grouping = layer, PassOptions(ci_groups=pass_options.ci_groups, ci_seed=pass_options.ci_seed)
+        self.layer, self.group_options = layer, PassOptions(ci_groups=pass_options.ci_groups, ci_seed=pass_options.ci_seed)
 
     def reading(self, label: str) -> OodTwins:
         """The consumer and its twins, fed the rows of the dump ``label`` next, grouped by its own units."""
         with Dump(self.consumer.dumps[label], DumpSpec(layers=(self.layer,))) as dump:
-            self.units = SamplingUnits(dump, self.grouping)  # its rows (or sequences) from 0: no row offset
+            self.units = SamplingUnits(dump, self.group_options)  # its rows (or sequences) from 0: no row offset
         for part in [self.consumer, *self.twins]:
             if part is not None:
                 part.reading(label)
