@@ -69,13 +69,13 @@ def pair_stats(vectors: np.ndarray, variances: np.ndarray | None = None, *, tile
 
     ``vectors`` should be centred (class means minus the global mean): distances come from
     the Gram matrix, ‖v_c − v_c'‖² = ‖v_c‖² + ‖v_c'‖² − 2 v_c·v_c', exact enough only when
-    the vectors are not dominated by a common offset. Cosines come from the Gram matrix of
-    the unit vectors (a second, cheap GEMM); each tile's sums are merged with Chan's rule.
+    the vectors are not dominated by a common offset. Cosines come from the same Gram product,
+    divided by the norms (one GEMM per tile: at C = 32 000, D = 4 096 the pairs cost C²D flops, the
+    metric's bulk); each tile's sums are merged with Chan's rule.
     """
     C = vectors.shape[0]
     sq = np.einsum("ij,ij->i", vectors, vectors)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        units = vectors / np.sqrt(sq)[:, None]  # a zero vector has no direction: NaN cosines
+    norms = np.sqrt(sq)
     cos_moments, log_moments = Moments(), Moments()
     abs_total = cdnv_total = cdnv_lc_total = 0.0
     coincident_dirs = coincident_means = 0
@@ -93,7 +93,9 @@ def pair_stats(vectors: np.ndarray, variances: np.ndarray | None = None, *, tile
                 return a[upper]
         else:
             pick = np.ravel
-        cos = pick(units[rows] @ units[cols].T)
+        gram = vectors[rows] @ vectors[cols].T  # the tile's one product: cosines and distances both
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero vector has no direction: NaN cosines
+            cos = pick(gram / np.multiply.outer(norms[rows], norms[cols]))
         np.clip(cos, -1.0, 1.0, out=cos)  # rounding can step past ±1
         cos_moments.add(cos)
         abs_total += float(np.abs(cos - etf_cos).sum())
@@ -105,9 +107,7 @@ def pair_stats(vectors: np.ndarray, variances: np.ndarray | None = None, *, tile
         log_moments.add(-0.5 * np.log(chord))
         if variances is not None:
             scale = pick(np.add.outer(sq[rows], sq[cols]))
-            dist2 = pick(vectors[rows] @ vectors[cols].T)
-            dist2 *= -2.0
-            dist2 += scale
+            dist2 = scale - 2.0 * pick(gram)
             spread = pick(np.add.outer(variances[rows], variances[cols]))
             apart_means = dist2 > _RESOLUTION * scale
             if not apart_means.all():
