@@ -75,7 +75,7 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
              allow_incomplete=False, nonfinite="error", tokens="all", products="float64", stats=None, partial_ok=False,
              preset=None, min_count=None, global_mean=None, nc1_inverse=None, divide_by_c=None, nc4_decision=None, per_class=None,
              ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0, baseline=None,
-            progress: Progress | None = None, backend=None) -> Result:
+             progress: Progress | None = None, backend=None) -> Result:
     """Neural-collapse metrics (docs/metrics.md, "Neural collapse") of every selected layer of every dump."""
     spec, pass_options = _data(layers, labels, weight, bias, predictions, offsets, None, allow_incomplete, nonfinite, tokens,
                                products,
@@ -89,7 +89,7 @@ def collapse(paths, *, layers=None, labels=None, weight=None, bias=None, predict
 def rank(paths, *, layers=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all", products="float64",
          stats=None, partial_ok=False, preset=None, center=None, max_eigs=None, eps=None, fit_range=None, ge=None, rtol=None,
          subsample=None, seed=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0, null=0, null_seed=0,
-             baseline=None, progress: Progress | None = None, backend=None) -> Result:
+         baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Spectrum and effective-dimension metrics of every selected layer (docs/metrics.md, "Spectrum and
     effective dimension")."""
     spec, pass_options = _data(layers, None, None, None, None, offsets, None, allow_incomplete, nonfinite, tokens, products,
@@ -131,8 +131,7 @@ def analyze(paths, *, families=("collapse", "rank", "entropy"), options: dict | 
 
 def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
             products="float64", stats=None, details=False, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-            null=0, null_seed=0,
-             baseline=None, progress: Progress | None = None, backend=None, **options) -> Result:
+            null=0, null_seed=0, baseline=None, progress: Progress | None = None, backend=None, **options) -> Result:
     """Unit-level scores and summaries (docs/metrics.md, "Units") of every selected layer: every unit's
     moments, firing rate, dormant score, class selectivity, probeless score, token concentration,
     position η², VAE activity and KL, and the top units by ``score``. ``options`` are
@@ -153,8 +152,7 @@ def neurons(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=F
 def probe(paths, *, layers=None, labels=None, offsets=None, allow_incomplete=False, nonfinite="error", tokens="all",
           products="float64", test_fraction=None, seed=None, split_by=None, shrinkage=None, ridge_lambda=None, control=None,
           positive=None, negative=None, details=False, stats=None, ci=False, ci_groups=DEFAULT_GROUPS, ci_seed=0,
-          null=0, null_seed=0,
-             baseline=None, progress: Progress | None = None, backend=None) -> Result:
+          null=0, null_seed=0, baseline=None, progress: Progress | None = None, backend=None) -> Result:
     """Linear probes and concept directions of every selected layer (docs/metrics.md, "Linear probes
     and concept directions").
 
