@@ -89,7 +89,8 @@ def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_d
         _, vectors = np.linalg.eigh(correlation)
         model = replace(model, neco_scale=(mean, scale), neco_basis=vectors[:, ::-1][:, :neco_dim])
     if knn_sample is not None:
-        model = replace(model, knn_rows=_normalised(np.asarray(knn_sample, dtype=np.float64)))
+        rows = _normalised(np.asarray(knn_sample, dtype=np.float64))  # shuffled once: kNN's search is fast on mixed rows
+        model = replace(model, knn_rows=rows[np.random.default_rng(0).permutation(rows.shape[0])])
     return model
 
 
