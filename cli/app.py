@@ -14,27 +14,15 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import os
 import signal
 import sys
 import threading
 import warnings
-from pathlib import Path
 
-
-def _stop_at_once(signum, frame) -> None:
-    """Ctrl-C before a command runs: nothing is written yet. (A KeyboardInterrupt raised inside an
-    import may come out as another error — Python wraps it in "Error calling __set_name__" — or
-    as a traceback of the import.)"""
-    os.write(2, b"interrupted\n")
-    os._exit(130)
-
-
-if Path(sys.argv[0]).name == "actgeom" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _stop_at_once)  # the `actgeom` program only: not a Python that imports us
-
-import typer  # noqa: E402 (after the handler: importing typer and rich takes a while)
+import typer
 from typer.core import TyperCommand, TyperGroup
+
+from actgeom import _stop_at_once  # installed when the `actgeom` program starts
 
 try:  # recent Typer vendors click; older Typer uses click itself
     from typer._click import exceptions as parser_errors

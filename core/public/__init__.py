@@ -21,9 +21,25 @@ The functions and classes are imported on first use (numpy, scipy and h5py take 
 so that ``import actgeom`` and the command line's ``--help`` start at once.
 """
 
-import importlib
+import os
+import signal
+import sys
 
-from actgeom.core import __version__
+
+def _stop_at_once(signum, frame) -> None:
+    """Ctrl-C while the `actgeom` program starts: nothing is written yet, so it ends at once. Installed
+    first thing of the package the program imports, before any slow import (pathlib, typer, rich);
+    the command line (cli/app.py) turns it into a KeyboardInterrupt while a command runs."""
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+if os.path.basename(sys.argv[0]) == "actgeom" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _stop_at_once)  # the `actgeom` program only: not a Python that imports us
+
+import importlib  # noqa: E402 (after the handler)
+
+from actgeom.core import __version__  # noqa: E402
 from actgeom.core.base.errors import ActgeomError, InvalidInputError, OptionError, UsageError
 
 _WHERE = {  # name → the module that defines it
