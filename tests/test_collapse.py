@@ -182,6 +182,39 @@ def test_more_classes_than_units_match_the_reference(tmp_path, rng):
     assert_metrics_close(_metrics(path), collapse_reference(X, y))
 
 
+@pytest.mark.parametrize("global_mean", ["class", "sample"])
+def test_more_classes_than_units_with_a_singular_between_scatter_match_the_reference(tmp_path, rng, global_mean):
+    """C > D, the class means in a 5-dimensional subspace of 8 units: Σ_B and SS_B are singular, so
+    NC1 and the separation fuzziness leave the Cholesky route for the eigensolve (pseudo-inverse)."""
+    means = rng.standard_normal((300, 5)) @ rng.standard_normal((5, 8)) + 30.0
+    y = np.repeat(np.arange(300), rng.integers(2, 5, size=300))
+    noise = rng.standard_normal((y.size, 8))
+    noise -= (np.stack([np.bincount(y, weights=noise[:, j]) for j in range(8)], axis=1) / np.bincount(y)[:, None])[y]
+    X = means[y] + noise  # class means exactly the planted ones
+    path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=100)
+    got = _metrics(path, nc1_inverse="pinv", global_mean=global_mean)
+    expected = collapse_reference(X, y, nc1_inverse="pinv", global_mean=global_mean)
+    assert got["nc1_rank_used"] == 5  # the eigensolve's rank, not D
+    assert_metrics_close(got, expected)
+
+
+def test_the_cholesky_trace_equals_the_eigensolve_and_refuses_near_the_cutoff(rng):
+    """Tr(Σ A⁻¹) through the Cholesky factor equals Σ_j v_jᵀΣv_j/λ_j when A is regular; with an
+    eigenvalue near the pseudo-inverse's cut (or below it, or A not positive definite) it gives way."""
+    from actgeom.core.metrics.collapse_geometry import trace_against_regular_inverse
+
+    basis = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    sigma = np.cov(rng.standard_normal((6, 40)))
+    regular = basis @ np.diag([5.0, 3.0, 2.0, 1.0, 0.5, 0.1]) @ basis.T
+    lam, vectors = np.linalg.eigh(regular)
+    expected = sum(vectors[:, j] @ sigma @ vectors[:, j] / lam[j] for j in range(6))
+    assert trace_against_regular_inverse(sigma, regular, 6) == pytest.approx(expected, rel=1e-12)
+    eps = np.finfo(float).eps
+    for smallest in (100 * 6 * eps, 6 * eps, 0.0, -1.0):  # 100 × the cut (within the bound's margin), at it, singular, indefinite
+        near = basis @ np.diag([1.0, 1.0, 1.0, 1.0, 1.0, smallest]) @ basis.T
+        assert trace_against_regular_inverse(sigma, near, 6) is None, smallest
+
+
 def test_coincident_means_make_cdnv_unavailable_and_are_counted(rng):
     """Two coincident means: CDNV divides by 0 — unavailable with the reason (it was inf, shown as null)."""
     means = rng.standard_normal((4, 5))

@@ -27,6 +27,7 @@ from actgeom.core.metrics.collapse_geometry import (  # noqa: F401 (Geometry, ge
     pinv_rank,
     std_over_mean,
     trace_against_inverse,
+    trace_against_regular_inverse,
     unavailable_all,
     variance,
     why_no_spread,
@@ -53,7 +54,11 @@ def nc1(g: Geometry, o: CollapseOptions) -> dict:
     why = why_no_within(g) or why_no_spread(g)
     if why:
         return unavailable_all(("nc1", "nc1_rank_used"), why)
-    lam, vectors = eig_of_gram(g.centred / math.sqrt(g.n_classes))
+    if g.n_classes > g.n_units and not isinstance(g.sigma_w, LowRankScatter):  # Σ_B may be regular: no eigensolve
+        value = trace_against_regular_inverse(g.sigma_w, g.centred_gram / g.n_classes, g.n_classes)
+        if value is not None:  # every eigenpair kept, by either convention
+            return {"nc1": value / g.n_classes if o.divide_by_c else value, "nc1_rank_used": g.n_units}
+    lam, vectors = _eig_between(g)
     if o.nc1_inverse == "topk":
         k = min(g.n_classes - 1, g.n_units, int((lam > 0).sum()))
     else:
@@ -84,7 +89,11 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
         forms = g.sigma_w.inverse_forms(m, float(np.einsum("ij,ij->", m, m)) / g.n_classes)
         if forms is not None:
             return {"vci": _vci(trace_ratio(forms / g.n_classes), g)}
-    sigma_t = _dense(g.sigma_w) + m.T @ m / g.n_classes
+    sigma_b = g.centred_gram / g.n_classes
+    sigma_t = _dense(g.sigma_w) + sigma_b
+    explained = trace_against_regular_inverse(sigma_b, sigma_t, g.n_units)
+    if explained is not None:
+        return {"vci": _vci(explained, g)}
     with blas_threads(sigma_t.shape[0]):
         lam, vectors = np.linalg.eigh(sigma_t)
     lam, vectors = lam[::-1], vectors[:, ::-1]
@@ -106,8 +115,13 @@ def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
     why = why_no_within(g) or why_no_spread(g)
     if why:
         return {"separation_fuzziness": Unavailable(why)}
-    weights = np.sqrt(g.counts / g.counts.sum())[:, None]
-    lam, vectors = eig_of_gram(weights * (g.means - g.sample_mean))
+    rows = g.means - g.sample_mean
+    rows *= np.sqrt(g.counts / g.counts.sum())[:, None]
+    if g.n_classes > g.n_units and not isinstance(g.sigma_w, LowRankScatter):  # SS_B may be regular: no eigensolve
+        value = trace_against_regular_inverse(g.sigma_w, rows.T @ rows, g.n_classes)
+        if value is not None:
+            return {"separation_fuzziness": value}
+    lam, vectors = eig_of_gram(rows)
     k = pinv_rank(lam, max(g.n_units, g.n_classes))
     return {"separation_fuzziness": _trace_against(g.sigma_w, lam, vectors, k)}
 
@@ -120,6 +134,15 @@ def _dense(sigma) -> np.ndarray:
 
 def _trace(sigma) -> float:
     return sigma.trace() if isinstance(sigma, LowRankScatter) else float(np.trace(sigma))
+
+
+def _eig_between(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs (descending) of Σ_B = M̃ᵀM̃/C, from the shared Gram when C ≥ D."""
+    if g.n_classes < g.n_units:
+        return eig_of_gram(g.centred / math.sqrt(g.n_classes))
+    with blas_threads(g.n_units):
+        lam, vectors = np.linalg.eigh(g.centred_gram / g.n_classes)
+    return np.maximum(lam[::-1], 0.0), vectors[:, ::-1]
 
 
 def _trace_against(sigma, eigenvalues: np.ndarray, vectors: np.ndarray, k: int) -> float:
@@ -143,7 +166,7 @@ def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
     if why:
         return unavailable_all(_NC2_MEANS, why) | {"gnc2_coincident_pairs": pairs.n_coincident_directions}
     norms = np.linalg.norm(m, axis=1)
-    gram_fro = float(np.linalg.norm(m.T @ m))
+    gram_fro = float(np.linalg.norm(g.centred_gram))
     total = m.sum(axis=0)
     values = {"nc2_equinorm_means": std_over_mean(norms),
               "nc2_etf_error_means": etf_error(float(norms @ norms), float(total @ total), gram_fro, g.n_classes),
@@ -230,9 +253,10 @@ def bias_collapse(g: Geometry, o: CollapseOptions) -> dict:
     return {"bias_collapse": float(np.linalg.norm(g.weight @ g.global_mean + g.bias))}
 
 
-def _orthogonal_frame(rows: np.ndarray, suffix: str) -> dict:
+def _orthogonal_frame(rows: np.ndarray, suffix: str, gram: np.ndarray | None = None) -> dict:
+    """``gram``: rowsᵀrows when already known."""
     sq = np.einsum("ij,ij->i", rows, rows)
-    fro = float(np.linalg.norm(rows.T @ rows))  # ‖G‖_F without the C×C matrix
+    fro = float(np.linalg.norm(rows.T @ rows if gram is None else gram))  # ‖G‖_F without the C×C matrix
     if fro == 0:
         why = f"every {'class mean' if suffix == 'means' else 'classifier row'} is 0: G = 0 has no shape"
         return unavailable_all((f"of_error_{suffix}", f"gof_offdiag_ratio_{suffix}"), why)
@@ -244,7 +268,9 @@ def _orthogonal_frame(rows: np.ndarray, suffix: str) -> dict:
 def orthogonal_frame_means(g: Geometry, o: CollapseOptions) -> dict:
     """Bias-free geometry (Dang et al. 2023) of the uncentred means, G = M Mᵀ:
     ‖G/‖G‖_F − I/√C‖_F and ‖offdiag G‖_F/‖G‖_F (0 for any orthogonal frame). Ideal 0."""
-    return _orthogonal_frame(g.means, "means")
+    m, mu = g.centred, g.global_mean  # MᵀM = M̃ᵀM̃ + s μᵀ + μ sᵀ + C μμᵀ, s = Σ_c m_c: no second C·D² product
+    cross = np.outer(m.sum(axis=0), mu)
+    return _orthogonal_frame(g.means, "means", g.centred_gram + cross + cross.T + g.n_classes * np.outer(mu, mu))
 
 
 def orthogonal_frame_weights(g: Geometry, o: CollapseOptions) -> dict:
