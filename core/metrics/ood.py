@@ -3,8 +3,9 @@ rows (docs/metrics.md, "Out-of-distribution scores"). Every score is "higher = m
 
 A :class:`OodModel` is fitted once per layer from the fit rows' class moments (class means, pooled
 within-class scatter), their total moments and the classifier; then each block of rows to score
-costs a few products with D × D or C × D matrices. ViM also needs two means over the fit rows
-(max-logit, residual norm), which :func:`vim_alpha` takes from a pass scoring them.
+costs products with D × D or C × D matrices. ViM also needs two means over the fit rows
+(max-logit, residual norm), which :func:`vim_alpha` takes from a pass scoring them. The model's maps
+of a row are stacked in one D × k matrix (:class:`Projection`): one GEMM per block.
 
 Conventions follow the authors' code: Mahalanobis (Lee et al. 2018) with the tied covariance
 Σ_W = within scatter / N and its pseudo-inverse, no input preprocessing; relative Mahalanobis (Ren
@@ -51,13 +52,59 @@ class OodModel:
     knn_rows: np.ndarray | None = None  # (k_sample, D) normalised fit rows
     knn_k: int = 50
     temperature: float = 1.0
+    projection: Projection | None = None  # the maps above stacked (:func:`stacked`), made by fit
 
 
-def _pinv_psd(matrix: np.ndarray) -> np.ndarray:
-    """The pseudo-inverse of a symmetric PSD matrix (eigenvalues below n·eps·λ_max count as 0)."""
+@dataclass(frozen=True)
+class Projection:
+    """The model's linear maps of a row, stacked so that a block of rows costs one GEMM:
+    Y = (X − μ) @ matrix + offset, μ the global mean, its columns named by ``columns``: "within"
+    y = L_Wᵀ(x − μ) with Σ_W⁺ = L_W L_Wᵀ, so (x − μ)ᵀΣ_W⁺(x − μ) = ‖y‖²; "classes" (x − μ)ᵀΣ_W⁺(μ_c − μ);
+    "total" L_Tᵀ(x − μ) with Σ_T⁺ = L_T L_Tᵀ; "logits" Wx + b; "vim" (x − o)ᵀV_⊥; "neco" zᵀP_d. The
+    affine shifts (x − o, z = (x − mean)/scale) are constants of the offset."""
+
+    matrix: np.ndarray  # (D, k)
+    offset: np.ndarray  # (k,)
+    columns: dict[str, slice]
+    centres: np.ndarray  # (C,) (μ_c − μ)ᵀΣ_W⁺(μ_c − μ)
+
+
+def _psd_root(matrix: np.ndarray, power: float) -> np.ndarray:
+    """V Λ^power over the kept eigenpairs of a symmetric PSD matrix (eigenvalues below n·eps·λ_max
+    count as 0): power −½ gives L with L Lᵀ the pseudo-inverse, ½ a factor of the matrix itself."""
     values, vectors = np.linalg.eigh(matrix)
     keep = values > matrix.shape[0] * np.finfo(float).eps * max(values.max(initial=0.0), 0.0)
-    return (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
+    return vectors[:, keep] * values[keep] ** power
+
+
+def stacked(model: OodModel, within_root: np.ndarray | None = None, total_root: np.ndarray | None = None) -> Projection:
+    """The :class:`Projection` of a model, from the roots L (D, r) of its precisions (fit passes those
+    of its covariances; else factored from the precisions)."""
+    mu = model.global_mean
+    blocks: dict[str, tuple[np.ndarray, np.ndarray | float]] = {}
+    centres = np.zeros(0)
+    if model.means.shape[0]:
+        within = _psd_root(model.within_precision, 0.5) if within_root is None else within_root
+        total = _psd_root(model.total_precision, 0.5) if total_root is None else total_root
+        means = (model.means - mu) @ within  # the centred class means in y's coordinates
+        centres = np.einsum("cj,cj->c", means, means)
+        blocks |= {"within": (within, 0.0), "classes": (within @ means.T, 0.0), "total": (total, 0.0)}
+    if model.weight is not None:
+        bias = 0.0 if model.bias is None else model.bias
+        blocks["logits"] = (model.weight.T, mu @ model.weight.T + bias)
+    if model.vim_residual is not None:
+        blocks["vim"] = (model.vim_residual, (mu - model.vim_origin) @ model.vim_residual)
+    if model.neco_basis is not None:
+        mean, scale = model.neco_scale
+        basis = model.neco_basis / scale[:, None]
+        blocks["neco"] = (basis, (mu - mean) @ basis)
+    widths = np.cumsum([0] + [m.shape[1] for m, _ in blocks.values()])
+    columns = {name: slice(int(a), int(b)) for name, a, b in zip(blocks, widths[:-1], widths[1:])}
+    matrix = np.zeros((mu.size, widths[-1]))
+    offset = np.zeros(widths[-1])
+    for name, (part, shift) in blocks.items():
+        matrix[:, columns[name]], offset[columns[name]] = part, shift
+    return Projection(matrix=matrix, offset=offset, columns=columns, centres=centres)
 
 
 def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_dim: int | None = None,
@@ -71,8 +118,9 @@ def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_d
     mean = total.means[0]
     cov_total = total.within_scatter / n_all
     within = classes.within_scatter / n if n else np.zeros_like(cov_total)  # no labelled rows: no class scores
-    model = OodModel(means=classes.means[present], within_precision=_pinv_psd(within),
-                     global_mean=mean, total_precision=_pinv_psd(cov_total), weight=weight, bias=bias,
+    within_root, total_root = _psd_root(within, -0.5), _psd_root(cov_total, -0.5)
+    model = OodModel(means=classes.means[present], within_precision=within_root @ within_root.T,
+                     global_mean=mean, total_precision=total_root @ total_root.T, weight=weight, bias=bias,
                      knn_k=knn_k, temperature=temperature)
     d = mean.size
     if weight is not None and bias is not None:
@@ -91,7 +139,7 @@ def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_d
     if knn_sample is not None:
         rows = _normalised(np.asarray(knn_sample, dtype=np.float64))  # shuffled once: kNN's search is fast on mixed rows
         model = replace(model, knn_rows=rows[np.random.default_rng(0).permutation(rows.shape[0])])
-    return model
+    return replace(model, projection=stacked(model, within_root, total_root))
 
 
 def _normalised(X: np.ndarray) -> np.ndarray:
@@ -104,35 +152,40 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
 
 
-def _min_mahalanobis(X: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """min_c (x − μ_c)ᵀ P (x − μ_c) per row, as xᵀPx − 2 xᵀPμ_c + μ_cᵀPμ_c."""
-    XP = X @ precision
-    quadratic = np.einsum("ij,ij->i", XP, X)
-    centres = np.einsum("cj,cj->c", means @ precision, means)
-    return (quadratic[:, None] - 2 * XP @ means.T + centres[None, :]).min(axis=1)
+def _squared_norms(Y: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", Y, Y)
+
+
+def _min_mahalanobis(y: np.ndarray, dots: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """min_c (x − μ_c)ᵀΣ_W⁺(x − μ_c) per row, as ‖y‖² − 2 (x − μ)ᵀΣ_W⁺(μ_c − μ) + (μ_c − μ)ᵀΣ_W⁺(μ_c − μ)
+    from the columns "within" (y) and "classes" (dots) of the :class:`Projection`."""
+    return (_squared_norms(y)[:, None] - 2 * dots + centres[None, :]).min(axis=1)
 
 
 def scores(model: OodModel, X: np.ndarray) -> dict[str, np.ndarray]:
-    """Every score the model allows for the rows X (n, D) float64."""
+    """Every score the model allows for the rows X (n, D) float64: one GEMM of the centred rows with
+    the stacked maps (:class:`Projection`), then reductions per row."""
+    projection = model.projection if model.projection is not None else stacked(model)
+    # about the fit rows' mean: no cancellation against a large offset
+    Y = (X - model.global_mean) @ projection.matrix + projection.offset
+    columns = {name: Y[:, where] for name, where in projection.columns.items()}
     out = {}
-    if model.means.shape[0]:
-        centred = X - model.global_mean  # about the fit rows' mean: no cancellation against a large offset
-        nearest = _min_mahalanobis(centred, model.means - model.global_mean, model.within_precision)
-        md0 = np.einsum("ij,ij->i", centred @ model.total_precision, centred)  # one GEMM, not einsum's loop
+    if "within" in columns:
+        nearest = _min_mahalanobis(columns["within"], columns["classes"], projection.centres)
+        md0 = _squared_norms(columns["total"])
         out = {"mahalanobis": -nearest, "relative_mahalanobis": -(nearest - md0)}
-    if model.weight is not None:
-        logits = X @ model.weight.T + (0.0 if model.bias is None else model.bias)
+    if "logits" in columns:
+        logits = columns["logits"]
         lse = _logsumexp(logits)
         out["max_logit"] = logits.max(axis=1)
         out["msp"] = np.exp(out["max_logit"] - lse)
         out["energy"] = model.temperature * _logsumexp(logits / model.temperature)
-        if model.vim_residual is not None and model.vim_alpha is not None:
-            out["vim"] = lse - model.vim_alpha * vim_residual_norms(model, X)
-    if model.neco_basis is not None:
+        if "vim" in columns and model.vim_alpha is not None:
+            out["vim"] = lse - model.vim_alpha * np.linalg.norm(columns["vim"], axis=1)
+    if "neco" in columns:
         mean, scale = model.neco_scale
-        z = (X - mean) / scale
-        norms = np.linalg.norm(z, axis=1)
-        out["neco"] = np.linalg.norm(z @ model.neco_basis, axis=1) / np.where(norms > 0, norms, 1.0)
+        norms = np.linalg.norm((X - mean) / scale, axis=1)
+        out["neco"] = np.linalg.norm(columns["neco"], axis=1) / np.where(norms > 0, norms, 1.0)
         if "max_logit" in out:
             out["neco_max_logit"] = out["neco"] * out["max_logit"]
     if model.knn_rows is not None:
