@@ -25,6 +25,7 @@ from actgeom.core.metrics.collapse_geometry import (  # noqa: F401 (Geometry, ge
     geometry,
     kept_classes,
     pinv_rank,
+    row_norms,
     std_over_mean,
     trace_against_inverse,
     trace_against_regular_inverse,
@@ -115,13 +116,12 @@ def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
     why = why_no_within(g) or why_no_spread(g)
     if why:
         return {"separation_fuzziness": Unavailable(why)}
-    rows = g.means - g.sample_mean
-    rows *= np.sqrt(g.counts / g.counts.sum())[:, None]
+    weights = np.sqrt(g.counts / g.counts.sum())
     if g.n_classes > g.n_units and not isinstance(g.sigma_w, LowRankScatter):  # SS_B may be regular: no eigensolve
-        value = trace_against_regular_inverse(g.sigma_w, rows.T @ rows, g.n_classes)
+        value = trace_against_regular_inverse(g.sigma_w, _weighted_between(g, weights), g.n_classes)
         if value is not None:
             return {"separation_fuzziness": value}
-    lam, vectors = eig_of_gram(rows)
+    lam, vectors = eig_of_gram(weights[:, None] * (g.means - g.sample_mean))
     k = pinv_rank(lam, max(g.n_units, g.n_classes))
     return {"separation_fuzziness": _trace_against(g.sigma_w, lam, vectors, k)}
 
@@ -134,6 +134,16 @@ def _dense(sigma) -> np.ndarray:
 
 def _trace(sigma) -> float:
     return sigma.trace() if isinstance(sigma, LowRankScatter) else float(np.trace(sigma))
+
+
+def _weighted_between(g: Geometry, weights: np.ndarray, tile: int = 2048) -> np.ndarray:
+    """Σ_c w_c² (μ_c − x̄)(μ_c − x̄)ᵀ (D, D), a tile of classes at a time: no C × D temporary."""
+    mean, out = g.sample_mean, np.zeros((g.n_units, g.n_units))
+    for start in range(0, g.n_classes, tile):
+        rows = g.means[start:start + tile] - mean
+        rows *= weights[start:start + tile, None]
+        out += rows.T @ rows
+    return out
 
 
 def _eig_between(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +175,7 @@ def nc2_means(g: Geometry, o: CollapseOptions) -> dict:
     why = why_no_spread(g)
     if why:
         return unavailable_all(_NC2_MEANS, why) | {"gnc2_coincident_pairs": pairs.n_coincident_directions}
-    norms = np.linalg.norm(m, axis=1)
+    norms = row_norms(m)
     gram_fro = float(np.linalg.norm(g.centred_gram))
     total = m.sum(axis=0)
     values = {"nc2_equinorm_means": std_over_mean(norms),
@@ -211,7 +221,7 @@ def nc2_weights(g: Geometry, o: CollapseOptions) -> dict:
     w = g.weight
     if not w.any():
         return unavailable_all(_NC2_WEIGHTS, "every classifier row is 0")
-    norms = np.linalg.norm(w, axis=1)
+    norms = row_norms(w)
     total = w.sum(axis=0)
     values = {"nc2_equinorm_weights": std_over_mean(norms),
               "nc2_etf_error_weights": etf_error(float(norms @ norms), float(total @ total),
@@ -240,7 +250,7 @@ def nc3(g: Geometry, o: CollapseOptions) -> dict:
     values = {"nc3_self_duality": float(((w / np.linalg.norm(w) - m / np.linalg.norm(m)) ** 2).sum()),
               "nc3_wh_etf_error": etf_error(float(dots.sum()), float(w.sum(axis=0) @ m.sum(axis=0)), wm_fro, g.n_classes),
               "unc3_dot_var": variance(dots, 1)}
-    lengths = np.linalg.norm(w, axis=1) * np.linalg.norm(m, axis=1)
+    lengths = row_norms(w) * row_norms(m)
     if not lengths.all():
         why = f"class {g.classes[lengths == 0][0]}'s classifier row or centred mean is 0: its cosine is undefined"
         return values | unavailable_all(("unc3_cos_mean", "unc3_cos_var"), why)
@@ -400,8 +410,8 @@ UNAVAILABLE = {
 
 def per_class(g: Geometry) -> list[dict]:
     """n_c, ‖m_c‖, ‖w_c‖ and v_c of every kept class (for imbalance / minority collapse)."""
-    norms = np.linalg.norm(g.centred, axis=1)
-    w_norms = None if g.weight is None else np.linalg.norm(g.weight, axis=1)
+    norms = row_norms(g.centred)
+    w_norms = None if g.weight is None else row_norms(g.weight)
     return [{"class": int(c), "n": int(n), "mean_norm": float(r), "weight_norm": None if w_norms is None else float(w_norms[i]),
              "variance": float(v)} for i, (c, n, r, v) in enumerate(zip(g.classes, g.counts, norms, g.variances))]
 

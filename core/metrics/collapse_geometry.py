@@ -107,6 +107,11 @@ def eig_of_gram(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(lam[::-1], 0.0), v[:, ::-1]
 
 
+def row_norms(a: np.ndarray) -> np.ndarray:
+    """‖a_c‖ of every row, without the C × D temporary of ``np.linalg.norm(a, axis=1)``."""
+    return np.sqrt(np.einsum("ij,ij->i", a, a))
+
+
 def pinv_rank(eigenvalues: np.ndarray, size: int) -> int:
     """How many eigenvalues a pseudo-inverse keeps: > max(size)·eps·λ_max (numpy's default)."""
     if eigenvalues.size == 0 or eigenvalues[0] <= 0:
