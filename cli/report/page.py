@@ -6,13 +6,13 @@ Every string that reaches the page goes through :func:`esc`; every metric value 
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
 
 from actgeom.cli.cells import difference_text, plus_minus
 from actgeom.cli.report.document import checkpoint_label, layer_names
+from actgeom.cli.report.html_text import esc, fmt
 from actgeom.cli.report.page_ood import ood_tables
 from actgeom.cli.report.uncertainty import interval_words
 
@@ -41,23 +41,6 @@ ul.unavailable { font-size: 0.82rem; color: #555; margin: -1rem 0 1.6rem; }
 #metrics tbody td:first-child, #metrics thead th:first-child { position: sticky; left: 0; z-index: 1;
      background: #f3f3f3; box-shadow: 1px 0 0 #ddd; }
 """
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value) -> str:
-    """The shown form of a number: integers as they are, floats with 6 significant digits."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, list):
-        return ", ".join(fmt(v) for v in value)
-    return str(value)
 
 
 def _num_cell(value) -> str:

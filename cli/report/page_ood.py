@@ -7,21 +7,12 @@ score per layer. Each number in its cell's ``data-value`` exactly, as in the pag
 
 from __future__ import annotations
 
-import html
 import json
 
 from actgeom.cli.cells import plus_minus
 from actgeom.cli.report.document import checkpoint_label, layer_names
 from actgeom.cli.report.figures_ood import SCORE_LABELS, ood_files, scores
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value) -> str:
-    """6 significant digits, as the page's other tables (an OOD measure is always a float or an int)."""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+from actgeom.cli.report.html_text import esc, fmt
 
 MEASURES = (("auroc", "AUROC"), ("aupr_in", "AUPR-In"), ("aupr_out", "AUPR-Out"), ("fpr95", "FPR95"))
 
