@@ -184,3 +184,8 @@ def test_ood_with_ci_draws_and_tabulates_the_ood_commands_intervals(ood_report, 
     want = [(r["intervals"]["mahalanobis_auroc"]["ci_low"], r["intervals"]["mahalanobis_auroc"]["ci_high"])
             for r in entry["ood"]["layers"]]
     np.testing.assert_allclose([(s[0][1], s[1][1]) for s in segments], want)
+    from actgeom.cli.report.uncertainty import interval_words
+    words = interval_words(document, short=True)
+    for fig in (figure, figures_ood.fig_ood_nc5(document)):  # the legend and the caption say what the bars are
+        assert words in [text.get_text() for text in fig.legends[0].get_texts()] and fig.uncertainty == (True, False)
+    assert html.count(f"Error bars: {interval_words(document)}") >= 2 + 1  # the two OOD figures and the family's

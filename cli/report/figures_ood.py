@@ -24,7 +24,7 @@ from actgeom.cli.report.figures import (
     checkpoint_colours,
 )
 from actgeom.cli.report.ood import score_names
-from actgeom.cli.report.uncertainty import error_bars
+from actgeom.cli.report.uncertainty import error_bars, legend_entries
 
 NO_OOD = "no OOD dump was given (--ood)"
 SCORE_COLOURS = (*OKABE_ITO, "#999999")  # nine scores: Okabe–Ito and grey
@@ -58,10 +58,10 @@ def ood_bounds(entry: dict, layer: str, name: str) -> tuple[float, float]:
     return math.nan, math.nan
 
 
-def _bars(ax, entry: dict, layers: list[str], name: str, depth: np.ndarray, values, colour, gid: str) -> None:
-    """The metric's jackknife error bars across depth, where it has an interval (--ci)."""
+def _bars(ax, entry: dict, layers: list[str], name: str, depth: np.ndarray, values, colour, gid: str) -> bool:
+    """The metric's jackknife error bars across depth, where it has an interval (--ci). True when drawn."""
     lows, highs = np.array([ood_bounds(entry, layer, name) for layer in layers], dtype=np.float64).reshape(-1, 2).T
-    error_bars(ax, depth, np.asarray(values, dtype=np.float64), lows, highs, colour, gid)
+    return error_bars(ax, depth, np.asarray(values, dtype=np.float64), lows, highs, colour, gid)
 
 
 def scores(document: dict) -> list[str]:
@@ -102,14 +102,14 @@ def fig_ood_depth(document: dict) -> Figure | str:
     columns = max(2, 2 * min(len(files), 4))  # the legend's columns: as many as the panels' width holds
     rows = math.ceil((len(names) + 1) / columns)
     fig, axes = _grid(len(files), legend_entries=rows * LEGEND_COLUMNS, room=_slant_room(layers))
-    handles = []
+    handles, drawn = [], False
     for ax, entry in zip(axes, files):
         for i, name in enumerate(names):
             values = [ood_value(entry, layer, f"{name}_auroc") for layer in layers]
             (line,) = ax.plot(depth, values, color=SCORE_COLOURS[i % len(SCORE_COLOURS)], marker="o", markersize=3.5,
                               linewidth=1.4, gid=f"ood-auroc-{checkpoint_label(entry)}-{name}")
-            _bars(ax, entry, layers, f"{name}_auroc", depth, values, line.get_color(),
-                  f"ood-auroc-ci-{checkpoint_label(entry)}-{name}")
+            drawn |= _bars(ax, entry, layers, f"{name}_auroc", depth, values, line.get_color(),
+                           f"ood-auroc-ci-{checkpoint_label(entry)}-{name}")
             if len(handles) < len(names):
                 handles.append(line)
         ax.axhline(0.5, color="0.35", linestyle="--", linewidth=1)
@@ -117,9 +117,10 @@ def fig_ood_depth(document: dict) -> Figure | str:
         ax.set_title(f"AUROC at {checkpoint_label(entry)} (↑ better)", fontsize=9)
         _depth_axis(ax, depth, layers, "AUROC")
     chance = matplotlib.lines.Line2D([], [], color="0.35", linestyle="--", linewidth=1)
-    fig.legend(handles + [chance], [SCORE_LABELS.get(name, name) for name in names] + ["chance (0.5)"], loc="upper center",
-               bbox_to_anchor=(0.5, 1.0), ncols=columns, fontsize=8, frameon=False, borderaxespad=0.2)
-    fig.unavailable = unavailable
+    more, words = legend_entries(document, drawn, False)  # what the error bars are (the caption says it too)
+    fig.legend(handles + [chance] + more, [SCORE_LABELS.get(name, name) for name in names] + ["chance (0.5)"] + words,
+               loc="upper center", bbox_to_anchor=(0.5, 1.0), ncols=columns, fontsize=8, frameon=False, borderaxespad=0.2)
+    fig.uncertainty, fig.unavailable = (drawn, False), unavailable
     return fig
 
 
@@ -146,13 +147,16 @@ def fig_ood_nc5(document: dict) -> Figure | str:
     colours = checkpoint_colours(len(files))
     handles = [ax.plot(depth, series[i], color=colours[i], marker="o", markersize=4, linewidth=1.5,
                        gid=f"ood-nc5-{checkpoint_label(entry)}")[0] for i, entry in enumerate(files)]
+    drawn = False
     for i, entry in enumerate(files):
-        _bars(ax, entry, layers, "nc5", depth, series[i], colours[i], f"ood-nc5-ci-{checkpoint_label(entry)}")
+        drawn |= _bars(ax, entry, layers, "nc5", depth, series[i], colours[i], f"ood-nc5-ci-{checkpoint_label(entry)}")
     ax.axhline(0.0, color="0.35", linestyle="--", linewidth=1)
     arrow = {"lower": " (↓ better)", "higher": " (↑ better)"}.get(document["metrics_info"].get("nc5", {}).get("direction"), "")
     ax.set_title(f"NC5: mean |cos(μ_OOD − μ_G, μ_c − μ_G)|{arrow}", fontsize=9)
     _depth_axis(ax, depth, layers, "mean |cosine|")
-    _top_legend(fig, handles, [checkpoint_label(entry) for entry in files])
+    more, words = legend_entries(document, drawn, False)
+    _top_legend(fig, handles + more, [checkpoint_label(entry) for entry in files] + words)
+    fig.uncertainty = (drawn, False)
     return fig
 
 
