@@ -60,13 +60,16 @@ class Projection:
     """The model's linear maps of a row, stacked so that a block of rows costs one GEMM:
     Y = (X − μ) @ matrix + offset, μ the global mean, its columns named by ``columns``: "within"
     y = L_Wᵀ(x − μ) with Σ_W⁺ = L_W L_Wᵀ, so (x − μ)ᵀΣ_W⁺(x − μ) = ‖y‖²; "classes" (x − μ)ᵀΣ_W⁺(μ_c − μ);
-    "total" L_Tᵀ(x − μ) with Σ_T⁺ = L_T L_Tᵀ; "logits" Wx + b; "vim" (x − o)ᵀV_⊥; "neco" zᵀP_d. The
-    affine shifts (x − o, z = (x − mean)/scale) are constants of the offset."""
+    "total" t = L_Tᵀ(x − μ) with Σ_T⁺ = L_T diag(w) L_Tᵀ, so (x − μ)ᵀΣ_T⁺(x − μ) = Σ_j w_j t_j² (the same
+    columns as "within" when one basis diagonalises both: :func:`_precision_roots`); "logits" Wx + b;
+    "vim" (x − o)ᵀV_⊥; "neco" zᵀP_d. The affine shifts (x − o, z = (x − mean)/scale) are constants of
+    the offset."""
 
     matrix: np.ndarray  # (D, k)
     offset: np.ndarray  # (k,)
     columns: dict[str, slice]
     centres: np.ndarray  # (C,) (μ_c − μ)ᵀΣ_W⁺(μ_c − μ)
+    total_weights: np.ndarray  # (r_T,) w
 
 
 def _psd_root(matrix: np.ndarray, power: float) -> np.ndarray:
@@ -77,18 +80,38 @@ def _psd_root(matrix: np.ndarray, power: float) -> np.ndarray:
     return vectors[:, keep] * values[keep] ** power
 
 
-def stacked(model: OodModel, within_root: np.ndarray | None = None, total_root: np.ndarray | None = None) -> Projection:
-    """The :class:`Projection` of a model, from the roots L (D, r) of its precisions (fit passes those
-    of its covariances; else factored from the precisions)."""
+def _precision_roots(within: np.ndarray, cov_total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L_W, L_T, w) with Σ_W⁺ = L_W L_Wᵀ and Σ_T⁺ = L_T diag(w) L_Tᵀ. When both covariances have full
+    rank, one basis A diagonalises both (AᵀΣ_W A = I, AᵀΣ_T A = Γ: A = L_W Q, Q the eigenvectors of
+    L_WᵀΣ_T L_W), so L_T = L_W = A and w = 1/γ: the scoring GEMM needs D columns fewer. Its rounding
+    grows with the conditioning as the separate roots' do (within a factor of a few, in float64);
+    a rank below D (dead units) or a γ below the pseudo-inverse's cut keeps the separate roots."""
+    within_root, total_root = _psd_root(within, -0.5), _psd_root(cov_total, -0.5)
+    d = within.shape[0]
+    if within_root.shape[1] == total_root.shape[1] == d:
+        gammas, rotation = np.linalg.eigh(within_root.T @ cov_total @ within_root)
+        if gammas.min() > d * np.finfo(float).eps * gammas.max():
+            basis = within_root @ rotation
+            return basis, basis, 1.0 / gammas
+    return within_root, total_root, np.ones(total_root.shape[1])
+
+
+def stacked(model: OodModel, roots: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Projection:
+    """The :class:`Projection` of a model, from the roots (L_W, L_T, w) of its precisions
+    (:func:`_precision_roots`: fit passes those of its covariances; else factored from the precisions)."""
     mu = model.global_mean
     blocks: dict[str, tuple[np.ndarray, np.ndarray | float]] = {}
-    centres = np.zeros(0)
+    centres = weights = np.zeros(0)
     if model.means.shape[0]:
-        within = _psd_root(model.within_precision, 0.5) if within_root is None else within_root
-        total = _psd_root(model.total_precision, 0.5) if total_root is None else total_root
+        if roots is None:  # a model not made by fit: its precisions factored
+            total = _psd_root(model.total_precision, 0.5)
+            roots = _psd_root(model.within_precision, 0.5), total, np.ones(total.shape[1])
+        within, total, weights = roots
         means = (model.means - mu) @ within  # the centred class means in y's coordinates
         centres = np.einsum("cj,cj->c", means, means)
-        blocks |= {"within": (within, 0.0), "classes": (within @ means.T, 0.0), "total": (total, 0.0)}
+        blocks |= {"within": (within, 0.0), "classes": (within @ means.T, 0.0)}
+        if total is not within:  # else "total" reads the columns of "within"
+            blocks["total"] = (total, 0.0)
     if model.weight is not None:
         bias = 0.0 if model.bias is None else model.bias
         blocks["logits"] = (model.weight.T, mu @ model.weight.T + bias)
@@ -100,11 +123,13 @@ def stacked(model: OodModel, within_root: np.ndarray | None = None, total_root: 
         blocks["neco"] = (basis, (mu - mean) @ basis)
     widths = np.cumsum([0] + [m.shape[1] for m, _ in blocks.values()])
     columns = {name: slice(int(a), int(b)) for name, a, b in zip(blocks, widths[:-1], widths[1:])}
+    if "within" in columns:
+        columns.setdefault("total", columns["within"])
     matrix = np.zeros((mu.size, widths[-1]))
     offset = np.zeros(widths[-1])
     for name, (part, shift) in blocks.items():
         matrix[:, columns[name]], offset[columns[name]] = part, shift
-    return Projection(matrix=matrix, offset=offset, columns=columns, centres=centres)
+    return Projection(matrix=matrix, offset=offset, columns=columns, centres=centres, total_weights=weights)
 
 
 def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_dim: int | None = None,
@@ -118,10 +143,11 @@ def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_d
     mean = total.means[0]
     cov_total = total.within_scatter / n_all
     within = classes.within_scatter / n if n else np.zeros_like(cov_total)  # no labelled rows: no class scores
-    within_root, total_root = _psd_root(within, -0.5), _psd_root(cov_total, -0.5)
+    roots = _precision_roots(within, cov_total)
+    within_root, total_root, weights = roots
     model = OodModel(means=classes.means[present], within_precision=within_root @ within_root.T,
-                     global_mean=mean, total_precision=total_root @ total_root.T, weight=weight, bias=bias,
-                     knn_k=knn_k, temperature=temperature)
+                     global_mean=mean, total_precision=(total_root * weights) @ total_root.T, weight=weight,
+                     bias=bias, knn_k=knn_k, temperature=temperature)
     d = mean.size
     if weight is not None and bias is not None:
         origin = -np.linalg.pinv(weight) @ bias
@@ -139,7 +165,7 @@ def fit(classes: ClassStats, total: ClassStats, *, weight=None, bias=None, vim_d
     if knn_sample is not None:
         rows = _normalised(np.asarray(knn_sample, dtype=np.float64))  # shuffled once: kNN's search is fast on mixed rows
         model = replace(model, knn_rows=rows[np.random.default_rng(0).permutation(rows.shape[0])])
-    return replace(model, projection=stacked(model, within_root, total_root))
+    return replace(model, projection=stacked(model, roots))
 
 
 def _normalised(X: np.ndarray) -> np.ndarray:
@@ -167,12 +193,13 @@ def scores(model: OodModel, X: np.ndarray) -> dict[str, np.ndarray]:
     the stacked maps (:class:`Projection`), then reductions per row."""
     projection = model.projection if model.projection is not None else stacked(model)
     # about the fit rows' mean: no cancellation against a large offset
-    Y = (X - model.global_mean) @ projection.matrix + projection.offset
+    Y = (X - model.global_mean) @ projection.matrix
+    Y += projection.offset
     columns = {name: Y[:, where] for name, where in projection.columns.items()}
     out = {}
     if "within" in columns:
         nearest = _min_mahalanobis(columns["within"], columns["classes"], projection.centres)
-        md0 = _squared_norms(columns["total"])
+        md0 = columns["total"] ** 2 @ projection.total_weights
         out = {"mahalanobis": -nearest, "relative_mahalanobis": -(nearest - md0)}
     if "logits" in columns:
         logits = columns["logits"]
