@@ -90,3 +90,22 @@ def test_nc5_is_the_mean_absolute_cosine_to_the_class_means(data):
     expected = np.mean([abs(np.dot(X[y == c].mean(axis=0) - mu_g, ood_mean - mu_g))
                         / (np.linalg.norm(X[y == c].mean(axis=0) - mu_g) * np.linalg.norm(ood_mean - mu_g)) for c in range(4)])
     assert ood.nc5(ood_mean, model) == pytest.approx(expected, rel=RTOL)
+
+
+def test_a_dead_unit_leaves_the_shared_basis_and_matches_the_pseudo_inverse_reference(data):
+    """A constant unit makes Σ_W and Σ_T singular: the scores take the separate factors of each
+    pseudo-inverse (no shared basis), and still equal scikit-learn's (pinvh) references."""
+    X, y, W, b, test, _, _ = data
+    X, test = X.copy(), test.copy()
+    X[:, 3], test[:, 3] = 7.0, 7.0 + np.linspace(-1.0, 1.0, test.shape[0])  # dead in the fit rows; not in the test rows
+    moments = ClassMoments(X.shape[1])
+    moments.update(X, y)
+    classes = moments.finalize()
+    got = ood.scores(ood.fit(classes, pooled(classes)), test)
+    means = np.array([X[y == c].mean(axis=0) for c in range(4)])
+    tied = EmpiricalCovariance(assume_centered=True).fit(X - means[y])
+    md = np.array([[(t - m) @ tied.precision_ @ (t - m) for m in means] for t in test])
+    np.testing.assert_allclose(got["mahalanobis"], -md.min(axis=1), rtol=RTOL)
+    full = EmpiricalCovariance().fit(X)
+    md0 = np.array([(t - X.mean(axis=0)) @ full.precision_ @ (t - X.mean(axis=0)) for t in test])
+    np.testing.assert_allclose(got["relative_mahalanobis"], -(md.min(axis=1) - md0), rtol=1e-7)
