@@ -1,9 +1,8 @@
 """Mergeable one-pass statistics of a layer (README: "Scale"), exact in float64.
 
-Each accumulator has ``update`` (one block of rows), ``merge`` (another accumulator of the same
-layer, e.g. another shard's) and ``to_arrays``/``from_arrays`` (for partial-statistics files).
-Merging is associative: any split of the rows, merged in any order, gives the same statistics
-up to float64 rounding.
+Each accumulator has ``update`` (one block of rows), ``merge`` (another accumulator of the same layer,
+e.g. another shard's: any split of the rows, merged in any order, gives the same statistics up to
+float64 rounding) and ``to_arrays``/``from_arrays`` (for partial-statistics files).
 
 Numerics: second moments are never formed as E[xxᵀ] − μμᵀ from raw sums (that cancels
 catastrophically when the spread is small next to the mean, as in the collapsed regime). Each
@@ -243,16 +242,14 @@ class ClassMoments:
         arrays = {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c], "sumsq": self.sumsq[:c]}
         if not self.keeps_scatter:
             return arrays
-        # The upper triangle packed; empty when no row was added (e.g. no unlabelled row).
-        return arrays | {"scatter": np.zeros(0) if self.scatter is None else pack_upper(self.scatter)}
+        return arrays | {"scatter": np.zeros(0) if self.scatter is None else pack_upper(self.scatter)}  # empty: no row
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassMoments":
         acc = cls(arrays["ref"].shape[1], scatter="scatter" in arrays)
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
-        if "scatter" in arrays:
-            scatter = arrays["scatter"]
-            acc.scatter = unpack_upper(scatter) if scatter.size else None
+        if arrays.get("scatter", np.zeros(0)).size:  # empty: no row was added (the scatter stays None)
+            acc.scatter = unpack_upper(arrays["scatter"])
         return acc
 
 

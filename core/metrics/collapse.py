@@ -19,6 +19,7 @@ from actgeom.core.base.registry import INVARIANCES, Unavailable, registry
 from actgeom.core.base.threads import blas_threads
 from actgeom.core.metrics.collapse_geometry import (  # noqa: F401 (Geometry, geometry, kept_classes re-exported)
     Geometry,
+    eig_between,
     eig_of_gram,
     etf_error,
     frame_error,
@@ -27,14 +28,14 @@ from actgeom.core.metrics.collapse_geometry import (  # noqa: F401 (Geometry, ge
     pinv_rank,
     row_norms,
     std_over_mean,
-    trace_against_inverse,
     trace_against_regular_inverse,
     unavailable_all,
     variance,
+    weighted_between,
     why_no_spread,
     why_no_within,
 )
-from actgeom.core.metrics.collapse_null import LowRankScatter, trace_ratio
+from actgeom.core.metrics.collapse_null import LowRankScatter, dense, trace, trace_against, trace_ratio
 
 
 def resolve_options(preset: str | None = None, **given) -> CollapseOptions:
@@ -59,12 +60,12 @@ def nc1(g: Geometry, o: CollapseOptions) -> dict:
         value = trace_against_regular_inverse(g.sigma_w, g.centred_gram / g.n_classes, g.n_classes)
         if value is not None:  # every eigenpair kept, by either convention
             return {"nc1": value / g.n_classes if o.divide_by_c else value, "nc1_rank_used": g.n_units}
-    lam, vectors = _eig_between(g)
+    lam, vectors = eig_between(g)
     if o.nc1_inverse == "topk":
         k = min(g.n_classes - 1, g.n_units, int((lam > 0).sum()))
     else:
         k = pinv_rank(lam, max(g.n_units, g.n_classes))
-    value = _trace_against(g.sigma_w, lam, vectors, k)
+    value = trace_against(g.sigma_w, lam, vectors, k)
     return {"nc1": value / g.n_classes if o.divide_by_c else value, "nc1_rank_used": k}
 
 
@@ -74,7 +75,7 @@ def nc1_quotient(g: Geometry, o: CollapseOptions) -> dict:
     if why:
         return {"nc1_quotient": Unavailable(why)}
     trace_b = float(np.einsum("ij,ij->", g.centred, g.centred)) / g.n_classes
-    return {"nc1_quotient": _trace(g.sigma_w) / trace_b if trace_b else float("nan")}
+    return {"nc1_quotient": trace(g.sigma_w) / trace_b if trace_b else float("nan")}
 
 
 def vci(g: Geometry, o: CollapseOptions) -> dict:
@@ -91,7 +92,7 @@ def vci(g: Geometry, o: CollapseOptions) -> dict:
         if forms is not None:
             return {"vci": _vci(trace_ratio(forms / g.n_classes), g)}
     sigma_b = g.centred_gram / g.n_classes
-    sigma_t = _dense(g.sigma_w) + sigma_b
+    sigma_t = dense(g.sigma_w) + sigma_b
     explained = trace_against_regular_inverse(sigma_b, sigma_t, g.n_units)
     if explained is not None:
         return {"vci": _vci(explained, g)}
@@ -118,48 +119,12 @@ def separation_fuzziness(g: Geometry, o: CollapseOptions) -> dict:
         return {"separation_fuzziness": Unavailable(why)}
     weights = np.sqrt(g.counts / g.counts.sum())
     if g.n_classes > g.n_units and not isinstance(g.sigma_w, LowRankScatter):  # SS_B may be regular: no eigensolve
-        value = trace_against_regular_inverse(g.sigma_w, _weighted_between(g, weights), g.n_classes)
+        value = trace_against_regular_inverse(g.sigma_w, weighted_between(g, weights), g.n_classes)
         if value is not None:
             return {"separation_fuzziness": value}
     lam, vectors = eig_of_gram(weights[:, None] * (g.means - g.sample_mean))
     k = pinv_rank(lam, max(g.n_units, g.n_classes))
-    return {"separation_fuzziness": _trace_against(g.sigma_w, lam, vectors, k)}
-
-
-# -- Σ_W as a matrix or, under a label permutation, as its factors (core/metrics/collapse_null.py) ---------
-
-def _dense(sigma) -> np.ndarray:
-    return sigma.dense() if isinstance(sigma, LowRankScatter) else sigma
-
-
-def _trace(sigma) -> float:
-    return sigma.trace() if isinstance(sigma, LowRankScatter) else float(np.trace(sigma))
-
-
-def _weighted_between(g: Geometry, weights: np.ndarray, tile: int = 2048) -> np.ndarray:
-    """Σ_c w_c² (μ_c − x̄)(μ_c − x̄)ᵀ (D, D), a tile of classes at a time: no C × D temporary."""
-    mean, out = g.sample_mean, np.zeros((g.n_units, g.n_units))
-    for start in range(0, g.n_classes, tile):
-        rows = g.means[start:start + tile] - mean
-        rows *= weights[start:start + tile, None]
-        out += rows.T @ rows
-    return out
-
-
-def _eig_between(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs (descending) of Σ_B = M̃ᵀM̃/C, from the shared Gram when C ≥ D."""
-    if g.n_classes < g.n_units:
-        return eig_of_gram(g.centred / math.sqrt(g.n_classes))
-    with blas_threads(g.n_units):
-        lam, vectors = np.linalg.eigh(g.centred_gram / g.n_classes)
-    return np.maximum(lam[::-1], 0.0), vectors[:, ::-1]
-
-
-def _trace_against(sigma, eigenvalues: np.ndarray, vectors: np.ndarray, k: int) -> float:
-    """Tr(Σ A⁺), A⁺ from the first k eigenpairs of A (:func:`trace_against_inverse`)."""
-    if not isinstance(sigma, LowRankScatter) or k == 0:
-        return trace_against_inverse(_dense(sigma), eigenvalues, vectors, k)
-    return float(sigma.quadratic_forms(vectors[:, :k]) @ (1.0 / eigenvalues[:k]))
+    return {"separation_fuzziness": trace_against(g.sigma_w, lam, vectors, k)}
 
 
 def nc2_means(g: Geometry, o: CollapseOptions) -> dict:

@@ -14,6 +14,7 @@ from scipy.linalg import lapack
 from actgeom.core.base.options import CollapseOptions
 from actgeom.core.base.registry import Unavailable
 from actgeom.core.base.stats import ClassStats
+from actgeom.core.base.threads import blas_threads
 from actgeom.core.metrics.pairwise import pair_stats
 
 
@@ -110,6 +111,25 @@ def eig_of_gram(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def row_norms(a: np.ndarray) -> np.ndarray:
     """‖a_c‖ of every row, without the C × D temporary of ``np.linalg.norm(a, axis=1)``."""
     return np.sqrt(np.einsum("ij,ij->i", a, a))
+
+
+def weighted_between(g: Geometry, weights: np.ndarray, tile: int = 2048) -> np.ndarray:
+    """Σ_c w_c² (μ_c − x̄)(μ_c − x̄)ᵀ (D, D), a tile of classes at a time: no C × D temporary."""
+    mean, out = g.sample_mean, np.zeros((g.n_units, g.n_units))
+    for start in range(0, g.n_classes, tile):
+        rows = g.means[start:start + tile] - mean
+        rows *= weights[start:start + tile, None]
+        out += rows.T @ rows
+    return out
+
+
+def eig_between(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs (descending) of Σ_B = M̃ᵀM̃/C, from the shared Gram when C ≥ D."""
+    if g.n_classes < g.n_units:
+        return eig_of_gram(g.centred / math.sqrt(g.n_classes))
+    with blas_threads(g.n_units):
+        lam, vectors = np.linalg.eigh(g.centred_gram / g.n_classes)
+    return np.maximum(lam[::-1], 0.0), vectors[:, ::-1]
 
 
 def pinv_rank(eigenvalues: np.ndarray, size: int) -> int:

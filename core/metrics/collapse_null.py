@@ -30,6 +30,7 @@ import numpy as np
 
 from actgeom.core.base.stats import ClassStats
 from actgeom.core.base.threads import blas_threads
+from actgeom.core.metrics.collapse_geometry import trace_against_inverse
 
 # How far above the pseudo-inverse's cut-off (D·eps·λ_max) the certified smallest eigenvalue of Σ_T
 # must be for the inverse to be the pseudo-inverse: covers the rounding of the bound and of eigh.
@@ -124,3 +125,20 @@ def trace_ratio(x: np.ndarray) -> float:
     """Tr(X (I + X)⁻¹) of a symmetric positive semi-definite X: with X = R Σ_W⁻¹ Rᵀ, R = M̃/√C, this is
     Tr(R (Σ_W + RᵀR)⁻¹ Rᵀ) = Tr(Σ_T⁻¹ Σ_B) (Woodbury)."""
     return float(np.trace(np.linalg.solve(np.eye(x.shape[0]) + x, x)))
+
+
+# -- Σ_W as a matrix or, under a label permutation, as its factors ------------------------------------
+
+def dense(sigma) -> np.ndarray:
+    return sigma.dense() if isinstance(sigma, LowRankScatter) else sigma
+
+
+def trace(sigma) -> float:
+    return sigma.trace() if isinstance(sigma, LowRankScatter) else float(np.trace(sigma))
+
+
+def trace_against(sigma, eigenvalues: np.ndarray, vectors: np.ndarray, k: int) -> float:
+    """Tr(Σ A⁺), A⁺ from the first k eigenpairs of A (:func:`trace_against_inverse`)."""
+    if not isinstance(sigma, LowRankScatter) or k == 0:
+        return trace_against_inverse(dense(sigma), eigenvalues, vectors, k)
+    return float(sigma.quadratic_forms(vectors[:, :k]) @ (1.0 / eigenvalues[:k]))
