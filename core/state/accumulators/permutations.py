@@ -11,9 +11,10 @@ same permutation; the dump's label vector is read once per pass (memory: N label
 Per permutation k the accumulator keeps n_kc, Σ_{i∈c} (x_i − r) and Σ_{i∈c} ‖x_i − r‖² (r: one
 reference row, the mean of the first labelled block: the permuted classes are random, so one shift
 suffices); the permuted within-class scatter is exact from the total moments: S_W,k = S_T − Σ_c n_kc
-(μ_kc − x̄)(μ_kc − x̄)ᵀ (:meth:`PermutedClasses.stats`). A block's rows are added by sparse
-indicator products with the shifted rows (m·C × n, m ones per row), m permutations at a time so that
-their class sums stay in a core's cache: K·D additions per row, against D²/2 for the scatter.
+(μ_kc − x̄)(μ_kc − x̄)ᵀ (:meth:`PermutedClasses.stats`). The shifted rows are added 4 MiB at a time
+by one sparse indicator product (K·C × n, K ones per column: K·D additions per row, against D²/2 for
+the scatter), row-compressed so that each class sum stays in a core's L1 cache while its rows (in
+L3) are added to it in place.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from scipy import sparse
+from scipy.sparse import _sparsetools  # `csr @ dense`'s kernels (Y += A X) add into the sums in place; private, stable
 
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.sample import hash_keys
@@ -32,7 +33,7 @@ from actgeom.core.state.accumulators.base import Rows, Spec
 
 PERMUTATION_SALT = 0x3C6EF372  # the permutations' keys differ from the groups', the sample's and the split's
 ROUNDS = 4  # Feistel rounds (Luby–Rackoff: 4 rounds of a pseudorandom function give a pseudorandom permutation)
-TILE_BYTES = 2**19  # the class sums of a tile of permutations (m·C·D float64) stay in a core's cache
+CACHED_BYTES = 2**22  # rows added at a time (float64): they stay in the L3 cache while K permutations read them
 ROW_VECTOR = "permuted_labels"  # the per-row (n, K) labels under each permutation, read by the engine
 
 
@@ -197,21 +198,30 @@ class Permutations:
         if self.n == 0:
             self.ref = X.mean(axis=0)
         self._ensure(int(permuted.max()) + 1)
-        c, k = self.counts.shape[1], self.permutations
         if self._z.shape[0] < n:
             self._z = np.empty((n, self.n_units))
         z = np.subtract(X, self.ref, out=self._z[:n])
+        step = max(1, CACHED_BYTES // (8 * max(self.n_units, 1)))
+        for first in range(0, n, step):
+            self._add(z[first:first + step], permuted[first:first + step])
+
+    def _add(self, z: np.ndarray, permuted: np.ndarray) -> None:
+        """Counts, class sums and squared norms of shifted rows z (n, D; C-contiguous) with their labels
+        under each permutation (n, K)."""
+        n, c, k = z.shape[0], self.counts.shape[1], self.permutations
         index = (permuted + np.arange(k) * c).ravel()  # row i, permutation k → k·C + its label
-        self.counts += np.bincount(index, minlength=k * c).reshape(k, c)
-        sums = self.sums.reshape(k * c, self.n_units)
-        tile = max(1, TILE_BYTES // (8 * c * self.n_units))  # permutations whose class sums stay in cache
-        for first in range(0, k, tile):
-            part = permuted[:, first:first + tile]
-            m = part.shape[1]
-            indicator = sparse.csc_matrix((np.ones(n * m), (part + np.arange(m) * c).ravel(), np.arange(0, n * m + 1, m)),
-                                          shape=(m * c, n))
-            sums[first * c:(first + m) * c] += indicator @ z
-        self.sumsq += np.bincount(index, weights=np.repeat(np.einsum("ij,ij->i", z, z), k), minlength=k * c).reshape(k, c)
+        counts = np.bincount(index, minlength=k * c)
+        self.counts += counts.reshape(k, c)
+        indptr, rows_of = class_rows(permuted, counts)
+        ones = np.ones(n * k)
+        sums = self.sums.view()
+        sums.shape = (k * c, self.n_units)  # a view, never a copy: the kernel writes into it (raises otherwise)
+        # sums += indicator @ z in place: each class sum takes its rows while it sits in L1 (one core: ~0.5 ns
+        # an addition, against ~0.7–1 ns for a column-compressed product per permutation into a temporary)
+        _sparsetools.csr_matvecs(k * c, n, self.n_units, indptr, rows_of, ones, z.ravel(), sums.ravel())
+        sumsq = self.sumsq.view()
+        sumsq.shape = (k * c,)
+        _sparsetools.csr_matvec(k * c, n, indptr, rows_of, ones, np.einsum("ij,ij->i", z, z), sumsq)
 
     def merge(self, other: "Permutations") -> None:
         """Add another accumulator's rows, re-basing its sums onto our reference:
@@ -239,6 +249,20 @@ class Permutations:
         acc = cls(arrays["ref"].shape[0], spec.permutations)
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
         return acc
+
+
+def class_rows(permuted: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The block's (K·C × n) class indicator, row-compressed: ``indptr`` (K·C + 1,) and, permutation
+    by permutation, the rows of each permuted class in ascending order (a class sum adds its rows in
+    row order). A stable sort of each permutation's labels in the narrowest unsigned type, which numpy
+    radix-sorts (8 or 16 bits: ~1 ms a block of 2 048 rows × 100 permutations, where scipy converts a
+    column-compressed indicator in ~8 ms)."""
+    n_classes = counts.size // permuted.shape[1]
+    keys = np.ascontiguousarray(permuted.T, dtype=np.min_scalar_type(max(n_classes - 1, 0)))
+    rows_of = np.argsort(keys, axis=1, kind="stable").ravel()
+    indptr = np.zeros(counts.size + 1, dtype=rows_of.dtype)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, rows_of
 
 
 @dataclass
