@@ -277,3 +277,29 @@ def test_dask_nulls_equal_a_local_run(tmp_path, rng):
     for name, null in a["nulls"].items():
         assert b["nulls"][name] == pytest.approx(null, rel=1e-10, abs=1e-12), name
     assert a["neurons"]["units"]["p_value"] == b["neurons"]["units"]["p_value"]
+
+
+def test_permuted_sums_without_scipys_private_kernels_are_the_same(rng, monkeypatch):
+    """The in-place kernels (scipy.sparse._sparsetools) and the public sparse product they replace give
+    the same counts, class sums and squared norms (a scipy without the private module still works)."""
+    from actgeom.core.state.accumulators import permutations
+    from actgeom.core.state.accumulators.base import Rows
+
+    X = rng.standard_normal((700, 9)) + 50.0
+    permuted = rng.integers(0, 6, size=(700, 5))
+
+    def accumulated():
+        acc = permutations.Permutations(9, 5)
+        for start in range(0, 700, 256):
+            part = slice(start, start + 256)
+            acc.update(Rows(X=X[part], labels=permuted[part, 0], index=np.arange(700)[part],
+                            vectors={permutations.ROW_VECTOR: permuted[part]}))
+        return acc
+
+    fast = accumulated()
+    monkeypatch.setattr(permutations, "csr_matvecs", None)
+    public = accumulated()
+    np.testing.assert_array_equal(public.counts, fast.counts)
+    np.testing.assert_allclose(public.sums, fast.sums, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(public.sumsq, fast.sumsq, rtol=1e-12)
+    assert fast.counts.sum() == 700 * 5 and np.abs(fast.sums).max() > 1.0  # rows were added (not two zero states)

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from scipy.sparse import _sparsetools  # `csr @ dense`'s kernels (Y += A X) add into the sums in place; private, stable
+from scipy import sparse
+
+try:  # `csr @ dense`'s kernels (Y += A X) add into the sums in place: private to scipy, stable for a decade
+    from scipy.sparse._sparsetools import csr_matvec, csr_matvecs
+except ImportError:  # a scipy without them: the public product, into a temporary (~1.5 × slower)
+    csr_matvec = csr_matvecs = None
 
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.sample import hash_keys
@@ -218,10 +223,16 @@ class Permutations:
         sums.shape = (k * c, self.n_units)  # a view, never a copy: the kernel writes into it (raises otherwise)
         # sums += indicator @ z in place: each class sum takes its rows while it sits in L1 (one core: ~0.5 ns
         # an addition, against ~0.7–1 ns for a column-compressed product per permutation into a temporary)
-        _sparsetools.csr_matvecs(k * c, n, self.n_units, indptr, rows_of, ones, z.ravel(), sums.ravel())
         sumsq = self.sumsq.view()
         sumsq.shape = (k * c,)
-        _sparsetools.csr_matvec(k * c, n, indptr, rows_of, ones, np.einsum("ij,ij->i", z, z), sumsq)
+        norms = np.einsum("ij,ij->i", z, z)
+        if csr_matvecs is None:
+            indicator = sparse.csr_matrix((ones, rows_of, indptr), shape=(k * c, n))
+            sums += indicator @ z
+            sumsq += indicator @ norms
+            return
+        csr_matvecs(k * c, n, self.n_units, indptr, rows_of, ones, z.ravel(), sums.ravel())
+        csr_matvec(k * c, n, indptr, rows_of, ones, norms, sumsq)
 
     def merge(self, other: "Permutations") -> None:
         """Add another accumulator's rows, re-basing its sums onto our reference:
