@@ -20,6 +20,7 @@ from scipy.linalg import blas, lapack
 
 _TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
 _CLASS_TILE = 2048  # classes per product in finalize: 64 MiB of temporaries at D = 4 096, whatever C
+_PRODUCT_BYTES = 4 << 20  # shifted rows per D×D product (at least 256 rows): a dsyrk's full rate from here
 
 
 def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -149,7 +150,11 @@ class ClassMoments:
         self.keeps_scatter = scatter
         self.scatter: np.ndarray | None = None
         self._products = BlockProducts(n_units, products) if scatter else None
-        self._z = np.empty((0, n_units))  # reused block buffer of shifted rows
+        # Shifted rows wait in this buffer until at least `_batch` of them make one product: a small
+        # dsyrk (a jackknife group's share of a block) runs well below a block's rate
+        self._z = np.empty((0, n_units))
+        self._waiting = 0
+        self._batch = max(256, _PRODUCT_BYTES // (8 * max(n_units, 1)))
 
     @property
     def n_classes(self) -> int:
@@ -175,8 +180,7 @@ class ClassMoments:
         if new.any():  # reference of a class = its mean in the block where it first appears
             block_means = (indicator @ X) / block_counts[:, None]
             self.ref[present[new]] = block_means[new]
-        self._z = _buffer(self._z, X.shape)
-        z = self._z[:n]
+        z = self._shifted_rows(n)
         if present.size == 1:  # one class (no labels, or a spectrum): a broadcast, no gather
             np.subtract(X, self.ref[present[0]], out=z)
             block_sums = column_sums(z)[None, :]
@@ -188,12 +192,31 @@ class ClassMoments:
         self.sums[present] += block_sums
         self.sumsq[present] += np.bincount(inverse, weights=np.einsum("ij,ij->i", z, z), minlength=present.size)
         if self.keeps_scatter:
+            self._waiting += n
+            if self._waiting >= self._batch:
+                self._flush()
+
+    def _shifted_rows(self, n: int) -> np.ndarray:
+        """Room for n shifted rows after those waiting for the product (kept when the buffer grows)."""
+        waiting = self._waiting
+        if self._z.shape[0] < waiting + n:
+            grown = np.empty((max(waiting + n, self._batch), self.n_units))
+            grown[:waiting] = self._z[:waiting]
+            self._z = grown
+        return self._z[waiting:waiting + n]
+
+    def _flush(self) -> None:
+        """Add the waiting shifted rows' Σ z zᵀ to the scatter."""
+        if self._waiting:
             if self.scatter is None:
                 self.scatter = np.zeros((self.n_units, self.n_units), order="F")
-            self._products.add(self.scatter, z)
+            self._products.add(self.scatter, self._z[: self._waiting])
+            self._waiting = 0
 
     def merge(self, other: "ClassMoments") -> None:
         """Add another accumulator's rows, re-basing its shifted sums onto our references."""
+        self._flush()
+        other._flush()
         theirs = np.flatnonzero(other.counts)
         if theirs.size == 0:
             return
@@ -221,6 +244,7 @@ class ClassMoments:
 
     def finalize(self) -> ClassStats:
         """Class means, pooled within-class scatter and per-class squared deviations."""
+        self._flush()
         c = self.n_classes
         counts = self.counts[:c].copy()
         n = np.maximum(counts, 1).astype(np.float64)  # absent classes: sums are 0, so 0/1 = 0
@@ -238,6 +262,7 @@ class ClassMoments:
         return ClassStats(counts=counts, means=means, within_scatter=within, sq_dev=np.maximum(sq_dev, 0.0))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        self._flush()
         c = self.n_classes
         arrays = {"counts": self.counts[:c], "ref": self.ref[:c], "sums": self.sums[:c], "sumsq": self.sumsq[:c]}
         if not self.keeps_scatter:
