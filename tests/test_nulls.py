@@ -46,6 +46,26 @@ def test_the_bijection_is_a_permutation_of_every_size():
     assert (moved[:, 0] != np.arange(1000)).mean() > 0.9 and (moved[:, 0] != moved[:, 1]).mean() > 0.9
 
 
+@pytest.mark.parametrize("size, permutations", [(300, 50), (6, 9)])
+def test_the_permutations_are_shifts_of_one_order_distinct_and_never_the_identity(rng, size, permutations):
+    labels = rng.integers(-1, 5, size)
+    permuted = LabelPermutations(labels, permutations, seed=7)
+    labelled = np.flatnonzero(labels >= 0)
+    place = permuted.order(np.arange(labelled.size))[:, 0]  # F
+    unit_at = np.argsort(place)  # F⁻¹
+    got = permuted.read(0, size)
+    assert (got[labels < 0] == -1).all()
+    shifts = []
+    for k in range(permutations):  # the one b with label(π_k(u)) = label(F⁻¹((F(u) + b) mod L)) for every u
+        matching = [b for b in range(labelled.size)
+                    if (got[labelled, k] == labels[labelled][unit_at[(place + b) % labelled.size]]).all()]
+        assert matching
+        shifts.append(matching)
+    if labelled.size - 1 >= permutations:  # room for K distinct shifts besides the identity
+        assert all(0 not in found for found in shifts)
+        assert len({tuple(found) for found in shifts}) == permutations
+
+
 def test_permuted_class_statistics_equal_the_rows_with_permuted_labels(tmp_path, rng):
     X, y = _labelled(rng, offset=1e4)  # a huge offset: the shifted sums must stay exact
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y, chunk_rows=23)

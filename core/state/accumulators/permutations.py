@@ -3,10 +3,14 @@
 Only class counts and class sums depend on the labels, so a permutation null costs C × D per
 permutation, never a second D × D product. Permutation k moves the labels of the dump's labelled
 sampling units (rows; whole sequences of a token-level dump, whose labels must then be constant within
-each sequence): unit u takes the label of unit π_k(u), π_k a keyed bijection of [0, L) (L labelled
-units; a 4-round Feistel network with cycle-walking, keyed by the seed and k). It is computed per row
-from the unit's number alone, so every block size, row range, shard, merge order and backend sees the
-same permutation; the dump's label vector is read once per pass (memory: N labels).
+each sequence): unit u takes the label of unit π_k(u) = F⁻¹((F(u) + b_k) mod L), F one keyed
+bijection of [0, L) (L labelled units; a 4-round Feistel network with cycle-walking) and b_k a seeded
+shift. The K permutations are uniform draws from a group (the cyclic shifts of the units in F's
+order), so the p-value (1 + #)/(K + 1) is exact under exchangeable labels (Hemerik & Goeman 2018),
+and each costs an addition and a look-up per row: the labels in F's order, T[F(u)] = label(u), are
+made once, and the label of π_k(u) is T[(F(u) + b_k) mod L]. It depends on the unit's number alone,
+so every block size, row range, shard, merge order and backend sees the same permutation (memory:
+the dump's labels and T, N labels each).
 
 Per permutation k the accumulator keeps n_kc, Σ_{i∈c} (x_i − r) and Σ_{i∈c} ‖x_i − r‖² (r: one
 reference row, the mean of the first labelled block: the permuted classes are random, so one shift
@@ -19,6 +23,8 @@ L3) are added to it in place.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,10 +39,13 @@ except ImportError:  # a scipy without them: the public product, into a temporar
 from actgeom.core.base.errors import InvalidInputError, OptionError
 from actgeom.core.base.sample import hash_keys
 from actgeom.core.base.stats import ClassStats
+from actgeom.core.base.threads import usable_cpus
 from actgeom.core.dump.validate import memory_bytes
 from actgeom.core.state.accumulators.base import Rows, Spec
 
 PERMUTATION_SALT = 0x3C6EF372  # the permutations' keys differ from the groups', the sample's and the split's
+SHIFT_SALT = 0x1F83D9AB  # the shifts' keys differ from F's
+_ORDER_CHUNK = 1 << 20  # units placed in F's order at a time
 ROUNDS = 4  # Feistel rounds (Luby–Rackoff: 4 rounds of a pseudorandom function give a pseudorandom permutation)
 CACHED_BYTES = 2**22  # rows added at a time (float64): they stay in the L3 cache while K permutations read them
 ROW_VECTOR = "permuted_labels"  # the per-row (n, K) labels under each permutation, read by the engine
@@ -79,16 +88,23 @@ class Bijection:
 class LabelPermutations:
     """The labels of a dump's rows under K permutations of its labelled sampling units.
 
-    ``unit_labels`` (U,): each unit's label (−1: none); ``row_units``: a function of rows [start,
-    stop) giving each row's unit (None: the row is its unit)."""
+    ``unit_labels`` (U,): each unit's label (−1: none); ``offsets``: a token-level dump's sequence
+    offsets (its units are the sequences), or None (each row is its unit)."""
 
     def __init__(self, unit_labels: np.ndarray, permutations: int, seed: int, offsets: np.ndarray | None = None):
         labelled = unit_labels >= 0
         self.offsets = offsets
         self.rank = np.cumsum(labelled) - 1  # a labelled unit's number among the labelled ones
         self.labelled = labelled
-        self.pool = unit_labels[labelled]  # the labels the permutations move
-        self.bijection = Bijection(int(self.pool.size), seed, permutations)
+        pool = unit_labels[labelled]
+        self.size = int(pool.size)
+        self.order = Bijection(self.size, seed, 1)  # F
+        self.dtype = np.int16 if pool.size == 0 or pool.max() < 2**15 else np.int32  # −1 must fit
+        self.in_order = np.empty(self.size, dtype=self.dtype)  # T: the labels in F's order
+        for first in range(0, self.size, _ORDER_CHUNK):
+            units = np.arange(first, min(first + _ORDER_CHUNK, self.size))
+            self.in_order[self.order(units)[:, 0]] = pool[units]
+        self.shifts = _shifts(self.size, permutations, seed)  # b_k
         self.permutations = permutations
 
     @classmethod
@@ -112,14 +128,37 @@ class LabelPermutations:
         return cls(first, permutations, seed, offsets)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """(stop − start, K) labels of rows [start, stop) under each permutation (−1: unlabelled)."""
+        """(stop − start, K) labels of rows [start, stop) under each permutation (−1: unlabelled); a
+        transposed view of a (K, n) array, whose rows are each permutation's labels."""
         units = np.arange(start, stop)
         if self.offsets is not None:
             units = np.searchsorted(self.offsets, units, side="right") - 1
-        out = np.full((units.size, self.permutations), -1, dtype=np.int64)
-        mine = self.labelled[units]
-        out[mine] = self.pool[self.bijection(self.rank[units[mine]])]
-        return out
+        mine = np.flatnonzero(self.labelled[units])
+        shifted = self.shifts[:, None] + self.order(self.rank[units[mine]])[:, 0]  # F(u) + b_k, < 2L
+        np.subtract(shifted, self.size, out=shifted, where=shifted >= self.size)
+        if mine.size == units.size:
+            return self.in_order[shifted].T
+        out = np.full((self.permutations, units.size), -1, dtype=self.dtype)
+        out[:, mine] = self.in_order[shifted]
+        return out.T
+
+
+def _shifts(size: int, permutations: int, seed: int) -> np.ndarray:
+    """K seeded shifts of [0, size): distinct and never 0 (draws without replacement from the group
+    without its identity, exact as the draws with replacement are: Hemerik & Goeman 2018),
+    unless the group has fewer than K other elements (then uniform draws with replacement)."""
+    if size - 1 < permutations:
+        keys = hash_keys(np.arange(permutations, dtype=np.int64), seed ^ SHIFT_SALT)
+        return (keys % np.uint64(max(size, 1))).astype(np.int64)
+    chosen: dict[int, None] = {}
+    drawn = 0
+    while len(chosen) < permutations:  # candidates in a seeded order, repeats skipped
+        keys = hash_keys(np.arange(drawn, drawn + 2 * permutations, dtype=np.int64), seed ^ SHIFT_SALT)
+        drawn += 2 * permutations
+        for shift in (1 + keys % np.uint64(size - 1)).tolist():
+            if len(chosen) < permutations:
+                chosen.setdefault(shift)
+    return np.fromiter(chosen, dtype=np.int64, count=permutations)
 
 
 @dataclass(frozen=True)
@@ -231,8 +270,15 @@ class Permutations:
             sums += indicator @ z
             sumsq += indicator @ norms
             return
-        csr_matvecs(k * c, n, self.n_units, indptr, rows_of, ones, z.ravel(), sums.ravel())
         csr_matvec(k * c, n, indptr, rows_of, ones, norms, sumsq)
+        add = functools.partial(_add_class_rows, indptr, rows_of, ones, z, sums)
+        if k == 1 or usable_cpus() < 2:
+            add(0, k * c)
+            return
+        half = (k // 2) * c  # two threads, each on half of the permutations (the kernel releases the GIL)
+        other = _helper().submit(add, half, k * c)
+        add(0, half)
+        other.result()
 
     def merge(self, other: "Permutations") -> None:
         """Add another accumulator's rows, re-basing its sums onto our reference:
@@ -260,6 +306,19 @@ class Permutations:
         acc = cls(arrays["ref"].shape[0], spec.permutations)
         acc.counts, acc.ref, acc.sums, acc.sumsq = (np.array(arrays[k]) for k in ("counts", "ref", "sums", "sumsq"))
         return acc
+
+
+def _add_class_rows(indptr, rows_of, ones, z, sums, first: int, stop: int) -> None:
+    """sums[first:stop] += (the indicator's rows first:stop) @ z, in place."""
+    where = slice(indptr[first], indptr[stop])
+    csr_matvecs(stop - first, z.shape[0], z.shape[1], indptr[first:stop + 1] - indptr[first], rows_of[where],
+                ones[where], z.ravel(), sums[first:stop].ravel())
+
+
+@functools.cache
+def _helper() -> ThreadPoolExecutor:
+    """The one thread that adds the second half of the permutations' class sums."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="actgeom-permutations")
 
 
 def class_rows(permuted: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
