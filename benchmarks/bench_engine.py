@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+import actgeom  # noqa: F401  (before numpy: OpenBLAS's thread timeout as the `actgeom` program sets it, for every child)
+
+# isort: split
 import numpy as np
 
 WORKDIR = Path(__file__).parent / "_work"

@@ -37,6 +37,13 @@ def _stop_at_once(signum, frame) -> None:
 if os.path.basename(sys.argv[0]) == "actgeom" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _stop_at_once)  # the `actgeom` program only: not a Python that imports us
 
+# OpenBLAS's idle threads spin for 2²⁸ cycles (~0.1 s) after each multi-threaded call before they sleep,
+# which keeps the second core from the block reader and from the permutations' second thread between
+# a pass's products; 2⁴ cycles: they sleep at once (a pass 10–30 % faster: benchmarks/RESULTS.md,
+# "Session 11"). OpenBLAS reads it when it loads, so it holds for the `actgeom` program and for
+# scripts that import actgeom before numpy; a value the user set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import importlib  # noqa: E402 (after the handler)
 
 from actgeom.core import __version__  # noqa: E402
