@@ -19,7 +19,7 @@ from scipy import sparse
 from scipy.linalg import blas, lapack
 
 _TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
-_CLASS_TILE = 2048  # classes per product in finalize: 64 MiB of temporaries at D = 4 096, whatever C
+_CLASS_TILE = 2048  # classes per product of weighted_gram: 64 MiB of temporaries at D = 4 096, whatever C
 _PRODUCT_BYTES = 4 << 20  # shifted rows per D×D product (at least 256 rows): a dsyrk's full rate from here
 
 
@@ -31,6 +31,19 @@ def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """
     w = np.ones(A.shape[0]) if weights is None else weights
     return blas.dgemv(1.0, A.T, w)
+
+
+def weighted_gram(rows: np.ndarray, weights: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+    """Σ_c w_c² (r_c − centre)(r_c − centre)ᵀ (D, D) over the rows r_c of a C × D array, a tile of
+    classes at a time: the temporaries stay 64 MiB at D = 4 096 whatever C (never a C × D copy)."""
+    out = np.zeros((rows.shape[1], rows.shape[1]))
+    for start in range(0, rows.shape[0], _CLASS_TILE):
+        w = weights[start:start + _CLASS_TILE, None]
+        tile = rows[start:start + _CLASS_TILE] * w if centre is None else rows[start:start + _CLASS_TILE] - centre
+        if centre is not None:
+            tile *= w
+        out += tile.T @ tile
+    return out
 
 
 def _buffer(buffer: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -255,9 +268,7 @@ class ClassMoments:
         within = None
         if self.keeps_scatter:
             within = np.zeros((self.n_units, self.n_units)) if self.scatter is None else _symmetric(self.scatter)
-            for start in range(0, c, _CLASS_TILE):  # − Σ_c S_c S_cᵀ / n_c, a tile of classes at a time
-                scaled = sums[start:start + _CLASS_TILE] / np.sqrt(n[start:start + _CLASS_TILE])[:, None]
-                within -= scaled.T @ scaled
+            within -= weighted_gram(sums, 1 / np.sqrt(n))  # − Σ_c S_c S_cᵀ / n_c
         sq_dev = self.sumsq[:c] - np.einsum("ij,ij->i", sums, sums) / n
         return ClassStats(counts=counts, means=means, within_scatter=within, sq_dev=np.maximum(sq_dev, 0.0))
 

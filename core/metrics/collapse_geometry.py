@@ -13,7 +13,7 @@ from scipy.linalg import lapack
 
 from actgeom.core.base.options import CollapseOptions
 from actgeom.core.base.registry import Unavailable
-from actgeom.core.base.stats import ClassStats
+from actgeom.core.base.stats import ClassStats, weighted_gram
 from actgeom.core.base.threads import blas_threads
 from actgeom.core.metrics.pairwise import pair_stats
 
@@ -113,14 +113,9 @@ def row_norms(a: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", a, a))
 
 
-def weighted_between(g: Geometry, weights: np.ndarray, tile: int = 2048) -> np.ndarray:
+def weighted_between(g: Geometry, weights: np.ndarray) -> np.ndarray:
     """Σ_c w_c² (μ_c − x̄)(μ_c − x̄)ᵀ (D, D), a tile of classes at a time: no C × D temporary."""
-    mean, out = g.sample_mean, np.zeros((g.n_units, g.n_units))
-    for start in range(0, g.n_classes, tile):
-        rows = g.means[start:start + tile] - mean
-        rows *= weights[start:start + tile, None]
-        out += rows.T @ rows
-    return out
+    return weighted_gram(g.means, weights, g.sample_mean)
 
 
 def eig_between(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
