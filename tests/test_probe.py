@@ -322,7 +322,9 @@ def test_sequence_split_is_identical_across_chunkings_and_shards(tmp_path):
     path = _token_dump(tmp_path, X, y, offsets, chunk_rows=23)
     options = ProbeOptions(control="row", shrinkage="auto", seed=2)
     direct = run_family("probe", path, options, PassOptions(block_rows=41))["layers"][0]
-    assert direct == run_family("probe", path, options, PassOptions(block_rows=173))["layers"][0]
+    other = run_family("probe", path, options, PassOptions(block_rows=173))["layers"][0]
+    assert other["probe"] == direct["probe"]  # the same split; the sums differ in their rounding only
+    assert other["metrics"] == pytest.approx(direct["metrics"], rel=1e-12)
     parts = []
     cuts = [0, int(offsets[7]) + 5, int(offsets[19]) - 3, n]  # inside sequences 7 and 18
     with Dump(path) as dump:

@@ -33,6 +33,11 @@ def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     return blas.dgemv(1.0, A.T, w)
 
 
+def product_rows(n_units: int) -> int:
+    """How many shifted rows of this width make one D×D product of the class moments (4 MiB, at least 256)."""
+    return max(256, _PRODUCT_BYTES // (8 * max(n_units, 1)))
+
+
 def weighted_gram(rows: np.ndarray, weights: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
     """Σ_c w_c² (r_c − centre)(r_c − centre)ᵀ (D, D) over the rows r_c of a C × D array, a tile of
     classes at a time: the temporaries stay 64 MiB at D = 4 096 whatever C (never a C × D copy)."""
@@ -167,7 +172,7 @@ class ClassMoments:
         # dsyrk (a jackknife group's share of a block) runs well below a block's rate
         self._z = np.empty((0, n_units))
         self._waiting = 0
-        self._batch = max(256, _PRODUCT_BYTES // (8 * max(n_units, 1)))
+        self._batch = product_rows(n_units)
 
     @property
     def n_classes(self) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 from actgeom.core.base.errors import OptionError, UsageError
 from actgeom.core.base.options import check_seed
 from actgeom.core.base.sample import Reservoir
-from actgeom.core.base.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats, pooled
+from actgeom.core.base.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats, pooled, product_rows
 from actgeom.core.state.accumulators.base import Rows, Spec, Wrapper, nested, prefixed
 from actgeom.core.state.accumulators.sequences import SequenceEntropy
 
@@ -48,7 +48,8 @@ class MomentsSpec(Spec):
         return self.by_class
 
     def state_bytes(self, n_units: int, n_classes: int) -> int:
-        return 8 * (n_units * n_units * self.scatter + 3 * (n_classes + self.all_rows) * n_units)
+        waiting = product_rows(n_units) * n_units  # shifted rows waiting for their D×D product
+        return 8 * (n_units * n_units * self.scatter + 3 * (n_classes + self.all_rows) * n_units + waiting * self.scatter)
 
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Moments":
         return Moments(n_units, self, products)
