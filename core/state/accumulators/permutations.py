@@ -24,6 +24,7 @@ L3) are added to it in place.
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
@@ -319,6 +320,9 @@ def _add_class_rows(indptr, rows_of, ones, z, sums, first: int, stop: int) -> No
 def _helper() -> ThreadPoolExecutor:
     """The one thread that adds the second half of the permutations' class sums."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="actgeom-permutations")
+
+
+os.register_at_fork(after_in_child=_helper.cache_clear)  # a forked child has no such thread: it makes its own
 
 
 def class_rows(permuted: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
