@@ -233,8 +233,12 @@ label-dependent metric of `collapse` and `neurons` is evaluated, through the sam
 seeded permutations of the labels over the sampling units (rows; whole sequences of a token-level
 dump, whose labels must then be constant within each sequence). Only the class counts and class sums
 depend on the labels, so the same pass keeps them per permutation (K × C × D, never a second D × D
-product): unit u takes the label of unit π_k(u), π_k a keyed bijection (a Feistel network) of the
-labelled units, the same for any chunking, `--rows` shard, `merge` order and backend; the permuted
+product): unit u takes the label of unit π_k(u) = F⁻¹((F(u) + b_k) mod L), where F is one keyed
+bijection (a Feistel network) of the L labelled units and b_k a seeded shift, distinct and never 0.
+The K permutations are thus draws from a group — the cyclic shifts of the units in F's pseudo-random
+order — which is what makes (1 + #)/(K + 1) an exact p-value (Hemerik & Goeman 2018, *Exact testing
+with random permutations*); each costs an addition and a look-up per row. They are the same for any
+chunking, `--rows` shard, `merge` order and backend; the permuted
 within-class scatter is exact from the total moments, S_W = S_T − Σ_c n_c (μ_c − x̄)(μ_c − x̄)ᵀ
 (tests/test_nulls.py). The probe's metrics (with a fixed `--shrinkage`) get a null too: its split
 keeps the train rows' class sums under the same permutations, the probes are refitted on each

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_metrics_close, class_data, every, run_family, write_dump
 
-from actgeom.core.base.stats import UnitStats
+from actgeom.core.base.row_stats import UnitStats
 from actgeom.core.dump import Dump
 from actgeom.core.metrics.diffusion import diffusion_spectral_entropy
 from actgeom.core.metrics.entropy import (

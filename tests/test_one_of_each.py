@@ -72,7 +72,7 @@ def test_dead_and_dormant_fractions_are_computed_once(rng):
     two families' names for one computation (core/metrics/neurons.py), equal numbers."""
     import actgeom.core.metrics.entropy as entropy
     import actgeom.core.metrics.neurons as neurons
-    from actgeom.core.base.stats import UnitStats
+    from actgeom.core.base.row_stats import UnitStats
     assert entropy.dead_fraction is neurons.dead_fraction and entropy.dormant_fraction is neurons.dormant_fraction
     units = UnitStats(3, threshold=0.0)
     X = np.abs(rng.normal(size=(20, 3))) * [1.0, 0.01, 1.0]

@@ -11,8 +11,8 @@ import numpy as np
 
 from actgeom.core.base.options import EntropyOptions
 from actgeom.core.base.registry import Unavailable, registry
+from actgeom.core.base.row_stats import UnitStats
 from actgeom.core.base.stages import announce, eigensolve_seconds
-from actgeom.core.base.stats import UnitStats
 from actgeom.core.base.threads import blas_threads
 from actgeom.core.metrics.diffusion import diffusion_spectral_entropy, diffusion_spectral_entropy_slq, dsmi
 from actgeom.core.metrics.neurons import dead_fraction, dormant_fraction, dormant_scores, firing_rates

@@ -10,8 +10,9 @@ import numpy as np
 
 from actgeom.core.base.errors import OptionError, UsageError
 from actgeom.core.base.options import check_seed
+from actgeom.core.base.row_stats import DirectionScatter, UnitStats
 from actgeom.core.base.sample import Reservoir
-from actgeom.core.base.stats import ClassMoments, ClassStats, DirectionScatter, UnitStats, pooled, product_rows
+from actgeom.core.base.stats import ClassMoments, ClassStats, pooled, product_rows
 from actgeom.core.state.accumulators.base import Rows, Spec, Wrapper, nested, prefixed
 from actgeom.core.state.accumulators.sequences import SequenceEntropy
 
