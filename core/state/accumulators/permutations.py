@@ -53,34 +53,32 @@ ROW_VECTOR = "permuted_labels"  # the per-row (n, K) labels under each permutati
 
 
 class Bijection:
-    """K keyed bijections of [0, size): a balanced Feistel network on the smallest even number of
+    """A keyed bijection of [0, size): a balanced Feistel network on the smallest even number of
     bits covering ``size``, cycle-walked (a value ≥ size is encrypted again until it falls inside,
     which keeps it a bijection of [0, size)); fewer than 4 walks on average since 2^bits < 4·size."""
 
-    def __init__(self, size: int, seed: int, permutations: int):
+    def __init__(self, size: int, seed: int):
         self.size = size
         bits = max(2, int(size - 1).bit_length() + (int(size - 1).bit_length() % 2))
         self.half = np.uint64(bits // 2)
         self.mask = np.uint64((1 << (bits // 2)) - 1)
-        ids = np.arange(permutations * ROUNDS, dtype=np.int64)
-        self.keys = hash_keys(hash_keys(ids, seed).view(np.int64), PERMUTATION_SALT).reshape(permutations, ROUNDS)
+        self.keys = hash_keys(hash_keys(np.arange(ROUNDS, dtype=np.int64), seed).view(np.int64), PERMUTATION_SALT)
 
     def __call__(self, units: np.ndarray) -> np.ndarray:
-        """π_k(u) for every unit u (n,) and permutation k: (n, K) int64. The first round of
-        encryption runs on the whole (n, K) table; only the values that fell outside are walked on."""
-        x = self._encrypt(np.asarray(units, dtype=np.uint64)[:, None], self.keys).ravel()
+        """The image of every unit (n,) as int64; only the values that fell outside are walked on."""
+        x = self._encrypt(np.asarray(units, dtype=np.uint64))
         walking = np.flatnonzero(x >= self.size)
         while walking.size:
-            x[walking] = self._encrypt(x[walking], self.keys[walking % self.keys.shape[0]])
+            x[walking] = self._encrypt(x[walking])
             walking = walking[x[walking] >= self.size]
-        return x.reshape(len(units), self.keys.shape[0]).astype(np.int64)
+        return x.astype(np.int64)
 
-    def _encrypt(self, x: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """One pass of the Feistel network over x with each value's round keys (``keys[..., j]``)."""
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        """One pass of the Feistel network over x."""
         left, right = x >> self.half, x & self.mask
         with np.errstate(over="ignore"):
-            for j in range(ROUNDS):
-                mixed = (right + keys[..., j]) * np.uint64(0xBF58476D1CE4E5B9)
+            for key in self.keys:
+                mixed = (right + key) * np.uint64(0xBF58476D1CE4E5B9)
                 mixed = (mixed ^ (mixed >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
                 left, right = right, left ^ ((mixed ^ (mixed >> np.uint64(29))) & self.mask)
         return (left << self.half) | right
@@ -99,12 +97,12 @@ class LabelPermutations:
         self.labelled = labelled
         pool = unit_labels[labelled]
         self.size = int(pool.size)
-        self.order = Bijection(self.size, seed, 1)  # F
+        self.order = Bijection(self.size, seed)  # F
         self.dtype = np.int16 if pool.size == 0 or pool.max() < 2**15 else np.int32  # −1 must fit
         self.in_order = np.empty(self.size, dtype=self.dtype)  # T: the labels in F's order
         for first in range(0, self.size, _ORDER_CHUNK):
             units = np.arange(first, min(first + _ORDER_CHUNK, self.size))
-            self.in_order[self.order(units)[:, 0]] = pool[units]
+            self.in_order[self.order(units)] = pool[units]
         self.shifts = _shifts(self.size, permutations, seed)  # b_k
         self.permutations = permutations
 
@@ -135,7 +133,7 @@ class LabelPermutations:
         if self.offsets is not None:
             units = np.searchsorted(self.offsets, units, side="right") - 1
         mine = np.flatnonzero(self.labelled[units])
-        shifted = self.shifts[:, None] + self.order(self.rank[units[mine]])[:, 0]  # F(u) + b_k, < 2L
+        shifted = self.shifts[:, None] + self.order(self.rank[units[mine]])  # F(u) + b_k, < 2L
         np.subtract(shifted, self.size, out=shifted, where=shifted >= self.size)
         if mine.size == units.size:
             return self.in_order[shifted].T
