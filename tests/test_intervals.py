@@ -191,7 +191,7 @@ def test_groups_that_do_not_fit_in_memory_are_refused_before_the_pass(tmp_path, 
 
     X, y = _labelled(rng, n=60, d=40)
     path = write_dump(tmp_path / "d.h5", {"h": X}, labels=y)
-    each = 8 * (40 * 40 + 3 * 3 * 40 + product_rows(40) * 40)  # 3 classes × 40 units, rows awaiting a product
+    each = 8 * (40 * 40 + 3 * 3 * 40 + 3 * product_rows(40) // 2 * 40)  # 3 classes × 40 units, rows awaiting a product
     monkeypatch.setattr(groups, "memory_bytes", lambda: 7 * each)
     monkeypatch.setattr("actgeom.core.state.engine.accumulate", lambda *a, **k: pytest.fail("the pass ran"))
     with pytest.raises(OptionError, match=r"ci_groups.*layer 'h' in 20 groups.*--ci-groups 5 would fit"):

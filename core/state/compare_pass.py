@@ -32,7 +32,8 @@ from actgeom.core.base.sample import Reservoir
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.metrics.compare_moments import CentredCross, CentredSide, CrossMoments, SideMoments
 from actgeom.core.state.accumulators.base import prefixed
-from actgeom.core.state.engine import PassOptions, Progress, SamplingUnits
+from actgeom.core.state.engine import PassOptions, Progress
+from actgeom.core.state.groups import SamplingUnits
 from actgeom.core.state.stream import iter_blocks
 
 MOMENTS_FORMAT = "actgeom-compare-moments"  # the header of a row range's moments as plain arrays

@@ -24,7 +24,7 @@ from actgeom.core.base.options import NONFINITE_POLICIES, PRODUCTS
 from actgeom.core.base.stats import column_sums
 from actgeom.core.dump import Dump, LayerInfo
 from actgeom.core.state.accumulators import ACCUMULATORS, Rows, Spec, union
-from actgeom.core.state.groups import BlockSplit, Grouping, block_factor, sampling_unit, settle
+from actgeom.core.state.groups import BlockSplit, Grouping, Parts, SamplingUnits, block_factor, parts_of, settle
 from actgeom.core.state.stream import iter_blocks
 
 SIXTEEN_BIT = ("float16", "bfloat16")  # the layers whose storage noise allows float32 block products
@@ -175,7 +175,9 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
         split = BlockSplit()
         block_rows = options.block_rows or dump.block_rows(layer) * block_factor(options.ci_groups)
         bounds = None if offsets is None else sequence_blocks(offsets, start, stop, block_rows)
-        for block in iter_blocks(dump, layer, start, stop, block_rows, bounds):
+        # the reader sorts a grouped pass's rows by group, unless blocks keep sequences whole or lose rows
+        arrange = units.parts if stats.groups is not None and offsets is None and selection.first == 0 else None
+        for block in iter_blocks(dump, layer, start, stop, block_rows, bounds, arrange):
             end = block.start + block.X.shape[0]
             boundaries = None
             if offsets is not None:  # blocks end at sequence boundaries: whole sequences
@@ -188,7 +190,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             block_groups = units.groups(block.start, end)
             groups = block_groups if keep is None or block_groups is None else block_groups[keep]
             feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors,
-                 groups=groups, block_groups=block_groups, split=split)
+                 groups=groups, block_groups=block_groups, split=block.parts or split)
             if progress is not None:
                 progress(layer.name, end - start, stop - start)
         if stats.groups is not None:
@@ -242,11 +244,13 @@ class RowVectors:
 
 def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.ndarray, *,
          block: np.ndarray | None = None, boundaries: np.ndarray | None = None, vectors: dict | None = None,
-         groups: np.ndarray | None = None, block_groups: np.ndarray | None = None, split: BlockSplit | None = None) -> None:
+         groups: np.ndarray | None = None, block_groups: np.ndarray | None = None,
+         split: BlockSplit | Parts | None = None) -> None:
     """Feed one block of float64 rows (global row numbers ``index``, per-row ``vectors``) to every
     accumulator of a layer; rows with NaN/inf are dropped and counted. Grouped statistics: each
     row feeds its group's (``groups`` per row; ``block_groups`` per row of the whole block;
-    ``split``: the reused buffers of a pass, :class:`~actgeom.core.state.groups.BlockSplit`)."""
+    ``split``: the reused buffers of a pass, :class:`~actgeom.core.state.groups.BlockSplit`, or the
+    block's Parts when X's rows already are in their order: the reader put them so)."""
     vectors = vectors or {}
     y = np.zeros(X.shape[0], dtype=np.int64) if labels is None else labels
     if stats.groups is not None:
@@ -270,13 +274,17 @@ def feed(stats: LayerStats, X: np.ndarray, labels: np.ndarray | None, index: np.
 
 
 def _feed_groups(stats: LayerStats, rows: Rows, groups: np.ndarray, block_groups: np.ndarray | None,
-                 split: BlockSplit) -> None:
+                 split: BlockSplit | Parts) -> None:
     """Feed each group's statistics its rows: the block sorted once by group (stable, so each group
     keeps its rows in order: exactly the rows, in the order, a mask ``groups == g`` selects), each
     group's rows then a contiguous slice. The whole block (``rows.block``) is split only for the
     sequence statistics that read it (``rows.boundaries``)."""
-    parts = split.split(groups, len(stats.groups))
-    X, y, index = split.rows(rows.X, parts.order), rows.labels[parts.order], rows.index[parts.order]
+    if isinstance(split, Parts):  # sorted by the reader
+        parts, X = split, rows.X
+    else:
+        parts = parts_of(groups, len(stats.groups))
+        X = split.rows(rows.X, parts.order)
+    y, index = rows.labels[parts.order], rows.index[parts.order]
     vectors = {name: values[parts.order] for name, values in rows.vectors.items()}
     whole_block = rows.boundaries is not None and rows.block is not None and block_groups is not None
     present = np.unique(block_groups) if block_groups is not None else parts.present
@@ -294,24 +302,6 @@ def _kept_boundaries(boundaries: np.ndarray | None, whole: np.ndarray | None) ->
     lengths = np.diff(boundaries)
     kept = lengths[(lengths > 0) & whole[np.minimum(boundaries[:-1], whole.size - 1)]]
     return np.r_[0, np.cumsum(kept)].astype(boundaries.dtype)
-
-
-class SamplingUnits:
-    """The jackknife group of each row of a pass (None without groups): by its global row number,
-    or on a token-level dump by its whole sequence (the global row of its first token)."""
-
-    def __init__(self, dump: Dump, options: PassOptions):
-        self.grouping, self.row_offset = options.grouping, options.row_offset
-        grouped_by_sequence = self.grouping is not None and sampling_unit(dump) == "sequence"
-        self.offsets = dump.offsets() if grouped_by_sequence else None
-
-    def groups(self, start: int, stop: int) -> np.ndarray | None:
-        if self.grouping is None:
-            return None
-        rows = np.arange(start, stop)
-        if self.offsets is not None:
-            rows = self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
-        return self.grouping.of(self.row_offset + rows)
 
 
 def sequence_blocks(offsets: np.ndarray, start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:

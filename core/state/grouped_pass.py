@@ -5,7 +5,7 @@ On grouped statistics (``LayerStats.groups``) a family's consumer — the probe'
 test rows, collapse's NC4 — comes with G twins: twin g is made by the same factory from the
 statistics without group g (:func:`~actgeom.core.state.groups.leave_out`) and sees only the rows
 outside group g (a row's group: the hash of its sampling unit, exactly as in the first pass,
-:class:`~actgeom.core.state.engine.SamplingUnits`). So twin g holds what the consumer would hold
+:class:`~actgeom.core.state.groups.SamplingUnits`). So twin g holds what the consumer would hold
 on a dump without the group's rows — the probes fitted without the group's train rows, scored
 on the other groups' test rows; NC4 against the class means without the group — and the
 interval's re-evaluation reads it through :meth:`LeftOutPass.leave_out`. Cost per row: the
@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from actgeom.core.state.engine import SamplingUnits
-from actgeom.core.state.groups import each_left_out
+from actgeom.core.state.groups import SamplingUnits, each_left_out
 
 
 class LeftOutPass:

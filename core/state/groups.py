@@ -60,24 +60,50 @@ class Parts:
     present: np.ndarray
 
 
+def parts_of(groups: np.ndarray, n_groups: int) -> Parts:
+    """Rows by group (``groups``: each row's group, 0..n_groups−1)."""
+    counts = np.bincount(groups, minlength=n_groups)
+    return Parts(order=np.argsort(groups, kind="stable"), starts=np.r_[0, np.cumsum(counts)],
+                 present=np.flatnonzero(counts))
+
+
 class BlockSplit:
-    """Splits blocks of rows by group for a grouped pass: one stable sort of the block by group and
-    one gather of its rows into a buffer reused from block to block (fresh memory costs page
-    faults: core/base/stats.py ``_buffer``), instead of a mask and a copy per group."""
+    """Gathers a block's rows in the order of its groups (:func:`parts_of`) for a grouped pass, into
+    a buffer reused from block to block (fresh memory costs page faults: core/base/stats.py
+    ``_buffer``), instead of a mask and a copy per group. (The reader thread does this gather itself
+    where it can: core/state/stream.py ``arrange``.)"""
 
     def __init__(self):
         self._rows = np.empty((0, 0))
-
-    def split(self, groups: np.ndarray, n_groups: int) -> Parts:
-        counts = np.bincount(groups, minlength=n_groups)
-        return Parts(order=np.argsort(groups, kind="stable"), starts=np.r_[0, np.cumsum(counts)],
-                     present=np.flatnonzero(counts))
 
     def rows(self, X: np.ndarray, order: np.ndarray) -> np.ndarray:
         """X's rows in ``order`` (a view of the buffer, valid until the next call)."""
         if self._rows.shape[0] < X.shape[0] or self._rows.shape[1:] != X.shape[1:] or self._rows.dtype != X.dtype:
             self._rows = np.empty(X.shape, dtype=X.dtype)
         return np.take(X, order, axis=0, out=self._rows[: X.shape[0]], mode="clip")  # "raise" would copy `out` first
+
+
+class SamplingUnits:
+    """The jackknife group of each row of a pass (None without groups): by its global row number,
+    or on a token-level dump by its whole sequence (the global row of its first token); ``options``:
+    the pass's PassOptions (its grouping and row offset)."""
+
+    def __init__(self, dump, options):
+        self.grouping, self.row_offset = options.grouping, options.row_offset
+        grouped_by_sequence = self.grouping is not None and sampling_unit(dump) == "sequence"
+        self.offsets = dump.offsets() if grouped_by_sequence else None
+
+    def groups(self, start: int, stop: int) -> np.ndarray | None:
+        if self.grouping is None:
+            return None
+        rows = np.arange(start, stop)
+        if self.offsets is not None:
+            rows = self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
+        return self.grouping.of(self.row_offset + rows)
+
+    def parts(self, start: int, stop: int) -> Parts:
+        """Rows [start, stop) by group (a grouped pass)."""
+        return parts_of(self.groups(start, stop), self.grouping.groups)
 
 
 def leave_out(stats, g: int):

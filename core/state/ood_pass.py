@@ -20,8 +20,9 @@ import numpy as np
 from actgeom.core.dump import Dump, DumpSpec
 from actgeom.core.metrics.ood import OodModel, held_out, scores
 from actgeom.core.metrics.probesplit import unit_values
-from actgeom.core.state.engine import PassOptions, RowVectors, SamplingUnits
+from actgeom.core.state.engine import PassOptions, RowVectors
 from actgeom.core.state.grouped_pass import LeftOutPass
+from actgeom.core.state.groups import SamplingUnits
 
 
 class HeldOut:

@@ -49,7 +49,7 @@ class MomentsSpec(Spec):
         return self.by_class
 
     def state_bytes(self, n_units: int, n_classes: int) -> int:
-        waiting = product_rows(n_units) * n_units  # shifted rows waiting for their D×D product
+        waiting = 3 * product_rows(n_units) // 2 * n_units  # shifted rows waiting for their D×D product (a batch and a share)
         return 8 * (n_units * n_units * self.scatter + 3 * (n_classes + self.all_rows) * n_units + waiting * self.scatter)
 
     def build(self, n_units: int, storage_dtype: str, products: str = "float64") -> "Moments":
