@@ -59,26 +59,27 @@ class Reservoir:
         if self.size == 0 or X.shape[0] == 0:
             return
         keys = hash_keys(index, self.seed)
+        at = np.arange(X.shape[0])
         if self.n_rows == self.size:  # only rows that beat the largest kept key can enter
-            take = np.flatnonzero(keys < self.keys.max())
-            keys, index, y, X = keys[take], index[take], y[take], X[take]
-        self._absorb(keys, index, y, X)
+            at = np.flatnonzero(keys < self.keys.max())
+        self._absorb(keys[at], index[at], y[at], X, at)
 
-    def _absorb(self, keys, index, labels, rows) -> None:
+    def _absorb(self, keys, index, labels, rows, at) -> None:
+        """Offered rows: their keys, indices and labels, and their values ``rows[at]`` (read only
+        for the rows that enter the sample: one copy each, into the sample)."""
         if keys.size == 0:
             return
-        fill = min(self.size - self.n_rows, keys.size)
-        if self.n_rows + fill > self._keys.size:  # room for the rows offered so far, never more than size
-            room = min(self.size, max(2 * self._keys.size, self.n_rows + fill))  # (a size beyond the rows costs nothing)
+        if self._keys.size < self.size:  # room for the whole sample at once (rows never written cost no memory)
             self._keys, self._index, self._labels, self._rows = (
-                np.concatenate([a[: self.n_rows], np.empty((room - self.n_rows,) + a.shape[1:], dtype=a.dtype)])
+                np.concatenate([a[: self.n_rows], np.empty((self.size - self.n_rows,) + a.shape[1:], dtype=a.dtype)])
                 for a in (self._keys, self._index, self._labels, self._rows))
+        fill = min(self.size - self.n_rows, keys.size)
         if fill:  # still filling up
             put = slice(self.n_rows, self.n_rows + fill)
             self._keys[put], self._index[put], self._labels[put] = keys[:fill], index[:fill], labels[:fill]
-            self._rows[put] = rows[:fill]
+            self._rows[put] = rows[at[:fill]]
             self.n_rows += fill
-            keys, index, labels, rows = keys[fill:], index[fill:], labels[fill:], rows[fill:]
+            keys, index, labels, at = keys[fill:], index[fill:], labels[fill:], at[fill:]
             if keys.size == 0:
                 return
         everything = np.concatenate([self._keys, keys])
@@ -87,10 +88,10 @@ class Reservoir:
         out = np.flatnonzero(~kept[: self.size])  # slots of kept rows pushed out ...
         into = np.flatnonzero(kept[self.size :])  # ... by these offered rows
         self._keys[out], self._index[out], self._labels[out] = keys[into], index[into], labels[into]
-        self._rows[out] = rows[into]
+        self._rows[out] = rows[at[into]]
 
     def merge(self, other: "Reservoir") -> None:
-        self._absorb(other.keys, other.index, other.labels, other.rows)
+        self._absorb(other.keys, other.index, other.labels, other.rows, np.arange(other.n_rows))
 
     def sample(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row indices ascending, labels, rows) of the sample, or of its first ``size`` rows by
@@ -109,5 +110,5 @@ class Reservoir:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Reservoir":
         size, seed = (int(v) for v in arrays["params"])
         acc = cls(size, arrays["rows"].shape[1], arrays["rows"].dtype, seed)
-        acc._absorb(arrays["keys"], arrays["index"], arrays["labels"], arrays["rows"])
+        acc._absorb(arrays["keys"], arrays["index"], arrays["labels"], arrays["rows"], np.arange(arrays["keys"].size))
         return acc

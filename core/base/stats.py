@@ -195,13 +195,13 @@ class ClassMoments:
             return
         present, inverse, block_counts = np.unique(y, return_inverse=True, return_counts=True)
         self._ensure(int(present[-1]) + 1)
-        indicator = _class_indicator(inverse, present.size)
+        indicator = _class_indicator(inverse, present.size) if present.size > 1 else None
         new = self.counts[present] == 0
         if new.any():  # reference of a class = its mean in the block where it first appears
-            block_means = (indicator @ X) / block_counts[:, None]
+            block_means = (column_sums(X)[None, :] if indicator is None else indicator @ X) / block_counts[:, None]
             self.ref[present[new]] = block_means[new]
         z = self._shifted_rows(n)
-        if present.size == 1:  # one class (no labels, or a spectrum): a broadcast, no gather
+        if indicator is None:  # one class (no labels, or a spectrum): a broadcast, no gather
             np.subtract(X, self.ref[present[0]], out=z)
             block_sums = column_sums(z)[None, :]
         else:
