@@ -6,6 +6,9 @@ noise), written once to --workdir. Each measurement runs in a fresh process, bes
   floor1        bench_engine's floor: h5py reads of whole chunks, float32 → float64, one GEMM XᵀX per read
   pass:F        `accumulate` with the specs of family F (core/analysis.specs_for), no groups
   pass:F:ci     the same with PassOptions(ci_groups=G): every accumulator kept per group, the total settled
+  warm:F, warm:F:ci  the second of two such passes in one process: without the first touch of the
+               pass's memory by a fresh process (the G copies of the state), which this machine makes
+               slow (benchmarks/RESULTS.md, "Session 12") — what a dump's later layers cost
   F, F:ci       the command end to end through the api (`actgeom.collapse(path)` / `(path, ci=True)`),
                 timed after importing actgeom.core.api, as the floor is timed after its imports
   pass:collapse:null, collapse:null  the same with K label permutations (PassOptions(null=K); `null=K`)
@@ -65,8 +68,10 @@ def child(kind: str, path: str, groups: int, null: int) -> dict:
     parts = kind.split(":")
     if parts[0] == "floor1":
         return child_floor(path, 1)
-    if parts[0] == "pass":
-        return child_pass(path, parts[1], groups if parts[2:] == ["ci"] else 0, null if parts[2:] == ["null"] else 0)
+    if parts[0] in ("pass", "warm"):
+        options = (path, parts[1], groups if parts[2:] == ["ci"] else 0, null if parts[2:] == ["null"] else 0)
+        first = child_pass(*options)
+        return first if parts[0] == "pass" else child_pass(*options)  # warm: the second pass of the process
     return child_command(path, parts[0], parts[1:] == ["ci"], null if parts[1:] == ["null"] else 0)
 
 
@@ -79,6 +84,7 @@ def takes_null() -> bool:
 def measure(path: Path, args) -> None:
     """Every kind in turn, --repeat rounds, best of each; then the ratios."""
     kinds = ["floor1", "pass:collapse", "pass:collapse:ci", "pass:rank", "pass:rank:ci",
+             "warm:collapse", "warm:collapse:ci", "warm:rank", "warm:rank:ci",
              "collapse", "collapse:ci", "rank", "rank:ci"] + (["pass:collapse:null", "collapse:null"] if takes_null() else [])
     extra = ["--groups", str(args.groups), "--null", str(args.null)]
     run_child("floor1", path)  # warm the page cache
@@ -97,9 +103,10 @@ def measure(path: Path, args) -> None:
         grouped, plain = seconds[f"pass:{family}:ci"], seconds[f"pass:{family}"]
         finalise = seconds[family] - plain
         reevaluate = seconds[f"{family}:ci"] - grouped - finalise
-        print(f"{family}: pass with G={args.groups} groups / without: {grouped / plain:.3f} (target ≤ 1.15); "
-              f"the G re-evaluations {reevaluate:.2f} s (finalisation without --ci {finalise:.2f} s); "
-              f"command --ci / without: {seconds[f'{family}:ci'] / seconds[family]:.3f}")
+        warm = seconds[f"warm:{family}:ci"] / seconds[f"warm:{family}"]
+        print(f"{family}: pass with G={args.groups} groups / without: {grouped / plain:.3f} (target ≤ 1.15; the "
+              f"second pass of a process: {warm:.3f}); the G re-evaluations {reevaluate:.2f} s (finalisation "
+              f"without --ci {finalise:.2f} s); command --ci / without: {seconds[f'{family}:ci'] / seconds[family]:.3f}")
     if "collapse:null" in seconds:
         permuted = seconds["collapse:null"] - seconds["pass:collapse:null"] - (seconds["collapse"] - seconds["pass:collapse"])
         print(f"collapse: pass with --null {args.null} / without: {seconds['pass:collapse:null'] / seconds['pass:collapse']:.3f} "
