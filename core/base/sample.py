@@ -69,11 +69,12 @@ class Reservoir:
         for the rows that enter the sample: one copy each, into the sample)."""
         if keys.size == 0:
             return
-        if self._keys.size < self.size:  # room for the whole sample at once (rows never written cost no memory)
-            self._keys, self._index, self._labels, self._rows = (
-                np.concatenate([a[: self.n_rows], np.empty((self.size - self.n_rows,) + a.shape[1:], dtype=a.dtype)])
-                for a in (self._keys, self._index, self._labels, self._rows))
         fill = min(self.size - self.n_rows, keys.size)
+        if self.n_rows + fill > self._keys.size:  # room for the rows offered so far, never more than size
+            room = min(self.size, max(2 * self._keys.size, self.n_rows + fill))  # (a size beyond the rows costs nothing)
+            self._keys, self._index, self._labels, self._rows = (
+                np.concatenate([a[: self.n_rows], np.empty((room - self.n_rows,) + a.shape[1:], dtype=a.dtype)])
+                for a in (self._keys, self._index, self._labels, self._rows))
         if fill:  # still filling up
             put = slice(self.n_rows, self.n_rows + fill)
             self._keys[put], self._index[put], self._labels[put] = keys[:fill], index[:fill], labels[:fill]
