@@ -20,7 +20,7 @@ from scipy.linalg import blas, lapack
 
 _TILE_BYTES = 32 << 20  # scores of a block of rows against a tile of classes
 _CLASS_TILE = 2048  # classes per product of weighted_gram: 64 MiB of temporaries at D = 4 096, whatever C
-_PRODUCT_BYTES = 16 << 20  # shifted rows per D×D product: at most 2 048 rows or 16 MiB, at least 256 rows
+_PRODUCT_BYTES = 16 << 20  # shifted rows per D×D product: at most 1 536 rows or 16 MiB, at least 256 rows
 
 
 def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -34,10 +34,10 @@ def column_sums(A: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
 
 
 def product_rows(n_units: int) -> int:
-    """How many shifted rows of this width make one D×D product of the class moments: 2 048 up to
-    D = 1 024 (a dsyrk of 1 024 rows runs ~15 % below its rate at D = 512 and 1 024, one of 512
-    rows ~25 %: benchmarks/RESULTS.md, "Session 12"), then 16 MiB of rows, at least 256."""
-    return max(256, min(2048, _PRODUCT_BYTES // (8 * max(n_units, 1))))
+    """How many shifted rows of this width make one D×D product of the class moments: 1 536 up to
+    D = 1 365 (a dsyrk of 1 024 rows runs ~15 % below its rate at D = 512, one of 512 rows ~25 %:
+    benchmarks/RESULTS.md, "Session 12"), then 16 MiB of rows, at least 256."""
+    return max(256, min(1536, _PRODUCT_BYTES // (8 * max(n_units, 1))))
 
 
 def weighted_gram(rows: np.ndarray, weights: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
@@ -217,13 +217,18 @@ class ClassMoments:
                 self._flush()
 
     def _shifted_rows(self, n: int) -> np.ndarray:
-        """Room for n shifted rows after those waiting for the product. Rows that would not fit are
-        never copied to a larger buffer: the waiting ones get their product first. The buffer holds
-        a batch plus a share like this one (a jackknife group's share of a block), or one block."""
-        if self._waiting + n > self._z.shape[0]:
-            self._flush()
-            if n > self._z.shape[0]:
-                self._z = np.empty((n if n >= self._batch else self._batch + n, self.n_units))
+        """Room for n shifted rows after those waiting for the product. The buffer grows by doubling
+        (the waiting rows copied) up to a batch plus a share like this one (a jackknife group's share of
+        a block), or one block; past that, the waiting rows get their product first."""
+        waiting, room = self._waiting, self._z.shape[0]
+        if waiting + n > room:
+            limit = self._batch + n if n < self._batch else n
+            if room < limit:
+                grown = np.empty((min(limit, max(waiting + n, 2 * room)), self.n_units))
+                grown[:waiting] = self._z[:waiting]
+                self._z = grown
+            if waiting + n > self._z.shape[0]:
+                self._flush()
         return self._z[self._waiting:self._waiting + n]
 
     def _flush(self) -> None:
