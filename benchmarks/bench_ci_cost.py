@@ -6,9 +6,9 @@ noise), written once to --workdir. Each measurement runs in a fresh process, bes
   floor1        bench_engine's floor: h5py reads of whole chunks, float32 → float64, one GEMM XᵀX per read
   pass:F        `accumulate` with the specs of family F (core/analysis.specs_for), no groups
   pass:F:ci     the same with PassOptions(ci_groups=G): every accumulator kept per group, the total settled
-  warm:F, warm:F:ci  the second of two such passes in one process: without the first touch of the
-               pass's memory by a fresh process (the G copies of the state), which this machine makes
-               slow (benchmarks/RESULTS.md, "Session 12") — what a dump's later layers cost
+  warm:F, warm:F:ci  the second of two such passes in one process: without what a fresh process pays
+               the first time it builds the pass's state (the G copies of it, for :ci), which this
+               machine makes slow (benchmarks/RESULTS.md, "Session 12") — what a dump's later layers cost
   F, F:ci       the command end to end through the api (`actgeom.collapse(path)` / `(path, ci=True)`),
                 timed after importing actgeom.core.api, as the floor is timed after its imports
   pass:collapse:null, collapse:null  the same with K label permutations (PassOptions(null=K); `null=K`)
