@@ -187,7 +187,7 @@ def accumulate(dump: Dump, layers: list[str] | None = None, *, specs: Iterable[S
             first = options.row_offset + block.start  # the sample is keyed by global row numbers
             index = np.arange(first, first + X.shape[0]) if keep is None else first + np.flatnonzero(keep)
             vectors = wanted.read(block.start, end, keep)
-            block_groups = units.groups(block.start, end)
+            block_groups = None if block.parts is not None else units.groups(block.start, end)  # (sorted: the reader's)
             groups = block_groups if keep is None or block_groups is None else block_groups[keep]
             feed(stats, X, labels, index, block=block.X, boundaries=boundaries, vectors=vectors,
                  groups=groups, block_groups=block_groups, split=block.parts or split)
